@@ -1,0 +1,214 @@
+//! Adapter choice and device creation.
+//!
+//! The best adapter wins (discrete > integrated > virtual > CPU), unless
+//! `LAMINA_BACKEND` (vulkan, metal, dx12, gl) or `LAMINA_ADAPTER` (a substring
+//! of the adapter name, case-insensitive) say otherwise. Optional features
+//! (SHADER_F16, SUBGROUP, TIMESTAMP_QUERY) are requested when present and the
+//! kernels fall back without them.
+
+use std::sync::Arc;
+
+use crate::pipeline::PipelineCache;
+use crate::{EngineError, Result};
+
+/// How to choose the adapter. `Default` reads nothing; [`DeviceOptions::from_env`]
+/// reads `LAMINA_BACKEND` and `LAMINA_ADAPTER`.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceOptions {
+    pub backend: Option<wgpu::Backends>,
+    /// Case-insensitive substring of the adapter name.
+    pub adapter: Option<String>,
+}
+
+impl DeviceOptions {
+    pub fn from_env() -> Result<Self> {
+        let backend = match std::env::var("LAMINA_BACKEND") {
+            Ok(v) if !v.is_empty() => Some(parse_backend(&v)?),
+            _ => None,
+        };
+        let adapter = std::env::var("LAMINA_ADAPTER").ok().filter(|s| !s.is_empty());
+        Ok(DeviceOptions { backend, adapter })
+    }
+}
+
+fn parse_backend(v: &str) -> Result<wgpu::Backends> {
+    Ok(match v.to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => wgpu::Backends::VULKAN,
+        "metal" | "mtl" => wgpu::Backends::METAL,
+        "dx12" | "d3d12" => wgpu::Backends::DX12,
+        "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+        _ => {
+            return Err(EngineError::BadEnv {
+                var: "LAMINA_BACKEND",
+                value: v.to_string(),
+                expected: "one of vulkan, metal, dx12, gl",
+            });
+        }
+    })
+}
+
+/// What the kernels may use on this device.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub timestamps: bool,
+    pub max_binding: u64,
+    pub max_buffer: u64,
+    pub max_workgroups_per_dim: u32,
+    pub min_storage_align: u32,
+    pub min_uniform_align: u32,
+}
+
+/// The GPU: device, queue, capabilities and the pipeline cache.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub caps: Caps,
+    pub(crate) pipelines: PipelineCache,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({})", self.describe())
+    }
+}
+
+fn type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+impl Gpu {
+    /// Opens the adapter chosen by `LAMINA_BACKEND` / `LAMINA_ADAPTER`, or the best one.
+    pub fn new() -> Result<Arc<Gpu>> {
+        Self::with_options(&DeviceOptions::from_env()?)
+    }
+
+    pub fn with_options(opts: &DeviceOptions) -> Result<Arc<Gpu>> {
+        let backends = opts.backend.unwrap_or(wgpu::Backends::all());
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        let seen: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+            })
+            .collect();
+        if let Some(want) = &opts.adapter {
+            let want = want.to_lowercase();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&want));
+        }
+        // Best first: device type, then Vulkan/Metal/DX12 before GL.
+        adapters.sort_by_key(|a| {
+            let i = a.get_info();
+            (type_rank(i.device_type), u32::from(i.backend == wgpu::Backend::Gl))
+        });
+        let Some(adapter) = adapters.into_iter().next() else {
+            let detail = match (&opts.adapter, seen.is_empty()) {
+                (_, true) => String::new(),
+                (Some(w), false) => {
+                    format!(" matching LAMINA_ADAPTER=`{w}` (available: {})", seen.join(", "))
+                }
+                (None, false) => format!(" (available: {})", seen.join(", ")),
+            };
+            return Err(EngineError::NoAdapter { detail });
+        };
+        Self::open(adapter)
+    }
+
+    fn open(adapter: wgpu::Adapter) -> Result<Arc<Gpu>> {
+        let info = adapter.get_info();
+        let have = adapter.features();
+        let want = wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let features = have & want;
+        let al = adapter.limits();
+        // Ask for what the adapter offers on the limits that matter for big
+        // tensors and wide workgroups; defaults elsewhere.
+        let mut limits = wgpu::Limits::default().using_resolution(al.clone());
+        limits.max_storage_buffer_binding_size = al.max_storage_buffer_binding_size;
+        limits.max_buffer_size = al.max_buffer_size;
+        limits.max_storage_buffers_per_shader_stage = al.max_storage_buffers_per_shader_stage.min(16);
+        limits.max_compute_workgroup_storage_size = al.max_compute_workgroup_storage_size;
+        limits.max_compute_invocations_per_workgroup = al.max_compute_invocations_per_workgroup;
+        limits.max_compute_workgroup_size_x = al.max_compute_workgroup_size_x;
+        limits.max_compute_workgroups_per_dimension = al.max_compute_workgroups_per_dimension;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("lamina"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| EngineError::RequestDevice { adapter: info.name.clone(), msg: e.to_string() })?;
+        let caps = Caps {
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            max_binding: u64::from(limits.max_storage_buffer_binding_size),
+            max_buffer: limits.max_buffer_size,
+            max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+            min_storage_align: limits.min_storage_buffer_offset_alignment,
+            min_uniform_align: limits.min_uniform_buffer_offset_alignment,
+        };
+        log::info!(
+            "adapter: {} ({:?}, {:?}, driver {} {}), f16={} subgroups={} timestamps={} max binding {} MiB",
+            info.name,
+            info.backend,
+            info.device_type,
+            info.driver,
+            info.driver_info,
+            caps.shader_f16,
+            caps.subgroups,
+            caps.timestamps,
+            caps.max_binding >> 20
+        );
+        Ok(Arc::new(Gpu { device, queue, info, caps, pipelines: PipelineCache::default() }))
+    }
+
+    /// One line naming the adapter, backend and driver.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?}, {} {})",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.info.driver,
+            self.info.driver_info
+        )
+        .replace(" , ", " ")
+    }
+
+    /// Fails with a message when a storage binding would exceed the device limit.
+    pub fn check_binding(&self, what: &str, size: u64) -> Result<()> {
+        if size > self.caps.max_binding {
+            return Err(EngineError::TooLarge {
+                what: what.to_string(),
+                size,
+                limit: self.caps.max_binding,
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits for all submitted work, turning device loss into an error.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| EngineError::DeviceLost(e.to_string()))
+    }
+}

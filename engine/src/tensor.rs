@@ -1,0 +1,167 @@
+//! GPU tensors: a buffer range with a shape and an element format.
+
+use std::sync::Arc;
+
+use wgpu::util::DeviceExt;
+
+use crate::{EngineError, Gpu, Result};
+
+/// Element format of an activation / cache tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    /// Two f16 per u32 word.
+    F16,
+    U32,
+    I32,
+}
+
+impl DType {
+    /// Bytes for `n` elements, rounded up to whole u32 words.
+    pub fn bytes_for(self, n: usize) -> u64 {
+        match self {
+            DType::F32 | DType::U32 | DType::I32 => 4 * n as u64,
+            DType::F16 => 4 * n.div_ceil(2) as u64,
+        }
+    }
+}
+
+/// A weight matrix's storage format on the GPU. Quantized formats are
+/// repacked at load into aligned planes grouped along the input dimension
+/// (see `ops::matmul`), never dequantized on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    F32,
+    F16,
+    /// 4-bit codes, one f16 scale per 32 inputs, zero point 8 (GGUF Q4_0).
+    Q4_0,
+    /// 4-bit codes, f16 scale and f16 min per 32 inputs (GGUF Q4_1).
+    Q4_1,
+    /// 8-bit signed codes, one f16 scale per 32 inputs (GGUF Q8_0).
+    Q8_0,
+}
+
+impl WeightFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::F16 => "f16",
+            WeightFormat::Q4_0 => "q4_0",
+            WeightFormat::Q4_1 => "q4_1",
+            WeightFormat::Q8_0 => "q8_0",
+        }
+    }
+}
+
+/// A typed view of (part of) a GPU buffer.
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    pub buffer: Arc<wgpu::Buffer>,
+    /// Byte offset into `buffer`.
+    pub offset: u64,
+    /// Byte size of the view.
+    pub size: u64,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+}
+
+impl Tensor {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+impl Gpu {
+    /// A zeroed storage buffer usable as op input/output and for copies.
+    pub fn storage_buffer(&self, label: &str, size: u64) -> Result<Arc<wgpu::Buffer>> {
+        let size = size.max(4).next_multiple_of(4);
+        if size > self.caps.max_buffer {
+            return Err(EngineError::TooLarge {
+                what: label.to_string(),
+                size,
+                limit: self.caps.max_buffer,
+            });
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(EngineError::OutOfMemory(format!("{label} ({size} bytes): {e}")));
+        }
+        Ok(Arc::new(b))
+    }
+
+    /// A storage buffer holding `data` (padded to whole words).
+    pub fn upload(&self, label: &str, data: &[u8]) -> Result<Arc<wgpu::Buffer>> {
+        if data.len() as u64 > self.caps.max_buffer {
+            return Err(EngineError::TooLarge {
+                what: label.to_string(),
+                size: data.len() as u64,
+                limit: self.caps.max_buffer,
+            });
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let b = if data.len() % 4 == 0 && !data.is_empty() {
+            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: data,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+            })
+        } else {
+            let mut padded = data.to_vec();
+            padded.resize(data.len().max(4).next_multiple_of(4), 0);
+            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: &padded,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+            })
+        };
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(EngineError::OutOfMemory(format!("{label} ({} bytes): {e}", data.len())));
+        }
+        Ok(Arc::new(b))
+    }
+
+    /// Copies `size` bytes at `offset` of `buffer` back to the host (waits).
+    pub fn read_buffer(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let size = size.next_multiple_of(4);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        map_read(self, &staging, size)
+    }
+}
+
+/// Maps a MAP_READ buffer after the submitted work and returns its bytes.
+pub(crate) fn map_read(gpu: &Gpu, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging.map_async(wgpu::MapMode::Read, 0..size, move |r| {
+        let _ = tx.send(r);
+    });
+    gpu.wait()?;
+    rx.recv()
+        .map_err(|e| EngineError::Gpu(format!("map callback dropped: {e}")))?
+        .map_err(|e| EngineError::Gpu(format!("buffer map failed: {e}")))?;
+    let out = staging
+        .get_mapped_range(0..size)
+        .map_err(|e| EngineError::Gpu(format!("mapped range: {e:?}")))?
+        .to_vec();
+    staging.unmap();
+    Ok(out)
+}

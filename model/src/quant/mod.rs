@@ -1,0 +1,3 @@
+//! Weight formats: GGUF block formats, and (later) RTN, GPTQ, SliM-LLM.
+
+pub mod ggml;

@@ -1,0 +1,2 @@
+// (being written)
+@compute @workgroup_size(1) fn rope() {}

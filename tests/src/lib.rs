@@ -1,0 +1,81 @@
+//! Shared helpers for Lamina's integration tests.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use lamina_engine::Gpu;
+
+/// The GPU for tests (lavapipe on CI), opened once per test binary.
+pub fn gpu() -> Arc<Gpu> {
+    static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
+    GPU.get_or_init(|| match Gpu::new() {
+        Ok(g) => {
+            eprintln!("test GPU: {}", g.describe());
+            g
+        }
+        Err(e) => panic!("tests need a GPU adapter (run scripts/test.sh, which installs lavapipe): {e}"),
+    })
+    .clone()
+}
+
+/// Seeded uniform values in [-scale, scale).
+pub fn rand_vec(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| r.random_range(-scale..scale)).collect()
+}
+
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub fn u32_bytes(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Asserts |got - want| <= atol + rtol * |want| elementwise, printing the
+/// first offending index with both values and the worst error.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());
+    let mut worst = (0usize, 0.0f32);
+    let mut first_bad = None;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        if !err.is_finite() || err > atol + rtol * w.abs() {
+            first_bad.get_or_insert(i);
+        }
+        if err > worst.1 || !err.is_finite() {
+            worst = (i, err);
+        }
+    }
+    if let Some(i) = first_bad {
+        panic!(
+            "{what}: index {i}: got {} want {} (worst: index {} err {}; atol {atol} rtol {rtol})",
+            got[i], want[i], worst.0, worst.1
+        );
+    }
+}
+
+/// ../shared relative to the workspace (the checkout's sibling).
+pub fn shared_dir() -> PathBuf {
+    let ws = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    for c in [ws.join("shared"), ws.join("../shared")] {
+        if c.join("golden").is_dir() {
+            return c;
+        }
+    }
+    ws.join("../shared")
+}
+
+/// The default model, if fetched: $LAMINA_MODEL, else the cache path.
+pub fn model_path() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("LAMINA_MODEL") {
+        return Some(PathBuf::from(p));
+    }
+    let base = std::env::var_os("LAMINA_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|p| PathBuf::from(p).join("lamina")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/lamina")))?;
+    let p = base.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    p.exists().then_some(p)
+}
