@@ -1,0 +1,199 @@
+//! Dequantization of the GGUF element formats Lamina reads, on the CPU.
+//!
+//! Semantics follow ggml's reference `dequantize_row_*` (ggml-quants.c). A
+//! block covers 32 consecutive elements of a row:
+//!
+//! | format | block bytes | layout | value |
+//! |---|---|---|---|
+//! | Q4_0 | 18 | f16 d, 16 B codes | x = d * (q - 8) |
+//! | Q4_1 | 20 | f16 d, f16 m, 16 B codes | x = d * q + m |
+//! | Q8_0 | 34 | f16 d, 32 x i8 | x = d * q |
+//!
+//! In the 4-bit formats byte `j` of the codes holds element `j` in its low
+//! nibble and element `j + 16` in its high nibble.
+//!
+//! This is the CPU oracle and the loader's conversion path; GPU kernels read
+//! the same bytes repacked.
+
+use half::{bf16, f16};
+
+use crate::weights::HostDType;
+use crate::{ModelError, Result};
+
+/// Elements per block of the ggml block formats.
+pub const QK: usize = 32;
+
+/// Exact byte length of `n` elements of `dtype`; `None` when `n` is not a
+/// whole number of blocks or the size overflows.
+pub fn byte_len(dtype: HostDType, n: usize) -> Option<usize> {
+    let block = dtype.block_size();
+    if !n.is_multiple_of(block) {
+        return None;
+    }
+    let per_block = match dtype {
+        HostDType::F32 => 4,
+        HostDType::F16 | HostDType::BF16 => 2,
+        HostDType::Q4_0 => 18,
+        HostDType::Q4_1 => 20,
+        HostDType::Q8_0 => 34,
+    };
+    (n / block).checked_mul(per_block)
+}
+
+/// Converts `n` elements of `dtype` encoded in `bytes` to f32.
+pub fn dequantize(dtype: HostDType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
+    check_len(dtype, bytes, n)?; // before allocating n floats
+    let mut out = vec![0.0f32; n];
+    dequantize_into(dtype, bytes, &mut out)?;
+    Ok(out)
+}
+
+/// Converts `bytes` to f32 into `out` (whose length is the element count);
+/// for row-at-a-time use without allocation.
+pub fn dequantize_into(dtype: HostDType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    check_len(dtype, bytes, out.len())?;
+    match dtype {
+        HostDType::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        HostDType::F16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
+        HostDType::BF16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
+        HostDType::Q4_0 => {
+            for (o, b) in out.chunks_exact_mut(QK).zip(bytes.chunks_exact(18)) {
+                let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                let (lo, hi) = o.split_at_mut(QK / 2);
+                for (j, &q) in b[2..].iter().enumerate() {
+                    lo[j] = d * (f32::from(q & 0x0f) - 8.0);
+                    hi[j] = d * (f32::from(q >> 4) - 8.0);
+                }
+            }
+        }
+        HostDType::Q4_1 => {
+            for (o, b) in out.chunks_exact_mut(QK).zip(bytes.chunks_exact(20)) {
+                let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                let m = f16::from_le_bytes([b[2], b[3]]).to_f32();
+                let (lo, hi) = o.split_at_mut(QK / 2);
+                for (j, &q) in b[4..].iter().enumerate() {
+                    lo[j] = d * f32::from(q & 0x0f) + m;
+                    hi[j] = d * f32::from(q >> 4) + m;
+                }
+            }
+        }
+        HostDType::Q8_0 => {
+            for (o, b) in out.chunks_exact_mut(QK).zip(bytes.chunks_exact(34)) {
+                let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                for (x, &q) in o.iter_mut().zip(&b[2..]) {
+                    *x = d * f32::from(q as i8);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_len(dtype: HostDType, bytes: &[u8], n: usize) -> Result<()> {
+    match byte_len(dtype, n) {
+        None => Err(ModelError::Invalid(format!(
+            "{dtype:?}: {n} elements is not a whole number of {}-element blocks",
+            dtype.block_size()
+        ))),
+        Some(want) if want != bytes.len() => Err(ModelError::Invalid(format!(
+            "{dtype:?}: {n} elements take {want} bytes, got {}",
+            bytes.len()
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f16b(x: f32) -> [u8; 2] {
+        f16::from_f32(x).to_le_bytes()
+    }
+
+    #[test]
+    fn q4_0_nibble_order() {
+        // Byte j = (code of j+16) << 4 | (code of j), codes chosen as j and 15 - j.
+        let mut b = f16b(0.5).to_vec();
+        b.extend((0..16u8).map(|j| ((15 - j) << 4) | j));
+        let x = dequantize(HostDType::Q4_0, &b, 32).unwrap();
+        for j in 0..16 {
+            assert_eq!(x[j], 0.5 * (j as f32 - 8.0), "element {j}");
+            assert_eq!(
+                x[j + 16],
+                0.5 * ((15 - j) as f32 - 8.0),
+                "element {}",
+                j + 16
+            );
+        }
+    }
+
+    #[test]
+    fn q4_1_scale_and_min() {
+        let mut b = [f16b(0.25), f16b(-1.5)].concat();
+        b.extend((0..16u8).map(|j| (3 << 4) | (j % 16)));
+        let x = dequantize(HostDType::Q4_1, &b, 32).unwrap();
+        for j in 0..16 {
+            assert_eq!(x[j], 0.25 * j as f32 - 1.5, "element {j}");
+            assert_eq!(x[j + 16], 0.25 * 3.0 - 1.5, "element {}", j + 16);
+        }
+    }
+
+    #[test]
+    fn q8_0_signed_codes_two_blocks() {
+        let mut b = Vec::new();
+        for d in [2.0f32, -0.125] {
+            b.extend(f16b(d));
+            b.extend((0..32i32).map(|j| ((j - 16) * 8) as i8 as u8));
+        }
+        let x = dequantize(HostDType::Q8_0, &b, 64).unwrap();
+        for (i, &v) in x.iter().enumerate() {
+            let d = if i < 32 { 2.0 } else { -0.125 };
+            let q = ((i % 32) as f32 - 16.0) * 8.0;
+            assert_eq!(v, d * q, "element {i}");
+        }
+        assert_eq!(x[0], 2.0 * -128.0);
+    }
+
+    #[test]
+    fn plain_formats() {
+        let vals = [1.0f32, -2.5, 0.0, 65504.0, 1e-3];
+        let f32b: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(dequantize(HostDType::F32, &f32b, 5).unwrap(), vals);
+        let f16s: Vec<u8> = vals.iter().flat_map(|&v| f16b(v)).collect();
+        let back = dequantize(HostDType::F16, &f16s, 5).unwrap();
+        for (a, b) in vals.iter().zip(&back) {
+            assert!((a - b).abs() <= a.abs() * 1e-3, "{a} vs {b}");
+        }
+        // bf16 keeps the top 16 bits of an f32.
+        let bf: Vec<u8> = [1.0f32, -3.0]
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        assert_eq!(dequantize(HostDType::BF16, &bf, 2).unwrap(), [1.0, -3.0]);
+    }
+
+    #[test]
+    fn wrong_lengths_are_errors() {
+        assert!(dequantize(HostDType::Q4_1, &[0u8; 20], 31).is_err());
+        assert!(dequantize(HostDType::Q4_1, &[0u8; 19], 32).is_err());
+        assert!(dequantize(HostDType::Q8_0, &[0u8; 35], 32).is_err());
+        assert!(dequantize(HostDType::F32, &[0u8; 7], 2).is_err());
+        assert!(dequantize(HostDType::F16, &[0u8; 4], usize::MAX).is_err());
+        assert!(dequantize(HostDType::Q4_0, &[], 0).unwrap().is_empty());
+        let mut out = [0.0f32; 3];
+        assert!(dequantize_into(HostDType::F32, &[0u8; 8], &mut out).is_err());
+    }
+}
