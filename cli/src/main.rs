@@ -1,1 +1,70 @@
-fn main() {}
+//! `lamina`: run quantized Llama-family models on any GPU through wgpu.
+
+mod bench;
+mod common;
+mod fetch;
+mod generate;
+mod inspect;
+mod perplexity;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "lamina", version, about = "Quantized Llama-family inference on any GPU (wgpu/WGSL)")]
+struct Cli {
+    /// More logging on stderr (-v: adapter and timings, -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streamed to stdout.
+    Generate(generate::GenerateArgs),
+    /// Interactive chat with the model's chat template; keeps the history.
+    Chat(generate::ChatArgs),
+    /// Perplexity of a text file, computed as llama.cpp's llama-perplexity.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Prompt-processing and generation speed (llama-bench style).
+    Bench(bench::BenchArgs),
+    /// Show a model's metadata, tensors, formats and sizes.
+    Inspect(inspect::InspectArgs),
+    /// Download the default model (SmolLM2-135M-Instruct Q4_1) into the cache.
+    Fetch(fetch::FetchArgs),
+    /// List the GPU adapters wgpu can see, and the one Lamina would pick.
+    Devices,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(
+        format!("{level},wgpu_core=warn,wgpu_hal=warn,naga=warn"),
+    ))
+    .format_timestamp(None)
+    .init();
+    let r = match &cli.command {
+        Command::Generate(a) => generate::run_generate(a),
+        Command::Chat(a) => generate::run_chat(a),
+        Command::Perplexity(a) => perplexity::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Fetch(a) => fetch::run(a),
+        Command::Devices => common::list_devices(),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! `lamina inspect`: what is in a model file.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use lamina_model::gguf::GgufFile;
+use lamina_model::gguf::{GgufArray, GgufValue};
+use lamina_model::loader;
+
+use crate::fetch;
+
+#[derive(Args, Debug, Clone)]
+pub struct InspectArgs {
+    /// A .gguf file or HF directory (default: the default model).
+    #[arg(short = 'm', long = "model")]
+    pub model: Option<PathBuf>,
+    /// List every tensor.
+    #[arg(long)]
+    pub tensors: bool,
+    /// Print every metadata key (long arrays abbreviated).
+    #[arg(long)]
+    pub metadata: bool,
+}
+
+pub fn run(a: &InspectArgs) -> Result<()> {
+    let path = match &a.model {
+        Some(p) => p.clone(),
+        None => fetch::default_model_path()?,
+    };
+    if path.extension().is_some_and(|e| e == "gguf") || path.is_file() {
+        let g = GgufFile::open(&path)?;
+        println!("file: {} ({} bytes, GGUF v{})", path.display(), g.file_len(), g.version());
+        if a.metadata {
+            for (k, v) in g.metadata() {
+                println!("  {k} = {}", summary(v, 80));
+            }
+        }
+        let mut by_type: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
+        let mut total_elems = 0u64;
+        let mut total_bytes = 0u64;
+        for t in g.tensors() {
+            let e = by_type.entry(t.type_name()).or_default();
+            e.0 += 1;
+            e.1 += t.numel();
+            e.2 += t.n_bytes.unwrap_or(0) as u64;
+            total_elems += t.numel();
+            total_bytes += t.n_bytes.unwrap_or(0) as u64;
+            if a.tensors {
+                println!("  {:<28} {:<6} {:?} {} bytes", t.name, t.type_name(), t.shape(), t.n_bytes.unwrap_or(0));
+            }
+        }
+        println!("tensors: {} ({} parameters)", g.tensors().len(), total_elems);
+        for (ty, (n, elems, bytes)) in &by_type {
+            println!(
+                "  {ty:<6} {n:>4} tensors, {elems:>11} params, {:>8.2} MiB, {:.3} bits/weight",
+                *bytes as f64 / 1048576.0,
+                8.0 * *bytes as f64 / (*elems).max(1) as f64
+            );
+        }
+        println!(
+            "bits per weight (all tensors): {:.3}",
+            8.0 * total_bytes as f64 / total_elems.max(1) as f64
+        );
+    }
+    let m = loader::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let c = &m.config;
+    println!(
+        "model: {} ({}), {} layers, dim {}, {} heads / {} KV heads x {}, ffn {}, vocab {}, ctx {}, rope theta {} ({:?}), eps {}, tied embeddings: {}",
+        c.arch, m.file_type, c.n_layers, c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim,
+        c.vocab_size, c.max_seq_len, c.rope_theta, c.rope_style, c.norm_eps, c.tied_embeddings
+    );
+    println!(
+        "KV cache: f16, {} bytes per token ({:.1} MiB at ctx {})",
+        lamina_model::kv_cache::KvFormat::F16.bytes_per_token(c),
+        lamina_model::kv_cache::KvFormat::F16.bytes_per_token(c) as f64 * c.max_seq_len as f64 / 1048576.0,
+        c.max_seq_len
+    );
+    let s = &m.tokenizer_spec;
+    println!(
+        "tokenizer: {} (pre {}), {} tokens, bos {:?}, eos {:?}, add_bos {}, chat template: {}",
+        s.model,
+        s.pre.as_deref().unwrap_or("-"),
+        s.tokens.len(),
+        s.bos_id,
+        s.eos_id,
+        s.add_bos,
+        if s.chat_template.is_some() { "yes" } else { "no" }
+    );
+    Ok(())
+}
+
+/// A value on one line: strings cut at `max` chars, arrays as type and length.
+fn summary(v: &GgufValue, max: usize) -> String {
+    let cut = |s: &str| {
+        let one_line = s.replace('\n', "\\n");
+        if one_line.chars().count() > max {
+            format!("{:?}...", one_line.chars().take(max).collect::<String>())
+        } else {
+            format!("{one_line:?}")
+        }
+    };
+    match v {
+        GgufValue::String(s) => cut(s),
+        GgufValue::Array(GgufArray::String(a)) if a.len() <= 4 => format!("{a:?}"),
+        GgufValue::Array(a) => format!("[{:?}; {}]", a.elem_type(), a.len()),
+        other => format!("{other:?}"),
+    }
+}

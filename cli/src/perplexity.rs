@@ -1,0 +1,93 @@
+//! `lamina perplexity`: llama.cpp's method and output line.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use lamina_model::eval;
+use lamina_model::tokenizer::Tokenizer;
+
+use crate::common::{ModelArgs, bar, gpu_model, load_host_model, spinner};
+
+#[derive(Args, Debug, Clone)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Text file to evaluate (e.g. WikiText-2's wiki.test.raw).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Evaluate only the first N chunks.
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Write per-chunk mean NLL as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub fn run(a: &PerplexityArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    // As llama.cpp's -f: one trailing newline is dropped.
+    let text = text.strip_suffix('\n').unwrap_or(&text).to_string();
+    if text.is_empty() {
+        bail!("{} is empty", a.file.display());
+    }
+    let ctx = match a.model.ctx_size {
+        None | Some(0) => 512,
+        Some(c) => c,
+    };
+    if let Some(0) = a.chunks {
+        bail!("--chunks must be at least 1");
+    }
+    let host = load_host_model(&a.model)?;
+    if host.tokenizer_spec.tokens.is_empty() && host.tokenizer_spec.hf_json.is_none() {
+        bail!("{} has no tokenizer: perplexity needs a real model", host.source);
+    }
+    let tok = Tokenizer::from_spec(&host.tokenizer_spec)?;
+    let sp = spinner("tokenizing");
+    let t0 = Instant::now();
+    let tokens = tok.encode(&text, false)?;
+    sp.finish_and_clear();
+    eprintln!("tokenized {} bytes into {} tokens in {:.1} s", text.len(), tokens.len(), t0.elapsed().as_secs_f64());
+    // llama.cpp puts BOS at each chunk's start only when the tokenizer adds BOS.
+    let bos = if host.tokenizer_spec.add_bos { tok.bos_id() } else { None };
+    let mut margs = a.model.clone();
+    margs.ctx_size = Some(ctx);
+    margs.batch_size = ctx as u32;
+    let model = gpu_model(&margs, &host, ctx)?;
+    drop(host);
+    let available = tokens.len() / ctx;
+    let n = a.chunks.map_or(available, |c| c.min(available));
+    eprintln!(
+        "perplexity: {n} chunks of {ctx} tokens (of {available}), BOS {}; KV {} ({} bytes/token)",
+        if bos.is_some() { "at each chunk" } else { "not added" },
+        model.kv.format.name(),
+        model.kv.format.bytes_per_token(&model.config)
+    );
+    let pb = bar(n as u64, "perplexity");
+    let t0 = Instant::now();
+    let (r, per_chunk) = eval::perplexity(&model, &tokens, ctx, a.chunks, bos, |done, _total, ppl| {
+        pb.set_position(done as u64);
+        pb.set_message(format!("ppl {ppl:.4}"));
+    })?;
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "{} chunks, {} tokens scored, {:.2} s ({:.2} s per chunk, {:.1} t/s)",
+        r.chunks,
+        r.tokens_scored,
+        secs,
+        secs / r.chunks as f64,
+        (r.chunks * ctx) as f64 / secs
+    );
+    if let Some(p) = &a.json {
+        let j = serde_json::json!({
+            "ctx": ctx, "chunks": r.chunks, "ppl": r.ppl, "ppl_err": r.ppl_err,
+            "mean_nll": r.mean_nll, "chunk_mean_nll": per_chunk,
+            "weights": a.model.weights, "kv": a.model.kv,
+        });
+        std::fs::write(p, serde_json::to_string_pretty(&j)?).with_context(|| format!("writing {}", p.display()))?;
+    }
+    println!("Final estimate: PPL = {:.4} +/- {:.5}", r.ppl, r.ppl_err);
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! Bad input to the `lamina` binary: a clear message and a non-zero exit,
+//! never a panic.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use lamina_model::gguf::GgufValue;
+use lamina_model::gguf::writer::GgufWriter;
+
+fn lamina(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run lamina")
+}
+
+/// Asserts a clean failure whose stderr mentions `needle`.
+fn fails_with(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
+    assert!(
+        err.to_lowercase().contains(&needle.to_lowercase()),
+        "stderr should mention `{needle}`: {err}"
+    );
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lamina-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+fn default_model() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("LAMINA_MODEL") {
+        return Some(p.into());
+    }
+    let out = lamina(&["fetch", "--print-path"]);
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    (out.status.success() && p.is_file()).then_some(p)
+}
+
+#[test]
+fn missing_model_file() {
+    let out = lamina(&["generate", "-m", "/nonexistent/model.gguf", "-p", "hi"]);
+    fails_with(&out, "/nonexistent/model.gguf");
+}
+
+#[test]
+fn truncated_gguf() {
+    let mut w = GgufWriter::new();
+    w.kv("general.architecture", GgufValue::String("llama".into()));
+    w.tensor_f32("output_norm.weight", &[64], &[1.0; 64]);
+    let bytes = w.to_bytes();
+    let p = temp("truncated.gguf");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).expect("write");
+    let out = lamina(&["generate", "-m", p.to_str().expect("utf8"), "-p", "hi"]);
+    fails_with(&out, "GGUF");
+    let out = lamina(&["inspect", "-m", p.to_str().expect("utf8")]);
+    fails_with(&out, "GGUF");
+}
+
+#[test]
+fn not_a_gguf() {
+    let p = temp("garbage.gguf");
+    std::fs::write(&p, b"this is not a model file at all").expect("write");
+    fails_with(&lamina(&["generate", "-m", p.to_str().expect("utf8"), "-p", "hi"]), "GGUF");
+}
+
+#[test]
+fn wrong_architecture() {
+    let mut w = GgufWriter::new();
+    w.kv("general.architecture", GgufValue::String("gpt2".into()));
+    w.tensor_f32("output_norm.weight", &[64], &[1.0; 64]);
+    let p = temp("gpt2.gguf");
+    w.write(&p).expect("write");
+    fails_with(&lamina(&["generate", "-m", p.to_str().expect("utf8"), "-p", "hi"]), "gpt2");
+}
+
+#[test]
+fn empty_prompt() {
+    fails_with(&lamina(&["generate", "-p", ""]), "empty prompt");
+}
+
+#[test]
+fn invalid_flags() {
+    fails_with(&lamina(&["generate", "-p", "hi", "--temp", "-1"]), "--temp");
+    fails_with(&lamina(&["generate", "-p", "hi", "--top-p", "0"]), "--top-p");
+    fails_with(&lamina(&["generate", "--no-such-flag"]), "no-such-flag");
+    fails_with(&lamina(&["bench", "-r", "0", "--synthetic", "tiny"]), "repetitions");
+    fails_with(&lamina(&["generate", "-p", "hi", "--weights", "f8"]), "weight mode");
+}
+
+#[test]
+fn prompt_longer_than_context() {
+    let Some(model) = default_model() else {
+        assert!(std::env::var_os("CI").is_none(), "CI must fetch the model first");
+        eprintln!("default model not fetched; skipping");
+        return;
+    };
+    let prompt = "word ".repeat(100);
+    let out = lamina(&["generate", "-m", model.to_str().expect("utf8"), "-c", "32", "-p", &prompt]);
+    fails_with(&out, "context");
+}
+
+#[test]
+fn perplexity_missing_text_file() {
+    fails_with(&lamina(&["perplexity", "-f", "/nonexistent/wiki.txt"]), "/nonexistent/wiki.txt");
+}

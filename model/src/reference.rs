@@ -1,0 +1,702 @@
+//! A plain CPU forward pass of a Llama-family model in f32, in the manner of
+//! llama2.c's `run.c`: the oracle that GPU kernels, the graph builder and
+//! synthetic-model benchmarks are checked against.
+//!
+//! It reads top to bottom like the paper. Per layer:
+//!
+//! ```text
+//! xb  = rmsnorm(x) * attn_norm
+//! q, k, v = Wq xb, Wk xb, Wv xb;  rope(q, k)
+//! x  += Wo attention(q, k_cache, v_cache)        causal, GQA
+//! xb  = rmsnorm(x) * ffn_norm
+//! x  += W_down (silu(W_gate xb) * W_up xb)       SwiGLU
+//! ```
+//!
+//! then `logits = lm_head rmsnorm(x) * output_norm`.
+//!
+//! # Numerics
+//! - All tensors are f32; weights are dequantized once in [`Reference::new`].
+//! - Matmul and attention dot products accumulate in f32, in 8 interleaved
+//!   partial sums (a fixed order: the result does not depend on batching or
+//!   threads, so incremental decoding is bit-identical to a full forward).
+//! - RMSNorm sums of squares and softmax denominators accumulate in f64: they
+//!   are O(dim) / O(ctx) per row, so exactness there costs nothing.
+//! - RoPE angles are computed in f32 exactly as Hugging Face transformers
+//!   computes them (`inv_freq = 1 / theta^(2i/d)`, `angle = pos * inv_freq`),
+//!   since that rounding is part of how the model was trained and evaluated.
+
+use std::thread;
+
+use crate::config::{LlamaConfig, RopeStyle};
+use crate::weights::{HostTensor, LayerWeights, LlamaWeights};
+use crate::{ModelError, Result};
+
+/// Tokens processed together; `RunState` holds activations for this many.
+/// Longer inputs run in chunks (results are identical, see the module doc).
+const MAX_BATCH: usize = 64;
+
+/// Below this many multiply-adds a matmul stays on the calling thread:
+/// spawning threads would cost more than it saves.
+const PARALLEL_MIN_WORK: usize = 1 << 18;
+
+/// A dense row-major f32 matrix `[rows, cols]` (`y = W x`, `x: [cols]`).
+struct Matrix {
+    data: Vec<f32>,
+    rows: usize,
+    cols: usize,
+}
+
+impl Matrix {
+    fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+/// One transformer block, dequantized.
+struct Layer {
+    attn_norm: Vec<f32>, // [dim]
+    wq: Matrix,          // [n_heads * head_dim, dim]
+    wk: Matrix,          // [n_kv_heads * head_dim, dim]
+    wv: Matrix,          // [n_kv_heads * head_dim, dim]
+    wo: Matrix,          // [dim, n_heads * head_dim]
+    ffn_norm: Vec<f32>,  // [dim]
+    w_gate: Matrix,      // [ffn_dim, dim]
+    w_up: Matrix,        // [ffn_dim, dim]
+    w_down: Matrix,      // [dim, ffn_dim]
+}
+
+/// Activations for up to `batch` tokens and the KV cache for `max_ctx`
+/// positions, allocated once.
+struct RunState {
+    batch: usize,
+    x: Vec<f32>,           // [batch, dim] residual stream
+    xb: Vec<f32>,          // [batch, dim] normed residual (input of a projection)
+    xb2: Vec<f32>,         // [batch, dim] output of wo / w_down
+    q: Vec<f32>,           // [batch, n_heads * head_dim]
+    att: Vec<f32>,         // [batch, n_heads * head_dim] attention output
+    hb: Vec<f32>,          // [batch, ffn_dim] gate, then silu(gate) * up
+    hb2: Vec<f32>,         // [batch, ffn_dim] up
+    scores: Vec<f32>,      // [threads, max_ctx] attention scores, one row per thread
+    key_cache: Vec<f32>,   // [n_layers, max_ctx, n_kv_heads * head_dim]
+    value_cache: Vec<f32>, // [n_layers, max_ctx, n_kv_heads * head_dim]
+}
+
+/// RoPE rotation table: `cos[p, i]`, `sin[p, i]` for the angle `p * theta^(-2i/head_dim)`.
+struct RopeTable {
+    half: usize,
+    cos: Vec<f32>, // [max_ctx, head_dim / 2]
+    sin: Vec<f32>, // [max_ctx, head_dim / 2]
+}
+
+/// Intermediate activations of one forward call, for finding the first layer
+/// where an implementation diverges (compare with golden/hidden.npz).
+#[derive(Debug, Clone, Default)]
+pub struct HiddenStates {
+    /// Token embeddings, the input of layer 0: `[n_tokens, dim]`.
+    pub embeddings: Vec<f32>,
+    /// Residual stream after each layer: `[n_layers][n_tokens, dim]`.
+    pub layer_out: Vec<Vec<f32>>,
+    /// Final RMSNorm output, the input of lm_head: `[n_tokens, dim]`.
+    pub final_norm: Vec<f32>,
+}
+
+/// Which positions' logits a forward call returns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    All,
+    Last,
+}
+
+/// The CPU f32 reference model with its own KV cache.
+pub struct Reference {
+    cfg: LlamaConfig,
+    max_ctx: usize,
+    threads: usize,
+    token_embd: Matrix, // [vocab, dim]
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>,  // [dim]
+    output: Option<Matrix>, // [vocab, dim]; None when tied to token_embd
+    rope: RopeTable,
+    state: RunState,
+    /// Positions currently held in the KV cache.
+    len: usize,
+}
+
+impl Reference {
+    /// Dequantizes `w` to f32 and allocates state for up to `max_ctx` positions.
+    pub fn new(cfg: &LlamaConfig, w: &LlamaWeights, max_ctx: usize) -> Result<Self> {
+        cfg.validate()?;
+        if max_ctx == 0 || max_ctx > cfg.max_seq_len {
+            return Err(ModelError::Input(format!(
+                "reference context {max_ctx} must be in 1..={} (the model's max positions)",
+                cfg.max_seq_len
+            )));
+        }
+        if w.layers.len() != cfg.n_layers {
+            return Err(ModelError::Invalid(format!(
+                "config has {} layers, weights have {}",
+                cfg.n_layers,
+                w.layers.len()
+            )));
+        }
+        let threads = thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(16);
+        let dim = cfg.dim;
+        // Layers dequantize independently: spread them over the threads.
+        let per_thread = cfg.n_layers.div_ceil(threads);
+        let layers = thread::scope(|s| {
+            let handles: Vec<_> = (w.layers.chunks(per_thread))
+                .map(|chunk| {
+                    s.spawn(move || chunk.iter().map(|l| Layer::new(l, cfg)).collect::<Vec<_>>())
+                })
+                .collect();
+            let joined = handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            joined.flatten().collect::<Result<Vec<Layer>>>()
+        })?;
+        Ok(Reference {
+            token_embd: matrix(&w.token_embd, cfg.vocab_size, dim)?,
+            layers,
+            output_norm: vector(&w.output_norm, dim)?,
+            output: w
+                .output
+                .as_ref()
+                .map(|t| matrix(t, cfg.vocab_size, dim))
+                .transpose()?,
+            rope: RopeTable::new(cfg.head_dim, cfg.rope_theta, max_ctx),
+            state: RunState::new(cfg, MAX_BATCH.min(max_ctx), max_ctx, threads),
+            cfg: cfg.clone(),
+            max_ctx,
+            threads,
+            len: 0,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn max_ctx(&self) -> usize {
+        self.max_ctx
+    }
+
+    /// Positions currently held in the KV cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Empties the KV cache.
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+
+    /// Worker threads for matmuls and attention (default: available cores, at most 16).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.clamp(1, 64);
+        self.state.scores.resize(self.threads * self.max_ctx, 0.0);
+    }
+
+    /// Runs `tokens` at positions `pos..pos + tokens.len()` and returns the
+    /// logits of every token, `[n_tokens, vocab]`.
+    ///
+    /// The KV cache keeps positions `0..pos` and is then extended with these
+    /// tokens: `pos == self.len()` continues a sequence, a smaller `pos`
+    /// rewinds (drops the cache from `pos` on), `pos = 0` starts afresh.
+    pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
+        self.run(tokens, pos, Want::All, None)
+    }
+
+    /// Like [`Reference::forward`] but returns only the last token's logits,
+    /// `[vocab]`, skipping lm_head for the others (prompt processing).
+    pub fn forward_last(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
+        self.run(tokens, pos, Want::Last, None)
+    }
+
+    /// Like [`Reference::forward`], also returning the embeddings, every
+    /// layer's residual output and the final norm.
+    pub fn forward_hidden(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+    ) -> Result<(Vec<f32>, HiddenStates)> {
+        let mut hidden = HiddenStates {
+            layer_out: vec![Vec::new(); self.cfg.n_layers],
+            ..Default::default()
+        };
+        let logits = self.run(tokens, pos, Want::All, Some(&mut hidden))?;
+        Ok((logits, hidden))
+    }
+
+    /// Greedy decoding from an empty cache: `n_new` argmax tokens after `prompt`
+    /// (not stopped at EOS).
+    pub fn generate_greedy(&mut self, prompt: &[u32], n_new: usize) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(n_new);
+        if n_new == 0 {
+            return Ok(out);
+        }
+        let mut logits = self.forward_last(prompt, 0)?;
+        loop {
+            let next = argmax(&logits) as u32;
+            out.push(next);
+            if out.len() == n_new {
+                return Ok(out);
+            }
+            logits = self.forward_last(&[next], self.len)?;
+        }
+    }
+
+    fn check_input(&self, tokens: &[u32], pos: usize) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(ModelError::Input("no tokens to run".into()));
+        }
+        if pos > self.len {
+            return Err(ModelError::Input(format!(
+                "position {pos} is past the {} positions in the KV cache",
+                self.len
+            )));
+        }
+        if pos + tokens.len() > self.max_ctx {
+            return Err(ModelError::Input(format!(
+                "{} tokens at position {pos} exceed the reference context of {} positions",
+                tokens.len(),
+                self.max_ctx
+            )));
+        }
+        if let Some((i, t)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, t)| **t as usize >= self.cfg.vocab_size)
+        {
+            return Err(ModelError::Input(format!(
+                "token {t} at index {i} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        want: Want,
+        mut hidden: Option<&mut HiddenStates>,
+    ) -> Result<Vec<f32>> {
+        self.check_input(tokens, pos)?;
+        self.len = pos;
+        let (vocab, dim, batch) = (self.cfg.vocab_size, self.cfg.dim, self.state.batch);
+        let n_chunks = tokens.len().div_ceil(batch);
+        let mut logits = vec![0.0f32; if want == Want::All { tokens.len() } else { 1 } * vocab];
+        for (c, chunk) in tokens.chunks(batch).enumerate() {
+            let n = chunk.len();
+            self.layers_forward(chunk, self.len, hidden.as_deref_mut());
+            self.len += n;
+            // logits = final_norm @ lm_head^T: [n, vocab]
+            let lm_head = self.output.as_ref().unwrap_or(&self.token_embd);
+            match want {
+                Want::All => {
+                    let out = &mut logits[c * batch * vocab..(c * batch + n) * vocab];
+                    matmul(out, &self.state.xb[..n * dim], lm_head, self.threads);
+                }
+                Want::Last if c + 1 == n_chunks => {
+                    matmul(
+                        &mut logits,
+                        &self.state.xb[(n - 1) * dim..n * dim],
+                        lm_head,
+                        self.threads,
+                    );
+                }
+                Want::Last => {}
+            }
+        }
+        Ok(logits)
+    }
+
+    /// The transformer on `tokens` at positions `pos..`: leaves the final
+    /// normed hidden states `[n, dim]` in `state.xb` and appends K/V to the cache.
+    fn layers_forward(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        mut hidden: Option<&mut HiddenStates>,
+    ) {
+        let cfg = &self.cfg;
+        let (n, dim, qd, kvd, ffn) = (
+            tokens.len(),
+            cfg.dim,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.ffn_dim,
+        );
+        let (eps, threads, max_ctx) = (cfg.norm_eps, self.threads, self.max_ctx);
+        let s = &mut self.state;
+        let x = &mut s.x[..n * dim]; // [n, dim]
+        let xb = &mut s.xb[..n * dim]; // [n, dim]
+        let xb2 = &mut s.xb2[..n * dim]; // [n, dim]
+        let q = &mut s.q[..n * qd]; // [n, n_heads * head_dim]
+        let att = &mut s.att[..n * qd]; // [n, n_heads * head_dim]
+        let hb = &mut s.hb[..n * ffn]; // [n, ffn_dim]
+        let hb2 = &mut s.hb2[..n * ffn]; // [n, ffn_dim]
+
+        // x = token_embd[tokens]: [n, dim]
+        for (row, &t) in x.chunks_exact_mut(dim).zip(tokens) {
+            row.copy_from_slice(self.token_embd.row(t as usize));
+        }
+        if let Some(h) = hidden.as_deref_mut() {
+            h.embeddings.extend_from_slice(x);
+        }
+
+        for (l, layer) in self.layers.iter().enumerate() {
+            // This layer's cache: [max_ctx, n_kv_heads * head_dim] each.
+            let k_cache = &mut s.key_cache[l * max_ctx * kvd..(l + 1) * max_ctx * kvd];
+            let v_cache = &mut s.value_cache[l * max_ctx * kvd..(l + 1) * max_ctx * kvd];
+
+            // ---- attention ----
+            rmsnorm(xb, x, &layer.attn_norm, eps); // [n, dim]
+            // K and V of the new tokens go straight into the cache rows pos..pos+n.
+            let k_new = &mut k_cache[pos * kvd..(pos + n) * kvd]; // [n, n_kv_heads * head_dim]
+            let v_new = &mut v_cache[pos * kvd..(pos + n) * kvd]; // [n, n_kv_heads * head_dim]
+            matmul(q, xb, &layer.wq, threads); // [n, n_heads * head_dim]
+            matmul(k_new, xb, &layer.wk, threads);
+            matmul(v_new, xb, &layer.wv, threads);
+            self.rope.rotate(q, cfg.n_heads, pos, cfg.rope_style);
+            self.rope.rotate(k_new, cfg.n_kv_heads, pos, cfg.rope_style);
+            attention(
+                att,
+                q,
+                &k_cache[..(pos + n) * kvd], // [pos + n, kv_dim]
+                &v_cache[..(pos + n) * kvd], // [pos + n, kv_dim]
+                pos,
+                cfg,
+                &mut s.scores,
+                threads,
+            ); // [n, n_heads * head_dim]
+            matmul(xb2, att, &layer.wo, threads); // [n, dim]
+            add(x, xb2); // residual
+
+            // ---- SwiGLU feed-forward ----
+            rmsnorm(xb, x, &layer.ffn_norm, eps); // [n, dim]
+            matmul(hb, xb, &layer.w_gate, threads); // [n, ffn_dim]
+            matmul(hb2, xb, &layer.w_up, threads); // [n, ffn_dim]
+            for (g, u) in hb.iter_mut().zip(hb2.iter()) {
+                *g = silu(*g) * u;
+            }
+            matmul(xb2, hb, &layer.w_down, threads); // [n, dim]
+            add(x, xb2); // residual
+
+            if let Some(h) = hidden.as_deref_mut() {
+                h.layer_out[l].extend_from_slice(x);
+            }
+        }
+
+        rmsnorm(xb, x, &self.output_norm, eps); // [n, dim]
+        if let Some(h) = hidden {
+            h.final_norm.extend_from_slice(xb);
+        }
+    }
+}
+
+impl Layer {
+    fn new(l: &LayerWeights, cfg: &LlamaConfig) -> Result<Layer> {
+        let (dim, qd, kvd, ffn) = (cfg.dim, cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim);
+        Ok(Layer {
+            attn_norm: vector(&l.attn_norm, dim)?,
+            wq: matrix(&l.wq, qd, dim)?,
+            wk: matrix(&l.wk, kvd, dim)?,
+            wv: matrix(&l.wv, kvd, dim)?,
+            wo: matrix(&l.wo, dim, qd)?,
+            ffn_norm: vector(&l.ffn_norm, dim)?,
+            w_gate: matrix(&l.w_gate, ffn, dim)?,
+            w_up: matrix(&l.w_up, ffn, dim)?,
+            w_down: matrix(&l.w_down, dim, ffn)?,
+        })
+    }
+}
+
+impl RunState {
+    fn new(cfg: &LlamaConfig, batch: usize, max_ctx: usize, threads: usize) -> RunState {
+        let (dim, qd, ffn) = (cfg.dim, cfg.q_dim(), cfg.ffn_dim);
+        let cache = cfg.n_layers * max_ctx * cfg.kv_dim();
+        RunState {
+            batch,
+            x: vec![0.0; batch * dim],
+            xb: vec![0.0; batch * dim],
+            xb2: vec![0.0; batch * dim],
+            q: vec![0.0; batch * qd],
+            att: vec![0.0; batch * qd],
+            hb: vec![0.0; batch * ffn],
+            hb2: vec![0.0; batch * ffn],
+            scores: vec![0.0; threads * max_ctx],
+            key_cache: vec![0.0; cache],
+            value_cache: vec![0.0; cache],
+        }
+    }
+}
+
+/// Index of the largest value (the first one on ties); 0 for an empty slice.
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in x.iter().enumerate() {
+        if *v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Dequantizes a `[rows, cols]` weight, checking its shape.
+fn matrix(t: &HostTensor, rows: usize, cols: usize) -> Result<Matrix> {
+    if t.shape != [rows, cols] {
+        return Err(ModelError::Invalid(format!(
+            "{}: shape {:?}, expected [{rows}, {cols}]",
+            t.name, t.shape
+        )));
+    }
+    Ok(Matrix {
+        data: t.to_f32()?,
+        rows,
+        cols,
+    })
+}
+
+/// Dequantizes a `[n]` weight (a norm), checking its size.
+fn vector(t: &HostTensor, n: usize) -> Result<Vec<f32>> {
+    if t.numel() != n {
+        return Err(ModelError::Invalid(format!(
+            "{}: shape {:?}, expected [{n}]",
+            t.name, t.shape
+        )));
+    }
+    t.to_f32()
+}
+
+/// `out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w` for each row `t` of `[n, dim]`.
+fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let dim = w.len();
+    for (o, xr) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+        let mean_sq = xr
+            .iter()
+            .map(|v| f64::from(*v) * f64::from(*v))
+            .sum::<f64>()
+            / dim as f64;
+        let inv = (1.0 / (mean_sq + f64::from(eps)).sqrt()) as f32;
+        for ((o, xv), wv) in o.iter_mut().zip(xr).zip(w) {
+            // (x * inv) * w: the same order as transformers' LlamaRMSNorm.
+            *o = (xv * inv) * wv;
+        }
+    }
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// `a · b` in f32 with 8 interleaved partial sums, added pairwise at the end.
+/// The partial sums let the compiler vectorize and keep the rounding error
+/// lower than one long serial sum; the order is fixed, so the result is
+/// reproducible.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (a8, a_tail) = a.as_chunks::<8>();
+    let (b8, b_tail) = b.as_chunks::<8>();
+    let mut acc = [0.0f32; 8];
+    for (x, y) in a8.iter().zip(b8) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0.0f32;
+    for (x, y) in a_tail.iter().zip(b_tail) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// `out[t, r] = W[r, :] · x[t, :]`: `out: [n, rows]`, `x: [n, cols]`, `W: [rows, cols]`.
+///
+/// One token (decoding) splits the rows of `W` over threads; several tokens
+/// split the tokens, so each thread owns whole rows of `out` and no unsafe
+/// sharing is needed. Each dot product is the same either way.
+fn matmul(out: &mut [f32], x: &[f32], w: &Matrix, threads: usize) {
+    let (rows, cols) = (w.rows, w.cols);
+    let n = x.len() / cols;
+    debug_assert_eq!(out.len(), n * rows);
+    let threads = if n * rows * cols < PARALLEL_MIN_WORK {
+        1
+    } else {
+        threads.max(1)
+    };
+    if n == 1 {
+        let chunk = rows.div_ceil(threads);
+        let run = |r0: usize, out: &mut [f32]| {
+            for (j, y) in out.iter_mut().enumerate() {
+                *y = dot(x, w.row(r0 + j));
+            }
+        };
+        if threads == 1 {
+            return run(0, out);
+        }
+        thread::scope(|s| {
+            for (i, o) in out.chunks_mut(chunk).enumerate() {
+                s.spawn(move || run(i * chunk, o));
+            }
+        });
+    } else {
+        // Loop order: each weight row is read once per thread and reused for
+        // all its tokens while it sits in L1.
+        let run = |out: &mut [f32], x: &[f32]| {
+            for r in 0..rows {
+                let wr = w.row(r);
+                for (t, xt) in x.chunks_exact(cols).enumerate() {
+                    out[t * rows + r] = dot(xt, wr);
+                }
+            }
+        };
+        let chunk = n.div_ceil(threads.min(n));
+        if chunk == n {
+            return run(out, x);
+        }
+        thread::scope(|s| {
+            for (o, xs) in out.chunks_mut(chunk * rows).zip(x.chunks(chunk * cols)) {
+                s.spawn(move || run(o, xs));
+            }
+        });
+    }
+}
+
+/// Causal multi-head attention with grouped KV heads.
+///
+/// For new token `t` (at position `pos + t`) and query head `h`, with KV head
+/// `g = h / (n_heads / n_kv_heads)` (as transformers' `repeat_kv`):
+/// `out[t, h] = sum_{j <= pos+t} softmax_j(q[t,h] · k[j,g] / sqrt(head_dim)) v[j,g]`.
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    out: &mut [f32], // [n, n_heads * head_dim]
+    q: &[f32],       // [n, n_heads * head_dim]
+    keys: &[f32],    // [pos + n, n_kv_heads * head_dim]
+    values: &[f32],  // [pos + n, n_kv_heads * head_dim]
+    pos: usize,
+    cfg: &LlamaConfig,
+    scores: &mut [f32], // [threads, max_ctx]
+    threads: usize,
+) {
+    let (hd, qd, kvd, group) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim(), cfg.gqa_group());
+    let n = q.len() / qd;
+    let ctx_max = scores.len() / threads.max(1);
+    let scale = (1.0 / (hd as f64).sqrt()) as f32;
+    // Tokens `t0..` of this slice; `att` is one thread's score row.
+    let run = |t0: usize, out: &mut [f32], q: &[f32], att: &mut [f32]| {
+        for (t, (o_t, q_t)) in out.chunks_exact_mut(qd).zip(q.chunks_exact(qd)).enumerate() {
+            let ctx = pos + t0 + t + 1; // causal: keys 0..=pos+t
+            for h in 0..cfg.n_heads {
+                let g = h / group;
+                let q_h = &q_t[h * hd..(h + 1) * hd]; // [head_dim]
+                let att = &mut att[..ctx]; // [ctx]
+                for (j, a) in att.iter_mut().enumerate() {
+                    *a = dot(q_h, &keys[j * kvd + g * hd..j * kvd + (g + 1) * hd]) * scale;
+                }
+                softmax(att);
+                let o_h = &mut o_t[h * hd..(h + 1) * hd]; // [head_dim]
+                o_h.fill(0.0);
+                for (j, a) in att.iter().enumerate() {
+                    let v = &values[j * kvd + g * hd..j * kvd + (g + 1) * hd];
+                    for (o, v) in o_h.iter_mut().zip(v) {
+                        *o += a * v;
+                    }
+                }
+            }
+        }
+    };
+    let work = n * cfg.n_heads * (pos + n) * hd;
+    let threads = if work < PARALLEL_MIN_WORK {
+        1
+    } else {
+        threads.clamp(1, n)
+    };
+    let chunk = n.div_ceil(threads);
+    if threads == 1 {
+        return run(0, out, q, &mut scores[..ctx_max]);
+    }
+    thread::scope(|s| {
+        let parts = out
+            .chunks_mut(chunk * qd)
+            .zip(q.chunks(chunk * qd))
+            .zip(scores.chunks_mut(ctx_max));
+        for (i, ((o, qs), att)) in parts.enumerate() {
+            s.spawn(move || run(i * chunk, o, qs, att));
+        }
+    });
+}
+
+/// In-place softmax: exp in f32 after subtracting the max, denominator in f64.
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    let mut sum = 0.0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += f64::from(*v);
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+impl RopeTable {
+    fn new(head_dim: usize, theta: f32, max_ctx: usize) -> Self {
+        let half = head_dim / 2;
+        // transformers: inv_freq = 1.0 / (base ** (arange(0, dim, 2).float() / dim)),
+        // freqs = position.float() * inv_freq, then cos/sin, all in f32.
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(max_ctx * half);
+        let mut sin = Vec::with_capacity(max_ctx * half);
+        for p in 0..max_ctx {
+            for f in &inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        RopeTable { half, cos, sin }
+    }
+
+    /// Rotates each head of `x: [n, heads, head_dim]`, token `t` by position `pos + t`.
+    /// Pair `i` is (2i, 2i+1) for [`RopeStyle::Interleaved`] and (i, i + head_dim/2)
+    /// for [`RopeStyle::Neox`]; both rotate by the angle `pos * theta^(-2i/head_dim)`.
+    fn rotate(&self, x: &mut [f32], heads: usize, pos: usize, style: RopeStyle) {
+        let hd = 2 * self.half;
+        for (t, x_t) in x.chunks_exact_mut(heads * hd).enumerate() {
+            let p = pos + t;
+            let cos = &self.cos[p * self.half..(p + 1) * self.half];
+            let sin = &self.sin[p * self.half..(p + 1) * self.half];
+            for head in x_t.chunks_exact_mut(hd) {
+                for i in 0..self.half {
+                    let (a, b) = match style {
+                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                        RopeStyle::Neox => (i, i + self.half),
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos[i] - x1 * sin[i];
+                    head[b] = x0 * sin[i] + x1 * cos[i];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "reference_tests.rs"]
+mod tests;
