@@ -1,2 +1,37 @@
-// (being written)
-@compute @workgroup_size(1) fn swiglu() {}
+// swiglu.wgsl: out = silu(gate) * up. Each invocation handles 4 elements
+// spaced a workgroup apart, so loads stay coalesced.
+
+struct Params {
+    n: u32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// read_write only so that out may alias gate (see swiglu.rs).
+@group(0) @binding(1) var<storage, read_write> gate: array<f32>;
+@group(0) @binding(2) var<storage, read> up: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 256u;
+const PER_THREAD: u32 = 4u;
+
+// x * sigmoid(x) with e = exp(-|x|) in (0, 1]: no overflow, no x / inf.
+fn silu(x: f32) -> f32 {
+    let e = exp(-abs(x));
+    let s = select(e, 1.0, x >= 0.0) / (1.0 + e);
+    return x * s;
+}
+
+@compute @workgroup_size(WG)
+fn swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let base = (wid.x + wid.y * nwg.x) * WG * PER_THREAD + lid;
+    for (var k = 0u; k < PER_THREAD; k++) {
+        let i = base + k * WG;
+        if i < p.n {
+            out[i] = silu(gate[i]) * up[i];
+        }
+    }
+}
