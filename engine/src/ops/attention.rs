@@ -1,13 +1,331 @@
-//! (being written) Attention.
-use crate::graph::{Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
+//! Causal grouped-query attention over the f16 KV cache, fused: scores never
+//! reach memory. For token `i` of the step (at position `pos + i`) and query
+//! head `h`, with KV head `g = h / (n_heads / n_kv_heads)` (transformers'
+//! `repeat_kv`):
+//!
+//! `out[i, h] = sum_{j <= pos+i} softmax_j(scale * q[i, h] . k[g, j]) v[g, j]`
+//!
+//! The softmax is computed online in f32 (Milakov & Gimelshein 2018, "Online
+//! normalizer calculation for softmax"; FlashAttention, Dao et al. 2022): a
+//! running max `m` and sum `l` per query row, and the output accumulator is
+//! rescaled by `exp(m_old - m_new)` whenever the max grows.
+//!
+//! Two paths, chosen per step, in one shader (`attention.wgsl`):
+//! - **prefill** (entry `attention`): an invocation owns 4 query rows
+//!   (token, head) of one KV head; the 64 invocations of a workgroup walk
+//!   that head's keys in blocks of 32 in lockstep (every K/V address is the
+//!   same across the workgroup: a broadcast on GPUs, one cache line on
+//!   CPUs), and each row masks the keys past its own position. The output
+//!   accumulator is `out` itself (rescaled per block, normalised by the
+//!   last). Used for every step with more than one token, and for one-token
+//!   steps when no scratch tensor is given.
+//! - **split-KV decode** (entries `attention_decode`, `attention_combine`;
+//!   flash-decoding, Dao et al. 2023): for one token the KV length is cut
+//!   into `n_chunks` ranges ([`decode_split`]); an invocation takes one
+//!   range for 4 query heads of a GQA group (all of them for groups up to
+//!   4, so each K/V element is loaded once), and writes a partial
+//!   `(m, l, acc[head_dim])` per head to `scratch`; one combine workgroup
+//!   per head merges the ranges into `out`.
+//!
+//! Both are written for lavapipe first (tests and most users). There,
+//! invocations are CPU SIMD lanes; every storage or workgroup load is a
+//! loop over the 8 lanes (Mesa 22), so time goes with the number of load
+//! instructions, not bytes; loops are not unrolled, so a private array
+//! indexed by a loop variable turns into memory traffic; barriers switch
+//! coroutines; and an invocation is silently stopped after 65535 loop
+//! iterations in total. So: no workgroup memory or barriers, K/V read 16
+//! bytes (8 f16) per load, a block of 32 keys x 4 rows held in `mat4x4`
+//! registers with the block's code written out, loops per block and per 8
+//! dims only. Measured, decode then costs about one load per 8 dims of K
+//! and of V, its floor there. On GPUs the same choices are sane, not peak
+//! (a subgroup / shared-memory variant would be the next step).
+//! The 65535 cap bounds a prefill row's context on lavapipe: each block of
+//! 32 keys takes `head_dim / 4 + 1` iterations, so about 120k keys at
+//! head_dim 64 and 32k at head_dim 256.
+//!
+//! # Shapes
+//! q: [n_tokens, n_heads, head_dim] f32 (RoPE'd).
+//! k_cache, v_cache: [n_kv_heads, max_ctx, head_dim] f16, two per u32 word,
+//! filled for positions `0 .. pos + n_tokens` (see `ops::kv_write`).
+//! out: [n_tokens, n_heads * head_dim] f32.
+//! scratch: [n_heads, n_chunks, head_dim + 4] f32 per step, at most
+//! [`scratch_bytes`]; each record is `(m, l, 0, 0, acc[0..head_dim])`.
+//! head_dim: a multiple of 8, at most 256; n_heads a multiple of n_kv_heads.
+
+use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
+use crate::ops::kv_write::{cache_bytes, step_rows};
+use crate::ops::{check_bytes, grid1, write_params};
+use crate::pipeline::Kernel;
 use crate::shader::ShaderSource;
-use crate::{Caps, Result};
-pub fn shaders() -> Vec<&'static ShaderSource> { vec![] }
+use crate::{Caps, Result, ensure_shape};
+
+crate::shader!(SHADER, "attention", []);
+
+/// The attention shader, for the naga translation tests.
+pub fn shaders() -> Vec<&'static ShaderSource> {
+    vec![&SHADER]
+}
+
+/// One parameter block for all three entry points (mirrored in the shader).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct AttentionParams {
+    /// Query tokens this step.
+    pub n_tokens: u32,
+    /// Position of the first of them.
+    pub pos: u32,
+    /// Keys visible to the last token: pos + n_tokens.
+    pub kv_len: u32,
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub max_ctx: u32,
+    /// Decode: key ranges this step (also the scratch records per head).
+    pub n_chunks: u32,
+    /// Decode: keys per range, see [`decode_split`].
+    pub chunk_len: u32,
+    pub scale: f32,
+    pub _pad: [u32; 3],
+}
+
 #[derive(Debug, Clone)]
-pub struct Attention { pub q: TensorId, pub k_cache: TensorId, pub v_cache: TensorId, pub out: TensorId, pub scratch: Option<TensorId>, pub n_heads: u32, pub n_kv_heads: u32, pub head_dim: u32, pub max_ctx: u32, pub max_rows: u32, pub scale: f32 }
+pub struct Attention {
+    /// [max_rows, n_heads, head_dim] f32.
+    pub q: TensorId,
+    /// [n_kv_heads, max_ctx, head_dim] f16 packed.
+    pub k_cache: TensorId,
+    /// [n_kv_heads, max_ctx, head_dim] f16 packed.
+    pub v_cache: TensorId,
+    /// [max_rows, n_heads * head_dim] f32.
+    pub out: TensorId,
+    /// At least [`scratch_bytes`] bytes; `None` runs one-token steps on the
+    /// prefill kernel (slower for long contexts: one invocation per head).
+    pub scratch: Option<TensorId>,
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    pub max_ctx: u32,
+    /// Rows at the graph's largest step.
+    pub max_rows: u32,
+    /// Usually 1 / sqrt(head_dim).
+    pub scale: f32,
+}
+
+/// Keys per block (KB in attention.wgsl), and the fewest keys one decode
+/// invocation takes.
+pub const BLOCK: u32 = 32;
+/// Most ranges one decode step is cut into, per query head. Bounds the
+/// scratch tensor and the combine; 256 ranges keep a GPU busy at long
+/// contexts even with few KV heads, and up to 8192 keys each range is one
+/// block, so nothing is read back and rescaled.
+pub const MAX_DECODE_CHUNKS: u32 = 256;
+/// Invocations per workgroup (WG in attention.wgsl).
+const WG: u32 = 64;
+/// Query rows / heads per invocation (the width of the shader's mat4x4).
+const ROWS: u32 = 4;
+/// Largest head_dim (the 65535-iteration budget on lavapipe, above).
+pub const MAX_HEAD_DIM: u32 = 256;
+
+/// How a decode step over `kv_len` keys is split: (ranges, keys per range).
+pub fn decode_split(kv_len: u32) -> (u32, u32) {
+    let chunk_len = kv_len
+        .div_ceil(MAX_DECODE_CHUNKS)
+        .next_multiple_of(BLOCK)
+        .max(BLOCK);
+    (kv_len.div_ceil(chunk_len).max(1), chunk_len)
+}
+
+/// Bytes of the decode scratch tensor:
+/// `n_heads * min(ceil(max_ctx / 32), 256) * (head_dim + 4) * 4`.
+/// `max_rows` does not enter (only one-token steps use it); it is taken so
+/// callers need not know that.
+pub fn scratch_bytes(n_heads: u32, head_dim: u32, max_ctx: u32, _max_rows: u32) -> u64 {
+    let chunks = max_ctx.div_ceil(BLOCK).clamp(1, MAX_DECODE_CHUNKS);
+    4 * u64::from(n_heads) * u64::from(chunks) * (u64::from(head_dim) + 4)
+}
+
+impl Attention {
+    fn group(&self) -> u32 {
+        self.n_heads / self.n_kv_heads.max(1)
+    }
+    fn kernel(&self, entry: &'static str) -> Kernel {
+        Kernel::new(&SHADER, entry)
+            .with("W8", self.head_dim / 8)
+            .with("G", self.group())
+    }
+    fn bindings(&self) -> Vec<Binding> {
+        let mut b = vec![
+            Binding::read(self.q),
+            Binding::read(self.k_cache),
+            Binding::read(self.v_cache),
+            Binding::write(self.out),
+        ];
+        if let Some(s) = self.scratch {
+            b.push(Binding::write(s));
+        }
+        b
+    }
+}
+
+/// Call roles: with scratch the calls are [decode, combine, prefill], else
+/// [prefill].
+const CALL_DECODE: usize = 0;
+const CALL_COMBINE: usize = 1;
+const CALL_PREFILL: usize = 2;
+
 impl OpDef for Attention {
-    fn name(&self) -> &'static str { "attention" }
-    fn check(&self, _g: &Graph) -> Result<()> { unimplemented!() }
-    fn calls(&self, _caps: &Caps) -> Vec<Call> { unimplemented!() }
-    fn step(&self, _c: usize, _s: &Step, _p: &mut [u8; PARAMS_BYTES]) -> [u32; 3] { unimplemented!() }
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+    fn check(&self, g: &Graph) -> Result<()> {
+        const OP: &str = "attention";
+        let (hd, nh, nkv) = (self.head_dim, self.n_heads, self.n_kv_heads);
+        ensure_shape!(
+            hd.is_multiple_of(8) && (8..=MAX_HEAD_DIM).contains(&hd),
+            OP,
+            "head_dim {hd} must be a multiple of 8 in 8..={MAX_HEAD_DIM}"
+        );
+        ensure_shape!(
+            nkv > 0 && nh.is_multiple_of(nkv),
+            OP,
+            "n_heads {nh} must be a nonzero multiple of n_kv_heads {nkv}"
+        );
+        ensure_shape!(
+            self.max_ctx > 0 && self.max_rows > 0,
+            OP,
+            "max_ctx and max_rows must be nonzero"
+        );
+        ensure_shape!(
+            self.scale.is_finite(),
+            OP,
+            "scale {} is not finite",
+            self.scale
+        );
+        let rows = u64::from(self.max_rows) * u64::from(nh) * u64::from(hd) * 4;
+        check_bytes(g, OP, "q", self.q, rows)?;
+        check_bytes(g, OP, "out", self.out, rows)?;
+        let cache = cache_bytes(nkv, hd, self.max_ctx);
+        check_bytes(g, OP, "k_cache", self.k_cache, cache)?;
+        check_bytes(g, OP, "v_cache", self.v_cache, cache)?;
+        if let Some(s) = self.scratch {
+            check_bytes(
+                g,
+                OP,
+                "scratch",
+                s,
+                scratch_bytes(nh, hd, self.max_ctx, self.max_rows),
+            )?;
+        }
+        Ok(())
+    }
+    fn calls(&self, _caps: &Caps) -> Vec<Call> {
+        let prefill = Call {
+            kernel: self.kernel("attention"),
+            bindings: self.bindings(),
+        };
+        if self.scratch.is_none() {
+            return vec![prefill];
+        }
+        vec![
+            Call {
+                kernel: self.kernel("attention_decode"),
+                bindings: self.bindings(),
+            },
+            // The same bindings for all three, so they share one layout.
+            Call {
+                kernel: self.kernel("attention_combine"),
+                bindings: self.bindings(),
+            },
+            prefill,
+        ]
+    }
+    fn step(&self, call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+        let n = step_rows(step, self.max_rows, self.max_ctx);
+        let kv_len = step.pos + n;
+        let decode = self.scratch.is_some() && n == 1;
+        let (n_chunks, chunk_len) = if decode { decode_split(kv_len) } else { (0, 0) };
+        write_params(
+            params,
+            &AttentionParams {
+                n_tokens: n,
+                pos: step.pos,
+                kv_len,
+                n_heads: self.n_heads,
+                n_kv_heads: self.n_kv_heads,
+                max_ctx: self.max_ctx,
+                n_chunks,
+                chunk_len,
+                scale: self.scale,
+                _pad: [0; 3],
+            },
+        );
+        let group = self.group();
+        let role = if self.scratch.is_some() {
+            call
+        } else {
+            CALL_PREFILL
+        };
+        match role {
+            CALL_DECODE if decode => {
+                grid1(n_chunks.div_ceil(WG) * self.n_kv_heads * group.div_ceil(ROWS))
+            }
+            CALL_COMBINE if decode => grid1(self.n_heads),
+            CALL_PREFILL if !decode && n > 0 => {
+                grid1((n * group).div_ceil(ROWS * WG) * self.n_kv_heads)
+            }
+            _ => [0, 0, 0],
+        }
+    }
+}
+
+/// CPU reference, same math: f32 scores, softmax with the max subtracted,
+/// sums in f64. Caches are f32 images of the f16 caches (values already
+/// rounded, see `kv_write::reference`), layout [n_kv_heads, max_ctx, head_dim].
+#[allow(clippy::too_many_arguments)]
+pub fn reference(
+    q: &[f32], // [n_tokens, n_heads, head_dim]
+    k_cache: &[f32],
+    v_cache: &[f32],
+    n_tokens: usize,
+    pos: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    max_ctx: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let group = n_heads / n_kv_heads;
+    let mut out = vec![0.0; n_tokens * n_heads * head_dim];
+    let mut scores = vec![0.0f32; pos + n_tokens];
+    let mut acc = vec![0.0f64; head_dim];
+    for t in 0..n_tokens {
+        let ctx = pos + t + 1;
+        for h in 0..n_heads {
+            let kvh = h / group;
+            let qh = &q[(t * n_heads + h) * head_dim..][..head_dim];
+            // This KV head's rows, [max_ctx, head_dim] each.
+            let base = kvh * max_ctx * head_dim;
+            let keys = &k_cache[base..base + ctx * head_dim];
+            let values = &v_cache[base..base + ctx * head_dim];
+            for (s, k) in scores[..ctx].iter_mut().zip(keys.chunks_exact(head_dim)) {
+                *s = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+            }
+            let m = scores[..ctx]
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, s| m.max(*s));
+            let mut l = 0.0f64;
+            acc.fill(0.0);
+            for (s, v) in scores[..ctx].iter().zip(values.chunks_exact(head_dim)) {
+                let p = f64::from((s - m).exp());
+                l += p;
+                for (a, v) in acc.iter_mut().zip(v) {
+                    *a += p * f64::from(*v);
+                }
+            }
+            let o = &mut out[(t * n_heads + h) * head_dim..][..head_dim];
+            for (o, a) in o.iter_mut().zip(&acc) {
+                *o = (a / l) as f32;
+            }
+        }
+    }
+    out
 }

@@ -1,0 +1,324 @@
+// attention.wgsl: fused causal GQA attention over the f16 KV cache, online
+// softmax; see ops/attention.rs for the math, layouts and the choice of path.
+//
+//   attention          prefill: an invocation owns 4 query rows (token,
+//                      head) of one KV head; all invocations of a workgroup
+//                      walk the same keys in blocks of 32 (same addresses:
+//                      a broadcast on GPUs). The output accumulator lives in
+//                      `out` itself.
+//   attention_decode   one token, split-KV: an invocation owns a range of
+//                      keys and 4 query heads of one GQA group, and writes a
+//                      partial (m, l, acc) per head to `scratch`.
+//   attention_combine  merges the decode ranges of a head into `out`.
+//
+// Why it is shaped like this (lavapipe first, where tests and most users
+// run; invocations are SIMD lanes of a CPU core, and every load is a loop
+// over the lanes, so the cost is the number of load instructions):
+// - no workgroup memory and no barriers: each invocation is independent;
+// - a block is 32 keys x 4 rows held as 8 mat4x4 in registers, its code
+//   written out: lavapipe does not unroll loops, and a private array indexed
+//   by a loop variable becomes memory traffic;
+// - K/V are read 16 bytes (8 f16) per load;
+// - lavapipe stops an invocation after 65535 loop iterations in total, so
+//   loops run per block and per 8 dims, never per key or per dim.
+
+struct Params {
+    n_tokens: u32,
+    pos: u32,
+    kv_len: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    max_ctx: u32,
+    n_chunks: u32,
+    chunk_len: u32,
+    scale: f32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;             // [n_tokens, n_heads, 2 * W8]
+@group(0) @binding(2) var<storage, read> k_cache: array<vec4<u32>>;       // [n_kv_heads, max_ctx, W8], 8 f16 each
+@group(0) @binding(3) var<storage, read> v_cache: array<vec4<u32>>;       // [n_kv_heads, max_ctx, W8]
+@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;     // [n_tokens, n_heads, 2 * W8]
+@group(0) @binding(5) var<storage, read_write> scratch: array<vec4<f32>>; // [n_heads, n_chunks, 1 + 2 * W8]
+
+// Set per pipeline by ops/attention.rs; defaults: head_dim 64, no GQA.
+override W8: u32 = 8u;    // head_dim / 8: 16-byte words per cache row
+override G: u32 = 1u;     // query heads per KV head
+
+const WG: u32 = 64u;
+const KB: u32 = 32u;        // keys per block: 8 groups of 4
+const NEG: f32 = -3.0e38;   // stands for -inf; stays finite so NEG - NEG = 0, not NaN
+
+// ---------------------------------------------------------------------------
+// Helpers. "Rows" are the 4 query rows (or heads) of an invocation; a score
+// matrix has one column per key and one component per row.
+
+// Eight f16 of a cache word: dims 0-3 and 4-7.
+fn lo4(w: vec4<u32>) -> vec4<f32> {
+    return vec4(unpack2x16float(w.x), unpack2x16float(w.y));
+}
+fn hi4(w: vec4<u32>) -> vec4<f32> {
+    return vec4(unpack2x16float(w.z), unpack2x16float(w.w));
+}
+
+// Scores of keys j..j+3 (clamped to `last`) of the KV head at row `base`,
+// over dims 8w..8w+7, against the rows whose same dims are the columns of
+// qa (0-3) and qb (4-7): column k, component r = q_r . k_{j+k}.
+fn scores4(qa: mat4x4<f32>, qb: mat4x4<f32>, base: u32, j: u32, last: u32, w: u32) -> mat4x4<f32> {
+    let k0 = k_cache[(base + min(j, last)) * W8 + w];
+    let k1 = k_cache[(base + min(j + 1u, last)) * W8 + w];
+    let k2 = k_cache[(base + min(j + 2u, last)) * W8 + w];
+    let k3 = k_cache[(base + min(j + 3u, last)) * W8 + w];
+    return mat4x4(lo4(k0) * qa + hi4(k0) * qb, lo4(k1) * qa + hi4(k1) * qb,
+                  lo4(k2) * qa + hi4(k2) * qb, lo4(k3) * qa + hi4(k3) * qb);
+}
+
+// Dims 8w..8w+7 of values j..j+3 (clamped), one column per key.
+struct Values4 {
+    lo: mat4x4<f32>,
+    hi: mat4x4<f32>,
+}
+
+fn values4(base: u32, j: u32, last: u32, w: u32) -> Values4 {
+    let v0 = v_cache[(base + min(j, last)) * W8 + w];
+    let v1 = v_cache[(base + min(j + 1u, last)) * W8 + w];
+    let v2 = v_cache[(base + min(j + 2u, last)) * W8 + w];
+    let v3 = v_cache[(base + min(j + 3u, last)) * W8 + w];
+    return Values4(mat4x4(lo4(v0), lo4(v1), lo4(v2), lo4(v3)), mat4x4(hi4(v0), hi4(v1), hi4(v2), hi4(v3)));
+}
+
+// Scaled scores of keys j..j+3 where key < limit (per row), NEG elsewhere.
+fn masked4(s: mat4x4<f32>, j: u32, limit: vec4<u32>, scale: f32) -> mat4x4<f32> {
+    return mat4x4(select(vec4(NEG), s[0] * scale, vec4(j) < limit),
+                  select(vec4(NEG), s[1] * scale, vec4(j + 1u) < limit),
+                  select(vec4(NEG), s[2] * scale, vec4(j + 2u) < limit),
+                  select(vec4(NEG), s[3] * scale, vec4(j + 3u) < limit));
+}
+
+// Largest score per row.
+fn rowmax(s: mat4x4<f32>) -> vec4<f32> {
+    return max(max(s[0], s[1]), max(s[2], s[3]));
+}
+
+// exp(s - m), transposed: one column per row, one component per key. A
+// masked score (NEG) gives 0 once the row has seen a key (m finite).
+fn probs_t(s: mat4x4<f32>, m: vec4<f32>) -> mat4x4<f32> {
+    return transpose(mat4x4(exp(s[0] - m), exp(s[1] - m), exp(s[2] - m), exp(s[3] - m)));
+}
+
+// Per-row sum of a transposed probability matrix.
+fn row_sums(pt: mat4x4<f32>) -> vec4<f32> {
+    return vec4(dot(pt[0], vec4(1.0)), dot(pt[1], vec4(1.0)), dot(pt[2], vec4(1.0)), dot(pt[3], vec4(1.0)));
+}
+
+// The block: 32 keys from j0 against 4 rows, all in registers.
+struct Block {
+    // Transposed probabilities of keys j0 + 4i .. j0 + 4i + 3.
+    p0: mat4x4<f32>, p1: mat4x4<f32>, p2: mat4x4<f32>, p3: mat4x4<f32>,
+    p4: mat4x4<f32>, p5: mat4x4<f32>, p6: mat4x4<f32>, p7: mat4x4<f32>,
+    // Rescale of the old accumulator: exp(m_old - m_new).
+    alpha: vec4<f32>,
+}
+
+// Scores, running max m and sum l for keys j0..j0+31 (reads clamped to
+// `last`, keys at or past `limit` masked) of the KV head at row `base`;
+// `qrow` holds the first q word of each row.
+fn block(qrow: vec4<u32>, base: u32, j0: u32, last: u32, limit: vec4<u32>, m: ptr<function, vec4<f32>>,
+         l: ptr<function, vec4<f32>>) -> Block {
+    var s0 = mat4x4<f32>(); var s1 = mat4x4<f32>(); var s2 = mat4x4<f32>(); var s3 = mat4x4<f32>();
+    var s4 = mat4x4<f32>(); var s5 = mat4x4<f32>(); var s6 = mat4x4<f32>(); var s7 = mat4x4<f32>();
+    for (var w = 0u; w < W8; w++) {
+        let i = qrow + vec4(2u * w);
+        let qa = mat4x4(q[i.x], q[i.y], q[i.z], q[i.w]);
+        let qb = mat4x4(q[i.x + 1u], q[i.y + 1u], q[i.z + 1u], q[i.w + 1u]);
+        s0 += scores4(qa, qb, base, j0, last, w);
+        s1 += scores4(qa, qb, base, j0 + 4u, last, w);
+        s2 += scores4(qa, qb, base, j0 + 8u, last, w);
+        s3 += scores4(qa, qb, base, j0 + 12u, last, w);
+        s4 += scores4(qa, qb, base, j0 + 16u, last, w);
+        s5 += scores4(qa, qb, base, j0 + 20u, last, w);
+        s6 += scores4(qa, qb, base, j0 + 24u, last, w);
+        s7 += scores4(qa, qb, base, j0 + 28u, last, w);
+    }
+    s0 = masked4(s0, j0, limit, p.scale);
+    s1 = masked4(s1, j0 + 4u, limit, p.scale);
+    s2 = masked4(s2, j0 + 8u, limit, p.scale);
+    s3 = masked4(s3, j0 + 12u, limit, p.scale);
+    s4 = masked4(s4, j0 + 16u, limit, p.scale);
+    s5 = masked4(s5, j0 + 20u, limit, p.scale);
+    s6 = masked4(s6, j0 + 24u, limit, p.scale);
+    s7 = masked4(s7, j0 + 28u, limit, p.scale);
+    let mb = max(*m, max(max(max(rowmax(s0), rowmax(s1)), max(rowmax(s2), rowmax(s3))),
+                         max(max(rowmax(s4), rowmax(s5)), max(rowmax(s6), rowmax(s7)))));
+    var b: Block;
+    b.alpha = exp(*m - mb);
+    *m = mb;
+    b.p0 = probs_t(s0, mb); b.p1 = probs_t(s1, mb); b.p2 = probs_t(s2, mb); b.p3 = probs_t(s3, mb);
+    b.p4 = probs_t(s4, mb); b.p5 = probs_t(s5, mb); b.p6 = probs_t(s6, mb); b.p7 = probs_t(s7, mb);
+    *l = *l * b.alpha + row_sums(b.p0 + b.p1 + b.p2 + b.p3 + b.p4 + b.p5 + b.p6 + b.p7);
+    return b;
+}
+
+// P V of the block over dims 8w..8w+7: column i of .lo / .hi holds dims
+// 8w..8w+3 / 8w+4..8w+7 of row i.
+fn block_pv(b: Block, base: u32, j0: u32, last: u32, w: u32) -> Values4 {
+    var v = values4(base, j0, last, w);
+    var o = Values4(v.lo * b.p0, v.hi * b.p0);
+    v = values4(base, j0 + 4u, last, w); o.lo += v.lo * b.p1; o.hi += v.hi * b.p1;
+    v = values4(base, j0 + 8u, last, w); o.lo += v.lo * b.p2; o.hi += v.hi * b.p2;
+    v = values4(base, j0 + 12u, last, w); o.lo += v.lo * b.p3; o.hi += v.hi * b.p3;
+    v = values4(base, j0 + 16u, last, w); o.lo += v.lo * b.p4; o.hi += v.hi * b.p4;
+    v = values4(base, j0 + 20u, last, w); o.lo += v.lo * b.p5; o.hi += v.hi * b.p5;
+    v = values4(base, j0 + 24u, last, w); o.lo += v.lo * b.p6; o.hi += v.hi * b.p6;
+    v = values4(base, j0 + 28u, last, w); o.lo += v.lo * b.p7; o.hi += v.hi * b.p7;
+    return o;
+}
+
+// ---------------------------------------------------------------------------
+// Prefill: 4 rows (token, head-in-group) per invocation, keys uniform.
+
+// out[o..o+2] = (alpha * out[o..o+2] unless fresh, + a, b) * inv, if store.
+fn accumulate_out(o: u32, a: vec4<f32>, b: vec4<f32>, alpha: f32, inv: f32, fresh: bool, store: bool) {
+    var x = a;
+    var y = b;
+    if !fresh {
+        x += out[o] * alpha;
+        y += out[o + 1u] * alpha;
+    }
+    if store {
+        out[o] = x * inv;
+        out[o + 1u] = y * inv;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    // One KV head's rows in (token, head-in-group) order, 4 * WG per workgroup.
+    let rows = p.n_tokens * G;
+    let n_rt = (rows + 4u * WG - 1u) / (4u * WG);
+    let id = wid.x + wid.y * nwg.x;
+    if id >= n_rt * p.n_kv_heads { return; }
+    let rt = id % n_rt;
+    let kvh = id / n_rt;
+    let base = kvh * p.max_ctx;
+    // Keys [0, kend) are visible to some row of the workgroup.
+    let kend = p.pos + (min((rt + 1u) * 4u * WG, rows) - 1u) / G + 1u;
+
+    let r4 = vec4((rt * WG + lid) * 4u) + vec4(0u, 1u, 2u, 3u);
+    if r4.x >= rows { return; }
+    // Rows past the step (in the last invocation) re-read the last row,
+    // which is this invocation's too, see no key, and are never stored.
+    let ok = r4 < vec4(rows);
+    let r = min(r4, vec4(rows - 1u));
+    let tok = r / G;
+    let limit = select(vec4(0u), vec4(p.pos + 1u) + tok, ok);   // causal: keys <= pos + tok
+    let qrow = (tok * p.n_heads + vec4(kvh * G) + r % G) * 2u * W8;
+
+    var m = vec4(NEG);
+    var l = vec4(0.0);
+    for (var j0 = 0u; j0 < kend; j0 += KB) {
+        let b = block(qrow, base, j0, kend - 1u, limit, &m, &l);
+        // The accumulator lives in `out`; the last block also normalises.
+        let fresh = j0 == 0u;
+        let inv = select(vec4(1.0), 1.0 / l, j0 + KB >= kend);
+        for (var w = 0u; w < W8; w++) {
+            let o = block_pv(b, base, j0, kend - 1u, w);
+            let at = qrow + vec4(2u * w);
+            accumulate_out(at.x, o.lo[0], o.hi[0], b.alpha.x, inv.x, fresh, ok.x);
+            accumulate_out(at.y, o.lo[1], o.hi[1], b.alpha.y, inv.y, fresh, ok.y);
+            accumulate_out(at.z, o.lo[2], o.hi[2], b.alpha.z, inv.z, fresh, ok.z);
+            accumulate_out(at.w, o.lo[3], o.hi[3], b.alpha.w, inv.w, fresh, ok.w);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Split-KV decode: one key range and 4 query heads of a group per invocation.
+
+fn accumulate_scratch(o: u32, a: vec4<f32>, b: vec4<f32>, alpha: f32, fresh: bool, store: bool) {
+    var x = a;
+    var y = b;
+    if !fresh {
+        x += scratch[o] * alpha;
+        y += scratch[o + 1u] * alpha;
+    }
+    if store {
+        scratch[o] = x;
+        scratch[o + 1u] = y;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let n_packs = (G + 3u) / 4u;
+    let wg_per_head = (p.n_chunks + WG - 1u) / WG;
+    let id = wid.x + wid.y * nwg.x;
+    if id >= wg_per_head * p.n_kv_heads * n_packs { return; }
+    let chunk = (id % wg_per_head) * WG + lid;
+    if chunk >= p.n_chunks { return; }
+    let kvh = (id / wg_per_head) % p.n_kv_heads;
+    let pack = id / (wg_per_head * p.n_kv_heads);
+    // Heads past the group (G not a multiple of 4) re-read the last head
+    // and are never stored.
+    let h4 = vec4(pack * 4u) + vec4(0u, 1u, 2u, 3u);
+    let ok = h4 < vec4(G);
+    let head = vec4(kvh * G) + min(h4, vec4(G - 1u));
+    let qrow = head * 2u * W8;
+    let base = kvh * p.max_ctx;
+    let c0 = chunk * p.chunk_len;
+    let c1 = min(c0 + p.chunk_len, p.kv_len);
+    let rec = (head * p.n_chunks + vec4(chunk)) * (1u + 2u * W8);
+
+    var m = vec4(NEG);
+    var l = vec4(0.0);
+    for (var j0 = c0; j0 < c1; j0 += KB) {
+        let b = block(qrow, base, j0, c1 - 1u, vec4(c1), &m, &l);
+        let fresh = j0 == c0;
+        for (var w = 0u; w < W8; w++) {
+            let o = block_pv(b, base, j0, c1 - 1u, w);
+            let at = rec + vec4(1u + 2u * w);
+            accumulate_scratch(at.x, o.lo[0], o.hi[0], b.alpha.x, fresh, ok.x);
+            accumulate_scratch(at.y, o.lo[1], o.hi[1], b.alpha.y, fresh, ok.y);
+            accumulate_scratch(at.z, o.lo[2], o.hi[2], b.alpha.z, fresh, ok.z);
+            accumulate_scratch(at.w, o.lo[3], o.hi[3], b.alpha.w, fresh, ok.w);
+        }
+    }
+    if ok.x { scratch[rec.x] = vec4(m.x, l.x, 0.0, 0.0); }
+    if ok.y { scratch[rec.y] = vec4(m.y, l.y, 0.0, 0.0); }
+    if ok.z { scratch[rec.z] = vec4(m.z, l.z, 0.0, 0.0); }
+    if ok.w { scratch[rec.w] = vec4(m.w, l.w, 0.0, 0.0); }
+}
+
+// ---------------------------------------------------------------------------
+// Combine: one workgroup per query head merges its n_chunks records:
+// out = sum_c exp(m_c - M) acc_c / sum_c exp(m_c - M) l_c, M = max_c m_c.
+
+@compute @workgroup_size(WG)
+fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let h = wid.x + wid.y * nwg.x;
+    if h >= p.n_heads { return; }
+    let stride = 1u + 2u * W8;
+    let first = h * p.n_chunks * stride;
+    // The (m, l) words are uniform loads; every invocation folds them itself.
+    var mx = NEG;
+    for (var c = 0u; c < p.n_chunks; c++) { mx = max(mx, scratch[first + c * stride].x); }
+    var lt = 0.0;
+    for (var c = 0u; c < p.n_chunks; c++) {
+        let ml = scratch[first + c * stride];
+        lt += ml.y * exp(ml.x - mx);
+    }
+    for (var i = lid; i < 2u * W8; i += WG) {
+        var o = vec4(0.0);
+        for (var c = 0u; c < p.n_chunks; c++) {
+            let rec = first + c * stride;
+            o += exp(scratch[rec].x - mx) * scratch[rec + 1u + i];
+        }
+        out[h * 2u * W8 + i] = o / lt;
+    }
+}
