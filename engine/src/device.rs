@@ -75,6 +75,21 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
+/// One line per adapter wgpu can see (name, backend, type, driver).
+pub fn list_adapters(opts: &DeviceOptions) -> Vec<String> {
+    let backends = opts.backend.unwrap_or(wgpu::Backends::all());
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    let instance = wgpu::Instance::new(desc);
+    pollster::block_on(instance.enumerate_adapters(backends))
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!("{} ({:?}, {:?}, {} {})", i.name, i.backend, i.device_type, i.driver, i.driver_info)
+        })
+        .collect()
+}
+
 fn type_rank(t: wgpu::DeviceType) -> u32 {
     match t {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -92,11 +107,23 @@ impl Gpu {
     }
 
     pub fn with_options(opts: &DeviceOptions) -> Result<Arc<Gpu>> {
-        let backends = opts.backend.unwrap_or(wgpu::Backends::all());
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-        desc.backends = backends;
-        let instance = wgpu::Instance::new(desc);
-        let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        // Without a choice, try the primary APIs (Vulkan, Metal, DX12) first
+        // and GL only when none has an adapter: probing EGL logs noise on
+        // machines without a GL driver, and GL is the slowest path anyway.
+        let tries = match opts.backend {
+            Some(b) => vec![b],
+            None => vec![wgpu::Backends::PRIMARY, wgpu::Backends::SECONDARY],
+        };
+        let mut adapters = Vec::new();
+        for backends in tries {
+            let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+            desc.backends = backends;
+            let instance = wgpu::Instance::new(desc);
+            adapters = pollster::block_on(instance.enumerate_adapters(backends));
+            if !adapters.is_empty() {
+                break;
+            }
+        }
         let seen: Vec<String> = adapters
             .iter()
             .map(|a| {

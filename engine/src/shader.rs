@@ -9,6 +9,10 @@ pub mod lib {
     pub const F16: &str = include_str!("../../shaders/lib/f16.wgsl");
     /// Workgroup sum / max reductions over 256 lanes.
     pub const REDUCE: &str = include_str!("../../shaders/lib/reduce.wgsl");
+    /// Matmul parameter block, bindings and block-format decoding.
+    pub const QBLOCK: &str = include_str!("../../shaders/lib/qblock.wgsl");
+    /// sincos with Cody-Waite range reduction (accurate for large angles) and a ~1 ulp exp2, for RoPE.
+    pub const TRIG: &str = include_str!("../../shaders/lib/trig.wgsl");
 }
 
 /// One `.wgsl` file and the libs it needs.

@@ -1,0 +1,324 @@
+//! The Llama forward pass as a graph of engine ops.
+//!
+//! [`GpuModel`] holds the weights on the GPU and the KV cache. [`build_graph`]
+//! reads top to bottom like the paper (and like `reference.rs`): embedding,
+//! then per layer rmsnorm → q/k/v → RoPE → cache write → causal GQA attention
+//! → output projection → residual → rmsnorm → SwiGLU FFN → residual; final
+//! norm, lm_head, and (when generating) sampling on the GPU.
+
+use std::sync::Arc;
+
+use lamina_engine::graph::{Graph, Op, TensorId};
+use lamina_engine::ops::{add, attention, embedding, kv_write, matmul, rmsnorm, rope, sample, swiglu};
+use lamina_engine::weight::{GpuWeight, HostData, HostWeight};
+use lamina_engine::{DType, Gpu, Tensor, WeightFormat, WeightRef};
+
+use crate::kv_cache::{KvCache, KvFormat};
+use crate::loader::LoadedModel;
+use crate::weights::{HostDType, HostTensor};
+use crate::{LlamaConfig, ModelError, Result, RopeStyle};
+
+/// How the checkpoint's weights are stored on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightMode {
+    /// As shipped: GGUF Q4_0 / Q4_1 / Q8_0 stay packed, f16/bf16 become f16, f32 stays f32.
+    #[default]
+    Native,
+    /// Everything dequantized to f32 at load, stored as f16 (the full-precision path).
+    F16,
+    /// Everything dequantized to f32.
+    F32,
+}
+
+impl std::str::FromStr for WeightMode {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "native" => Ok(WeightMode::Native),
+            "f16" => Ok(WeightMode::F16),
+            "f32" => Ok(WeightMode::F32),
+            _ => Err(ModelError::Input(format!("unknown weight mode `{s}` (native, f16, f32)"))),
+        }
+    }
+}
+
+/// One layer's weights on the GPU.
+pub struct GpuLayer {
+    pub attn_norm: Tensor,
+    pub wq: GpuWeight,
+    pub wk: GpuWeight,
+    pub wv: GpuWeight,
+    pub wo: GpuWeight,
+    pub ffn_norm: Tensor,
+    pub w_gate: GpuWeight,
+    pub w_up: GpuWeight,
+    pub w_down: GpuWeight,
+}
+
+/// Weights and KV cache on the GPU.
+pub struct GpuModel {
+    pub gpu: Arc<Gpu>,
+    pub config: LlamaConfig,
+    pub token_embd: GpuWeight,
+    pub layers: Vec<GpuLayer>,
+    pub output_norm: Tensor,
+    /// `None` when tied to the embedding.
+    pub output: Option<GpuWeight>,
+    pub kv: KvCache,
+    pub weight_mode: WeightMode,
+}
+
+fn engine_format(dt: HostDType, mode: WeightMode) -> WeightFormat {
+    match (mode, dt) {
+        (WeightMode::F32, _) => WeightFormat::F32,
+        (WeightMode::F16, _) => WeightFormat::F16,
+        (WeightMode::Native, HostDType::F32) => WeightFormat::F32,
+        (WeightMode::Native, HostDType::F16 | HostDType::BF16) => WeightFormat::F16,
+        (WeightMode::Native, HostDType::Q4_0) => WeightFormat::Q4_0,
+        (WeightMode::Native, HostDType::Q4_1) => WeightFormat::Q4_1,
+        (WeightMode::Native, HostDType::Q8_0) => WeightFormat::Q8_0,
+    }
+}
+
+/// Packs and uploads a host matrix in the format `mode` asks for.
+fn upload_matrix(gpu: &Gpu, t: &HostTensor, mode: WeightMode) -> Result<GpuWeight> {
+    if t.shape.len() != 2 {
+        return Err(ModelError::Invalid(format!("{} is not a matrix: {:?}", t.name, t.shape)));
+    }
+    let (rows, cols) = (t.rows() as u32, t.cols() as u32);
+    let format = engine_format(t.dtype, mode);
+    let w = match format {
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 => {
+            let data = HostData::Ggml(t.data.as_slice());
+            GpuWeight::upload(gpu, &t.name, &HostWeight { format, rows, cols, data })?
+        }
+        WeightFormat::F32 | WeightFormat::F16 => {
+            let values = t.to_f32()?;
+            let data = HostData::F32(&values);
+            GpuWeight::upload(gpu, &t.name, &HostWeight { format, rows, cols, data })?
+        }
+    };
+    Ok(w)
+}
+
+fn upload_vector(gpu: &Gpu, t: &HostTensor) -> Result<Tensor> {
+    let v = t.to_f32()?;
+    let bytes: &[u8] = bytemuck::cast_slice(&v);
+    Ok(Tensor {
+        buffer: gpu.upload(&t.name, bytes)?,
+        offset: 0,
+        size: bytes.len() as u64,
+        shape: vec![v.len()],
+        dtype: DType::F32,
+    })
+}
+
+impl GpuModel {
+    /// Uploads the weights and allocates a KV cache of `max_ctx` positions.
+    pub fn new(
+        gpu: Arc<Gpu>,
+        m: &LoadedModel,
+        mode: WeightMode,
+        max_ctx: usize,
+        kv_format: KvFormat,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Self> {
+        let cfg = m.config.clone();
+        let w = &m.weights;
+        let total = cfg.n_layers + 2;
+        progress(0, total);
+        let token_embd = upload_matrix(&gpu, &w.token_embd, mode)?;
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for (i, l) in w.layers.iter().enumerate() {
+            layers.push(GpuLayer {
+                attn_norm: upload_vector(&gpu, &l.attn_norm)?,
+                wq: upload_matrix(&gpu, &l.wq, mode)?,
+                wk: upload_matrix(&gpu, &l.wk, mode)?,
+                wv: upload_matrix(&gpu, &l.wv, mode)?,
+                wo: upload_matrix(&gpu, &l.wo, mode)?,
+                ffn_norm: upload_vector(&gpu, &l.ffn_norm)?,
+                w_gate: upload_matrix(&gpu, &l.w_gate, mode)?,
+                w_up: upload_matrix(&gpu, &l.w_up, mode)?,
+                w_down: upload_matrix(&gpu, &l.w_down, mode)?,
+            });
+            progress(i + 1, total);
+        }
+        let output_norm = upload_vector(&gpu, &w.output_norm)?;
+        let output = match &w.output {
+            Some(o) => Some(upload_matrix(&gpu, o, mode)?),
+            None => None,
+        };
+        progress(total - 1, total);
+        let kv = KvCache::new(&gpu, &cfg, max_ctx, kv_format)?;
+        progress(total, total);
+        Ok(GpuModel { gpu, config: cfg, token_embd, layers, output_norm, output, kv, weight_mode: mode })
+    }
+
+    pub fn lm_head(&self) -> &GpuWeight {
+        self.output.as_ref().unwrap_or(&self.token_embd)
+    }
+
+    /// Bytes of all weights on the GPU.
+    pub fn weight_bytes(&self) -> u64 {
+        let mut b = self.token_embd.bytes() + self.output_norm.size;
+        if let Some(o) = &self.output {
+            b += o.bytes();
+        }
+        for l in &self.layers {
+            b += l.attn_norm.size + l.ffn_norm.size;
+            for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+                b += w.bytes();
+            }
+        }
+        b
+    }
+
+    /// Weight bytes one decoded token streams: every layer matrix and the
+    /// lm_head, plus one embedding row (the lookup reads just that row).
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        let mut b = self.lm_head().bytes() + self.output_norm.size;
+        b += self.token_embd.bytes() / u64::from(self.token_embd.rows.max(1));
+        for l in &self.layers {
+            b += l.attn_norm.size + l.ffn_norm.size;
+            for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+                b += w.bytes();
+            }
+        }
+        b
+    }
+}
+
+/// What a graph ends with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// Logits of every token in the step ([n_tokens, vocab]), e.g. for perplexity.
+    AllLogits,
+    /// The last token's logits, then a token sampled on the GPU.
+    Sample,
+}
+
+/// Tensor ids the host uses to drive a built graph.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphIo {
+    /// u32 token ids, `max_tokens` of them.
+    pub ids: TensorId,
+    /// f32 logits: [max_tokens, vocab] for `AllLogits`, [vocab] for `Sample`.
+    pub logits: TensorId,
+    /// `Sample` only: the u32 token id.
+    pub token: Option<TensorId>,
+    /// `Sample` only: recent tokens for the repetition penalty.
+    pub history: Option<TensorId>,
+    pub max_tokens: u32,
+}
+
+/// Most recent tokens the repetition penalty looks at (llama.cpp's default 64).
+pub const REPEAT_LAST_N: u32 = 64;
+
+fn weight(g: &mut Graph, w: &GpuWeight, name: &str) -> WeightRef {
+    w.add_to_graph(g, name)
+}
+
+fn external(g: &mut Graph, name: &str, t: &Tensor) -> TensorId {
+    g.external(name, t.clone())
+}
+
+/// Builds the forward graph for steps of up to `max_tokens` tokens.
+pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, GraphIo)> {
+    let c = &m.config;
+    let n = max_tokens;
+    let f32s = |elems: usize| 4 * elems as u64 * u64::from(n);
+    let (dim, q_dim, kv_dim, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
+    let (hd, nh, nkv) = (c.head_dim as u32, c.n_heads as u32, c.n_kv_heads as u32);
+    let style = match c.rope_style {
+        RopeStyle::Interleaved => rope::RopeStyle::Interleaved,
+        RopeStyle::Neox => rope::RopeStyle::Neox,
+    };
+    let max_ctx = m.kv.max_ctx as u32;
+    let mut g = Graph::new();
+
+    let ids = g.input("ids", 4 * u64::from(n)); // [n_tokens] u32
+    let x = g.intermediate("x", f32s(dim)); // [n_tokens, dim] residual stream
+    let h = g.intermediate("h", f32s(dim)); // [n_tokens, dim] normed
+    let q = g.intermediate("q", f32s(q_dim)); // [n_tokens, n_heads, head_dim]
+    let k = g.intermediate("k", f32s(kv_dim)); // [n_tokens, n_kv_heads, head_dim]
+    let v = g.intermediate("v", f32s(kv_dim)); // [n_tokens, n_kv_heads, head_dim]
+    let att = g.intermediate("att", f32s(q_dim)); // [n_tokens, n_heads * head_dim]
+    let o = g.intermediate("o", f32s(dim)); // [n_tokens, dim]
+    let gate = g.intermediate("gate", f32s(ffn)); // [n_tokens, ffn]
+    let up = g.intermediate("up", f32s(ffn)); // [n_tokens, ffn]
+    let act = g.intermediate("act", f32s(ffn)); // [n_tokens, ffn]
+    let down = g.intermediate("down", f32s(dim)); // [n_tokens, dim]
+    let scratch_bytes = attention::scratch_bytes(nh, hd, max_ctx, n);
+    let att_scratch = (scratch_bytes > 0).then(|| g.intermediate("att_scratch", scratch_bytes));
+
+    let table = weight(&mut g, &m.token_embd, "token_embd");
+    g.push("token_embd", Op::Embedding(embedding::Embedding { ids, table, out: x, max_rows: n }))?;
+
+    for (l, lw) in m.layers.iter().enumerate() {
+        let p = |s: &str| format!("blk.{l}.{s}");
+        let mm = |g: &mut Graph, x: TensorId, w: &GpuWeight, out: TensorId, name: &str| -> Result<()> {
+            let w = weight(g, w, &p(name));
+            g.push(p(name), Op::MatMul(matmul::MatMul { x, w, out, max_rows: n, last_row_only: false }))?;
+            Ok(())
+        };
+        let attn_norm = external(&mut g, &p("attn_norm"), &lw.attn_norm);
+        g.push(p("attn_norm"), Op::RmsNorm(rmsnorm::RmsNorm {
+            x, weight: attn_norm, out: h, dim: dim as u32, eps: c.norm_eps, max_rows: n,
+        }))?;
+        mm(&mut g, h, &lw.wq, q, "attn_q")?;
+        mm(&mut g, h, &lw.wk, k, "attn_k")?;
+        mm(&mut g, h, &lw.wv, v, "attn_v")?;
+        for (t, heads, name) in [(q, nh, "rope_q"), (k, nkv, "rope_k")] {
+            g.push(p(name), Op::Rope(rope::Rope {
+                x: t, n_heads: heads, head_dim: hd, theta: c.rope_theta, style, max_rows: n,
+            }))?;
+        }
+        let k_cache = external(&mut g, &p("k_cache"), &m.kv.k[l]);
+        let v_cache = external(&mut g, &p("v_cache"), &m.kv.v[l]);
+        g.push(p("kv_write"), Op::KvWrite(kv_write::KvWrite {
+            k, v, k_cache, v_cache, n_kv_heads: nkv, head_dim: hd, max_ctx, max_rows: n,
+        }))?;
+        g.push(p("attn"), Op::Attention(attention::Attention {
+            q, k_cache, v_cache, out: att, scratch: att_scratch, n_heads: nh, n_kv_heads: nkv,
+            head_dim: hd, max_ctx, max_rows: n, scale: 1.0 / (hd as f32).sqrt(),
+        }))?;
+        mm(&mut g, att, &lw.wo, o, "attn_output")?;
+        g.push(p("attn_residual"), Op::Add(add::Add { x, y: o, dim: dim as u32, max_rows: n }))?;
+
+        let ffn_norm = external(&mut g, &p("ffn_norm"), &lw.ffn_norm);
+        g.push(p("ffn_norm"), Op::RmsNorm(rmsnorm::RmsNorm {
+            x, weight: ffn_norm, out: h, dim: dim as u32, eps: c.norm_eps, max_rows: n,
+        }))?;
+        mm(&mut g, h, &lw.w_gate, gate, "ffn_gate")?;
+        mm(&mut g, h, &lw.w_up, up, "ffn_up")?;
+        g.push(p("swiglu"), Op::SwiGlu(swiglu::SwiGlu { gate, up, out: act, dim: ffn as u32, max_rows: n }))?;
+        mm(&mut g, act, &lw.w_down, down, "ffn_down")?;
+        g.push(p("ffn_residual"), Op::Add(add::Add { x, y: down, dim: dim as u32, max_rows: n }))?;
+    }
+
+    let out_norm = external(&mut g, "output_norm", &m.output_norm);
+    g.push("output_norm", Op::RmsNorm(rmsnorm::RmsNorm {
+        x, weight: out_norm, out: h, dim: dim as u32, eps: c.norm_eps, max_rows: n,
+    }))?;
+    let vocab = c.vocab_size as u64;
+    let lm = weight(&mut g, m.lm_head(), "output");
+    let io = match head {
+        Head::AllLogits => {
+            let logits = g.output("logits", 4 * vocab * u64::from(n));
+            g.push("output", Op::MatMul(matmul::MatMul { x: h, w: lm, out: logits, max_rows: n, last_row_only: false }))?;
+            GraphIo { ids, logits, token: None, history: None, max_tokens: n }
+        }
+        Head::Sample => {
+            let logits = g.output("logits", 4 * vocab);
+            g.push("output", Op::MatMul(matmul::MatMul { x: h, w: lm, out: logits, max_rows: n, last_row_only: true }))?;
+            let history = g.input("history", sample::history_bytes(REPEAT_LAST_N));
+            let scratch = g.intermediate("sample_scratch", sample::scratch_bytes(vocab as u32));
+            let token = g.output("token", 4);
+            g.push("sample", Op::Sample(sample::Sample {
+                logits, history, scratch, out: token, vocab: vocab as u32, history_len: REPEAT_LAST_N,
+            }))?;
+            GraphIo { ids, logits, token: Some(token), history: Some(history), max_tokens: n }
+        }
+    };
+    Ok((g, io))
+}

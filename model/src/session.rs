@@ -1,0 +1,184 @@
+//! Running a model: prompt processing and token-by-token decoding over one
+//! KV cache, with sampling on the GPU (only the token id comes back).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use lamina_engine::graph::{Sampling, Step};
+use lamina_engine::Executor;
+use rand::{Rng, SeedableRng};
+
+use crate::llama::{GpuModel, GraphIo, Head, REPEAT_LAST_N, build_graph};
+use crate::{ModelError, Result};
+
+/// Sampling settings as the user gives them (llama.cpp's names and defaults
+/// where they exist).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplerConfig {
+    /// 0 = greedy.
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub repeat_penalty: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig { temperature: 0.8, top_k: 40, top_p: 0.95, repeat_penalty: 1.0, seed: 0 }
+    }
+}
+
+impl SamplerConfig {
+    pub fn greedy() -> Self {
+        SamplerConfig { temperature: 0.0, top_k: 0, top_p: 1.0, repeat_penalty: 1.0, seed: 0 }
+    }
+}
+
+/// A graph compiled for execution and the ids to drive it.
+pub struct Compiled {
+    pub exec: Executor,
+    pub io: GraphIo,
+}
+
+impl Compiled {
+    pub fn new(model: &GpuModel, max_tokens: u32, head: Head) -> Result<Self> {
+        let (g, io) = build_graph(model, max_tokens, head)?;
+        Ok(Compiled { exec: Executor::new(model.gpu.clone(), g)?, io })
+    }
+}
+
+/// One conversation's state over the model's KV cache.
+pub struct Session {
+    pub model: Arc<GpuModel>,
+    prefill: Option<Compiled>,
+    decode: Option<Compiled>,
+    batch: u32,
+    pos: usize,
+    history: VecDeque<u32>,
+    rng: rand::rngs::StdRng,
+    sampler: SamplerConfig,
+}
+
+impl Session {
+    /// `batch`: most tokens one prompt step processes (llama.cpp's -ub).
+    pub fn new(model: Arc<GpuModel>, batch: u32, sampler: SamplerConfig) -> Result<Self> {
+        let batch = batch.clamp(1, model.kv.max_ctx as u32);
+        Ok(Session {
+            model,
+            prefill: None,
+            decode: None,
+            batch,
+            pos: 0,
+            history: VecDeque::new(),
+            rng: rand::rngs::StdRng::seed_from_u64(sampler.seed),
+            sampler,
+        })
+    }
+
+    /// Positions used so far.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+    pub fn max_ctx(&self) -> usize {
+        self.model.kv.max_ctx
+    }
+    pub fn reset(&mut self) {
+        self.pos = 0;
+        self.history.clear();
+    }
+    pub fn set_sampler(&mut self, s: SamplerConfig) {
+        self.rng = rand::rngs::StdRng::seed_from_u64(s.seed);
+        self.sampler = s;
+    }
+    /// Turns per-op GPU timing on for both graphs (compiling them if needed).
+    pub fn enable_profiling(&mut self) -> Result<bool> {
+        let prefill = self.compiled(true)?.exec.enable_profiling();
+        let decode = self.compiled(false)?.exec.enable_profiling();
+        Ok(prefill && decode)
+    }
+    pub fn executors(&self) -> impl Iterator<Item = (&'static str, &Executor)> {
+        [("prefill", self.prefill.as_ref()), ("decode", self.decode.as_ref())]
+            .into_iter()
+            .filter_map(|(n, c)| c.map(|c| (n, &c.exec)))
+    }
+    pub fn executors_mut(&mut self) -> impl Iterator<Item = &mut Executor> {
+        [self.prefill.as_mut(), self.decode.as_mut()].into_iter().flatten().map(|c| &mut c.exec)
+    }
+
+    fn compiled(&mut self, prefill: bool) -> Result<&mut Compiled> {
+        let (slot, n) = if prefill { (&mut self.prefill, self.batch) } else { (&mut self.decode, 1) };
+        if slot.is_none() {
+            *slot = Some(Compiled::new(&self.model, n, Head::Sample)?);
+        }
+        Ok(slot.as_mut().expect("just compiled"))
+    }
+
+    fn sampling(&mut self) -> Sampling {
+        let s = self.sampler;
+        Sampling {
+            temperature: s.temperature,
+            top_k: s.top_k,
+            top_p: s.top_p,
+            repeat_penalty: s.repeat_penalty,
+            uniform: self.rng.random::<f32>(),
+        }
+    }
+
+    fn check_ids(&self, tokens: &[u32]) -> Result<()> {
+        let vocab = self.model.config.vocab_size as u32;
+        if let Some(t) = tokens.iter().find(|&&t| t >= vocab) {
+            return Err(ModelError::Input(format!("token id {t} is outside the vocabulary ({vocab})")));
+        }
+        if self.pos + tokens.len() > self.max_ctx() {
+            return Err(ModelError::Input(format!(
+                "{} tokens do not fit in the context: {} of {} positions are used (raise -c/--ctx-size)",
+                tokens.len(),
+                self.pos,
+                self.max_ctx()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Feeds `tokens` (a prompt or a continuation of it) and returns the
+    /// token sampled after the last of them.
+    pub fn feed(&mut self, tokens: &[u32]) -> Result<u32> {
+        if tokens.is_empty() {
+            return Err(ModelError::Input("empty prompt: nothing to feed the model".into()));
+        }
+        self.check_ids(tokens)?;
+        let mut next = 0;
+        let batch = self.batch as usize;
+        for chunk in tokens.chunks(batch) {
+            let prefill = chunk.len() > 1;
+            next = self.run(chunk, prefill)?;
+        }
+        Ok(next)
+    }
+
+    fn run(&mut self, chunk: &[u32], prefill: bool) -> Result<u32> {
+        for &t in chunk {
+            if self.history.len() == REPEAT_LAST_N as usize {
+                self.history.pop_front();
+            }
+            self.history.push_back(t);
+        }
+        let sampling = self.sampling();
+        let hist: Vec<u32> = self.history.iter().copied().collect();
+        let step = Step { n_tokens: chunk.len() as u32, pos: self.pos as u32, sampling };
+        let c = self.compiled(prefill)?;
+        c.exec.write(c.io.ids, 0, bytemuck::cast_slice(chunk));
+        if let Some(h) = c.io.history {
+            // Layout of the sample op's history: [count, ids...].
+            let mut words = Vec::with_capacity(hist.len() + 1);
+            words.push(hist.len() as u32);
+            words.extend(&hist);
+            c.exec.write(h, 0, bytemuck::cast_slice(&words));
+        }
+        let token = c.io.token.expect("sampling graph has a token output");
+        let out = c.exec.run_read(&step, token, 4)?;
+        self.pos += chunk.len();
+        Ok(u32::from_le_bytes([out[0], out[1], out[2], out[3]]))
+    }
+}
