@@ -1,0 +1,324 @@
+//! MatMul kernels (matvec and tiled, every weight format) and weight packing
+//! against CPU references: the packed weight is dequantized on the host and
+//! multiplied in f32, so the kernels are checked on exactly the math they do.
+
+use half::f16;
+use lamina_engine::graph::{Graph, Op, Step};
+use lamina_engine::ops::matmul::{self, MatMul};
+use lamina_engine::weight::{
+    self, GpuWeight, HostData, HostWeight, PackedWeight, Planes, dequantize_packed, pack_f32, pack_ggml,
+};
+use lamina_engine::{EngineError, Executor, WeightFormat};
+use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec};
+use rand::{Rng, SeedableRng};
+
+/// Error budgets (absolute, plus the same relative part) of the GPU result
+/// against the f32 reference of the dequantized weight. Both sides sum in
+/// f32 in different orders; the block formats also regroup each block as
+/// d * sum(q x) + m * sum(x), which rounds differently from sum((d q + m) x).
+const TOL_F32: f32 = 2e-5;
+const TOL_F16: f32 = 2e-5;
+const TOL_Q4_0: f32 = 4e-5;
+const TOL_Q4_1: f32 = 4e-5;
+const TOL_Q8_0: f32 = 4e-5;
+
+fn tol(f: WeightFormat) -> f32 {
+    match f {
+        WeightFormat::F32 => TOL_F32,
+        WeightFormat::F16 => TOL_F16,
+        WeightFormat::Q4_0 => TOL_Q4_0,
+        WeightFormat::Q4_1 => TOL_Q4_1,
+        WeightFormat::Q8_0 => TOL_Q8_0,
+    }
+}
+
+const ALL: [WeightFormat; 5] =
+    [WeightFormat::F32, WeightFormat::F16, WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0];
+
+/// Random weight in llama.cpp's encoding of `f` (raw f32 / f16 for those),
+/// with scales small enough that outputs stay near 1.
+fn random_ggml(f: WeightFormat, rows: u32, cols: u32, seed: u64) -> Vec<u8> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    let n = rows as usize * cols as usize;
+    let half = |r: &mut rand::rngs::StdRng, lo: f32, hi: f32| {
+        f16::from_f32(r.random_range(lo..hi)).to_le_bytes()
+    };
+    let mut out = Vec::with_capacity(weight::ggml_row_bytes(f, cols) * rows as usize);
+    match f {
+        WeightFormat::F32 => (0..n).for_each(|_| out.extend(r.random_range(-0.1f32..0.1).to_le_bytes())),
+        WeightFormat::F16 => (0..n).for_each(|_| out.extend(half(&mut r, -0.1, 0.1))),
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 => {
+            for _ in 0..n / 32 {
+                match f {
+                    WeightFormat::Q4_0 => out.extend(half(&mut r, -0.02, 0.02)),
+                    WeightFormat::Q4_1 => {
+                        out.extend(half(&mut r, 0.0, 0.02));
+                        out.extend(half(&mut r, -0.15, 0.0));
+                    }
+                    _ => out.extend(half(&mut r, -0.002, 0.002)),
+                }
+                let qbytes = if f == WeightFormat::Q8_0 { 32 } else { 16 };
+                (0..qbytes).for_each(|_| out.push(r.random::<u8>()));
+            }
+        }
+    }
+    out
+}
+
+/// Runs `x @ W^T` for the steps' token counts in one graph of `max_rows`.
+struct Case {
+    format: WeightFormat,
+    rows: u32,
+    cols: u32,
+    max_rows: u32,
+    last_row_only: bool,
+    /// Forces shards no larger than this (bytes).
+    max_binding: Option<u64>,
+}
+
+impl Case {
+    fn new(format: WeightFormat, rows: u32, cols: u32, max_rows: u32) -> Case {
+        Case { format, rows, cols, max_rows, last_row_only: false, max_binding: None }
+    }
+
+    /// Returns the number of shards used.
+    fn run(&self, steps: &[u32], seed: u64) -> usize {
+        let (rows, cols) = (self.rows, self.cols);
+        let bytes = random_ggml(self.format, rows, cols, seed);
+        let host = HostWeight { format: self.format, rows, cols, data: HostData::Ggml(&bytes) };
+        let w_ref = dequantize_packed(&host.pack_rows(0, rows).unwrap());
+        let gpu = gpu();
+        let w = match self.max_binding {
+            Some(m) => GpuWeight::upload_sharded(&gpu, "w", &host, m).unwrap(),
+            None => GpuWeight::upload(&gpu, "w", &host).unwrap(),
+        };
+        let max_rows = self.max_rows as usize;
+        let x = rand_vec(max_rows * cols as usize, seed + 1, 1.0);
+        let out_rows = if self.last_row_only { 1 } else { max_rows };
+        let mut g = Graph::new();
+        let xt = g.input("x", 4 * (max_rows * cols as usize) as u64);
+        let out = g.output("out", 4 * (out_rows * rows as usize) as u64);
+        let wr = w.add_to_graph(&mut g, "w");
+        let op = MatMul { x: xt, w: wr, out, max_rows: self.max_rows, last_row_only: self.last_row_only };
+        g.push("mm", Op::MatMul(op)).unwrap();
+        let mut ex = Executor::new(gpu, g).unwrap();
+        ex.write(xt, 0, &f32_bytes(&x));
+        let want_all = matmul::reference(&x, &w_ref, rows as usize, cols as usize);
+        let t = tol(self.format);
+        for &n in steps {
+            let sentinel = vec![f32::NAN; out_rows * rows as usize];
+            ex.write(out, 0, &f32_bytes(&sentinel));
+            ex.run(&Step { n_tokens: n, ..Default::default() }).unwrap();
+            let what = format!(
+                "{} {rows}x{cols} max_rows {} n_tokens {n}{}",
+                self.format.name(),
+                self.max_rows,
+                if self.last_row_only { " last_row_only" } else { "" }
+            );
+            let r = rows as usize;
+            if self.last_row_only {
+                let got = ex.read_f32(out, r).unwrap();
+                let last = n as usize - 1;
+                assert_close(&what, &got, &want_all[last * r..(last + 1) * r], t, t);
+            } else {
+                let got = ex.read_f32(out, out_rows * r).unwrap();
+                let n = n as usize;
+                assert_close(&what, &got[..n * r], &want_all[..n * r], t, t);
+                // Rows beyond the step are not written.
+                assert!(got[n * r..].iter().all(|v| v.is_nan()), "{what}: wrote past the step's rows");
+            }
+        }
+        w.shards.len()
+    }
+}
+
+#[test]
+fn matmul_every_format_and_shape() {
+    let steps = [1, 3, 64, 77];
+    for (fi, format) in ALL.into_iter().enumerate() {
+        let mut cols = vec![32u32, 576, 1536];
+        if matches!(format, WeightFormat::F32 | WeightFormat::F16) {
+            cols.extend([45, 1001]); // not multiples of 32; odd for F16's half-word padding
+        }
+        for rows in [1u32, 7, 1000, 1757] {
+            for &c in &cols {
+                Case::new(format, rows, c, 77).run(&steps, 100 * fi as u64 + u64::from(rows + c));
+            }
+        }
+    }
+}
+
+#[test]
+fn matvec_in_decode_graph() {
+    // max_rows 1: a decode graph has no tiled call at all.
+    for format in ALL {
+        for (rows, cols) in [(1u32, 32u32), (7, 576), (1757, 1536), (576, 64)] {
+            Case::new(format, rows, cols, 1).run(&[1], u64::from(rows * 3 + cols));
+        }
+    }
+}
+
+#[test]
+fn last_row_only_reads_the_last_token() {
+    for format in ALL {
+        let case = Case { last_row_only: true, ..Case::new(format, 1000, 576, 9) };
+        case.run(&[1, 2, 9], 7);
+    }
+}
+
+#[test]
+fn sharded_weight_matches_unsharded_reference() {
+    for format in ALL {
+        let (rows, cols) = (1757u32, 576u32);
+        // A limit just above a third of the packed size gives three shards.
+        let total = 4 * u64::from(Planes::layout(format, rows, cols).words);
+        let limit = (total / 3 + 4096).next_multiple_of(256);
+        assert_eq!(weight::shard_rows(format, rows, cols, limit).len(), 3, "{}", format.name());
+        let case = Case { max_binding: Some(limit), ..Case::new(format, rows, cols, 70) };
+        assert_eq!(case.run(&[1, 5, 70], 11), 3);
+        let case = Case { max_binding: Some(limit), last_row_only: true, ..Case::new(format, rows, cols, 4) };
+        case.run(&[4], 12);
+    }
+}
+
+fn h(v: f32) -> [u8; 2] {
+    f16::from_f32(v).to_le_bytes()
+}
+
+#[test]
+fn pack_q4_0_block() {
+    // One row of two blocks. Block 0: d = 0.5, byte j = (j & 15) | ((15 - j) << 4):
+    // element j (< 16) has code j, element 16 + j has code 15 - j.
+    let mut bytes = Vec::new();
+    bytes.extend(h(0.5));
+    bytes.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+    bytes.extend(h(-2.0));
+    bytes.extend([0x8f; 16]); // low nibble 15, high nibble 8
+    let p = pack_ggml(WeightFormat::Q4_0, 1, 64, &bytes).unwrap();
+    assert_eq!(p.planes, Planes::layout(WeightFormat::Q4_0, 1, 64));
+    // Element 8w + k in nibble k of word w.
+    assert_eq!(p.words[0], 0x7654_3210);
+    assert_eq!(p.words[1], 0xfedc_ba98);
+    assert_eq!(p.words[2], 0x89ab_cdef);
+    assert_eq!(p.words[3], 0x0123_4567);
+    assert_eq!(p.words[4], 0xffff_ffff);
+    assert_eq!(p.words[6], 0x8888_8888);
+    let s = p.words[p.planes.scales as usize];
+    assert_eq!(s, u32::from(f16::from_f32(0.5).to_bits()) | (u32::from(f16::from_f32(-2.0).to_bits()) << 16));
+    let v = dequantize_packed(&p);
+    for j in 0..16 {
+        assert_eq!(v[j], 0.5 * (j as f32 - 8.0), "element {j}");
+        assert_eq!(v[16 + j], 0.5 * (7.0 - j as f32), "element {}", 16 + j);
+        assert_eq!(v[32 + j], -2.0 * 7.0, "element {}", 32 + j);
+        assert_eq!(v[48 + j], 0.0, "element {}", 48 + j);
+    }
+}
+
+#[test]
+fn pack_q4_1_block() {
+    // Two rows of one block: d, m per row; byte j = 0x3c (low 12, high 3).
+    let mut bytes = Vec::new();
+    for (d, m) in [(0.25f32, -1.0f32), (2.0, 0.5)] {
+        bytes.extend(h(d));
+        bytes.extend(h(m));
+        bytes.extend([0x3c; 16]);
+    }
+    let p = pack_ggml(WeightFormat::Q4_1, 2, 32, &bytes).unwrap();
+    // Elements 0..15 have code 12, 16..31 code 3; row 1 follows row 0.
+    assert_eq!(&p.words[..8], &[0xcccc_cccc, 0xcccc_cccc, 0x3333_3333, 0x3333_3333].repeat(2)[..]);
+    let s = p.words[p.planes.scales as usize];
+    let m = p.words[p.planes.mins as usize];
+    assert_eq!(s, u32::from(f16::from_f32(0.25).to_bits()) | (u32::from(f16::from_f32(2.0).to_bits()) << 16));
+    assert_eq!(m, u32::from(f16::from_f32(-1.0).to_bits()) | (u32::from(f16::from_f32(0.5).to_bits()) << 16));
+    let v = dequantize_packed(&p);
+    for j in 0..16 {
+        assert_eq!(v[j], 0.25 * 12.0 - 1.0, "row 0 element {j}");
+        assert_eq!(v[16 + j], 0.25 * 3.0 - 1.0, "row 0 element {}", 16 + j);
+        assert_eq!(v[32 + j], 2.0 * 12.0 + 0.5, "row 1 element {j}");
+        assert_eq!(v[48 + j], 2.0 * 3.0 + 0.5, "row 1 element {}", 16 + j);
+    }
+}
+
+#[test]
+fn pack_q8_0_block() {
+    let mut bytes = Vec::new();
+    bytes.extend(h(0.125));
+    bytes.extend((0..32i8).map(|j| (j * 4 - 64) as u8));
+    let p = pack_ggml(WeightFormat::Q8_0, 1, 32, &bytes).unwrap();
+    assert_eq!(p.words[0], u32::from_le_bytes([(-64i8) as u8, (-60i8) as u8, (-56i8) as u8, (-52i8) as u8]));
+    let v = dequantize_packed(&p);
+    for j in 0..32 {
+        assert_eq!(v[j], 0.125 * f32::from(j as i8 * 4 - 64), "element {j}");
+    }
+}
+
+#[test]
+fn pack_f32_and_f16_roundtrip() {
+    let (rows, cols) = (3u32, 5u32);
+    let v = rand_vec((rows * cols) as usize, 5, 2.0);
+    let p = pack_f32(WeightFormat::F32, rows, cols, &v).unwrap();
+    assert_eq!(dequantize_packed(&p), v);
+    let p = pack_f32(WeightFormat::F16, rows, cols, &v).unwrap();
+    assert_eq!(p.words[2] >> 16, 0, "odd row end padded with zero");
+    let want: Vec<f32> = v.iter().map(|x| f16::from_f32(*x).to_f32()).collect();
+    assert_eq!(dequantize_packed(&p), want);
+    // The same values as raw GGUF f16 bytes pack identically.
+    let raw: Vec<u8> = v.iter().flat_map(|x| h(*x)).collect();
+    assert_eq!(pack_ggml(WeightFormat::F16, rows, cols, &raw).unwrap(), p);
+}
+
+#[test]
+fn pack_row_ranges_concatenate() {
+    // Packing rows separately (as shards are) gives the same values.
+    let (rows, cols) = (10u32, 64u32);
+    let bytes = random_ggml(WeightFormat::Q4_1, rows, cols, 3);
+    let host = HostWeight { format: WeightFormat::Q4_1, rows, cols, data: HostData::Ggml(&bytes) };
+    let whole = dequantize_packed(&host.pack_rows(0, rows).unwrap());
+    let a: PackedWeight = host.pack_rows(0, 3).unwrap();
+    let b = host.pack_rows(3, 7).unwrap();
+    let mut parts = dequantize_packed(&a);
+    parts.extend(dequantize_packed(&b));
+    assert_eq!(parts, whole);
+    assert!(host.pack_rows(8, 3).is_err());
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let bad = pack_ggml(WeightFormat::Q4_0, 1, 48, &[0; 27]);
+    assert!(matches!(bad, Err(EngineError::Shape { .. })), "{bad:?}");
+    assert!(matches!(pack_ggml(WeightFormat::Q8_0, 2, 32, &[0; 34]), Err(EngineError::Shape { .. })));
+    assert!(matches!(pack_f32(WeightFormat::Q4_1, 1, 32, &[0.0; 32]), Err(EngineError::Shape { .. })));
+
+    let gpu = gpu();
+    let v = vec![0.0f32; 64 * 8];
+    let host = HostWeight { format: WeightFormat::F32, rows: 8, cols: 64, data: HostData::F32(&v) };
+    let w = GpuWeight::upload(&gpu, "w", &host).unwrap();
+    let mut g = Graph::new();
+    let x = g.input("x", 4 * 64 * 2 - 4); // one float short of 2 tokens
+    let out = g.output("out", 4 * 8 * 2);
+    let wr = w.add_to_graph(&mut g, "w");
+    let op = MatMul { x, w: wr.clone(), out, max_rows: 2, last_row_only: false };
+    let e = g.push("mm", Op::MatMul(op));
+    assert!(matches!(e, Err(EngineError::Shape { op: "matmul", .. })), "{e:?}");
+    let op = MatMul { x, w: wr, out, max_rows: 1, last_row_only: false };
+    g.push("mm", Op::MatMul(op)).unwrap();
+}
+
+#[test]
+fn matmul_shaders_translate() {
+    use naga::back::{hlsl, msl, spv};
+    for s in matmul::shaders() {
+        let (module, info) = s.validate().unwrap_or_else(|e| panic!("{}: {e}", s.name));
+        let consts = naga::back::PipelineConstants::from([("L".to_string(), 4.0)]);
+        let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, None, &consts)
+            .unwrap_or_else(|e| panic!("{}: overrides: {e}", s.name));
+        spv::write_vec(&module, &info, &spv::Options::default(), None)
+            .unwrap_or_else(|e| panic!("{}: spir-v: {e}", s.name));
+        msl::write_string(&module, &info, &msl::Options::default(), &msl::PipelineOptions::default())
+            .unwrap_or_else(|e| panic!("{}: msl: {e}", s.name));
+        let mut out = String::new();
+        hlsl::Writer::new(&mut out, &hlsl::Options::default(), &hlsl::PipelineOptions::default())
+            .write(&module, &info, None)
+            .unwrap_or_else(|e| panic!("{}: hlsl: {e}", s.name));
+    }
+}
