@@ -42,7 +42,11 @@ pub struct BenchArgs {
 fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
     (m, var.sqrt())
 }
 
@@ -92,7 +96,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 samples.push(f64::from(a.n_prompt) / s);
             }
         }
-        results.push(TestResult { name: format!("pp{}", a.n_prompt), n_prompt: a.n_prompt, n_gen: 0, samples });
+        results.push(TestResult {
+            name: format!("pp{}", a.n_prompt),
+            n_prompt: a.n_prompt,
+            n_gen: 0,
+            samples,
+        });
     }
     if a.n_gen > 0 {
         let mut samples = Vec::new();
@@ -108,7 +117,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 samples.push(f64::from(a.n_gen) / s);
             }
         }
-        results.push(TestResult { name: format!("tg{}", a.n_gen), n_prompt: 0, n_gen: a.n_gen, samples });
+        results.push(TestResult {
+            name: format!("tg{}", a.n_gen),
+            n_prompt: 0,
+            n_gen: a.n_gen,
+            samples,
+        });
     }
     let wbytes = model.weight_bytes_per_token();
     let kv_bytes = model.kv.format.bytes_per_token(&model.config);
@@ -149,7 +163,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     })
                 })
                 .collect();
-            let tg = results.iter().find(|r| r.n_gen > 0).map(|r| mean_sd(&r.samples).0);
+            let tg = results
+                .iter()
+                .find(|r| r.n_gen > 0)
+                .map(|r| mean_sd(&r.samples).0);
             let j = serde_json::json!({
                 "model": desc, "weights": a.model.weights, "kv": model.kv.format.name(),
                 "device": device, "repetitions": a.repetitions,

@@ -71,7 +71,12 @@ pub struct GenerateArgs {
     #[arg(short = 'f', long = "file", conflicts_with = "prompt")]
     pub file: Option<PathBuf>,
     /// Tokens to generate (-1 = until end of generation or the context is full).
-    #[arg(short = 'n', long = "n-predict", default_value_t = 256, allow_negative_numbers = true)]
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        default_value_t = 256,
+        allow_negative_numbers = true
+    )]
     pub n_predict: i64,
     /// Apply the model's chat template, the prompt being the user's message.
     #[arg(long)]
@@ -100,7 +105,8 @@ pub struct ChatArgs {
 
 fn read_prompt(a: &GenerateArgs) -> Result<String> {
     if let Some(f) = &a.file {
-        return std::fs::read_to_string(f).with_context(|| format!("reading prompt file {}", f.display()));
+        return std::fs::read_to_string(f)
+            .with_context(|| format!("reading prompt file {}", f.display()));
     }
     match a.prompt.as_deref() {
         Some("-") | None => {
@@ -108,7 +114,9 @@ fn read_prompt(a: &GenerateArgs) -> Result<String> {
                 bail!("no prompt: give -p/--prompt TEXT, -f FILE, or pipe it on stdin");
             }
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("reading the prompt from stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the prompt from stdin")?;
             Ok(s)
         }
         Some(p) => Ok(p.to_string()),
@@ -117,7 +125,10 @@ fn read_prompt(a: &GenerateArgs) -> Result<String> {
 
 fn tokenizer_for(m: &lamina_model::loader::LoadedModel) -> Result<Tokenizer> {
     if m.tokenizer_spec.tokens.is_empty() && m.tokenizer_spec.hf_json.is_none() {
-        bail!("{} has no tokenizer (synthetic models can only be benchmarked)", m.source);
+        bail!(
+            "{} has no tokenizer (synthetic models can only be benchmarked)",
+            m.source
+        );
     }
     Ok(Tokenizer::from_spec(&m.tokenizer_spec)?)
 }
@@ -182,7 +193,11 @@ pub fn run_generate(a: &GenerateArgs) -> Result<()> {
     }
     let n_predict = usize::try_from(a.n_predict).ok();
     let need = ids.len() + n_predict.unwrap_or(0);
-    let ctx = a.model.ctx_size.filter(|&c| c > 0).unwrap_or(host.config.max_seq_len.min(need.max(512).next_power_of_two()));
+    let ctx = a.model.ctx_size.filter(|&c| c > 0).unwrap_or(
+        host.config
+            .max_seq_len
+            .min(need.max(512).next_power_of_two()),
+    );
     if ids.len() >= ctx {
         bail!(
             "the prompt is {} tokens, which does not fit in a context of {ctx} (raise -c/--ctx-size; the model was trained for {})",
@@ -199,7 +214,15 @@ pub fn run_generate(a: &GenerateArgs) -> Result<()> {
     let first = session.feed(&ids)?;
     let pp = t0.elapsed().as_secs_f64();
     let mut stdout = std::io::stdout().lock();
-    let (n, tg) = stream(&mut session, &tok, first, n_predict, a.ignore_eos, &mut stdout, |_| {})?;
+    let (n, tg) = stream(
+        &mut session,
+        &tok,
+        first,
+        n_predict,
+        a.ignore_eos,
+        &mut stdout,
+        |_| {},
+    )?;
     writeln!(stdout)?;
     eprintln!(
         "prompt: {} tokens in {:.2} s ({:.1} t/s); generated: {} tokens in {:.2} s ({:.1} t/s)",
@@ -252,19 +275,38 @@ pub fn run_chat(a: &ChatArgs) -> Result<()> {
         }
         let new = &ids[cached.len()..];
         if session.pos() + new.len() + 1 > session.max_ctx() {
-            bail!("the conversation no longer fits in the context of {} tokens (raise -c/--ctx-size)", session.max_ctx());
+            bail!(
+                "the conversation no longer fits in the context of {} tokens (raise -c/--ctx-size)",
+                session.max_ctx()
+            );
         }
         let first = session.feed(new)?;
         cached = ids.clone();
         let mut answer_ids = Vec::new();
         let mut reply = Vec::new();
         let mut stdout = std::io::stdout().lock();
-        let mut tee = Tee { a: &mut stdout, b: &mut reply };
-        let (n, secs) = stream(&mut session, &tok, first, Some(a.n_predict), false, &mut tee, |t| answer_ids.push(t))?;
+        let mut tee = Tee {
+            a: &mut stdout,
+            b: &mut reply,
+        };
+        let (n, secs) = stream(
+            &mut session,
+            &tok,
+            first,
+            Some(a.n_predict),
+            false,
+            &mut tee,
+            |t| answer_ids.push(t),
+        )?;
         writeln!(stdout)?;
-        log::info!("{n} tokens in {secs:.2} s ({:.1} t/s)", n as f64 / secs.max(1e-9));
+        log::info!(
+            "{n} tokens in {secs:.2} s ({:.1} t/s)",
+            n as f64 / secs.max(1e-9)
+        );
         cached.extend(&answer_ids);
-        messages.push(ChatMessage::assistant(String::from_utf8_lossy(&reply).trim().to_string()));
+        messages.push(ChatMessage::assistant(
+            String::from_utf8_lossy(&reply).trim().to_string(),
+        ));
     }
     Ok(())
 }

@@ -31,7 +31,12 @@ pub fn run(a: &InspectArgs) -> Result<()> {
     };
     if path.extension().is_some_and(|e| e == "gguf") || path.is_file() {
         let g = GgufFile::open(&path)?;
-        println!("file: {} ({} bytes, GGUF v{})", path.display(), g.file_len(), g.version());
+        println!(
+            "file: {} ({} bytes, GGUF v{})",
+            path.display(),
+            g.file_len(),
+            g.version()
+        );
         if a.metadata {
             for (k, v) in g.metadata() {
                 println!("  {k} = {}", summary(v, 80));
@@ -48,10 +53,20 @@ pub fn run(a: &InspectArgs) -> Result<()> {
             total_elems += t.numel();
             total_bytes += t.n_bytes.unwrap_or(0) as u64;
             if a.tensors {
-                println!("  {:<28} {:<6} {:?} {} bytes", t.name, t.type_name(), t.shape(), t.n_bytes.unwrap_or(0));
+                println!(
+                    "  {:<28} {:<6} {:?} {} bytes",
+                    t.name,
+                    t.type_name(),
+                    t.shape(),
+                    t.n_bytes.unwrap_or(0)
+                );
             }
         }
-        println!("tensors: {} ({} parameters)", g.tensors().len(), total_elems);
+        println!(
+            "tensors: {} ({} parameters)",
+            g.tensors().len(),
+            total_elems
+        );
         for (ty, (n, elems, bytes)) in &by_type {
             println!(
                 "  {ty:<6} {n:>4} tensors, {elems:>11} params, {:>8.2} MiB, {:.3} bits/weight",
@@ -68,13 +83,26 @@ pub fn run(a: &InspectArgs) -> Result<()> {
     let c = &m.config;
     println!(
         "model: {} ({}), {} layers, dim {}, {} heads / {} KV heads x {}, ffn {}, vocab {}, ctx {}, rope theta {} ({:?}), eps {}, tied embeddings: {}",
-        c.arch, m.file_type, c.n_layers, c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim,
-        c.vocab_size, c.max_seq_len, c.rope_theta, c.rope_style, c.norm_eps, c.tied_embeddings
+        c.arch,
+        m.file_type,
+        c.n_layers,
+        c.dim,
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim,
+        c.ffn_dim,
+        c.vocab_size,
+        c.max_seq_len,
+        c.rope_theta,
+        c.rope_style,
+        c.norm_eps,
+        c.tied_embeddings
     );
     println!(
         "KV cache: f16, {} bytes per token ({:.1} MiB at ctx {})",
         lamina_model::kv_cache::KvFormat::F16.bytes_per_token(c),
-        lamina_model::kv_cache::KvFormat::F16.bytes_per_token(c) as f64 * c.max_seq_len as f64 / 1048576.0,
+        lamina_model::kv_cache::KvFormat::F16.bytes_per_token(c) as f64 * c.max_seq_len as f64
+            / 1048576.0,
         c.max_seq_len
     );
     let s = &m.tokenizer_spec;
@@ -86,7 +114,11 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         s.bos_id,
         s.eos_id,
         s.add_bos,
-        if s.chat_template.is_some() { "yes" } else { "no" }
+        if s.chat_template.is_some() {
+            "yes"
+        } else {
+            "no"
+        }
     );
     Ok(())
 }

@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "lamina", version, about = "Quantized Llama-family inference on any GPU (wgpu/WGSL)")]
+#[command(
+    name = "lamina",
+    version,
+    about = "Quantized Llama-family inference on any GPU (wgpu/WGSL)"
+)]
 struct Cli {
     /// More logging on stderr (-v: adapter and timings, -vv: debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -46,9 +50,10 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(
-        format!("{level},wgpu_core=warn,wgpu_hal=warn,naga=warn"),
-    ))
+    env_logger::Builder::from_env(
+        env_logger::Env::default()
+            .default_filter_or(format!("{level},wgpu_core=warn,wgpu_hal=warn,naga=warn")),
+    )
     .format_timestamp(None)
     .init();
     let r = match &cli.command {

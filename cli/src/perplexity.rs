@@ -26,7 +26,8 @@ pub struct PerplexityArgs {
 }
 
 pub fn run(a: &PerplexityArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
     // As llama.cpp's -f: one trailing newline is dropped.
     let text = text.strip_suffix('\n').unwrap_or(&text).to_string();
     if text.is_empty() {
@@ -41,16 +42,28 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
     }
     let host = load_host_model(&a.model)?;
     if host.tokenizer_spec.tokens.is_empty() && host.tokenizer_spec.hf_json.is_none() {
-        bail!("{} has no tokenizer: perplexity needs a real model", host.source);
+        bail!(
+            "{} has no tokenizer: perplexity needs a real model",
+            host.source
+        );
     }
     let tok = Tokenizer::from_spec(&host.tokenizer_spec)?;
     let sp = spinner("tokenizing");
     let t0 = Instant::now();
     let tokens = tok.encode(&text, false)?;
     sp.finish_and_clear();
-    eprintln!("tokenized {} bytes into {} tokens in {:.1} s", text.len(), tokens.len(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "tokenized {} bytes into {} tokens in {:.1} s",
+        text.len(),
+        tokens.len(),
+        t0.elapsed().as_secs_f64()
+    );
     // llama.cpp puts BOS at each chunk's start only when the tokenizer adds BOS.
-    let bos = if host.tokenizer_spec.add_bos { tok.bos_id() } else { None };
+    let bos = if host.tokenizer_spec.add_bos {
+        tok.bos_id()
+    } else {
+        None
+    };
     let mut margs = a.model.clone();
     margs.ctx_size = Some(ctx);
     margs.batch_size = ctx as u32;
@@ -60,16 +73,21 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
     let n = a.chunks.map_or(available, |c| c.min(available));
     eprintln!(
         "perplexity: {n} chunks of {ctx} tokens (of {available}), BOS {}; KV {} ({} bytes/token)",
-        if bos.is_some() { "at each chunk" } else { "not added" },
+        if bos.is_some() {
+            "at each chunk"
+        } else {
+            "not added"
+        },
         model.kv.format.name(),
         model.kv.format.bytes_per_token(&model.config)
     );
     let pb = bar(n as u64, "perplexity");
     let t0 = Instant::now();
-    let (r, per_chunk) = eval::perplexity(&model, &tokens, ctx, a.chunks, bos, |done, _total, ppl| {
-        pb.set_position(done as u64);
-        pb.set_message(format!("ppl {ppl:.4}"));
-    })?;
+    let (r, per_chunk) =
+        eval::perplexity(&model, &tokens, ctx, a.chunks, bos, |done, _total, ppl| {
+            pb.set_position(done as u64);
+            pb.set_message(format!("ppl {ppl:.4}"));
+        })?;
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
@@ -86,7 +104,8 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
             "mean_nll": r.mean_nll, "chunk_mean_nll": per_chunk,
             "weights": a.model.weights, "kv": a.model.kv,
         });
-        std::fs::write(p, serde_json::to_string_pretty(&j)?).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, serde_json::to_string_pretty(&j)?)
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     println!("Final estimate: PPL = {:.4} +/- {:.5}", r.ppl, r.ppl_err);
     Ok(())

@@ -18,8 +18,14 @@ fn lamina(args: &[&str]) -> Output {
 /// Asserts a clean failure whose stderr mentions `needle`.
 fn fails_with(out: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert!(
+        !err.contains("panicked"),
+        "panic instead of an error: {err}"
+    );
     assert!(
         err.to_lowercase().contains(&needle.to_lowercase()),
         "stderr should mention `{needle}`: {err}"
@@ -65,7 +71,10 @@ fn truncated_gguf() {
 fn not_a_gguf() {
     let p = temp("garbage.gguf");
     std::fs::write(&p, b"this is not a model file at all").expect("write");
-    fails_with(&lamina(&["generate", "-m", p.to_str().expect("utf8"), "-p", "hi"]), "GGUF");
+    fails_with(
+        &lamina(&["generate", "-m", p.to_str().expect("utf8"), "-p", "hi"]),
+        "GGUF",
+    );
 }
 
 #[test]
@@ -75,7 +84,10 @@ fn wrong_architecture() {
     w.tensor_f32("output_norm.weight", &[64], &[1.0; 64]);
     let p = temp("gpt2.gguf");
     w.write(&p).expect("write");
-    fails_with(&lamina(&["generate", "-m", p.to_str().expect("utf8"), "-p", "hi"]), "gpt2");
+    fails_with(
+        &lamina(&["generate", "-m", p.to_str().expect("utf8"), "-p", "hi"]),
+        "gpt2",
+    );
 }
 
 #[test]
@@ -86,25 +98,48 @@ fn empty_prompt() {
 #[test]
 fn invalid_flags() {
     fails_with(&lamina(&["generate", "-p", "hi", "--temp", "-1"]), "--temp");
-    fails_with(&lamina(&["generate", "-p", "hi", "--top-p", "0"]), "--top-p");
+    fails_with(
+        &lamina(&["generate", "-p", "hi", "--top-p", "0"]),
+        "--top-p",
+    );
     fails_with(&lamina(&["generate", "--no-such-flag"]), "no-such-flag");
-    fails_with(&lamina(&["bench", "-r", "0", "--synthetic", "tiny"]), "repetitions");
-    fails_with(&lamina(&["generate", "-p", "hi", "--weights", "f8"]), "weight mode");
+    fails_with(
+        &lamina(&["bench", "-r", "0", "--synthetic", "tiny"]),
+        "repetitions",
+    );
+    fails_with(
+        &lamina(&["generate", "-p", "hi", "--weights", "f8"]),
+        "weight mode",
+    );
 }
 
 #[test]
 fn prompt_longer_than_context() {
     let Some(model) = default_model() else {
-        assert!(std::env::var_os("CI").is_none(), "CI must fetch the model first");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must fetch the model first"
+        );
         eprintln!("default model not fetched; skipping");
         return;
     };
     let prompt = "word ".repeat(100);
-    let out = lamina(&["generate", "-m", model.to_str().expect("utf8"), "-c", "32", "-p", &prompt]);
+    let out = lamina(&[
+        "generate",
+        "-m",
+        model.to_str().expect("utf8"),
+        "-c",
+        "32",
+        "-p",
+        &prompt,
+    ]);
     fails_with(&out, "context");
 }
 
 #[test]
 fn perplexity_missing_text_file() {
-    fails_with(&lamina(&["perplexity", "-f", "/nonexistent/wiki.txt"]), "/nonexistent/wiki.txt");
+    fails_with(
+        &lamina(&["perplexity", "-f", "/nonexistent/wiki.txt"]),
+        "/nonexistent/wiki.txt",
+    );
 }

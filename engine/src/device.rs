@@ -26,7 +26,9 @@ impl DeviceOptions {
             Ok(v) if !v.is_empty() => Some(parse_backend(&v)?),
             _ => None,
         };
-        let adapter = std::env::var("LAMINA_ADAPTER").ok().filter(|s| !s.is_empty());
+        let adapter = std::env::var("LAMINA_ADAPTER")
+            .ok()
+            .filter(|s| !s.is_empty());
         Ok(DeviceOptions { backend, adapter })
     }
 }
@@ -85,7 +87,10 @@ pub fn list_adapters(opts: &DeviceOptions) -> Vec<String> {
         .iter()
         .map(|a| {
             let i = a.get_info();
-            format!("{} ({:?}, {:?}, {} {})", i.name, i.backend, i.device_type, i.driver, i.driver_info)
+            format!(
+                "{} ({:?}, {:?}, {} {})",
+                i.name, i.backend, i.device_type, i.driver, i.driver_info
+            )
         })
         .collect()
 }
@@ -138,13 +143,19 @@ impl Gpu {
         // Best first: device type, then Vulkan/Metal/DX12 before GL.
         adapters.sort_by_key(|a| {
             let i = a.get_info();
-            (type_rank(i.device_type), u32::from(i.backend == wgpu::Backend::Gl))
+            (
+                type_rank(i.device_type),
+                u32::from(i.backend == wgpu::Backend::Gl),
+            )
         });
         let Some(adapter) = adapters.into_iter().next() else {
             let detail = match (&opts.adapter, seen.is_empty()) {
                 (_, true) => String::new(),
                 (Some(w), false) => {
-                    format!(" matching LAMINA_ADAPTER=`{w}` (available: {})", seen.join(", "))
+                    format!(
+                        " matching LAMINA_ADAPTER=`{w}` (available: {})",
+                        seen.join(", ")
+                    )
                 }
                 (None, false) => format!(" (available: {})", seen.join(", ")),
             };
@@ -167,7 +178,8 @@ impl Gpu {
         let mut limits = wgpu::Limits::default().using_resolution(al.clone());
         limits.max_storage_buffer_binding_size = al.max_storage_buffer_binding_size;
         limits.max_buffer_size = al.max_buffer_size;
-        limits.max_storage_buffers_per_shader_stage = al.max_storage_buffers_per_shader_stage.min(16);
+        limits.max_storage_buffers_per_shader_stage =
+            al.max_storage_buffers_per_shader_stage.min(16);
         limits.max_compute_workgroup_storage_size = al.max_compute_workgroup_storage_size;
         limits.max_compute_invocations_per_workgroup = al.max_compute_invocations_per_workgroup;
         limits.max_compute_workgroup_size_x = al.max_compute_workgroup_size_x;
@@ -180,7 +192,10 @@ impl Gpu {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
-        .map_err(|e| EngineError::RequestDevice { adapter: info.name.clone(), msg: e.to_string() })?;
+        .map_err(|e| EngineError::RequestDevice {
+            adapter: info.name.clone(),
+            msg: e.to_string(),
+        })?;
         let caps = Caps {
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
@@ -203,7 +218,13 @@ impl Gpu {
             caps.timestamps,
             caps.max_binding >> 20
         );
-        Ok(Arc::new(Gpu { device, queue, info, caps, pipelines: PipelineCache::default() }))
+        Ok(Arc::new(Gpu {
+            device,
+            queue,
+            info,
+            caps,
+            pipelines: PipelineCache::default(),
+        }))
     }
 
     /// One line naming the adapter, backend and driver.

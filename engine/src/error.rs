@@ -11,7 +11,11 @@ pub enum EngineError {
     #[error("could not open the GPU device `{adapter}`: {msg}")]
     RequestDevice { adapter: String, msg: String },
     #[error("invalid value for {var}: `{value}` ({expected})")]
-    BadEnv { var: &'static str, value: String, expected: &'static str },
+    BadEnv {
+        var: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     /// Shapes or formats passed to an op do not fit together.
     #[error("{op}: {msg}")]
     Shape { op: &'static str, msg: String },

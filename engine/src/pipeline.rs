@@ -30,7 +30,11 @@ pub struct Kernel {
 
 impl Kernel {
     pub fn new(shader: &'static ShaderSource, entry: &'static str) -> Self {
-        Kernel { shader, entry, constants: Vec::new() }
+        Kernel {
+            shader,
+            entry,
+            constants: Vec::new(),
+        }
     }
     pub fn with(mut self, name: &'static str, value: impl Into<f64>) -> Self {
         self.constants.push((name, value.into()));
@@ -40,7 +44,11 @@ impl Kernel {
     pub fn label(&self) -> String {
         let mut s = format!("{}:{}", self.shader.name, self.entry);
         if !self.constants.is_empty() {
-            let c: Vec<String> = self.constants.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let c: Vec<String> = self
+                .constants
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             s.push_str(&format!("{{{}}}", c.join(",")));
         }
         s
@@ -71,7 +79,11 @@ pub(crate) struct PipelineCache {
 impl Gpu {
     /// The bind group layout for a uniform block plus storage bindings `access`.
     pub fn layout(&self, access: &[Access]) -> Arc<wgpu::BindGroupLayout> {
-        let mut layouts = self.pipelines.layouts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut layouts = self
+            .pipelines
+            .layouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(l) = layouts.get(access) {
             return l.clone();
         }
@@ -90,35 +102,52 @@ impl Gpu {
                 binding: i as u32 + 1,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage { read_only: *a == Access::Read },
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: *a == Access::Read,
+                    },
                     has_dynamic_offset: false,
                     min_binding_size: None,
                 },
                 count: None,
             });
         }
-        let l = Arc::new(self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: None,
-            entries: &entries,
-        }));
+        let l = Arc::new(
+            self.device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: None,
+                    entries: &entries,
+                }),
+        );
         layouts.insert(access.to_vec(), l.clone());
         l
     }
 
     fn module(&self, shader: &'static ShaderSource) -> Result<Arc<wgpu::ShaderModule>> {
-        let mut modules = self.pipelines.modules.lock().unwrap_or_else(|e| e.into_inner());
+        let mut modules = self
+            .pipelines
+            .modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(m) = modules.get(shader.name) {
             return Ok(m.clone());
         }
         // Validate with naga first: its messages point at the WGSL line.
-        shader.validate().map_err(|msg| EngineError::Shader { shader: shader.name, msg })?;
+        shader.validate().map_err(|msg| EngineError::Shader {
+            shader: shader.name,
+            msg,
+        })?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let m = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(shader.name),
-            source: wgpu::ShaderSource::Wgsl(shader.compose().into()),
-        });
+        let m = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader.name),
+                source: wgpu::ShaderSource::Wgsl(shader.compose().into()),
+            });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(EngineError::Shader { shader: shader.name, msg: e.to_string() });
+            return Err(EngineError::Shader {
+                shader: shader.name,
+                msg: e.to_string(),
+            });
         }
         let m = Arc::new(m);
         modules.insert(shader.name, m.clone());
@@ -130,37 +159,57 @@ impl Gpu {
         let key = PipelineKey {
             shader: kernel.shader.name,
             entry: kernel.entry,
-            constants: kernel.constants.iter().map(|(k, v)| (*k, v.to_bits())).collect(),
+            constants: kernel
+                .constants
+                .iter()
+                .map(|(k, v)| (*k, v.to_bits()))
+                .collect(),
             access: access.to_vec(),
         };
-        if let Some(p) = self.pipelines.pipelines.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+        if let Some(p) = self
+            .pipelines
+            .pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
         {
             return Ok(p.clone());
         }
         let module = self.module(kernel.shader)?;
         let layout = self.layout(access);
-        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: None,
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
+        let pl = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
         let label = kernel.label();
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(&label),
-            layout: Some(&pl),
-            module: &module,
-            entry_point: Some(kernel.entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &kernel.constants,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some(kernel.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &kernel.constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(EngineError::Shader { shader: kernel.shader.name, msg: format!("{label}: {e}") });
+            return Err(EngineError::Shader {
+                shader: kernel.shader.name,
+                msg: format!("{label}: {e}"),
+            });
         }
-        let p = Arc::new(Pipeline { pipeline, layout, label });
+        let p = Arc::new(Pipeline {
+            pipeline,
+            layout,
+            label,
+        });
         self.pipelines
             .pipelines
             .lock()

@@ -92,7 +92,10 @@ impl Profiler {
     }
 
     pub(crate) fn add(&mut self, op: &'static str, kernel: &str, _n_tokens: u32, ns: f64) {
-        let e = self.totals.entry((op, kernel.to_string())).or_insert((0, 0.0));
+        let e = self
+            .totals
+            .entry((op, kernel.to_string()))
+            .or_insert((0, 0.0));
         e.0 += 1;
         e.1 += ns;
     }

@@ -92,7 +92,9 @@ impl Gpu {
             mapped_at_creation: false,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(EngineError::OutOfMemory(format!("{label} ({size} bytes): {e}")));
+            return Err(EngineError::OutOfMemory(format!(
+                "{label} ({size} bytes): {e}"
+            )));
         }
         Ok(Arc::new(b))
     }
@@ -108,26 +110,31 @@ impl Gpu {
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let b = if data.len() % 4 == 0 && !data.is_empty() {
-            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: data,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_DST
-                    | wgpu::BufferUsages::COPY_SRC,
-            })
+            self.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: data,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_DST
+                        | wgpu::BufferUsages::COPY_SRC,
+                })
         } else {
             let mut padded = data.to_vec();
             padded.resize(data.len().max(4).next_multiple_of(4), 0);
-            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: &padded,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_DST
-                    | wgpu::BufferUsages::COPY_SRC,
-            })
+            self.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: &padded,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_DST
+                        | wgpu::BufferUsages::COPY_SRC,
+                })
         };
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(EngineError::OutOfMemory(format!("{label} ({} bytes): {e}", data.len())));
+            return Err(EngineError::OutOfMemory(format!(
+                "{label} ({} bytes): {e}",
+                data.len()
+            )));
         }
         Ok(Arc::new(b))
     }

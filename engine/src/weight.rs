@@ -55,13 +55,22 @@ impl Planes {
         } else {
             0
         };
-        let min_words = if format == WeightFormat::Q4_1 { scale_words } else { 0 };
+        let min_words = if format == WeightFormat::Q4_1 {
+            scale_words
+        } else {
+            0
+        };
         let scales = align(code_words);
         let mins = scales + align(scale_words);
         let words = mins + align(min_words);
         // Callers keep shards under the binding limit (<= 4 GiB), so u32 holds these.
         let w = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
-        Planes { codes: 0, scales: w(scales), mins: w(mins), words: w(words) }
+        Planes {
+            codes: 0,
+            scales: w(scales),
+            mins: w(mins),
+            words: w(words),
+        }
     }
 
     /// Bytes of the codes plane (up to the next plane, so a multiple of 256).
@@ -78,7 +87,10 @@ impl Planes {
 
 /// Whether `format` has per-group scales.
 pub fn is_quantized(format: WeightFormat) -> bool {
-    matches!(format, WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0)
+    matches!(
+        format,
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0
+    )
 }
 
 /// Code words per row in `format`.
@@ -107,7 +119,7 @@ pub fn ggml_row_bytes(format: WeightFormat, cols: u32) -> usize {
 fn check_dims(op: &'static str, format: WeightFormat, rows: u32, cols: u32) -> Result<()> {
     crate::ensure_shape!(rows > 0 && cols > 0, op, "empty weight {rows}x{cols}");
     crate::ensure_shape!(
-        !is_quantized(format) || cols % GROUP == 0,
+        !is_quantized(format) || cols.is_multiple_of(GROUP),
         op,
         "{} needs cols to be a multiple of {GROUP}, got {cols}",
         format.name()
@@ -128,7 +140,13 @@ pub struct PackedWeight {
 impl PackedWeight {
     fn zeroed(format: WeightFormat, rows: u32, cols: u32) -> PackedWeight {
         let planes = Planes::layout(format, rows, cols);
-        PackedWeight { format, rows, cols, planes, words: vec![0; planes.words as usize] }
+        PackedWeight {
+            format,
+            rows,
+            cols,
+            planes,
+            words: vec![0; planes.words as usize],
+        }
     }
     pub fn bytes(&self) -> u64 {
         4 * self.words.len() as u64
@@ -146,7 +164,12 @@ pub fn pack_f32(format: WeightFormat, rows: u32, cols: u32, data: &[f32]) -> Res
     const OP: &str = "pack_f32";
     check_dims(OP, format, rows, cols)?;
     let n = rows as usize * cols as usize;
-    crate::ensure_shape!(data.len() == n, OP, "{rows}x{cols} weight needs {n} values, got {}", data.len());
+    crate::ensure_shape!(
+        data.len() == n,
+        OP,
+        "{rows}x{cols} weight needs {n} values, got {}",
+        data.len()
+    );
     let mut p = PackedWeight::zeroed(format, rows, cols);
     match format {
         WeightFormat::F32 => {
@@ -210,7 +233,11 @@ pub fn pack_ggml(format: WeightFormat, rows: u32, cols: u32, bytes: &[u8]) -> Re
         WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
             // Block: f16 d, [f16 m,] 16 bytes; byte j = element j (low nibble)
             // and element j + 16 (high nibble).
-            let (block, qs) = if format == WeightFormat::Q4_0 { (18, 2) } else { (20, 4) };
+            let (block, qs) = if format == WeightFormat::Q4_0 {
+                (18, 2)
+            } else {
+                (20, 4)
+            };
             for (r, row) in bytes.chunks_exact(row_bytes).enumerate() {
                 for (b, blk) in row.chunks_exact(block).enumerate() {
                     let g = r * groups + b;
@@ -263,7 +290,9 @@ pub fn dequantize_packed(p: &PackedWeight) -> Vec<f32> {
             let g = r * groups + c / GROUP as usize;
             out[r * cols + c] = match p.format {
                 WeightFormat::F32 => f32::from_bits(codes[c]),
-                WeightFormat::F16 => f16::from_bits((codes[c / 2] >> (16 * (c % 2))) as u16).to_f32(),
+                WeightFormat::F16 => {
+                    f16::from_bits((codes[c / 2] >> (16 * (c % 2))) as u16).to_f32()
+                }
                 WeightFormat::Q4_0 => {
                     let q = (codes[c / 8] >> (4 * (c % 8))) & 0xf;
                     half(p.planes.scales, g) * (q as f32 - 8.0)
@@ -284,7 +313,12 @@ pub fn dequantize_packed(p: &PackedWeight) -> Vec<f32> {
 
 /// Row ranges `(row_start, rows)` splitting a weight so that each shard's
 /// packed buffer fits `max_binding_bytes`. Shards are as equal as possible.
-pub fn shard_rows(format: WeightFormat, rows: u32, cols: u32, max_binding_bytes: u64) -> Vec<(u32, u32)> {
+pub fn shard_rows(
+    format: WeightFormat,
+    rows: u32,
+    cols: u32,
+    max_binding_bytes: u64,
+) -> Vec<(u32, u32)> {
     let fits = |n: u32| 4 * u64::from(Planes::layout(format, n, cols).words) <= max_binding_bytes;
     if rows == 0 {
         return Vec::new();
@@ -298,7 +332,10 @@ pub fn shard_rows(format: WeightFormat, rows: u32, cols: u32, max_binding_bytes:
     }
     let n_shards = rows.div_ceil(lo);
     let per = rows.div_ceil(n_shards);
-    (0..n_shards).map(|i| (i * per, per.min(rows - i * per))).filter(|s| s.1 > 0).collect()
+    (0..n_shards)
+        .map(|i| (i * per, per.min(rows - i * per)))
+        .filter(|s| s.1 > 0)
+        .collect()
 }
 
 /// A weight's values on the host, in the encoding they arrive in.
@@ -333,13 +370,25 @@ impl HostWeight<'_> {
             HostData::F32(v) => {
                 let (c, s) = (self.cols as usize, start as usize);
                 let end = (s + n as usize) * c;
-                crate::ensure_shape!(v.len() >= end, "pack", "{} values for {} rows", v.len(), self.rows);
+                crate::ensure_shape!(
+                    v.len() >= end,
+                    "pack",
+                    "{} values for {} rows",
+                    v.len(),
+                    self.rows
+                );
                 pack_f32(self.format, n, self.cols, &v[s * c..end])
             }
             HostData::Ggml(b) => {
                 let rb = ggml_row_bytes(self.format, self.cols);
                 let (s, e) = (start as usize * rb, (start + n) as usize * rb);
-                crate::ensure_shape!(b.len() >= e, "pack", "{} bytes for {} rows", b.len(), self.rows);
+                crate::ensure_shape!(
+                    b.len() >= e,
+                    "pack",
+                    "{} bytes for {} rows",
+                    b.len(),
+                    self.rows
+                );
                 pack_ggml(self.format, n, self.cols, &b[s..e])
             }
         }
@@ -372,7 +421,12 @@ impl GpuWeight {
 
     /// As [`upload`](Self::upload) with an explicit per-shard byte limit
     /// (at most the device's); one shard is packed at a time.
-    pub fn upload_sharded(gpu: &Gpu, label: &str, w: &HostWeight<'_>, max_binding: u64) -> Result<GpuWeight> {
+    pub fn upload_sharded(
+        gpu: &Gpu,
+        label: &str,
+        w: &HostWeight<'_>,
+        max_binding: u64,
+    ) -> Result<GpuWeight> {
         check_dims("upload", w.format, w.rows, w.cols)?;
         let limit = max_binding.min(gpu.caps.max_binding);
         let mut shards = Vec::new();
@@ -380,14 +434,22 @@ impl GpuWeight {
             let packed = w.pack_rows(start, n)?;
             shards.push(Self::upload_shard(gpu, label, start, &packed)?);
         }
-        Ok(GpuWeight { format: w.format, rows: w.rows, cols: w.cols, shards })
+        Ok(GpuWeight {
+            format: w.format,
+            rows: w.rows,
+            cols: w.cols,
+            shards,
+        })
     }
 
     /// Uploads already packed shards; `parts` are `(row_start, packed)` and
     /// must tile the rows in order.
     pub fn from_packed(gpu: &Gpu, label: &str, parts: &[(u32, PackedWeight)]) -> Result<GpuWeight> {
         let Some((_, first)) = parts.first() else {
-            return Err(EngineError::Shape { op: "upload", msg: format!("{label}: no shards") });
+            return Err(EngineError::Shape {
+                op: "upload",
+                msg: format!("{label}: no shards"),
+            });
         };
         let mut shards = Vec::with_capacity(parts.len());
         let mut next = 0u32;
@@ -405,7 +467,12 @@ impl GpuWeight {
             shards.push(Self::upload_shard(gpu, label, *start, p)?);
             next += p.rows;
         }
-        Ok(GpuWeight { format: first.format, rows: next, cols: first.cols, shards })
+        Ok(GpuWeight {
+            format: first.format,
+            rows: next,
+            cols: first.cols,
+            shards,
+        })
     }
 
     fn upload_shard(gpu: &Gpu, label: &str, row_start: u32, p: &PackedWeight) -> Result<GpuShard> {
@@ -419,7 +486,12 @@ impl GpuWeight {
             shape: vec![p.rows as usize, p.cols as usize],
             dtype: DType::U32,
         };
-        Ok(GpuShard { tensor, row_start, rows: p.rows, planes: p.planes })
+        Ok(GpuShard {
+            tensor,
+            row_start,
+            rows: p.rows,
+            planes: p.planes,
+        })
     }
 
     /// Packed bytes on the GPU (all planes and padding).
@@ -440,7 +512,12 @@ impl GpuWeight {
                 planes: s.planes,
             })
             .collect();
-        WeightRef { format: self.format, rows: self.rows, cols: self.cols, shards }
+        WeightRef {
+            format: self.format,
+            rows: self.rows,
+            cols: self.cols,
+            shards,
+        }
     }
 }
 
@@ -471,18 +548,34 @@ impl WeightRef {
     pub fn check(&self, g: &Graph, op: &'static str) -> crate::Result<()> {
         let mut next = 0u32;
         for s in &self.shards {
-            crate::ensure_shape!(s.tensor < g.tensors.len(), op, "weight shard tensor {} not in graph", s.tensor);
+            crate::ensure_shape!(
+                s.tensor < g.tensors.len(),
+                op,
+                "weight shard tensor {} not in graph",
+                s.tensor
+            );
             crate::ensure_shape!(
                 s.row_start == next,
                 op,
                 "weight shard starts at row {}, expected {next}",
                 s.row_start
             );
-            crate::ops::check_bytes(g, op, "weight shard", s.tensor, 4 * u64::from(s.planes.words))?;
+            crate::ops::check_bytes(
+                g,
+                op,
+                "weight shard",
+                s.tensor,
+                4 * u64::from(s.planes.words),
+            )?;
             next = next.saturating_add(s.rows);
         }
         let covered: u32 = self.shards.iter().map(|s| s.rows).sum();
-        crate::ensure_shape!(covered == self.rows, op, "weight shards cover {covered} of {} rows", self.rows);
+        crate::ensure_shape!(
+            covered == self.rows,
+            op,
+            "weight shards cover {covered} of {} rows",
+            self.rows
+        );
         Ok(())
     }
 }
@@ -508,7 +601,10 @@ mod tests {
         assert!(s.len() > 1);
         assert_eq!(s.iter().map(|x| x.1).sum::<u32>(), 1000);
         for (i, (start, n)) in s.iter().enumerate() {
-            assert!(4 * u64::from(Planes::layout(WeightFormat::Q8_0, *n, 64).words) <= 4096, "shard {i}");
+            assert!(
+                4 * u64::from(Planes::layout(WeightFormat::Q8_0, *n, 64).words) <= 4096,
+                "shard {i}"
+            );
             if i > 0 {
                 assert_eq!(*start, s[i - 1].0 + s[i - 1].1);
             }

@@ -56,7 +56,10 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim % 2 != 0 || self.head_dim > 256 {
-            return bad(format!("head_dim {} must be even and at most 256", self.head_dim));
+            return bad(format!(
+                "head_dim {} must be even and at most 256",
+                self.head_dim
+            ));
         }
         Ok(())
     }

@@ -42,7 +42,11 @@ impl NllStats {
         let n = self.n.max(1) as f64;
         let mean = self.sum / n;
         let var = (self.sum_sq / n - mean * mean).max(0.0);
-        let se_mean = if self.n > 1 { (var / (n - 1.0)).sqrt() } else { 0.0 };
+        let se_mean = if self.n > 1 {
+            (var / (n - 1.0)).sqrt()
+        } else {
+            0.0
+        };
         let ppl = mean.exp();
         (ppl, ppl * se_mean, mean)
     }
@@ -51,7 +55,12 @@ impl NllStats {
 /// log p(target | row) from one row of logits, in f64.
 pub fn nll(row: &[f32], target: u32) -> f64 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + row.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+    let lse = max
+        + row
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
     lse - row[target as usize] as f64
 }
 
@@ -66,7 +75,9 @@ pub fn perplexity(
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<(PerplexityResult, Vec<f64>)> {
     if ctx < 2 {
-        return Err(ModelError::Input("perplexity needs a context of at least 2".into()));
+        return Err(ModelError::Input(
+            "perplexity needs a context of at least 2".into(),
+        ));
     }
     if ctx > model.kv.max_ctx {
         return Err(ModelError::Input(format!(
@@ -93,8 +104,14 @@ pub fn perplexity(
             chunk[0] = b;
         }
         c.exec.write(c.io.ids, 0, bytemuck::cast_slice(&chunk));
-        let step = Step { n_tokens: ctx as u32, pos: 0, ..Default::default() };
-        let bytes = c.exec.run_read(&step, c.io.logits, 4 * (ctx * vocab) as u64)?;
+        let step = Step {
+            n_tokens: ctx as u32,
+            pos: 0,
+            ..Default::default()
+        };
+        let bytes = c
+            .exec
+            .run_read(&step, c.io.logits, 4 * (ctx * vocab) as u64)?;
         let logits: &[f32] = bytemuck::cast_slice(&bytes);
         let mut chunk_sum = 0.0;
         for j in first..ctx - 1 {
@@ -107,5 +124,14 @@ pub fn perplexity(
         progress(i + 1, chunks, stats.estimate().0);
     }
     let (ppl, ppl_err, mean_nll) = stats.estimate();
-    Ok((PerplexityResult { chunks, tokens_scored: stats.count(), ppl, ppl_err, mean_nll }, per_chunk))
+    Ok((
+        PerplexityResult {
+            chunks,
+            tokens_scored: stats.count(),
+            ppl,
+            ppl_err,
+            mean_nll,
+        },
+        per_chunk,
+    ))
 }

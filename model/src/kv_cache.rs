@@ -38,7 +38,9 @@ impl std::str::FromStr for KvFormat {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "f16" => Ok(KvFormat::F16),
-            _ => Err(ModelError::Input(format!("unknown KV cache format `{s}` (available: f16)"))),
+            _ => Err(ModelError::Input(format!(
+                "unknown KV cache format `{s}` (available: f16)"
+            ))),
         }
     }
 }
@@ -52,7 +54,12 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(gpu: &Arc<Gpu>, cfg: &LlamaConfig, max_ctx: usize, format: KvFormat) -> Result<Self> {
+    pub fn new(
+        gpu: &Arc<Gpu>,
+        cfg: &LlamaConfig,
+        max_ctx: usize,
+        format: KvFormat,
+    ) -> Result<Self> {
         let n = cfg.n_kv_heads * max_ctx * cfg.head_dim;
         let bytes = DType::F16.bytes_for(n);
         let make = |name: String| -> Result<Tensor> {
@@ -70,7 +77,12 @@ impl KvCache {
             k.push(make(format!("blk.{l}.k_cache"))?);
             v.push(make(format!("blk.{l}.v_cache"))?);
         }
-        Ok(KvCache { format, max_ctx, k, v })
+        Ok(KvCache {
+            format,
+            max_ctx,
+            k,
+            v,
+        })
     }
 
     /// Total bytes on the GPU.

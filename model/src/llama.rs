@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use lamina_engine::graph::{Graph, Op, TensorId};
-use lamina_engine::ops::{add, attention, embedding, kv_write, matmul, rmsnorm, rope, sample, swiglu};
+use lamina_engine::ops::{
+    add, attention, embedding, kv_write, matmul, rmsnorm, rope, sample, swiglu,
+};
 use lamina_engine::weight::{GpuWeight, HostData, HostWeight};
 use lamina_engine::{DType, Gpu, Tensor, WeightFormat, WeightRef};
 
@@ -37,7 +39,9 @@ impl std::str::FromStr for WeightMode {
             "native" => Ok(WeightMode::Native),
             "f16" => Ok(WeightMode::F16),
             "f32" => Ok(WeightMode::F32),
-            _ => Err(ModelError::Input(format!("unknown weight mode `{s}` (native, f16, f32)"))),
+            _ => Err(ModelError::Input(format!(
+                "unknown weight mode `{s}` (native, f16, f32)"
+            ))),
         }
     }
 }
@@ -83,19 +87,40 @@ fn engine_format(dt: HostDType, mode: WeightMode) -> WeightFormat {
 /// Packs and uploads a host matrix in the format `mode` asks for.
 fn upload_matrix(gpu: &Gpu, t: &HostTensor, mode: WeightMode) -> Result<GpuWeight> {
     if t.shape.len() != 2 {
-        return Err(ModelError::Invalid(format!("{} is not a matrix: {:?}", t.name, t.shape)));
+        return Err(ModelError::Invalid(format!(
+            "{} is not a matrix: {:?}",
+            t.name, t.shape
+        )));
     }
     let (rows, cols) = (t.rows() as u32, t.cols() as u32);
     let format = engine_format(t.dtype, mode);
     let w = match format {
         WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 => {
             let data = HostData::Ggml(t.data.as_slice());
-            GpuWeight::upload(gpu, &t.name, &HostWeight { format, rows, cols, data })?
+            GpuWeight::upload(
+                gpu,
+                &t.name,
+                &HostWeight {
+                    format,
+                    rows,
+                    cols,
+                    data,
+                },
+            )?
         }
         WeightFormat::F32 | WeightFormat::F16 => {
             let values = t.to_f32()?;
             let data = HostData::F32(&values);
-            GpuWeight::upload(gpu, &t.name, &HostWeight { format, rows, cols, data })?
+            GpuWeight::upload(
+                gpu,
+                &t.name,
+                &HostWeight {
+                    format,
+                    rows,
+                    cols,
+                    data,
+                },
+            )?
         }
     };
     Ok(w)
@@ -151,7 +176,16 @@ impl GpuModel {
         progress(total - 1, total);
         let kv = KvCache::new(&gpu, &cfg, max_ctx, kv_format)?;
         progress(total, total);
-        Ok(GpuModel { gpu, config: cfg, token_embd, layers, output_norm, output, kv, weight_mode: mode })
+        Ok(GpuModel {
+            gpu,
+            config: cfg,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            kv,
+            weight_mode: mode,
+        })
     }
 
     pub fn lm_head(&self) -> &GpuWeight {
@@ -252,72 +286,207 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
     let att_scratch = (scratch_bytes > 0).then(|| g.intermediate("att_scratch", scratch_bytes));
 
     let table = weight(&mut g, &m.token_embd, "token_embd");
-    g.push("token_embd", Op::Embedding(embedding::Embedding { ids, table, out: x, max_rows: n }))?;
+    g.push(
+        "token_embd",
+        Op::Embedding(embedding::Embedding {
+            ids,
+            table,
+            out: x,
+            max_rows: n,
+        }),
+    )?;
 
     for (l, lw) in m.layers.iter().enumerate() {
         let p = |s: &str| format!("blk.{l}.{s}");
-        let mm = |g: &mut Graph, x: TensorId, w: &GpuWeight, out: TensorId, name: &str| -> Result<()> {
-            let w = weight(g, w, &p(name));
-            g.push(p(name), Op::MatMul(matmul::MatMul { x, w, out, max_rows: n, last_row_only: false }))?;
-            Ok(())
-        };
+        let mm =
+            |g: &mut Graph, x: TensorId, w: &GpuWeight, out: TensorId, name: &str| -> Result<()> {
+                let w = weight(g, w, &p(name));
+                g.push(
+                    p(name),
+                    Op::MatMul(matmul::MatMul {
+                        x,
+                        w,
+                        out,
+                        max_rows: n,
+                        last_row_only: false,
+                    }),
+                )?;
+                Ok(())
+            };
         let attn_norm = external(&mut g, &p("attn_norm"), &lw.attn_norm);
-        g.push(p("attn_norm"), Op::RmsNorm(rmsnorm::RmsNorm {
-            x, weight: attn_norm, out: h, dim: dim as u32, eps: c.norm_eps, max_rows: n,
-        }))?;
+        g.push(
+            p("attn_norm"),
+            Op::RmsNorm(rmsnorm::RmsNorm {
+                x,
+                weight: attn_norm,
+                out: h,
+                dim: dim as u32,
+                eps: c.norm_eps,
+                max_rows: n,
+            }),
+        )?;
         mm(&mut g, h, &lw.wq, q, "attn_q")?;
         mm(&mut g, h, &lw.wk, k, "attn_k")?;
         mm(&mut g, h, &lw.wv, v, "attn_v")?;
         for (t, heads, name) in [(q, nh, "rope_q"), (k, nkv, "rope_k")] {
-            g.push(p(name), Op::Rope(rope::Rope {
-                x: t, n_heads: heads, head_dim: hd, theta: c.rope_theta, style, max_rows: n,
-            }))?;
+            g.push(
+                p(name),
+                Op::Rope(rope::Rope {
+                    x: t,
+                    n_heads: heads,
+                    head_dim: hd,
+                    theta: c.rope_theta,
+                    style,
+                    max_rows: n,
+                }),
+            )?;
         }
         let k_cache = external(&mut g, &p("k_cache"), &m.kv.k[l]);
         let v_cache = external(&mut g, &p("v_cache"), &m.kv.v[l]);
-        g.push(p("kv_write"), Op::KvWrite(kv_write::KvWrite {
-            k, v, k_cache, v_cache, n_kv_heads: nkv, head_dim: hd, max_ctx, max_rows: n,
-        }))?;
-        g.push(p("attn"), Op::Attention(attention::Attention {
-            q, k_cache, v_cache, out: att, scratch: att_scratch, n_heads: nh, n_kv_heads: nkv,
-            head_dim: hd, max_ctx, max_rows: n, scale: 1.0 / (hd as f32).sqrt(),
-        }))?;
+        g.push(
+            p("kv_write"),
+            Op::KvWrite(kv_write::KvWrite {
+                k,
+                v,
+                k_cache,
+                v_cache,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                max_ctx,
+                max_rows: n,
+            }),
+        )?;
+        g.push(
+            p("attn"),
+            Op::Attention(attention::Attention {
+                q,
+                k_cache,
+                v_cache,
+                out: att,
+                scratch: att_scratch,
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                max_ctx,
+                max_rows: n,
+                scale: 1.0 / (hd as f32).sqrt(),
+            }),
+        )?;
         mm(&mut g, att, &lw.wo, o, "attn_output")?;
-        g.push(p("attn_residual"), Op::Add(add::Add { x, y: o, dim: dim as u32, max_rows: n }))?;
+        g.push(
+            p("attn_residual"),
+            Op::Add(add::Add {
+                x,
+                y: o,
+                dim: dim as u32,
+                max_rows: n,
+            }),
+        )?;
 
         let ffn_norm = external(&mut g, &p("ffn_norm"), &lw.ffn_norm);
-        g.push(p("ffn_norm"), Op::RmsNorm(rmsnorm::RmsNorm {
-            x, weight: ffn_norm, out: h, dim: dim as u32, eps: c.norm_eps, max_rows: n,
-        }))?;
+        g.push(
+            p("ffn_norm"),
+            Op::RmsNorm(rmsnorm::RmsNorm {
+                x,
+                weight: ffn_norm,
+                out: h,
+                dim: dim as u32,
+                eps: c.norm_eps,
+                max_rows: n,
+            }),
+        )?;
         mm(&mut g, h, &lw.w_gate, gate, "ffn_gate")?;
         mm(&mut g, h, &lw.w_up, up, "ffn_up")?;
-        g.push(p("swiglu"), Op::SwiGlu(swiglu::SwiGlu { gate, up, out: act, dim: ffn as u32, max_rows: n }))?;
+        g.push(
+            p("swiglu"),
+            Op::SwiGlu(swiglu::SwiGlu {
+                gate,
+                up,
+                out: act,
+                dim: ffn as u32,
+                max_rows: n,
+            }),
+        )?;
         mm(&mut g, act, &lw.w_down, down, "ffn_down")?;
-        g.push(p("ffn_residual"), Op::Add(add::Add { x, y: down, dim: dim as u32, max_rows: n }))?;
+        g.push(
+            p("ffn_residual"),
+            Op::Add(add::Add {
+                x,
+                y: down,
+                dim: dim as u32,
+                max_rows: n,
+            }),
+        )?;
     }
 
     let out_norm = external(&mut g, "output_norm", &m.output_norm);
-    g.push("output_norm", Op::RmsNorm(rmsnorm::RmsNorm {
-        x, weight: out_norm, out: h, dim: dim as u32, eps: c.norm_eps, max_rows: n,
-    }))?;
+    g.push(
+        "output_norm",
+        Op::RmsNorm(rmsnorm::RmsNorm {
+            x,
+            weight: out_norm,
+            out: h,
+            dim: dim as u32,
+            eps: c.norm_eps,
+            max_rows: n,
+        }),
+    )?;
     let vocab = c.vocab_size as u64;
     let lm = weight(&mut g, m.lm_head(), "output");
     let io = match head {
         Head::AllLogits => {
             let logits = g.output("logits", 4 * vocab * u64::from(n));
-            g.push("output", Op::MatMul(matmul::MatMul { x: h, w: lm, out: logits, max_rows: n, last_row_only: false }))?;
-            GraphIo { ids, logits, token: None, history: None, max_tokens: n }
+            g.push(
+                "output",
+                Op::MatMul(matmul::MatMul {
+                    x: h,
+                    w: lm,
+                    out: logits,
+                    max_rows: n,
+                    last_row_only: false,
+                }),
+            )?;
+            GraphIo {
+                ids,
+                logits,
+                token: None,
+                history: None,
+                max_tokens: n,
+            }
         }
         Head::Sample => {
             let logits = g.output("logits", 4 * vocab);
-            g.push("output", Op::MatMul(matmul::MatMul { x: h, w: lm, out: logits, max_rows: n, last_row_only: true }))?;
+            g.push(
+                "output",
+                Op::MatMul(matmul::MatMul {
+                    x: h,
+                    w: lm,
+                    out: logits,
+                    max_rows: n,
+                    last_row_only: true,
+                }),
+            )?;
             let history = g.input("history", sample::history_bytes(REPEAT_LAST_N));
             let scratch = g.intermediate("sample_scratch", sample::scratch_bytes(vocab as u32));
             let token = g.output("token", 4);
-            g.push("sample", Op::Sample(sample::Sample {
-                logits, history, scratch, out: token, vocab: vocab as u32, history_len: REPEAT_LAST_N,
-            }))?;
-            GraphIo { ids, logits, token: Some(token), history: Some(history), max_tokens: n }
+            g.push(
+                "sample",
+                Op::Sample(sample::Sample {
+                    logits,
+                    history,
+                    scratch,
+                    out: token,
+                    vocab: vocab as u32,
+                    history_len: REPEAT_LAST_N,
+                }),
+            )?;
+            GraphIo {
+                ids,
+                logits,
+                token: Some(token),
+                history: Some(history),
+                max_tokens: n,
+            }
         }
     };
     Ok((g, io))

@@ -4,8 +4,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use lamina_engine::graph::{Sampling, Step};
 use lamina_engine::Executor;
+use lamina_engine::graph::{Sampling, Step};
 use rand::{Rng, SeedableRng};
 
 use crate::llama::{GpuModel, GraphIo, Head, REPEAT_LAST_N, build_graph};
@@ -25,13 +25,25 @@ pub struct SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        SamplerConfig { temperature: 0.8, top_k: 40, top_p: 0.95, repeat_penalty: 1.0, seed: 0 }
+        SamplerConfig {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            repeat_penalty: 1.0,
+            seed: 0,
+        }
     }
 }
 
 impl SamplerConfig {
     pub fn greedy() -> Self {
-        SamplerConfig { temperature: 0.0, top_k: 0, top_p: 1.0, repeat_penalty: 1.0, seed: 0 }
+        SamplerConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repeat_penalty: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -44,7 +56,10 @@ pub struct Compiled {
 impl Compiled {
     pub fn new(model: &GpuModel, max_tokens: u32, head: Head) -> Result<Self> {
         let (g, io) = build_graph(model, max_tokens, head)?;
-        Ok(Compiled { exec: Executor::new(model.gpu.clone(), g)?, io })
+        Ok(Compiled {
+            exec: Executor::new(model.gpu.clone(), g)?,
+            io,
+        })
     }
 }
 
@@ -98,16 +113,26 @@ impl Session {
         Ok(prefill && decode)
     }
     pub fn executors(&self) -> impl Iterator<Item = (&'static str, &Executor)> {
-        [("prefill", self.prefill.as_ref()), ("decode", self.decode.as_ref())]
-            .into_iter()
-            .filter_map(|(n, c)| c.map(|c| (n, &c.exec)))
+        [
+            ("prefill", self.prefill.as_ref()),
+            ("decode", self.decode.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(n, c)| c.map(|c| (n, &c.exec)))
     }
     pub fn executors_mut(&mut self) -> impl Iterator<Item = &mut Executor> {
-        [self.prefill.as_mut(), self.decode.as_mut()].into_iter().flatten().map(|c| &mut c.exec)
+        [self.prefill.as_mut(), self.decode.as_mut()]
+            .into_iter()
+            .flatten()
+            .map(|c| &mut c.exec)
     }
 
     fn compiled(&mut self, prefill: bool) -> Result<&mut Compiled> {
-        let (slot, n) = if prefill { (&mut self.prefill, self.batch) } else { (&mut self.decode, 1) };
+        let (slot, n) = if prefill {
+            (&mut self.prefill, self.batch)
+        } else {
+            (&mut self.decode, 1)
+        };
         if slot.is_none() {
             *slot = Some(Compiled::new(&self.model, n, Head::Sample)?);
         }
@@ -128,7 +153,9 @@ impl Session {
     fn check_ids(&self, tokens: &[u32]) -> Result<()> {
         let vocab = self.model.config.vocab_size as u32;
         if let Some(t) = tokens.iter().find(|&&t| t >= vocab) {
-            return Err(ModelError::Input(format!("token id {t} is outside the vocabulary ({vocab})")));
+            return Err(ModelError::Input(format!(
+                "token id {t} is outside the vocabulary ({vocab})"
+            )));
         }
         if self.pos + tokens.len() > self.max_ctx() {
             return Err(ModelError::Input(format!(
@@ -145,7 +172,9 @@ impl Session {
     /// token sampled after the last of them.
     pub fn feed(&mut self, tokens: &[u32]) -> Result<u32> {
         if tokens.is_empty() {
-            return Err(ModelError::Input("empty prompt: nothing to feed the model".into()));
+            return Err(ModelError::Input(
+                "empty prompt: nothing to feed the model".into(),
+            ));
         }
         self.check_ids(tokens)?;
         let mut next = 0;
@@ -166,7 +195,11 @@ impl Session {
         }
         let sampling = self.sampling();
         let hist: Vec<u32> = self.history.iter().copied().collect();
-        let step = Step { n_tokens: chunk.len() as u32, pos: self.pos as u32, sampling };
+        let step = Step {
+            n_tokens: chunk.len() as u32,
+            pos: self.pos as u32,
+            sampling,
+        };
         let c = self.compiled(prefill)?;
         c.exec.write(c.io.ids, 0, bytemuck::cast_slice(chunk));
         if let Some(h) = c.io.history {

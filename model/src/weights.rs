@@ -45,7 +45,11 @@ impl HostDType {
 /// Raw bytes of a tensor: borrowed from a memory map, or owned.
 #[derive(Clone)]
 pub enum Bytes {
-    Mapped { map: Arc<memmap2::Mmap>, offset: usize, len: usize },
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        offset: usize,
+        len: usize,
+    },
     Owned(Arc<Vec<u8>>),
 }
 
@@ -78,7 +82,11 @@ impl HostTensor {
         self.shape.iter().product()
     }
     pub fn rows(&self) -> usize {
-        if self.shape.len() < 2 { 1 } else { self.shape[..self.shape.len() - 1].iter().product() }
+        if self.shape.len() < 2 {
+            1
+        } else {
+            self.shape[..self.shape.len() - 1].iter().product()
+        }
     }
     pub fn cols(&self) -> usize {
         *self.shape.last().unwrap_or(&1)

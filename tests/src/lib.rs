@@ -13,7 +13,9 @@ pub fn gpu() -> Arc<Gpu> {
             eprintln!("test GPU: {}", g.describe());
             g
         }
-        Err(e) => panic!("tests need a GPU adapter (run scripts/test.sh, which installs lavapipe): {e}"),
+        Err(e) => {
+            panic!("tests need a GPU adapter (run scripts/test.sh, which installs lavapipe): {e}")
+        }
     })
     .clone()
 }
@@ -36,7 +38,13 @@ pub fn u32_bytes(v: &[u32]) -> Vec<u8> {
 /// Asserts |got - want| <= atol + rtol * |want| elementwise, printing the
 /// first offending index with both values and the worst error.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: length {} vs {}",
+        got.len(),
+        want.len()
+    );
     let mut worst = (0usize, 0.0f32);
     let mut first_bad = None;
     for (i, (g, w)) in got.iter().zip(want).enumerate() {

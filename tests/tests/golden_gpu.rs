@@ -33,15 +33,28 @@ fn model() -> Option<MutexGuard<'static, Loaded>> {
     static M: OnceLock<Option<Mutex<Loaded>>> = OnceLock::new();
     M.get_or_init(|| {
         let Some(path) = model_path() else {
-            assert!(std::env::var_os("CI").is_none(), "CI must fetch the model first (scripts/test.sh)");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must fetch the model first (scripts/test.sh)"
+            );
             eprintln!("default model not fetched (run `lamina fetch`); skipping");
             return None;
         };
         let host = loader::load(&path).expect("load model");
         let tok = Tokenizer::from_spec(&host.tokenizer_spec).expect("tokenizer");
-        let model = GpuModel::new(gpu(), &host, WeightMode::Native, 512, KvFormat::F16, |_, _| {})
-            .expect("upload model");
-        Some(Mutex::new(Loaded { model: Arc::new(model), tok }))
+        let model = GpuModel::new(
+            gpu(),
+            &host,
+            WeightMode::Native,
+            512,
+            KvFormat::F16,
+            |_, _| {},
+        )
+        .expect("upload model");
+        Some(Mutex::new(Loaded {
+            model: Arc::new(model),
+            tok,
+        }))
     })
     .as_ref()
     .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
@@ -53,7 +66,11 @@ fn golden(name: &str) -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 #[test]
@@ -67,24 +84,49 @@ fn top10_logits_match_golden() {
         let name = p["name"].as_str().unwrap_or("?");
         let input = ids(&p["input_ids"]);
         c.exec.write(c.io.ids, 0, bytemuck_u32(&input).as_slice());
-        let step = Step { n_tokens: input.len() as u32, pos: 0, ..Default::default() };
+        let step = Step {
+            n_tokens: input.len() as u32,
+            pos: 0,
+            ..Default::default()
+        };
         c.exec.run(&step).expect("run");
-        let logits = c.exec.read_f32(c.io.logits, input.len() * vocab).expect("read");
+        let logits = c
+            .exec
+            .read_f32(c.io.logits, input.len() * vocab)
+            .expect("read");
         for pos in p["positions"].as_array().expect("positions") {
             let i = pos["pos"].as_u64().expect("pos") as usize;
             let row = &logits[i * vocab..(i + 1) * vocab];
             let want_ids = ids(&pos["top10_ids"]);
-            let want: Vec<f32> = pos["top10_logits"].as_array().expect("logits").iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect();
+            let want: Vec<f32> = pos["top10_logits"]
+                .as_array()
+                .expect("logits")
+                .iter()
+                .map(|x| x.as_f64().unwrap_or(0.0) as f32)
+                .collect();
             for (rank, (&id, &w)) in want_ids.iter().zip(&want).enumerate() {
                 let got = row[id as usize];
                 let err = (got - w).abs();
                 worst = worst.max(err);
-                assert!(err <= LOGIT_TOL, "{name} pos {i} rank {rank} id {id}: got {got} want {w} (err {err})");
+                assert!(
+                    err <= LOGIT_TOL,
+                    "{name} pos {i} rank {rank} id {id}: got {got} want {w} (err {err})"
+                );
             }
             // The top-1 id must match unless golden's top two are within tolerance.
-            let top = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j as u32).unwrap_or(0);
+            let top = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(j, _)| j as u32)
+                .unwrap_or(0);
             if top != want_ids[0] {
-                assert!(want[0] - want[1] <= 2.0 * LOGIT_TOL, "{name} pos {i}: top-1 {top} vs golden {} (margin {})", want_ids[0], want[0] - want[1]);
+                assert!(
+                    want[0] - want[1] <= 2.0 * LOGIT_TOL,
+                    "{name} pos {i}: top-1 {top} vs golden {} (margin {})",
+                    want_ids[0],
+                    want[0] - want[1]
+                );
             }
         }
     }
@@ -127,18 +169,32 @@ fn greedy_continuations_match_golden() {
 #[test]
 fn perplexity_first_4_chunks_within_1_percent() {
     let Some(m) = model() else { return };
-    let text = std::fs::read_to_string(shared_dir().join("data/wikitext-2-raw/wiki.test.raw")).expect("wiki.test.raw");
+    let text = std::fs::read_to_string(shared_dir().join("data/wikitext-2-raw/wiki.test.raw"))
+        .expect("wiki.test.raw");
     // llama.cpp's -f drops one trailing newline.
     let text = text.strip_suffix('\n').unwrap_or(&text);
     let tokens = m.tok.encode(text, false).expect("encode");
     let g = golden("ppl/ppl_nobos_ctx512_20.json");
     let chunks = g["chunks"].as_array().expect("chunks");
     let (sum, n) = chunks[..4].iter().fold((0.0, 0.0), |(s, n), c| {
-        (s + c["nll_sum"].as_f64().unwrap_or(0.0), n + c["n_scored"].as_f64().unwrap_or(0.0))
+        (
+            s + c["nll_sum"].as_f64().unwrap_or(0.0),
+            n + c["n_scored"].as_f64().unwrap_or(0.0),
+        )
     });
     let want = (sum / n).exp();
-    let (r, _) = eval::perplexity(&m.model, &tokens, 512, Some(4), None, |_, _, _| {}).expect("perplexity");
+    let (r, _) =
+        eval::perplexity(&m.model, &tokens, 512, Some(4), None, |_, _, _| {}).expect("perplexity");
     let rel = (r.ppl - want).abs() / want;
-    eprintln!("ppl 4 chunks: {:.4} vs golden {want:.4} ({:.3}%)", r.ppl, 100.0 * rel);
-    assert!(rel < 0.01, "ppl {} vs golden {want}: {:.3}% off", r.ppl, 100.0 * rel);
+    eprintln!(
+        "ppl 4 chunks: {:.4} vs golden {want:.4} ({:.3}%)",
+        r.ppl,
+        100.0 * rel
+    );
+    assert!(
+        rel < 0.01,
+        "ppl {} vs golden {want}: {:.3}% off",
+        r.ppl,
+        100.0 * rel
+    );
 }

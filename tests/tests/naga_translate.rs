@@ -7,7 +7,11 @@ use lamina_engine::ops::all_shaders;
 #[test]
 fn every_shader_translates_to_spirv_msl_hlsl() {
     let shaders = all_shaders();
-    assert!(shaders.len() >= 9, "expected every op's shader, found {}", shaders.len());
+    assert!(
+        shaders.len() >= 9,
+        "expected every op's shader, found {}",
+        shaders.len()
+    );
     let mut failures = Vec::new();
     for s in shaders {
         let (module, info) = match s.validate() {
@@ -31,7 +35,9 @@ fn every_shader_translates_to_spirv_msl_hlsl() {
                 continue;
             }
         };
-        if let Err(e) = naga::back::spv::write_vec(&module, &info, &naga::back::spv::Options::default(), None) {
+        if let Err(e) =
+            naga::back::spv::write_vec(&module, &info, &naga::back::spv::Options::default(), None)
+        {
             failures.push(format!("{}: SPIR-V: {e}", s.name));
         }
         let mut msl = String::new();
@@ -55,5 +61,9 @@ fn every_shader_translates_to_spirv_msl_hlsl() {
             failures.push(format!("{}: HLSL: {e}", s.name));
         }
     }
-    assert!(failures.is_empty(), "shader translation failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "shader translation failures:\n{}",
+        failures.join("\n")
+    );
 }

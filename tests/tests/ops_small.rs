@@ -5,7 +5,9 @@ use half::f16;
 use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::ops::rope::RopeStyle;
 use lamina_engine::ops::{embedding, rope, swiglu};
-use lamina_engine::weight::{GpuWeight, HostData, HostWeight, Planes, dequantize_packed, ggml_row_bytes};
+use lamina_engine::weight::{
+    GpuWeight, HostData, HostWeight, Planes, dequantize_packed, ggml_row_bytes,
+};
 use lamina_engine::{Executor, WeightFormat};
 use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec, u32_bytes};
 use rand::{Rng, SeedableRng};
@@ -28,13 +30,18 @@ const SWIGLU_ATOL: f32 = 1e-6;
 const SWIGLU_RTOL: f32 = 4e-6;
 
 fn step(n_tokens: usize, pos: u32) -> Step {
-    Step { n_tokens: n_tokens as u32, pos, ..Default::default() }
+    Step {
+        n_tokens: n_tokens as u32,
+        pos,
+        ..Default::default()
+    }
 }
 
 /// Random llama.cpp blocks of `format` for a `rows x cols` weight.
 fn random_ggml(format: WeightFormat, rows: u32, cols: u32, seed: u64) -> Vec<u8> {
     let mut r = rand::rngs::StdRng::seed_from_u64(seed);
-    let half = |r: &mut rand::rngs::StdRng, s: f32| f16::from_f32(r.random_range(-s..s)).to_le_bytes();
+    let half =
+        |r: &mut rand::rngs::StdRng, s: f32| f16::from_f32(r.random_range(-s..s)).to_le_bytes();
     let blocks = rows as usize * cols as usize / 32;
     let mut out = Vec::with_capacity(rows as usize * ggml_row_bytes(format, cols));
     for _ in 0..blocks {
@@ -71,10 +78,21 @@ fn run_embedding(
             HostData::Ggml(&bytes)
         }
     };
-    let host = HostWeight { format, rows: vocab, cols: dim, data };
+    let host = HostWeight {
+        format,
+        rows: vocab,
+        cols: dim,
+        data,
+    };
     // A binding limit that makes `shards` shards.
     let whole = 4 * u64::from(Planes::layout(format, vocab, dim).words);
-    let w = GpuWeight::upload_sharded(&gpu, "table", &host, whole.div_ceil(u64::from(shards)) + 1024).unwrap();
+    let w = GpuWeight::upload_sharded(
+        &gpu,
+        "table",
+        &host,
+        whole.div_ceil(u64::from(shards)) + 1024,
+    )
+    .unwrap();
     let table = dequantize_packed(&host.pack_rows(0, vocab).unwrap());
 
     let n = ids.len();
@@ -83,8 +101,16 @@ fn run_embedding(
     let out = g.output("out", 4 * n as u64 * u64::from(dim));
     let table_ref = w.add_to_graph(&mut g, "table");
     let n_shards = table_ref.shards.len();
-    g.push("embed", Op::Embedding(embedding::Embedding { ids: ids_t, table: table_ref, out, max_rows: n as u32 }))
-        .unwrap();
+    g.push(
+        "embed",
+        Op::Embedding(embedding::Embedding {
+            ids: ids_t,
+            table: table_ref,
+            out,
+            max_rows: n as u32,
+        }),
+    )
+    .unwrap();
     let mut ex = Executor::new(gpu, g).unwrap();
     assert_eq!(ex.dispatch_count(), n_shards);
     ex.write(ids_t, 0, &u32_bytes(ids));
@@ -124,7 +150,10 @@ fn embedding_matches_reference_in_every_format() {
         }
         let (got, want) = run_embedding(format, vocab, dim, shards, &ids, i as u64);
         assert_close(
-            &format!("embedding {} vocab {vocab} dim {dim} shards {shards} tokens {n}", format.name()),
+            &format!(
+                "embedding {} vocab {vocab} dim {dim} shards {shards} tokens {n}",
+                format.name()
+            ),
             &got,
             &want,
             EMBED_TOL,
@@ -138,13 +167,27 @@ fn embedding_step_with_fewer_tokens_leaves_the_rest() {
     let gpu = gpu();
     let (vocab, dim, n) = (100u32, 64u32, 7usize);
     let values = rand_vec((vocab * dim) as usize, 9, 1.0);
-    let host = HostWeight { format: WeightFormat::F32, rows: vocab, cols: dim, data: HostData::F32(&values) };
+    let host = HostWeight {
+        format: WeightFormat::F32,
+        rows: vocab,
+        cols: dim,
+        data: HostData::F32(&values),
+    };
     let w = GpuWeight::upload(&gpu, "table", &host).unwrap();
     let mut g = Graph::new();
     let ids_t = g.input("ids", 4 * n as u64);
     let out = g.output("out", 4 * (n * dim as usize) as u64);
     let table = w.add_to_graph(&mut g, "table");
-    g.push("embed", Op::Embedding(embedding::Embedding { ids: ids_t, table, out, max_rows: n as u32 })).unwrap();
+    g.push(
+        "embed",
+        Op::Embedding(embedding::Embedding {
+            ids: ids_t,
+            table,
+            out,
+            max_rows: n as u32,
+        }),
+    )
+    .unwrap();
     let mut ex = Executor::new(gpu, g).unwrap();
     let ids: Vec<u32> = (0..n as u32).map(|i| 3 * i + 1).collect();
     ex.write(ids_t, 0, &u32_bytes(&ids));
@@ -170,7 +213,14 @@ fn run_rope(
     let x = rand_vec(n * heads * hd, seed, 1.0);
     let mut g = Graph::new();
     let xt = g.output("x", 4 * x.len() as u64);
-    let op = rope::Rope { x: xt, n_heads: heads as u32, head_dim: hd as u32, theta, style, max_rows: n as u32 };
+    let op = rope::Rope {
+        x: xt,
+        n_heads: heads as u32,
+        head_dim: hd as u32,
+        theta,
+        style,
+        max_rows: n as u32,
+    };
     g.push("rope", Op::Rope(op)).unwrap();
     let mut ex = Executor::new(gpu(), g).unwrap();
     ex.write(xt, 0, &f32_bytes(&x));
@@ -199,12 +249,22 @@ fn rope_matches_reference() {
             for theta in [10000.0f32, 500000.0] {
                 let (got, want) = run_rope(n, heads, hd, pos, theta, style, i as u64);
                 let what = format!("rope {n}x{heads}x{hd} pos {pos} {style:?} theta {theta}");
-                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
                 if err > worst.0 {
                     worst = (err, what.clone());
                 }
                 let last = (pos as usize + n - 1) as f32;
-                assert_close(&what, &got, &want, ROPE_ATOL + ROPE_ATOL_PER_POS * last, 0.0);
+                assert_close(
+                    &what,
+                    &got,
+                    &want,
+                    ROPE_ATOL + ROPE_ATOL_PER_POS * last,
+                    0.0,
+                );
             }
         }
     }
@@ -218,7 +278,14 @@ fn rope_pairs_follow_the_style() {
     for (style, other) in [(RopeStyle::Interleaved, 1usize), (RopeStyle::Neox, 32)] {
         let mut g = Graph::new();
         let xt = g.output("x", 4 * 64);
-        let op = rope::Rope { x: xt, n_heads: 1, head_dim: 64, theta: 10000.0, style, max_rows: 1 };
+        let op = rope::Rope {
+            x: xt,
+            n_heads: 1,
+            head_dim: 64,
+            theta: 10000.0,
+            style,
+            max_rows: 1,
+        };
         g.push("rope", Op::Rope(op)).unwrap();
         let mut ex = Executor::new(gpu(), g).unwrap();
         let mut x = vec![0.0f32; 64];
@@ -239,7 +306,13 @@ fn run_swiglu(n: usize, dim: usize, gate: &[f32], up: &[f32], alias: bool) -> Ve
     let gt = g.output("gate", bytes);
     let ut = g.input("up", bytes);
     let out = if alias { gt } else { g.output("out", bytes) };
-    let op = swiglu::SwiGlu { gate: gt, up: ut, out, dim: dim as u32, max_rows: n as u32 };
+    let op = swiglu::SwiGlu {
+        gate: gt,
+        up: ut,
+        out,
+        dim: dim as u32,
+        max_rows: n as u32,
+    };
     g.push("swiglu", Op::SwiGlu(op)).unwrap();
     let mut ex = Executor::new(gpu(), g).unwrap();
     ex.write(gt, 0, &f32_bytes(gate));
@@ -250,20 +323,45 @@ fn run_swiglu(n: usize, dim: usize, gate: &[f32], up: &[f32], alias: bool) -> Ve
 
 #[test]
 fn swiglu_matches_reference() {
-    for (i, &(n, dim)) in [(1usize, 1usize), (7, 64), (1, 576), (7, 1000), (77, 1757)].iter().enumerate() {
+    for (i, &(n, dim)) in [(1usize, 1usize), (7, 64), (1, 576), (7, 1000), (77, 1757)]
+        .iter()
+        .enumerate()
+    {
         let gate = rand_vec(n * dim, 10 + i as u64, 12.0);
         let up = rand_vec(n * dim, 20 + i as u64, 2.0);
         let got = run_swiglu(n, dim, &gate, &up, i % 2 == 1);
         let want = swiglu::reference(&gate, &up);
-        assert_close(&format!("swiglu {n}x{dim}"), &got, &want, SWIGLU_ATOL, SWIGLU_RTOL);
+        assert_close(
+            &format!("swiglu {n}x{dim}"),
+            &got,
+            &want,
+            SWIGLU_ATOL,
+            SWIGLU_RTOL,
+        );
     }
 }
 
 #[test]
 fn swiglu_is_finite_for_large_inputs() {
     let gate = [
-        -f32::MAX, -1e30, -1e4, -100.0, -88.8, -87.0, -20.0, -1e-30, -0.0, 0.0, 1e-30, 20.0, 87.0, 88.8,
-        100.0, 1e4, 1e30, f32::MAX,
+        -f32::MAX,
+        -1e30,
+        -1e4,
+        -100.0,
+        -88.8,
+        -87.0,
+        -20.0,
+        -1e-30,
+        -0.0,
+        0.0,
+        1e-30,
+        20.0,
+        87.0,
+        88.8,
+        100.0,
+        1e4,
+        1e30,
+        f32::MAX,
     ];
     let up = vec![0.5f32; gate.len()];
     let got = run_swiglu(1, gate.len(), &gate, &up, false);
@@ -281,4 +379,3 @@ fn swiglu_is_finite_for_large_inputs() {
         .collect();
     assert_close("swiglu extremes", &got, &want, SWIGLU_ATOL, SWIGLU_RTOL);
 }
-

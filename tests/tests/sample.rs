@@ -1,9 +1,9 @@
 //! GPU sampling against the CPU reference (`ops::sample::reference`), and
 //! the empirical distribution against softmax over the filtered tokens.
 
+use lamina_engine::Executor;
 use lamina_engine::graph::{Graph, Op, Sampling, Step};
 use lamina_engine::ops::sample::{self, Sample};
-use lamina_engine::Executor;
 use lamina_tests::{f32_bytes, gpu, rand_vec, u32_bytes};
 use rand::{Rng, SeedableRng};
 
@@ -33,10 +33,23 @@ impl Rig {
         let history = g.input("history", sample::history_bytes(HIST));
         let scratch = g.intermediate("scratch", sample::scratch_bytes(vocab));
         let out = g.output("token", 4);
-        let op = Sample { logits, history, scratch, out, vocab, history_len: HIST };
+        let op = Sample {
+            logits,
+            history,
+            scratch,
+            out,
+            vocab,
+            history_len: HIST,
+        };
         g.push("sample", Op::Sample(op)).unwrap();
         let ex = Executor::new(gpu(), g).unwrap();
-        let r = Rig { ex, logits, history, out, vocab: vocab as usize };
+        let r = Rig {
+            ex,
+            logits,
+            history,
+            out,
+            vocab: vocab as usize,
+        };
         r.set_history(&[]);
         r
     }
@@ -51,14 +64,23 @@ impl Rig {
         self.ex.write(self.history, 0, &u32_bytes(&words));
     }
     fn pick(&mut self, s: Sampling) -> u32 {
-        let step = Step { sampling: s, ..Default::default() };
+        let step = Step {
+            sampling: s,
+            ..Default::default()
+        };
         let b = self.ex.run_read(&step, self.out, 4).unwrap();
         u32::from_le_bytes([b[0], b[1], b[2], b[3]])
     }
 }
 
 fn settings(temperature: f32, top_k: u32, top_p: f32, repeat_penalty: f32) -> Sampling {
-    Sampling { temperature, top_k, top_p, repeat_penalty, uniform: 0.0 }
+    Sampling {
+        temperature,
+        top_k,
+        top_p,
+        repeat_penalty,
+        uniform: 0.0,
+    }
 }
 
 fn argmax(l: &[f32]) -> u32 {
@@ -90,9 +112,16 @@ fn greedy_is_argmax_with_lowest_id_on_ties() {
             }
             rig.set_logits(&l);
             let want = argmax(&l);
-            assert_eq!(rig.pick(settings(0.0, 0, 1.0, 1.0)), want, "greedy vocab {vocab} trial {trial}");
+            assert_eq!(
+                rig.pick(settings(0.0, 0, 1.0, 1.0)),
+                want,
+                "greedy vocab {vocab} trial {trial}"
+            );
             // top-k 1 is greedy at any temperature.
-            let s = Sampling { uniform: 0.99, ..settings(1.0, 1, 1.0, 1.0) };
+            let s = Sampling {
+                uniform: 0.99,
+                ..settings(1.0, 1, 1.0, 1.0)
+            };
             assert_eq!(rig.pick(s), want, "top-k 1 vocab {vocab} trial {trial}");
         }
     }
@@ -119,7 +148,11 @@ fn wide_logits(vocab: usize, wide: usize, seed: u64) -> Vec<f32> {
     let mut l = vec![-10.0f32; vocab];
     for j in 0..wide.min(vocab) {
         let id = r.random_range(0..vocab);
-        l[id] = if j % 50 == 7 { 4.5 } else { 5.0 - j as f32 / wide as f32 };
+        l[id] = if j % 50 == 7 {
+            4.5
+        } else {
+            5.0 - j as f32 / wide as f32
+        };
     }
     l
 }
@@ -128,7 +161,10 @@ fn wide_logits(vocab: usize, wide: usize, seed: u64) -> Vec<f32> {
 fn rank_of(l: &[f32], history: &[u32], s: &Sampling, token: u32) -> usize {
     let pl = sample::penalized(l, history, s.repeat_penalty);
     let t = pl[token as usize];
-    pl.iter().enumerate().filter(|&(i, &x)| x > t || (x == t && (i as u32) < token)).count()
+    pl.iter()
+        .enumerate()
+        .filter(|&(i, &x)| x > t || (x == t && (i as u32) < token))
+        .count()
 }
 
 #[test]
@@ -160,7 +196,10 @@ fn gpu_matches_reference_for_many_settings() {
             for &(t, k, p, pen) in &configs {
                 let draws = if vocab > 50_000 { 4 } else { 8 };
                 for _ in 0..draws {
-                    let s = Sampling { uniform: rng.random_range(0.0..1.0), ..settings(t, k, p, pen) };
+                    let s = Sampling {
+                        uniform: rng.random_range(0.0..1.0),
+                        ..settings(t, k, p, pen)
+                    };
                     let want = sample::reference_detail(l, &history, &s);
                     let got = rig.pick(s);
                     if want.margin < MARGIN_EPS {
@@ -168,7 +207,11 @@ fn gpu_matches_reference_for_many_settings() {
                         continue;
                     }
                     compared += 1;
-                    assert_eq!(got, want.token, "vocab {vocab} {name} {s:?} (margin {:e})", want.margin);
+                    assert_eq!(
+                        got, want.token,
+                        "vocab {vocab} {name} {s:?} (margin {:e})",
+                        want.margin
+                    );
                     if rank_of(l, &history, &s, got) >= sample::CAP as usize {
                         past_cap += 1;
                     }
@@ -183,8 +226,15 @@ fn gpu_matches_reference_for_many_settings() {
     );
     // Flat logits over a large vocabulary give every token a mass near
     // 1/vocab, within the noise margin, so some skips are expected.
-    assert!(skipped * 5 < compared, "too many near-ties skipped: {skipped} of {}", compared + skipped);
-    assert!(past_cap >= 15, "only {past_cap} compared draws exercised the whole-vocabulary selection");
+    assert!(
+        skipped * 5 < compared,
+        "too many near-ties skipped: {skipped} of {}",
+        compared + skipped
+    );
+    assert!(
+        past_cap >= 15,
+        "only {past_cap} compared draws exercised the whole-vocabulary selection"
+    );
 }
 
 #[test]
@@ -226,11 +276,22 @@ fn repetition_penalty_changes_the_pick() {
     let mut words = vec![HIST + 100];
     words.extend(std::iter::repeat_n(999, HIST as usize));
     words.push(3);
-    rig.ex.write(rig.history, 0, &u32_bytes(&words[..=HIST as usize]));
+    rig.ex
+        .write(rig.history, 0, &u32_bytes(&words[..=HIST as usize]));
     assert_eq!(rig.pick(greedy), 3);
-    for s in [greedy, Sampling { uniform: 0.3, ..settings(0.9, 10, 0.9, 1.5) }] {
+    for s in [
+        greedy,
+        Sampling {
+            uniform: 0.3,
+            ..settings(0.9, 10, 0.9, 1.5)
+        },
+    ] {
         let got = rig.pick(s);
-        assert_eq!(got, sample::reference(&l, &vec![999; HIST as usize], &s), "{s:?}");
+        assert_eq!(
+            got,
+            sample::reference(&l, &vec![999; HIST as usize], &s),
+            "{s:?}"
+        );
     }
 }
 
@@ -238,12 +299,20 @@ fn repetition_penalty_changes_the_pick() {
 /// reference: penalty, top-k, top-p at T = 1, softmax(l / T) over the rest.
 fn filtered_softmax(l: &[f32], s: &Sampling) -> Vec<(u32, f64)> {
     let mut order: Vec<u32> = (0..l.len() as u32).collect();
-    order.sort_by(|&a, &b| l[b as usize].partial_cmp(&l[a as usize]).unwrap().then(a.cmp(&b)));
+    order.sort_by(|&a, &b| {
+        l[b as usize]
+            .partial_cmp(&l[a as usize])
+            .unwrap()
+            .then(a.cmp(&b))
+    });
     if s.top_k > 0 {
         order.truncate(s.top_k as usize);
     }
     let m = f64::from(l[order[0] as usize]);
-    let p1: Vec<f64> = order.iter().map(|&i| (f64::from(l[i as usize]) - m).exp()).collect();
+    let p1: Vec<f64> = order
+        .iter()
+        .map(|&i| (f64::from(l[i as usize]) - m).exp())
+        .collect();
     let z: f64 = p1.iter().sum();
     let mut cum = 0.0;
     let mut keep = order.len();
@@ -256,9 +325,15 @@ fn filtered_softmax(l: &[f32], s: &Sampling) -> Vec<(u32, f64)> {
     }
     order.truncate(keep);
     let t = f64::from(s.temperature);
-    let w: Vec<f64> = order.iter().map(|&i| ((f64::from(l[i as usize]) - m) / t).exp()).collect();
+    let w: Vec<f64> = order
+        .iter()
+        .map(|&i| ((f64::from(l[i as usize]) - m) / t).exp())
+        .collect();
     let zt: f64 = w.iter().sum();
-    order.into_iter().zip(w.into_iter().map(|x| x / zt)).collect()
+    order
+        .into_iter()
+        .zip(w.into_iter().map(|x| x / zt))
+        .collect()
 }
 
 /// Pearson's chi-square of `counts` against `probs` (bins with expected
@@ -290,15 +365,25 @@ fn draws_follow_the_filtered_softmax() {
     let l = lm_logits(vocab as usize, 77, 1.0);
     rig.set_logits(&l);
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
-    for base in [settings(0.8, 12, 1.0, 1.0), settings(1.3, 0, 0.6, 1.0), settings(1.0, 50, 0.9, 1.0)] {
+    for base in [
+        settings(0.8, 12, 1.0, 1.0),
+        settings(1.3, 0, 0.6, 1.0),
+        settings(1.0, 50, 0.9, 1.0),
+    ] {
         let probs = filtered_softmax(&l, &base);
         let n = 800u32;
         let mut counts = vec![0u32; probs.len()];
         for _ in 0..n {
-            let s = Sampling { uniform: rng.random_range(0.0..1.0), ..base };
+            let s = Sampling {
+                uniform: rng.random_range(0.0..1.0),
+                ..base
+            };
             let tok = rig.pick(s);
             let Some(j) = probs.iter().position(|&(i, _)| i == tok) else {
-                panic!("{base:?}: token {tok} is not among the {} kept", probs.len());
+                panic!(
+                    "{base:?}: token {tok} is not among the {} kept",
+                    probs.len()
+                );
             };
             counts[j] += 1;
         }
@@ -307,10 +392,13 @@ fn draws_follow_the_filtered_softmax() {
         // Mean df, sd sqrt(2 df): 5 sd is far outside chance, well inside a
         // wrong distribution at this n.
         let limit = df as f64 + 5.0 * (2.0 * df as f64).sqrt() + 5.0;
-        eprintln!("{base:?}: {} kept, chi^2 {chi:.1} on {df} df (limit {limit:.1})", probs.len());
-        assert!(chi < limit, "{base:?}: chi^2 {chi:.1} on {df} df exceeds {limit:.1}");
+        eprintln!(
+            "{base:?}: {} kept, chi^2 {chi:.1} on {df} df (limit {limit:.1})",
+            probs.len()
+        );
+        assert!(
+            chi < limit,
+            "{base:?}: chi^2 {chi:.1} on {df} df exceeds {limit:.1}"
+        );
     }
 }
-
-
-

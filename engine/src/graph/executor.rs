@@ -51,12 +51,16 @@ impl Executor {
         let mut tensors = Vec::with_capacity(graph.tensors.len());
         for (t, info) in graph.tensors.iter().enumerate() {
             let r = match (&info.kind, plan.slot[t]) {
-                (TensorKind::External(x), _) => {
-                    Resolved { buffer: x.buffer.clone(), offset: x.offset, size: x.size }
-                }
-                (TensorKind::Intermediate, Some(s)) => {
-                    Resolved { buffer: slots[s].clone(), offset: 0, size: info.bytes.max(4) }
-                }
+                (TensorKind::External(x), _) => Resolved {
+                    buffer: x.buffer.clone(),
+                    offset: x.offset,
+                    size: x.size,
+                },
+                (TensorKind::Intermediate, Some(s)) => Resolved {
+                    buffer: slots[s].clone(),
+                    offset: 0,
+                    size: info.bytes.max(4),
+                },
                 _ => Resolved {
                     buffer: gpu.storage_buffer(&info.name, info.bytes)?,
                     offset: 0,
@@ -65,7 +69,11 @@ impl Executor {
             };
             tensors.push(r);
         }
-        let n_calls: usize = graph.nodes.iter().map(|n| n.op.def().calls(&caps).len()).sum();
+        let n_calls: usize = graph
+            .nodes
+            .iter()
+            .map(|n| n.op.def().calls(&caps).len())
+            .sum();
         let stride = PARAMS_BYTES as u64;
         let params = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
@@ -93,12 +101,18 @@ impl Executor {
                         Some((o, s)) => (r.offset + o, s),
                         None => (r.offset, r.size),
                     };
-                    let what = format!("{} binding {} of {}", graph.tensors[b.tensor].name, bi, node.label);
+                    let what = format!(
+                        "{} binding {} of {}",
+                        graph.tensors[b.tensor].name, bi, node.label
+                    );
                     gpu.check_binding(&what, size)?;
                     if off % u64::from(caps.min_storage_align) != 0 {
                         return Err(EngineError::Shape {
                             op: node.op.def().name(),
-                            msg: format!("{what}: offset {off} is not aligned to {}", caps.min_storage_align),
+                            msg: format!(
+                                "{what}: offset {off} is not aligned to {}",
+                                caps.min_storage_align
+                            ),
                         });
                     }
                     entries.push(wgpu::BindGroupEntry {
@@ -115,7 +129,12 @@ impl Executor {
                     layout: &pipeline.layout,
                     entries: &entries,
                 });
-                calls.push(CompiledCall { node: ni, call: ci, pipeline, bind_group });
+                calls.push(CompiledCall {
+                    node: ni,
+                    call: ci,
+                    pipeline,
+                    bind_group,
+                });
             }
         }
         log::debug!(
@@ -167,7 +186,9 @@ impl Executor {
     /// Writes host data into an input (or any) tensor at byte `offset`.
     pub fn write(&self, t: TensorId, offset: u64, data: &[u8]) {
         let r = &self.tensors[t];
-        self.gpu.queue.write_buffer(&r.buffer, r.offset + offset, data);
+        self.gpu
+            .queue
+            .write_buffer(&r.buffer, r.offset + offset, data);
     }
 
     fn encode(&mut self, step: &Step) -> wgpu::CommandEncoder {
@@ -178,7 +199,9 @@ impl Executor {
                 .expect("params block is PARAMS_BYTES long");
             self.grids[i] = self.graph.nodes[c.node].op.def().step(c.call, step, block);
         }
-        self.gpu.queue.write_buffer(&self.params, 0, &self.params_host);
+        self.gpu
+            .queue
+            .write_buffer(&self.params, 0, &self.params_host);
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         match &self.profiler {
             Some(p) => {
@@ -230,7 +253,9 @@ impl Executor {
 
     pub fn read_f32(&self, t: TensorId, n: usize) -> Result<Vec<f32>> {
         let b = self.read(t, 4 * n as u64)?;
-        Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
 
     fn staging_buffer(&mut self, bytes: u64) -> wgpu::Buffer {
@@ -246,7 +271,9 @@ impl Executor {
     }
 
     fn collect_profile(&mut self, step: &Step) -> Result<()> {
-        let Some(p) = &mut self.profiler else { return Ok(()) };
+        let Some(p) = &mut self.profiler else {
+            return Ok(());
+        };
         let times = p.read(&self.gpu)?;
         let n = step.n_tokens;
         for (i, c) in self.calls.iter().enumerate() {

@@ -74,13 +74,23 @@ pub struct Sampling {
 
 impl Default for Sampling {
     fn default() -> Self {
-        Sampling { temperature: 0.0, top_k: 0, top_p: 1.0, repeat_penalty: 1.0, uniform: 0.0 }
+        Sampling {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repeat_penalty: 1.0,
+            uniform: 0.0,
+        }
     }
 }
 
 impl Default for Step {
     fn default() -> Self {
-        Step { n_tokens: 1, pos: 0, sampling: Sampling::default() }
+        Step {
+            n_tokens: 1,
+            pos: 0,
+            sampling: Sampling::default(),
+        }
     }
 }
 
@@ -95,13 +105,25 @@ pub struct Binding {
 
 impl Binding {
     pub fn read(tensor: TensorId) -> Self {
-        Binding { tensor, access: Access::Read, range: None }
+        Binding {
+            tensor,
+            access: Access::Read,
+            range: None,
+        }
     }
     pub fn write(tensor: TensorId) -> Self {
-        Binding { tensor, access: Access::ReadWrite, range: None }
+        Binding {
+            tensor,
+            access: Access::ReadWrite,
+            range: None,
+        }
     }
     pub fn read_range(tensor: TensorId, offset: u64, size: u64) -> Self {
-        Binding { tensor, access: Access::Read, range: Some((offset, size)) }
+        Binding {
+            tensor,
+            access: Access::Read,
+            range: Some((offset, size)),
+        }
     }
 }
 
@@ -176,7 +198,11 @@ impl Graph {
         Self::default()
     }
     fn add(&mut self, name: impl Into<String>, bytes: u64, kind: TensorKind) -> TensorId {
-        self.tensors.push(TensorInfo { name: name.into(), bytes, kind });
+        self.tensors.push(TensorInfo {
+            name: name.into(),
+            bytes,
+            kind,
+        });
         self.tensors.len() - 1
     }
     pub fn input(&mut self, name: impl Into<String>, bytes: u64) -> TensorId {
@@ -195,7 +221,10 @@ impl Graph {
     /// Appends an op after checking its shapes.
     pub fn push(&mut self, label: impl Into<String>, op: Op) -> Result<()> {
         op.def().check(self)?;
-        self.nodes.push(Node { op, label: label.into() });
+        self.nodes.push(Node {
+            op,
+            label: label.into(),
+        });
         Ok(())
     }
     pub fn bytes(&self, t: TensorId) -> u64 {

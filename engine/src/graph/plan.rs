@@ -69,5 +69,9 @@ pub fn plan(g: &Graph, caps: &Caps) -> Plan {
         slot_bytes[s] = slot_bytes[s].max(g.tensors[t].bytes);
         slot[t] = Some(s);
     }
-    Plan { slot, slot_bytes, naive_bytes: naive }
+    Plan {
+        slot,
+        slot_bytes,
+        naive_bytes: naive,
+    }
 }

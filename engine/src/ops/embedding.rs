@@ -77,7 +77,13 @@ impl OpDef for Embedding {
     fn check(&self, g: &Graph) -> Result<()> {
         const OP: &str = "embedding";
         let t = &self.table;
-        ensure_shape!(t.rows > 0 && t.cols > 0, OP, "empty table {}x{}", t.rows, t.cols);
+        ensure_shape!(
+            t.rows > 0 && t.cols > 0,
+            OP,
+            "empty table {}x{}",
+            t.rows,
+            t.cols
+        );
         ensure_shape!(!t.shards.is_empty(), OP, "table has no shards");
         let quantized = !matches!(t.format, WeightFormat::F32 | WeightFormat::F16);
         ensure_shape!(
@@ -119,16 +125,27 @@ impl OpDef for Embedding {
             }
         }
         check_bytes(g, OP, "ids", self.ids, 4 * u64::from(self.max_rows))?;
-        check_bytes(g, OP, "out", self.out, 4 * u64::from(t.cols) * u64::from(self.max_rows))
+        check_bytes(
+            g,
+            OP,
+            "out",
+            self.out,
+            4 * u64::from(t.cols) * u64::from(self.max_rows),
+        )
     }
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
-        let kernel = Kernel::new(&SHADER, "embedding").with("FORMAT", format_code(self.table.format));
+        let kernel =
+            Kernel::new(&SHADER, "embedding").with("FORMAT", format_code(self.table.format));
         self.table
             .shards
             .iter()
             .map(|s| Call {
                 kernel: kernel.clone(),
-                bindings: vec![Binding::read(self.ids), Binding::read(s.tensor), Binding::write(self.out)],
+                bindings: vec![
+                    Binding::read(self.ids),
+                    Binding::read(s.tensor),
+                    Binding::write(self.out),
+                ],
             })
             .collect()
     }

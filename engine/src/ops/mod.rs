@@ -67,7 +67,10 @@ pub fn check_bytes(g: &Graph, op: &'static str, what: &str, t: TensorId, need: u
     if have < need {
         return Err(EngineError::Shape {
             op,
-            msg: format!("{what} `{}` has {have} bytes, needs {need}", g.tensors[t].name),
+            msg: format!(
+                "{what} `{}` has {have} bytes, needs {need}",
+                g.tensors[t].name
+            ),
         });
     }
     Ok(())

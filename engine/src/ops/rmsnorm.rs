@@ -45,12 +45,24 @@ impl OpDef for RmsNorm {
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
         vec![Call {
             kernel: Kernel::new(&SHADER, "rmsnorm"),
-            bindings: vec![Binding::read(self.x), Binding::read(self.weight), Binding::write(self.out)],
+            bindings: vec![
+                Binding::read(self.x),
+                Binding::read(self.weight),
+                Binding::write(self.out),
+            ],
         }]
     }
     fn step(&self, _call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         let rows = step.n_tokens.min(self.max_rows);
-        write_params(params, &RmsNormParams { rows, dim: self.dim, eps: self.eps, _pad: 0 });
+        write_params(
+            params,
+            &RmsNormParams {
+                rows,
+                dim: self.dim,
+                eps: self.eps,
+                _pad: 0,
+            },
+        );
         grid1(rows)
     }
 }

@@ -94,7 +94,10 @@ impl OpDef for Rope {
         check_bytes(g, "rope", "x", self.x, row * u64::from(self.max_rows))
     }
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
-        vec![Call { kernel: Kernel::new(&SHADER, "rope"), bindings: vec![Binding::write(self.x)] }]
+        vec![Call {
+            kernel: Kernel::new(&SHADER, "rope"),
+            bindings: vec![Binding::write(self.x)],
+        }]
     }
     fn step(&self, _call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         let n_tokens = step.n_tokens.min(self.max_rows);
@@ -119,10 +122,18 @@ impl OpDef for Rope {
 
 /// CPU reference, as `model/reference.rs` computes it (transformers'
 /// `inv_freq = 1 / theta^(2j/d)`, `angle = f32(pos) * inv_freq`, all f32).
-pub fn reference(x: &mut [f32], n_heads: usize, head_dim: usize, theta: f32, pos: u32, style: RopeStyle) {
+pub fn reference(
+    x: &mut [f32],
+    n_heads: usize,
+    head_dim: usize,
+    theta: f32,
+    pos: u32,
+    style: RopeStyle,
+) {
     let half = head_dim / 2;
-    let inv_freq: Vec<f32> =
-        (0..half).map(|j| 1.0 / theta.powf((2 * j) as f32 / head_dim as f32)).collect();
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|j| 1.0 / theta.powf((2 * j) as f32 / head_dim as f32))
+        .collect();
     for (t, xt) in x.chunks_exact_mut(n_heads * head_dim).enumerate() {
         let p = (pos as usize + t) as f32;
         for head in xt.chunks_exact_mut(head_dim) {

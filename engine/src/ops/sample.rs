@@ -139,7 +139,11 @@ impl Sample {
             hist_cap: self.history_len,
             top_k: s.top_k,
             temperature: s.temperature,
-            inv_temperature: if s.temperature > 0.0 { 1.0 / s.temperature } else { 0.0 },
+            inv_temperature: if s.temperature > 0.0 {
+                1.0 / s.temperature
+            } else {
+                0.0
+            },
             top_p: s.top_p,
             uniform: s.uniform,
             penalty: s.repeat_penalty,
@@ -164,9 +168,27 @@ impl OpDef for Sample {
             "vocab {} must be in 1..=2^24",
             self.vocab
         );
-        check_bytes(g, "sample", "logits", self.logits, 4 * u64::from(self.vocab))?;
-        check_bytes(g, "sample", "history", self.history, history_bytes(self.history_len))?;
-        check_bytes(g, "sample", "scratch", self.scratch, scratch_bytes(self.vocab))?;
+        check_bytes(
+            g,
+            "sample",
+            "logits",
+            self.logits,
+            4 * u64::from(self.vocab),
+        )?;
+        check_bytes(
+            g,
+            "sample",
+            "history",
+            self.history,
+            history_bytes(self.history_len),
+        )?;
+        check_bytes(
+            g,
+            "sample",
+            "scratch",
+            self.scratch,
+            scratch_bytes(self.vocab),
+        )?;
         check_bytes(g, "sample", "out", self.out, 4)
     }
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
@@ -178,12 +200,19 @@ impl OpDef for Sample {
         ];
         ["sample_scan", "sample_pick"]
             .into_iter()
-            .map(|entry| Call { kernel: Kernel::new(&SHADER, entry), bindings: bindings.clone() })
+            .map(|entry| Call {
+                kernel: Kernel::new(&SHADER, entry),
+                bindings: bindings.clone(),
+            })
             .collect()
     }
     fn step(&self, call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         write_params(params, &self.params(&step.sampling));
-        if call == 0 { grid1(scan_workgroups(self.vocab)) } else { [1, 1, 1] }
+        if call == 0 {
+            grid1(scan_workgroups(self.vocab))
+        } else {
+            [1, 1, 1]
+        }
     }
 }
 
@@ -230,7 +259,10 @@ pub fn reference(logits: &[f32], history: &[u32], s: &Sampling) -> u32 {
 
 /// [`reference`] with the margin of its decisions (f64 sums in rank order).
 pub fn reference_detail(logits: &[f32], history: &[u32], s: &Sampling) -> Decision {
-    let exact = Decision { token: 0, margin: f64::INFINITY };
+    let exact = Decision {
+        token: 0,
+        margin: f64::INFINITY,
+    };
     let v = logits.len();
     if v == 0 {
         return exact;
@@ -239,9 +271,16 @@ pub fn reference_detail(logits: &[f32], history: &[u32], s: &Sampling) -> Decisi
     // Rank order: logit descending (total order, as the GPU's keys), id ascending.
     let mut order: Vec<u32> = (0..v as u32).collect();
     order.sort_by(|&a, &b| pl[b as usize].total_cmp(&pl[a as usize]).then(a.cmp(&b)));
-    let k = if s.top_k > 0 && (s.top_k as usize) < v { s.top_k as usize } else { v };
+    let k = if s.top_k > 0 && (s.top_k as usize) < v {
+        s.top_k as usize
+    } else {
+        v
+    };
     if s.temperature <= 0.0 || k == 1 {
-        return Decision { token: order[0], ..exact };
+        return Decision {
+            token: order[0],
+            ..exact
+        };
     }
     let m = f64::from(pl[order[0] as usize]);
     let w1 = |id: u32| (f64::from(pl[id as usize]) - m).exp();
@@ -259,7 +298,9 @@ pub fn reference_detail(logits: &[f32], history: &[u32], s: &Sampling) -> Decisi
             cum += w1(i);
             if cum >= target {
                 n = j + 1;
-                margin = margin.min((cum - target).abs() / zk).min((target - prev).abs() / zk);
+                margin = margin
+                    .min((cum - target).abs() / zk)
+                    .min((target - prev).abs() / zk);
                 break;
             }
         }
@@ -277,7 +318,9 @@ pub fn reference_detail(logits: &[f32], history: &[u32], s: &Sampling) -> Decisi
             token = i;
         }
         if cum > target {
-            margin = margin.min((cum - target).abs() / zm).min((target - prev).abs() / zm);
+            margin = margin
+                .min((cum - target).abs() / zm)
+                .min((target - prev).abs() / zm);
             break;
         }
     }

@@ -58,7 +58,11 @@ impl OpDef for SwiGlu {
         // and one dispatch must not bind a buffer both read-only and writable.
         vec![Call {
             kernel: Kernel::new(&SHADER, "swiglu"),
-            bindings: vec![Binding::write(self.gate), Binding::read(self.up), Binding::write(self.out)],
+            bindings: vec![
+                Binding::write(self.gate),
+                Binding::read(self.up),
+                Binding::write(self.out),
+            ],
         }]
     }
     fn step(&self, _call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
@@ -70,5 +74,8 @@ impl OpDef for SwiGlu {
 
 /// CPU reference, the textbook formula in f32.
 pub fn reference(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    gate.iter().zip(up).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect()
+    gate.iter()
+        .zip(up)
+        .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+        .collect()
 }
