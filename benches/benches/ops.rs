@@ -79,9 +79,24 @@ struct MatMulShape {
 }
 
 const MATMUL_SHAPES: [MatMulShape; 3] = [
-    MatMulShape { name: "ffn_up_576x1536_q4_1", format: WeightFormat::Q4_1, rows: 1536, cols: 576 },
-    MatMulShape { name: "ffn_down_1536x576_q4_1", format: WeightFormat::Q4_1, rows: 576, cols: 1536 },
-    MatMulShape { name: "lm_head_576x49152_q8_0", format: WeightFormat::Q8_0, rows: 49152, cols: 576 },
+    MatMulShape {
+        name: "ffn_up_576x1536_q4_1",
+        format: WeightFormat::Q4_1,
+        rows: 1536,
+        cols: 576,
+    },
+    MatMulShape {
+        name: "ffn_down_1536x576_q4_1",
+        format: WeightFormat::Q4_1,
+        rows: 576,
+        cols: 1536,
+    },
+    MatMulShape {
+        name: "lm_head_576x49152_q8_0",
+        format: WeightFormat::Q8_0,
+        rows: 49152,
+        cols: 576,
+    },
 ];
 
 /// Weights streamed per decode step: more than the last-level cache, so the
@@ -97,15 +112,28 @@ fn matmul_graph(gpu: &Arc<Gpu>, s: &MatMulShape, tokens: u32, copies: u32) -> (E
     let mut weight_bytes = 0;
     for i in 0..copies {
         let bytes = random_ggml(s.format, s.rows, s.cols, u64::from(i));
-        let host = HostWeight { format: s.format, rows: s.rows, cols: s.cols, data: HostData::Ggml(&bytes) };
+        let host = HostWeight {
+            format: s.format,
+            rows: s.rows,
+            cols: s.cols,
+            data: HostData::Ggml(&bytes),
+        };
         let w = GpuWeight::upload(gpu, s.name, &host).expect("upload");
         weight_bytes += w.bytes();
         let wr = w.add_to_graph(&mut g, &format!("w{i}"));
-        let op = MatMul { x, w: wr, out, max_rows: tokens, last_row_only: false };
+        let op = MatMul {
+            x,
+            w: wr,
+            out,
+            max_rows: tokens,
+            last_row_only: false,
+        };
         g.push(format!("mm{i}"), Op::MatMul(op)).expect("graph");
     }
     let ex = Executor::new(gpu.clone(), g).expect("executor");
-    let xs: Vec<u8> = (0..s.cols * tokens).flat_map(|i| ((i % 13) as f32 * 0.1 - 0.6).to_le_bytes()).collect();
+    let xs: Vec<u8> = (0..s.cols * tokens)
+        .flat_map(|i| ((i % 13) as f32 * 0.1 - 0.6).to_le_bytes())
+        .collect();
     ex.write(x, 0, &xs);
     (ex, weight_bytes)
 }
@@ -113,14 +141,21 @@ fn matmul_graph(gpu: &Arc<Gpu>, s: &MatMulShape, tokens: u32, copies: u32) -> (E
 fn matmul(c: &mut Criterion) {
     let gpu = gpu();
     let mut group = c.benchmark_group("matmul");
-    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
     for s in &MATMUL_SHAPES {
-        let one = 4 * u64::from(lamina_engine::weight::Planes::layout(s.format, s.rows, s.cols).words);
+        let one =
+            4 * u64::from(lamina_engine::weight::Planes::layout(s.format, s.rows, s.cols).words);
         // Decode: one token, weights streamed from memory (reported as weight GB/s).
         let copies = DECODE_STREAM_BYTES.div_ceil(one).clamp(1, 192) as u32;
         let (mut ex, bytes) = matmul_graph(&gpu, s, 1, copies);
         group.throughput(Throughput::Bytes(bytes));
-        let step = Step { n_tokens: 1, ..Default::default() };
+        let step = Step {
+            n_tokens: 1,
+            ..Default::default()
+        };
         group.bench_function(BenchmarkId::new(format!("decode_x{copies}"), s.name), |b| {
             b.iter_custom(|iters| time_steps(&mut ex, &step, iters))
         });
@@ -129,12 +164,17 @@ fn matmul(c: &mut Criterion) {
         let tokens = 64;
         let copies = 4;
         let (mut ex, _) = matmul_graph(&gpu, s, tokens, copies);
-        let flops = 2 * u64::from(s.rows) * u64::from(s.cols) * u64::from(tokens) * u64::from(copies);
+        let flops =
+            2 * u64::from(s.rows) * u64::from(s.cols) * u64::from(tokens) * u64::from(copies);
         group.throughput(Throughput::Elements(flops));
-        let step = Step { n_tokens: tokens, ..Default::default() };
-        group.bench_function(BenchmarkId::new(format!("prefill{tokens}_x{copies}_flop"), s.name), |b| {
-            b.iter_custom(|iters| time_steps(&mut ex, &step, iters))
-        });
+        let step = Step {
+            n_tokens: tokens,
+            ..Default::default()
+        };
+        group.bench_function(
+            BenchmarkId::new(format!("prefill{tokens}_x{copies}_flop"), s.name),
+            |b| b.iter_custom(|iters| time_steps(&mut ex, &step, iters)),
+        );
     }
     group.finish();
 }

@@ -13,6 +13,8 @@ pub mod lib {
     pub const QBLOCK: &str = include_str!("../../shaders/lib/qblock.wgsl");
     /// sincos with Cody-Waite range reduction (accurate for large angles) and a ~1 ulp exp2, for RoPE.
     pub const TRIG: &str = include_str!("../../shaders/lib/trig.wgsl");
+    /// The block-format matmul kernels (needs QBLOCK and an x-sharing shader).
+    pub const QMATMUL: &str = include_str!("../../shaders/lib/qmatmul.wgsl");
 }
 
 /// One `.wgsl` file and the libs it needs.

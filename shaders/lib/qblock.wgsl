@@ -1,14 +1,17 @@
 // lib/qblock.wgsl: the matmul kernels' parameter block, bindings and the
-// decoding of the block formats' planes (engine/src/weight.rs). A block is 32
-// consecutive elements of a weight row with an f16 scale d:
+// decoding of weight planes (engine/src/weight.rs) in blocks of 32
+// consecutive elements of a row:
 // - Q4_0 / Q4_1: 4 code words, one vec4<u32> (element 8j + k in nibble k of
-//   word j); Q4_0: w = d * (q - 8), Q4_1: w = d * q + m (f16 min m).
+//   word j), f16 scale d; Q4_0: w = d * (q - 8), Q4_1: w = d * q + m (f16 min).
 // - Q8_0: 8 code words, two vec4<u32> (element 4j + k in byte k of word j,
-//   as i8); w = d * q.
-// Every format is handled as w = d * q + m (Q4_0: m = -8d, Q8_0: m = 0), so a
-// block's dot with x is d * sum(q x) + m * sum(x). The `fmt` arguments are
-// literals at every entry point, so the format branches fold away when the
-// pipeline is compiled (llvmpipe would otherwise run both sides, masked).
+//   as i8), f16 scale d; w = d * q.
+// - F16: 16 words, four vec4<u32>, two halves per word; F32: 32 words, eight
+//   vec4<u32>. Only for cols % 32 == 0, so that blocks are whole vec4s.
+// Every format is handled as w = d * q + m (Q4_0: m = -8d, Q8_0: m = 0,
+// floats: d = 1, m = 0), so a block's dot with x is d * sum(q x) + m * sum(x).
+// The `fmt` arguments are literals at every entry point, so the format
+// branches fold away when the pipeline is compiled (llvmpipe would otherwise
+// run both sides, masked).
 // Mirrors engine/src/ops/matmul.rs (MatMulParams, binding order).
 
 struct Params {
@@ -32,26 +35,65 @@ struct Params {
 const Q4_0: u32 = 0u;
 const Q4_1: u32 = 1u;
 const Q8_0: u32 = 2u;
+const F16: u32 = 3u;
+const F32: u32 = 4u;
 
-// One block's codes and (d, m); `blk` = row * nb + block.
+fn is_float(fmt: u32) -> bool {
+    return fmt == F16 || fmt == F32;
+}
+
+// One block's code words (as many vec4s as the format has) and (d, m);
+// `blk` = row * nb + block.
 struct WBlock {
-    lo: vec4<u32>,
-    hi: vec4<u32>,
+    c: array<vec4<u32>, 8>,
     d: f32,
     m: f32,
 }
 
+// Vec4s of code words per block.
+fn code_vec4s(fmt: u32) -> u32 {
+    if fmt == F32 {
+        return 8u;
+    } else if fmt == F16 {
+        return 4u;
+    } else if fmt == Q8_0 {
+        return 2u;
+    }
+    return 1u;
+}
+
+// The code words of block `blk` (indexes are literals after inlining).
+fn load_codes(b: ptr<function, WBlock>, blk: u32, fmt: u32) {
+    let n = code_vec4s(fmt);
+    let base = blk * n;
+    (*b).c[0] = codes[base];
+    if n > 1u {
+        (*b).c[1] = codes[base + 1u];
+    }
+    if n > 2u {
+        (*b).c[2] = codes[base + 2u];
+        (*b).c[3] = codes[base + 3u];
+    }
+    if n > 4u {
+        (*b).c[4] = codes[base + 4u];
+        (*b).c[5] = codes[base + 5u];
+        (*b).c[6] = codes[base + 6u];
+        (*b).c[7] = codes[base + 7u];
+    }
+}
+
 fn load_wblock(blk: u32, fmt: u32) -> WBlock {
     var b: WBlock;
-    b.d = unpack2x16float(scales[blk >> 1u])[blk & 1u];
-    if fmt == Q8_0 {
-        b.lo = codes[2u * blk];
-        b.hi = codes[2u * blk + 1u];
+    load_codes(&b, blk, fmt);
+    if is_float(fmt) {
+        b.d = 1.0;
         b.m = 0.0;
     } else {
-        b.lo = codes[blk];
-        b.m = -8.0 * b.d;
-        if fmt == Q4_1 {
+        b.d = unpack2x16float(scales[blk >> 1u])[blk & 1u];
+        b.m = 0.0;
+        if fmt == Q4_0 {
+            b.m = -8.0 * b.d;
+        } else if fmt == Q4_1 {
             b.m = unpack2x16float(mins[blk >> 1u])[blk & 1u];
         }
     }
@@ -68,15 +110,26 @@ fn byte4(w: u32) -> vec4<f32> {
     return vec4<f32>((vec4<i32>(bitcast<i32>(w)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
 
-// Codes 4kq .. 4kq + 3 of a block (kq < 8), as floats.
+// Codes 4kq .. 4kq + 3 of a block (kq < 8, a literal at every call), as floats.
 fn codes4(b: WBlock, kq: u32, fmt: u32) -> vec4<f32> {
-    if fmt == Q8_0 {
-        return byte4(select(b.hi[kq & 3u], b.lo[kq & 3u], kq < 4u));
+    if fmt == F32 {
+        return bitcast<vec4<f32>>(b.c[kq]);
+    } else if fmt == F16 {
+        let w = b.c[kq >> 1u];
+        if (kq & 1u) == 0u {
+            return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+        }
+        return vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w));
+    } else if fmt == Q8_0 {
+        return byte4(b.c[kq >> 2u][kq & 3u]);
     }
-    return nib4(b.lo[kq >> 1u], (kq & 1u) * 16u);
+    return nib4(b.c[0][kq >> 1u], (kq & 1u) * 16u);
 }
 
 // Weights 4kq .. 4kq + 3 of a block.
 fn deq4(b: WBlock, kq: u32, fmt: u32) -> vec4<f32> {
+    if is_float(fmt) {
+        return codes4(b, kq, fmt);
+    }
     return codes4(b, kq, fmt) * b.d + b.m;
 }

@@ -1,0 +1,285 @@
+// lib/qmatmul.wgsl: the block-format matmul kernels shared by matmul_q.wgsl
+// and matmul_q_sg.wgsl (uses lib/qblock.wgsl). The including shader defines
+//   fn x_block(base: u32, lane: u32, sgs: u32) -> XBlock
+//     x vec4s base .. base + 8 (one 32-column block of one token) in every
+//     invocation; every invocation of a workgroup asks for the same blocks;
+//   fn any_lane(v: bool) -> bool
+//     whether v holds in any invocation that must run the same loops as this one;
+// the two shaders differ only in how invocations share those x loads
+// (directly, or through subgroup broadcasts).
+//
+// Each invocation owns whole weight rows, so it streams its rows' packed
+// codes once and needs no reduction, and all invocations of a workgroup work
+// on the same token(s). Why this shape: on llvmpipe (lavapipe) every load
+// whose address is not a compile-time constant becomes a scalar loop over the
+// SIMD lanes (about 40 instructions per lane for a vec4), so the kernels are
+// bound by load instructions, not bytes: one vec4 of codes per 32 Q4 weights
+// is the floor, and x is loaded once per subgroup and broadcast. Straight-line
+// code only: llvmpipe runs both sides of every branch with masks, and its
+// loops cost a mask test per iteration. On GPUs the row-per-invocation reads
+// are uncoalesced but each 16-byte load is used whole and the rest of the
+// line by the next blocks.
+
+const WG: u32 = 64u;
+
+struct XBlock {
+    v: array<vec4<f32>, 8>,
+}
+
+// ---------------------------------------------------------------------------
+// matvec: one token; invocation i computes rows (wg * WG + i) * R .. + R.
+
+// Rows per invocation: 1, 2 or 4 (set by matmul.rs from the row count);
+// each x block serves R rows.
+override R: u32 = 4u;
+
+// Q4 codes masked in place: component k of nibs_lo / nibs_hi is nibble k (or
+// 4 + k) of the word times 16^k, except nibble 7, shifted down (a mask would
+// leave it above i32's range). x is pre-scaled to match (X_LO, X_HI), which
+// saves a shift per weight; the products are exact, so nothing is lost.
+fn nibs_lo(w: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<i32>(vec4<u32>(w) & vec4<u32>(0xfu, 0xf0u, 0xf00u, 0xf000u)));
+}
+fn nibs_hi(w: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<i32>(vec4<u32>(w & 0xf0000u, w & 0xf00000u, w & 0xf000000u, w >> 28u)));
+}
+const X_LO = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625);
+const X_HI = vec4<f32>(0.0000152587890625, 9.5367431640625e-7, 5.9604644775390625e-8, 1.0);
+
+fn is_q4(fmt: u32) -> bool {
+    return fmt == Q4_0 || fmt == Q4_1;
+}
+
+// Codes 4kq .. 4kq + 3 as qdot multiplies them (Q4: masked in place).
+fn qcodes4(b: WBlock, kq: u32, fmt: u32) -> vec4<f32> {
+    if is_q4(fmt) {
+        let w = b.c[0][kq >> 1u];
+        if (kq & 1u) == 0u {
+            return nibs_lo(w);
+        }
+        return nibs_hi(w);
+    }
+    return codes4(b, kq, fmt);
+}
+
+// sum(q x) over one block with x as prepared by prep_x (Q4: pre-scaled).
+// Four independent accumulation chains (the vec4 components) instead of one.
+fn qdot(b: WBlock, xs: XBlock, fmt: u32) -> f32 {
+    var a = qcodes4(b, 0u, fmt) * xs.v[0];
+    a = fma(qcodes4(b, 1u, fmt), xs.v[1], a);
+    a = fma(qcodes4(b, 2u, fmt), xs.v[2], a);
+    a = fma(qcodes4(b, 3u, fmt), xs.v[3], a);
+    a = fma(qcodes4(b, 4u, fmt), xs.v[4], a);
+    a = fma(qcodes4(b, 5u, fmt), xs.v[5], a);
+    a = fma(qcodes4(b, 6u, fmt), xs.v[6], a);
+    a = fma(qcodes4(b, 7u, fmt), xs.v[7], a);
+    return (a.x + a.y) + (a.z + a.w);
+}
+
+// d * sum(q x) + m * sum(x) for block `blk` of the weight.
+fn block_dot(blk: u32, xs: XBlock, xsum: f32, fmt: u32) -> f32 {
+    let b = load_wblock(blk, fmt);
+    if is_float(fmt) {
+        return qdot(b, xs, fmt);
+    }
+    return fma(b.d, qdot(b, xs, fmt), b.m * xsum);
+}
+
+// Blocks blk and blk + 1 of a quantized format (blk even, so one scale word
+// and one min word hold both): half the scale loads of two block_dot calls.
+fn block_dot2(blk: u32, xs0: XBlock, xsum0: f32, xs1: XBlock, xsum1: f32, fmt: u32) -> f32 {
+    let d = unpack2x16float(scales[blk >> 1u]);
+    var m = vec2<f32>(0.0);
+    if fmt == Q4_0 {
+        m = -8.0 * d;
+    } else if fmt == Q4_1 {
+        m = unpack2x16float(mins[blk >> 1u]);
+    }
+    var b0: WBlock;
+    var b1: WBlock;
+    load_codes(&b0, blk, fmt);
+    load_codes(&b1, blk + 1u, fmt);
+    return fma(d.x, qdot(b0, xs0, fmt), fma(d.y, qdot(b1, xs1, fmt), m.x * xsum0 + m.y * xsum1));
+}
+
+// An x block ready for qdot (Q4: pre-scaled) and its plain sum.
+struct XPrep {
+    xs: XBlock,
+    sum: f32,
+}
+
+fn prep_x(b: XBlock, fmt: u32) -> XPrep {
+    var r: XPrep;
+    r.xs = b;
+    let s = ((b.v[0] + b.v[1]) + (b.v[2] + b.v[3])) + ((b.v[4] + b.v[5]) + (b.v[6] + b.v[7]));
+    r.sum = (s.x + s.y) + (s.z + s.w);
+    if is_q4(fmt) {
+        r.xs.v[0] *= X_LO;
+        r.xs.v[1] *= X_HI;
+        r.xs.v[2] *= X_LO;
+        r.xs.v[3] *= X_HI;
+        r.xs.v[4] *= X_LO;
+        r.xs.v[5] *= X_HI;
+        r.xs.v[6] *= X_LO;
+        r.xs.v[7] *= X_HI;
+    }
+    return r;
+}
+
+// Whether the format has scales and nb is even, so every row's blocks pair
+// up in scale words and matvec can take two blocks per step (set by matmul.rs).
+override PAIR: bool = false;
+
+fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
+    let row0 = (wg * WG + lid) * R;
+    // Invocations whose rows are all past the end skip the loop (with
+    // subgroups: when the whole subgroup's are, keeping the bound uniform for
+    // the broadcasts); the others clamp extra rows to the last one (loads stay
+    // in bounds, results are not written).
+    let nb = select(0u, p.nb, any_lane(row0 < p.rows));
+    let last = p.rows - 1u;
+    let b0 = min(row0, last) * p.nb;
+    let b1 = min(row0 + 1u, last) * p.nb;
+    let b2 = min(row0 + 2u, last) * p.nb;
+    let b3 = min(row0 + 3u, last) * p.nb;
+    let xbase = p.x_row * p.nb * 8u;
+    var acc = vec4<f32>(0.0);
+    if PAIR {
+        for (var kb = 0u; kb < nb; kb += 2u) {
+            let x0 = prep_x(x_block(xbase + kb * 8u, lane, sgs), fmt);
+            let x1 = prep_x(x_block(xbase + kb * 8u + 8u, lane, sgs), fmt);
+            acc.x += block_dot2(b0 + kb, x0.xs, x0.sum, x1.xs, x1.sum, fmt);
+            if R > 1u {
+                acc.y += block_dot2(b1 + kb, x0.xs, x0.sum, x1.xs, x1.sum, fmt);
+            }
+            if R > 2u {
+                acc.z += block_dot2(b2 + kb, x0.xs, x0.sum, x1.xs, x1.sum, fmt);
+                acc.w += block_dot2(b3 + kb, x0.xs, x0.sum, x1.xs, x1.sum, fmt);
+            }
+        }
+    } else {
+        for (var kb = 0u; kb < nb; kb++) {
+            let x0 = prep_x(x_block(xbase + kb * 8u, lane, sgs), fmt);
+            acc.x += block_dot(b0 + kb, x0.xs, x0.sum, fmt);
+            if R > 1u {
+                acc.y += block_dot(b1 + kb, x0.xs, x0.sum, fmt);
+            }
+            if R > 2u {
+                acc.z += block_dot(b2 + kb, x0.xs, x0.sum, fmt);
+                acc.w += block_dot(b3 + kb, x0.xs, x0.sum, fmt);
+            }
+        }
+    }
+    for (var i = 0u; i < R; i++) {
+        if row0 + i < p.rows {
+            out[p.out_col + row0 + i] = acc[i];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tiled matmul: a workgroup computes TA tokens x (WG * TB) rows; invocation i
+// keeps TB rows (i * TB ..) x TA tokens of accumulators, decodes each weight
+// once per block and uses it for all TA tokens. Per block an invocation
+// loads TB rows' codes and the TA tokens' x blocks (shared as in the matvec):
+// TA = 8, TB = 4 balances the two on llvmpipe (a row's codes and scales cost
+// about 1.6 times a token's x block); TB = 8 spills registers there.
+
+const TA: u32 = 8u;
+const TB: u32 = 4u;
+
+// acc[2r] holds row r's dots with tokens 0..3, acc[2r + 1] with tokens 4..7.
+alias Acc = array<vec4<f32>, 8>;
+alias Rows = array<WBlock, TB>;
+alias Tokens = array<XBlock, TA>;
+
+// acc + (dot(x0, w), dot(x1, w), dot(x2, w), dot(x3, w)), as fma chains.
+fn fma_tok(acc: vec4<f32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>,
+           w: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(fma(x0.x, w.x, fma(x0.y, w.y, fma(x0.z, w.z, fma(x0.w, w.w, acc.x)))),
+                     fma(x1.x, w.x, fma(x1.y, w.y, fma(x1.z, w.z, fma(x1.w, w.w, acc.y)))),
+                     fma(x2.x, w.x, fma(x2.y, w.y, fma(x2.z, w.z, fma(x2.w, w.w, acc.z)))),
+                     fma(x3.x, w.x, fma(x3.y, w.y, fma(x3.z, w.z, fma(x3.w, w.w, acc.w)))));
+}
+
+// Columns 4q .. 4q + 3 of the block for every (row, token); `q` is a literal
+// at each call, so all indexing below is static (dynamic indexes into local
+// arrays become per-lane gathers on llvmpipe).
+fn mm_step(acc: ptr<function, Acc>, w: ptr<function, Rows>, xt: ptr<function, Tokens>, q: u32, fmt: u32) {
+    let x0 = (*xt)[0].v[q];
+    let x1 = (*xt)[1].v[q];
+    let x2 = (*xt)[2].v[q];
+    let x3 = (*xt)[3].v[q];
+    let x4 = (*xt)[4].v[q];
+    let x5 = (*xt)[5].v[q];
+    let x6 = (*xt)[6].v[q];
+    let x7 = (*xt)[7].v[q];
+    var wv = deq4((*w)[0], q, fmt);
+    (*acc)[0] = fma_tok((*acc)[0], x0, x1, x2, x3, wv);
+    (*acc)[1] = fma_tok((*acc)[1], x4, x5, x6, x7, wv);
+    wv = deq4((*w)[1], q, fmt);
+    (*acc)[2] = fma_tok((*acc)[2], x0, x1, x2, x3, wv);
+    (*acc)[3] = fma_tok((*acc)[3], x4, x5, x6, x7, wv);
+    wv = deq4((*w)[2], q, fmt);
+    (*acc)[4] = fma_tok((*acc)[4], x0, x1, x2, x3, wv);
+    (*acc)[5] = fma_tok((*acc)[5], x4, x5, x6, x7, wv);
+    wv = deq4((*w)[3], q, fmt);
+    (*acc)[6] = fma_tok((*acc)[6], x0, x1, x2, x3, wv);
+    (*acc)[7] = fma_tok((*acc)[7], x4, x5, x6, x7, wv);
+}
+
+fn matmul(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
+    let t0 = (wg / p.row_tiles) * TA;
+    let r0 = ((wg % p.row_tiles) * WG + lid) * TB;
+    let nb = select(0u, p.nb, any_lane(r0 < p.rows));
+    let last = p.rows - 1u;
+    let rb0 = min(r0, last) * p.nb;
+    let rb1 = min(r0 + 1u, last) * p.nb;
+    let rb2 = min(r0 + 2u, last) * p.nb;
+    let rb3 = min(r0 + 3u, last) * p.nb;
+    // Tokens past the step's end repeat the last one; never written.
+    let last_t = p.n_tokens - 1u;
+    let stride = p.nb * 8u;
+    let tb0 = min(t0, last_t) * stride;
+    let tb1 = min(t0 + 1u, last_t) * stride;
+    let tb2 = min(t0 + 2u, last_t) * stride;
+    let tb3 = min(t0 + 3u, last_t) * stride;
+    let tb4 = min(t0 + 4u, last_t) * stride;
+    let tb5 = min(t0 + 5u, last_t) * stride;
+    let tb6 = min(t0 + 6u, last_t) * stride;
+    let tb7 = min(t0 + 7u, last_t) * stride;
+    var acc: Acc;
+    for (var kb = 0u; kb < nb; kb++) {
+        let xo = kb * 8u;
+        var xt: Tokens;
+        xt[0] = x_block(tb0 + xo, lane, sgs);
+        xt[1] = x_block(tb1 + xo, lane, sgs);
+        xt[2] = x_block(tb2 + xo, lane, sgs);
+        xt[3] = x_block(tb3 + xo, lane, sgs);
+        xt[4] = x_block(tb4 + xo, lane, sgs);
+        xt[5] = x_block(tb5 + xo, lane, sgs);
+        xt[6] = x_block(tb6 + xo, lane, sgs);
+        xt[7] = x_block(tb7 + xo, lane, sgs);
+        var w: Rows;
+        w[0] = load_wblock(rb0 + kb, fmt);
+        w[1] = load_wblock(rb1 + kb, fmt);
+        w[2] = load_wblock(rb2 + kb, fmt);
+        w[3] = load_wblock(rb3 + kb, fmt);
+        mm_step(&acc, &w, &xt, 0u, fmt);
+        mm_step(&acc, &w, &xt, 1u, fmt);
+        mm_step(&acc, &w, &xt, 2u, fmt);
+        mm_step(&acc, &w, &xt, 3u, fmt);
+        mm_step(&acc, &w, &xt, 4u, fmt);
+        mm_step(&acc, &w, &xt, 5u, fmt);
+        mm_step(&acc, &w, &xt, 6u, fmt);
+        mm_step(&acc, &w, &xt, 7u, fmt);
+    }
+    for (var r = 0u; r < TB; r++) {
+        for (var a = 0u; a < TA; a++) {
+            let t = t0 + a;
+            if t < p.n_tokens && r0 + r < p.rows {
+                out[t * p.out_stride + p.out_col + r0 + r] = acc[2u * r + a / 4u][a % 4u];
+            }
+        }
+    }
+}
