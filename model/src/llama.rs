@@ -296,6 +296,34 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
         }),
     )?;
 
+    // x → h: RMSNorm of the residual stream with weight `w`.
+    let norm = |g: &mut Graph, w: &Tensor, label: String| -> Result<()> {
+        let weight = external(g, &label, w);
+        let op = rmsnorm::RmsNorm {
+            x,
+            weight,
+            out: h,
+            dim: dim as u32,
+            eps: c.norm_eps,
+            max_rows: n,
+        };
+        g.push(label, Op::RmsNorm(op))?;
+        Ok(())
+    };
+    // x += y: the residual connection.
+    let residual = |g: &mut Graph, y: TensorId, label: String| -> Result<()> {
+        g.push(
+            label,
+            Op::Add(add::Add {
+                x,
+                y,
+                dim: dim as u32,
+                max_rows: n,
+            }),
+        )?;
+        Ok(())
+    };
+
     for (l, lw) in m.layers.iter().enumerate() {
         let p = |s: &str| format!("blk.{l}.{s}");
         let mm =
@@ -313,18 +341,7 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
                 )?;
                 Ok(())
             };
-        let attn_norm = external(&mut g, &p("attn_norm"), &lw.attn_norm);
-        g.push(
-            p("attn_norm"),
-            Op::RmsNorm(rmsnorm::RmsNorm {
-                x,
-                weight: attn_norm,
-                out: h,
-                dim: dim as u32,
-                eps: c.norm_eps,
-                max_rows: n,
-            }),
-        )?;
+        norm(&mut g, &lw.attn_norm, p("attn_norm"))?;
         mm(&mut g, h, &lw.wq, q, "attn_q")?;
         mm(&mut g, h, &lw.wk, k, "attn_k")?;
         mm(&mut g, h, &lw.wv, v, "attn_v")?;
@@ -373,28 +390,9 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
             }),
         )?;
         mm(&mut g, att, &lw.wo, o, "attn_output")?;
-        g.push(
-            p("attn_residual"),
-            Op::Add(add::Add {
-                x,
-                y: o,
-                dim: dim as u32,
-                max_rows: n,
-            }),
-        )?;
+        residual(&mut g, o, p("attn_residual"))?;
 
-        let ffn_norm = external(&mut g, &p("ffn_norm"), &lw.ffn_norm);
-        g.push(
-            p("ffn_norm"),
-            Op::RmsNorm(rmsnorm::RmsNorm {
-                x,
-                weight: ffn_norm,
-                out: h,
-                dim: dim as u32,
-                eps: c.norm_eps,
-                max_rows: n,
-            }),
-        )?;
+        norm(&mut g, &lw.ffn_norm, p("ffn_norm"))?;
         mm(&mut g, h, &lw.w_gate, gate, "ffn_gate")?;
         mm(&mut g, h, &lw.w_up, up, "ffn_up")?;
         g.push(
@@ -408,29 +406,10 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
             }),
         )?;
         mm(&mut g, act, &lw.w_down, down, "ffn_down")?;
-        g.push(
-            p("ffn_residual"),
-            Op::Add(add::Add {
-                x,
-                y: down,
-                dim: dim as u32,
-                max_rows: n,
-            }),
-        )?;
+        residual(&mut g, down, p("ffn_residual"))?;
     }
 
-    let out_norm = external(&mut g, "output_norm", &m.output_norm);
-    g.push(
-        "output_norm",
-        Op::RmsNorm(rmsnorm::RmsNorm {
-            x,
-            weight: out_norm,
-            out: h,
-            dim: dim as u32,
-            eps: c.norm_eps,
-            max_rows: n,
-        }),
-    )?;
+    norm(&mut g, &m.output_norm, "output_norm".to_string())?;
     let vocab = c.vocab_size as u64;
     let lm = weight(&mut g, m.lm_head(), "output");
     let io = match head {
