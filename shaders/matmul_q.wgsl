@@ -1,25 +1,9 @@
 // matmul_q.wgsl: out[t, r] = sum_c x[t, c] * W[r, c] with W in Q4_0 / Q4_1 /
 // Q8_0 planes (or F16 / F32 with cols % 32 == 0, read in the same 32-column
 // blocks), for devices without subgroup operations: every invocation
-// loads the x blocks itself. Uses lib/qblock.wgsl and lib/qmatmul.wgsl (the
-// kernels; see there). Where subgroups exist, matmul_q_sg.wgsl runs instead.
-
-fn x_block(base: u32, lane: u32, sgs: u32) -> XBlock {
-    var b: XBlock;
-    b.v[0] = x[base];
-    b.v[1] = x[base + 1u];
-    b.v[2] = x[base + 2u];
-    b.v[3] = x[base + 3u];
-    b.v[4] = x[base + 4u];
-    b.v[5] = x[base + 5u];
-    b.v[6] = x[base + 6u];
-    b.v[7] = x[base + 7u];
-    return b;
-}
-
-fn any_lane(v: bool) -> bool {
-    return v;
-}
+// loads the x blocks itself. Uses lib/qblock.wgsl, lib/qmatmul.wgsl (the
+// kernels; see there), lib/tiles.wgsl and lib/xload.wgsl. Where subgroups
+// exist, matmul_q_sg.wgsl runs instead.
 
 @compute @workgroup_size(WG)
 fn matvec_q4_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

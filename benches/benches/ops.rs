@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::ops::matmul::MatMul;
-use lamina_engine::weight::{GpuWeight, HostData, HostWeight, ggml_row_bytes};
+use lamina_engine::weight::{
+    GpuWeight, HostData, HostWeight, MixedData, MixedLayout, Planes, ggml_row_bytes,
+};
 use lamina_engine::{Executor, Gpu, WeightFormat};
 use rand::{Rng, SeedableRng};
 
@@ -58,6 +60,8 @@ fn random_ggml(format: WeightFormat, rows: u32, cols: u32, seed: u64) -> Vec<u8>
             }
             return bytes;
         }
+        // Built by random_mixed.
+        WeightFormat::Mixed => return Vec::new(),
     };
     for b in bytes.chunks_exact_mut(block) {
         for h in 0..halves {
@@ -76,26 +80,76 @@ struct MatMulShape {
     format: WeightFormat,
     rows: u32,
     cols: u32,
+    /// Mixed only: every group's width (groups of 128 columns).
+    bits: u8,
 }
 
-const MATMUL_SHAPES: [MatMulShape; 3] = [
+/// Random codes of a Mixed weight with every group `bits` wide, scale 2^-7.
+fn random_mixed(rows: u32, cols: u32, bits: u8, seed: u64) -> MixedTensorOwned {
+    let layout = Arc::new(
+        MixedLayout::new(128, cols, vec![bits; cols.div_ceil(128) as usize]).expect("layout"),
+    );
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut codes = vec![0u32; (rows * layout.row_words()) as usize];
+    r.fill(&mut codes[..]);
+    let n = (rows * layout.n_groups()) as usize;
+    MixedTensorOwned {
+        layout,
+        codes,
+        scales: vec![0x2000; n],
+        mins: vec![0xa000; n],
+    }
+}
+
+struct MixedTensorOwned {
+    layout: Arc<MixedLayout>,
+    codes: Vec<u32>,
+    scales: Vec<u16>,
+    mins: Vec<u16>,
+}
+
+const MATMUL_SHAPES: [MatMulShape; 6] = [
     MatMulShape {
         name: "ffn_up_576x1536_q4_1",
         format: WeightFormat::Q4_1,
         rows: 1536,
         cols: 576,
+        bits: 0,
+    },
+    MatMulShape {
+        name: "ffn_up_576x1536_mixed2",
+        format: WeightFormat::Mixed,
+        rows: 1536,
+        cols: 576,
+        bits: 2,
+    },
+    MatMulShape {
+        name: "ffn_up_576x1536_mixed3",
+        format: WeightFormat::Mixed,
+        rows: 1536,
+        cols: 576,
+        bits: 3,
+    },
+    MatMulShape {
+        name: "ffn_up_576x1536_mixed4",
+        format: WeightFormat::Mixed,
+        rows: 1536,
+        cols: 576,
+        bits: 4,
     },
     MatMulShape {
         name: "ffn_down_1536x576_q4_1",
         format: WeightFormat::Q4_1,
         rows: 576,
         cols: 1536,
+        bits: 0,
     },
     MatMulShape {
         name: "lm_head_576x49152_q8_0",
         format: WeightFormat::Q8_0,
         rows: 49152,
         cols: 576,
+        bits: 0,
     },
 ];
 
@@ -112,11 +166,22 @@ fn matmul_graph(gpu: &Arc<Gpu>, s: &MatMulShape, tokens: u32, copies: u32) -> (E
     let mut weight_bytes = 0;
     for i in 0..copies {
         let bytes = random_ggml(s.format, s.rows, s.cols, u64::from(i));
+        let mixed = random_mixed(s.rows, s.cols, s.bits.max(1), u64::from(i));
+        let data = if s.format == WeightFormat::Mixed {
+            HostData::Mixed(MixedData {
+                layout: &mixed.layout,
+                codes: &mixed.codes,
+                scales: &mixed.scales,
+                mins: &mixed.mins,
+            })
+        } else {
+            HostData::Ggml(&bytes)
+        };
         let host = HostWeight {
             format: s.format,
             rows: s.rows,
             cols: s.cols,
-            data: HostData::Ggml(&bytes),
+            data,
         };
         let w = GpuWeight::upload(gpu, s.name, &host).expect("upload");
         weight_bytes += w.bytes();
@@ -146,8 +211,9 @@ fn matmul(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
     for s in &MATMUL_SHAPES {
-        let one =
-            4 * u64::from(lamina_engine::weight::Planes::layout(s.format, s.rows, s.cols).words);
+        let layout = random_mixed(1, s.cols, s.bits.max(1), 0).layout;
+        let l = (s.format == WeightFormat::Mixed).then_some(&*layout);
+        let one = 4 * u64::from(Planes::of(s.format, l, s.rows, s.cols).words);
         // Decode: one token, weights streamed from memory (reported as weight GB/s).
         let copies = DECODE_STREAM_BYTES.div_ceil(one).clamp(1, 192) as u32;
         let (mut ex, bytes) = matmul_graph(&gpu, s, 1, copies);

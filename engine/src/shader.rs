@@ -13,8 +13,16 @@ pub mod lib {
     pub const QBLOCK: &str = include_str!("../../shaders/lib/qblock.wgsl");
     /// sincos with Cody-Waite range reduction (accurate for large angles) and a ~1 ulp exp2, for RoPE.
     pub const TRIG: &str = include_str!("../../shaders/lib/trig.wgsl");
-    /// The block-format matmul kernels (needs QBLOCK and an x-sharing shader).
+    /// The block-format matmul kernels (needs QBLOCK, TILES and XLOAD or XLOAD_SG).
     pub const QMATMUL: &str = include_str!("../../shaders/lib/qmatmul.wgsl");
+    /// The Mixed (per-group bit width) matmul kernels (needs TILES and XLOAD or XLOAD_SG).
+    pub const MXMATMUL: &str = include_str!("../../shaders/lib/mxmatmul.wgsl");
+    /// A helper of the tiled matmul kernels.
+    pub const TILES: &str = include_str!("../../shaders/lib/tiles.wgsl");
+    /// x blocks for the matmul kernels, loaded by every invocation.
+    pub const XLOAD: &str = include_str!("../../shaders/lib/xload.wgsl");
+    /// x blocks for the matmul kernels, shared through subgroup broadcasts.
+    pub const XLOAD_SG: &str = include_str!("../../shaders/lib/xload_sg.wgsl");
 }
 
 /// One `.wgsl` file and the libs it needs.

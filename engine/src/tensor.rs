@@ -39,6 +39,10 @@ pub enum WeightFormat {
     Q4_1,
     /// 8-bit signed codes, one f16 scale per 32 inputs (GGUF Q8_0).
     Q8_0,
+    /// Mixed-precision groups (SliM-LLM): a bit width from 1 to 8 per column
+    /// group, shared by all rows, f16 scale and min per (row, group). The
+    /// widths live in a [`MixedLayout`](crate::weight::MixedLayout).
+    Mixed,
 }
 
 impl WeightFormat {
@@ -49,6 +53,7 @@ impl WeightFormat {
             WeightFormat::Q4_0 => "q4_0",
             WeightFormat::Q4_1 => "q4_1",
             WeightFormat::Q8_0 => "q8_0",
+            WeightFormat::Mixed => "mixed",
         }
     }
 }

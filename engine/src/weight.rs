@@ -12,6 +12,18 @@
 //! - Q8_0: codes, `cols/4` words per row, byte k of word w = element `4w + k`
 //!   as i8; scales as for Q4.
 //!
+//! - Mixed (SliM-LLM groups, see [`MixedLayout`]): column group `g` of
+//!   `len_g` columns (the last may be short) has width `b_g` bits, the same
+//!   in every row. Each row's codes are the groups in order, each group its
+//!   32-column chunks in order, each chunk exactly `b_g` words: the width
+//!   split into segments of 8, or of 4, 2 and 1 bits (those set in `b_g`),
+//!   lowest bits first; a segment of width `s` is `s` words holding the
+//!   chunk's 32 codes' bits, element `k` at bits `s*k % 32 ..` of word
+//!   `s*k / 32`. Codes are unsigned: `w = d * q + m`. Scales and mins are
+//!   f16 per (row, group), index `row * n_groups + g`, two per word. A table
+//!   plane holds two words per group: the group's word offset in a row, and
+//!   `b_g | chunks << 8`.
+//!
 //! Rows are local to the shard (its first row is row 0 of its planes). Every
 //! plane starts at a multiple of [`PLANE_ALIGN_WORDS`] (256 bytes, the largest
 //! `min_storage_buffer_offset_alignment` WebGPU allows), so a kernel can bind
@@ -41,7 +53,87 @@ pub struct Planes {
     pub codes: u32,
     pub scales: u32,
     pub mins: u32,
+    /// Mixed only: two words per column group (offset, width and chunks).
+    pub table: u32,
     pub words: u32,
+}
+
+/// Bit widths per column group of a [`WeightFormat::Mixed`] weight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MixedLayout {
+    /// Columns per group (a multiple of 32); the last group may be shorter.
+    pub group: u32,
+    pub cols: u32,
+    /// Width of each group, 1 to 8 bits; `ceil(cols / group)` of them.
+    pub bits: Vec<u8>,
+}
+
+impl MixedLayout {
+    /// Checks the invariants the kernels rely on.
+    pub fn new(group: u32, cols: u32, bits: Vec<u8>) -> Result<MixedLayout> {
+        const OP: &str = "mixed layout";
+        crate::ensure_shape!(
+            group > 0 && group.is_multiple_of(GROUP),
+            OP,
+            "group size {group} is not a positive multiple of {GROUP}"
+        );
+        crate::ensure_shape!(
+            cols > 0 && cols.is_multiple_of(GROUP),
+            OP,
+            "cols {cols} is not a positive multiple of {GROUP}"
+        );
+        let n = cols.div_ceil(group) as usize;
+        crate::ensure_shape!(
+            bits.len() == n,
+            OP,
+            "{cols} columns in groups of {group} need {n} widths, got {}",
+            bits.len()
+        );
+        crate::ensure_shape!(
+            bits.iter().all(|b| (1..=8).contains(b)),
+            OP,
+            "widths must be 1..=8 bits, got {bits:?}"
+        );
+        Ok(MixedLayout { group, cols, bits })
+    }
+    pub fn n_groups(&self) -> u32 {
+        self.bits.len() as u32
+    }
+    /// Columns of group `g`.
+    pub fn group_len(&self, g: u32) -> u32 {
+        (self.cols - g * self.group).min(self.group)
+    }
+    /// Words of group `g` in one row.
+    pub fn group_words(&self, g: u32) -> u32 {
+        u32::from(self.bits[g as usize]) * self.group_len(g) / GROUP
+    }
+    /// Word offset of group `g` within a row.
+    pub fn group_offset(&self, g: u32) -> u32 {
+        (0..g).map(|i| self.group_words(i)).sum()
+    }
+    /// Code words per row.
+    pub fn row_words(&self) -> u32 {
+        self.group_offset(self.n_groups())
+    }
+    /// The table plane: per group its word offset, then `bits | chunks << 8`.
+    pub fn table(&self) -> Vec<u32> {
+        let mut off = 0;
+        let mut t = Vec::with_capacity(2 * self.bits.len());
+        for g in 0..self.n_groups() {
+            t.push(off);
+            t.push(u32::from(self.bits[g as usize]) | (self.group_len(g) / GROUP) << 8);
+            off += self.group_words(g);
+        }
+        t
+    }
+    /// Bits per weight counting codes, and an f16 scale and f16 min per group.
+    pub fn bits_per_weight(&self) -> f64 {
+        f64::from(32 * self.row_words() + 32 * self.n_groups()) / f64::from(self.cols)
+    }
+    /// Average code width over the columns (no scales).
+    pub fn mean_bits(&self) -> f64 {
+        f64::from(32 * self.row_words()) / f64::from(self.cols)
+    }
 }
 
 impl Planes {
@@ -69,7 +161,36 @@ impl Planes {
             codes: 0,
             scales: w(scales),
             mins: w(mins),
+            table: w(words),
             words: w(words),
+        }
+    }
+
+    /// The layout of `rows` rows of a Mixed weight.
+    pub fn mixed(layout: &MixedLayout, rows: u32) -> Planes {
+        let align = |w: u64| w.next_multiple_of(u64::from(PLANE_ALIGN_WORDS));
+        let code_words = u64::from(rows) * u64::from(layout.row_words());
+        let scale_words = (u64::from(rows) * u64::from(layout.n_groups())).div_ceil(2);
+        let scales = align(code_words);
+        let mins = scales + align(scale_words);
+        let table = mins + align(scale_words);
+        let words = table + align(2 * u64::from(layout.n_groups()));
+        let w = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        Planes {
+            codes: 0,
+            scales: w(scales),
+            mins: w(mins),
+            table: w(table),
+            words: w(words),
+        }
+    }
+
+    /// The layout of `rows` rows of a weight in `format` (`mixed` holds the
+    /// widths of a Mixed weight and is ignored otherwise).
+    pub fn of(format: WeightFormat, mixed: Option<&MixedLayout>, rows: u32, cols: u32) -> Planes {
+        match (format, mixed) {
+            (WeightFormat::Mixed, Some(l)) => Planes::mixed(l, rows),
+            _ => Planes::layout(format, rows, cols),
         }
     }
 
@@ -81,7 +202,10 @@ impl Planes {
         4 * u64::from(self.mins - self.scales)
     }
     pub fn min_bytes(&self) -> u64 {
-        4 * u64::from(self.words - self.mins)
+        4 * u64::from(self.table - self.mins)
+    }
+    pub fn table_bytes(&self) -> u64 {
+        4 * u64::from(self.words - self.table)
     }
 }
 
@@ -89,17 +213,18 @@ impl Planes {
 pub fn is_quantized(format: WeightFormat) -> bool {
     matches!(
         format,
-        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 | WeightFormat::Mixed
     )
 }
 
-/// Code words per row in `format`.
+/// Code words per row in `format` (Mixed: see [`MixedLayout::row_words`]; 0 here).
 pub fn code_words_per_row(format: WeightFormat, cols: u32) -> u32 {
     match format {
         WeightFormat::F32 => cols,
         WeightFormat::F16 => cols.div_ceil(2),
         WeightFormat::Q4_0 | WeightFormat::Q4_1 => cols / 8,
         WeightFormat::Q8_0 => cols / 4,
+        WeightFormat::Mixed => 0,
     }
 }
 
@@ -113,6 +238,8 @@ pub fn ggml_row_bytes(format: WeightFormat, cols: u32) -> usize {
         WeightFormat::Q4_0 => c / 32 * 18,
         WeightFormat::Q4_1 => c / 32 * 20,
         WeightFormat::Q8_0 => c / 32 * 34,
+        // Not a llama.cpp type: packed by `pack_mixed` from its own planes.
+        WeightFormat::Mixed => 0,
     }
 }
 
@@ -135,6 +262,8 @@ pub struct PackedWeight {
     pub cols: u32,
     pub planes: Planes,
     pub words: Vec<u32>,
+    /// Mixed only: the group widths.
+    pub mixed: Option<Arc<MixedLayout>>,
 }
 
 impl PackedWeight {
@@ -146,6 +275,7 @@ impl PackedWeight {
             cols,
             planes,
             words: vec![0; planes.words as usize],
+            mixed: None,
         }
     }
     pub fn bytes(&self) -> u64 {
@@ -270,12 +400,115 @@ pub fn pack_ggml(format: WeightFormat, rows: u32, cols: u32, bytes: &[u8]) -> Re
                 }
             }
         }
+        WeightFormat::Mixed => {
+            return Err(EngineError::Shape {
+                op: OP,
+                msg: "mixed weights are not a llama.cpp type (use pack_mixed)".into(),
+            });
+        }
     }
     Ok(p)
 }
 
+/// A Mixed weight's rows on the host: codes as [`MixedLayout::row_words`]
+/// words per row (the layout in this module's docs), f16 scale and min bits
+/// per (row, group).
+#[derive(Debug, Clone, Copy)]
+pub struct MixedData<'a> {
+    pub layout: &'a Arc<MixedLayout>,
+    pub codes: &'a [u32],
+    pub scales: &'a [u16],
+    pub mins: &'a [u16],
+}
+
+/// Packs `rows` rows of a Mixed weight into planes.
+pub fn pack_mixed(rows: u32, d: &MixedData<'_>) -> Result<PackedWeight> {
+    const OP: &str = "pack_mixed";
+    let l = d.layout;
+    let (rw, ng) = (l.row_words() as usize, l.n_groups() as usize);
+    let n = rows as usize;
+    crate::ensure_shape!(
+        rows > 0 && d.codes.len() == n * rw && d.scales.len() == n * ng && d.mins.len() == n * ng,
+        OP,
+        "{rows} rows of {} columns need {} code words and {} scales and mins, got {}, {}, {}",
+        l.cols,
+        n * rw,
+        n * ng,
+        d.codes.len(),
+        d.scales.len(),
+        d.mins.len()
+    );
+    let planes = Planes::mixed(l, rows);
+    let mut p = PackedWeight {
+        format: WeightFormat::Mixed,
+        rows,
+        cols: l.cols,
+        planes,
+        words: vec![0; planes.words as usize],
+        mixed: Some(l.clone()),
+    };
+    p.words[..d.codes.len()].copy_from_slice(d.codes);
+    for (i, (&sc, &mn)) in d.scales.iter().zip(d.mins).enumerate() {
+        p.put_half(planes.scales, i, sc);
+        p.put_half(planes.mins, i, mn);
+    }
+    let t = planes.table as usize;
+    let table = l.table();
+    p.words[t..t + table.len()].copy_from_slice(&table);
+    Ok(p)
+}
+
+/// Code `k` (0..32) of the chunk whose `bits` words start `words` (the
+/// Mixed chunk layout in this module's docs).
+pub fn mixed_code(words: &[u32], bits: u32, k: usize) -> u32 {
+    let seg = |w: &[u32], width: usize| -> u32 {
+        let bit = width * k;
+        (w[bit / 32] >> (bit % 32)) & ((1u32 << width) - 1)
+    };
+    if bits == 8 {
+        return seg(words, 8);
+    }
+    let (mut q, mut off, mut shift) = (0u32, 0usize, 0u32);
+    for width in [4usize, 2, 1] {
+        if bits & width as u32 != 0 {
+            q |= seg(&words[off..], width) << shift;
+            off += width;
+            shift += width as u32;
+        }
+    }
+    q
+}
+
+/// Encodes 32 codes (each below `2^bits`) as one chunk of `bits` words.
+pub fn mixed_chunk(codes: &[u32; 32], bits: u32) -> Vec<u32> {
+    let mut out = vec![0u32; bits as usize];
+    let mut put = |off: usize, width: usize, shift: u32| {
+        for (k, &q) in codes.iter().enumerate() {
+            let v = (q >> shift) & ((1u32 << width) - 1);
+            let bit = width * k;
+            out[off + bit / 32] |= v << (bit % 32);
+        }
+    };
+    if bits == 8 {
+        put(0, 8, 0);
+        return out;
+    }
+    let (mut off, mut shift) = (0usize, 0u32);
+    for width in [4usize, 2, 1] {
+        if bits & width as u32 != 0 {
+            put(off, width, shift);
+            off += width;
+            shift += width as u32;
+        }
+    }
+    out
+}
+
 /// CPU reference: the values the planes encode, row-major `[rows, cols]`.
 pub fn dequantize_packed(p: &PackedWeight) -> Vec<f32> {
+    if let Some(l) = p.mixed.as_deref() {
+        return dequantize_mixed(p, l);
+    }
     let (rows, cols) = (p.rows as usize, p.cols as usize);
     let wpr = code_words_per_row(p.format, p.cols) as usize;
     let groups = cols / GROUP as usize;
@@ -305,7 +538,37 @@ pub fn dequantize_packed(p: &PackedWeight) -> Vec<f32> {
                     let q = (codes[c / 4] >> (8 * (c % 4))) as u8 as i8;
                     half(p.planes.scales, g) * f32::from(q)
                 }
+                // Handled by dequantize_mixed (a Mixed weight always has its layout).
+                WeightFormat::Mixed => f32::NAN,
             };
+        }
+    }
+    out
+}
+
+fn dequantize_mixed(p: &PackedWeight, l: &MixedLayout) -> Vec<f32> {
+    let (rows, cols) = (p.rows as usize, p.cols as usize);
+    let (rw, ng) = (l.row_words() as usize, l.n_groups() as usize);
+    let half = |base: u32, i: usize| {
+        let w = p.words[base as usize + i / 2];
+        f16::from_bits((w >> (16 * (i % 2))) as u16).to_f32()
+    };
+    let mut out = vec![0.0f32; rows * cols];
+    for r in 0..rows {
+        for g in 0..ng {
+            let (d, m) = (
+                half(p.planes.scales, r * ng + g),
+                half(p.planes.mins, r * ng + g),
+            );
+            let bits = u32::from(l.bits[g]);
+            let base = r * rw + l.group_offset(g as u32) as usize;
+            for ch in 0..(l.group_len(g as u32) / GROUP) as usize {
+                let words = &p.words[base + ch * bits as usize..];
+                for k in 0..32 {
+                    let c = g * l.group as usize + ch * 32 + k;
+                    out[r * cols + c] = d * mixed_code(words, bits, k) as f32 + m;
+                }
+            }
         }
     }
     out
@@ -319,7 +582,19 @@ pub fn shard_rows(
     cols: u32,
     max_binding_bytes: u64,
 ) -> Vec<(u32, u32)> {
-    let fits = |n: u32| 4 * u64::from(Planes::layout(format, n, cols).words) <= max_binding_bytes;
+    shard_rows_of(format, None, rows, cols, max_binding_bytes)
+}
+
+/// [`shard_rows`] for any format, Mixed included.
+pub fn shard_rows_of(
+    format: WeightFormat,
+    mixed: Option<&MixedLayout>,
+    rows: u32,
+    cols: u32,
+    max_binding_bytes: u64,
+) -> Vec<(u32, u32)> {
+    let fits =
+        |n: u32| 4 * u64::from(Planes::of(format, mixed, n, cols).words) <= max_binding_bytes;
     if rows == 0 {
         return Vec::new();
     }
@@ -345,6 +620,8 @@ pub enum HostData<'a> {
     F32(&'a [f32]),
     /// llama.cpp's encoding of the target format (GGUF tensor bytes).
     Ggml(&'a [u8]),
+    /// Mixed-width groups (format Mixed).
+    Mixed(MixedData<'a>),
 }
 
 /// A whole weight on the host and the format it gets on the GPU.
@@ -391,6 +668,39 @@ impl HostWeight<'_> {
                 );
                 pack_ggml(self.format, n, self.cols, &b[s..e])
             }
+            HostData::Mixed(d) => {
+                crate::ensure_shape!(
+                    self.format == WeightFormat::Mixed && d.layout.cols == self.cols,
+                    "pack",
+                    "mixed data for a {} weight of {} columns (layout has {})",
+                    self.format.name(),
+                    self.cols,
+                    d.layout.cols
+                );
+                let (rw, ng) = (d.layout.row_words() as usize, d.layout.n_groups() as usize);
+                let (s, e) = (start as usize, (start + n) as usize);
+                crate::ensure_shape!(
+                    d.codes.len() >= e * rw && d.scales.len() >= e * ng && d.mins.len() >= e * ng,
+                    "pack",
+                    "mixed data shorter than {} rows",
+                    self.rows
+                );
+                let rows = MixedData {
+                    layout: d.layout,
+                    codes: &d.codes[s * rw..e * rw],
+                    scales: &d.scales[s * ng..e * ng],
+                    mins: &d.mins[s * ng..e * ng],
+                };
+                pack_mixed(n, &rows)
+            }
+        }
+    }
+
+    /// The group widths when the data is Mixed.
+    pub fn mixed(&self) -> Option<&Arc<MixedLayout>> {
+        match &self.data {
+            HostData::Mixed(d) => Some(d.layout),
+            _ => None,
         }
     }
 }
@@ -411,6 +721,8 @@ pub struct GpuWeight {
     pub rows: u32,
     pub cols: u32,
     pub shards: Vec<GpuShard>,
+    /// Mixed only: the group widths.
+    pub mixed: Option<Arc<MixedLayout>>,
 }
 
 impl GpuWeight {
@@ -428,9 +740,21 @@ impl GpuWeight {
         max_binding: u64,
     ) -> Result<GpuWeight> {
         check_dims("upload", w.format, w.rows, w.cols)?;
+        let mixed = w.mixed().cloned();
+        crate::ensure_shape!(
+            (w.format == WeightFormat::Mixed) == mixed.is_some(),
+            "upload",
+            "{label}: format {} with {} data",
+            w.format.name(),
+            if mixed.is_some() {
+                "mixed"
+            } else {
+                "non-mixed"
+            }
+        );
         let limit = max_binding.min(gpu.caps.max_binding);
         let mut shards = Vec::new();
-        for (start, n) in shard_rows(w.format, w.rows, w.cols, limit) {
+        for (start, n) in shard_rows_of(w.format, mixed.as_deref(), w.rows, w.cols, limit) {
             let packed = w.pack_rows(start, n)?;
             shards.push(Self::upload_shard(gpu, label, start, &packed)?);
         }
@@ -439,6 +763,7 @@ impl GpuWeight {
             rows: w.rows,
             cols: w.cols,
             shards,
+            mixed,
         })
     }
 
@@ -455,7 +780,10 @@ impl GpuWeight {
         let mut next = 0u32;
         for (start, p) in parts {
             crate::ensure_shape!(
-                *start == next && p.format == first.format && p.cols == first.cols,
+                *start == next
+                    && p.format == first.format
+                    && p.cols == first.cols
+                    && p.mixed == first.mixed,
                 "upload",
                 "{label}: shard at row {start} ({} {}x{}) does not continue row {next} of {} x{}",
                 p.format.name(),
@@ -472,6 +800,7 @@ impl GpuWeight {
             rows: next,
             cols: first.cols,
             shards,
+            mixed: first.mixed.clone(),
         })
     }
 
@@ -517,6 +846,7 @@ impl GpuWeight {
             rows: self.rows,
             cols: self.cols,
             shards,
+            mixed: self.mixed.clone(),
         }
     }
 }
@@ -537,6 +867,8 @@ pub struct WeightRef {
     pub rows: u32,
     pub cols: u32,
     pub shards: Vec<Shard>,
+    /// Mixed only: the group widths.
+    pub mixed: Option<Arc<MixedLayout>>,
 }
 
 impl WeightRef {

@@ -306,6 +306,7 @@ impl GgufFile {
             return Err(bad());
         }
         Ok(HostTensor {
+            mixed: None,
             name: name.to_string(),
             shape: info.shape(),
             dtype,

@@ -269,6 +269,7 @@ impl Checkpoint {
             });
         }
         Ok(HostTensor {
+            mixed: None,
             name: name.to_string(),
             shape: e.shape.clone(),
             dtype,

@@ -81,6 +81,7 @@ fn engine_format(dt: HostDType, mode: WeightMode) -> WeightFormat {
         (WeightMode::Native, HostDType::Q4_0) => WeightFormat::Q4_0,
         (WeightMode::Native, HostDType::Q4_1) => WeightFormat::Q4_1,
         (WeightMode::Native, HostDType::Q8_0) => WeightFormat::Q8_0,
+        (WeightMode::Native, HostDType::Mixed) => WeightFormat::Mixed,
     }
 }
 
@@ -95,6 +96,24 @@ fn upload_matrix(gpu: &Gpu, t: &HostTensor, mode: WeightMode) -> Result<GpuWeigh
     let (rows, cols) = (t.rows() as u32, t.cols() as u32);
     let format = engine_format(t.dtype, mode);
     let w = match format {
+        WeightFormat::Mixed => {
+            let Some(m) = &t.mixed else {
+                return Err(ModelError::Invalid(format!(
+                    "{} is marked mixed but has no layout",
+                    t.name
+                )));
+            };
+            GpuWeight::upload(
+                gpu,
+                &t.name,
+                &HostWeight {
+                    format,
+                    rows,
+                    cols,
+                    data: HostData::Mixed(m.data()),
+                },
+            )?
+        }
         WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 => {
             let data = HostData::Ggml(t.data.as_slice());
             GpuWeight::upload(

@@ -153,6 +153,7 @@ pub fn synthetic_weights(cfg: &LlamaConfig, dtype: HostDType, seed: u64) -> Resu
         };
         let data = spec.generate(threads)?;
         Ok::<_, ModelError>(HostTensor {
+            mixed: None,
             name,
             shape: shape.to_vec(),
             dtype: dt,

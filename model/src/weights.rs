@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use lamina_engine::weight::{MixedData, MixedLayout};
+
 /// Element encoding of a host tensor. GGUF block formats quantize along the
 /// row (the `cols` / input dimension), in blocks of 32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -21,6 +23,9 @@ pub enum HostDType {
     Q4_1,
     /// ggml Q8_0: per 32 values one f16 scale d, 32 signed bytes; x = d * q.
     Q8_0,
+    /// Lamina's mixed-width groups (SliM-LLM): the tensor's
+    /// [`HostTensor::mixed`] holds the layout, codes, scales and mins.
+    Mixed,
 }
 
 impl HostDType {
@@ -32,6 +37,8 @@ impl HostDType {
             HostDType::Q4_0 => n / 32 * 18,
             HostDType::Q4_1 => n / 32 * 20,
             HostDType::Q8_0 => n / 32 * 34,
+            // Depends on the group widths: see MixedLayout::row_words.
+            HostDType::Mixed => 0,
         }
     }
     pub fn block_size(self) -> usize {
@@ -74,7 +81,35 @@ pub struct HostTensor {
     /// Row-major shape, outermost first: `[rows, cols]` for matrices, `[n]` for vectors.
     pub shape: Vec<usize>,
     pub dtype: HostDType,
+    /// The encoded values (empty for Mixed, whose parts are in `mixed`).
     pub data: Bytes,
+    /// Mixed only.
+    pub mixed: Option<Arc<MixedTensor>>,
+}
+
+/// A Mixed weight on the host: group widths, and per row the codes (as
+/// `lamina_engine::weight` lays them out) and f16 scale and min bits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MixedTensor {
+    pub layout: Arc<MixedLayout>,
+    pub codes: Vec<u32>,
+    pub scales: Vec<u16>,
+    pub mins: Vec<u16>,
+}
+
+impl MixedTensor {
+    pub fn data(&self) -> MixedData<'_> {
+        MixedData {
+            layout: &self.layout,
+            codes: &self.codes,
+            scales: &self.scales,
+            mins: &self.mins,
+        }
+    }
+    /// Bytes of codes, scales and mins.
+    pub fn bytes(&self) -> usize {
+        4 * self.codes.len() + 2 * (self.scales.len() + self.mins.len())
+    }
 }
 
 impl HostTensor {
@@ -93,7 +128,20 @@ impl HostTensor {
     }
     /// Dequantizes / converts to f32, row-major.
     pub fn to_f32(&self) -> crate::Result<Vec<f32>> {
+        if let Some(m) = &self.mixed {
+            let rows = self.rows() as u32;
+            let packed = lamina_engine::weight::pack_mixed(rows, &m.data())
+                .map_err(|e| crate::ModelError::Invalid(format!("{}: {e}", self.name)))?;
+            return Ok(lamina_engine::weight::dequantize_packed(&packed));
+        }
         crate::quant::ggml::dequantize(self.dtype, self.data.as_slice(), self.numel())
+    }
+    /// Encoded size in bytes.
+    pub fn byte_size(&self) -> usize {
+        match &self.mixed {
+            Some(m) => m.bytes(),
+            None => self.data.as_slice().len(),
+        }
     }
 }
 

@@ -1,12 +1,7 @@
 // lib/qmatmul.wgsl: the block-format matmul kernels shared by matmul_q.wgsl
-// and matmul_q_sg.wgsl (uses lib/qblock.wgsl). The including shader defines
-//   fn x_block(base: u32, lane: u32, sgs: u32) -> XBlock
-//     x vec4s base .. base + 8 (one 32-column block of one token) in every
-//     invocation; every invocation of a workgroup asks for the same blocks;
-//   fn any_lane(v: bool) -> bool
-//     whether v holds in any invocation that must run the same loops as this one;
-// the two shaders differ only in how invocations share those x loads
-// (directly, or through subgroup broadcasts).
+// and matmul_q_sg.wgsl (uses lib/qblock.wgsl, fma_tok from lib/tiles.wgsl, and x_block / any_lane from
+// lib/xload.wgsl or lib/xload_sg.wgsl: the two shaders differ only in how
+// invocations share the x loads, directly or through subgroup broadcasts).
 //
 // Each invocation owns whole weight rows, so it streams its rows' packed
 // codes once and needs no reduction, and all invocations of a workgroup work
@@ -21,10 +16,6 @@
 // line by the next blocks.
 
 const WG: u32 = 64u;
-
-struct XBlock {
-    v: array<vec4<f32>, 8>,
-}
 
 // ---------------------------------------------------------------------------
 // matvec: one token; invocation i computes rows (wg * WG + i) * R .. + R.
@@ -192,15 +183,6 @@ const TB: u32 = 4u;
 alias Acc = array<vec4<f32>, 8>;
 alias Rows = array<WBlock, TB>;
 alias Tokens = array<XBlock, TA>;
-
-// acc + (dot(x0, w), dot(x1, w), dot(x2, w), dot(x3, w)), as fma chains.
-fn fma_tok(acc: vec4<f32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>,
-           w: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(fma(x0.x, w.x, fma(x0.y, w.y, fma(x0.z, w.z, fma(x0.w, w.w, acc.x)))),
-                     fma(x1.x, w.x, fma(x1.y, w.y, fma(x1.z, w.z, fma(x1.w, w.w, acc.y)))),
-                     fma(x2.x, w.x, fma(x2.y, w.y, fma(x2.z, w.z, fma(x2.w, w.w, acc.z)))),
-                     fma(x3.x, w.x, fma(x3.y, w.y, fma(x3.z, w.z, fma(x3.w, w.w, acc.w)))));
-}
 
 // Columns 4q .. 4q + 3 of the block for every (row, token); `q` is a literal
 // at each call, so all indexing below is static (dynamic indexes into local

@@ -8,8 +8,8 @@ use half::f16;
 use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::ops::matmul::{self, MatMul};
 use lamina_engine::weight::{
-    self, GpuWeight, HostData, HostWeight, PackedWeight, Planes, dequantize_packed, pack_f32,
-    pack_ggml,
+    self, GpuWeight, HostData, HostWeight, MixedData, MixedLayout, PackedWeight, Planes,
+    dequantize_packed, pack_f32, pack_ggml,
 };
 use lamina_engine::{EngineError, Executor, Gpu, WeightFormat};
 use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec};
@@ -25,6 +25,7 @@ const TOL_F16: f32 = 2e-5;
 const TOL_Q4_0: f32 = 3e-5;
 const TOL_Q4_1: f32 = 3e-5;
 const TOL_Q8_0: f32 = 3e-5;
+const TOL_MIXED: f32 = 3e-5;
 
 fn tol(f: WeightFormat) -> f32 {
     match f {
@@ -33,16 +34,70 @@ fn tol(f: WeightFormat) -> f32 {
         WeightFormat::Q4_0 => TOL_Q4_0,
         WeightFormat::Q4_1 => TOL_Q4_1,
         WeightFormat::Q8_0 => TOL_Q8_0,
+        WeightFormat::Mixed => TOL_MIXED,
     }
 }
 
-const ALL: [WeightFormat; 5] = [
+const ALL: [WeightFormat; 6] = [
     WeightFormat::F32,
     WeightFormat::F16,
     WeightFormat::Q4_0,
     WeightFormat::Q4_1,
     WeightFormat::Q8_0,
+    WeightFormat::Mixed,
 ];
+
+/// A random Mixed weight: group size 32, 64 or 128 and every group's width
+/// drawn from 1..=8 (so short last groups and all segment kinds occur),
+/// values within about +-0.1.
+struct RandomMixed {
+    layout: Arc<MixedLayout>,
+    codes: Vec<u32>,
+    scales: Vec<u16>,
+    mins: Vec<u16>,
+}
+
+impl RandomMixed {
+    fn new(rows: u32, cols: u32, seed: u64) -> RandomMixed {
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        let group = [32u32, 64, 128][(seed % 3) as usize];
+        let n = cols.div_ceil(group);
+        let bits: Vec<u8> = (0..n).map(|_| r.random_range(1..=8u8)).collect();
+        let layout = Arc::new(MixedLayout::new(group, cols, bits).unwrap());
+        let (mut codes, mut scales, mut mins) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rows {
+            for g in 0..n {
+                let b = u32::from(layout.bits[g as usize]);
+                let levels = ((1u32 << b) - 1) as f32;
+                scales.push(f16::from_f32(r.random_range(0.05f32..0.2) / levels).to_bits());
+                mins.push(f16::from_f32(r.random_range(-0.12f32..-0.02)).to_bits());
+                for _ in 0..layout.group_len(g) / 32 {
+                    let q: [u32; 32] = std::array::from_fn(|_| r.random_range(0..1u32 << b));
+                    codes.extend(weight::mixed_chunk(&q, b));
+                }
+            }
+        }
+        RandomMixed {
+            layout,
+            codes,
+            scales,
+            mins,
+        }
+    }
+    fn host(&self, rows: u32) -> HostWeight<'_> {
+        HostWeight {
+            format: WeightFormat::Mixed,
+            rows,
+            cols: self.layout.cols,
+            data: HostData::Mixed(MixedData {
+                layout: &self.layout,
+                codes: &self.codes,
+                scales: &self.scales,
+                mins: &self.mins,
+            }),
+        }
+    }
+}
 
 /// Random weight in llama.cpp's encoding of `f` (raw f32 / f16 for those),
 /// with scales small enough that outputs stay near 1.
@@ -58,6 +113,8 @@ fn random_ggml(f: WeightFormat, rows: u32, cols: u32, seed: u64) -> Vec<u8> {
             (0..n).for_each(|_| out.extend(r.random_range(-0.1f32..0.1).to_le_bytes()))
         }
         WeightFormat::F16 => (0..n).for_each(|_| out.extend(half(&mut r, -0.1, 0.1))),
+        // Built by RandomMixed instead.
+        WeightFormat::Mixed => {}
         WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 => {
             for _ in 0..n / 32 {
                 match f {
@@ -106,11 +163,17 @@ impl Case {
     fn run(&self, steps: &[u32], seed: u64) -> usize {
         let (rows, cols) = (self.rows, self.cols);
         let bytes = random_ggml(self.format, rows, cols, seed);
-        let host = HostWeight {
-            format: self.format,
-            rows,
-            cols,
-            data: HostData::Ggml(&bytes),
+        let mixed =
+            (self.format == WeightFormat::Mixed).then(|| RandomMixed::new(rows, cols, seed));
+        let host = if let Some(m) = &mixed {
+            m.host(rows)
+        } else {
+            HostWeight {
+                format: self.format,
+                rows,
+                cols,
+                data: HostData::Ggml(&bytes),
+            }
         };
         let w_ref = dequantize_packed(&host.pack_rows(0, rows).unwrap());
         let gpu = self.gpu.clone().unwrap_or_else(gpu);
@@ -216,11 +279,14 @@ fn last_row_only_reads_the_last_token() {
 fn sharded_weight_matches_unsharded_reference() {
     for format in ALL {
         let (rows, cols) = (1757u32, 576u32);
+        // The layout Case::run draws for seed 11.
+        let mixed = RandomMixed::new(rows, cols, 11);
+        let l = (format == WeightFormat::Mixed).then_some(&*mixed.layout);
         // A limit just above a third of the packed size gives three shards.
-        let total = 4 * u64::from(Planes::layout(format, rows, cols).words);
+        let total = 4 * u64::from(Planes::of(format, l, rows, cols).words);
         let limit = (total / 3 + 4096).next_multiple_of(256);
         assert_eq!(
-            weight::shard_rows(format, rows, cols, limit).len(),
+            weight::shard_rows_of(format, l, rows, cols, limit).len(),
             3,
             "{}",
             format.name()
@@ -262,6 +328,76 @@ fn portable_kernels_without_subgroups() {
             ..Case::new(format, 300, 64, 5)
         };
         case.run(&[5], 9);
+    }
+}
+
+#[test]
+fn mixed_chunks_roundtrip_every_width() {
+    let mut r = rand::rngs::StdRng::seed_from_u64(5);
+    for bits in 1..=8u32 {
+        let q: [u32; 32] = std::array::from_fn(|_| r.random_range(0..1u32 << bits));
+        let words = weight::mixed_chunk(&q, bits);
+        assert_eq!(words.len(), bits as usize);
+        for (k, &want) in q.iter().enumerate() {
+            assert_eq!(
+                weight::mixed_code(&words, bits, k),
+                want,
+                "bits {bits} k {k}"
+            );
+        }
+    }
+    // 3 bits: a 2-bit segment (low bits) then a 1-bit segment.
+    let mut q = [0u32; 32];
+    q[1] = 0b110;
+    let w = weight::mixed_chunk(&q, 3);
+    assert_eq!(w, vec![0b10 << 2, 0, 1 << 1]);
+}
+
+#[test]
+fn mixed_layout_counts_and_rejects() {
+    // SmolLM2's 576 columns in groups of 128: four full groups and one of 64.
+    let l = MixedLayout::new(128, 576, vec![2, 3, 2, 1, 4]).unwrap();
+    assert_eq!(l.group_len(4), 64);
+    assert_eq!(l.row_words(), (2 + 3 + 2 + 1) * 4 + 4 * 2);
+    assert_eq!(l.table()[8..], [32, 4 | 2 << 8]);
+    // Codes 2.33 bits on average, plus 32 bits of scale and min per group.
+    let bpw = l.bits_per_weight();
+    assert!(
+        (bpw - (40.0 * 32.0 + 5.0 * 32.0) / 576.0).abs() < 1e-12,
+        "{bpw}"
+    );
+    for (g, c, b) in [
+        (48, 576, vec![2; 12]),
+        (128, 100, vec![2]),
+        (128, 576, vec![2; 4]),
+    ] {
+        assert!(MixedLayout::new(g, c, b).is_err());
+    }
+    assert!(MixedLayout::new(128, 576, vec![2, 3, 0, 1, 4]).is_err());
+    assert!(MixedLayout::new(128, 576, vec![2, 3, 9, 1, 4]).is_err());
+    // Mixed data cannot be packed as a llama.cpp type, nor a table looked up as one.
+    assert!(pack_ggml(WeightFormat::Mixed, 1, 32, &[]).is_err());
+}
+
+#[test]
+fn mixed_dequantizes_as_d_q_plus_m() {
+    let m = RandomMixed::new(3, 576, 2);
+    let p = m.host(3).pack_rows(1, 2).unwrap();
+    let w = dequantize_packed(&p);
+    let l = &m.layout;
+    let (ng, rw) = (l.n_groups() as usize, l.row_words() as usize);
+    for (r, row) in w.chunks_exact(576).enumerate() {
+        let src = r + 1;
+        for (c, &v) in row.iter().enumerate() {
+            let g = c / l.group as usize;
+            let bits = u32::from(l.bits[g]);
+            let in_group = c - g * l.group as usize;
+            let at = src * rw + l.group_offset(g as u32) as usize + in_group / 32 * bits as usize;
+            let q = weight::mixed_code(&m.codes[at..], bits, in_group % 32) as f32;
+            let d = f16::from_bits(m.scales[src * ng + g]).to_f32();
+            let mn = f16::from_bits(m.mins[src * ng + g]).to_f32();
+            assert_eq!(v, d * q + mn, "row {r} col {c}");
+        }
     }
 }
 

@@ -62,6 +62,8 @@ fn format_code(f: WeightFormat) -> u32 {
         WeightFormat::Q4_0 => 2,
         WeightFormat::Q4_1 => 3,
         WeightFormat::Q8_0 => 4,
+        // Rejected by `check`.
+        WeightFormat::Mixed => u32::MAX,
     }
 }
 
@@ -85,6 +87,11 @@ impl OpDef for Embedding {
             t.cols
         );
         ensure_shape!(!t.shards.is_empty(), OP, "table has no shards");
+        ensure_shape!(
+            t.format != WeightFormat::Mixed,
+            OP,
+            "mixed-width tables are not supported for lookups (store the embedding as q8_0, q4_1, q4_0, f16 or f32)"
+        );
         let quantized = !matches!(t.format, WeightFormat::F32 | WeightFormat::F16);
         ensure_shape!(
             !quantized || t.cols.is_multiple_of(GROUP),

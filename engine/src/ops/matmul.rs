@@ -41,18 +41,30 @@ use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
 use crate::ops::{check_bytes, grid1, write_params};
 use crate::pipeline::Kernel;
 use crate::shader::ShaderSource;
-use crate::shader::lib::{QBLOCK, QMATMUL};
+use crate::shader::lib::{MXMATMUL, QBLOCK, QMATMUL, TILES, XLOAD, XLOAD_SG};
 use crate::tensor::WeightFormat;
 use crate::weight::{GROUP, Planes, Shard, WeightRef};
 use crate::{Caps, Result};
 
-crate::shader!(SHADER_Q, "matmul_q", [QBLOCK, QMATMUL]);
-crate::shader!(SHADER_Q_SG, "matmul_q_sg", [QBLOCK, QMATMUL]);
+crate::shader!(SHADER_Q, "matmul_q", [QBLOCK, QMATMUL, TILES, XLOAD]);
+crate::shader!(
+    SHADER_Q_SG,
+    "matmul_q_sg",
+    [QBLOCK, QMATMUL, TILES, XLOAD_SG]
+);
+crate::shader!(SHADER_MX, "matmul_mx", [MXMATMUL, TILES, XLOAD]);
+crate::shader!(SHADER_MX_SG, "matmul_mx_sg", [MXMATMUL, TILES, XLOAD_SG]);
 crate::shader!(SHADER_F, "matmul_f", []);
 
 /// Every matmul shader, for the naga translation tests.
 pub fn shaders() -> Vec<&'static ShaderSource> {
-    vec![&SHADER_Q, &SHADER_Q_SG, &SHADER_F]
+    vec![
+        &SHADER_Q,
+        &SHADER_Q_SG,
+        &SHADER_MX,
+        &SHADER_MX_SG,
+        &SHADER_F,
+    ]
 }
 
 /// Workgroup size of every matmul kernel (mirrors `WG` in the shaders).
@@ -88,6 +100,11 @@ pub struct MatMulParams {
     pub out_col: u32,
     /// Workgroups along rows (the tiled grid folds (token, row) tiles into one id).
     pub row_tiles: u32,
+    /// Mixed only: column groups, code words per row, columns per group.
+    pub n_groups: u32,
+    pub row_words: u32,
+    pub group: u32,
+    pub _pad: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -111,7 +128,7 @@ enum Path {
 fn is_block_format(f: WeightFormat) -> bool {
     matches!(
         f,
-        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 | WeightFormat::Mixed
     )
 }
 
@@ -129,6 +146,7 @@ fn entries(format: WeightFormat) -> (&'static str, &'static str) {
         WeightFormat::Q4_0 => ("matvec_q4_0", "matmul_q4_0"),
         WeightFormat::Q4_1 => ("matvec_q4_1", "matmul_q4_1"),
         WeightFormat::Q8_0 => ("matvec_q8_0", "matmul_q8_0"),
+        WeightFormat::Mixed => ("matvec_mixed", "matmul_mixed"),
     }
 }
 
@@ -196,11 +214,18 @@ impl MatMul {
                 Path::Tiled => Kernel::new(&SHADER_F, entry),
             };
         }
-        let shader = if caps.subgroups {
-            &SHADER_Q_SG
-        } else {
-            &SHADER_Q
+        let shader = match (self.w.format == WeightFormat::Mixed, caps.subgroups) {
+            (true, true) => &SHADER_MX_SG,
+            (true, false) => &SHADER_MX,
+            (false, true) => &SHADER_Q_SG,
+            (false, false) => &SHADER_Q,
         };
+        if self.w.format == WeightFormat::Mixed {
+            return match path {
+                Path::MatVec => Kernel::new(shader, entry).with("R", q_matvec_rows(shard.rows)),
+                Path::Tiled => Kernel::new(shader, entry),
+            };
+        }
         match path {
             Path::MatVec => Kernel::new(shader, entry)
                 .with("R", q_matvec_rows(shard.rows))
@@ -226,7 +251,7 @@ impl MatMul {
         };
         let x_bytes = 4 * u64::from(self.w.cols) * u64::from(self.max_rows);
         let out_bytes = 4 * u64::from(self.w.rows) * u64::from(self.out_rows());
-        vec![
+        let mut b = vec![
             Binding::read_range(self.x, 0, x_bytes),
             codes,
             scales,
@@ -235,7 +260,15 @@ impl MatMul {
                 range: Some((0, out_bytes)),
                 ..Binding::write(self.out)
             },
-        ]
+        ];
+        if self.w.format == WeightFormat::Mixed {
+            b.push(Binding::read_range(
+                s.tensor,
+                4 * u64::from(p.table),
+                p.table_bytes(),
+            ));
+        }
+        b
     }
 }
 
@@ -256,9 +289,16 @@ impl OpDef for MatMul {
             f.name()
         );
         crate::ensure_shape!(!self.w.shards.is_empty(), OP, "weight has no shards");
+        let mixed = self.w.mixed.as_deref();
+        crate::ensure_shape!(
+            (f == WeightFormat::Mixed) == mixed.is_some() && mixed.is_none_or(|l| l.cols == cols),
+            OP,
+            "{} weight of {cols} columns with mixed layout {mixed:?}",
+            f.name()
+        );
         self.w.check(g, OP)?;
         for s in &self.w.shards {
-            let want = Planes::layout(f, s.rows, cols);
+            let want = Planes::of(f, mixed, s.rows, cols);
             crate::ensure_shape!(
                 s.planes == want,
                 OP,
@@ -319,7 +359,16 @@ impl OpDef for MatMul {
             out_stride: self.w.rows,
             out_col: shard.row_start,
             row_tiles: row_groups,
+            n_groups: 0,
+            row_words: 0,
+            group: 0,
+            _pad: 0,
         };
+        if let Some(l) = self.w.mixed.as_deref() {
+            p.n_groups = l.n_groups();
+            p.row_words = l.row_words();
+            p.group = l.group;
+        }
         if path == Path::Tiled {
             p.n_tokens = n;
             p.x_row = 0;

@@ -72,14 +72,16 @@ pub fn host_dtype(ggml_type: u32) -> Option<HostDType> {
     })
 }
 
-/// The ggml type id of a host dtype (inverse of [`host_dtype`]).
-pub fn ggml_type_of(dtype: HostDType) -> u32 {
-    match dtype {
+/// The ggml type id of a host dtype (inverse of [`host_dtype`]); `None`
+/// for Lamina's Mixed, which GGUF has no type for.
+pub fn ggml_type_of(dtype: HostDType) -> Option<u32> {
+    Some(match dtype {
         HostDType::F32 => 0,
         HostDType::F16 => 1,
         HostDType::Q4_0 => 2,
         HostDType::Q4_1 => 3,
         HostDType::Q8_0 => 8,
         HostDType::BF16 => 30,
-    }
+        HostDType::Mixed => return None,
+    })
 }

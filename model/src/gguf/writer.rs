@@ -64,14 +64,16 @@ impl GgufWriter {
         self.tensor(name, shape, 0, data)
     }
 
-    /// Copies a host tensor (any [`crate::weights::HostDType`]) under `name`.
+    /// Copies a host tensor under `name`. Mixed tensors, which GGUF has no
+    /// type for, are written dequantized as f32 (NaN if they do not decode).
     pub fn host_tensor(&mut self, name: impl Into<String>, t: &HostTensor) -> &mut Self {
-        self.tensor(
-            name,
-            &t.shape,
-            ggml_type_of(t.dtype),
-            t.data.as_slice().to_vec(),
-        )
+        match ggml_type_of(t.dtype) {
+            Some(ty) => self.tensor(name, &t.shape, ty, t.data.as_slice().to_vec()),
+            None => {
+                let v = t.to_f32().unwrap_or_else(|_| vec![f32::NAN; t.numel()]);
+                self.tensor_f32(name, &t.shape, &v)
+            }
+        }
     }
 
     fn alignment(&self) -> usize {

@@ -50,6 +50,11 @@ pub fn quantize_into(dtype: HostDType, x: &[f32], out: &mut [u8]) -> Result<()> 
     }
     // Fixed-size arrays per element / block: no bounds checks in the loops.
     match dtype {
+        HostDType::Mixed => {
+            return Err(ModelError::Input(
+                "mixed-width weights are made by `lamina quantize`, not a block encoder".into(),
+            ));
+        }
         HostDType::F32 => {
             for (o, v) in out.as_chunks_mut::<4>().0.iter_mut().zip(x) {
                 *o = v.to_le_bytes();
@@ -200,6 +205,7 @@ mod tests {
                 let d = amax / 127.0;
                 d / 2.0 + 127.0 * f16_err(d)
             }
+            HostDType::Mixed => f32::NAN,
         }
     }
 

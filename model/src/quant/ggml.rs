@@ -36,6 +36,8 @@ pub fn byte_len(dtype: HostDType, n: usize) -> Option<usize> {
         HostDType::Q4_0 => 18,
         HostDType::Q4_1 => 20,
         HostDType::Q8_0 => 34,
+        // Not a flat encoding (see weights::MixedTensor).
+        HostDType::Mixed => return None,
     };
     (n / block).checked_mul(per_block)
 }
@@ -53,6 +55,11 @@ pub fn dequantize(dtype: HostDType, bytes: &[u8], n: usize) -> Result<Vec<f32>> 
 pub fn dequantize_into(dtype: HostDType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     check_len(dtype, bytes, out.len())?;
     match dtype {
+        HostDType::Mixed => {
+            return Err(ModelError::Input(
+                "mixed-width weights dequantize through their layout (HostTensor::to_f32)".into(),
+            ));
+        }
         HostDType::F32 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
                 *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);

@@ -1,0 +1,38 @@
+// lib/xload_sg.wgsl: x blocks for the matmul kernels through subgroup
+// broadcasts (see lib/xload.wgsl for the contract; same functions).
+
+struct XBlock {
+    v: array<vec4<f32>, 8>,
+}
+
+// x vec4s base .. base + 8 (one 32-column block of one token) in every lane:
+// lanes 0..7 load one vec4 each and broadcast it (one load per lane instead
+// of eight). Subgroups of 4 lanes (WebGPU's minimum) load the second half
+// too. `sgs` is uniform, so the branch is too; where the driver does not
+// fold it, llvmpipe's masked else-side costs little (its load skips every lane).
+// All lanes of the subgroup must pass the same `base`.
+fn x_block(base: u32, lane: u32, sgs: u32) -> XBlock {
+    var b: XBlock;
+    let v0 = x[base + (lane & 7u)];
+    b.v[0] = subgroupBroadcast(v0, 0u);
+    b.v[1] = subgroupBroadcast(v0, 1u);
+    b.v[2] = subgroupBroadcast(v0, 2u);
+    b.v[3] = subgroupBroadcast(v0, 3u);
+    if sgs >= 8u {
+        b.v[4] = subgroupBroadcast(v0, 4u);
+        b.v[5] = subgroupBroadcast(v0, 5u);
+        b.v[6] = subgroupBroadcast(v0, 6u);
+        b.v[7] = subgroupBroadcast(v0, 7u);
+    } else {
+        let v1 = x[base + 4u + (lane & 3u)];
+        b.v[4] = subgroupBroadcast(v1, 0u);
+        b.v[5] = subgroupBroadcast(v1, 1u);
+        b.v[6] = subgroupBroadcast(v1, 2u);
+        b.v[7] = subgroupBroadcast(v1, 3u);
+    }
+    return b;
+}
+
+fn any_lane(v: bool) -> bool {
+    return subgroupAny(v);
+}
