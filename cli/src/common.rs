@@ -88,6 +88,7 @@ pub fn load_host_model(a: &ModelArgs) -> Result<LoadedModel> {
             tokenizer_spec: Default::default(),
             source: format!("synthetic:{preset}"),
             file_type: a.synthetic_format.to_uppercase(),
+            recipe: None,
         });
     }
     let path = match &a.model {

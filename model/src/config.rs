@@ -1,7 +1,7 @@
 //! Llama-family hyperparameters, read from GGUF metadata or an HF config.json.
 
 /// How RoPE pairs the dimensions of a head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RopeStyle {
     /// Pairs (2i, 2i+1): llama.cpp's Llama GGUF files store attn_q / attn_k rows
     /// permuted for this.
@@ -10,7 +10,7 @@ pub enum RopeStyle {
     Neox,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LlamaConfig {
     /// Architecture string as found in the file (e.g. "llama").
     pub arch: String,

@@ -46,6 +46,7 @@ pub fn load_dir(dir: &Path) -> Result<LoadedModel> {
         tokenizer_spec,
         source: dir.display().to_string(),
         file_type,
+        recipe: None,
     })
 }
 

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod gguf;
 pub mod hf;
 pub mod kv_cache;
+pub mod lamina_file;
 pub mod llama;
 pub mod loader;
 pub mod quant;

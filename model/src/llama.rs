@@ -10,14 +10,14 @@ use std::sync::Arc;
 
 use lamina_engine::graph::{Graph, Op, TensorId};
 use lamina_engine::ops::{
-    add, attention, embedding, kv_write, matmul, rmsnorm, rope, sample, swiglu,
+    add, attention, embedding, gram, kv_write, matmul, rmsnorm, rope, sample, swiglu,
 };
 use lamina_engine::weight::{GpuWeight, HostData, HostWeight};
 use lamina_engine::{DType, Gpu, Tensor, WeightFormat, WeightRef};
 
 use crate::kv_cache::{KvCache, KvFormat};
 use crate::loader::LoadedModel;
-use crate::weights::{HostDType, HostTensor};
+use crate::weights::{HostDType, HostTensor, LayerWeights};
 use crate::{LlamaConfig, ModelError, Result, RopeStyle};
 
 /// How the checkpoint's weights are stored on the GPU.
@@ -57,6 +57,23 @@ pub struct GpuLayer {
     pub w_gate: GpuWeight,
     pub w_up: GpuWeight,
     pub w_down: GpuWeight,
+}
+
+impl GpuLayer {
+    /// Uploads one layer's weights in the format `mode` asks for.
+    pub fn upload(gpu: &Gpu, l: &LayerWeights, mode: WeightMode) -> Result<GpuLayer> {
+        Ok(GpuLayer {
+            attn_norm: upload_vector(gpu, &l.attn_norm)?,
+            wq: upload_matrix(gpu, &l.wq, mode)?,
+            wk: upload_matrix(gpu, &l.wk, mode)?,
+            wv: upload_matrix(gpu, &l.wv, mode)?,
+            wo: upload_matrix(gpu, &l.wo, mode)?,
+            ffn_norm: upload_vector(gpu, &l.ffn_norm)?,
+            w_gate: upload_matrix(gpu, &l.w_gate, mode)?,
+            w_up: upload_matrix(gpu, &l.w_up, mode)?,
+            w_down: upload_matrix(gpu, &l.w_down, mode)?,
+        })
+    }
 }
 
 /// Weights and KV cache on the GPU.
@@ -174,17 +191,7 @@ impl GpuModel {
         let token_embd = upload_matrix(&gpu, &w.token_embd, mode)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for (i, l) in w.layers.iter().enumerate() {
-            layers.push(GpuLayer {
-                attn_norm: upload_vector(&gpu, &l.attn_norm)?,
-                wq: upload_matrix(&gpu, &l.wq, mode)?,
-                wk: upload_matrix(&gpu, &l.wk, mode)?,
-                wv: upload_matrix(&gpu, &l.wv, mode)?,
-                wo: upload_matrix(&gpu, &l.wo, mode)?,
-                ffn_norm: upload_vector(&gpu, &l.ffn_norm)?,
-                w_gate: upload_matrix(&gpu, &l.w_gate, mode)?,
-                w_up: upload_matrix(&gpu, &l.w_up, mode)?,
-                w_down: upload_matrix(&gpu, &l.w_down, mode)?,
-            });
+            layers.push(GpuLayer::upload(&gpu, l, mode)?);
             progress(i + 1, total);
         }
         let output_norm = upload_vector(&gpu, &w.output_norm)?;
@@ -281,11 +288,7 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
     let n = max_tokens;
     let f32s = |elems: usize| 4 * elems as u64 * u64::from(n);
     let (dim, q_dim, kv_dim, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
-    let (hd, nh, nkv) = (c.head_dim as u32, c.n_heads as u32, c.n_kv_heads as u32);
-    let style = match c.rope_style {
-        RopeStyle::Interleaved => rope::RopeStyle::Interleaved,
-        RopeStyle::Neox => rope::RopeStyle::Neox,
-    };
+    let (hd, nh) = (c.head_dim as u32, c.n_heads as u32);
     let max_ctx = m.kv.max_ctx as u32;
     let mut g = Graph::new();
 
@@ -315,120 +318,29 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
         }),
     )?;
 
-    // x → h: RMSNorm of the residual stream with weight `w`.
-    let norm = |g: &mut Graph, w: &Tensor, label: String| -> Result<()> {
-        let weight = external(g, &label, w);
-        let op = rmsnorm::RmsNorm {
-            x,
-            weight,
-            out: h,
-            dim: dim as u32,
-            eps: c.norm_eps,
-            max_rows: n,
-        };
-        g.push(label, Op::RmsNorm(op))?;
-        Ok(())
+    let io = LayerIo {
+        x,
+        h,
+        h_ffn: h,
+        q,
+        k,
+        v,
+        att,
+        o,
+        gate,
+        up,
+        act,
+        down,
+        att_scratch,
     };
-    // x += y: the residual connection.
-    let residual = |g: &mut Graph, y: TensorId, label: String| -> Result<()> {
-        g.push(
-            label,
-            Op::Add(add::Add {
-                x,
-                y,
-                dim: dim as u32,
-                max_rows: n,
-            }),
-        )?;
-        Ok(())
-    };
-
     for (l, lw) in m.layers.iter().enumerate() {
-        let p = |s: &str| format!("blk.{l}.{s}");
-        let mm =
-            |g: &mut Graph, x: TensorId, w: &GpuWeight, out: TensorId, name: &str| -> Result<()> {
-                let w = weight(g, w, &p(name));
-                g.push(
-                    p(name),
-                    Op::MatMul(matmul::MatMul {
-                        x,
-                        w,
-                        out,
-                        max_rows: n,
-                        last_row_only: false,
-                    }),
-                )?;
-                Ok(())
-            };
-        norm(&mut g, &lw.attn_norm, p("attn_norm"))?;
-        mm(&mut g, h, &lw.wq, q, "attn_q")?;
-        mm(&mut g, h, &lw.wk, k, "attn_k")?;
-        mm(&mut g, h, &lw.wv, v, "attn_v")?;
-        for (t, heads, name) in [(q, nh, "rope_q"), (k, nkv, "rope_k")] {
-            g.push(
-                p(name),
-                Op::Rope(rope::Rope {
-                    x: t,
-                    n_heads: heads,
-                    head_dim: hd,
-                    theta: c.rope_theta,
-                    style,
-                    max_rows: n,
-                }),
-            )?;
-        }
-        let k_cache = external(&mut g, &p("k_cache"), &m.kv.k[l]);
-        let v_cache = external(&mut g, &p("v_cache"), &m.kv.v[l]);
-        g.push(
-            p("kv_write"),
-            Op::KvWrite(kv_write::KvWrite {
-                k,
-                v,
-                k_cache,
-                v_cache,
-                n_kv_heads: nkv,
-                head_dim: hd,
-                max_ctx,
-                max_rows: n,
-            }),
-        )?;
-        g.push(
-            p("attn"),
-            Op::Attention(attention::Attention {
-                q,
-                k_cache,
-                v_cache,
-                out: att,
-                scratch: att_scratch,
-                n_heads: nh,
-                n_kv_heads: nkv,
-                head_dim: hd,
-                max_ctx,
-                max_rows: n,
-                scale: 1.0 / (hd as f32).sqrt(),
-            }),
-        )?;
-        mm(&mut g, att, &lw.wo, o, "attn_output")?;
-        residual(&mut g, o, p("attn_residual"))?;
-
-        norm(&mut g, &lw.ffn_norm, p("ffn_norm"))?;
-        mm(&mut g, h, &lw.w_gate, gate, "ffn_gate")?;
-        mm(&mut g, h, &lw.w_up, up, "ffn_up")?;
-        g.push(
-            p("swiglu"),
-            Op::SwiGlu(swiglu::SwiGlu {
-                gate,
-                up,
-                out: act,
-                dim: ffn as u32,
-                max_rows: n,
-            }),
-        )?;
-        mm(&mut g, act, &lw.w_down, down, "ffn_down")?;
-        residual(&mut g, down, p("ffn_residual"))?;
+        let k_cache = external(&mut g, &format!("blk.{l}.k_cache"), &m.kv.k[l]);
+        let v_cache = external(&mut g, &format!("blk.{l}.v_cache"), &m.kv.v[l]);
+        push_layer(&mut g, c, l, lw, &io, (k_cache, v_cache), max_ctx, n, None)?;
     }
 
-    norm(&mut g, &m.output_norm, "output_norm".to_string())?;
+    let w = external(&mut g, "output_norm", &m.output_norm);
+    push_norm(&mut g, c, x, w, h, n, "output_norm".to_string())?;
     let vocab = c.vocab_size as u64;
     let lm = weight(&mut g, m.lm_head(), "output");
     let io = match head {
@@ -488,4 +400,210 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
         }
     };
     Ok((g, io))
+}
+
+/// The activations one layer reads and writes (`[n, width]` f32 each).
+#[derive(Debug, Clone, Copy)]
+pub struct LayerIo {
+    /// The residual stream, updated in place.
+    pub x: TensorId,
+    /// Attention-norm output (input of q/k/v).
+    pub h: TensorId,
+    /// FFN-norm output (input of gate/up); may be `h`.
+    pub h_ffn: TensorId,
+    pub q: TensorId,
+    pub k: TensorId,
+    pub v: TensorId,
+    /// Attention output (input of the output projection).
+    pub att: TensorId,
+    pub o: TensorId,
+    pub gate: TensorId,
+    pub up: TensorId,
+    /// SwiGLU output (input of the down projection).
+    pub act: TensorId,
+    pub down: TensorId,
+    pub att_scratch: Option<TensorId>,
+}
+
+/// Gram accumulators (`[width, width]` f32) of the four linear-layer
+/// inputs, for GPTQ's Hessians: q/k/v's, the output projection's,
+/// gate/up's and down's.
+#[derive(Debug, Clone, Copy)]
+pub struct GramTaps {
+    pub attn_in: TensorId,
+    pub attn_out: TensorId,
+    pub ffn_in: TensorId,
+    pub ffn_act: TensorId,
+}
+
+/// `out = RMSNorm(x) * w`.
+fn push_norm(
+    g: &mut Graph,
+    c: &LlamaConfig,
+    x: TensorId,
+    weight: TensorId,
+    out: TensorId,
+    n: u32,
+    label: String,
+) -> Result<()> {
+    let op = rmsnorm::RmsNorm {
+        x,
+        weight,
+        out,
+        dim: c.dim as u32,
+        eps: c.norm_eps,
+        max_rows: n,
+    };
+    g.push(label, Op::RmsNorm(op))?;
+    Ok(())
+}
+
+fn push_gram(
+    g: &mut Graph,
+    x: TensorId,
+    out: TensorId,
+    dim: usize,
+    n: u32,
+    label: String,
+) -> Result<()> {
+    g.push(
+        label,
+        Op::Gram(gram::Gram {
+            x,
+            out,
+            dim: dim as u32,
+            max_rows: n,
+        }),
+    )?;
+    Ok(())
+}
+
+/// Pushes layer `l`: rmsnorm → q/k/v → RoPE → cache write → causal GQA
+/// attention → output projection → residual → rmsnorm → SwiGLU FFN →
+/// residual, over the KV cache `(k_cache, v_cache)` of `max_ctx` positions,
+/// for steps of up to `n` tokens; with `taps`, also the Gram accumulations of
+/// the linear layers' inputs.
+#[allow(clippy::too_many_arguments)]
+pub fn push_layer(
+    g: &mut Graph,
+    c: &LlamaConfig,
+    l: usize,
+    lw: &GpuLayer,
+    io: &LayerIo,
+    (k_cache, v_cache): (TensorId, TensorId),
+    max_ctx: u32,
+    n: u32,
+    taps: Option<&GramTaps>,
+) -> Result<()> {
+    let (hd, nh, nkv) = (c.head_dim as u32, c.n_heads as u32, c.n_kv_heads as u32);
+    let style = match c.rope_style {
+        RopeStyle::Interleaved => rope::RopeStyle::Interleaved,
+        RopeStyle::Neox => rope::RopeStyle::Neox,
+    };
+    let p = |s: &str| format!("blk.{l}.{s}");
+    let mm = |g: &mut Graph, x: TensorId, w: &GpuWeight, out: TensorId, name: &str| -> Result<()> {
+        let w = weight(g, w, &p(name));
+        g.push(
+            p(name),
+            Op::MatMul(matmul::MatMul {
+                x,
+                w,
+                out,
+                max_rows: n,
+                last_row_only: false,
+            }),
+        )?;
+        Ok(())
+    };
+    let residual = |g: &mut Graph, y: TensorId, label: String| -> Result<()> {
+        g.push(
+            label,
+            Op::Add(add::Add {
+                x: io.x,
+                y,
+                dim: c.dim as u32,
+                max_rows: n,
+            }),
+        )?;
+        Ok(())
+    };
+    let w = external(g, &p("attn_norm"), &lw.attn_norm);
+    push_norm(g, c, io.x, w, io.h, n, p("attn_norm"))?;
+    if let Some(t) = taps {
+        push_gram(g, io.h, t.attn_in, c.dim, n, p("gram_attn_in"))?;
+    }
+    mm(g, io.h, &lw.wq, io.q, "attn_q")?;
+    mm(g, io.h, &lw.wk, io.k, "attn_k")?;
+    mm(g, io.h, &lw.wv, io.v, "attn_v")?;
+    for (t, heads, name) in [(io.q, nh, "rope_q"), (io.k, nkv, "rope_k")] {
+        g.push(
+            p(name),
+            Op::Rope(rope::Rope {
+                x: t,
+                n_heads: heads,
+                head_dim: hd,
+                theta: c.rope_theta,
+                style,
+                max_rows: n,
+            }),
+        )?;
+    }
+    g.push(
+        p("kv_write"),
+        Op::KvWrite(kv_write::KvWrite {
+            k: io.k,
+            v: io.v,
+            k_cache,
+            v_cache,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            max_ctx,
+            max_rows: n,
+        }),
+    )?;
+    g.push(
+        p("attn"),
+        Op::Attention(attention::Attention {
+            q: io.q,
+            k_cache,
+            v_cache,
+            out: io.att,
+            scratch: io.att_scratch,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            max_ctx,
+            max_rows: n,
+            scale: 1.0 / (hd as f32).sqrt(),
+        }),
+    )?;
+    if let Some(t) = taps {
+        push_gram(g, io.att, t.attn_out, c.q_dim(), n, p("gram_attn_out"))?;
+    }
+    mm(g, io.att, &lw.wo, io.o, "attn_output")?;
+    residual(g, io.o, p("attn_residual"))?;
+
+    let w = external(g, &p("ffn_norm"), &lw.ffn_norm);
+    push_norm(g, c, io.x, w, io.h_ffn, n, p("ffn_norm"))?;
+    if let Some(t) = taps {
+        push_gram(g, io.h_ffn, t.ffn_in, c.dim, n, p("gram_ffn_in"))?;
+    }
+    mm(g, io.h_ffn, &lw.w_gate, io.gate, "ffn_gate")?;
+    mm(g, io.h_ffn, &lw.w_up, io.up, "ffn_up")?;
+    g.push(
+        p("swiglu"),
+        Op::SwiGlu(swiglu::SwiGlu {
+            gate: io.gate,
+            up: io.up,
+            out: io.act,
+            dim: c.ffn_dim as u32,
+            max_rows: n,
+        }),
+    )?;
+    if let Some(t) = taps {
+        push_gram(g, io.act, t.ffn_act, c.ffn_dim, n, p("gram_ffn_act"))?;
+    }
+    mm(g, io.act, &lw.w_down, io.down, "ffn_down")?;
+    residual(g, io.down, p("ffn_residual"))?;
+    Ok(())
 }

@@ -23,6 +23,8 @@ pub struct LoadedModel {
     pub source: String,
     /// Weight format, e.g. "Q4_1" (from GGUF `general.file_type`) or "BF16".
     pub file_type: String,
+    /// How a `.lamina.safetensors` file was made (its `lamina.recipe`).
+    pub recipe: Option<serde_json::Value>,
 }
 
 /// Loads a `.gguf` file, or a Hugging Face directory (config.json + safetensors).
@@ -31,12 +33,15 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
     if meta.is_dir() {
         return crate::hf::load_dir(path);
     }
+    if crate::lamina_file::is_lamina_file(path) {
+        return crate::lamina_file::load(path);
+    }
     let is_gguf = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
     if !is_gguf && !starts_with_gguf_magic(path) {
         return Err(ModelError::Input(format!(
-            "{}: expected a .gguf file or a Hugging Face model directory",
+            "{}: expected a .gguf file, a .lamina.safetensors file or a Hugging Face model directory",
             path.display()
         )));
     }
@@ -59,6 +64,7 @@ pub fn load_gguf(g: &GgufFile) -> Result<LoadedModel> {
     let tokenizer_spec = tokenizer_from_gguf(g, config.vocab_size)?;
     Ok(LoadedModel {
         file_type: gguf_file_type(g)?,
+        recipe: None,
         config,
         weights,
         tokenizer_spec,

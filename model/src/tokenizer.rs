@@ -34,7 +34,7 @@ use tokenizers::{
 
 use crate::{ModelError, Result};
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct TokenizerSpec {
     /// "gpt2" (byte-level BPE) or "llama" (SentencePiece BPE), or "hf-json" when `hf_json` is set.
     pub model: String,

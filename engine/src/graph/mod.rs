@@ -161,6 +161,7 @@ pub enum Op {
     SwiGlu(ops::swiglu::SwiGlu),
     Add(ops::add::Add),
     Sample(ops::sample::Sample),
+    Gram(ops::gram::Gram),
 }
 
 impl Op {
@@ -175,6 +176,7 @@ impl Op {
             Op::SwiGlu(o) => o,
             Op::Add(o) => o,
             Op::Sample(o) => o,
+            Op::Gram(o) => o,
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod add;
 pub mod attention;
 pub mod embedding;
+pub mod gram;
 pub mod kv_write;
 pub mod matmul;
 pub mod rmsnorm;
@@ -27,6 +28,7 @@ pub fn all_shaders() -> Vec<&'static ShaderSource> {
         &swiglu::SHADER,
         &kv_write::SHADER,
         &sample::SHADER,
+        &gram::SHADER,
     ];
     v.extend(matmul::shaders());
     v.extend(attention::shaders());

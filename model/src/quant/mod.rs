@@ -1,4 +1,9 @@
-//! Weight formats: GGUF block formats, and (later) RTN, GPTQ, SliM-LLM.
+//! Weight formats and quantizers: GGUF block formats, and round-to-nearest,
+//! GPTQ and SliM-LLM into Lamina's mixed-width groups.
 
 pub mod encode;
 pub mod ggml;
+pub mod gptq;
+pub mod pipeline;
+pub mod rtn;
+pub mod slim;
