@@ -29,7 +29,8 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         Some(p) => p.clone(),
         None => fetch::default_model_path()?,
     };
-    if path.extension().is_some_and(|e| e == "gguf") || path.is_file() {
+    let lamina = lamina_model::lamina_file::is_lamina_file(&path);
+    if !lamina && (path.extension().is_some_and(|e| e == "gguf") || path.is_file()) {
         let g = GgufFile::open(&path)?;
         println!(
             "file: {} ({} bytes, GGUF v{})",
@@ -105,6 +106,46 @@ pub fn run(a: &InspectArgs) -> Result<()> {
             / 1048576.0,
         c.max_seq_len
     );
+    if let Some(r) = &m.recipe {
+        println!("recipe: {r}");
+        let (bpw, bytes, params) = lamina_model::quant::pipeline::bits_per_weight(&m.weights);
+        println!(
+            "weights: {params} parameters in {bytes} bytes: {bpw:.3} bits per weight (all tensors, scales and mins included)"
+        );
+        let mut lin_bytes = 0u64;
+        let mut lin_params = 0u64;
+        for (i, l) in m.weights.layers.iter().enumerate() {
+            let mut line = format!("  blk.{i:<3}");
+            for (name, t) in [
+                ("q", &l.wq),
+                ("k", &l.wk),
+                ("v", &l.wv),
+                ("o", &l.wo),
+                ("gate", &l.w_gate),
+                ("up", &l.w_up),
+                ("down", &l.w_down),
+            ] {
+                lin_bytes += t.byte_size() as u64;
+                lin_params += t.numel() as u64;
+                match &t.mixed {
+                    Some(mx) => {
+                        let bits: String = mx.layout.bits.iter().map(|b| b.to_string()).collect();
+                        line.push_str(&format!(
+                            " {name} {bits} ({:.2})",
+                            8.0 * t.byte_size() as f64 / t.numel() as f64
+                        ));
+                    }
+                    None => line.push_str(&format!(" {name} {:?}", t.dtype)),
+                }
+            }
+            println!("{line}");
+        }
+        println!(
+            "linear layers: {:.3} bits per weight (codes, f16 scales and mins); token_embd {:?}",
+            8.0 * lin_bytes as f64 / lin_params.max(1) as f64,
+            m.weights.token_embd.dtype
+        );
+    }
     let s = &m.tokenizer_spec;
     println!(
         "tokenizer: {} (pre {}), {} tokens, bos {:?}, eos {:?}, add_bos {}, chat template: {}",

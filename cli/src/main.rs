@@ -6,6 +6,7 @@ mod fetch;
 mod generate;
 mod inspect;
 mod perplexity;
+mod quantize;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Show a model's metadata, tensors, formats and sizes.
     Inspect(inspect::InspectArgs),
+    /// Quantize a model to mixed-width 1..8-bit groups (RTN, GPTQ, SliM-LLM).
+    Quantize(quantize::QuantizeArgs),
     /// Download the default model (SmolLM2-135M-Instruct Q4_1) into the cache.
     Fetch(fetch::FetchArgs),
     /// List the GPU adapters wgpu can see, and the one Lamina would pick.
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Perplexity(a) => perplexity::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Fetch(a) => fetch::run(a),
         Command::Devices => common::list_devices(),
     };

@@ -1,0 +1,210 @@
+//! `lamina quantize`: a model to 1..8-bit mixed-width groups (RTN, GPTQ or
+//! SliM-LLM), written as one `.lamina.safetensors` file.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use lamina_model::lamina_file;
+use lamina_model::quant::gptq::GptqOptions;
+use lamina_model::quant::pipeline::{self, Method, QuantizeOptions};
+use lamina_model::weights::HostDType;
+
+use crate::common;
+
+#[derive(Args, Debug, Clone)]
+pub struct QuantizeArgs {
+    /// Source model: .gguf, Hugging Face directory or .lamina.safetensors
+    /// (default: SmolLM2-135M-Instruct Q4_1, fetched if missing). Its weights
+    /// dequantized to f32 are the full-precision reference.
+    #[arg(short = 'm', long = "model")]
+    pub model: Option<PathBuf>,
+    /// Output file (conventionally NAME.lamina.safetensors).
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// rtn (round-to-nearest), gptq, or slim (SliM-LLM: salience-driven
+    /// mixed precision on top of GPTQ).
+    #[arg(long, default_value = "slim")]
+    pub method: String,
+    /// Mean code width per weight: 1 to 8, fractional allowed (2.5 = groups at 2 and 3 bits).
+    #[arg(long, default_value_t = 4.0)]
+    pub bits: f64,
+    /// Input columns per group (a multiple of 32; a last shorter group is allowed).
+    #[arg(long, default_value_t = 128)]
+    pub group: u32,
+    /// Calibration text (default: $LAMINA_CALIB, else
+    /// ../shared/data/wikitext-2/wiki.valid.tokens when present). Never the test text.
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 32)]
+    pub samples: usize,
+    /// Tokens per calibration window.
+    #[arg(long = "seq-len", default_value_t = 512)]
+    pub seq_len: usize,
+    /// Seed of the calibration windows' offsets.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// GPTQ damping, a fraction of the Hessian's mean diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    pub damp: f64,
+    /// GPTQ act-order (columns by decreasing Hessian diagonal, static groups).
+    #[arg(long)]
+    pub act_order: bool,
+    /// Encoding of the token embedding (and an untied lm_head): q8_0, q4_1, q4_0, f16.
+    #[arg(long, default_value = "q8_0")]
+    pub embed: String,
+    /// Replace OUTPUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+const DEFAULT_CALIB: &str = "../shared/data/wikitext-2/wiki.valid.tokens";
+
+fn calib_path(a: &QuantizeArgs) -> Result<PathBuf> {
+    let p = match (&a.calib, std::env::var_os("LAMINA_CALIB")) {
+        (Some(p), _) => p.clone(),
+        (None, Some(env)) => PathBuf::from(env),
+        (None, None) if Path::new(DEFAULT_CALIB).exists() => PathBuf::from(DEFAULT_CALIB),
+        (None, None) => bail!(
+            "no calibration text: pass --calib FILE (any plain text in the model's language; \
+             WikiText-2's validation split is the usual choice) or set LAMINA_CALIB"
+        ),
+    };
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    if name.starts_with("wiki.test") {
+        bail!(
+            "{} is the WikiText-2 test text, which perplexity is measured on: calibrate on other text (e.g. wiki.valid.tokens)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn parse_embed(s: &str) -> Result<HostDType> {
+    Ok(match s {
+        "q8_0" => HostDType::Q8_0,
+        "q4_1" => HostDType::Q4_1,
+        "q4_0" => HostDType::Q4_0,
+        "f16" => HostDType::F16,
+        _ => bail!("unknown --embed `{s}` (q8_0, q4_1, q4_0, f16)"),
+    })
+}
+
+pub fn run(a: &QuantizeArgs) -> Result<()> {
+    let method: Method = a.method.parse()?;
+    if a.output.exists() && !a.force {
+        bail!("{} exists; pass --force to replace it", a.output.display());
+    }
+    if a.output.is_dir() {
+        bail!("{} is a directory", a.output.display());
+    }
+    let opts = QuantizeOptions {
+        method,
+        bits: a.bits,
+        group: a.group,
+        samples: a.samples,
+        seq_len: a.seq_len,
+        seed: a.seed,
+        gptq: GptqOptions {
+            damp: a.damp,
+            act_order: a.act_order,
+            ..Default::default()
+        },
+        embed: parse_embed(&a.embed)?,
+        ..Default::default()
+    };
+    if !(1.0..=8.0).contains(&opts.bits) {
+        bail!("--bits {} outside 1..=8", opts.bits);
+    }
+    if opts.group == 0 || opts.group % 32 != 0 {
+        bail!("--group {} is not a positive multiple of 32", opts.group);
+    }
+    let calib = if method == Method::Rtn {
+        None
+    } else {
+        let p = calib_path(a)?;
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("reading calibration text {}", p.display()))?;
+        eprintln!(
+            "calibration: {} ({} windows of {} tokens, seed {})",
+            p.display(),
+            a.samples,
+            a.seq_len,
+            a.seed
+        );
+        Some(text)
+    };
+    let margs = common::ModelArgs {
+        model: a.model.clone(),
+        synthetic: None,
+        synthetic_format: "q4_1".into(),
+        weights: "native".into(),
+        kv: "f16".into(),
+        ctx_size: None,
+        batch_size: 512,
+    };
+    let m = common::load_host_model(&margs)?;
+    let gpu = common::open_gpu()?;
+    let start = Instant::now();
+    let pb = common::bar(m.config.n_layers as u64, "quantizing");
+    let mut progress = |layer: usize, _n: usize, phase: &str, done: usize, total: usize| {
+        pb.set_position(layer as u64);
+        pb.set_message(format!("{} {phase} {done}/{total}", method.name()));
+    };
+    let (q, reports) = pipeline::quantize_model(&gpu, &m, calib.as_deref(), &opts, &mut progress)?;
+    pb.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    let mut recipe = q.recipe.clone().unwrap_or_default();
+    if let Some(r) = recipe.as_object_mut() {
+        r.insert(
+            "seconds".into(),
+            serde_json::json!((secs * 10.0).round() / 10.0),
+        );
+        if let Some(c) = &calib {
+            r.insert("calib_bytes".into(), serde_json::json!(c.len()));
+        }
+        if let Some(p) = a.calib.as_ref() {
+            r.insert("calib".into(), serde_json::json!(p.display().to_string()));
+        }
+    }
+    let sp = common::spinner(&format!("writing {}", a.output.display()));
+    lamina_file::write(&a.output, &q, &recipe)
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    sp.finish_and_clear();
+    let (bpw, bytes, params) = pipeline::bits_per_weight(&q.weights);
+    let mut hist = [0usize; 9];
+    let mut linear_bits = 0.0;
+    let mut linear_params = 0.0;
+    for r in &reports {
+        for &b in &r.bits {
+            hist[b as usize] += 1;
+        }
+    }
+    for l in &q.weights.layers {
+        for t in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+            linear_bits += 8.0 * t.byte_size() as f64;
+            linear_params += t.numel() as f64;
+        }
+    }
+    eprintln!(
+        "{}: {} in {:.0} s; {:.2} MiB, {:.3} bits per weight over all {} parameters ({:.3} in the linear layers, scales and mins included)",
+        a.output.display(),
+        q.file_type,
+        secs,
+        bytes as f64 / 1048576.0,
+        bpw,
+        params,
+        linear_bits / linear_params.max(1.0),
+    );
+    let widths: Vec<String> = (1..=8)
+        .filter(|&b| hist[b] > 0)
+        .map(|b| format!("{b}-bit: {}", hist[b]))
+        .collect();
+    eprintln!("column groups by width: {}", widths.join(", "));
+    Ok(())
+}
