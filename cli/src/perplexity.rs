@@ -23,6 +23,11 @@ pub struct PerplexityArgs {
     /// Write per-chunk mean NLL as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also report the KL divergence of this model's token distributions from
+    /// this base model's, run with f32 weights (e.g. the GGUF a quantized
+    /// file was made from: the full-precision reference).
+    #[arg(long = "kl-base")]
+    pub kl_base: Option<PathBuf>,
 }
 
 pub fn run(a: &PerplexityArgs) -> Result<()> {
@@ -69,6 +74,25 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
     margs.batch_size = ctx as u32;
     let model = gpu_model(&margs, &host, ctx)?;
     drop(host);
+    let base = match &a.kl_base {
+        Some(p) => {
+            let mut bargs = margs.clone();
+            bargs.model = Some(p.clone());
+            bargs.weights = "f32".into();
+            bargs.kv = "f16".into();
+            let bh = load_host_model(&bargs)?;
+            if bh.config.vocab_size != model.config.vocab_size {
+                bail!(
+                    "KL base {} has a vocabulary of {}, the model {}",
+                    p.display(),
+                    bh.config.vocab_size,
+                    model.config.vocab_size
+                );
+            }
+            Some(gpu_model(&bargs, &bh, ctx)?)
+        }
+        None => None,
+    };
     let available = tokens.len() / ctx;
     let n = a.chunks.map_or(available, |c| c.min(available));
     eprintln!(
@@ -83,11 +107,18 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
     );
     let pb = bar(n as u64, "perplexity");
     let t0 = Instant::now();
-    let (r, per_chunk) =
-        eval::perplexity(&model, &tokens, ctx, a.chunks, bos, |done, _total, ppl| {
+    let (r, per_chunk) = eval::perplexity_kl(
+        &model,
+        base.as_deref(),
+        &tokens,
+        ctx,
+        a.chunks,
+        bos,
+        |done, _total, ppl| {
             pb.set_position(done as u64);
             pb.set_message(format!("ppl {ppl:.4}"));
-        })?;
+        },
+    )?;
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
@@ -103,9 +134,23 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
             "ctx": ctx, "chunks": r.chunks, "ppl": r.ppl, "ppl_err": r.ppl_err,
             "mean_nll": r.mean_nll, "chunk_mean_nll": per_chunk,
             "weights": a.model.weights, "kv": a.model.kv,
+            "kl": r.kl.map(|k| k.mean), "kl_err": r.kl.map(|k| k.err),
+            "top1_agree": r.kl.map(|k| k.top1_agree),
         });
         std::fs::write(p, serde_json::to_string_pretty(&j)?)
             .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(k) = r.kl {
+        println!(
+            "KL divergence from {}: {:.6} +/- {:.6}; same top token {:.2}%",
+            a.kl_base
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            k.mean,
+            k.err,
+            100.0 * k.top1_agree
+        );
     }
     println!("Final estimate: PPL = {:.4} +/- {:.5}", r.ppl, r.ppl_err);
     Ok(())

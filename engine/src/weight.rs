@@ -20,8 +20,15 @@
 //!   lowest bits first; a segment of width `s` is `s` words holding the
 //!   chunk's 32 codes' bits, element `k` at bits `s*k % 32 ..` of word
 //!   `s*k / 32`. Codes are unsigned: `w = d * q + m`. Scales and mins are
-//!   f16 per (row, group), index `row * n_groups + g`, two per word. A table
-//!   plane holds two words per group: the group's word offset in a row, and
+//!   f16 per (row, group), index `row * n_groups + g`, two per word. That
+//!   row-major layout is the host's (`MixedData`, the file format). On the
+//!   GPU the codes are regrouped for vector loads: group-major (group `g`'s
+//!   region holds every row's words of that group, row after row); within a
+//!   row's part, superchunks of up to 4 chunks (128 columns); within a
+//!   superchunk of `k` chunks, each segment's words for all `k` chunks
+//!   together (`k * s` words, chunk `c` at `c * s`), so a full superchunk of
+//!   a `b`-bit group is `b` whole `vec4<u32>`s when the region is aligned.
+//!   A table plane holds two words per group: the region's word offset, and
 //!   `b_g | chunks << 8`.
 //!
 //! Rows are local to the shard (its first row is row 0 of its planes). Every
@@ -115,16 +122,42 @@ impl MixedLayout {
     pub fn row_words(&self) -> u32 {
         self.group_offset(self.n_groups())
     }
-    /// The table plane: per group its word offset, then `bits | chunks << 8`.
-    pub fn table(&self) -> Vec<u32> {
+    /// The table plane of `rows` rows on the GPU: per group the word offset
+    /// of its region in the codes plane, then `bits | chunks << 8`.
+    pub fn gpu_table(&self, rows: u32) -> Vec<u32> {
         let mut off = 0;
         let mut t = Vec::with_capacity(2 * self.bits.len());
         for g in 0..self.n_groups() {
             t.push(off);
             t.push(u32::from(self.bits[g as usize]) | (self.group_len(g) / GROUP) << 8);
-            off += self.group_words(g);
+            off += rows * self.group_words(g);
         }
         t
+    }
+    /// Segment widths of a `bits`-wide code, lowest code bits first.
+    pub fn segments(bits: u32) -> &'static [u32] {
+        match bits {
+            8 => &[8],
+            7 => &[4, 2, 1],
+            6 => &[4, 2],
+            5 => &[4, 1],
+            4 => &[4],
+            3 => &[2, 1],
+            2 => &[2],
+            _ => &[1],
+        }
+    }
+    /// Word index in the GPU codes plane (of `rows` rows) of segment word
+    /// `sw` (< width) of segment `seg` for chunk `j` of group `g`, row `r`.
+    fn gpu_word(&self, table: &[u32], r: u32, g: u32, j: u32, seg: usize, sw: u32) -> usize {
+        let bits = u32::from(self.bits[g as usize]);
+        let nch = self.group_len(g) / GROUP;
+        let (s, c) = (j / 4, j % 4);
+        let k = (nch - 4 * s).min(4);
+        let segs = Self::segments(bits);
+        let before: u32 = segs[..seg].iter().sum();
+        let row_base = table[2 * g as usize] + r * bits * nch;
+        (row_base + 4 * s * bits + k * before + c * segs[seg] + sw) as usize
     }
     /// Bits per weight counting codes, and an f16 scale and f16 min per group.
     pub fn bits_per_weight(&self) -> f64 {
@@ -447,13 +480,28 @@ pub fn pack_mixed(rows: u32, d: &MixedData<'_>) -> Result<PackedWeight> {
         words: vec![0; planes.words as usize],
         mixed: Some(l.clone()),
     };
-    p.words[..d.codes.len()].copy_from_slice(d.codes);
+    let table = l.gpu_table(rows);
+    for r in 0..rows {
+        for g in 0..l.n_groups() {
+            let bits = u32::from(l.bits[g as usize]);
+            let src = (r * l.row_words() + l.group_offset(g)) as usize;
+            for j in 0..l.group_len(g) / GROUP {
+                let chunk = &d.codes[src + (j * bits) as usize..];
+                let mut w = 0u32;
+                for (seg, &width) in MixedLayout::segments(bits).iter().enumerate() {
+                    for sw in 0..width {
+                        p.words[l.gpu_word(&table, r, g, j, seg, sw)] = chunk[(w + sw) as usize];
+                    }
+                    w += width;
+                }
+            }
+        }
+    }
     for (i, (&sc, &mn)) in d.scales.iter().zip(d.mins).enumerate() {
         p.put_half(planes.scales, i, sc);
         p.put_half(planes.mins, i, mn);
     }
     let t = planes.table as usize;
-    let table = l.table();
     p.words[t..t + table.len()].copy_from_slice(&table);
     Ok(p)
 }
@@ -548,12 +596,14 @@ pub fn dequantize_packed(p: &PackedWeight) -> Vec<f32> {
 
 fn dequantize_mixed(p: &PackedWeight, l: &MixedLayout) -> Vec<f32> {
     let (rows, cols) = (p.rows as usize, p.cols as usize);
-    let (rw, ng) = (l.row_words() as usize, l.n_groups() as usize);
+    let ng = l.n_groups() as usize;
     let half = |base: u32, i: usize| {
         let w = p.words[base as usize + i / 2];
         f16::from_bits((w >> (16 * (i % 2))) as u16).to_f32()
     };
+    let table = &p.words[p.planes.table as usize..];
     let mut out = vec![0.0f32; rows * cols];
+    let mut chunk = Vec::with_capacity(8);
     for r in 0..rows {
         for g in 0..ng {
             let (d, m) = (
@@ -561,12 +611,17 @@ fn dequantize_mixed(p: &PackedWeight, l: &MixedLayout) -> Vec<f32> {
                 half(p.planes.mins, r * ng + g),
             );
             let bits = u32::from(l.bits[g]);
-            let base = r * rw + l.group_offset(g as u32) as usize;
-            for ch in 0..(l.group_len(g as u32) / GROUP) as usize {
-                let words = &p.words[base + ch * bits as usize..];
+            for j in 0..l.group_len(g as u32) / GROUP {
+                // Gather the chunk's words back into the host order.
+                chunk.clear();
+                for (seg, &width) in MixedLayout::segments(bits).iter().enumerate() {
+                    for sw in 0..width {
+                        chunk.push(p.words[l.gpu_word(table, r as u32, g as u32, j, seg, sw)]);
+                    }
+                }
                 for k in 0..32 {
-                    let c = g * l.group as usize + ch * 32 + k;
-                    out[r * cols + c] = d * mixed_code(words, bits, k) as f32 + m;
+                    let c = g * l.group as usize + j as usize * 32 + k;
+                    out[r * cols + c] = d * mixed_code(&chunk, bits, k) as f32 + m;
                 }
             }
         }

@@ -18,6 +18,41 @@ pub struct PerplexityResult {
     /// Standard error of the perplexity (delta method on the mean NLL, as llama.cpp).
     pub ppl_err: f64,
     pub mean_nll: f64,
+    /// Against a base model: mean KL(base ‖ model) per scored token, its
+    /// standard error, and how often both models' top-1 tokens agree.
+    pub kl: Option<KlResult>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KlResult {
+    pub mean: f64,
+    pub err: f64,
+    pub top1_agree: f64,
+}
+
+/// KL(p ‖ q) of the softmaxes of two logit rows, in f64, and whether their
+/// argmaxes agree.
+pub fn kl_row(p: &[f32], q: &[f32]) -> (f64, bool) {
+    let lse = |r: &[f32]| {
+        let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        m + r.iter().map(|&l| (l as f64 - m).exp()).sum::<f64>().ln()
+    };
+    let (lp, lq) = (lse(p), lse(q));
+    let mut kl = 0.0;
+    for (&a, &b) in p.iter().zip(q) {
+        let la = a as f64 - lp;
+        kl += la.exp() * (la - (b as f64 - lq));
+    }
+    let arg = |r: &[f32]| {
+        r.iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
+            )
+            .0
+    };
+    (kl.max(0.0), arg(p) == arg(q))
 }
 
 /// Running sums for the estimate and its uncertainty.
@@ -37,8 +72,8 @@ impl NllStats {
     pub fn count(&self) -> usize {
         self.n
     }
-    /// (ppl, its standard error, mean nll).
-    pub fn estimate(&self) -> (f64, f64, f64) {
+    /// The mean of the values pushed and its standard error.
+    pub fn mean_se(&self) -> (f64, f64) {
         let n = self.n.max(1) as f64;
         let mean = self.sum / n;
         let var = (self.sum_sq / n - mean * mean).max(0.0);
@@ -47,6 +82,11 @@ impl NllStats {
         } else {
             0.0
         };
+        (mean, se_mean)
+    }
+    /// (ppl, its standard error, mean nll).
+    pub fn estimate(&self) -> (f64, f64, f64) {
+        let (mean, se_mean) = self.mean_se();
         let ppl = mean.exp();
         (ppl, ppl * se_mean, mean)
     }
@@ -72,8 +112,30 @@ pub fn perplexity(
     ctx: usize,
     max_chunks: Option<usize>,
     bos: Option<u32>,
+    progress: impl FnMut(usize, usize, f64),
+) -> Result<(PerplexityResult, Vec<f64>)> {
+    perplexity_kl(model, None, tokens, ctx, max_chunks, bos, progress)
+}
+
+/// [`perplexity`], and with `base` (e.g. the full-precision model) the KL
+/// divergence of `model`'s next-token distributions from `base`'s at every
+/// scored position.
+pub fn perplexity_kl(
+    model: &GpuModel,
+    base: Option<&GpuModel>,
+    tokens: &[u32],
+    ctx: usize,
+    max_chunks: Option<usize>,
+    bos: Option<u32>,
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<(PerplexityResult, Vec<f64>)> {
+    if let Some(b) = base {
+        if b.config.vocab_size != model.config.vocab_size || ctx > b.kv.max_ctx {
+            return Err(ModelError::Input(
+                "the KL base model needs the same vocabulary and a KV cache of the context".into(),
+            ));
+        }
+    }
     if ctx < 2 {
         return Err(ModelError::Input(
             "perplexity needs a context of at least 2".into(),
@@ -94,9 +156,14 @@ pub fn perplexity(
     }
     let chunks = max_chunks.map_or(available, |m| m.min(available));
     let mut c = Compiled::new(model, ctx as u32, Head::AllLogits)?;
+    let mut cb = match base {
+        Some(b) => Some(Compiled::new(b, ctx as u32, Head::AllLogits)?),
+        None => None,
+    };
     let vocab = model.config.vocab_size;
     let first = ctx / 2;
     let mut stats = NllStats::default();
+    let (mut kl_stats, mut agree) = (NllStats::default(), 0usize);
     let mut per_chunk = Vec::with_capacity(chunks);
     for i in 0..chunks {
         let mut chunk = tokens[i * ctx..(i + 1) * ctx].to_vec();
@@ -113,6 +180,19 @@ pub fn perplexity(
             .exec
             .run_read(&step, c.io.logits, 4 * (ctx * vocab) as u64)?;
         let logits: &[f32] = bytemuck::cast_slice(&bytes);
+        if let Some(cb) = cb.as_mut() {
+            cb.exec.write(cb.io.ids, 0, bytemuck::cast_slice(&chunk));
+            let bb = cb
+                .exec
+                .run_read(&step, cb.io.logits, 4 * (ctx * vocab) as u64)?;
+            let base_logits: &[f32] = bytemuck::cast_slice(&bb);
+            for j in first..ctx - 1 {
+                let r = j * vocab..(j + 1) * vocab;
+                let (kl, same) = kl_row(&base_logits[r.clone()], &logits[r]);
+                kl_stats.push(kl);
+                agree += usize::from(same);
+            }
+        }
         let mut chunk_sum = 0.0;
         for j in first..ctx - 1 {
             let target = tokens[i * ctx + j + 1];
@@ -124,6 +204,14 @@ pub fn perplexity(
         progress(i + 1, chunks, stats.estimate().0);
     }
     let (ppl, ppl_err, mean_nll) = stats.estimate();
+    let kl = base.map(|_| {
+        let (mean, err) = kl_stats.mean_se();
+        KlResult {
+            mean,
+            err,
+            top1_agree: agree as f64 / kl_stats.count().max(1) as f64,
+        }
+    });
     Ok((
         PerplexityResult {
             chunks,
@@ -131,6 +219,7 @@ pub fn perplexity(
             ppl,
             ppl_err,
             mean_nll,
+            kl,
         },
         per_chunk,
     ))

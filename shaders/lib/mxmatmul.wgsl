@@ -3,12 +3,17 @@
 // matmul_mx.wgsl and matmul_mx_sg.wgsl with fma_tok from lib/tiles.wgsl and
 // x_block / any_lane from lib/xload.wgsl or lib/xload_sg.wgsl.
 //
-// Planes (engine/src/weight.rs): a row's codes are its groups in order, each
-// group its 32-column chunks, each chunk exactly `bits` u32 words: 8 words of
-// bytes for 8 bits, else segments of 4, 2 and 1 bits (those set in `bits`,
-// lowest code bits first), element k of a width-s segment at bit s*k of the
-// segment. w = d * q + m with f16 d, m per (row, group). The table holds per
-// group its word offset in a row and `bits | chunks << 8`.
+// Planes (engine/src/weight.rs): a chunk of 32 codes of a `bits`-wide group
+// is `bits` u32 words: one segment of 8-bit codes, or segments of 4, 2 and 1
+// bits (those set in `bits`, lowest code bits first), element k of a width-s
+// segment at bit s*k of its words. Codes are group-major: group g's region
+// (offset from the table) holds each row's `bits * chunks` words in turn;
+// within a row's part, superchunks of up to 4 chunks, each segment's words
+// for all k chunks of the superchunk together (k * s words, chunk c at c*s).
+// A full superchunk of an aligned region is `bits` whole vec4s: the vector
+// path; other superchunks (short groups, group sizes under 128) load words
+// one by one. w = d * q + m with f16 d, m per (row, group). The table holds
+// per group its region offset and `bits | chunks << 8`.
 //
 // Same shapes as lib/qmatmul.wgsl (see there for why): an invocation owns
 // whole rows; the mat-vec keeps R rows, the tiled kernel TA tokens x TB rows.
@@ -34,6 +39,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> codes: array<u32>;
+@group(0) @binding(7) var<storage, read> codes4: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> scales: array<u32>;
 @group(0) @binding(4) var<storage, read> mins: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
@@ -51,31 +57,94 @@ struct Chunk {
     d: u32,
 }
 
-fn load_chunk(base: u32, bits: u32) -> Chunk {
+// Chunk c of a superchunk of k chunks whose words start at `base`, loaded
+// word by word (any alignment).
+fn load_chunk(base: u32, k: u32, c: u32, bits: u32) -> Chunk {
     var ch: Chunk;
     if bits == 8u {
-        ch.a = vec4<u32>(codes[base], codes[base + 1u], codes[base + 2u], codes[base + 3u]);
-        ch.b = vec4<u32>(codes[base + 4u], codes[base + 5u], codes[base + 6u], codes[base + 7u]);
+        let o = base + 8u * c;
+        ch.a = vec4<u32>(codes[o], codes[o + 1u], codes[o + 2u], codes[o + 3u]);
+        ch.b = vec4<u32>(codes[o + 4u], codes[o + 5u], codes[o + 6u], codes[o + 7u]);
         return ch;
     }
     var o = base;
     if (bits & 4u) != 0u {
-        ch.a = vec4<u32>(codes[o], codes[o + 1u], codes[o + 2u], codes[o + 3u]);
+        let q = o + 4u * c;
+        ch.a = vec4<u32>(codes[q], codes[q + 1u], codes[q + 2u], codes[q + 3u]);
+        o += 4u * k;
+    }
+    if (bits & 2u) != 0u {
+        let q = o + 2u * c;
+        ch.c = vec2<u32>(codes[q], codes[q + 1u]);
+        o += 2u * k;
+    }
+    if (bits & 1u) != 0u {
+        ch.d = codes[o + c];
+    }
+    return ch;
+}
+
+// A full superchunk (4 chunks) as `bits` vec4s from vec4 index `b4`:
+// v[0..8] the 8-bit segment, or v[0..4] the 4-bit, v[4..6] the 2-bit and
+// v[6] the 1-bit segment.
+struct Super {
+    v: array<vec4<u32>, 8>,
+}
+
+fn load_super(b4: u32, bits: u32) -> Super {
+    var sp: Super;
+    if bits == 8u {
+        sp.v[0] = codes4[b4];
+        sp.v[1] = codes4[b4 + 1u];
+        sp.v[2] = codes4[b4 + 2u];
+        sp.v[3] = codes4[b4 + 3u];
+        sp.v[4] = codes4[b4 + 4u];
+        sp.v[5] = codes4[b4 + 5u];
+        sp.v[6] = codes4[b4 + 6u];
+        sp.v[7] = codes4[b4 + 7u];
+        return sp;
+    }
+    var o = b4;
+    if (bits & 4u) != 0u {
+        sp.v[0] = codes4[o];
+        sp.v[1] = codes4[o + 1u];
+        sp.v[2] = codes4[o + 2u];
+        sp.v[3] = codes4[o + 3u];
         o += 4u;
     }
     if (bits & 2u) != 0u {
-        ch.c = vec2<u32>(codes[o], codes[o + 1u]);
+        sp.v[4] = codes4[o];
+        sp.v[5] = codes4[o + 1u];
         o += 2u;
     }
     if (bits & 1u) != 0u {
-        ch.d = codes[o];
+        sp.v[6] = codes4[o];
     }
+    return sp;
+}
+
+// Chunk c (a literal at every call) of a full superchunk.
+fn super_chunk(sp: Super, c: u32, bits: u32) -> Chunk {
+    var ch: Chunk;
+    if bits == 8u {
+        ch.a = sp.v[2u * c];
+        ch.b = sp.v[2u * c + 1u];
+        return ch;
+    }
+    ch.a = sp.v[c];
+    let w2 = sp.v[4u + c / 2u];
+    if (c & 1u) == 0u {
+        ch.c = w2.xy;
+    } else {
+        ch.c = w2.zw;
+    }
+    ch.d = sp.v[6][c];
     return ch;
 }
 
 // Codes 4k .. 4k + 3 of a chunk as floats (k is a literal at every call, so
 // the component picks are static).
-fn codes4(ch: Chunk, k: u32, bits: u32) -> vec4<f32> {
+fn chunk_codes(ch: Chunk, k: u32, bits: u32) -> vec4<f32> {
     if bits == 8u {
         var w = ch.b[k & 3u];
         if k < 4u {
@@ -103,14 +172,14 @@ fn codes4(ch: Chunk, k: u32, bits: u32) -> vec4<f32> {
 
 // sum(q x) over one chunk, four accumulation chains.
 fn chunk_dot(ch: Chunk, bits: u32, xb: XBlock) -> f32 {
-    var a = codes4(ch, 0u, bits) * xb.v[0];
-    a = fma(codes4(ch, 1u, bits), xb.v[1], a);
-    a = fma(codes4(ch, 2u, bits), xb.v[2], a);
-    a = fma(codes4(ch, 3u, bits), xb.v[3], a);
-    a = fma(codes4(ch, 4u, bits), xb.v[4], a);
-    a = fma(codes4(ch, 5u, bits), xb.v[5], a);
-    a = fma(codes4(ch, 6u, bits), xb.v[6], a);
-    a = fma(codes4(ch, 7u, bits), xb.v[7], a);
+    var a = chunk_codes(ch, 0u, bits) * xb.v[0];
+    a = fma(chunk_codes(ch, 1u, bits), xb.v[1], a);
+    a = fma(chunk_codes(ch, 2u, bits), xb.v[2], a);
+    a = fma(chunk_codes(ch, 3u, bits), xb.v[3], a);
+    a = fma(chunk_codes(ch, 4u, bits), xb.v[4], a);
+    a = fma(chunk_codes(ch, 5u, bits), xb.v[5], a);
+    a = fma(chunk_codes(ch, 6u, bits), xb.v[6], a);
+    a = fma(chunk_codes(ch, 7u, bits), xb.v[7], a);
     return (a.x + a.y) + (a.z + a.w);
 }
 
@@ -132,6 +201,13 @@ fn min_at(i: u32) -> f32 {
 
 override R: u32 = 4u;
 
+// sum(q x) of the full superchunk at vec4 index b4 with x blocks xb.
+fn super_dot(b4: u32, bits: u32, xb: ptr<function, array<XBlock, 4>>) -> f32 {
+    let sp = load_super(b4, bits);
+    return (chunk_dot(super_chunk(sp, 0u, bits), bits, (*xb)[0]) + chunk_dot(super_chunk(sp, 1u, bits), bits, (*xb)[1]))
+         + (chunk_dot(super_chunk(sp, 2u, bits), bits, (*xb)[2]) + chunk_dot(super_chunk(sp, 3u, bits), bits, (*xb)[3]));
+}
+
 fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32) {
     let row0 = (wg * WG + lid) * R;
     // As in lib/qmatmul.wgsl: rows past the end clamp to the last row (loads
@@ -145,24 +221,47 @@ fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32) {
     let xbase = p.x_row * p.nb * 8u;
     var acc = vec4<f32>(0.0);
     for (var g = 0u; g < ng; g++) {
-        let off = table[2u * g];
+        let base = table[2u * g];
         let t = table[2u * g + 1u];
         let bits = t & 0xffu;
         let nch = t >> 8u;
+        // Words of one row in this group; rows follow each other.
+        let gw = bits * nch;
+        let vec_ok = ((nch | base | gw) & 3u) == 0u;
         let xg = xbase + g * (p.group / 4u);
         var dq = vec4<f32>(0.0);
         var xs = 0.0;
-        for (var c = 0u; c < nch; c++) {
-            let xb = x_block(xg + c * 8u, lane, sgs);
-            xs += block_sum(xb);
-            let co = off + c * bits;
-            dq.x += chunk_dot(load_chunk(r0 * p.row_words + co, bits), bits, xb);
-            if R > 1u {
-                dq.y += chunk_dot(load_chunk(r1 * p.row_words + co, bits), bits, xb);
-            }
-            if R > 2u {
-                dq.z += chunk_dot(load_chunk(r2 * p.row_words + co, bits), bits, xb);
-                dq.w += chunk_dot(load_chunk(r3 * p.row_words + co, bits), bits, xb);
+        for (var s = 0u; s < nch; s += 4u) {
+            let k = min(4u, nch - s);
+            let off = s * bits;
+            if vec_ok {
+                var xb: array<XBlock, 4>;
+                xb[0] = x_block(xg + s * 8u, lane, sgs);
+                xb[1] = x_block(xg + s * 8u + 8u, lane, sgs);
+                xb[2] = x_block(xg + s * 8u + 16u, lane, sgs);
+                xb[3] = x_block(xg + s * 8u + 24u, lane, sgs);
+                xs += (block_sum(xb[0]) + block_sum(xb[1])) + (block_sum(xb[2]) + block_sum(xb[3]));
+                dq.x += super_dot((base + r0 * gw + off) / 4u, bits, &xb);
+                if R > 1u {
+                    dq.y += super_dot((base + r1 * gw + off) / 4u, bits, &xb);
+                }
+                if R > 2u {
+                    dq.z += super_dot((base + r2 * gw + off) / 4u, bits, &xb);
+                    dq.w += super_dot((base + r3 * gw + off) / 4u, bits, &xb);
+                }
+            } else {
+                for (var c = 0u; c < k; c++) {
+                    let xb = x_block(xg + (s + c) * 8u, lane, sgs);
+                    xs += block_sum(xb);
+                    dq.x += chunk_dot(load_chunk(base + r0 * gw + off, k, c, bits), bits, xb);
+                    if R > 1u {
+                        dq.y += chunk_dot(load_chunk(base + r1 * gw + off, k, c, bits), bits, xb);
+                    }
+                    if R > 2u {
+                        dq.z += chunk_dot(load_chunk(base + r2 * gw + off, k, c, bits), bits, xb);
+                        dq.w += chunk_dot(load_chunk(base + r3 * gw + off, k, c, bits), bits, xb);
+                    }
+                }
             }
         }
         let s0 = r0 * p.n_groups + g;
@@ -205,6 +304,30 @@ struct RowChunks {
     m: vec4<f32>,
 }
 
+// One chunk (chunk j of group g) of the four rows in `w` against the TA
+// tokens' x blocks.
+fn mx_chunk(acc: ptr<function, Acc>, w: ptr<function, RowChunks>, g: u32, j: u32, tb: array<u32, TA>,
+            lane: u32, sgs: u32, bits: u32) {
+    let xo = g * (p.group / 4u) + j * 8u;
+    var xt: Tokens;
+    xt[0] = x_block(tb[0] + xo, lane, sgs);
+    xt[1] = x_block(tb[1] + xo, lane, sgs);
+    xt[2] = x_block(tb[2] + xo, lane, sgs);
+    xt[3] = x_block(tb[3] + xo, lane, sgs);
+    xt[4] = x_block(tb[4] + xo, lane, sgs);
+    xt[5] = x_block(tb[5] + xo, lane, sgs);
+    xt[6] = x_block(tb[6] + xo, lane, sgs);
+    xt[7] = x_block(tb[7] + xo, lane, sgs);
+    mx_step(acc, w, &xt, 0u, bits);
+    mx_step(acc, w, &xt, 1u, bits);
+    mx_step(acc, w, &xt, 2u, bits);
+    mx_step(acc, w, &xt, 3u, bits);
+    mx_step(acc, w, &xt, 4u, bits);
+    mx_step(acc, w, &xt, 5u, bits);
+    mx_step(acc, w, &xt, 6u, bits);
+    mx_step(acc, w, &xt, 7u, bits);
+}
+
 // Columns 4q .. 4q + 3 of the chunk for every (row, token); q is a literal.
 fn mx_step(acc: ptr<function, Acc>, w: ptr<function, RowChunks>, xt: ptr<function, Tokens>, q: u32,
            bits: u32) {
@@ -216,16 +339,16 @@ fn mx_step(acc: ptr<function, Acc>, w: ptr<function, RowChunks>, xt: ptr<functio
     let x5 = (*xt)[5].v[q];
     let x6 = (*xt)[6].v[q];
     let x7 = (*xt)[7].v[q];
-    var wv = fma(codes4((*w).c0, q, bits), vec4<f32>((*w).d.x), vec4<f32>((*w).m.x));
+    var wv = fma(chunk_codes((*w).c0, q, bits), vec4<f32>((*w).d.x), vec4<f32>((*w).m.x));
     (*acc)[0] = fma_tok((*acc)[0], x0, x1, x2, x3, wv);
     (*acc)[1] = fma_tok((*acc)[1], x4, x5, x6, x7, wv);
-    wv = fma(codes4((*w).c1, q, bits), vec4<f32>((*w).d.y), vec4<f32>((*w).m.y));
+    wv = fma(chunk_codes((*w).c1, q, bits), vec4<f32>((*w).d.y), vec4<f32>((*w).m.y));
     (*acc)[2] = fma_tok((*acc)[2], x0, x1, x2, x3, wv);
     (*acc)[3] = fma_tok((*acc)[3], x4, x5, x6, x7, wv);
-    wv = fma(codes4((*w).c2, q, bits), vec4<f32>((*w).d.z), vec4<f32>((*w).m.z));
+    wv = fma(chunk_codes((*w).c2, q, bits), vec4<f32>((*w).d.z), vec4<f32>((*w).m.z));
     (*acc)[4] = fma_tok((*acc)[4], x0, x1, x2, x3, wv);
     (*acc)[5] = fma_tok((*acc)[5], x4, x5, x6, x7, wv);
-    wv = fma(codes4((*w).c3, q, bits), vec4<f32>((*w).d.w), vec4<f32>((*w).m.w));
+    wv = fma(chunk_codes((*w).c3, q, bits), vec4<f32>((*w).d.w), vec4<f32>((*w).m.w));
     (*acc)[6] = fma_tok((*acc)[6], x0, x1, x2, x3, wv);
     (*acc)[7] = fma_tok((*acc)[7], x4, x5, x6, x7, wv);
 }
@@ -242,17 +365,18 @@ fn matmul(wg: u32, lid: u32, lane: u32, sgs: u32) {
     // Tokens past the step's end repeat the last one; never written.
     let last_t = p.n_tokens - 1u;
     let stride = p.nb * 8u;
-    let tb0 = min(t0, last_t) * stride;
-    let tb1 = min(t0 + 1u, last_t) * stride;
-    let tb2 = min(t0 + 2u, last_t) * stride;
-    let tb3 = min(t0 + 3u, last_t) * stride;
-    let tb4 = min(t0 + 4u, last_t) * stride;
-    let tb5 = min(t0 + 5u, last_t) * stride;
-    let tb6 = min(t0 + 6u, last_t) * stride;
-    let tb7 = min(t0 + 7u, last_t) * stride;
+    var tb: array<u32, TA>;
+    tb[0] = min(t0, last_t) * stride;
+    tb[1] = min(t0 + 1u, last_t) * stride;
+    tb[2] = min(t0 + 2u, last_t) * stride;
+    tb[3] = min(t0 + 3u, last_t) * stride;
+    tb[4] = min(t0 + 4u, last_t) * stride;
+    tb[5] = min(t0 + 5u, last_t) * stride;
+    tb[6] = min(t0 + 6u, last_t) * stride;
+    tb[7] = min(t0 + 7u, last_t) * stride;
     var acc: Acc;
     for (var g = 0u; g < ng; g++) {
-        let off = table[2u * g];
+        let base = table[2u * g];
         let t = table[2u * g + 1u];
         let bits = t & 0xffu;
         let nch = t >> 8u;
@@ -263,30 +387,49 @@ fn matmul(wg: u32, lid: u32, lane: u32, sgs: u32) {
         let sd = rd * p.n_groups + g;
         w.d = vec4<f32>(scale_at(sa), scale_at(sb), scale_at(sc), scale_at(sd));
         w.m = vec4<f32>(min_at(sa), min_at(sb), min_at(sc), min_at(sd));
-        for (var c = 0u; c < nch; c++) {
-            let xo = g * (p.group / 4u) + c * 8u;
-            var xt: Tokens;
-            xt[0] = x_block(tb0 + xo, lane, sgs);
-            xt[1] = x_block(tb1 + xo, lane, sgs);
-            xt[2] = x_block(tb2 + xo, lane, sgs);
-            xt[3] = x_block(tb3 + xo, lane, sgs);
-            xt[4] = x_block(tb4 + xo, lane, sgs);
-            xt[5] = x_block(tb5 + xo, lane, sgs);
-            xt[6] = x_block(tb6 + xo, lane, sgs);
-            xt[7] = x_block(tb7 + xo, lane, sgs);
-            let co = off + c * bits;
-            w.c0 = load_chunk(ra * p.row_words + co, bits);
-            w.c1 = load_chunk(rb * p.row_words + co, bits);
-            w.c2 = load_chunk(rc * p.row_words + co, bits);
-            w.c3 = load_chunk(rd * p.row_words + co, bits);
-            mx_step(&acc, &w, &xt, 0u, bits);
-            mx_step(&acc, &w, &xt, 1u, bits);
-            mx_step(&acc, &w, &xt, 2u, bits);
-            mx_step(&acc, &w, &xt, 3u, bits);
-            mx_step(&acc, &w, &xt, 4u, bits);
-            mx_step(&acc, &w, &xt, 5u, bits);
-            mx_step(&acc, &w, &xt, 6u, bits);
-            mx_step(&acc, &w, &xt, 7u, bits);
+        let gw = bits * nch;
+        let vec_ok = ((nch | base | gw) & 3u) == 0u;
+        for (var s = 0u; s < nch; s += 4u) {
+            let k = min(4u, nch - s);
+            let off = s * bits;
+            let oa = base + ra * gw + off;
+            let ob = base + rb * gw + off;
+            let oc = base + rc * gw + off;
+            let od = base + rd * gw + off;
+            if vec_ok {
+                let spa = load_super(oa / 4u, bits);
+                let spb = load_super(ob / 4u, bits);
+                let spc = load_super(oc / 4u, bits);
+                let spd = load_super(od / 4u, bits);
+                w.c0 = super_chunk(spa, 0u, bits);
+                w.c1 = super_chunk(spb, 0u, bits);
+                w.c2 = super_chunk(spc, 0u, bits);
+                w.c3 = super_chunk(spd, 0u, bits);
+                mx_chunk(&acc, &w, g, s, tb, lane, sgs, bits);
+                w.c0 = super_chunk(spa, 1u, bits);
+                w.c1 = super_chunk(spb, 1u, bits);
+                w.c2 = super_chunk(spc, 1u, bits);
+                w.c3 = super_chunk(spd, 1u, bits);
+                mx_chunk(&acc, &w, g, s + 1u, tb, lane, sgs, bits);
+                w.c0 = super_chunk(spa, 2u, bits);
+                w.c1 = super_chunk(spb, 2u, bits);
+                w.c2 = super_chunk(spc, 2u, bits);
+                w.c3 = super_chunk(spd, 2u, bits);
+                mx_chunk(&acc, &w, g, s + 2u, tb, lane, sgs, bits);
+                w.c0 = super_chunk(spa, 3u, bits);
+                w.c1 = super_chunk(spb, 3u, bits);
+                w.c2 = super_chunk(spc, 3u, bits);
+                w.c3 = super_chunk(spd, 3u, bits);
+                mx_chunk(&acc, &w, g, s + 3u, tb, lane, sgs, bits);
+            } else {
+                for (var c = 0u; c < k; c++) {
+                    w.c0 = load_chunk(oa, k, c, bits);
+                    w.c1 = load_chunk(ob, k, c, bits);
+                    w.c2 = load_chunk(oc, k, c, bits);
+                    w.c3 = load_chunk(od, k, c, bits);
+                    mx_chunk(&acc, &w, g, s + c, tb, lane, sgs, bits);
+                }
+            }
         }
     }
     for (var r = 0u; r < TB; r++) {

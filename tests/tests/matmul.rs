@@ -359,7 +359,8 @@ fn mixed_layout_counts_and_rejects() {
     let l = MixedLayout::new(128, 576, vec![2, 3, 2, 1, 4]).unwrap();
     assert_eq!(l.group_len(4), 64);
     assert_eq!(l.row_words(), (2 + 3 + 2 + 1) * 4 + 4 * 2);
-    assert_eq!(l.table()[8..], [32, 4 | 2 << 8]);
+    // On the GPU, group-major: group 4 of 3 rows starts after 3 rows of 32 words.
+    assert_eq!(l.gpu_table(3)[8..], [3 * 32, 4 | 2 << 8]);
     // Codes 2.33 bits on average, plus 32 bits of scale and min per group.
     let bpw = l.bits_per_weight();
     assert!(

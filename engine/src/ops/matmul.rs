@@ -262,10 +262,16 @@ impl MatMul {
             },
         ];
         if self.w.format == WeightFormat::Mixed {
+            // 6: the group table; 7: the codes again, read as vec4s.
             b.push(Binding::read_range(
                 s.tensor,
                 4 * u64::from(p.table),
                 p.table_bytes(),
+            ));
+            b.push(Binding::read_range(
+                s.tensor,
+                4 * u64::from(p.codes),
+                p.code_bytes(),
             ));
         }
         b
