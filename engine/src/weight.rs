@@ -28,8 +28,8 @@
 //!   superchunk of `k` chunks, each segment's words for all `k` chunks
 //!   together (`k * s` words, chunk `c` at `c * s`), so a full superchunk of
 //!   a `b`-bit group is `b` whole `vec4<u32>`s when the region is aligned.
-//!   A table plane holds two words per group: the region's word offset, and
-//!   `b_g | chunks << 8`.
+//!   A table plane lists the groups by kernel class (width, and whether
+//!   their superchunks load as vec4s): see [`MixedLayout::gpu_table`].
 //!
 //! Rows are local to the shard (its first row is row 0 of its planes). Every
 //! plane starts at a multiple of [`PLANE_ALIGN_WORDS`] (256 bytes, the largest
@@ -64,6 +64,9 @@ pub struct Planes {
     pub table: u32,
     pub words: u32,
 }
+
+/// Kernel classes of Mixed groups: 8 widths x (vector, scalar) loads.
+pub const MIXED_CLASSES: u32 = 16;
 
 /// Bit widths per column group of a [`WeightFormat::Mixed`] weight.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,15 +125,38 @@ impl MixedLayout {
     pub fn row_words(&self) -> u32 {
         self.group_offset(self.n_groups())
     }
-    /// The table plane of `rows` rows on the GPU: per group the word offset
-    /// of its region in the codes plane, then `bits | chunks << 8`.
+    /// Word offset in the GPU codes plane (of `rows` rows) of group `g`'s region.
+    pub fn group_base(&self, rows: u32, g: u32) -> u32 {
+        rows * self.group_offset(g)
+    }
+    /// The GPU kernel class of group `g`: `2 * (bits - 1)`, plus 1 unless its
+    /// superchunks load as whole vec4s (every chunk count, region offset and
+    /// per-row word count a multiple of 4).
+    pub fn group_class(&self, rows: u32, g: u32) -> u32 {
+        let bits = u32::from(self.bits[g as usize]);
+        let nch = self.group_len(g) / GROUP;
+        let vec = (nch | self.group_base(rows, g) | bits * nch).is_multiple_of(4);
+        2 * (bits - 1) + u32::from(!vec)
+    }
+    /// The table plane of `rows` rows on the GPU: the groups sorted by
+    /// class (so a kernel specialised per width and load path walks each
+    /// class in turn): [`MIXED_CLASSES`] + 1 words of class starts (entry
+    /// indices, the last = group count), then two words per entry: the
+    /// group's region offset, and `g | chunks << 20`.
     pub fn gpu_table(&self, rows: u32) -> Vec<u32> {
-        let mut off = 0;
-        let mut t = Vec::with_capacity(2 * self.bits.len());
-        for g in 0..self.n_groups() {
-            t.push(off);
-            t.push(u32::from(self.bits[g as usize]) | (self.group_len(g) / GROUP) << 8);
-            off += rows * self.group_words(g);
+        let n = self.n_groups();
+        let mut order: Vec<u32> = (0..n).collect();
+        order.sort_by_key(|&g| (self.group_class(rows, g), g));
+        let mut t = vec![0u32; MIXED_CLASSES as usize + 1];
+        for c in 0..=MIXED_CLASSES {
+            t[c as usize] = order
+                .iter()
+                .filter(|&&g| self.group_class(rows, g) < c)
+                .count() as u32;
+        }
+        for g in order {
+            t.push(self.group_base(rows, g));
+            t.push(g | (self.group_len(g) / GROUP) << 20);
         }
         t
     }
@@ -149,14 +175,14 @@ impl MixedLayout {
     }
     /// Word index in the GPU codes plane (of `rows` rows) of segment word
     /// `sw` (< width) of segment `seg` for chunk `j` of group `g`, row `r`.
-    fn gpu_word(&self, table: &[u32], r: u32, g: u32, j: u32, seg: usize, sw: u32) -> usize {
+    fn gpu_word(&self, rows: u32, r: u32, g: u32, j: u32, seg: usize, sw: u32) -> usize {
         let bits = u32::from(self.bits[g as usize]);
         let nch = self.group_len(g) / GROUP;
         let (s, c) = (j / 4, j % 4);
         let k = (nch - 4 * s).min(4);
         let segs = Self::segments(bits);
         let before: u32 = segs[..seg].iter().sum();
-        let row_base = table[2 * g as usize] + r * bits * nch;
+        let row_base = self.group_base(rows, g) + r * bits * nch;
         (row_base + 4 * s * bits + k * before + c * segs[seg] + sw) as usize
     }
     /// Bits per weight counting codes, and an f16 scale and f16 min per group.
@@ -207,7 +233,7 @@ impl Planes {
         let scales = align(code_words);
         let mins = scales + align(scale_words);
         let table = mins + align(scale_words);
-        let words = table + align(2 * u64::from(layout.n_groups()));
+        let words = table + align(u64::from(MIXED_CLASSES) + 1 + 2 * u64::from(layout.n_groups()));
         let w = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
         Planes {
             codes: 0,
@@ -490,7 +516,7 @@ pub fn pack_mixed(rows: u32, d: &MixedData<'_>) -> Result<PackedWeight> {
                 let mut w = 0u32;
                 for (seg, &width) in MixedLayout::segments(bits).iter().enumerate() {
                     for sw in 0..width {
-                        p.words[l.gpu_word(&table, r, g, j, seg, sw)] = chunk[(w + sw) as usize];
+                        p.words[l.gpu_word(rows, r, g, j, seg, sw)] = chunk[(w + sw) as usize];
                     }
                     w += width;
                 }
@@ -601,7 +627,6 @@ fn dequantize_mixed(p: &PackedWeight, l: &MixedLayout) -> Vec<f32> {
         let w = p.words[base as usize + i / 2];
         f16::from_bits((w >> (16 * (i % 2))) as u16).to_f32()
     };
-    let table = &p.words[p.planes.table as usize..];
     let mut out = vec![0.0f32; rows * cols];
     let mut chunk = Vec::with_capacity(8);
     for r in 0..rows {
@@ -616,7 +641,7 @@ fn dequantize_mixed(p: &PackedWeight, l: &MixedLayout) -> Vec<f32> {
                 chunk.clear();
                 for (seg, &width) in MixedLayout::segments(bits).iter().enumerate() {
                     for sw in 0..width {
-                        chunk.push(p.words[l.gpu_word(table, r as u32, g as u32, j, seg, sw)]);
+                        chunk.push(p.words[l.gpu_word(p.rows, r as u32, g as u32, j, seg, sw)]);
                     }
                 }
                 for k in 0..32 {

@@ -13,12 +13,12 @@
 // A full superchunk of an aligned region is `bits` whole vec4s: the vector
 // path; other superchunks (short groups, group sizes under 128) load words
 // one by one. w = d * q + m with f16 d, m per (row, group). The table holds
-// per group its region offset and `bits | chunks << 8`.
+// the groups sorted by class (see CLASS_WORDS below).
 //
 // Same shapes as lib/qmatmul.wgsl (see there for why): an invocation owns
 // whole rows; the mat-vec keeps R rows, the tiled kernel TA tokens x TB rows.
-// The width is uniform across the dispatch for a given group, so the
-// segment branches never diverge.
+// Groups are walked by class (width, and vector or scalar loads), with code
+// specialised for each class: no width branch is left at run time.
 // Mirrors engine/src/ops/matmul.rs (MatMulParams, binding order).
 
 struct Params {
@@ -208,74 +208,151 @@ fn super_dot(b4: u32, bits: u32, xb: ptr<function, array<XBlock, 4>>) -> f32 {
          + (chunk_dot(super_chunk(sp, 2u, bits), bits, (*xb)[2]) + chunk_dot(super_chunk(sp, 3u, bits), bits, (*xb)[3]));
 }
 
-fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32) {
-    let row0 = (wg * WG + lid) * R;
-    // As in lib/qmatmul.wgsl: rows past the end clamp to the last row (loads
-    // stay in bounds, nothing is written); whole subgroups past it skip.
-    let ng = select(0u, p.n_groups, any_lane(row0 < p.rows));
-    let last = p.rows - 1u;
-    let r0 = min(row0, last);
-    let r1 = min(row0 + 1u, last);
-    let r2 = min(row0 + 2u, last);
-    let r3 = min(row0 + 3u, last);
-    let xbase = p.x_row * p.nb * 8u;
-    var acc = vec4<f32>(0.0);
-    for (var g = 0u; g < ng; g++) {
-        let base = table[2u * g];
-        let t = table[2u * g + 1u];
-        let bits = t & 0xffu;
-        let nch = t >> 8u;
-        // Words of one row in this group; rows follow each other.
+// Table: class starts (17 words), then per group [region offset, g | chunks << 20],
+// sorted by class = 2 * (bits - 1) + (1 if the scalar path).
+const CLASS_WORDS: u32 = 17u;
+
+// Bit c set when the weight (shard) has groups of class c (set by
+// matmul.rs): code is generated only for those classes, as the checks below
+// fold when the pipeline is created.
+override CLASSES: u32 = 0xffffu;
+
+fn has_class(bits: u32, vec: bool) -> bool {
+    return (CLASSES & (1u << (2u * (bits - 1u) + select(1u, 0u, vec)))) != 0u;
+}
+
+// What every group of a matvec call shares.
+struct MvRows {
+    r: vec4<u32>,
+    xbase: u32,
+    lane: u32,
+    sgs: u32,
+    live: bool,
+}
+
+// The groups of one class; `bits` and `vec` are literals at every call, so
+// every width and path branch below folds when the pipeline is compiled
+// (llvmpipe runs both sides of a branch it cannot fold).
+fn mv_class(acc: ptr<function, vec4<f32>>, st: MvRows, bits: u32, vec: bool) {
+    let cls = 2u * (bits - 1u) + select(1u, 0u, vec);
+    let i0 = table[cls];
+    let i1 = select(i0, table[cls + 1u], st.live);
+    for (var i = i0; i < i1; i++) {
+        let base = table[CLASS_WORDS + 2u * i];
+        let e = table[CLASS_WORDS + 2u * i + 1u];
+        let g = e & 0xfffffu;
+        let nch = e >> 20u;
         let gw = bits * nch;
-        let vec_ok = ((nch | base | gw) & 3u) == 0u;
-        let xg = xbase + g * (p.group / 4u);
+        let xg = st.xbase + g * (p.group / 4u);
         var dq = vec4<f32>(0.0);
         var xs = 0.0;
         for (var s = 0u; s < nch; s += 4u) {
-            let k = min(4u, nch - s);
             let off = s * bits;
-            if vec_ok {
+            if vec {
                 var xb: array<XBlock, 4>;
-                xb[0] = x_block(xg + s * 8u, lane, sgs);
-                xb[1] = x_block(xg + s * 8u + 8u, lane, sgs);
-                xb[2] = x_block(xg + s * 8u + 16u, lane, sgs);
-                xb[3] = x_block(xg + s * 8u + 24u, lane, sgs);
+                xb[0] = x_block(xg + s * 8u, st.lane, st.sgs);
+                xb[1] = x_block(xg + s * 8u + 8u, st.lane, st.sgs);
+                xb[2] = x_block(xg + s * 8u + 16u, st.lane, st.sgs);
+                xb[3] = x_block(xg + s * 8u + 24u, st.lane, st.sgs);
                 xs += (block_sum(xb[0]) + block_sum(xb[1])) + (block_sum(xb[2]) + block_sum(xb[3]));
-                dq.x += super_dot((base + r0 * gw + off) / 4u, bits, &xb);
+                dq.x += super_dot((base + st.r.x * gw + off) / 4u, bits, &xb);
                 if R > 1u {
-                    dq.y += super_dot((base + r1 * gw + off) / 4u, bits, &xb);
+                    dq.y += super_dot((base + st.r.y * gw + off) / 4u, bits, &xb);
                 }
                 if R > 2u {
-                    dq.z += super_dot((base + r2 * gw + off) / 4u, bits, &xb);
-                    dq.w += super_dot((base + r3 * gw + off) / 4u, bits, &xb);
+                    dq.z += super_dot((base + st.r.z * gw + off) / 4u, bits, &xb);
+                    dq.w += super_dot((base + st.r.w * gw + off) / 4u, bits, &xb);
                 }
             } else {
+                let k = min(4u, nch - s);
                 for (var c = 0u; c < k; c++) {
-                    let xb = x_block(xg + (s + c) * 8u, lane, sgs);
+                    let xb = x_block(xg + (s + c) * 8u, st.lane, st.sgs);
                     xs += block_sum(xb);
-                    dq.x += chunk_dot(load_chunk(base + r0 * gw + off, k, c, bits), bits, xb);
+                    dq.x += chunk_dot(load_chunk(base + st.r.x * gw + off, k, c, bits), bits, xb);
                     if R > 1u {
-                        dq.y += chunk_dot(load_chunk(base + r1 * gw + off, k, c, bits), bits, xb);
+                        dq.y += chunk_dot(load_chunk(base + st.r.y * gw + off, k, c, bits), bits, xb);
                     }
                     if R > 2u {
-                        dq.z += chunk_dot(load_chunk(base + r2 * gw + off, k, c, bits), bits, xb);
-                        dq.w += chunk_dot(load_chunk(base + r3 * gw + off, k, c, bits), bits, xb);
+                        dq.z += chunk_dot(load_chunk(base + st.r.z * gw + off, k, c, bits), bits, xb);
+                        dq.w += chunk_dot(load_chunk(base + st.r.w * gw + off, k, c, bits), bits, xb);
                     }
                 }
             }
         }
-        let s0 = r0 * p.n_groups + g;
-        acc.x += fma(scale_at(s0), dq.x, min_at(s0) * xs);
+        let s0 = st.r.x * p.n_groups + g;
+        (*acc).x += fma(scale_at(s0), dq.x, min_at(s0) * xs);
         if R > 1u {
-            let s1 = r1 * p.n_groups + g;
-            acc.y += fma(scale_at(s1), dq.y, min_at(s1) * xs);
+            let s1 = st.r.y * p.n_groups + g;
+            (*acc).y += fma(scale_at(s1), dq.y, min_at(s1) * xs);
         }
         if R > 2u {
-            let s2 = r2 * p.n_groups + g;
-            let s3 = r3 * p.n_groups + g;
-            acc.z += fma(scale_at(s2), dq.z, min_at(s2) * xs);
-            acc.w += fma(scale_at(s3), dq.w, min_at(s3) * xs);
+            let s2 = st.r.z * p.n_groups + g;
+            let s3 = st.r.w * p.n_groups + g;
+            (*acc).z += fma(scale_at(s2), dq.z, min_at(s2) * xs);
+            (*acc).w += fma(scale_at(s3), dq.w, min_at(s3) * xs);
         }
+    }
+}
+
+fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32) {
+    let row0 = (wg * WG + lid) * R;
+    // As in lib/qmatmul.wgsl: rows past the end clamp to the last row (loads
+    // stay in bounds, nothing is written); whole subgroups past it skip.
+    let last = p.rows - 1u;
+    var st: MvRows;
+    st.r = min(vec4<u32>(row0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last));
+    st.xbase = p.x_row * p.nb * 8u;
+    st.lane = lane;
+    st.sgs = sgs;
+    st.live = any_lane(row0 < p.rows);
+    var acc = vec4<f32>(0.0);
+    if has_class(1u, true) {
+        mv_class(&acc, st, 1u, true);
+    }
+    if has_class(1u, false) {
+        mv_class(&acc, st, 1u, false);
+    }
+    if has_class(2u, true) {
+        mv_class(&acc, st, 2u, true);
+    }
+    if has_class(2u, false) {
+        mv_class(&acc, st, 2u, false);
+    }
+    if has_class(3u, true) {
+        mv_class(&acc, st, 3u, true);
+    }
+    if has_class(3u, false) {
+        mv_class(&acc, st, 3u, false);
+    }
+    if has_class(4u, true) {
+        mv_class(&acc, st, 4u, true);
+    }
+    if has_class(4u, false) {
+        mv_class(&acc, st, 4u, false);
+    }
+    if has_class(5u, true) {
+        mv_class(&acc, st, 5u, true);
+    }
+    if has_class(5u, false) {
+        mv_class(&acc, st, 5u, false);
+    }
+    if has_class(6u, true) {
+        mv_class(&acc, st, 6u, true);
+    }
+    if has_class(6u, false) {
+        mv_class(&acc, st, 6u, false);
+    }
+    if has_class(7u, true) {
+        mv_class(&acc, st, 7u, true);
+    }
+    if has_class(7u, false) {
+        mv_class(&acc, st, 7u, false);
+    }
+    if has_class(8u, true) {
+        mv_class(&acc, st, 8u, true);
+    }
+    if has_class(8u, false) {
+        mv_class(&acc, st, 8u, false);
     }
     for (var i = 0u; i < R; i++) {
         if row0 + i < p.rows {
@@ -353,84 +430,143 @@ fn mx_step(acc: ptr<function, Acc>, w: ptr<function, RowChunks>, xt: ptr<functio
     (*acc)[7] = fma_tok((*acc)[7], x4, x5, x6, x7, wv);
 }
 
-fn matmul(wg: u32, lid: u32, lane: u32, sgs: u32) {
-    let t0 = (wg / p.row_tiles) * TA;
-    let r0 = ((wg % p.row_tiles) * WG + lid) * TB;
-    let ng = select(0u, p.n_groups, any_lane(r0 < p.rows));
-    let last = p.rows - 1u;
-    let ra = min(r0, last);
-    let rb = min(r0 + 1u, last);
-    let rc = min(r0 + 2u, last);
-    let rd = min(r0 + 3u, last);
-    // Tokens past the step's end repeat the last one; never written.
-    let last_t = p.n_tokens - 1u;
-    let stride = p.nb * 8u;
-    var tb: array<u32, TA>;
-    tb[0] = min(t0, last_t) * stride;
-    tb[1] = min(t0 + 1u, last_t) * stride;
-    tb[2] = min(t0 + 2u, last_t) * stride;
-    tb[3] = min(t0 + 3u, last_t) * stride;
-    tb[4] = min(t0 + 4u, last_t) * stride;
-    tb[5] = min(t0 + 5u, last_t) * stride;
-    tb[6] = min(t0 + 6u, last_t) * stride;
-    tb[7] = min(t0 + 7u, last_t) * stride;
-    var acc: Acc;
-    for (var g = 0u; g < ng; g++) {
-        let base = table[2u * g];
-        let t = table[2u * g + 1u];
-        let bits = t & 0xffu;
-        let nch = t >> 8u;
+// What every group of a tiled call shares.
+struct MmTile {
+    r: vec4<u32>,
+    tb: array<u32, TA>,
+    lane: u32,
+    sgs: u32,
+    live: bool,
+}
+
+// The groups of one class (bits and vec literals, as in mv_class).
+fn mm_class(acc: ptr<function, Acc>, st: ptr<function, MmTile>, bits: u32, vec: bool) {
+    let cls = 2u * (bits - 1u) + select(1u, 0u, vec);
+    let i0 = table[cls];
+    let i1 = select(i0, table[cls + 1u], (*st).live);
+    let lane = (*st).lane;
+    let sgs = (*st).sgs;
+    let tb = (*st).tb;
+    let rr = (*st).r;
+    for (var i = i0; i < i1; i++) {
+        let base = table[CLASS_WORDS + 2u * i];
+        let e = table[CLASS_WORDS + 2u * i + 1u];
+        let g = e & 0xfffffu;
+        let nch = e >> 20u;
         var w: RowChunks;
-        let sa = ra * p.n_groups + g;
-        let sb = rb * p.n_groups + g;
-        let sc = rc * p.n_groups + g;
-        let sd = rd * p.n_groups + g;
-        w.d = vec4<f32>(scale_at(sa), scale_at(sb), scale_at(sc), scale_at(sd));
-        w.m = vec4<f32>(min_at(sa), min_at(sb), min_at(sc), min_at(sd));
+        let si = rr * p.n_groups + vec4<u32>(g);
+        w.d = vec4<f32>(scale_at(si.x), scale_at(si.y), scale_at(si.z), scale_at(si.w));
+        w.m = vec4<f32>(min_at(si.x), min_at(si.y), min_at(si.z), min_at(si.w));
         let gw = bits * nch;
-        let vec_ok = ((nch | base | gw) & 3u) == 0u;
         for (var s = 0u; s < nch; s += 4u) {
-            let k = min(4u, nch - s);
-            let off = s * bits;
-            let oa = base + ra * gw + off;
-            let ob = base + rb * gw + off;
-            let oc = base + rc * gw + off;
-            let od = base + rd * gw + off;
-            if vec_ok {
-                let spa = load_super(oa / 4u, bits);
-                let spb = load_super(ob / 4u, bits);
-                let spc = load_super(oc / 4u, bits);
-                let spd = load_super(od / 4u, bits);
+            let o = vec4<u32>(base) + rr * gw + vec4<u32>(s * bits);
+            if vec {
+                let spa = load_super(o.x / 4u, bits);
+                let spb = load_super(o.y / 4u, bits);
+                let spc = load_super(o.z / 4u, bits);
+                let spd = load_super(o.w / 4u, bits);
                 w.c0 = super_chunk(spa, 0u, bits);
                 w.c1 = super_chunk(spb, 0u, bits);
                 w.c2 = super_chunk(spc, 0u, bits);
                 w.c3 = super_chunk(spd, 0u, bits);
-                mx_chunk(&acc, &w, g, s, tb, lane, sgs, bits);
+                mx_chunk(acc, &w, g, s, tb, lane, sgs, bits);
                 w.c0 = super_chunk(spa, 1u, bits);
                 w.c1 = super_chunk(spb, 1u, bits);
                 w.c2 = super_chunk(spc, 1u, bits);
                 w.c3 = super_chunk(spd, 1u, bits);
-                mx_chunk(&acc, &w, g, s + 1u, tb, lane, sgs, bits);
+                mx_chunk(acc, &w, g, s + 1u, tb, lane, sgs, bits);
                 w.c0 = super_chunk(spa, 2u, bits);
                 w.c1 = super_chunk(spb, 2u, bits);
                 w.c2 = super_chunk(spc, 2u, bits);
                 w.c3 = super_chunk(spd, 2u, bits);
-                mx_chunk(&acc, &w, g, s + 2u, tb, lane, sgs, bits);
+                mx_chunk(acc, &w, g, s + 2u, tb, lane, sgs, bits);
                 w.c0 = super_chunk(spa, 3u, bits);
                 w.c1 = super_chunk(spb, 3u, bits);
                 w.c2 = super_chunk(spc, 3u, bits);
                 w.c3 = super_chunk(spd, 3u, bits);
-                mx_chunk(&acc, &w, g, s + 3u, tb, lane, sgs, bits);
+                mx_chunk(acc, &w, g, s + 3u, tb, lane, sgs, bits);
             } else {
+                let k = min(4u, nch - s);
                 for (var c = 0u; c < k; c++) {
-                    w.c0 = load_chunk(oa, k, c, bits);
-                    w.c1 = load_chunk(ob, k, c, bits);
-                    w.c2 = load_chunk(oc, k, c, bits);
-                    w.c3 = load_chunk(od, k, c, bits);
-                    mx_chunk(&acc, &w, g, s + c, tb, lane, sgs, bits);
+                    w.c0 = load_chunk(o.x, k, c, bits);
+                    w.c1 = load_chunk(o.y, k, c, bits);
+                    w.c2 = load_chunk(o.z, k, c, bits);
+                    w.c3 = load_chunk(o.w, k, c, bits);
+                    mx_chunk(acc, &w, g, s + c, tb, lane, sgs, bits);
                 }
             }
         }
+    }
+}
+
+fn matmul(wg: u32, lid: u32, lane: u32, sgs: u32) {
+    let t0 = (wg / p.row_tiles) * TA;
+    let r0 = ((wg % p.row_tiles) * WG + lid) * TB;
+    let last = p.rows - 1u;
+    var st: MmTile;
+    st.r = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last));
+    // Tokens past the step's end repeat the last one; never written.
+    let last_t = p.n_tokens - 1u;
+    let stride = p.nb * 8u;
+    st.tb[0] = min(t0, last_t) * stride;
+    st.tb[1] = min(t0 + 1u, last_t) * stride;
+    st.tb[2] = min(t0 + 2u, last_t) * stride;
+    st.tb[3] = min(t0 + 3u, last_t) * stride;
+    st.tb[4] = min(t0 + 4u, last_t) * stride;
+    st.tb[5] = min(t0 + 5u, last_t) * stride;
+    st.tb[6] = min(t0 + 6u, last_t) * stride;
+    st.tb[7] = min(t0 + 7u, last_t) * stride;
+    st.lane = lane;
+    st.sgs = sgs;
+    st.live = any_lane(r0 < p.rows);
+    var acc: Acc;
+    if has_class(1u, true) {
+        mm_class(&acc, &st, 1u, true);
+    }
+    if has_class(1u, false) {
+        mm_class(&acc, &st, 1u, false);
+    }
+    if has_class(2u, true) {
+        mm_class(&acc, &st, 2u, true);
+    }
+    if has_class(2u, false) {
+        mm_class(&acc, &st, 2u, false);
+    }
+    if has_class(3u, true) {
+        mm_class(&acc, &st, 3u, true);
+    }
+    if has_class(3u, false) {
+        mm_class(&acc, &st, 3u, false);
+    }
+    if has_class(4u, true) {
+        mm_class(&acc, &st, 4u, true);
+    }
+    if has_class(4u, false) {
+        mm_class(&acc, &st, 4u, false);
+    }
+    if has_class(5u, true) {
+        mm_class(&acc, &st, 5u, true);
+    }
+    if has_class(5u, false) {
+        mm_class(&acc, &st, 5u, false);
+    }
+    if has_class(6u, true) {
+        mm_class(&acc, &st, 6u, true);
+    }
+    if has_class(6u, false) {
+        mm_class(&acc, &st, 6u, false);
+    }
+    if has_class(7u, true) {
+        mm_class(&acc, &st, 7u, true);
+    }
+    if has_class(7u, false) {
+        mm_class(&acc, &st, 7u, false);
+    }
+    if has_class(8u, true) {
+        mm_class(&acc, &st, 8u, true);
+    }
+    if has_class(8u, false) {
+        mm_class(&acc, &st, 8u, false);
     }
     for (var r = 0u; r < TB; r++) {
         for (var a = 0u; a < TA; a++) {

@@ -47,9 +47,11 @@ const ALL: [WeightFormat; 6] = [
     WeightFormat::Mixed,
 ];
 
-/// A random Mixed weight: group size 32, 64 or 128 and every group's width
-/// drawn from 1..=8 (so short last groups and all segment kinds occur),
-/// values within about +-0.1.
+/// A random Mixed weight: group size 32, 64 or 128, and every group's width
+/// drawn from {n - 1, n, n + 1} with n from 2..=7 by seed, as SliM-LLM
+/// allocates (so short last groups and, over the cases, every width occur;
+/// few widths per weight keep the kernels' per-class code, and the
+/// pipeline compile, small), values within about +-0.1.
 struct RandomMixed {
     layout: Arc<MixedLayout>,
     codes: Vec<u32>,
@@ -62,7 +64,8 @@ impl RandomMixed {
         let mut r = rand::rngs::StdRng::seed_from_u64(seed);
         let group = [32u32, 64, 128][(seed % 3) as usize];
         let n = cols.div_ceil(group);
-        let bits: Vec<u8> = (0..n).map(|_| r.random_range(1..=8u8)).collect();
+        let mid = 2 + (seed / 3 % 6) as u8;
+        let bits: Vec<u8> = (0..n).map(|_| r.random_range(mid - 1..=mid + 1)).collect();
         let layout = Arc::new(MixedLayout::new(group, cols, bits).unwrap());
         let (mut codes, mut scales, mut mins) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rows {
@@ -359,8 +362,14 @@ fn mixed_layout_counts_and_rejects() {
     let l = MixedLayout::new(128, 576, vec![2, 3, 2, 1, 4]).unwrap();
     assert_eq!(l.group_len(4), 64);
     assert_eq!(l.row_words(), (2 + 3 + 2 + 1) * 4 + 4 * 2);
-    // On the GPU, group-major: group 4 of 3 rows starts after 3 rows of 32 words.
-    assert_eq!(l.gpu_table(3)[8..], [3 * 32, 4 | 2 << 8]);
+    // The GPU table of 3 rows: groups by class (2 * (bits - 1), + 1 for the
+    // scalar path): group 3 (1 bit), 0 and 2 (2 bits), 1 (3 bits), then the
+    // short group 4 (4 bits, two chunks: scalar), whose region starts after
+    // 3 rows of the other groups' 32 words.
+    let t = l.gpu_table(3);
+    assert_eq!(t[..9], [0, 1, 1, 3, 3, 4, 4, 4, 5]);
+    assert_eq!(t[17..19], [3 * 8 + 3 * 12 + 3 * 8, 3 | 4 << 20]);
+    assert_eq!(t[25..27], [3 * 32, 4 | 2 << 20]);
     // Codes 2.33 bits on average, plus 32 bits of scale and min per group.
     let bpw = l.bits_per_weight();
     assert!(

@@ -220,10 +220,16 @@ impl MatMul {
             (false, true) => &SHADER_Q_SG,
             (false, false) => &SHADER_Q,
         };
-        if self.w.format == WeightFormat::Mixed {
+        if let Some(l) = self.w.mixed.as_deref() {
+            // Only the group classes this shard has get code (see lib/mxmatmul.wgsl).
+            let classes = (0..l.n_groups())
+                .map(|g| 1u32 << l.group_class(shard.rows, g))
+                .fold(0, |a, b| a | b);
             return match path {
-                Path::MatVec => Kernel::new(shader, entry).with("R", q_matvec_rows(shard.rows)),
-                Path::Tiled => Kernel::new(shader, entry),
+                Path::MatVec => Kernel::new(shader, entry)
+                    .with("R", q_matvec_rows(shard.rows))
+                    .with("CLASSES", classes),
+                Path::Tiled => Kernel::new(shader, entry).with("CLASSES", classes),
             };
         }
         match path {
