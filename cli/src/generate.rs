@@ -33,13 +33,13 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn config(&self) -> Result<SamplerConfig> {
-        if !(self.temp >= 0.0) || !self.temp.is_finite() {
+        if self.temp < 0.0 || !self.temp.is_finite() {
             bail!("--temp must be a finite number >= 0, got {}", self.temp);
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             bail!("--top-p must be in (0, 1], got {}", self.top_p);
         }
-        if !(self.repeat_penalty > 0.0) || !self.repeat_penalty.is_finite() {
+        if self.repeat_penalty <= 0.0 || !self.repeat_penalty.is_finite() {
             bail!("--repeat-penalty must be > 0, got {}", self.repeat_penalty);
         }
         let seed = self.seed.unwrap_or_else(|| {

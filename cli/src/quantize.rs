@@ -121,7 +121,7 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     if !(1.0..=8.0).contains(&opts.bits) {
         bail!("--bits {} outside 1..=8", opts.bits);
     }
-    if opts.group == 0 || opts.group % 32 != 0 {
+    if opts.group == 0 || !opts.group.is_multiple_of(32) {
         bail!("--group {} is not a positive multiple of 32", opts.group);
     }
     let calib = if method == Method::Rtn {

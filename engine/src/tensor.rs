@@ -114,7 +114,7 @@ impl Gpu {
             });
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let b = if data.len() % 4 == 0 && !data.is_empty() {
+        let b = if data.len().is_multiple_of(4) && !data.is_empty() {
             self.device
                 .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some(label),

@@ -135,7 +135,7 @@ impl MixedLayout {
     pub fn group_class(&self, rows: u32, g: u32) -> u32 {
         let bits = u32::from(self.bits[g as usize]);
         let nch = self.group_len(g) / GROUP;
-        let vec = (nch | self.group_base(rows, g) | bits * nch).is_multiple_of(4);
+        let vec = (nch | self.group_base(rows, g) | (bits * nch)).is_multiple_of(4);
         2 * (bits - 1) + u32::from(!vec)
     }
     /// The table plane of `rows` rows on the GPU: the groups sorted by

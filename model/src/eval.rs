@@ -129,12 +129,12 @@ pub fn perplexity_kl(
     bos: Option<u32>,
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<(PerplexityResult, Vec<f64>)> {
-    if let Some(b) = base {
-        if b.config.vocab_size != model.config.vocab_size || ctx > b.kv.max_ctx {
-            return Err(ModelError::Input(
-                "the KL base model needs the same vocabulary and a KV cache of the context".into(),
-            ));
-        }
+    if let Some(b) = base
+        && (b.config.vocab_size != model.config.vocab_size || ctx > b.kv.max_ctx)
+    {
+        return Err(ModelError::Input(
+            "the KL base model needs the same vocabulary and a KV cache of the context".into(),
+        ));
     }
     if ctx < 2 {
         return Err(ModelError::Input(
