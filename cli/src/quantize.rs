@@ -149,6 +149,13 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         batch_size: 512,
     };
     let m = common::load_host_model(&margs)?;
+    let windows = match &calib {
+        Some(text) => {
+            let tok = lamina_model::tokenizer::Tokenizer::from_spec(&m.tokenizer_spec)?;
+            pipeline::calibration_windows(&tok, text, &opts)?
+        }
+        None => Vec::new(),
+    };
     let gpu = common::open_gpu()?;
     let start = Instant::now();
     let pb = common::bar(m.config.n_layers as u64, "quantizing");
@@ -156,7 +163,7 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         pb.set_position(layer as u64);
         pb.set_message(format!("{} {phase} {done}/{total}", method.name()));
     };
-    let (q, reports) = pipeline::quantize_model(&gpu, &m, calib.as_deref(), &opts, &mut progress)?;
+    let (q, reports) = pipeline::quantize_model(&gpu, &m, &windows, &opts, &mut progress)?;
     pb.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     let mut recipe = q.recipe.clone().unwrap_or_default();

@@ -264,11 +264,12 @@ fn encode_as(t: &HostTensor, dtype: HostDType) -> Result<HostTensor> {
     })
 }
 
-/// Quantizes `m`; `calib_text` is needed for GPTQ and SliM-LLM.
+/// Quantizes `m`. GPTQ and SliM-LLM calibrate on `windows` (token ids, all
+/// of one length; see [`calibration_windows`]); RTN ignores them.
 pub fn quantize_model(
     gpu: &Arc<Gpu>,
     m: &LoadedModel,
-    calib_text: Option<&str>,
+    windows: &[Vec<u32>],
     opts: &QuantizeOptions,
     progress: Progress<'_>,
 ) -> Result<(LoadedModel, Vec<MatrixReport>)> {
@@ -294,14 +295,24 @@ pub fn quantize_model(
     }
     let n_layers = c.n_layers;
     let calibrated = opts.method != Method::Rtn;
-    let seq = opts.seq_len;
+    let seq = windows.first().map_or(0, Vec::len);
     // Residual stream of every window entering the current block.
     let mut xs: Vec<Vec<f32>> = Vec::new();
     if calibrated {
-        let text = calib_text
-            .ok_or_else(|| ModelError::Input("GPTQ and SliM-LLM need calibration text".into()))?;
-        let tok = Tokenizer::from_spec(&m.tokenizer_spec)?;
-        let windows = calibration_windows(&tok, text, opts)?;
+        if seq == 0 || windows.iter().any(|w| w.len() != seq) {
+            return Err(ModelError::Input(
+                "GPTQ and SliM-LLM need calibration windows of one nonzero length".into(),
+            ));
+        }
+        if let Some(&t) = windows
+            .iter()
+            .flatten()
+            .find(|&&t| t as usize >= c.vocab_size)
+        {
+            return Err(ModelError::Input(format!(
+                "calibration token {t} outside the vocabulary"
+            )));
+        }
         let emb = m.weights.token_embd.to_f32()?;
         xs = windows
             .iter()
@@ -474,8 +485,8 @@ pub fn quantize_model(
         "method": opts.method.name(),
         "bits": opts.bits,
         "group": opts.group,
-        "samples": if calibrated { opts.samples } else { 0 },
-        "seq_len": if calibrated { opts.seq_len } else { 0 },
+        "samples": if calibrated { windows.len() } else { 0 },
+        "seq_len": seq,
         "seed": opts.seed,
         "damp": opts.gptq.damp,
         "act_order": opts.gptq.act_order,
