@@ -143,3 +143,29 @@ fn perplexity_missing_text_file() {
         "/nonexistent/wiki.txt",
     );
 }
+
+#[test]
+fn quantize_bad_input_keeps_existing_output() {
+    // An existing output is kept unless --force.
+    let out_path = temp("existing.lamina.safetensors");
+    std::fs::write(&out_path, b"keep me").expect("write");
+    let o = out_path.to_str().expect("utf-8 path");
+    fails_with(
+        &lamina(&["quantize", "--method", "rtn", "-o", o]),
+        "--force",
+    );
+    assert_eq!(std::fs::read(&out_path).expect("read"), b"keep me");
+    // Widths, group sizes and methods outside what the format holds.
+    let fresh = temp("fresh.lamina.safetensors");
+    let f = fresh.to_str().expect("utf-8 path");
+    fails_with(&lamina(&["quantize", "--bits", "9", "-o", f]), "--bits");
+    fails_with(&lamina(&["quantize", "--bits", "0.5", "-o", f]), "--bits");
+    fails_with(&lamina(&["quantize", "--group", "48", "-o", f]), "--group");
+    fails_with(&lamina(&["quantize", "--method", "awq", "-o", f]), "awq");
+    // The test text is never calibration text.
+    let test_text = temp("wiki.test.raw");
+    std::fs::write(&test_text, b"some text").expect("write");
+    let t = test_text.to_str().expect("utf-8 path");
+    fails_with(&lamina(&["quantize", "--calib", t, "-o", f]), "test text");
+    assert!(!fresh.exists());
+}
