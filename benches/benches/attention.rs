@@ -5,24 +5,14 @@
 //!
 //! Run: `cargo bench -p lamina-benches --bench attention [-- filter]`.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use lamina_benches::{gpu, time_steps};
+use lamina_engine::Executor;
 use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::ops::{attention, kv_write};
-use lamina_engine::{Executor, Gpu};
 use rand::{Rng, SeedableRng};
-
-fn gpu() -> Arc<Gpu> {
-    match Gpu::new() {
-        Ok(g) => {
-            eprintln!("bench GPU: {}", g.describe());
-            g
-        }
-        Err(e) => panic!("benches need a GPU adapter: {e}"),
-    }
-}
 
 struct Shape {
     name: &'static str,
@@ -93,15 +83,6 @@ fn attention_executor(s: &Shape, max_ctx: u32, max_rows: u32) -> Executor {
         .collect();
     ex.write(q, 0, &qv);
     ex
-}
-
-fn time_steps(ex: &mut Executor, step: &Step, iters: u64) -> Duration {
-    let start = Instant::now();
-    for _ in 0..iters {
-        ex.run(step).expect("step");
-    }
-    ex.gpu().wait().expect("wait");
-    start.elapsed()
 }
 
 /// K and V bytes one step streams: every key once per KV head.

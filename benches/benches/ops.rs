@@ -6,9 +6,10 @@
 //! Run: `cargo bench -p lamina-benches --bench ops [-- filter]`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use lamina_benches::{gpu, time_steps};
 use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::ops::matmul::MatMul;
 use lamina_engine::weight::{
@@ -16,26 +17,6 @@ use lamina_engine::weight::{
 };
 use lamina_engine::{Executor, Gpu, WeightFormat};
 use rand::{Rng, SeedableRng};
-
-fn gpu() -> Arc<Gpu> {
-    match Gpu::new() {
-        Ok(g) => {
-            eprintln!("bench GPU: {}", g.describe());
-            g
-        }
-        Err(e) => panic!("benches need a GPU adapter: {e}"),
-    }
-}
-
-/// Times `iters` runs of `step` (one submit each) until the device is idle.
-fn time_steps(ex: &mut Executor, step: &Step, iters: u64) -> Duration {
-    let start = Instant::now();
-    for _ in 0..iters {
-        ex.run(step).expect("step");
-    }
-    ex.gpu().wait().expect("wait");
-    start.elapsed()
-}
 
 /// A random weight in llama.cpp's block encoding with small f16 scales.
 fn random_ggml(format: WeightFormat, rows: u32, cols: u32, seed: u64) -> Vec<u8> {

@@ -10,9 +10,10 @@
 //! Run: `cargo bench -p lamina-benches --bench small_ops [-- filter]`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use lamina_benches::{gpu, time_steps};
 use lamina_engine::graph::{Graph, Op, Sampling, Step, TensorId};
 use lamina_engine::ops::{add, embedding, rmsnorm, rope, sample, swiglu};
 use lamina_engine::weight::{GpuWeight, HostData, HostWeight};
@@ -27,25 +28,6 @@ const VOCAB: u32 = 49152;
 /// Copies of the op per graph (SmolLM2-135M has 30 layers).
 const LAYERS: u32 = 30;
 const PREFILL: u32 = 512;
-
-fn gpu() -> Arc<Gpu> {
-    match Gpu::new() {
-        Ok(g) => {
-            eprintln!("bench GPU: {}", g.describe());
-            g
-        }
-        Err(e) => panic!("benches need a GPU adapter: {e}"),
-    }
-}
-
-fn time_steps(ex: &mut Executor, step: &Step, iters: u64) -> Duration {
-    let start = Instant::now();
-    for _ in 0..iters {
-        ex.run(step).expect("step");
-    }
-    ex.gpu().wait().expect("wait");
-    start.elapsed()
-}
 
 fn random_f32(n: u32, seed: u64) -> Vec<u8> {
     let mut r = rand::rngs::StdRng::seed_from_u64(seed);

@@ -173,17 +173,17 @@ impl MixedLayout {
             _ => &[1],
         }
     }
-    /// Word index in the GPU codes plane (of `rows` rows) of segment word
-    /// `sw` (< width) of segment `seg` for chunk `j` of group `g`, row `r`.
-    fn gpu_word(&self, rows: u32, r: u32, g: u32, j: u32, seg: usize, sw: u32) -> usize {
+    /// Word index in the GPU codes plane where chunk `j` of group `g`, row
+    /// `r`, has its `width` words of segment `seg` (contiguous), given the
+    /// group's region offset `base` ([`group_base`](Self::group_base)).
+    fn gpu_segment(&self, base: u32, r: u32, g: u32, j: u32, seg: usize) -> usize {
         let bits = u32::from(self.bits[g as usize]);
         let nch = self.group_len(g) / GROUP;
         let (s, c) = (j / 4, j % 4);
         let k = (nch - 4 * s).min(4);
         let segs = Self::segments(bits);
         let before: u32 = segs[..seg].iter().sum();
-        let row_base = self.group_base(rows, g) + r * bits * nch;
-        (row_base + 4 * s * bits + k * before + c * segs[seg] + sw) as usize
+        (base + r * bits * nch + 4 * s * bits + k * before + c * segs[seg]) as usize
     }
     /// Bits per weight counting codes, and an f16 scale and f16 min per group.
     pub fn bits_per_weight(&self) -> f64 {
@@ -507,18 +507,18 @@ pub fn pack_mixed(rows: u32, d: &MixedData<'_>) -> Result<PackedWeight> {
         mixed: Some(l.clone()),
     };
     let table = l.gpu_table(rows);
-    for r in 0..rows {
-        for g in 0..l.n_groups() {
-            let bits = u32::from(l.bits[g as usize]);
-            let src = (r * l.row_words() + l.group_offset(g)) as usize;
+    for g in 0..l.n_groups() {
+        let bits = u32::from(l.bits[g as usize]);
+        let (offset, base) = (l.group_offset(g), l.group_base(rows, g));
+        for r in 0..rows {
+            let src = (r * l.row_words() + offset) as usize;
             for j in 0..l.group_len(g) / GROUP {
-                let chunk = &d.codes[src + (j * bits) as usize..];
-                let mut w = 0u32;
+                let mut chunk = &d.codes[src + (j * bits) as usize..];
                 for (seg, &width) in MixedLayout::segments(bits).iter().enumerate() {
-                    for sw in 0..width {
-                        p.words[l.gpu_word(rows, r, g, j, seg, sw)] = chunk[(w + sw) as usize];
-                    }
-                    w += width;
+                    let (words, rest) = chunk.split_at(width as usize);
+                    let at = l.gpu_segment(base, r, g, j, seg);
+                    p.words[at..at + words.len()].copy_from_slice(words);
+                    chunk = rest;
                 }
             }
         }
@@ -629,8 +629,9 @@ fn dequantize_mixed(p: &PackedWeight, l: &MixedLayout) -> Vec<f32> {
     };
     let mut out = vec![0.0f32; rows * cols];
     let mut chunk = Vec::with_capacity(8);
+    let bases: Vec<u32> = (0..ng as u32).map(|g| l.group_base(p.rows, g)).collect();
     for r in 0..rows {
-        for g in 0..ng {
+        for (g, &base) in bases.iter().enumerate() {
             let (d, m) = (
                 half(p.planes.scales, r * ng + g),
                 half(p.planes.mins, r * ng + g),
@@ -640,9 +641,8 @@ fn dequantize_mixed(p: &PackedWeight, l: &MixedLayout) -> Vec<f32> {
                 // Gather the chunk's words back into the host order.
                 chunk.clear();
                 for (seg, &width) in MixedLayout::segments(bits).iter().enumerate() {
-                    for sw in 0..width {
-                        chunk.push(p.words[l.gpu_word(p.rows, r as u32, g as u32, j, seg, sw)]);
-                    }
+                    let at = l.gpu_segment(base, r as u32, g as u32, j, seg);
+                    chunk.extend_from_slice(&p.words[at..at + width as usize]);
                 }
                 for k in 0..32 {
                     let c = g * l.group as usize + j as usize * 32 + k;

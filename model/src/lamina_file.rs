@@ -157,7 +157,6 @@ pub fn write(path: &Path, m: &LoadedModel, recipe: &serde_json::Value) -> Result
             }
         }
     }
-    let json = |v: &dyn erased::Json| v.to_json();
     let mut meta = HashMap::new();
     meta.insert("lamina.format".to_string(), FORMAT.to_string());
     meta.insert("lamina.config".to_string(), json(&m.config)?);
@@ -191,17 +190,8 @@ pub fn write(path: &Path, m: &LoadedModel, recipe: &serde_json::Value) -> Result
     res
 }
 
-/// JSON of serde values behind one helper (keeps `write` short).
-mod erased {
-    pub trait Json {
-        fn to_json(&self) -> crate::Result<String>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> crate::Result<String> {
-            serde_json::to_string(self)
-                .map_err(|e| crate::ModelError::Invalid(format!("metadata JSON: {e}")))
-        }
-    }
+fn json<T: Serialize + ?Sized>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| ModelError::Invalid(format!("metadata JSON: {e}")))
 }
 
 /// Whether `path` is a safetensors file whose header says it is a Lamina file.

@@ -112,7 +112,9 @@ fn upload_matrix(gpu: &Gpu, t: &HostTensor, mode: WeightMode) -> Result<GpuWeigh
     }
     let (rows, cols) = (t.rows() as u32, t.cols() as u32);
     let format = engine_format(t.dtype, mode);
-    let w = match format {
+    // Converted values outlive the borrow `data` takes of them.
+    let values;
+    let data = match format {
         WeightFormat::Mixed => {
             let Some(m) = &t.mixed else {
                 return Err(ModelError::Invalid(format!(
@@ -120,46 +122,23 @@ fn upload_matrix(gpu: &Gpu, t: &HostTensor, mode: WeightMode) -> Result<GpuWeigh
                     t.name
                 )));
             };
-            GpuWeight::upload(
-                gpu,
-                &t.name,
-                &HostWeight {
-                    format,
-                    rows,
-                    cols,
-                    data: HostData::Mixed(m.data()),
-                },
-            )?
+            HostData::Mixed(m.data())
         }
         WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 => {
-            let data = HostData::Ggml(t.data.as_slice());
-            GpuWeight::upload(
-                gpu,
-                &t.name,
-                &HostWeight {
-                    format,
-                    rows,
-                    cols,
-                    data,
-                },
-            )?
+            HostData::Ggml(t.data.as_slice())
         }
         WeightFormat::F32 | WeightFormat::F16 => {
-            let values = t.to_f32()?;
-            let data = HostData::F32(&values);
-            GpuWeight::upload(
-                gpu,
-                &t.name,
-                &HostWeight {
-                    format,
-                    rows,
-                    cols,
-                    data,
-                },
-            )?
+            values = t.to_f32()?;
+            HostData::F32(&values)
         }
     };
-    Ok(w)
+    let host = HostWeight {
+        format,
+        rows,
+        cols,
+        data,
+    };
+    Ok(GpuWeight::upload(gpu, &t.name, &host)?)
 }
 
 fn upload_vector(gpu: &Gpu, t: &HostTensor) -> Result<Tensor> {

@@ -217,6 +217,8 @@ pub fn quantize_gptq(
 
     let bs = opts.block.max(1);
     let mut err_block = vec![vec![0.0f32; rows]; bs];
+    // The block's rows of U, kept for the deferred update.
+    let mut u_block: Vec<Vec<f32>> = vec![Vec::new(); bs];
     for i1 in (0..cols).step_by(bs) {
         let i2 = (i1 + bs).min(cols);
         for i in i1..i2 {
@@ -257,10 +259,11 @@ pub fn quantize_gptq(
                 }
             }
             err_block[i - i1] = err;
+            u_block[i - i1] = ui;
         }
         // Lazy batch: the block's errors reach every later column at once.
         for i in i1..i2 {
-            let ui = urow(i);
+            let ui = &u_block[i - i1];
             let e = &err_block[i - i1];
             for k in i2..cols {
                 let f = ui[k];
