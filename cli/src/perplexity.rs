@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use lamina_model::eval;
+use lamina_model::eval::{self, KlBase};
+use lamina_model::logits_file::{self, LogitsReader, LogitsShape, LogitsWriter};
 use lamina_model::tokenizer::Tokenizer;
 
 use crate::common::{ModelArgs, bar, gpu_model, load_host_model, spinner};
@@ -24,10 +25,16 @@ pub struct PerplexityArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Also report the KL divergence of this model's token distributions from
-    /// this base model's, run with f32 weights (e.g. the GGUF a quantized
-    /// file was made from: the full-precision reference).
+    /// a base: a model run beside it with f32 weights (e.g. the GGUF a
+    /// quantized file was made from: the full-precision reference), or a
+    /// file of logits saved by `--save-logits`.
     #[arg(long = "kl-base")]
     pub kl_base: Option<PathBuf>,
+    /// Save this run's logits at the scored positions (f32, about 50 MB a
+    /// chunk for a 49k vocabulary) as a KL base for later runs. An existing
+    /// file is not overwritten.
+    #[arg(long = "save-logits")]
+    pub save_logits: Option<PathBuf>,
 }
 
 pub fn run(a: &PerplexityArgs) -> Result<()> {
@@ -74,7 +81,17 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
     margs.batch_size = ctx as u32;
     let model = gpu_model(&margs, &host, ctx)?;
     drop(host);
+    if let Some(p) = &a.save_logits
+        && p.exists()
+    {
+        bail!("{} exists; remove it or choose another name", p.display());
+    }
+    let mut saved_base = match &a.kl_base {
+        Some(p) if logits_file::is_logits_file(p) => Some(LogitsReader::open(p)?),
+        _ => None,
+    };
     let base = match &a.kl_base {
+        Some(_) if saved_base.is_some() => None,
         Some(p) => {
             let mut bargs = margs.clone();
             bargs.model = Some(p.clone());
@@ -105,11 +122,28 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
         model.kv.format.name(),
         model.kv.format.bytes_per_token(&model.config)
     );
+    let mut writer = match &a.save_logits {
+        Some(p) => Some(LogitsWriter::create(
+            p,
+            LogitsShape {
+                vocab: model.config.vocab_size,
+                ctx,
+                first: ctx / 2,
+            },
+        )?),
+        None => None,
+    };
+    let kl_base = match (saved_base.as_mut(), base.as_deref()) {
+        (Some(r), _) => Some(KlBase::Saved(r)),
+        (None, Some(m)) => Some(KlBase::Model(m)),
+        _ => None,
+    };
     let pb = bar(n as u64, "perplexity");
     let t0 = Instant::now();
     let (r, per_chunk) = eval::perplexity_kl(
         &model,
-        base.as_deref(),
+        kl_base,
+        writer.as_mut(),
         &tokens,
         ctx,
         a.chunks,
@@ -120,6 +154,10 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
         },
     )?;
     pb.finish_and_clear();
+    if let Some(w) = writer {
+        let p = w.finish()?;
+        eprintln!("saved the scored logits to {}", p.display());
+    }
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
         "{} chunks, {} tokens scored, {:.2} s ({:.2} s per chunk, {:.1} t/s)",
@@ -132,7 +170,14 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
     if let Some(p) = &a.json {
         let j = serde_json::json!({
             "ctx": ctx, "chunks": r.chunks, "ppl": r.ppl, "ppl_err": r.ppl_err,
-            "mean_nll": r.mean_nll, "chunk_mean_nll": per_chunk,
+            "mean_nll": r.mean_nll,
+            "chunk_mean_nll": per_chunk.iter().map(|c| c.mean_nll).collect::<Vec<_>>(),
+            // The estimates over the first k chunks, k = 1 ..= chunks.
+            "so_far": per_chunk.iter().map(|c| serde_json::json!({
+                "ppl": c.so_far.ppl, "ppl_err": c.so_far.ppl_err,
+                "kl": c.so_far.kl.map(|k| k.mean), "kl_err": c.so_far.kl.map(|k| k.err),
+                "top1_agree": c.so_far.kl.map(|k| k.top1_agree),
+            })).collect::<Vec<_>>(),
             "weights": a.model.weights, "kv": a.model.kv,
             "kl": r.kl.map(|k| k.mean), "kl_err": r.kl.map(|k| k.err),
             "top1_agree": r.kl.map(|k| k.top1_agree),

@@ -7,6 +7,7 @@
 use lamina_engine::graph::Step;
 
 use crate::llama::Head;
+use crate::logits_file::{LogitsReader, LogitsShape, LogitsWriter, chunk_hash};
 use crate::session::Compiled;
 use crate::{ModelError, Result, llama::GpuModel};
 
@@ -21,6 +22,13 @@ pub struct PerplexityResult {
     /// Against a base model: mean KL(base ‖ model) per scored token, its
     /// standard error, and how often both models' top-1 tokens agree.
     pub kl: Option<KlResult>,
+}
+
+/// One chunk's mean NLL, and the estimates over the chunks up to it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChunkResult {
+    pub mean_nll: f64,
+    pub so_far: PerplexityResult,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -113,28 +121,49 @@ pub fn perplexity(
     max_chunks: Option<usize>,
     bos: Option<u32>,
     progress: impl FnMut(usize, usize, f64),
-) -> Result<(PerplexityResult, Vec<f64>)> {
-    perplexity_kl(model, None, tokens, ctx, max_chunks, bos, progress)
+) -> Result<(PerplexityResult, Vec<ChunkResult>)> {
+    perplexity_kl(model, None, None, tokens, ctx, max_chunks, bos, progress)
+}
+
+/// Where the reference distributions of the KL divergence come from.
+pub enum KlBase<'a> {
+    /// A model run beside the evaluated one, chunk by chunk.
+    Model(&'a GpuModel),
+    /// The scored logits a previous run saved ([`LogitsWriter`]).
+    Saved(&'a mut LogitsReader),
 }
 
 /// [`perplexity`], and with `base` (e.g. the full-precision model) the KL
 /// divergence of `model`'s next-token distributions from `base`'s at every
-/// scored position.
+/// scored position. With `save`, the model's logits at the scored positions
+/// are written out to serve later runs as a [`KlBase::Saved`].
+#[allow(clippy::too_many_arguments)]
 pub fn perplexity_kl(
     model: &GpuModel,
-    base: Option<&GpuModel>,
+    mut base: Option<KlBase>,
+    mut save: Option<&mut LogitsWriter>,
     tokens: &[u32],
     ctx: usize,
     max_chunks: Option<usize>,
     bos: Option<u32>,
     mut progress: impl FnMut(usize, usize, f64),
-) -> Result<(PerplexityResult, Vec<f64>)> {
-    if let Some(b) = base
-        && (b.config.vocab_size != model.config.vocab_size || ctx > b.kv.max_ctx)
-    {
-        return Err(ModelError::Input(
-            "the KL base model needs the same vocabulary and a KV cache of the context".into(),
-        ));
+) -> Result<(PerplexityResult, Vec<ChunkResult>)> {
+    let vocab = model.config.vocab_size;
+    let first = ctx / 2;
+    let shape = LogitsShape { vocab, ctx, first };
+    match &base {
+        Some(KlBase::Model(b)) if b.config.vocab_size != vocab || ctx > b.kv.max_ctx => {
+            return Err(ModelError::Input(
+                "the KL base model needs the same vocabulary and a KV cache of the context".into(),
+            ));
+        }
+        Some(KlBase::Saved(r)) if r.shape != shape => {
+            return Err(ModelError::Input(format!(
+                "the saved base logits are for vocabulary {} and context {}, this run {vocab} and {ctx}",
+                r.shape.vocab, r.shape.ctx
+            )));
+        }
+        _ => {}
     }
     if ctx < 2 {
         return Err(ModelError::Input(
@@ -155,13 +184,20 @@ pub fn perplexity_kl(
         )));
     }
     let chunks = max_chunks.map_or(available, |m| m.min(available));
+    if let Some(KlBase::Saved(r)) = &base
+        && r.chunks < chunks
+    {
+        return Err(ModelError::Input(format!(
+            "the saved base logits hold {} chunks, this run needs {chunks}",
+            r.chunks
+        )));
+    }
     let mut c = Compiled::new(model, ctx as u32, Head::AllLogits)?;
-    let mut cb = match base {
-        Some(b) => Some(Compiled::new(b, ctx as u32, Head::AllLogits)?),
-        None => None,
+    let mut cb = match &base {
+        Some(KlBase::Model(b)) => Some(Compiled::new(b, ctx as u32, Head::AllLogits)?),
+        _ => None,
     };
-    let vocab = model.config.vocab_size;
-    let first = ctx / 2;
+    let mut saved = Vec::new();
     let mut stats = NllStats::default();
     let (mut kl_stats, mut agree) = (NllStats::default(), 0usize);
     let mut per_chunk = Vec::with_capacity(chunks);
@@ -180,15 +216,32 @@ pub fn perplexity_kl(
             .exec
             .run_read(&step, c.io.logits, 4 * (ctx * vocab) as u64)?;
         let logits: &[f32] = bytemuck::cast_slice(&bytes);
-        if let Some(cb) = cb.as_mut() {
-            cb.exec.write(cb.io.ids, 0, bytemuck::cast_slice(&chunk));
-            let bb = cb
-                .exec
-                .run_read(&step, cb.io.logits, 4 * (ctx * vocab) as u64)?;
-            let base_logits: &[f32] = bytemuck::cast_slice(&bb);
-            for j in first..ctx - 1 {
-                let r = j * vocab..(j + 1) * vocab;
-                let (kl, same) = kl_row(&base_logits[r.clone()], &logits[r]);
+        let scored = &logits[first * vocab..(ctx - 1) * vocab];
+        let hash = chunk_hash(&chunk);
+        if let Some(w) = save.as_deref_mut() {
+            w.push(hash, scored)?;
+        }
+        // The base's logits of the scored rows, from a run beside this one or from the file.
+        let base_rows: Option<&[f32]> = match (&mut base, cb.as_mut()) {
+            (Some(KlBase::Model(_)), Some(cb)) => {
+                cb.exec.write(cb.io.ids, 0, bytemuck::cast_slice(&chunk));
+                let bb = cb
+                    .exec
+                    .run_read(&step, cb.io.logits, 4 * (ctx * vocab) as u64)?;
+                let all: &[f32] = bytemuck::cast_slice(&bb);
+                saved.clear();
+                saved.extend_from_slice(&all[first * vocab..(ctx - 1) * vocab]);
+                Some(&saved)
+            }
+            (Some(KlBase::Saved(r)), _) => {
+                r.next_chunk(hash, &mut saved)?;
+                Some(&saved)
+            }
+            _ => None,
+        };
+        if let Some(b) = base_rows {
+            for (p, q) in b.chunks_exact(vocab).zip(scored.chunks_exact(vocab)) {
+                let (kl, same) = kl_row(p, q);
                 kl_stats.push(kl);
                 agree += usize::from(same);
             }
@@ -200,27 +253,32 @@ pub fn perplexity_kl(
             chunk_sum += l;
             stats.push(l);
         }
-        per_chunk.push(chunk_sum / (ctx - 1 - first) as f64);
+        let has_base = base.is_some();
+        let result = |chunks: usize| {
+            let (ppl, ppl_err, mean_nll) = stats.estimate();
+            let kl = has_base.then(|| {
+                let (mean, err) = kl_stats.mean_se();
+                KlResult {
+                    mean,
+                    err,
+                    top1_agree: agree as f64 / kl_stats.count().max(1) as f64,
+                }
+            });
+            PerplexityResult {
+                chunks,
+                tokens_scored: stats.count(),
+                ppl,
+                ppl_err,
+                mean_nll,
+                kl,
+            }
+        };
+        per_chunk.push(ChunkResult {
+            mean_nll: chunk_sum / (ctx - 1 - first) as f64,
+            so_far: result(i + 1),
+        });
         progress(i + 1, chunks, stats.estimate().0);
     }
-    let (ppl, ppl_err, mean_nll) = stats.estimate();
-    let kl = base.map(|_| {
-        let (mean, err) = kl_stats.mean_se();
-        KlResult {
-            mean,
-            err,
-            top1_agree: agree as f64 / kl_stats.count().max(1) as f64,
-        }
-    });
-    Ok((
-        PerplexityResult {
-            chunks,
-            tokens_scored: stats.count(),
-            ppl,
-            ppl_err,
-            mean_nll,
-            kl,
-        },
-        per_chunk,
-    ))
+    let last = per_chunk.last().expect("at least one chunk").so_far;
+    Ok((last, per_chunk))
 }

@@ -10,6 +10,7 @@ pub mod kv_cache;
 pub mod lamina_file;
 pub mod llama;
 pub mod loader;
+pub mod logits_file;
 pub mod quant;
 pub mod reference;
 pub mod session;

@@ -89,7 +89,7 @@ impl Default for QuantizeOptions {
             method: Method::Slim,
             bits: 2.0,
             group: 128,
-            samples: 32,
+            samples: 8,
             seq_len: 512,
             seed: 0,
             gptq: GptqOptions::default(),
