@@ -170,8 +170,20 @@ fn chunk_codes(ch: Chunk, k: u32, bits: u32) -> vec4<f32> {
     return vec4<f32>(v);
 }
 
-// sum(q x) over one chunk, four accumulation chains.
+// sum(q x) over one chunk, four accumulation chains. A 4-bit chunk takes x
+// pre-scaled by prescale4 and masks its nibbles in place (no shifts).
 fn chunk_dot(ch: Chunk, bits: u32, xb: XBlock) -> f32 {
+    if bits == 4u {
+        var n = nibs_lo(ch.a[0]) * xb.v[0];
+        n = fma(nibs_hi(ch.a[0]), xb.v[1], n);
+        n = fma(nibs_lo(ch.a[1]), xb.v[2], n);
+        n = fma(nibs_hi(ch.a[1]), xb.v[3], n);
+        n = fma(nibs_lo(ch.a[2]), xb.v[4], n);
+        n = fma(nibs_hi(ch.a[2]), xb.v[5], n);
+        n = fma(nibs_lo(ch.a[3]), xb.v[6], n);
+        n = fma(nibs_hi(ch.a[3]), xb.v[7], n);
+        return (n.x + n.y) + (n.z + n.w);
+    }
     var a = chunk_codes(ch, 0u, bits) * xb.v[0];
     a = fma(chunk_codes(ch, 1u, bits), xb.v[1], a);
     a = fma(chunk_codes(ch, 2u, bits), xb.v[2], a);
@@ -181,6 +193,24 @@ fn chunk_dot(ch: Chunk, bits: u32, xb: XBlock) -> f32 {
     a = fma(chunk_codes(ch, 6u, bits), xb.v[6], a);
     a = fma(chunk_codes(ch, 7u, bits), xb.v[7], a);
     return (a.x + a.y) + (a.z + a.w);
+}
+
+// x as a 4-bit chunk_dot takes it (a no-op for other widths; `bits` is a
+// literal at every call).
+fn prescale4(b: XBlock, bits: u32) -> XBlock {
+    if bits != 4u {
+        return b;
+    }
+    var r: XBlock;
+    r.v[0] = b.v[0] * X_LO;
+    r.v[1] = b.v[1] * X_HI;
+    r.v[2] = b.v[2] * X_LO;
+    r.v[3] = b.v[3] * X_HI;
+    r.v[4] = b.v[4] * X_LO;
+    r.v[5] = b.v[5] * X_HI;
+    r.v[6] = b.v[6] * X_LO;
+    r.v[7] = b.v[7] * X_HI;
+    return r;
 }
 
 fn block_sum(b: XBlock) -> f32 {
@@ -255,6 +285,10 @@ fn mv_class(acc: ptr<function, vec4<f32>>, st: MvRows, bits: u32, vec: bool) {
                 xb[2] = x_block(xg + s * 8u + 16u, st.lane, st.sgs);
                 xb[3] = x_block(xg + s * 8u + 24u, st.lane, st.sgs);
                 xs += (block_sum(xb[0]) + block_sum(xb[1])) + (block_sum(xb[2]) + block_sum(xb[3]));
+                xb[0] = prescale4(xb[0], bits);
+                xb[1] = prescale4(xb[1], bits);
+                xb[2] = prescale4(xb[2], bits);
+                xb[3] = prescale4(xb[3], bits);
                 dq.x += super_dot((base + st.r.x * gw + off) / 4u, bits, &xb);
                 if R > 1u {
                     dq.y += super_dot((base + st.r.y * gw + off) / 4u, bits, &xb);
@@ -266,8 +300,9 @@ fn mv_class(acc: ptr<function, vec4<f32>>, st: MvRows, bits: u32, vec: bool) {
             } else {
                 let k = min(4u, nch - s);
                 for (var c = 0u; c < k; c++) {
-                    let xb = x_block(xg + (s + c) * 8u, st.lane, st.sgs);
-                    xs += block_sum(xb);
+                    let xr = x_block(xg + (s + c) * 8u, st.lane, st.sgs);
+                    xs += block_sum(xr);
+                    let xb = prescale4(xr, bits);
                     dq.x += chunk_dot(load_chunk(base + st.r.x * gw + off, k, c, bits), bits, xb);
                     if R > 1u {
                         dq.y += chunk_dot(load_chunk(base + st.r.y * gw + off, k, c, bits), bits, xb);

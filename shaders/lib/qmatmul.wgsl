@@ -1,5 +1,5 @@
 // lib/qmatmul.wgsl: the block-format matmul kernels shared by matmul_q.wgsl
-// and matmul_q_sg.wgsl (uses lib/qblock.wgsl, fma_tok from lib/tiles.wgsl, and x_block / any_lane from
+// and matmul_q_sg.wgsl (uses lib/qblock.wgsl, fma_tok and nibs_lo / nibs_hi from lib/tiles.wgsl, and x_block / any_lane from
 // lib/xload.wgsl or lib/xload_sg.wgsl: the two shaders differ only in how
 // invocations share the x loads, directly or through subgroup broadcasts).
 //
@@ -23,19 +23,6 @@ const WG: u32 = 64u;
 // Rows per invocation: 1, 2 or 4 (set by matmul.rs from the row count);
 // each x block serves R rows.
 override R: u32 = 4u;
-
-// Q4 codes masked in place: component k of nibs_lo / nibs_hi is nibble k (or
-// 4 + k) of the word times 16^k, except nibble 7, shifted down (a mask would
-// leave it above i32's range). x is pre-scaled to match (X_LO, X_HI), which
-// saves a shift per weight; the products are exact, so nothing is lost.
-fn nibs_lo(w: u32) -> vec4<f32> {
-    return vec4<f32>(vec4<i32>(vec4<u32>(w) & vec4<u32>(0xfu, 0xf0u, 0xf00u, 0xf000u)));
-}
-fn nibs_hi(w: u32) -> vec4<f32> {
-    return vec4<f32>(vec4<i32>(vec4<u32>(w & 0xf0000u, w & 0xf00000u, w & 0xf000000u, w >> 28u)));
-}
-const X_LO = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625);
-const X_HI = vec4<f32>(0.0000152587890625, 9.5367431640625e-7, 5.9604644775390625e-8, 1.0);
 
 fn is_q4(fmt: u32) -> bool {
     return fmt == Q4_0 || fmt == Q4_1;

@@ -1,4 +1,4 @@
-// lib/tiles.wgsl: a helper of the tiled matmul kernels (lib/qmatmul.wgsl,
+// lib/tiles.wgsl: helpers of the matmul kernels (lib/qmatmul.wgsl,
 // lib/mxmatmul.wgsl).
 
 // acc + (dot(x0, w), dot(x1, w), dot(x2, w), dot(x3, w)), as fma chains.
@@ -9,3 +9,17 @@ fn fma_tok(acc: vec4<f32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4
                      fma(x2.x, w.x, fma(x2.y, w.y, fma(x2.z, w.z, fma(x2.w, w.w, acc.z)))),
                      fma(x3.x, w.x, fma(x3.y, w.y, fma(x3.z, w.z, fma(x3.w, w.w, acc.w)))));
 }
+
+// 4-bit codes (8 to a word, code k at bit 4k) masked in place: component k
+// of nibs_lo / nibs_hi is nibble k (or 4 + k) of the word times 16^k, except
+// nibble 7, shifted down (a mask would leave it above i32's range). x is pre-scaled to match (X_LO, X_HI), which
+// saves a shift per weight; the products are exact, so nothing is lost.
+fn nibs_lo(w: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<i32>(vec4<u32>(w) & vec4<u32>(0xfu, 0xf0u, 0xf00u, 0xf000u)));
+}
+fn nibs_hi(w: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<i32>(vec4<u32>(w & 0xf0000u, w & 0xf00000u, w & 0xf000000u, w >> 28u)));
+}
+const X_LO = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625);
+const X_HI = vec4<f32>(0.0000152587890625, 9.5367431640625e-7, 5.9604644775390625e-8, 1.0);
+
