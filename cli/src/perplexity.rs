@@ -38,6 +38,11 @@ pub struct PerplexityArgs {
 }
 
 pub fn run(a: &PerplexityArgs) -> Result<()> {
+    if let Some(p) = &a.save_logits
+        && p.exists()
+    {
+        bail!("{} exists; remove it or choose another name", p.display());
+    }
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
     // As llama.cpp's -f: one trailing newline is dropped.
@@ -81,11 +86,6 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
     margs.batch_size = ctx as u32;
     let model = gpu_model(&margs, &host, ctx)?;
     drop(host);
-    if let Some(p) = &a.save_logits
-        && p.exists()
-    {
-        bail!("{} exists; remove it or choose another name", p.display());
-    }
     let mut saved_base = match &a.kl_base {
         Some(p) if logits_file::is_logits_file(p) => Some(LogitsReader::open(p)?),
         _ => None,

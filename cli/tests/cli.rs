@@ -145,6 +145,20 @@ fn perplexity_missing_text_file() {
 }
 
 #[test]
+fn perplexity_keeps_existing_saved_logits() {
+    let text = temp("ppl.txt");
+    std::fs::write(&text, b"some text").expect("write");
+    let logits = temp("base.logits");
+    std::fs::write(&logits, b"keep me").expect("write");
+    let (t, l) = (text.to_str().unwrap(), logits.to_str().unwrap());
+    fails_with(
+        &lamina(&["perplexity", "-f", t, "--save-logits", l]),
+        "exists",
+    );
+    assert_eq!(std::fs::read(&logits).expect("read"), b"keep me");
+}
+
+#[test]
 fn quantize_bad_input_keeps_existing_output() {
     // An existing output is kept unless --force.
     let out_path = temp("existing.lamina.safetensors");
