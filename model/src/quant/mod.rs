@@ -5,5 +5,6 @@ pub mod encode;
 pub mod ggml;
 pub mod gptq;
 pub mod pipeline;
+pub mod qjl;
 pub mod rtn;
 pub mod slim;
