@@ -65,7 +65,12 @@ pub struct QjlQuery {
 
 impl QjlSketch {
     pub fn new(head_dim: usize, m: usize, m_outlier: usize, seed: u64) -> Result<Self> {
-        if head_dim == 0 || m == 0 || m % 32 != 0 || m_outlier % 32 != 0 || m_outlier > m {
+        if head_dim == 0
+            || m == 0
+            || !m.is_multiple_of(32)
+            || !m_outlier.is_multiple_of(32)
+            || m_outlier > m
+        {
             return Err(ModelError::Input(format!(
                 "QJL sketch of {m} rows ({m_outlier} for outliers) over {head_dim} channels: \
                  rows must be positive multiples of 32, outlier rows at most the rows"
