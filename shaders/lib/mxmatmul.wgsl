@@ -84,61 +84,29 @@ fn load_chunk(base: u32, k: u32, c: u32, bits: u32) -> Chunk {
     return ch;
 }
 
-// A full superchunk (4 chunks) as `bits` vec4s from vec4 index `b4`:
-// v[0..8] the 8-bit segment, or v[0..4] the 4-bit, v[4..6] the 2-bit and
-// v[6] the 1-bit segment.
-struct Super {
-    v: array<vec4<u32>, 8>,
-}
-
-fn load_super(b4: u32, bits: u32) -> Super {
-    var sp: Super;
+// Chunk c (any value below 4) of the full superchunk at vec4 index b4,
+// loading only what holds it: one vec4 per 4-bit segment, the vec4 holding
+// two chunks' 2-bit words, and one word of the 1-bit segment.
+fn vload_chunk(b4: u32, c: u32, bits: u32) -> Chunk {
+    var ch: Chunk;
     if bits == 8u {
-        sp.v[0] = codes4[b4];
-        sp.v[1] = codes4[b4 + 1u];
-        sp.v[2] = codes4[b4 + 2u];
-        sp.v[3] = codes4[b4 + 3u];
-        sp.v[4] = codes4[b4 + 4u];
-        sp.v[5] = codes4[b4 + 5u];
-        sp.v[6] = codes4[b4 + 6u];
-        sp.v[7] = codes4[b4 + 7u];
-        return sp;
+        ch.a = codes4[b4 + 2u * c];
+        ch.b = codes4[b4 + 2u * c + 1u];
+        return ch;
     }
     var o = b4;
     if (bits & 4u) != 0u {
-        sp.v[0] = codes4[o];
-        sp.v[1] = codes4[o + 1u];
-        sp.v[2] = codes4[o + 2u];
-        sp.v[3] = codes4[o + 3u];
+        ch.a = codes4[o + c];
         o += 4u;
     }
     if (bits & 2u) != 0u {
-        sp.v[4] = codes4[o];
-        sp.v[5] = codes4[o + 1u];
+        let w2 = codes4[o + c / 2u];
+        ch.c = select(w2.xy, w2.zw, (c & 1u) != 0u);
         o += 2u;
     }
     if (bits & 1u) != 0u {
-        sp.v[6] = codes4[o];
+        ch.d = codes[4u * o + c];
     }
-    return sp;
-}
-
-// Chunk c (a literal at every call) of a full superchunk.
-fn super_chunk(sp: Super, c: u32, bits: u32) -> Chunk {
-    var ch: Chunk;
-    if bits == 8u {
-        ch.a = sp.v[2u * c];
-        ch.b = sp.v[2u * c + 1u];
-        return ch;
-    }
-    ch.a = sp.v[c];
-    let w2 = sp.v[4u + c / 2u];
-    if (c & 1u) == 0u {
-        ch.c = w2.xy;
-    } else {
-        ch.c = w2.zw;
-    }
-    ch.d = sp.v[6][c];
     return ch;
 }
 
@@ -231,13 +199,6 @@ fn min_at(i: u32) -> f32 {
 
 override R: u32 = 4u;
 
-// sum(q x) of the full superchunk at vec4 index b4 with x blocks xb.
-fn super_dot(b4: u32, bits: u32, xb: ptr<function, array<XBlock, 4>>) -> f32 {
-    let sp = load_super(b4, bits);
-    return (chunk_dot(super_chunk(sp, 0u, bits), bits, (*xb)[0]) + chunk_dot(super_chunk(sp, 1u, bits), bits, (*xb)[1]))
-         + (chunk_dot(super_chunk(sp, 2u, bits), bits, (*xb)[2]) + chunk_dot(super_chunk(sp, 3u, bits), bits, (*xb)[3]));
-}
-
 // Table: class starts (17 words), then per group [region offset, g | chunks << 20],
 // sorted by class = 2 * (bits - 1) + (1 if the scalar path).
 const CLASS_WORDS: u32 = 17u;
@@ -279,23 +240,19 @@ fn mv_class(acc: ptr<function, vec4<f32>>, st: MvRows, bits: u32, vec: bool) {
         for (var s = 0u; s < nch; s += 4u) {
             let off = s * bits;
             if vec {
-                var xb: array<XBlock, 4>;
-                xb[0] = x_block(xg + s * 8u, st.lane, st.sgs);
-                xb[1] = x_block(xg + s * 8u + 8u, st.lane, st.sgs);
-                xb[2] = x_block(xg + s * 8u + 16u, st.lane, st.sgs);
-                xb[3] = x_block(xg + s * 8u + 24u, st.lane, st.sgs);
-                xs += (block_sum(xb[0]) + block_sum(xb[1])) + (block_sum(xb[2]) + block_sum(xb[3]));
-                xb[0] = prescale4(xb[0], bits);
-                xb[1] = prescale4(xb[1], bits);
-                xb[2] = prescale4(xb[2], bits);
-                xb[3] = prescale4(xb[3], bits);
-                dq.x += super_dot((base + st.r.x * gw + off) / 4u, bits, &xb);
-                if R > 1u {
-                    dq.y += super_dot((base + st.r.y * gw + off) / 4u, bits, &xb);
-                }
-                if R > 2u {
-                    dq.z += super_dot((base + st.r.z * gw + off) / 4u, bits, &xb);
-                    dq.w += super_dot((base + st.r.w * gw + off) / 4u, bits, &xb);
+                // A chunk per iteration, as in mm_class.
+                for (var c = 0u; c < 4u; c++) {
+                    let xr = x_block(xg + (s + c) * 8u, st.lane, st.sgs);
+                    xs += block_sum(xr);
+                    let xb = prescale4(xr, bits);
+                    dq.x += chunk_dot(vload_chunk((base + st.r.x * gw + off) / 4u, c, bits), bits, xb);
+                    if R > 1u {
+                        dq.y += chunk_dot(vload_chunk((base + st.r.y * gw + off) / 4u, c, bits), bits, xb);
+                    }
+                    if R > 2u {
+                        dq.z += chunk_dot(vload_chunk((base + st.r.z * gw + off) / 4u, c, bits), bits, xb);
+                        dq.w += chunk_dot(vload_chunk((base + st.r.w * gw + off) / 4u, c, bits), bits, xb);
+                    }
                 }
             } else {
                 let k = min(4u, nch - s);
@@ -496,30 +453,16 @@ fn mm_class(acc: ptr<function, Acc>, st: ptr<function, MmTile>, bits: u32, vec: 
         for (var s = 0u; s < nch; s += 4u) {
             let o = vec4<u32>(base) + rr * gw + vec4<u32>(s * bits);
             if vec {
-                let spa = load_super(o.x / 4u, bits);
-                let spb = load_super(o.y / 4u, bits);
-                let spc = load_super(o.z / 4u, bits);
-                let spd = load_super(o.w / 4u, bits);
-                w.c0 = super_chunk(spa, 0u, bits);
-                w.c1 = super_chunk(spb, 0u, bits);
-                w.c2 = super_chunk(spc, 0u, bits);
-                w.c3 = super_chunk(spd, 0u, bits);
-                mx_chunk(acc, &w, g, s, tb, lane, sgs, bits);
-                w.c0 = super_chunk(spa, 1u, bits);
-                w.c1 = super_chunk(spb, 1u, bits);
-                w.c2 = super_chunk(spc, 1u, bits);
-                w.c3 = super_chunk(spd, 1u, bits);
-                mx_chunk(acc, &w, g, s + 1u, tb, lane, sgs, bits);
-                w.c0 = super_chunk(spa, 2u, bits);
-                w.c1 = super_chunk(spb, 2u, bits);
-                w.c2 = super_chunk(spc, 2u, bits);
-                w.c3 = super_chunk(spd, 2u, bits);
-                mx_chunk(acc, &w, g, s + 2u, tb, lane, sgs, bits);
-                w.c0 = super_chunk(spa, 3u, bits);
-                w.c1 = super_chunk(spb, 3u, bits);
-                w.c2 = super_chunk(spc, 3u, bits);
-                w.c3 = super_chunk(spd, 3u, bits);
-                mx_chunk(acc, &w, g, s + 3u, tb, lane, sgs, bits);
+                // One chunk per iteration (not unrolled): a single copy of
+                // mx_chunk per class keeps the pipeline's code small.
+                let b4 = o / 4u;
+                for (var c = 0u; c < 4u; c++) {
+                    w.c0 = vload_chunk(b4.x, c, bits);
+                    w.c1 = vload_chunk(b4.y, c, bits);
+                    w.c2 = vload_chunk(b4.z, c, bits);
+                    w.c3 = vload_chunk(b4.w, c, bits);
+                    mx_chunk(acc, &w, g, s + c, tb, lane, sgs, bits);
+                }
             } else {
                 let k = min(4u, nch - s);
                 for (var c = 0u; c < k; c++) {
