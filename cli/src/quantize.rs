@@ -37,7 +37,7 @@ pub struct QuantizeArgs {
     /// ../shared/data/wikitext-2/wiki.valid.tokens when present). Never the test text.
     #[arg(long)]
     pub calib: Option<PathBuf>,
-    /// Calibration windows (8 x 512 tokens: about 6 minutes for SmolLM2-135M
+    /// Calibration windows (8 x 512 tokens: about 4 minutes for SmolLM2-135M
     /// on 2 CPU cores under lavapipe; raise it for larger machines).
     #[arg(long, default_value_t = 8)]
     pub samples: usize,
