@@ -142,15 +142,7 @@ fn chunk_codes(ch: Chunk, k: u32, bits: u32) -> vec4<f32> {
 // pre-scaled by prescale4 and masks its nibbles in place (no shifts).
 fn chunk_dot(ch: Chunk, bits: u32, xb: XBlock) -> f32 {
     if bits == 4u {
-        var n = nibs_lo(ch.a[0]) * xb.v[0];
-        n = fma(nibs_hi(ch.a[0]), xb.v[1], n);
-        n = fma(nibs_lo(ch.a[1]), xb.v[2], n);
-        n = fma(nibs_hi(ch.a[1]), xb.v[3], n);
-        n = fma(nibs_lo(ch.a[2]), xb.v[4], n);
-        n = fma(nibs_hi(ch.a[2]), xb.v[5], n);
-        n = fma(nibs_lo(ch.a[3]), xb.v[6], n);
-        n = fma(nibs_hi(ch.a[3]), xb.v[7], n);
-        return (n.x + n.y) + (n.z + n.w);
+        return nib_dot(ch.a, xb);
     }
     var a = chunk_codes(ch, 0u, bits) * xb.v[0];
     a = fma(chunk_codes(ch, 1u, bits), xb.v[1], a);
@@ -169,21 +161,7 @@ fn prescale4(b: XBlock, bits: u32) -> XBlock {
     if bits != 4u {
         return b;
     }
-    var r: XBlock;
-    r.v[0] = b.v[0] * X_LO;
-    r.v[1] = b.v[1] * X_HI;
-    r.v[2] = b.v[2] * X_LO;
-    r.v[3] = b.v[3] * X_HI;
-    r.v[4] = b.v[4] * X_LO;
-    r.v[5] = b.v[5] * X_HI;
-    r.v[6] = b.v[6] * X_LO;
-    r.v[7] = b.v[7] * X_HI;
-    return r;
-}
-
-fn block_sum(b: XBlock) -> f32 {
-    let s = ((b.v[0] + b.v[1]) + (b.v[2] + b.v[3])) + ((b.v[4] + b.v[5]) + (b.v[6] + b.v[7]));
-    return (s.x + s.y) + (s.z + s.w);
+    return nib_scale(b);
 }
 
 // f16 scale and min of (row, group) index i.
@@ -243,7 +221,7 @@ fn mv_class(acc: ptr<function, vec4<f32>>, st: MvRows, bits: u32, vec: bool) {
                 // A chunk per iteration, as in mm_class.
                 for (var c = 0u; c < 4u; c++) {
                     let xr = x_block(xg + (s + c) * 8u, st.lane, st.sgs);
-                    xs += block_sum(xr);
+                    xs += x_sum(xr);
                     let xb = prescale4(xr, bits);
                     dq.x += chunk_dot(vload_chunk((base + st.r.x * gw + off) / 4u, c, bits), bits, xb);
                     if R > 1u {
@@ -258,7 +236,7 @@ fn mv_class(acc: ptr<function, vec4<f32>>, st: MvRows, bits: u32, vec: bool) {
                 let k = min(4u, nch - s);
                 for (var c = 0u; c < k; c++) {
                     let xr = x_block(xg + (s + c) * 8u, st.lane, st.sgs);
-                    xs += block_sum(xr);
+                    xs += x_sum(xr);
                     let xb = prescale4(xr, bits);
                     dq.x += chunk_dot(load_chunk(base + st.r.x * gw + off, k, c, bits), bits, xb);
                     if R > 1u {

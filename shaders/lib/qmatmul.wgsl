@@ -1,5 +1,5 @@
 // lib/qmatmul.wgsl: the block-format matmul kernels shared by matmul_q.wgsl
-// and matmul_q_sg.wgsl (uses lib/qblock.wgsl, fma_tok and nibs_lo / nibs_hi from lib/tiles.wgsl, and x_block / any_lane from
+// and matmul_q_sg.wgsl (uses lib/qblock.wgsl, fma_tok and the nibble helpers from lib/tiles.wgsl, and x_block / any_lane from
 // lib/xload.wgsl or lib/xload_sg.wgsl: the two shaders differ only in how
 // invocations share the x loads, directly or through subgroup broadcasts).
 //
@@ -28,29 +28,20 @@ fn is_q4(fmt: u32) -> bool {
     return fmt == Q4_0 || fmt == Q4_1;
 }
 
-// Codes 4kq .. 4kq + 3 as qdot multiplies them (Q4: masked in place).
-fn qcodes4(b: WBlock, kq: u32, fmt: u32) -> vec4<f32> {
-    if is_q4(fmt) {
-        let w = b.c[0][kq >> 1u];
-        if (kq & 1u) == 0u {
-            return nibs_lo(w);
-        }
-        return nibs_hi(w);
-    }
-    return codes4(b, kq, fmt);
-}
-
 // sum(q x) over one block with x as prepared by prep_x (Q4: pre-scaled).
 // Four independent accumulation chains (the vec4 components) instead of one.
 fn qdot(b: WBlock, xs: XBlock, fmt: u32) -> f32 {
-    var a = qcodes4(b, 0u, fmt) * xs.v[0];
-    a = fma(qcodes4(b, 1u, fmt), xs.v[1], a);
-    a = fma(qcodes4(b, 2u, fmt), xs.v[2], a);
-    a = fma(qcodes4(b, 3u, fmt), xs.v[3], a);
-    a = fma(qcodes4(b, 4u, fmt), xs.v[4], a);
-    a = fma(qcodes4(b, 5u, fmt), xs.v[5], a);
-    a = fma(qcodes4(b, 6u, fmt), xs.v[6], a);
-    a = fma(qcodes4(b, 7u, fmt), xs.v[7], a);
+    if is_q4(fmt) {
+        return nib_dot(b.c[0], xs);
+    }
+    var a = codes4(b, 0u, fmt) * xs.v[0];
+    a = fma(codes4(b, 1u, fmt), xs.v[1], a);
+    a = fma(codes4(b, 2u, fmt), xs.v[2], a);
+    a = fma(codes4(b, 3u, fmt), xs.v[3], a);
+    a = fma(codes4(b, 4u, fmt), xs.v[4], a);
+    a = fma(codes4(b, 5u, fmt), xs.v[5], a);
+    a = fma(codes4(b, 6u, fmt), xs.v[6], a);
+    a = fma(codes4(b, 7u, fmt), xs.v[7], a);
     return (a.x + a.y) + (a.z + a.w);
 }
 
@@ -89,17 +80,9 @@ struct XPrep {
 fn prep_x(b: XBlock, fmt: u32) -> XPrep {
     var r: XPrep;
     r.xs = b;
-    let s = ((b.v[0] + b.v[1]) + (b.v[2] + b.v[3])) + ((b.v[4] + b.v[5]) + (b.v[6] + b.v[7]));
-    r.sum = (s.x + s.y) + (s.z + s.w);
+    r.sum = x_sum(b);
     if is_q4(fmt) {
-        r.xs.v[0] *= X_LO;
-        r.xs.v[1] *= X_HI;
-        r.xs.v[2] *= X_LO;
-        r.xs.v[3] *= X_HI;
-        r.xs.v[4] *= X_LO;
-        r.xs.v[5] *= X_HI;
-        r.xs.v[6] *= X_LO;
-        r.xs.v[7] *= X_HI;
+        r.xs = nib_scale(b);
     }
     return r;
 }
