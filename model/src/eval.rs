@@ -222,16 +222,15 @@ pub fn perplexity_kl(
             w.push(hash, scored)?;
         }
         // The base's logits of the scored rows, from a run beside this one or from the file.
+        let base_bytes;
         let base_rows: Option<&[f32]> = match (&mut base, cb.as_mut()) {
             (Some(KlBase::Model(_)), Some(cb)) => {
                 cb.exec.write(cb.io.ids, 0, bytemuck::cast_slice(&chunk));
-                let bb = cb
+                base_bytes = cb
                     .exec
                     .run_read(&step, cb.io.logits, 4 * (ctx * vocab) as u64)?;
-                let all: &[f32] = bytemuck::cast_slice(&bb);
-                saved.clear();
-                saved.extend_from_slice(&all[first * vocab..(ctx - 1) * vocab]);
-                Some(&saved)
+                let all: &[f32] = bytemuck::cast_slice(&base_bytes);
+                Some(&all[first * vocab..(ctx - 1) * vocab])
             }
             (Some(KlBase::Saved(r)), _) => {
                 r.next_chunk(hash, &mut saved)?;
@@ -253,31 +252,27 @@ pub fn perplexity_kl(
             chunk_sum += l;
             stats.push(l);
         }
-        let has_base = base.is_some();
-        let result = |chunks: usize| {
-            let (ppl, ppl_err, mean_nll) = stats.estimate();
-            let kl = has_base.then(|| {
-                let (mean, err) = kl_stats.mean_se();
-                KlResult {
-                    mean,
-                    err,
-                    top1_agree: agree as f64 / kl_stats.count().max(1) as f64,
-                }
-            });
-            PerplexityResult {
-                chunks,
+        let (ppl, ppl_err, mean_nll) = stats.estimate();
+        let kl = base.is_some().then(|| {
+            let (mean, err) = kl_stats.mean_se();
+            KlResult {
+                mean,
+                err,
+                top1_agree: agree as f64 / kl_stats.count().max(1) as f64,
+            }
+        });
+        per_chunk.push(ChunkResult {
+            mean_nll: chunk_sum / (ctx - 1 - first) as f64,
+            so_far: PerplexityResult {
+                chunks: i + 1,
                 tokens_scored: stats.count(),
                 ppl,
                 ppl_err,
                 mean_nll,
                 kl,
-            }
-        };
-        per_chunk.push(ChunkResult {
-            mean_nll: chunk_sum / (ctx - 1 - first) as f64,
-            so_far: result(i + 1),
+            },
         });
-        progress(i + 1, chunks, stats.estimate().0);
+        progress(i + 1, chunks, ppl);
     }
     let last = per_chunk.last().expect("at least one chunk").so_far;
     Ok((last, per_chunk))

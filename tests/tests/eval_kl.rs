@@ -3,7 +3,7 @@
 //! running the base beside the model, and a file that does not fit the run
 //! is refused.
 
-use lamina_model::eval::{KlBase, perplexity_kl};
+use lamina_model::eval::{ChunkResult, KlBase, PerplexityResult, perplexity_kl};
 use lamina_model::kv_cache::KvFormat;
 use lamina_model::llama::{GpuModel, WeightMode};
 use lamina_model::loader::LoadedModel;
@@ -18,6 +18,26 @@ const CTX: usize = 32;
 
 fn gpu_model(m: &LoadedModel) -> GpuModel {
     GpuModel::new(gpu(), m, WeightMode::Native, CTX, KvFormat::F16, |_, _| {}).unwrap()
+}
+
+/// `model` over `tokens` in chunks of `ctx`, against the logits saved in `path`.
+fn against_saved(
+    model: &GpuModel,
+    path: &std::path::Path,
+    tokens: &[u32],
+    ctx: usize,
+) -> lamina_model::Result<(PerplexityResult, Vec<ChunkResult>)> {
+    let mut rd = LogitsReader::open(path)?;
+    perplexity_kl(
+        model,
+        Some(KlBase::Saved(&mut rd)),
+        None,
+        tokens,
+        ctx,
+        None,
+        None,
+        |_, _, _| {},
+    )
 }
 
 #[test]
@@ -67,18 +87,7 @@ fn saved_base_logits_give_the_live_kl() {
     assert_eq!(rb.chunks, 3);
 
     // The base against its own saved logits: no divergence.
-    let mut rd = LogitsReader::open(&path).unwrap();
-    let (self_kl, _) = perplexity_kl(
-        &base,
-        Some(KlBase::Saved(&mut rd)),
-        None,
-        &tokens,
-        CTX,
-        None,
-        None,
-        |_, _, _| {},
-    )
-    .unwrap();
+    let (self_kl, _) = against_saved(&base, &path, &tokens, CTX).unwrap();
     let k = self_kl.kl.unwrap();
     assert!(k.mean < 1e-9 && k.top1_agree == 1.0, "{k:?}");
     assert_eq!(self_kl.ppl, rb.ppl);
@@ -95,18 +104,7 @@ fn saved_base_logits_give_the_live_kl() {
         |_, _, _| {},
     )
     .unwrap();
-    let mut rd = LogitsReader::open(&path).unwrap();
-    let (saved, _) = perplexity_kl(
-        &model,
-        Some(KlBase::Saved(&mut rd)),
-        None,
-        &tokens,
-        CTX,
-        None,
-        None,
-        |_, _, _| {},
-    )
-    .unwrap();
+    let (saved, _) = against_saved(&model, &path, &tokens, CTX).unwrap();
     let (a, b) = (live.kl.unwrap(), saved.kl.unwrap());
     assert!(a.mean > 1e-3, "{a:?}");
     assert!((a.mean - b.mean).abs() <= 1e-6 * a.mean, "{a:?} {b:?}");
@@ -120,47 +118,10 @@ fn saved_base_logits_give_the_live_kl() {
     // Other tokens, a longer run or another context are refused.
     let mut other = tokens.clone();
     other[CTX + 5] = (other[CTX + 5] + 1) % 200;
-    let mut rd = LogitsReader::open(&path).unwrap();
-    let e = perplexity_kl(
-        &model,
-        Some(KlBase::Saved(&mut rd)),
-        None,
-        &other,
-        CTX,
-        None,
-        None,
-        |_, _, _| {},
-    )
-    .unwrap_err();
+    let e = against_saved(&model, &path, &other, CTX).unwrap_err();
     assert!(e.to_string().contains("different tokens"), "{e}");
     let longer: Vec<u32> = tokens.iter().chain(&tokens[..CTX]).copied().collect();
-    let mut rd = LogitsReader::open(&path).unwrap();
-    assert!(
-        perplexity_kl(
-            &model,
-            Some(KlBase::Saved(&mut rd)),
-            None,
-            &longer,
-            CTX,
-            None,
-            None,
-            |_, _, _| {}
-        )
-        .is_err()
-    );
-    let mut rd = LogitsReader::open(&path).unwrap();
-    assert!(
-        perplexity_kl(
-            &model,
-            Some(KlBase::Saved(&mut rd)),
-            None,
-            &tokens,
-            CTX / 2,
-            None,
-            None,
-            |_, _, _| {}
-        )
-        .is_err()
-    );
+    assert!(against_saved(&model, &path, &longer, CTX).is_err());
+    assert!(against_saved(&model, &path, &tokens, CTX / 2).is_err());
     std::fs::remove_dir_all(&dir).ok();
 }
