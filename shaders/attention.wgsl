@@ -49,19 +49,17 @@ override W8: u32 = 8u;    // head_dim / 8: 16-byte words per cache row
 override G: u32 = 1u;     // query heads per KV head
 
 const WG: u32 = 64u;
-const KB: u32 = 32u;        // keys per block: 8 groups of 4
-const NEG: f32 = -3.0e38;   // stands for -inf; stays finite so NEG - NEG = 0, not NaN
 
 // ---------------------------------------------------------------------------
-// Helpers. "Rows" are the 4 query rows (or heads) of an invocation; a score
-// matrix has one column per key and one component per row.
+// Helpers (KB, NEG, lo4/hi4, Values4, Scores, Block, softmax_block, the
+// accumulators and the combine entry) are in lib/softmax4.wgsl.
 
-// Eight f16 of a cache word: dims 0-3 and 4-7.
-fn lo4(w: vec4<u32>) -> vec4<f32> {
-    return vec4(unpack2x16float(w.x), unpack2x16float(w.y));
-}
-fn hi4(w: vec4<u32>) -> vec4<f32> {
-    return vec4(unpack2x16float(w.z), unpack2x16float(w.w));
+fn values4(base: u32, j: u32, last: u32, w: u32) -> Values4 {
+    let v0 = v_cache[(base + min(j, last)) * W8 + w];
+    let v1 = v_cache[(base + min(j + 1u, last)) * W8 + w];
+    let v2 = v_cache[(base + min(j + 2u, last)) * W8 + w];
+    let v3 = v_cache[(base + min(j + 3u, last)) * W8 + w];
+    return Values4(mat4x4(lo4(v0), lo4(v1), lo4(v2), lo4(v3)), mat4x4(hi4(v0), hi4(v1), hi4(v2), hi4(v3)));
 }
 
 // Scores of keys j..j+3 (clamped to `last`) of the KV head at row `base`,
@@ -74,53 +72,6 @@ fn scores4(qa: mat4x4<f32>, qb: mat4x4<f32>, base: u32, j: u32, last: u32, w: u3
     let k3 = k_cache[(base + min(j + 3u, last)) * W8 + w];
     return mat4x4(lo4(k0) * qa + hi4(k0) * qb, lo4(k1) * qa + hi4(k1) * qb,
                   lo4(k2) * qa + hi4(k2) * qb, lo4(k3) * qa + hi4(k3) * qb);
-}
-
-// Dims 8w..8w+7 of values j..j+3 (clamped), one column per key.
-struct Values4 {
-    lo: mat4x4<f32>,
-    hi: mat4x4<f32>,
-}
-
-fn values4(base: u32, j: u32, last: u32, w: u32) -> Values4 {
-    let v0 = v_cache[(base + min(j, last)) * W8 + w];
-    let v1 = v_cache[(base + min(j + 1u, last)) * W8 + w];
-    let v2 = v_cache[(base + min(j + 2u, last)) * W8 + w];
-    let v3 = v_cache[(base + min(j + 3u, last)) * W8 + w];
-    return Values4(mat4x4(lo4(v0), lo4(v1), lo4(v2), lo4(v3)), mat4x4(hi4(v0), hi4(v1), hi4(v2), hi4(v3)));
-}
-
-// Scaled scores of keys j..j+3 where key < limit (per row), NEG elsewhere.
-fn masked4(s: mat4x4<f32>, j: u32, limit: vec4<u32>, scale: f32) -> mat4x4<f32> {
-    return mat4x4(select(vec4(NEG), s[0] * scale, vec4(j) < limit),
-                  select(vec4(NEG), s[1] * scale, vec4(j + 1u) < limit),
-                  select(vec4(NEG), s[2] * scale, vec4(j + 2u) < limit),
-                  select(vec4(NEG), s[3] * scale, vec4(j + 3u) < limit));
-}
-
-// Largest score per row.
-fn rowmax(s: mat4x4<f32>) -> vec4<f32> {
-    return max(max(s[0], s[1]), max(s[2], s[3]));
-}
-
-// exp(s - m), transposed: one column per row, one component per key. A
-// masked score (NEG) gives 0 once the row has seen a key (m finite).
-fn probs_t(s: mat4x4<f32>, m: vec4<f32>) -> mat4x4<f32> {
-    return transpose(mat4x4(exp(s[0] - m), exp(s[1] - m), exp(s[2] - m), exp(s[3] - m)));
-}
-
-// Per-row sum of a transposed probability matrix.
-fn row_sums(pt: mat4x4<f32>) -> vec4<f32> {
-    return vec4(dot(pt[0], vec4(1.0)), dot(pt[1], vec4(1.0)), dot(pt[2], vec4(1.0)), dot(pt[3], vec4(1.0)));
-}
-
-// The block: 32 keys from j0 against 4 rows, all in registers.
-struct Block {
-    // Transposed probabilities of keys j0 + 4i .. j0 + 4i + 3.
-    p0: mat4x4<f32>, p1: mat4x4<f32>, p2: mat4x4<f32>, p3: mat4x4<f32>,
-    p4: mat4x4<f32>, p5: mat4x4<f32>, p6: mat4x4<f32>, p7: mat4x4<f32>,
-    // Rescale of the old accumulator: exp(m_old - m_new).
-    alpha: vec4<f32>,
 }
 
 // Scores, running max m and sum l for keys j0..j0+31 (reads clamped to
@@ -143,23 +94,7 @@ fn block(qrow: vec4<u32>, base: u32, j0: u32, last: u32, limit: vec4<u32>, m: pt
         s6 += scores4(qa, qb, base, j0 + 24u, last, w);
         s7 += scores4(qa, qb, base, j0 + 28u, last, w);
     }
-    s0 = masked4(s0, j0, limit, p.scale);
-    s1 = masked4(s1, j0 + 4u, limit, p.scale);
-    s2 = masked4(s2, j0 + 8u, limit, p.scale);
-    s3 = masked4(s3, j0 + 12u, limit, p.scale);
-    s4 = masked4(s4, j0 + 16u, limit, p.scale);
-    s5 = masked4(s5, j0 + 20u, limit, p.scale);
-    s6 = masked4(s6, j0 + 24u, limit, p.scale);
-    s7 = masked4(s7, j0 + 28u, limit, p.scale);
-    let mb = max(*m, max(max(max(rowmax(s0), rowmax(s1)), max(rowmax(s2), rowmax(s3))),
-                         max(max(rowmax(s4), rowmax(s5)), max(rowmax(s6), rowmax(s7)))));
-    var b: Block;
-    b.alpha = exp(*m - mb);
-    *m = mb;
-    b.p0 = probs_t(s0, mb); b.p1 = probs_t(s1, mb); b.p2 = probs_t(s2, mb); b.p3 = probs_t(s3, mb);
-    b.p4 = probs_t(s4, mb); b.p5 = probs_t(s5, mb); b.p6 = probs_t(s6, mb); b.p7 = probs_t(s7, mb);
-    *l = *l * b.alpha + row_sums(b.p0 + b.p1 + b.p2 + b.p3 + b.p4 + b.p5 + b.p6 + b.p7);
-    return b;
+    return softmax_block(Scores(s0, s1, s2, s3, s4, s5, s6, s7), j0, vec4(0u), limit, p.scale, m, l);
 }
 
 // P V of the block over dims 8w..8w+7: column i of .lo / .hi holds dims
@@ -179,20 +114,6 @@ fn block_pv(b: Block, base: u32, j0: u32, last: u32, w: u32) -> Values4 {
 
 // ---------------------------------------------------------------------------
 // Prefill: 4 rows (token, head-in-group) per invocation, keys uniform.
-
-// out[o..o+2] = (alpha * out[o..o+2] unless fresh, + a, b) * inv, if store.
-fn accumulate_out(o: u32, a: vec4<f32>, b: vec4<f32>, alpha: f32, inv: f32, fresh: bool, store: bool) {
-    var x = a;
-    var y = b;
-    if !fresh {
-        x += out[o] * alpha;
-        y += out[o + 1u] * alpha;
-    }
-    if store {
-        out[o] = x * inv;
-        out[o + 1u] = y * inv;
-    }
-}
 
 @compute @workgroup_size(WG)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -239,19 +160,6 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 // ---------------------------------------------------------------------------
 // Split-KV decode: one key range and 4 query heads of a group per invocation.
 
-fn accumulate_scratch(o: u32, a: vec4<f32>, b: vec4<f32>, alpha: f32, fresh: bool, store: bool) {
-    var x = a;
-    var y = b;
-    if !fresh {
-        x += scratch[o] * alpha;
-        y += scratch[o + 1u] * alpha;
-    }
-    if store {
-        scratch[o] = x;
-        scratch[o + 1u] = y;
-    }
-}
-
 @compute @workgroup_size(WG)
 fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
@@ -292,33 +200,4 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if ok.y { scratch[rec.y] = vec4(m.y, l.y, 0.0, 0.0); }
     if ok.z { scratch[rec.z] = vec4(m.z, l.z, 0.0, 0.0); }
     if ok.w { scratch[rec.w] = vec4(m.w, l.w, 0.0, 0.0); }
-}
-
-// ---------------------------------------------------------------------------
-// Combine: one workgroup per query head merges its n_chunks records:
-// out = sum_c exp(m_c - M) acc_c / sum_c exp(m_c - M) l_c, M = max_c m_c.
-
-@compute @workgroup_size(WG)
-fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                     @builtin(local_invocation_index) lid: u32) {
-    let h = wid.x + wid.y * nwg.x;
-    if h >= p.n_heads { return; }
-    let stride = 1u + 2u * W8;
-    let first = h * p.n_chunks * stride;
-    // The (m, l) words are uniform loads; every invocation folds them itself.
-    var mx = NEG;
-    for (var c = 0u; c < p.n_chunks; c++) { mx = max(mx, scratch[first + c * stride].x); }
-    var lt = 0.0;
-    for (var c = 0u; c < p.n_chunks; c++) {
-        let ml = scratch[first + c * stride];
-        lt += ml.y * exp(ml.x - mx);
-    }
-    for (var i = lid; i < 2u * W8; i += WG) {
-        var o = vec4(0.0);
-        for (var c = 0u; c < p.n_chunks; c++) {
-            let rec = first + c * stride;
-            o += exp(scratch[rec].x - mx) * scratch[rec + 1u + i];
-        }
-        out[h * 2u * W8 + i] = o / lt;
-    }
 }

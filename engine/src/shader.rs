@@ -17,6 +17,8 @@ pub mod lib {
     pub const QMATMUL: &str = include_str!("../../shaders/lib/qmatmul.wgsl");
     /// The Mixed (per-group bit width) matmul kernels (needs TILES and XLOAD or XLOAD_SG).
     pub const MXMATMUL: &str = include_str!("../../shaders/lib/mxmatmul.wgsl");
+    /// Online-softmax blocks, accumulators and the split-KV combine of both attention shaders.
+    pub const SOFTMAX4: &str = include_str!("../../shaders/lib/softmax4.wgsl");
     /// A helper of the tiled matmul kernels.
     pub const TILES: &str = include_str!("../../shaders/lib/tiles.wgsl");
     /// x blocks for the matmul kernels, loaded by every invocation.

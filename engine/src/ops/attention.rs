@@ -59,7 +59,7 @@ use crate::pipeline::Kernel;
 use crate::shader::ShaderSource;
 use crate::{Caps, Result, ensure_shape};
 
-crate::shader!(SHADER, "attention", []);
+crate::shader!(SHADER, "attention", [crate::shader::lib::SOFTMAX4]);
 
 /// The attention shader, for the naga translation tests.
 pub fn shaders() -> Vec<&'static ShaderSource> {

@@ -7,6 +7,8 @@ pub mod add;
 pub mod attention;
 pub mod embedding;
 pub mod gram;
+pub mod kv_attention;
+pub mod kv_store;
 pub mod kv_write;
 pub mod matmul;
 pub mod rmsnorm;
@@ -32,6 +34,7 @@ pub fn all_shaders() -> Vec<&'static ShaderSource> {
     ];
     v.extend(matmul::shaders());
     v.extend(attention::shaders());
+    v.extend(kv_attention::shaders());
     v
 }
 

@@ -1,0 +1,261 @@
+//! Causal GQA attention over the quantized KV cache, fused: keys and values
+//! are decoded (or, for QJL keys, scored) in place, and scores never reach
+//! memory. Segments, formats and layouts: `ops::kv_store`.
+//!
+//! A query at position `i` (head `h`, KV head `g`) attends to the pivot
+//! `[0, P)`, the store `[P, B(i + 1))` and the window `[B(i + 1), i]`, each in
+//! its own format: the cache exactly as generation saw it right after token
+//! `i` was written. With `k~` the decoded key (or, for QJL, the estimate below
+//! standing in for `q . k`) and `v~` the decoded value:
+//!
+//! `out[i, h] = sum_j softmax_j(scale * q[i, h] . k~[g, j]) v~[g, j]`
+//!
+//! QJL keys (Zandieh et al. 2024, and the score kernel of their code): with
+//! `S` the `[head_dim, m]` sketch and `O` the outlier channels of the key's
+//! token group, `q . k~ = sqrt(pi/2)/m |k_in| <S q_in, sign(S k_in)> +
+//! sqrt(pi/2)/m_out |k_out| <S_o q_out, sign(S_o k_out)>`, where `S q_in =
+//! S q - S q_out`, `S q_out` sums the outlier channels' rows of S, and `S_o`
+//! is the first `m_out` rows. `S q` is computed once per query row per step
+//! (entry `kv_qjl_prep`, into scratch); the outlier terms per block of 32
+//! keys, which is one token group.
+//!
+//! Paths as in `ops::attention` (same blocks: lib/softmax4.wgsl): prefill
+//! (4 rows per invocation; the workgroup walks the pivot, the store up to
+//! its last row's B and the window from its first row's B, each row masked
+//! to its own segments), and split-KV decode (ranges per [`decode_split`],
+//! 4 heads of a GQA group per invocation, combined per head).
+//!
+//! # Shapes
+//! q: [n_tokens, n_heads, head_dim] f32; out: [n_tokens, n_heads * head_dim].
+//! k_win, v_win, k_store, v_store: see `ops::kv_store`.
+//! scratch: [`scratch_bytes`]: decode records as in `ops::attention`, then S
+//! as f32 and the query sketches [max_rows, n_heads, m] (QJL keys only).
+
+use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
+use crate::ops::attention::{BLOCK, MAX_DECODE_CHUNKS, decode_split};
+use crate::ops::kv_store::{KvLayout, KvParams, KvQuant, layout_constants};
+use crate::ops::{check_bytes, grid1, write_params};
+use crate::pipeline::Kernel;
+use crate::shader::ShaderSource;
+use crate::{Caps, Result, ensure_shape};
+
+crate::shader!(SHADER, "kv_attention", [crate::shader::lib::SOFTMAX4]);
+
+/// The shaders, for the naga translation tests.
+pub fn shaders() -> Vec<&'static ShaderSource> {
+    vec![&SHADER, &crate::ops::kv_store::SHADER]
+}
+
+/// Params of the attention entries: the store's block plus the scratch offsets.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AttnParams {
+    kv: KvParams,
+    /// vec4 offset of the query sketches in scratch.
+    qs_off: u32,
+    /// vec4 offset of the copy of S in scratch.
+    s_off: u32,
+    _pad: [u32; 2],
+}
+
+#[derive(Debug, Clone)]
+pub struct KvAttention {
+    pub q: TensorId,
+    pub k_win: TensorId,
+    pub v_win: TensorId,
+    pub k_store: TensorId,
+    pub v_store: TensorId,
+    pub out: TensorId,
+    /// At least [`scratch_bytes`].
+    pub scratch: TensorId,
+    pub layout: KvLayout,
+    pub n_heads: u32,
+    pub max_rows: u32,
+    /// Usually 1 / sqrt(head_dim).
+    pub scale: f32,
+}
+
+/// Invocations per workgroup and rows per invocation (mirror the shader).
+const WG: u32 = 64;
+const ROWS: u32 = 4;
+
+/// vec4s of the decode records.
+fn records_vec4(n_heads: u32, head_dim: u32, max_ctx: u32) -> u32 {
+    let chunks = max_ctx.div_ceil(BLOCK).clamp(1, MAX_DECODE_CHUNKS);
+    n_heads * chunks * (1 + head_dim / 4)
+}
+
+/// (vec4 offset of S, of the query sketches) in scratch.
+fn offsets(l: &KvLayout, n_heads: u32) -> (u32, u32) {
+    let s_off = records_vec4(n_heads, l.head_dim, l.max_ctx);
+    (s_off, s_off + l.sketch_len() / 4)
+}
+
+/// Bytes of the scratch tensor.
+pub fn scratch_bytes(l: &KvLayout, n_heads: u32, max_rows: u32) -> u64 {
+    let (_, qs_off) = offsets(l, n_heads);
+    let qs = if l.k == KvQuant::Qjl {
+        u64::from(max_rows) * u64::from(n_heads) * u64::from(l.qjl.m) / 4
+    } else {
+        0
+    };
+    16 * (u64::from(qs_off) + qs)
+}
+
+const CALL_PREP: usize = 0;
+const CALL_DECODE: usize = 1;
+const CALL_COMBINE: usize = 2;
+const CALL_PREFILL: usize = 3;
+
+impl KvAttention {
+    fn group(&self) -> u32 {
+        self.n_heads / self.layout.n_kv_heads.max(1)
+    }
+}
+
+impl OpDef for KvAttention {
+    fn name(&self) -> &'static str {
+        "kv_attention"
+    }
+    fn check(&self, g: &Graph) -> Result<()> {
+        const OP: &str = "kv_attention";
+        let l = &self.layout;
+        l.check(OP, self.max_rows)?;
+        ensure_shape!(
+            self.n_heads.is_multiple_of(l.n_kv_heads) && self.n_heads > 0,
+            OP,
+            "n_heads {} must be a nonzero multiple of n_kv_heads {}",
+            self.n_heads,
+            l.n_kv_heads
+        );
+        ensure_shape!(self.max_rows > 0, OP, "max_rows must be nonzero");
+        ensure_shape!(
+            self.scale.is_finite(),
+            OP,
+            "scale {} is not finite",
+            self.scale
+        );
+        let rows = 4 * u64::from(self.max_rows) * u64::from(self.n_heads) * u64::from(l.head_dim);
+        check_bytes(g, OP, "q", self.q, rows)?;
+        check_bytes(g, OP, "out", self.out, rows)?;
+        check_bytes(g, OP, "k_win", self.k_win, l.window_bytes())?;
+        check_bytes(g, OP, "v_win", self.v_win, l.window_bytes())?;
+        check_bytes(g, OP, "k_store", self.k_store, l.k_store_bytes())?;
+        check_bytes(g, OP, "v_store", self.v_store, l.v_store_bytes())?;
+        check_bytes(
+            g,
+            OP,
+            "scratch",
+            self.scratch,
+            scratch_bytes(l, self.n_heads, self.max_rows),
+        )
+    }
+    fn calls(&self, _caps: &Caps) -> Vec<Call> {
+        let bindings = vec![
+            Binding::read(self.q),
+            Binding::read(self.k_win),
+            Binding::read(self.v_win),
+            Binding::read(self.k_store),
+            Binding::read(self.v_store),
+            Binding::write(self.out),
+            Binding::write(self.scratch),
+        ];
+        [
+            "kv_qjl_prep",
+            "kv_attention_decode",
+            "attention_combine",
+            "kv_attention",
+        ]
+        .into_iter()
+        .map(|entry| Call {
+            kernel: layout_constants(Kernel::new(&SHADER, entry), &self.layout)
+                .with("W8", self.layout.head_dim / 8)
+                .with("G", self.group()),
+            bindings: bindings.clone(),
+        })
+        .collect()
+    }
+    fn step(&self, call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+        let l = &self.layout;
+        let n = step
+            .n_tokens
+            .min(self.max_rows)
+            .min(l.max_ctx.saturating_sub(step.pos));
+        let decode = n == 1;
+        let mut kv = KvParams::new(l, n, step.pos);
+        kv.n_heads = self.n_heads;
+        kv.scale = self.scale;
+        if decode {
+            (kv.n_chunks, kv.chunk_len) = decode_split(kv.kv_len);
+        }
+        let (s_off, qs_off) = offsets(l, self.n_heads);
+        write_params(
+            params,
+            &AttnParams {
+                kv,
+                qs_off,
+                s_off,
+                _pad: [0; 2],
+            },
+        );
+        let group = self.group();
+        match call {
+            CALL_PREP if l.k == KvQuant::Qjl && n > 0 => {
+                let m4 = l.qjl.m / 4;
+                grid1((n * self.n_heads * m4).max(l.head_dim * m4).div_ceil(WG))
+            }
+            CALL_DECODE if decode => {
+                grid1(kv.n_chunks.div_ceil(WG) * l.n_kv_heads * group.div_ceil(ROWS))
+            }
+            CALL_COMBINE if decode => grid1(self.n_heads),
+            CALL_PREFILL if !decode && n > 0 => {
+                grid1((n * group).div_ceil(ROWS * WG) * l.n_kv_heads)
+            }
+            _ => [0, 0, 0],
+        }
+    }
+}
+
+/// CPU reference over any cache representation: `score(len, kvh, j, q)` is
+/// `q . k~` for key `j` of KV head `kvh` as a query that sees `len` tokens
+/// finds it (its segment depends on `len`, see `KvLayout::boundary`), and
+/// `value(len, kvh, j)` the decoded value. Softmax with the max subtracted,
+/// sums in f64. q: [n_tokens, n_heads, head_dim]; returns out alike.
+#[allow(clippy::too_many_arguments)]
+pub fn reference(
+    q: &[f32],
+    n_tokens: usize,
+    pos: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    score: impl Fn(usize, usize, usize, &[f32]) -> f32,
+    value: impl Fn(usize, usize, usize) -> Vec<f32>,
+) -> Vec<f32> {
+    let group = n_heads / n_kv_heads;
+    let mut out = vec![0.0; n_tokens * n_heads * head_dim];
+    for t in 0..n_tokens {
+        let len = pos + t + 1;
+        for h in 0..n_heads {
+            let kvh = h / group;
+            let qh = &q[(t * n_heads + h) * head_dim..][..head_dim];
+            let s: Vec<f32> = (0..len).map(|j| score(len, kvh, j, qh) * scale).collect();
+            let m = s.iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x));
+            let mut l = 0.0f64;
+            let mut acc = vec![0.0f64; head_dim];
+            for (j, sj) in s.iter().enumerate() {
+                let p = f64::from((sj - m).exp());
+                l += p;
+                for (a, v) in acc.iter_mut().zip(value(len, kvh, j)) {
+                    *a += p * f64::from(v);
+                }
+            }
+            let o = &mut out[(t * n_heads + h) * head_dim..][..head_dim];
+            for (o, a) in o.iter_mut().zip(&acc) {
+                *o = (a / l) as f32;
+            }
+        }
+    }
+    out
+}

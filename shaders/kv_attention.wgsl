@@ -1,0 +1,480 @@
+// kv_attention.wgsl: fused causal GQA attention over the quantized KV cache
+// (segments and formats: ops/kv_store.rs; paths and math: ops/kv_attention.rs).
+// Built on the f16 kernel's blocks (lib/softmax4.wgsl): a block is 32 keys x
+// 4 query rows in registers, keys read in their own format and decoded in
+// place; no workgroup memory, no barriers.
+//
+//   kv_qjl_prep          QJL keys: projects the step's queries, qs = S^T q,
+//                        and copies S into scratch as vec4s;
+//   kv_attention         prefill: 4 rows (token, head) per invocation; the
+//                        workgroup walks the pivot, then the store, then the
+//                        window, each row masked to what it saw when it was
+//                        generated;
+//   kv_attention_decode  one token, split-KV over ranges of keys, 4 heads of
+//                        a GQA group per invocation (combined by
+//                        attention_combine from the lib).
+
+struct Params {
+    n_tokens: u32,
+    pos: u32,
+    kv_len: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    max_ctx: u32,
+    n_chunks: u32,
+    chunk_len: u32,
+    scale: f32,
+    pivot: u32,
+    ring: u32,
+    recent: u32,
+    lo: u32,
+    hi: u32,
+    aux_base: u32,
+    sketch_base: u32,
+    qs_off: u32,    // vec4 offset of the query sketches in scratch
+    s_off: u32,     // vec4 offset of the copy of S in scratch
+    _p0: u32,
+    _p1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;             // [n_tokens, n_heads, 2 * W8]
+@group(0) @binding(2) var<storage, read> k_win: array<vec4<u32>>;         // [n_kv_heads, pivot + ring, W8]
+@group(0) @binding(3) var<storage, read> v_win: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> k_store: array<u32>;             // rows, aux, S
+@group(0) @binding(5) var<storage, read> v_store: array<u32>;
+@group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;     // [n_tokens, n_heads, 2 * W8]
+@group(0) @binding(7) var<storage, read_write> scratch: array<vec4<f32>>; // records, S, qs
+
+override W8: u32 = 8u;      // head_dim / 8
+override G: u32 = 1u;       // query heads per KV head
+override HD: u32 = 64u;     // head_dim (= 8 * W8)
+override KF: u32 = 2u;      // store key format: 0 f16, 1 q8, 2 q4, 3 q2, 4 qjl
+override VF: u32 = 2u;      // store value format
+override QG: u32 = 32u;     // channels per scale group
+override KW: u32 = 10u;     // words per key row
+override VW: u32 = 10u;     // words per value row
+override M: u32 = 128u;     // QJL sketch rows
+override MO: u32 = 64u;     // QJL outlier sketch rows
+override NOUT: u32 = 4u;    // QJL outlier channels per group
+
+const WG: u32 = 64u;
+const SEG_WIN: u32 = 0u;    // pivot rows and the ring, f16
+const SEG_STORE: u32 = 1u;  // the quantized store
+const SQRT_HALF_PI: f32 = 1.2533141;
+
+fn win_row(j: u32) -> u32 {
+    return select(p.pivot + (j - p.pivot) % p.ring, j, j < p.pivot);
+}
+
+// ---------------------------------------------------------------------------
+// Decoding 8 dims (8w..8w+7) of a stored row.
+
+struct D8 {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+// `c`: the code words the format needs for these dims (f16: 4 words, q8: 2,
+// q4: 1, q2: 1 already shifted to its half), `sw`: the group's scale word.
+fn decode8(f: u32, c: vec4<u32>, sw: u32) -> D8 {
+    if f == 0u {
+        return D8(vec4(unpack2x16float(c.x), unpack2x16float(c.y)), vec4(unpack2x16float(c.z), unpack2x16float(c.w)));
+    }
+    var lo: vec4<u32>;
+    var hi: vec4<u32>;
+    if f == 1u {
+        lo = (vec4(c.x) >> vec4(0u, 8u, 16u, 24u)) & vec4(0xffu);
+        hi = (vec4(c.y) >> vec4(0u, 8u, 16u, 24u)) & vec4(0xffu);
+    } else if f == 2u {
+        lo = (vec4(c.x) >> vec4(0u, 4u, 8u, 12u)) & vec4(0xfu);
+        hi = (vec4(c.x) >> vec4(16u, 20u, 24u, 28u)) & vec4(0xfu);
+    } else {
+        lo = (vec4(c.x) >> vec4(0u, 2u, 4u, 6u)) & vec4(3u);
+        hi = (vec4(c.x) >> vec4(8u, 10u, 12u, 14u)) & vec4(3u);
+    }
+    let sm = unpack2x16float(sw);
+    return D8(sm.y + sm.x * vec4<f32>(lo), sm.y + sm.x * vec4<f32>(hi));
+}
+
+fn bits_of(f: u32) -> u32 {
+    return select(select(2u, 4u, f == 2u), 8u, f == 1u);
+}
+
+// Word index of dims 8w.. within a row of format f, and of its scale word.
+fn code_at(f: u32, w: u32) -> u32 {
+    return select(w * bits_of(f) / 4u, 4u * w, f == 0u);
+}
+fn scale_at(f: u32, w: u32) -> u32 {
+    return (HD * bits_of(f) + 31u) / 32u + 8u * w / QG;
+}
+
+fn key8(seg: u32, kvh: u32, j: u32, w: u32) -> D8 {
+    if seg == SEG_WIN {
+        let c = k_win[(kvh * (p.pivot + p.ring) + win_row(j)) * W8 + w];
+        return D8(lo4(c), hi4(c));
+    }
+    let base = (kvh * p.max_ctx + j) * KW;
+    let a = base + code_at(KF, w);
+    var c = vec4(k_store[a], 0u, 0u, 0u);
+    var sw = 0u;
+    if KF == 0u {
+        c = vec4(c.x, k_store[a + 1u], k_store[a + 2u], k_store[a + 3u]);
+    } else {
+        if KF == 1u { c.y = k_store[a + 1u]; }
+        if KF == 3u { c.x >>= 16u * (w & 1u); }
+        sw = k_store[base + scale_at(KF, w)];
+    }
+    return decode8(KF, c, sw);
+}
+
+fn value8(seg: u32, kvh: u32, j: u32, w: u32) -> D8 {
+    if seg == SEG_WIN {
+        let c = v_win[(kvh * (p.pivot + p.ring) + win_row(j)) * W8 + w];
+        return D8(lo4(c), hi4(c));
+    }
+    let base = (kvh * p.max_ctx + j) * VW;
+    let a = base + code_at(VF, w);
+    var c = vec4(v_store[a], 0u, 0u, 0u);
+    var sw = 0u;
+    if VF == 0u {
+        c = vec4(c.x, v_store[a + 1u], v_store[a + 2u], v_store[a + 3u]);
+    } else {
+        if VF == 1u { c.y = v_store[a + 1u]; }
+        if VF == 3u { c.x >>= 16u * (w & 1u); }
+        sw = v_store[base + scale_at(VF, w)];
+    }
+    return decode8(VF, c, sw);
+}
+
+// ---------------------------------------------------------------------------
+// Scores of a block.
+
+// Keys j..j+3 (clamped to `last`) over dims 8w..8w+7 against the rows whose
+// same dims are the columns of qa (0-3) and qb (4-7).
+fn scores4(seg: u32, kvh: u32, qa: mat4x4<f32>, qb: mat4x4<f32>, j: u32, last: u32, w: u32) -> mat4x4<f32> {
+    let k0 = key8(seg, kvh, min(j, last), w);
+    let k1 = key8(seg, kvh, min(j + 1u, last), w);
+    let k2 = key8(seg, kvh, min(j + 2u, last), w);
+    let k3 = key8(seg, kvh, min(j + 3u, last), w);
+    return mat4x4(k0.lo * qa + k0.hi * qb, k1.lo * qa + k1.hi * qb,
+                  k2.lo * qa + k2.hi * qb, k3.lo * qa + k3.hi * qb);
+}
+
+fn dim_scores(seg: u32, kvh: u32, qrow: vec4<u32>, j0: u32, last: u32) -> Scores {
+    var s = Scores();
+    for (var w = 0u; w < W8; w++) {
+        let i = qrow + vec4(2u * w);
+        let qa = mat4x4(q[i.x], q[i.y], q[i.z], q[i.w]);
+        let qb = mat4x4(q[i.x + 1u], q[i.y + 1u], q[i.z + 1u], q[i.w + 1u]);
+        s.s0 += scores4(seg, kvh, qa, qb, j0, last, w);
+        s.s1 += scores4(seg, kvh, qa, qb, j0 + 4u, last, w);
+        s.s2 += scores4(seg, kvh, qa, qb, j0 + 8u, last, w);
+        s.s3 += scores4(seg, kvh, qa, qb, j0 + 12u, last, w);
+        s.s4 += scores4(seg, kvh, qa, qb, j0 + 16u, last, w);
+        s.s5 += scores4(seg, kvh, qa, qb, j0 + 20u, last, w);
+        s.s6 += scores4(seg, kvh, qa, qb, j0 + 24u, last, w);
+        s.s7 += scores4(seg, kvh, qa, qb, j0 + 28u, last, w);
+    }
+    return s;
+}
+
+// QJL. Sign bits 8w..8w+7 of a sketch word as +-1, per 4.
+fn signs8(word: u32, w: u32) -> D8 {
+    let b = word >> (8u * (w & 3u));
+    let lo = ((vec4(b) >> vec4(0u, 1u, 2u, 3u)) & vec4(1u)) == vec4(1u);
+    let hi = ((vec4(b) >> vec4(4u, 5u, 6u, 7u)) & vec4(1u)) == vec4(1u);
+    return D8(select(vec4(-1.0), vec4(1.0), lo), select(vec4(-1.0), vec4(1.0), hi));
+}
+
+// <t, sign> over sketch dims 8w..8w+7 for keys j..j+3 (clamped), reading
+// sign word `word0 + w / 4` of each row; with `outlier` each key's column is
+// also scaled by sqrt(pi/2) / MO * |k_out|.
+fn qjl4(kvh: u32, ta: mat4x4<f32>, tb: mat4x4<f32>, j: u32, last: u32, w: u32, word0: u32,
+        outlier: bool) -> mat4x4<f32> {
+    var r: mat4x4<f32>;
+    for (var i = 0u; i < 4u; i++) {
+        let row = (kvh * p.max_ctx + min(j + i, last)) * KW;
+        let s = signs8(k_store[row + word0 + w / 4u], w);
+        var col = s.lo * ta + s.hi * tb;
+        if outlier {
+            col *= SQRT_HALF_PI / f32(max(MO, 1u)) * unpack2x16float(k_store[row + KW - 1u]).y;
+        }
+        r[i] = col;
+    }
+    return r;
+}
+
+// Column i of each score matrix times sqrt(pi/2) / M * |k_in| of its key.
+fn scale_inlier(s: mat4x4<f32>, kvh: u32, j: u32, last: u32) -> mat4x4<f32> {
+    var r = s;
+    for (var i = 0u; i < 4u; i++) {
+        let row = (kvh * p.max_ctx + min(j + i, last)) * KW;
+        r[i] *= SQRT_HALF_PI / f32(M) * unpack2x16float(k_store[row + KW - 1u]).x;
+    }
+    return r;
+}
+
+// One row's q at channel c (c < HD).
+fn q_at(qrow: u32, c: u32) -> f32 {
+    return q[qrow + c / 4u][c % 4u];
+}
+
+// QJL scores of a store block (j0 starts a token group): for each row,
+// sqrt(pi/2)/M |k_in| <S q_in, sign(S k_in)> + sqrt(pi/2)/MO |k_out|
+// <S_o q_out, sign(S_o k_out)>, with S q_in = S q - S q_out and S q_out over
+// the group's outlier channels (as QJL's score kernel does).
+fn qjl_scores(kvh: u32, qrow: vec4<u32>, srow: vec4<u32>, j0: u32, last: u32) -> Scores {
+    let aux = k_store[p.aux_base + kvh * ((p.max_ctx + 31u) / 32u) + (j0 - p.pivot) / 32u];
+    // qo: columns = outliers, components = rows; so: S rows of the outliers.
+    var qo = mat4x4<f32>();
+    var so = vec4(p.s_off);   // unused slots read S row 0, times q 0
+    for (var o = 0u; o < NOUT; o++) {
+        let c = (aux >> (8u * o)) & 0xffu;
+        so[o] = p.s_off + c * (M / 4u);
+        qo[o] = vec4(q_at(qrow.x, c), q_at(qrow.y, c), q_at(qrow.z, c), q_at(qrow.w, c));
+    }
+    let qot = transpose(qo);
+    var s = Scores();
+    for (var w = 0u; w < M / 8u; w++) {
+        // The outliers' S over these 8 sketch dims (columns = outliers).
+        let sa = mat4x4(scratch[so.x + 2u * w], scratch[so.y + 2u * w], scratch[so.z + 2u * w], scratch[so.w + 2u * w]);
+        let sb = mat4x4(scratch[so.x + 2u * w + 1u], scratch[so.y + 2u * w + 1u], scratch[so.z + 2u * w + 1u],
+                        scratch[so.w + 2u * w + 1u]);
+        let i = srow + vec4(2u * w);
+        let ta = mat4x4(scratch[i.x], scratch[i.y], scratch[i.z], scratch[i.w]) - sa * qot;
+        let tb = mat4x4(scratch[i.x + 1u], scratch[i.y + 1u], scratch[i.z + 1u], scratch[i.w + 1u]) - sb * qot;
+        s.s0 += qjl4(kvh, ta, tb, j0, last, w, 0u, false);
+        s.s1 += qjl4(kvh, ta, tb, j0 + 4u, last, w, 0u, false);
+        s.s2 += qjl4(kvh, ta, tb, j0 + 8u, last, w, 0u, false);
+        s.s3 += qjl4(kvh, ta, tb, j0 + 12u, last, w, 0u, false);
+        s.s4 += qjl4(kvh, ta, tb, j0 + 16u, last, w, 0u, false);
+        s.s5 += qjl4(kvh, ta, tb, j0 + 20u, last, w, 0u, false);
+        s.s6 += qjl4(kvh, ta, tb, j0 + 24u, last, w, 0u, false);
+        s.s7 += qjl4(kvh, ta, tb, j0 + 28u, last, w, 0u, false);
+    }
+    s.s0 = scale_inlier(s.s0, kvh, j0, last);
+    s.s1 = scale_inlier(s.s1, kvh, j0 + 4u, last);
+    s.s2 = scale_inlier(s.s2, kvh, j0 + 8u, last);
+    s.s3 = scale_inlier(s.s3, kvh, j0 + 12u, last);
+    s.s4 = scale_inlier(s.s4, kvh, j0 + 16u, last);
+    s.s5 = scale_inlier(s.s5, kvh, j0 + 20u, last);
+    s.s6 = scale_inlier(s.s6, kvh, j0 + 24u, last);
+    s.s7 = scale_inlier(s.s7, kvh, j0 + 28u, last);
+    for (var w = 0u; w < MO / 8u; w++) {
+        let ta = mat4x4(scratch[so.x + 2u * w], scratch[so.y + 2u * w], scratch[so.z + 2u * w], scratch[so.w + 2u * w]) * qot;
+        let tb = mat4x4(scratch[so.x + 2u * w + 1u], scratch[so.y + 2u * w + 1u], scratch[so.z + 2u * w + 1u],
+                        scratch[so.w + 2u * w + 1u]) * qot;
+        s.s0 += qjl4(kvh, ta, tb, j0, last, w, M / 32u, true);
+        s.s1 += qjl4(kvh, ta, tb, j0 + 4u, last, w, M / 32u, true);
+        s.s2 += qjl4(kvh, ta, tb, j0 + 8u, last, w, M / 32u, true);
+        s.s3 += qjl4(kvh, ta, tb, j0 + 12u, last, w, M / 32u, true);
+        s.s4 += qjl4(kvh, ta, tb, j0 + 16u, last, w, M / 32u, true);
+        s.s5 += qjl4(kvh, ta, tb, j0 + 20u, last, w, M / 32u, true);
+        s.s6 += qjl4(kvh, ta, tb, j0 + 24u, last, w, M / 32u, true);
+        s.s7 += qjl4(kvh, ta, tb, j0 + 28u, last, w, M / 32u, true);
+    }
+    return s;
+}
+
+// Scores, running max m and sum l for keys j0..j0+31 of segment `seg`
+// (reads clamped to `last`; a row sees the keys in [lo, hi)).
+fn block(seg: u32, kvh: u32, qrow: vec4<u32>, srow: vec4<u32>, j0: u32, last: u32, lo: vec4<u32>, hi: vec4<u32>,
+         m: ptr<function, vec4<f32>>, l: ptr<function, vec4<f32>>) -> Block {
+    var s: Scores;
+    if seg == SEG_STORE && KF == 4u {
+        s = qjl_scores(kvh, qrow, srow, j0, last);
+    } else {
+        s = dim_scores(seg, kvh, qrow, j0, last);
+    }
+    return softmax_block(s, j0, lo, hi, p.scale, m, l);
+}
+
+fn values4(seg: u32, kvh: u32, j: u32, last: u32, w: u32) -> Values4 {
+    let v0 = value8(seg, kvh, min(j, last), w);
+    let v1 = value8(seg, kvh, min(j + 1u, last), w);
+    let v2 = value8(seg, kvh, min(j + 2u, last), w);
+    let v3 = value8(seg, kvh, min(j + 3u, last), w);
+    return Values4(mat4x4(v0.lo, v1.lo, v2.lo, v3.lo), mat4x4(v0.hi, v1.hi, v2.hi, v3.hi));
+}
+
+// P V of the block over dims 8w..8w+7: column i of .lo / .hi holds dims
+// 8w..8w+3 / 8w+4..8w+7 of row i.
+fn block_pv(b: Block, seg: u32, kvh: u32, j0: u32, last: u32, w: u32) -> Values4 {
+    var v = values4(seg, kvh, j0, last, w);
+    var o = Values4(v.lo * b.p0, v.hi * b.p0);
+    v = values4(seg, kvh, j0 + 4u, last, w); o.lo += v.lo * b.p1; o.hi += v.hi * b.p1;
+    v = values4(seg, kvh, j0 + 8u, last, w); o.lo += v.lo * b.p2; o.hi += v.hi * b.p2;
+    v = values4(seg, kvh, j0 + 12u, last, w); o.lo += v.lo * b.p3; o.hi += v.hi * b.p3;
+    v = values4(seg, kvh, j0 + 16u, last, w); o.lo += v.lo * b.p4; o.hi += v.hi * b.p4;
+    v = values4(seg, kvh, j0 + 20u, last, w); o.lo += v.lo * b.p5; o.hi += v.hi * b.p5;
+    v = values4(seg, kvh, j0 + 24u, last, w); o.lo += v.lo * b.p6; o.hi += v.hi * b.p6;
+    v = values4(seg, kvh, j0 + 28u, last, w); o.lo += v.lo * b.p7; o.hi += v.hi * b.p7;
+    return o;
+}
+
+// End of the store when `len` tokens are in the cache (KvLayout::boundary).
+fn store_end(len: vec4<u32>) -> vec4<u32> {
+    let old = select(vec4(0u), len - vec4(p.pivot + p.recent), len > vec4(p.pivot + p.recent));
+    return vec4(p.pivot) + old / 32u * 32u;
+}
+
+// ---------------------------------------------------------------------------
+// QJL query sketches: one invocation per (row, 4 sketch dims); the first
+// HD * M / 4 invocations also copy S.
+
+@compute @workgroup_size(WG)
+fn kv_qjl_prep(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    let m4 = M / 4u;
+    if i < HD * m4 {
+        let o = p.sketch_base + 4u * i;
+        scratch[p.s_off + i] = vec4(bitcast<f32>(k_store[o]), bitcast<f32>(k_store[o + 1u]),
+                                    bitcast<f32>(k_store[o + 2u]), bitcast<f32>(k_store[o + 3u]));
+    }
+    if i >= p.n_tokens * p.n_heads * m4 { return; }
+    let row = i / m4;
+    let d = i % m4;
+    var acc = vec4(0.0);
+    for (var c = 0u; c < HD; c++) {
+        let o = p.sketch_base + c * M + 4u * d;
+        let sv = vec4(bitcast<f32>(k_store[o]), bitcast<f32>(k_store[o + 1u]),
+                      bitcast<f32>(k_store[o + 2u]), bitcast<f32>(k_store[o + 3u]));
+        acc += q_at(row * 2u * W8, c) * sv;
+    }
+    scratch[p.qs_off + i] = acc;
+}
+
+// ---------------------------------------------------------------------------
+// Prefill: 4 rows (token, head-in-group) per invocation, keys uniform over
+// the workgroup: the pivot [0, P) for every row; the store [P, B_max) where
+// a row sees keys below its own B; the window [B_min, kend) where a row sees
+// keys from its B up to itself.
+
+// The running softmax state of an invocation lives in its entry's locals
+// m, l and fresh (whether nothing has been accumulated yet), passed by
+// pointer (naga's SPIR-V writer cannot take pointers into a struct here).
+
+fn prefill_pass(seg: u32, kvh: u32, qrow: vec4<u32>, srow: vec4<u32>, ok: vec4<bool>, k0: u32, k1: u32,
+                lo: vec4<u32>, hi: vec4<u32>, m: ptr<function, vec4<f32>>, l: ptr<function, vec4<f32>>,
+                fresh: ptr<function, bool>) {
+    for (var j0 = k0; j0 < k1; j0 += KB) {
+        let b = block(seg, kvh, qrow, srow, j0, k1 - 1u, lo, hi, m, l);
+        for (var w = 0u; w < W8; w++) {
+            let o = block_pv(b, seg, kvh, j0, k1 - 1u, w);
+            let at = qrow + vec4(2u * w);
+            accumulate_out(at.x, o.lo[0], o.hi[0], b.alpha.x, 1.0, *fresh, ok.x);
+            accumulate_out(at.y, o.lo[1], o.hi[1], b.alpha.y, 1.0, *fresh, ok.y);
+            accumulate_out(at.z, o.lo[2], o.hi[2], b.alpha.z, 1.0, *fresh, ok.z);
+            accumulate_out(at.w, o.lo[3], o.hi[3], b.alpha.w, 1.0, *fresh, ok.w);
+        }
+        *fresh = false;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn kv_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let rows = p.n_tokens * G;
+    let n_rt = (rows + 4u * WG - 1u) / (4u * WG);
+    let id = wid.x + wid.y * nwg.x;
+    if id >= n_rt * p.n_kv_heads { return; }
+    let rt = id % n_rt;
+    let kvh = id / n_rt;
+    // The workgroup's first and last tokens.
+    let t_first = rt * 4u * WG / G;
+    let t_last = (min((rt + 1u) * 4u * WG, rows) - 1u) / G;
+    let kend = p.pos + t_last + 1u;
+    let b_min = store_end(vec4(p.pos + t_first + 1u)).x;
+    let b_max = store_end(vec4(kend)).x;
+
+    let r4 = vec4((rt * WG + lid) * 4u) + vec4(0u, 1u, 2u, 3u);
+    if r4.x >= rows { return; }
+    let ok = r4 < vec4(rows);
+    let r = min(r4, vec4(rows - 1u));
+    let tok = r / G;
+    let head = vec4(kvh * G) + r % G;
+    let limit = vec4(p.pos + 1u) + tok;              // causal: keys < limit
+    let b = store_end(limit);
+    let qrow = (tok * p.n_heads + head) * 2u * W8;
+    let srow = vec4(p.qs_off) + (tok * p.n_heads + head) * (M / 4u);
+
+    var m = vec4(NEG);
+    var l = vec4(0.0);
+    var fresh = true;
+    prefill_pass(SEG_WIN, kvh, qrow, srow, ok, 0u, p.pivot, vec4(0u), vec4(p.pivot), &m, &l, &fresh);
+    prefill_pass(SEG_STORE, kvh, qrow, srow, ok, p.pivot, b_max, vec4(p.pivot), b, &m, &l, &fresh);
+    prefill_pass(SEG_WIN, kvh, qrow, srow, ok, b_min, kend, b, limit, &m, &l, &fresh);
+    let inv = 1.0 / l;
+    for (var w = 0u; w < W8; w++) {
+        let at = qrow + vec4(2u * w);
+        accumulate_out(at.x, vec4(0.0), vec4(0.0), 1.0, inv.x, false, ok.x);
+        accumulate_out(at.y, vec4(0.0), vec4(0.0), 1.0, inv.y, false, ok.y);
+        accumulate_out(at.z, vec4(0.0), vec4(0.0), 1.0, inv.z, false, ok.z);
+        accumulate_out(at.w, vec4(0.0), vec4(0.0), 1.0, inv.w, false, ok.w);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Split-KV decode: one key range [c0, c1) and 4 query heads of a group per
+// invocation; the range meets the pivot, the store (blocks aligned to token
+// groups from P) and the window.
+
+fn decode_pass(seg: u32, kvh: u32, qrow: vec4<u32>, srow: vec4<u32>, ok: vec4<bool>, rec: vec4<u32>, k0: u32,
+               k1: u32, lo: u32, hi: u32, m: ptr<function, vec4<f32>>, l: ptr<function, vec4<f32>>,
+               fresh: ptr<function, bool>) {
+    for (var j0 = k0; j0 < k1; j0 += KB) {
+        let b = block(seg, kvh, qrow, srow, j0, k1 - 1u, vec4(lo), vec4(hi), m, l);
+        for (var w = 0u; w < W8; w++) {
+            let o = block_pv(b, seg, kvh, j0, k1 - 1u, w);
+            let at = rec + vec4(1u + 2u * w);
+            accumulate_scratch(at.x, o.lo[0], o.hi[0], b.alpha.x, *fresh, ok.x);
+            accumulate_scratch(at.y, o.lo[1], o.hi[1], b.alpha.y, *fresh, ok.y);
+            accumulate_scratch(at.z, o.lo[2], o.hi[2], b.alpha.z, *fresh, ok.z);
+            accumulate_scratch(at.w, o.lo[3], o.hi[3], b.alpha.w, *fresh, ok.w);
+        }
+        *fresh = false;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn kv_attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let n_packs = (G + 3u) / 4u;
+    let wg_per_head = (p.n_chunks + WG - 1u) / WG;
+    let id = wid.x + wid.y * nwg.x;
+    if id >= wg_per_head * p.n_kv_heads * n_packs { return; }
+    let chunk = (id % wg_per_head) * WG + lid;
+    if chunk >= p.n_chunks { return; }
+    let kvh = (id / wg_per_head) % p.n_kv_heads;
+    let pack = id / (wg_per_head * p.n_kv_heads);
+    let h4 = vec4(pack * 4u) + vec4(0u, 1u, 2u, 3u);
+    let ok = h4 < vec4(G);
+    let head = vec4(kvh * G) + min(h4, vec4(G - 1u));
+    let qrow = head * 2u * W8;
+    let srow = vec4(p.qs_off) + head * (M / 4u);
+    let c0 = chunk * p.chunk_len;
+    let c1 = min(c0 + p.chunk_len, p.kv_len);
+    let rec = (head * p.n_chunks + vec4(chunk)) * (1u + 2u * W8);
+    let b = store_end(vec4(p.kv_len)).x;
+
+    var m = vec4(NEG);
+    var l = vec4(0.0);
+    var fresh = true;
+    // Pivot keys in the range.
+    decode_pass(SEG_WIN, kvh, qrow, srow, ok, rec, c0, min(c1, p.pivot), c0, min(c1, p.pivot), &m, &l, &fresh);
+    // Store keys in the range, from the start of c0's token group.
+    let s0 = max(c0, p.pivot);
+    let s1 = min(c1, b);
+    if s0 < s1 {
+        let g0 = p.pivot + (s0 - p.pivot) / KB * KB;
+        decode_pass(SEG_STORE, kvh, qrow, srow, ok, rec, g0, s1, s0, s1, &m, &l, &fresh);
+    }
+    // Window keys in the range.
+    decode_pass(SEG_WIN, kvh, qrow, srow, ok, rec, max(c0, b), c1, c0, c1, &m, &l, &fresh);
+    if ok.x { scratch[rec.x] = vec4(m.x, l.x, 0.0, 0.0); }
+    if ok.y { scratch[rec.y] = vec4(m.y, l.y, 0.0, 0.0); }
+    if ok.z { scratch[rec.z] = vec4(m.z, l.z, 0.0, 0.0); }
+    if ok.w { scratch[rec.w] = vec4(m.w, l.w, 0.0, 0.0); }
+}

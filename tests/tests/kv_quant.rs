@@ -1,0 +1,488 @@
+//! The quantized KV cache (KvStore + KvAttention) against CPU references on
+//! the test GPU, over several steps so the store, the window ring and the
+//! pivot all hold keys: q8 / q4 / q2 / f16 / QJL keys with integer values,
+//! GQA groups 1, 3, 4 and 16, head_dim 40, 64 and 128, pivots of 0-3
+//! tokens, recent windows of 0-64, and lengths from 1 token (nothing
+//! quantized) through partial groups to 5000.
+//!
+//! Two checks per step:
+//! - the store the GPU wrote against the CPU quantizers (`kv_store::
+//!   quantize_row`, `lamina_model::quant::qjl`) on the same f16 inputs:
+//!   integer codes may differ by one step where GPU and CPU division round
+//!   a tie differently, QJL sign bits where a projection is within rounding
+//!   of zero; both are counted and bounded;
+//! - attention against `kv_attention::reference` reading the store the GPU
+//!   wrote (decoded on the CPU), the f16 pivot and window: only arithmetic
+//!   order differs, so the tolerance is tight, while a key read from the
+//!   wrong segment (a whole quantization error) fails.
+
+use half::f16;
+use lamina_engine::Executor;
+use lamina_engine::graph::{Graph, Op, Step};
+use lamina_engine::ops::kv_attention::{self, KvAttention};
+use lamina_engine::ops::kv_store::{
+    self, GROUP, KvLayout, KvQuant, KvStore, QjlShape, dequantize_row, f16_row, round_f16,
+};
+use lamina_model::quant::qjl::{QjlKey, QjlSketch};
+use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec, u32_bytes};
+
+const ATOL: f32 = 1e-5;
+const RTOL: f32 = 1e-4;
+
+#[derive(Debug, Clone)]
+struct Case {
+    k: KvQuant,
+    v: KvQuant,
+    qgroup: u32,
+    qjl: QjlShape,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    pivot: usize,
+    recent: u32,
+    max_rows: usize,
+    max_ctx: usize,
+    /// Tokens per step.
+    steps: Vec<usize>,
+    /// Steps (by index) to check; all when empty.
+    check: Vec<usize>,
+}
+
+const NO_QJL: QjlShape = QjlShape {
+    m: 0,
+    m_out: 0,
+    outliers: 0,
+};
+
+fn case(k: KvQuant, v: KvQuant, heads: (usize, usize, usize), steps: &[usize]) -> Case {
+    Case {
+        k,
+        v,
+        qgroup: 32,
+        qjl: if k == KvQuant::Qjl {
+            QjlShape {
+                m: 128,
+                m_out: 64,
+                outliers: 4,
+            }
+        } else {
+            NO_QJL
+        },
+        n_heads: heads.0,
+        n_kv_heads: heads.1,
+        head_dim: heads.2,
+        pivot: 1,
+        recent: 32,
+        max_rows: 128,
+        max_ctx: 1024,
+        steps: steps.to_vec(),
+        check: Vec::new(),
+    }
+}
+
+/// Keys with a few channels far larger than the rest, as real keys have.
+fn keys(n: usize, head_dim: usize, seed: u64) -> Vec<f32> {
+    let mut k = rand_vec(n * head_dim, seed, 1.0);
+    for row in k.chunks_exact_mut(head_dim) {
+        row[3 % head_dim] *= 9.0;
+        row[17 % head_dim] *= 6.0;
+        row[head_dim - 1] *= 4.0;
+    }
+    k
+}
+
+fn words(b: &[u8]) -> Vec<u32> {
+    b.chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The CPU's view of one layer's cache: every position's f16-rounded K and V
+/// per KV head, and the GPU's store read back.
+struct Cache {
+    layout: KvLayout,
+    /// [kvh][j] rows.
+    k: Vec<Vec<Vec<f32>>>,
+    v: Vec<Vec<Vec<f32>>>,
+    k_store: Vec<u32>,
+    v_store: Vec<u32>,
+    sketch: Option<QjlSketch>,
+}
+
+impl Cache {
+    fn row(&self, store: &[u32], words: u32, kvh: usize, j: usize) -> Vec<u32> {
+        let w = words as usize;
+        let at = (kvh * self.layout.max_ctx as usize + j) * w;
+        store[at..at + w].to_vec()
+    }
+    fn outliers(&self, kvh: usize, j: usize) -> Vec<u8> {
+        let l = &self.layout;
+        let g = (j - l.pivot as usize) / GROUP as usize;
+        let aux = self.k_store[l.aux_base() as usize + kvh * l.groups() as usize + g];
+        (0..l.qjl.outliers)
+            .map(|o| (aux >> (8 * o)) as u8)
+            .collect()
+    }
+    fn qjl_key(&self, kvh: usize, j: usize) -> QjlKey {
+        let l = &self.layout;
+        let r = self.row(&self.k_store, l.k_words(), kvh, j);
+        let (m, mo) = (l.qjl.m as usize / 32, l.qjl.m_out as usize / 32);
+        let norms = r[m + mo];
+        QjlKey {
+            signs: r[..m].to_vec(),
+            outlier_signs: r[m..m + mo].to_vec(),
+            norm: f16::from_bits(norms as u16).to_f32(),
+            outlier_norm: f16::from_bits((norms >> 16) as u16).to_f32(),
+        }
+    }
+    fn decode(&self, f: KvQuant, store: &[u32], words: u32, kvh: usize, j: usize) -> Vec<f32> {
+        let r = self.row(store, words, kvh, j);
+        let hd = self.layout.head_dim as usize;
+        match f.bits() {
+            Some(b) => dequantize_row(&r, b, self.layout.qgroup as usize, hd),
+            None => f16_row(&r),
+        }
+    }
+    fn in_store(&self, len: usize, j: usize) -> bool {
+        j >= self.layout.pivot as usize && j < self.layout.boundary(len as u32) as usize
+    }
+    fn score(&self, len: usize, kvh: usize, j: usize, q: &[f32]) -> f32 {
+        if !self.in_store(len, j) {
+            return q.iter().zip(&self.k[kvh][j]).map(|(a, b)| a * b).sum();
+        }
+        if let Some(s) = &self.sketch {
+            let out = self.outliers(kvh, j);
+            return s.score(&s.query(q, &out), &self.qjl_key(kvh, j));
+        }
+        let l = &self.layout;
+        let k = self.decode(l.k, &self.k_store, l.k_words(), kvh, j);
+        q.iter().zip(&k).map(|(a, b)| a * b).sum()
+    }
+    fn value(&self, len: usize, kvh: usize, j: usize) -> Vec<f32> {
+        if !self.in_store(len, j) {
+            return self.v[kvh][j].clone();
+        }
+        let l = &self.layout;
+        self.decode(l.v, &self.v_store, l.v_words(), kvh, j)
+    }
+
+    /// The store against the CPU quantizers for positions [pivot, end).
+    fn check_store(&self, end: usize, what: &str) {
+        let l = &self.layout;
+        let (mut codes, mut code_off, mut bits, mut bit_off) = (0usize, 0usize, 0usize, 0usize);
+        for kvh in 0..l.n_kv_heads as usize {
+            for j in l.pivot as usize..end {
+                for (f, store, words, rows) in [
+                    (l.k, &self.k_store, l.k_words(), &self.k),
+                    (l.v, &self.v_store, l.v_words(), &self.v),
+                ] {
+                    let x = &rows[kvh][j];
+                    if f == KvQuant::Qjl {
+                        let s = self.sketch.as_ref().expect("sketch");
+                        let g0 = l.pivot as usize + (j - l.pivot as usize) / 32 * 32;
+                        let group: Vec<f32> =
+                            (g0..g0 + 32).flat_map(|t| rows[kvh][t].clone()).collect();
+                        let out = lamina_model::quant::qjl::outlier_channels(
+                            &group,
+                            l.head_dim as usize,
+                            l.qjl.outliers as usize,
+                        );
+                        assert_eq!(self.outliers(kvh, j), out, "{what}: outliers of {j}");
+                        let want = s.encode(x, &out);
+                        let got = self.qjl_key(kvh, j);
+                        for (a, b) in want
+                            .signs
+                            .iter()
+                            .chain(&want.outlier_signs)
+                            .zip(got.signs.iter().chain(&got.outlier_signs))
+                        {
+                            bits += 32;
+                            bit_off += (a ^ b).count_ones() as usize;
+                        }
+                        for (a, b) in [(want.norm, got.norm), (want.outlier_norm, got.outlier_norm)]
+                        {
+                            assert!(
+                                (round_f16(a) - b).abs() <= 1e-3 * a.abs() + 1e-6,
+                                "{what}: norm of {j}: {a} vs {b}"
+                            );
+                        }
+                        continue;
+                    }
+                    let got = self.decode(f, store, words, kvh, j);
+                    let want = match f.bits() {
+                        Some(b) => dequantize_row(
+                            &kv_store::quantize_row(x, b, l.qgroup as usize),
+                            b,
+                            l.qgroup as usize,
+                            l.head_dim as usize,
+                        ),
+                        None => x.clone(),
+                    };
+                    let step = |c: usize| {
+                        let g =
+                            &x[c / l.qgroup as usize * l.qgroup as usize..][..l.qgroup as usize];
+                        let (mn, mx) = g
+                            .iter()
+                            .fold((f32::MAX, f32::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
+                        (mx - mn) / ((1u32 << f.bits().unwrap_or(16)) - 1) as f32
+                    };
+                    for (c, (a, b)) in got.iter().zip(&want).enumerate() {
+                        codes += 1;
+                        if a != b {
+                            code_off += 1;
+                            assert!(
+                                (a - b).abs() <= 1.01 * step(c) + 1e-3,
+                                "{what}: {} row {j} ch {c}: {a} vs {b}",
+                                f.name()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            code_off * 200 <= codes,
+            "{what}: {code_off} of {codes} codes off by one step"
+        );
+        assert!(
+            bit_off * 100 <= bits,
+            "{what}: {bit_off} of {bits} QJL sign bits differ"
+        );
+    }
+}
+
+fn run(c: &Case) {
+    let what = format!("{c:?}");
+    let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+    let layout = KvLayout {
+        n_kv_heads: nkv as u32,
+        head_dim: hd as u32,
+        max_ctx: c.max_ctx as u32,
+        pivot: c.pivot as u32,
+        recent: c.recent,
+        ring: KvLayout::ring_for(c.recent, c.max_rows as u32),
+        k: c.k,
+        v: c.v,
+        qgroup: c.qgroup,
+        qjl: c.qjl,
+    };
+    let sketch = (c.k == KvQuant::Qjl)
+        .then(|| QjlSketch::new(hd, c.qjl.m as usize, c.qjl.m_out as usize, 7).expect("sketch"));
+    let rows = c.max_rows as u64;
+    let mut g = Graph::new();
+    let qt = g.input("q", 4 * rows * (nh * hd) as u64);
+    let kt = g.input("k", 4 * rows * (nkv * hd) as u64);
+    let vt = g.input("v", 4 * rows * (nkv * hd) as u64);
+    let k_win = g.input("k_win", layout.window_bytes());
+    let v_win = g.input("v_win", layout.window_bytes());
+    let k_store = g.input("k_store", layout.k_store_bytes());
+    let v_store = g.input("v_store", layout.v_store_bytes());
+    let out = g.output("out", 4 * rows * (nh * hd) as u64);
+    let scratch = g.intermediate(
+        "scratch",
+        kv_attention::scratch_bytes(&layout, nh as u32, rows as u32),
+    );
+    g.push(
+        "kv_store",
+        Op::KvStore(KvStore {
+            k: kt,
+            v: vt,
+            k_win,
+            v_win,
+            k_store,
+            v_store,
+            layout,
+            max_rows: rows as u32,
+        }),
+    )
+    .unwrap();
+    g.push(
+        "kv_attention",
+        Op::KvAttention(KvAttention {
+            q: qt,
+            k_win,
+            v_win,
+            k_store,
+            v_store,
+            out,
+            scratch,
+            layout,
+            n_heads: nh as u32,
+            max_rows: rows as u32,
+            scale: 1.0 / (hd as f32).sqrt(),
+        }),
+    )
+    .unwrap();
+    let mut ex = Executor::new(gpu(), g).unwrap();
+
+    let mut cache = Cache {
+        layout,
+        k: vec![Vec::new(); nkv],
+        v: vec![Vec::new(); nkv],
+        k_store: Vec::new(),
+        v_store: Vec::new(),
+        sketch,
+    };
+    // Pivot rows go straight into the window, as the model uploads them.
+    let slots = (layout.pivot + layout.ring) as usize;
+    for (win, rows, seed) in [(k_win, &mut cache.k, 1u64), (v_win, &mut cache.v, 2)] {
+        let vals = keys(nkv * c.pivot, hd, seed);
+        for h in 0..nkv {
+            let mut img = Vec::new();
+            for j in 0..c.pivot {
+                let r: Vec<f32> = vals[(h * c.pivot + j) * hd..][..hd]
+                    .iter()
+                    .map(|x| round_f16(*x))
+                    .collect();
+                img.extend(kv_store::f16_words(&r));
+                rows[h].push(r);
+            }
+            ex.write(win, (h * slots * hd * 2) as u64, &u32_bytes(&img));
+        }
+    }
+    if let Some(s) = &cache.sketch {
+        ex.write(
+            k_store,
+            4 * u64::from(layout.sketch_base()),
+            &f32_bytes(&s.s),
+        );
+    }
+
+    let mut pos = c.pivot;
+    for (si, &n) in c.steps.iter().enumerate() {
+        let seed = 100 + si as u64;
+        let q = rand_vec(n * nh * hd, seed, 2.0);
+        let k = keys(n * nkv, hd, seed + 1);
+        let v = rand_vec(n * nkv * hd, seed + 2, 1.0);
+        ex.write(qt, 0, &f32_bytes(&q));
+        ex.write(kt, 0, &f32_bytes(&k));
+        ex.write(vt, 0, &f32_bytes(&v));
+        ex.run(&Step {
+            n_tokens: n as u32,
+            pos: pos as u32,
+            ..Default::default()
+        })
+        .unwrap();
+        for t in 0..n {
+            for h in 0..nkv {
+                let at = (t * nkv + h) * hd;
+                cache.k[h].push(k[at..at + hd].iter().map(|x| round_f16(*x)).collect());
+                cache.v[h].push(v[at..at + hd].iter().map(|x| round_f16(*x)).collect());
+            }
+        }
+        if !c.check.is_empty() && !c.check.contains(&si) {
+            pos += n;
+            continue;
+        }
+        let step_what = format!("{what} step {si} ({n} tokens at {pos})");
+        cache.k_store = words(&ex.read(k_store, layout.k_store_bytes()).unwrap());
+        cache.v_store = words(&ex.read(v_store, layout.v_store_bytes()).unwrap());
+        cache.check_store(layout.boundary((pos + n) as u32) as usize, &step_what);
+        let got = ex.read_f32(out, q.len()).unwrap();
+        let want = kv_attention::reference(
+            &q,
+            n,
+            pos,
+            nh,
+            nkv,
+            hd,
+            1.0 / (hd as f32).sqrt(),
+            |len, kvh, j, q| cache.score(len, kvh, j, q),
+            |len, kvh, j| cache.value(len, kvh, j),
+        );
+        assert_close(&step_what, &got, &want, ATOL, RTOL);
+        pos += n;
+    }
+}
+
+#[test]
+fn integer_formats_match_reference() {
+    use KvQuant::*;
+    // 1 token (nothing quantized), a prompt that leaves a partial group in
+    // the window, decode steps across a flush, a second prompt step.
+    run(&case(Q4, Q4, (9, 3, 64), &[1, 40, 1, 1, 100, 1, 1]));
+    run(&Case {
+        qgroup: 8,
+        pivot: 0,
+        recent: 0,
+        max_rows: 64,
+        ..case(Q8, Q2, (4, 4, 40), &[5, 1, 33, 1, 1, 64, 1])
+    });
+    // f16 keys with 2-bit values; 16 heads per KV head (4 packs of 4).
+    run(&Case {
+        pivot: 3,
+        ..case(F16, Q4, (32, 2, 64), &[70, 1, 1, 50, 1])
+    });
+}
+
+#[test]
+fn qjl_keys_match_reference() {
+    use KvQuant::*;
+    run(&Case {
+        pivot: 2,
+        recent: 16,
+        ..case(Qjl, Q2, (9, 3, 64), &[128, 1, 1, 70, 1])
+    });
+    // No outlier channels; head_dim 128 with GQA 4.
+    run(&Case {
+        qjl: QjlShape {
+            m: 64,
+            m_out: 0,
+            outliers: 0,
+        },
+        pivot: 0,
+        ..case(Qjl, Q4, (8, 2, 128), &[3, 1, 90, 1, 1])
+    });
+}
+
+#[test]
+fn long_context_qjl() {
+    // 5000 tokens in prompt steps of 500 (unchecked), then a short prompt
+    // step and decode steps, checked.
+    let mut steps = vec![500; 10];
+    steps.extend([3, 1, 1]);
+    run(&Case {
+        max_rows: 500,
+        max_ctx: 5200,
+        recent: 64,
+        check: vec![10, 11, 12],
+        ..case(KvQuant::Qjl, KvQuant::Q2, (9, 3, 64), &steps)
+    });
+}
+
+#[test]
+fn layouts_count_every_byte() {
+    let l = KvLayout {
+        n_kv_heads: 3,
+        head_dim: 64,
+        max_ctx: 512,
+        pivot: 1,
+        recent: 32,
+        ring: KvLayout::ring_for(32, 512),
+        k: KvQuant::Qjl,
+        v: KvQuant::Q2,
+        qgroup: 32,
+        qjl: QjlShape {
+            m: 128,
+            m_out: 64,
+            outliers: 4,
+        },
+    };
+    // Keys: 4 + 2 sign words + 1 norm word; values: 4 code words + 2 scale words.
+    assert_eq!((l.k_words(), l.v_words()), (7, 6));
+    // Per KV head: 28 + 24 bytes + one aux word per 32 tokens.
+    assert!((l.store_bytes_per_token() - 3.0 * (52.0 + 4.0 / 32.0)).abs() < 1e-9);
+    // B(len): at least 32 recent tokens, groups of 32 from the pivot.
+    assert_eq!(l.boundary(1), 1);
+    assert_eq!(l.boundary(64), 1);
+    assert_eq!(l.boundary(65), 33);
+    assert_eq!(l.boundary(97), 65);
+    assert_eq!(l.window_row(0), 0);
+    assert_eq!(l.window_row(1 + l.ring), 1);
+    let mut bad = l;
+    bad.v = KvQuant::Qjl;
+    assert!(bad.check("t", 512).is_err());
+    bad = l;
+    bad.ring = 100;
+    assert!(bad.check("t", 512).is_err());
+}
