@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lamina_engine::{DeviceOptions, Gpu};
-use lamina_model::kv_cache::KvFormat;
+use lamina_model::kv_cache::{KvFormat, Pivot};
+use lamina_model::tokenizer::Tokenizer;
 use lamina_model::llama::{GpuModel, WeightMode};
 use lamina_model::loader::{self, LoadedModel};
 use lamina_model::synthetic;
@@ -30,15 +31,57 @@ pub struct ModelArgs {
     /// How weights are stored on the GPU: native (as shipped: GGUF Q4_1 stays 4-bit), f16 or f32.
     #[arg(long, default_value = "native")]
     pub weights: String,
-    /// KV cache format.
+    /// KV cache format: f16, q8, q4, q2 (keys and values alike), qjl (QJL keys, q2 values),
+    /// or k=FORMAT,v=FORMAT (keys: f16, q8, q4, q2, qjl; values: f16, q8, q4, q2).
     #[arg(long, default_value = "f16")]
     pub kv: String,
+    /// Quantized KV cache: the fewest recent tokens kept in f16.
+    #[arg(long, default_value_t = lamina_model::kv_cache::DEFAULT_RECENT)]
+    pub kv_recent: u32,
+    /// Quantized KV cache: channels per scale group of q8/q4/q2 (divides head_dim).
+    #[arg(long, default_value_t = 32)]
+    pub kv_group: u32,
+    /// QJL keys: sketch rows (bits per key), a multiple of 32; 0 = twice head_dim.
+    #[arg(long, default_value_t = 0)]
+    pub qjl_m: u32,
+    /// QJL keys: outlier channels per group of 32 tokens, sketched apart (0-4).
+    #[arg(long, default_value_t = 4)]
+    pub qjl_outliers: u32,
+    /// Pivot tokens kept lossless ahead of every sequence (IntactKV): none, bos, or auto
+    /// (bos with a quantized KV cache, none with f16).
+    #[arg(long, default_value = "auto")]
+    pub pivot: String,
+    /// A system prompt added to the pivot after [BOS]: its KV too comes from the
+    /// full-precision model and stays f16.
+    #[arg(long)]
+    pub pivot_prompt: Option<String>,
     /// Context size (positions in the KV cache); 0 = the model's training context.
     #[arg(short = 'c', long = "ctx-size")]
     pub ctx_size: Option<usize>,
     /// Most tokens processed in one prompt step.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     pub batch_size: u32,
+}
+
+impl ModelArgs {
+    /// The defaults for `model` (or the default model), as if no flag were given.
+    pub fn plain(model: Option<PathBuf>) -> Self {
+        ModelArgs {
+            model,
+            synthetic: None,
+            synthetic_format: "q4_1".into(),
+            weights: "native".into(),
+            kv: "f16".into(),
+            kv_recent: lamina_model::kv_cache::DEFAULT_RECENT,
+            kv_group: 32,
+            qjl_m: 0,
+            qjl_outliers: 4,
+            pivot: "auto".into(),
+            pivot_prompt: None,
+            ctx_size: None,
+            batch_size: 512,
+        }
+    }
 }
 
 pub fn spinner(msg: &str) -> ProgressBar {
@@ -89,6 +132,7 @@ pub fn load_host_model(a: &ModelArgs) -> Result<LoadedModel> {
             source: format!("synthetic:{preset}"),
             file_type: a.synthetic_format.to_uppercase(),
             recipe: None,
+            pivot: None,
         });
     }
     let path = match &a.model {
@@ -104,33 +148,90 @@ pub fn open_gpu() -> Result<Arc<Gpu>> {
     Ok(gpu)
 }
 
-/// Uploads `m` to the GPU with the options in `a`.
+/// The KV cache format the flags in `a` ask for.
+pub fn kv_format(a: &ModelArgs) -> Result<KvFormat> {
+    let mut kv: KvFormat = a.kv.parse()?;
+    kv.recent = a.kv_recent;
+    kv.qgroup = a.kv_group;
+    kv.qjl_m = a.qjl_m;
+    kv.qjl_outliers = a.qjl_outliers;
+    Ok(kv)
+}
+
+/// The pivot tokens the flags in `a` ask for (empty: none).
+pub fn pivot_tokens(a: &ModelArgs, m: &LoadedModel, kv: &KvFormat) -> Result<Vec<u32>> {
+    let on = match a.pivot.as_str() {
+        "none" => false,
+        "bos" => true,
+        "auto" => !kv.is_f16(),
+        other => anyhow::bail!("unknown --pivot `{other}` (none, bos, auto)"),
+    };
+    if !on && a.pivot_prompt.is_none() {
+        return Ok(Vec::new());
+    }
+    if a.pivot == "none" {
+        anyhow::bail!("--pivot-prompt needs a pivot; drop --pivot none");
+    }
+    let tok = Tokenizer::from_spec(&m.tokenizer_spec)?;
+    let Some(bos) = tok.bos_id() else {
+        anyhow::bail!("the model's tokenizer has no BOS token to start a pivot with");
+    };
+    let mut tokens = vec![bos];
+    if let Some(p) = &a.pivot_prompt {
+        tokens.extend(tok.encode(p, false)?);
+    }
+    Ok(tokens)
+}
+
+/// Uploads `m` to the GPU with the options in `a`, with room for `min_ctx`
+/// positions after the pivot.
 pub fn gpu_model(a: &ModelArgs, m: &LoadedModel, min_ctx: usize) -> Result<Arc<GpuModel>> {
     let gpu = open_gpu()?;
     let mode: WeightMode = a.weights.parse()?;
-    let kv: KvFormat = a.kv.parse()?;
-    let ctx = match a.ctx_size {
+    let kv = kv_format(a)?;
+    let tokens = pivot_tokens(a, m, &kv)?;
+    let pivot = if tokens.is_empty() {
+        None
+    } else {
+        let sp = spinner(&format!(
+            "computing the pivot KV of {} tokens with the full-precision model",
+            tokens.len()
+        ));
+        let p = Pivot::for_model(m, &tokens)?;
+        sp.finish_and_clear();
+        Some(p)
+    };
+    let p = tokens.len();
+    let mut ctx = match a.ctx_size {
         None | Some(0) => m.config.max_seq_len.max(min_ctx),
         Some(c) => c,
     };
-    if ctx < min_ctx {
-        anyhow::bail!("context size {ctx} is smaller than the {min_ctx} positions this run needs");
+    if ctx < min_ctx + p {
+        if a.ctx_size.is_some_and(|c| c > 0) && p == 0 {
+            anyhow::bail!(
+                "context size {ctx} is smaller than the {min_ctx} positions this run needs"
+            );
+        }
+        ctx = min_ctx + p;
     }
     let pb = bar(1, "uploading weights");
-    let model = GpuModel::new(gpu, m, mode, ctx, kv, |done, total| {
+    let model = GpuModel::with_pivot(gpu, m, mode, ctx, kv, pivot.as_ref(), |done, total| {
         pb.set_length(total as u64);
         pb.set_position(done as u64);
     })?;
     pb.finish_and_clear();
     log::info!(
-        "model: {} ({}), weights {:.1} MiB on GPU as {:?}, KV cache {} x {} = {:.1} MiB",
+        "model: {} ({}), weights {:.1} MiB on GPU as {:?}, KV cache {} x {} = {:.1} MiB \
+         ({:.0} bytes per token), pivot {:?}",
         m.source,
         m.file_type,
         model.weight_bytes() as f64 / 1048576.0,
         mode,
         ctx,
         kv.name(),
-        model.kv.bytes() as f64 / 1048576.0
+        model.kv.bytes() as f64 / 1048576.0,
+        kv.bytes_per_token(&m.config),
+        model.kv.pivot
     );
     Ok(Arc::new(model))
 }

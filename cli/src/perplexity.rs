@@ -97,6 +97,8 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
             bargs.model = Some(p.clone());
             bargs.weights = "f32".into();
             bargs.kv = "f16".into();
+            // The same pivot tokens (kept f16 by both).
+            bargs.pivot = if model.kv.pivot.is_empty() { "none" } else { "bos" }.into();
             let bh = load_host_model(&bargs)?;
             if bh.config.vocab_size != model.config.vocab_size {
                 bail!(
@@ -112,15 +114,20 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
     };
     let available = tokens.len() / ctx;
     let n = a.chunks.map_or(available, |c| c.min(available));
+    let kv_bytes = model.kv.format.bytes_per_token(&model.config);
     eprintln!(
-        "perplexity: {n} chunks of {ctx} tokens (of {available}), BOS {}; KV {} ({} bytes/token)",
+        "perplexity: {n} chunks of {ctx} tokens (of {available}), BOS {}; KV {} ({kv_bytes:.1} bytes/token{}), pivot {:?}",
         if bos.is_some() {
             "at each chunk"
         } else {
             "not added"
         },
         model.kv.format.name(),
-        model.kv.format.bytes_per_token(&model.config)
+        match model.kv.layout {
+            Some(l) => format!(", {} recent tokens in f16", l.recent),
+            None => String::new(),
+        },
+        model.kv.pivot
     );
     let mut writer = match &a.save_logits {
         Some(p) => Some(LogitsWriter::create(
@@ -178,7 +185,9 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
                 "kl": c.so_far.kl.map(|k| k.mean), "kl_err": c.so_far.kl.map(|k| k.err),
                 "top1_agree": c.so_far.kl.map(|k| k.top1_agree),
             })).collect::<Vec<_>>(),
-            "weights": a.model.weights, "kv": a.model.kv,
+            "weights": a.model.weights, "kv": model.kv.format.name(),
+            "kv_bytes_per_token": kv_bytes, "kv_recent": model.kv.layout.map(|l| l.recent),
+            "pivot": model.kv.pivot,
             "kl": r.kl.map(|k| k.mean), "kl_err": r.kl.map(|k| k.err),
             "top1_agree": r.kl.map(|k| k.top1_agree),
         });

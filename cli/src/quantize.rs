@@ -140,15 +140,7 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         );
         Some(text)
     };
-    let margs = common::ModelArgs {
-        model: a.model.clone(),
-        synthetic: None,
-        synthetic_format: "q4_1".into(),
-        weights: "native".into(),
-        kv: "f16".into(),
-        ctx_size: None,
-        batch_size: 512,
-    };
+    let margs = common::ModelArgs::plain(a.model.clone());
     let m = common::load_host_model(&margs)?;
     let windows = match &calib {
         Some(text) => {
@@ -164,8 +156,13 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         pb.set_position(layer as u64);
         pb.set_message(format!("{} {phase} {done}/{total}", method.name()));
     };
-    let (q, reports) = pipeline::quantize_model(&gpu, &m, &windows, &opts, &mut progress)?;
+    let (mut q, reports) = pipeline::quantize_model(&gpu, &m, &windows, &opts, &mut progress)?;
     pb.finish_and_clear();
+    // IntactKV: the [BOS] pivot's KV from the full-precision source, stored in the file.
+    let tok = lamina_model::tokenizer::Tokenizer::from_spec(&m.tokenizer_spec)?;
+    if let Some(bos) = tok.bos_id() {
+        q.pivot = Some(lamina_model::kv_cache::Pivot::compute(&m.config, &m.weights, &[bos])?);
+    }
     let secs = start.elapsed().as_secs_f64();
     let mut recipe = q.recipe.clone().unwrap_or_default();
     if let Some(r) = recipe.as_object_mut() {

@@ -137,6 +137,29 @@ pub enum KlBase<'a> {
 /// divergence of `model`'s next-token distributions from `base`'s at every
 /// scored position. With `save`, the model's logits at the scored positions
 /// are written out to serve later runs as a [`KlBase::Saved`].
+/// Most tokens one perplexity step runs (the CLI's default batch).
+pub const STEP: usize = 512;
+
+/// Logits `[chunk.len(), vocab]` of a chunk fed after the pivot in steps of
+/// the graph's size.
+fn run_chunk(c: &mut Compiled, chunk: &[u32], pivot: usize, vocab: usize) -> Result<Vec<f32>> {
+    let rows = c.io.max_tokens as usize;
+    let mut logits = Vec::with_capacity(chunk.len() * vocab);
+    for (i, part) in chunk.chunks(rows).enumerate() {
+        c.exec.write(c.io.ids, 0, bytemuck::cast_slice(part));
+        let step = Step {
+            n_tokens: part.len() as u32,
+            pos: (pivot + i * rows) as u32,
+            ..Default::default()
+        };
+        let bytes = c
+            .exec
+            .run_read(&step, c.io.logits, 4 * (part.len() * vocab) as u64)?;
+        logits.extend_from_slice(bytemuck::cast_slice::<u8, f32>(&bytes));
+    }
+    Ok(logits)
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn perplexity_kl(
     model: &GpuModel,
@@ -152,9 +175,15 @@ pub fn perplexity_kl(
     let first = ctx / 2;
     let shape = LogitsShape { vocab, ctx, first };
     match &base {
-        Some(KlBase::Model(b)) if b.config.vocab_size != vocab || ctx > b.kv.max_ctx => {
+        Some(KlBase::Model(b))
+            if b.config.vocab_size != vocab
+                || b.kv.pivot != model.kv.pivot
+                || ctx + b.kv.pivot_len() > b.kv.max_ctx =>
+        {
             return Err(ModelError::Input(
-                "the KL base model needs the same vocabulary and a KV cache of the context".into(),
+                "the KL base model needs the same vocabulary, the same pivot tokens and a KV cache \
+                 of the context"
+                    .into(),
             ));
         }
         Some(KlBase::Saved(r)) if r.shape != shape => {
@@ -170,9 +199,10 @@ pub fn perplexity_kl(
             "perplexity needs a context of at least 2".into(),
         ));
     }
-    if ctx > model.kv.max_ctx {
+    let pivot = model.kv.pivot_len();
+    if ctx + pivot > model.kv.max_ctx {
         return Err(ModelError::Input(format!(
-            "context {ctx} exceeds the KV cache ({} positions)",
+            "context {ctx} after a pivot of {pivot} exceeds the KV cache ({} positions)",
             model.kv.max_ctx
         )));
     }
@@ -192,9 +222,12 @@ pub fn perplexity_kl(
             r.chunks
         )));
     }
-    let mut c = Compiled::new(model, ctx as u32, Head::AllLogits)?;
+    // Chunks run in steps of at most STEP tokens (a quantized cache's window
+    // is sized for them), each after the pivot.
+    let step_rows = ctx.min(STEP);
+    let mut c = Compiled::new(model, step_rows as u32, Head::AllLogits)?;
     let mut cb = match &base {
-        Some(KlBase::Model(b)) => Some(Compiled::new(b, ctx as u32, Head::AllLogits)?),
+        Some(KlBase::Model(b)) => Some(Compiled::new(b, step_rows as u32, Head::AllLogits)?),
         _ => None,
     };
     let mut saved = Vec::new();
@@ -206,18 +239,9 @@ pub fn perplexity_kl(
         if let Some(b) = bos {
             chunk[0] = b;
         }
-        c.exec.write(c.io.ids, 0, bytemuck::cast_slice(&chunk));
-        let step = Step {
-            n_tokens: ctx as u32,
-            pos: 0,
-            ..Default::default()
-        };
-        let bytes = c
-            .exec
-            .run_read(&step, c.io.logits, 4 * (ctx * vocab) as u64)?;
-        let logits: &[f32] = bytemuck::cast_slice(&bytes);
+        let logits = run_chunk(&mut c, &chunk, pivot, vocab)?;
         let scored = &logits[first * vocab..(ctx - 1) * vocab];
-        let hash = chunk_hash(&chunk);
+        let hash = chunk_hash(&[&model.kv.pivot[..], &chunk].concat());
         if let Some(w) = save.as_deref_mut() {
             w.push(hash, scored)?;
         }
@@ -225,12 +249,8 @@ pub fn perplexity_kl(
         let base_bytes;
         let base_rows: Option<&[f32]> = match (&mut base, cb.as_mut()) {
             (Some(KlBase::Model(_)), Some(cb)) => {
-                cb.exec.write(cb.io.ids, 0, bytemuck::cast_slice(&chunk));
-                base_bytes = cb
-                    .exec
-                    .run_read(&step, cb.io.logits, 4 * (ctx * vocab) as u64)?;
-                let all: &[f32] = bytemuck::cast_slice(&base_bytes);
-                Some(&all[first * vocab..(ctx - 1) * vocab])
+                base_bytes = run_chunk(cb, &chunk, pivot, vocab)?;
+                Some(&base_bytes[first * vocab..(ctx - 1) * vocab])
             }
             (Some(KlBase::Saved(r)), _) => {
                 r.next_chunk(hash, &mut saved)?;

@@ -47,6 +47,7 @@ pub fn load_dir(dir: &Path) -> Result<LoadedModel> {
         source: dir.display().to_string(),
         file_type,
         recipe: None,
+        pivot: None,
     })
 }
 

@@ -1,92 +1,465 @@
 //! The KV cache: per layer, keys and values of every past position.
 //!
-//! Today's format is f16, head-major `[n_kv_heads, max_ctx, head_dim]`, two
-//! values per u32 word, one buffer per layer for K and one for V (a layer's
-//! cache then stays under the storage binding limit up to long contexts).
-//! Quantized formats (q8/q4/q2, QJL sign sketches) and the lossless pivot
-//! segment (IntactKV / PrefixQuant) plug in here as further [`KvFormat`]s.
+//! Two layouts:
+//! - **f16** (the default): head-major `[n_kv_heads, max_ctx, head_dim]`, two
+//!   values per u32 word, one buffer per layer for K and one for V (a
+//!   layer's cache then stays under the storage binding limit up to long
+//!   contexts); ops `kv_write` + `attention`.
+//! - **quantized** (`q8`, `q4`, `q2` for either side, `qjl` for keys): an f16
+//!   window of the recent tokens and a quantized store, ops `kv_store` +
+//!   `kv_attention`, which document segments, formats and layouts.
+//!
+//! Either way the cache may begin with a **pivot** segment (IntactKV /
+//! PrefixQuant): the KV of a few fixed tokens, computed once by the
+//! full-precision model and kept in f16, never quantized; sequences start
+//! after it ([`Pivot`]).
 
 use std::sync::Arc;
 
+use lamina_engine::ops::kv_store::{KvLayout, KvQuant, QjlShape};
 use lamina_engine::{DType, Gpu, Tensor};
 
+use crate::quant::qjl::QjlSketch;
+use crate::reference::Reference;
+use crate::weights::LlamaWeights;
 use crate::{LlamaConfig, ModelError, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KvFormat {
-    #[default]
-    F16,
+/// Largest prompt step the quantized cache's window is sized for by default
+/// (the CLI's default batch).
+pub const DEFAULT_MAX_ROWS: u32 = 512;
+/// Default recent window kept in f16 (QJL's and KIVI's 128-token buffer).
+pub const DEFAULT_RECENT: u32 = 128;
+/// Seed of the QJL sketch (the same S for every run of a model).
+pub const QJL_SEED: u64 = 0x514a_4c;
+
+/// What the cache stores, as `--kv` and its companion flags say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvFormat {
+    pub k: KvQuant,
+    pub v: KvQuant,
+    /// Fewest recent tokens kept in f16 (quantized formats).
+    pub recent: u32,
+    /// Channels per scale group of q8 / q4 / q2.
+    pub qgroup: u32,
+    /// QJL sketch rows; 0 = twice head_dim (the paper's m = 256 at head_dim 128).
+    pub qjl_m: u32,
+    /// QJL outlier channels per token group (their sketch has m / 2 rows).
+    pub qjl_outliers: u32,
+}
+
+impl Default for KvFormat {
+    fn default() -> Self {
+        Self::F16
+    }
 }
 
 impl KvFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            KvFormat::F16 => "f16",
+    /// Today's f16 cache.
+    pub const F16: KvFormat = KvFormat {
+        k: KvQuant::F16,
+        v: KvQuant::F16,
+        recent: DEFAULT_RECENT,
+        qgroup: 32,
+        qjl_m: 0,
+        qjl_outliers: 4,
+    };
+
+    /// Whether the plain f16 layout serves it.
+    pub fn is_f16(&self) -> bool {
+        self.k == KvQuant::F16 && self.v == KvQuant::F16
+    }
+
+    /// "f16", "q4" (both sides alike) or "k=qjl,v=q2".
+    pub fn name(&self) -> String {
+        if self.k == self.v {
+            self.k.name().to_string()
+        } else {
+            format!("k={},v={}", self.k.name(), self.v.name())
         }
     }
 
-    /// Bytes one token occupies in the cache over all layers, keys and values.
-    pub fn bytes_per_token(self, cfg: &LlamaConfig) -> u64 {
-        match self {
-            KvFormat::F16 => 2 * cfg.n_layers as u64 * cfg.kv_dim() as u64 * 2,
+    /// The sketch shape for this model's head_dim.
+    pub fn qjl_shape(&self, head_dim: usize) -> QjlShape {
+        if self.k != KvQuant::Qjl {
+            return QjlShape {
+                m: 0,
+                m_out: 0,
+                outliers: 0,
+            };
+        }
+        let m = if self.qjl_m == 0 {
+            2 * head_dim as u32
+        } else {
+            self.qjl_m
+        };
+        QjlShape {
+            m,
+            m_out: if self.qjl_outliers > 0 {
+                (m / 2).next_multiple_of(32).min(m)
+            } else {
+                0
+            },
+            outliers: self.qjl_outliers,
         }
     }
+
+    /// The layer layout for a cache of `max_ctx` positions with `pivot` of
+    /// them pivots, for steps of up to `max_rows` tokens.
+    pub fn layout(&self, cfg: &LlamaConfig, max_ctx: usize, pivot: usize, max_rows: u32) -> KvLayout {
+        let room = (max_ctx - pivot.min(max_ctx)) as u32;
+        KvLayout {
+            n_kv_heads: cfg.n_kv_heads as u32,
+            head_dim: cfg.head_dim as u32,
+            max_ctx: max_ctx as u32,
+            pivot: pivot as u32,
+            recent: self.recent,
+            ring: KvLayout::ring_for(self.recent, max_rows).min(room).max(1),
+            k: self.k,
+            v: self.v,
+            qgroup: self.qgroup,
+            qjl: self.qjl_shape(cfg.head_dim),
+        }
+    }
+
+    /// Bytes one token occupies in the cache over all layers, keys and
+    /// values, every scale, norm and outlier index included (the fixed f16
+    /// window and pivot rows are not per token: see [`KvCache::fixed_bytes`]).
+    pub fn bytes_per_token(&self, cfg: &LlamaConfig) -> f64 {
+        let per_layer = if self.is_f16() {
+            4.0 * cfg.kv_dim() as f64
+        } else {
+            self.layout(cfg, 1024, 0, 1).store_bytes_per_token()
+        };
+        cfg.n_layers as f64 * per_layer
+    }
+
+    /// Checks the format against a model's shape.
+    pub fn check(&self, cfg: &LlamaConfig) -> Result<()> {
+        if self.is_f16() {
+            return Ok(());
+        }
+        self.layout(cfg, 1024, 0, 1)
+            .check("kv cache", 1)
+            .map_err(|e| ModelError::Input(format!("KV cache format {}: {e}", self.name())))
+    }
+}
+
+fn quant(s: &str) -> Result<KvQuant> {
+    Ok(match s {
+        "f16" => KvQuant::F16,
+        "q8" => KvQuant::Q8,
+        "q4" => KvQuant::Q4,
+        "q2" => KvQuant::Q2,
+        "qjl" => KvQuant::Qjl,
+        _ => {
+            return Err(ModelError::Input(format!(
+                "unknown KV cache format `{s}` (available: f16, q8, q4, q2, qjl)"
+            )));
+        }
+    })
 }
 
 impl std::str::FromStr for KvFormat {
     type Err = ModelError;
+    /// `f16`, `q8`, `q4`, `q2` (keys and values alike), `qjl` (QJL keys with
+    /// q2 values), or `k=FORMAT,v=FORMAT`.
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f16" => Ok(KvFormat::F16),
-            _ => Err(ModelError::Input(format!(
-                "unknown KV cache format `{s}` (available: f16)"
-            ))),
+        let mut f = KvFormat::F16;
+        if s.contains('=') {
+            let (mut k, mut v) = (None, None);
+            for part in s.split(',') {
+                match part.split_once('=') {
+                    Some(("k", x)) => k = Some(quant(x)?),
+                    Some(("v", x)) => v = Some(quant(x)?),
+                    _ => {
+                        return Err(ModelError::Input(format!(
+                            "bad KV cache format `{s}`: expected k=FORMAT,v=FORMAT"
+                        )));
+                    }
+                }
+            }
+            let (Some(k), Some(v)) = (k, v) else {
+                return Err(ModelError::Input(format!(
+                    "bad KV cache format `{s}`: name both k= and v="
+                )));
+            };
+            (f.k, f.v) = (k, v);
+        } else {
+            f.k = quant(s)?;
+            f.v = if f.k == KvQuant::Qjl { KvQuant::Q2 } else { f.k };
         }
+        if f.v == KvQuant::Qjl {
+            return Err(ModelError::Input(
+                "QJL is a key format; values take f16, q8, q4 or q2".into(),
+            ));
+        }
+        Ok(f)
     }
+}
+
+/// The pivot segment: tokens at positions `0..len` whose K (RoPE'd) and V,
+/// from the full-precision model, every sequence starts with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pivot {
+    pub tokens: Vec<u32>,
+    /// Per layer `[len, n_kv_heads * head_dim]` f32, position-major.
+    pub k: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+}
+
+impl Pivot {
+    /// Runs `tokens` through the CPU f32 reference of `weights` (the
+    /// full-precision model: a GGUF or HF source dequantized to f32).
+    pub fn compute(cfg: &LlamaConfig, weights: &LlamaWeights, tokens: &[u32]) -> Result<Self> {
+        if tokens.is_empty() {
+            return Err(ModelError::Input("an empty pivot has nothing to compute".into()));
+        }
+        let mut r = Reference::new(cfg, weights, tokens.len().min(cfg.max_seq_len))?;
+        r.forward_last(tokens, 0)?;
+        let kvd = cfg.kv_dim();
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        for l in 0..cfg.n_layers {
+            let (kl, vl) = r.layer_kv(l);
+            k.push(kl[..tokens.len() * kvd].to_vec());
+            v.push(vl[..tokens.len() * kvd].to_vec());
+        }
+        Ok(Pivot {
+            tokens: tokens.to_vec(),
+            k,
+            v,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Checks the shape against a model.
+    pub fn check(&self, cfg: &LlamaConfig) -> Result<()> {
+        let want = self.len() * cfg.kv_dim();
+        if self.k.len() != cfg.n_layers
+            || self.v.len() != cfg.n_layers
+            || self.k.iter().chain(&self.v).any(|x| x.len() != want)
+        {
+            return Err(ModelError::Invalid(format!(
+                "pivot KV of {} tokens does not match the model ({} layers, KV width {})",
+                self.len(),
+                cfg.n_layers,
+                cfg.kv_dim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Layer `l`'s K or V as head-major f16 words `[n_kv_heads, rows, head_dim]`
+    /// with the pivot in rows `0..len` (the rest zero).
+    fn head_major(&self, x: &[f32], cfg: &LlamaConfig, rows: usize) -> Vec<u32> {
+        let (hd, nkv) = (cfg.head_dim, cfg.n_kv_heads);
+        let mut img = vec![0.0f32; nkv * rows * hd];
+        for (j, row) in x.chunks_exact(nkv * hd).enumerate() {
+            for h in 0..nkv {
+                img[(h * rows + j) * hd..][..hd].copy_from_slice(&row[h * hd..][..hd]);
+            }
+        }
+        lamina_engine::ops::kv_store::f16_words(&img)
+    }
+}
+
+/// One layer's GPU buffers.
+pub enum LayerCache {
+    F16 {
+        k: Tensor,
+        v: Tensor,
+    },
+    Quant {
+        k_win: Tensor,
+        v_win: Tensor,
+        k_store: Tensor,
+        v_store: Tensor,
+    },
 }
 
 /// GPU buffers of the cache.
 pub struct KvCache {
     pub format: KvFormat,
     pub max_ctx: usize,
-    pub k: Vec<Tensor>,
-    pub v: Vec<Tensor>,
+    /// The pivot tokens at positions `0..pivot.len()` (empty: none).
+    pub pivot: Vec<u32>,
+    /// The quantized layout (`None` for f16).
+    pub layout: Option<KvLayout>,
+    pub layers: Vec<LayerCache>,
+}
+
+fn tensor(gpu: &Gpu, name: String, bytes: u64, dtype: DType, shape: Vec<usize>) -> Result<Tensor> {
+    Ok(Tensor {
+        buffer: gpu.storage_buffer(&name, bytes)?,
+        offset: 0,
+        size: bytes,
+        shape,
+        dtype,
+    })
 }
 
 impl KvCache {
+    /// Allocates a cache of `max_ctx` positions (the pivot's included) and
+    /// uploads the pivot's KV.
     pub fn new(
         gpu: &Arc<Gpu>,
         cfg: &LlamaConfig,
         max_ctx: usize,
         format: KvFormat,
+        pivot: Option<&Pivot>,
     ) -> Result<Self> {
-        let n = cfg.n_kv_heads * max_ctx * cfg.head_dim;
-        let bytes = DType::F16.bytes_for(n);
-        let make = |name: String| -> Result<Tensor> {
-            Ok(Tensor {
-                buffer: gpu.storage_buffer(&name, bytes)?,
-                offset: 0,
-                size: bytes,
-                shape: vec![cfg.n_kv_heads, max_ctx, cfg.head_dim],
-                dtype: DType::F16,
-            })
+        format.check(cfg)?;
+        let p = pivot.map_or(0, Pivot::len);
+        if let Some(pv) = pivot {
+            pv.check(cfg)?;
+        }
+        if p >= max_ctx {
+            return Err(ModelError::Input(format!(
+                "the pivot's {p} tokens leave no room in a context of {max_ctx}"
+            )));
+        }
+        let (hd, nkv) = (cfg.head_dim, cfg.n_kv_heads);
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        let layout = (!format.is_f16()).then(|| format.layout(cfg, max_ctx, p, DEFAULT_MAX_ROWS));
+        let sketch = match layout {
+            Some(l) if l.k == KvQuant::Qjl => Some(QjlSketch::new_orthogonal(
+                hd,
+                l.qjl.m as usize,
+                l.qjl.m_out as usize,
+                QJL_SEED,
+            )?),
+            _ => None,
         };
-        let mut k = Vec::with_capacity(cfg.n_layers);
-        let mut v = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
-            k.push(make(format!("blk.{l}.k_cache"))?);
-            v.push(make(format!("blk.{l}.v_cache"))?);
+            let upload_pivot = |t: &Tensor, rows: usize, k: bool| {
+                if let Some(pv) = pivot {
+                    let src = if k { &pv.k[l] } else { &pv.v[l] };
+                    let img = pv.head_major(src, cfg, rows);
+                    gpu.queue
+                        .write_buffer(&t.buffer, 0, bytemuck::cast_slice(&img));
+                }
+            };
+            match &layout {
+                None => {
+                    let bytes = DType::F16.bytes_for(nkv * max_ctx * hd);
+                    let shape = vec![nkv, max_ctx, hd];
+                    let k = tensor(gpu, format!("blk.{l}.k_cache"), bytes, DType::F16, shape.clone())?;
+                    let v = tensor(gpu, format!("blk.{l}.v_cache"), bytes, DType::F16, shape)?;
+                    upload_pivot(&k, max_ctx, true);
+                    upload_pivot(&v, max_ctx, false);
+                    layers.push(LayerCache::F16 { k, v });
+                }
+                Some(lay) => {
+                    let rows = (lay.pivot + lay.ring) as usize;
+                    let wb = lay.window_bytes();
+                    let shape = vec![nkv, rows, hd];
+                    let k_win = tensor(gpu, format!("blk.{l}.k_win"), wb, DType::F16, shape.clone())?;
+                    let v_win = tensor(gpu, format!("blk.{l}.v_win"), wb, DType::F16, shape)?;
+                    upload_pivot(&k_win, rows, true);
+                    upload_pivot(&v_win, rows, false);
+                    let kb = lay.k_store_bytes();
+                    let k_store =
+                        tensor(gpu, format!("blk.{l}.k_store"), kb, DType::U32, vec![kb as usize / 4])?;
+                    if let Some(s) = &sketch {
+                        gpu.queue.write_buffer(
+                            &k_store.buffer,
+                            4 * u64::from(lay.sketch_base()),
+                            bytemuck::cast_slice(&s.s),
+                        );
+                    }
+                    let vb = lay.v_store_bytes();
+                    let v_store =
+                        tensor(gpu, format!("blk.{l}.v_store"), vb, DType::U32, vec![vb as usize / 4])?;
+                    layers.push(LayerCache::Quant {
+                        k_win,
+                        v_win,
+                        k_store,
+                        v_store,
+                    });
+                }
+            }
         }
         Ok(KvCache {
             format,
             max_ctx,
-            k,
-            v,
+            pivot: pivot.map(|p| p.tokens.clone()).unwrap_or_default(),
+            layout,
+            layers,
         })
+    }
+
+    /// Positions the pivot takes.
+    pub fn pivot_len(&self) -> usize {
+        self.pivot.len()
     }
 
     /// Total bytes on the GPU.
     pub fn bytes(&self) -> u64 {
-        self.k.iter().chain(&self.v).map(|t| t.size).sum()
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerCache::F16 { k, v } => k.size + v.size,
+                LayerCache::Quant {
+                    k_win,
+                    v_win,
+                    k_store,
+                    v_store,
+                } => k_win.size + v_win.size + k_store.size + v_store.size,
+            })
+            .sum()
+    }
+
+    /// Bytes that do not grow with the context: the f16 windows and pivot
+    /// rows, and the QJL sketch (0 for the f16 layout, whose pivot rows are
+    /// ordinary positions).
+    pub fn fixed_bytes(&self) -> u64 {
+        match &self.layout {
+            None => 0,
+            Some(l) => {
+                self.layers.len() as u64
+                    * (2 * l.window_bytes() + 4 * u64::from(l.sketch_len()))
+            }
+        }
+    }
+}
+
+impl Pivot {
+    /// The pivot of `tokens` for model `m`, from its full-precision weights:
+    /// the KV stored in a `.lamina.safetensors` file for the same tokens;
+    /// else, for a GGUF or HF checkpoint, its own weights (the source
+    /// dequantized to f32); else the quantized file's source checkpoint,
+    /// named in its recipe, when it is at hand.
+    pub fn for_model(m: &crate::loader::LoadedModel, tokens: &[u32]) -> Result<Self> {
+        if let Some(p) = &m.pivot
+            && p.tokens == tokens
+        {
+            return Ok(p.clone());
+        }
+        let Some(recipe) = &m.recipe else {
+            return Pivot::compute(&m.config, &m.weights, tokens);
+        };
+        let source = recipe.get("source").and_then(|s| s.as_str()).unwrap_or("");
+        let path = std::path::Path::new(source);
+        if source.is_empty() || !path.exists() {
+            return Err(ModelError::Input(format!(
+                "{} holds no pivot KV for tokens {tokens:?} and its full-precision source `{source}` \
+                 is not at hand to compute it (quantize again, or run without a pivot: --pivot none)",
+                m.source
+            )));
+        }
+        log::info!("computing the pivot KV from the source checkpoint {source}");
+        let src = crate::loader::load(path)?;
+        if src.config.kv_dim() != m.config.kv_dim() || src.config.n_layers != m.config.n_layers {
+            return Err(ModelError::Input(format!(
+                "the source checkpoint {source} does not match {}",
+                m.source
+            )));
+        }
+        Pivot::compute(&src.config, &src.weights, tokens)
     }
 }

@@ -158,6 +158,19 @@ pub fn write(path: &Path, m: &LoadedModel, recipe: &serde_json::Value) -> Result
         }
     }
     let mut meta = HashMap::new();
+    if let Some(pv) = &m.pivot {
+        pv.check(&m.config)?;
+        meta.insert("lamina.pivot".to_string(), json(&pv.tokens)?);
+        for (part, x) in [("pivot.k", &pv.k), ("pivot.v", &pv.v)] {
+            let flat: Vec<f32> = x.iter().flatten().copied().collect();
+            tensors.push((
+                part.to_string(),
+                safetensors::Dtype::F32,
+                vec![m.config.n_layers, pv.len(), m.config.kv_dim()],
+                bytemuck::cast_slice(&flat).to_vec(),
+            ));
+        }
+    }
     meta.insert("lamina.format".to_string(), FORMAT.to_string());
     meta.insert("lamina.config".to_string(), json(&m.config)?);
     meta.insert("lamina.tokenizer".to_string(), json(&m.tokenizer_spec)?);
@@ -384,6 +397,29 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
         output_norm: tensor("output_norm.weight".into(), &[dim])?,
         output,
     };
+    let pivot = match meta.get("lamina.pivot") {
+        None => None,
+        Some(t) => {
+            let tokens: Vec<u32> =
+                serde_json::from_str(t).map_err(|e| bad(format!("`lamina.pivot`: {e}")))?;
+            let per_layer = tokens.len() * c.kv_dim();
+            let mut parts = Vec::new();
+            for name in ["pivot.k", "pivot.v"] {
+                let (shape, b) = raw(name, safetensors::Dtype::F32)?;
+                if shape != [c.n_layers, tokens.len(), c.kv_dim()] {
+                    return Err(bad(format!("`{name}` has shape {shape:?}")));
+                }
+                let f: Vec<f32> = b
+                    .chunks_exact(4)
+                    .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+                    .collect();
+                parts.push(f.chunks(per_layer.max(1)).map(<[f32]>::to_vec).collect::<Vec<_>>());
+            }
+            let v = parts.pop().unwrap_or_default();
+            let k = parts.pop().unwrap_or_default();
+            Some(crate::kv_cache::Pivot { tokens, k, v })
+        }
+    };
     let recipe = parse("lamina.recipe")?;
     let file_type = recipe
         .get("name")
@@ -397,5 +433,6 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
         source: path.display().to_string(),
         file_type,
         recipe: Some(recipe),
+        pivot,
     })
 }

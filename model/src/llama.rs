@@ -9,13 +9,14 @@
 use std::sync::Arc;
 
 use lamina_engine::graph::{Graph, Op, TensorId};
+use lamina_engine::ops::kv_store::KvLayout;
 use lamina_engine::ops::{
-    add, attention, embedding, gram, kv_write, matmul, rmsnorm, rope, sample, swiglu,
+    add, attention, embedding, kv_attention, kv_store, gram, kv_write, matmul, rmsnorm, rope, sample, swiglu,
 };
 use lamina_engine::weight::{GpuWeight, HostData, HostWeight};
 use lamina_engine::{DType, Gpu, Tensor, WeightFormat, WeightRef};
 
-use crate::kv_cache::{KvCache, KvFormat};
+use crate::kv_cache::{KvCache, KvFormat, LayerCache, Pivot};
 use crate::loader::LoadedModel;
 use crate::weights::{HostDType, HostTensor, LayerWeights};
 use crate::{LlamaConfig, ModelError, Result, RopeStyle};
@@ -161,6 +162,20 @@ impl GpuModel {
         mode: WeightMode,
         max_ctx: usize,
         kv_format: KvFormat,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<Self> {
+        Self::with_pivot(gpu, m, mode, max_ctx, kv_format, None, progress)
+    }
+
+    /// [`GpuModel::new`] with a pivot segment at the cache's first positions
+    /// (`max_ctx` counts them).
+    pub fn with_pivot(
+        gpu: Arc<Gpu>,
+        m: &LoadedModel,
+        mode: WeightMode,
+        max_ctx: usize,
+        kv_format: KvFormat,
+        pivot: Option<&Pivot>,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Self> {
         let cfg = m.config.clone();
@@ -179,7 +194,7 @@ impl GpuModel {
             None => None,
         };
         progress(total - 1, total);
-        let kv = KvCache::new(&gpu, &cfg, max_ctx, kv_format)?;
+        let kv = KvCache::new(&gpu, &cfg, max_ctx, kv_format, pivot)?;
         progress(total, total);
         Ok(GpuModel {
             gpu,
@@ -283,7 +298,10 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
     let up = g.intermediate("up", f32s(ffn)); // [n_tokens, ffn]
     let act = g.intermediate("act", f32s(ffn)); // [n_tokens, ffn]
     let down = g.intermediate("down", f32s(dim)); // [n_tokens, dim]
-    let scratch_bytes = attention::scratch_bytes(nh, hd, max_ctx, n);
+    let scratch_bytes = match &m.kv.layout {
+        None => attention::scratch_bytes(nh, hd, max_ctx, n),
+        Some(l) => kv_attention::scratch_bytes(l, nh, n),
+    };
     let att_scratch = (scratch_bytes > 0).then(|| g.intermediate("att_scratch", scratch_bytes));
 
     let table = weight(&mut g, &m.token_embd, "token_embd");
@@ -313,9 +331,33 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
         att_scratch,
     };
     for (l, lw) in m.layers.iter().enumerate() {
-        let k_cache = external(&mut g, &format!("blk.{l}.k_cache"), &m.kv.k[l]);
-        let v_cache = external(&mut g, &format!("blk.{l}.v_cache"), &m.kv.v[l]);
-        push_layer(&mut g, c, l, lw, &io, (k_cache, v_cache), max_ctx, n, None)?;
+        let kv = match (&m.kv.layers[l], m.kv.layout) {
+            (LayerCache::F16 { k, v }, _) => LayerKv::F16 {
+                k_cache: external(&mut g, &format!("blk.{l}.k_cache"), k),
+                v_cache: external(&mut g, &format!("blk.{l}.v_cache"), v),
+            },
+            (
+                LayerCache::Quant {
+                    k_win,
+                    v_win,
+                    k_store,
+                    v_store,
+                },
+                Some(layout),
+            ) => LayerKv::Quant {
+                k_win: external(&mut g, &format!("blk.{l}.k_win"), k_win),
+                v_win: external(&mut g, &format!("blk.{l}.v_win"), v_win),
+                k_store: external(&mut g, &format!("blk.{l}.k_store"), k_store),
+                v_store: external(&mut g, &format!("blk.{l}.v_store"), v_store),
+                layout,
+            },
+            _ => {
+                return Err(ModelError::Invalid(
+                    "quantized KV buffers without a layout".into(),
+                ));
+            }
+        };
+        push_layer(&mut g, c, l, lw, &io, &kv, max_ctx, n, None)?;
     }
 
     let w = external(&mut g, "output_norm", &m.output_norm);
@@ -404,6 +446,21 @@ pub struct LayerIo {
     pub att_scratch: Option<TensorId>,
 }
 
+/// One layer's KV cache tensors in a graph.
+#[derive(Debug, Clone, Copy)]
+pub enum LayerKv {
+    /// `[n_kv_heads, max_ctx, head_dim]` f16 each (ops kv_write + attention).
+    F16 { k_cache: TensorId, v_cache: TensorId },
+    /// Window and store (ops kv_store + kv_attention).
+    Quant {
+        k_win: TensorId,
+        v_win: TensorId,
+        k_store: TensorId,
+        v_store: TensorId,
+        layout: KvLayout,
+    },
+}
+
 /// Gram accumulators (`[width, width]` f32) of the four linear-layer
 /// inputs, for GPTQ's Hessians: q/k/v's, the output projection's,
 /// gate/up's and down's.
@@ -469,7 +526,7 @@ pub fn push_layer(
     l: usize,
     lw: &GpuLayer,
     io: &LayerIo,
-    (k_cache, v_cache): (TensorId, TensorId),
+    kv: &LayerKv,
     max_ctx: u32,
     n: u32,
     taps: Option<&GramTaps>,
@@ -527,35 +584,82 @@ pub fn push_layer(
             }),
         )?;
     }
-    g.push(
-        p("kv_write"),
-        Op::KvWrite(kv_write::KvWrite {
-            k: io.k,
-            v: io.v,
-            k_cache,
-            v_cache,
-            n_kv_heads: nkv,
-            head_dim: hd,
-            max_ctx,
-            max_rows: n,
-        }),
-    )?;
-    g.push(
-        p("attn"),
-        Op::Attention(attention::Attention {
-            q: io.q,
-            k_cache,
-            v_cache,
-            out: io.att,
-            scratch: io.att_scratch,
-            n_heads: nh,
-            n_kv_heads: nkv,
-            head_dim: hd,
-            max_ctx,
-            max_rows: n,
-            scale: 1.0 / (hd as f32).sqrt(),
-        }),
-    )?;
+    let scale = 1.0 / (hd as f32).sqrt();
+    match *kv {
+        LayerKv::F16 { k_cache, v_cache } => {
+            g.push(
+                p("kv_write"),
+                Op::KvWrite(kv_write::KvWrite {
+                    k: io.k,
+                    v: io.v,
+                    k_cache,
+                    v_cache,
+                    n_kv_heads: nkv,
+                    head_dim: hd,
+                    max_ctx,
+                    max_rows: n,
+                }),
+            )?;
+            g.push(
+                p("attn"),
+                Op::Attention(attention::Attention {
+                    q: io.q,
+                    k_cache,
+                    v_cache,
+                    out: io.att,
+                    scratch: io.att_scratch,
+                    n_heads: nh,
+                    n_kv_heads: nkv,
+                    head_dim: hd,
+                    max_ctx,
+                    max_rows: n,
+                    scale,
+                }),
+            )?;
+        }
+        LayerKv::Quant {
+            k_win,
+            v_win,
+            k_store,
+            v_store,
+            layout,
+        } => {
+            let Some(scratch) = io.att_scratch else {
+                return Err(ModelError::Invalid(
+                    "attention over a quantized KV cache needs a scratch tensor".into(),
+                ));
+            };
+            g.push(
+                p("kv_store"),
+                Op::KvStore(kv_store::KvStore {
+                    k: io.k,
+                    v: io.v,
+                    k_win,
+                    v_win,
+                    k_store,
+                    v_store,
+                    layout,
+                    max_rows: n,
+                }),
+            )?;
+            g.push(
+                p("attn"),
+                Op::KvAttention(kv_attention::KvAttention {
+                    q: io.q,
+                    k_win,
+                    v_win,
+                    k_store,
+                    v_store,
+                    out: io.att,
+                    scratch,
+                    layout,
+                    n_heads: nh,
+                    max_rows: n,
+                    scale,
+                }),
+            )?;
+        }
+    }
     if let Some(t) = taps {
         push_gram(g, io.att, t.attn_out, c.q_dim(), n, p("gram_attn_out"))?;
     }

@@ -25,6 +25,9 @@ pub struct LoadedModel {
     pub file_type: String,
     /// How a `.lamina.safetensors` file was made (its `lamina.recipe`).
     pub recipe: Option<serde_json::Value>,
+    /// The pivot KV a `.lamina.safetensors` file carries, computed by its
+    /// full-precision source (IntactKV).
+    pub pivot: Option<crate::kv_cache::Pivot>,
 }
 
 /// Loads a `.gguf` file, or a Hugging Face directory (config.json + safetensors).
@@ -69,6 +72,7 @@ pub fn load_gguf(g: &GgufFile) -> Result<LoadedModel> {
         weights,
         tokenizer_spec,
         source: g.path().display().to_string(),
+        pivot: None,
     })
 }
 

@@ -191,6 +191,16 @@ impl Reference {
         self.len == 0
     }
 
+    /// Layer `l`'s cache, `[max_ctx, n_kv_heads * head_dim]` K (RoPE'd) and V;
+    /// positions `0..len()` hold the sequence.
+    pub fn layer_kv(&self, l: usize) -> (&[f32], &[f32]) {
+        let n = self.max_ctx * self.cfg.kv_dim();
+        (
+            &self.state.key_cache[l * n..(l + 1) * n],
+            &self.state.value_cache[l * n..(l + 1) * n],
+        )
+    }
+
     /// Empties the KV cache.
     pub fn reset(&mut self) {
         self.len = 0;

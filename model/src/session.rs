@@ -79,19 +79,20 @@ impl Session {
     /// `batch`: most tokens one prompt step processes (llama.cpp's -ub).
     pub fn new(model: Arc<GpuModel>, batch: u32, sampler: SamplerConfig) -> Result<Self> {
         let batch = batch.clamp(1, model.kv.max_ctx as u32);
+        let pos = model.kv.pivot_len();
         Ok(Session {
             model,
             prefill: None,
             decode: None,
             batch,
-            pos: 0,
+            pos,
             history: VecDeque::new(),
             rng: rand::rngs::StdRng::seed_from_u64(sampler.seed),
             sampler,
         })
     }
 
-    /// Positions used so far.
+    /// Positions used so far (the pivot's included: a session starts after it).
     pub fn pos(&self) -> usize {
         self.pos
     }
@@ -99,7 +100,7 @@ impl Session {
         self.model.kv.max_ctx
     }
     pub fn reset(&mut self) {
-        self.pos = 0;
+        self.pos = self.model.kv.pivot_len();
         self.history.clear();
     }
     pub fn set_sampler(&mut self, s: SamplerConfig) {

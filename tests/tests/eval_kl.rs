@@ -51,6 +51,7 @@ fn saved_base_logits_give_the_live_kl() {
         source: "synthetic".into(),
         file_type: "F32".into(),
         recipe: None,
+        pivot: None,
     };
     let opts = QuantizeOptions {
         method: Method::Rtn,

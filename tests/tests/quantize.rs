@@ -35,6 +35,7 @@ fn source() -> LoadedModel {
         source: format!("synthetic:{SPEC}"),
         file_type: "F32".into(),
         recipe: None,
+        pivot: None,
     }
 }
 

@@ -237,11 +237,14 @@ impl KvLayout {
             self.pivot
         );
         ensure_shape!(
-            self.ring >= Self::ring_for(self.recent, max_rows),
+            self.ring >= Self::ring_for(self.recent, max_rows)
+                || self.ring >= self.max_ctx - self.pivot,
             op,
-            "ring {} too small for steps of {max_rows} tokens and a recent window of {}",
+            "window ring of {} rows too small for steps of {max_rows} tokens and a recent window of {} \
+             (needs {} rows, or every position past the pivot)",
             self.ring,
-            self.recent
+            self.recent,
+            Self::ring_for(self.recent, max_rows)
         );
         if self.k.bits().is_some() || self.v.bits().is_some() {
             ensure_shape!(

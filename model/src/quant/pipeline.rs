@@ -25,7 +25,7 @@ use lamina_engine::weight::MixedLayout;
 use lamina_engine::{Executor, Gpu};
 use serde_json::json;
 
-use crate::llama::{GpuLayer, GramTaps, LayerIo, WeightMode, push_layer};
+use crate::llama::{GpuLayer, GramTaps, LayerIo, LayerKv, WeightMode, push_layer};
 use crate::loader::LoadedModel;
 use crate::quant::gptq::{GptqOptions, ParamChoice, quantize_gptq};
 use crate::quant::rtn::quantize_rtn;
@@ -208,7 +208,11 @@ fn block(
         ffn_in: g.output("gram_ffn_in", sq(c.dim)),
         ffn_act: g.output("gram_ffn_act", sq(c.ffn_dim)),
     });
-    push_layer(&mut g, c, l, lw, &io, (kc, vc), seq, seq, taps.as_ref())?;
+    let kv = LayerKv::F16 {
+        k_cache: kc,
+        v_cache: vc,
+    };
+    push_layer(&mut g, c, l, lw, &io, &kv, seq, seq, taps.as_ref())?;
     let ex = Executor::new(gpu.clone(), g)?;
     if let Some(t) = &taps {
         for (id, d) in [
@@ -502,6 +506,7 @@ pub fn quantize_model(
             source: m.source.clone(),
             file_type: name,
             recipe: Some(recipe),
+            pivot: None,
         },
         reports,
     ))
