@@ -8,10 +8,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lamina_engine::{DeviceOptions, Gpu};
 use lamina_model::kv_cache::{KvFormat, Pivot};
-use lamina_model::tokenizer::Tokenizer;
 use lamina_model::llama::{GpuModel, WeightMode};
 use lamina_model::loader::{self, LoadedModel};
 use lamina_model::synthetic;
+use lamina_model::tokenizer::Tokenizer;
 use lamina_model::weights::HostDType;
 
 use crate::fetch;

@@ -98,7 +98,12 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
             bargs.weights = "f32".into();
             bargs.kv = "f16".into();
             // The same pivot tokens (kept f16 by both).
-            bargs.pivot = if model.kv.pivot.is_empty() { "none" } else { "bos" }.into();
+            bargs.pivot = if model.kv.pivot.is_empty() {
+                "none"
+            } else {
+                "bos"
+            }
+            .into();
             let bh = load_host_model(&bargs)?;
             if bh.config.vocab_size != model.config.vocab_size {
                 bail!(

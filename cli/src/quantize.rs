@@ -161,7 +161,11 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     // IntactKV: the [BOS] pivot's KV from the full-precision source, stored in the file.
     let tok = lamina_model::tokenizer::Tokenizer::from_spec(&m.tokenizer_spec)?;
     if let Some(bos) = tok.bos_id() {
-        q.pivot = Some(lamina_model::kv_cache::Pivot::compute(&m.config, &m.weights, &[bos])?);
+        q.pivot = Some(lamina_model::kv_cache::Pivot::compute(
+            &m.config,
+            &m.weights,
+            &[bos],
+        )?);
     }
     let secs = start.elapsed().as_secs_f64();
     let mut recipe = q.recipe.clone().unwrap_or_default();

@@ -105,7 +105,13 @@ impl KvFormat {
 
     /// The layer layout for a cache of `max_ctx` positions with `pivot` of
     /// them pivots, for steps of up to `max_rows` tokens.
-    pub fn layout(&self, cfg: &LlamaConfig, max_ctx: usize, pivot: usize, max_rows: u32) -> KvLayout {
+    pub fn layout(
+        &self,
+        cfg: &LlamaConfig,
+        max_ctx: usize,
+        pivot: usize,
+        max_rows: u32,
+    ) -> KvLayout {
         let room = (max_ctx - pivot.min(max_ctx)) as u32;
         KvLayout {
             n_kv_heads: cfg.n_kv_heads as u32,
@@ -186,7 +192,11 @@ impl std::str::FromStr for KvFormat {
             (f.k, f.v) = (k, v);
         } else {
             f.k = quant(s)?;
-            f.v = if f.k == KvQuant::Qjl { KvQuant::Q2 } else { f.k };
+            f.v = if f.k == KvQuant::Qjl {
+                KvQuant::Q2
+            } else {
+                f.k
+            };
         }
         if f.v == KvQuant::Qjl {
             return Err(ModelError::Input(
@@ -212,7 +222,9 @@ impl Pivot {
     /// full-precision model: a GGUF or HF source dequantized to f32).
     pub fn compute(cfg: &LlamaConfig, weights: &LlamaWeights, tokens: &[u32]) -> Result<Self> {
         if tokens.is_empty() {
-            return Err(ModelError::Input("an empty pivot has nothing to compute".into()));
+            return Err(ModelError::Input(
+                "an empty pivot has nothing to compute".into(),
+            ));
         }
         let mut r = Reference::new(cfg, weights, tokens.len().min(cfg.max_seq_len))?;
         r.forward_last(tokens, 0)?;
@@ -348,7 +360,13 @@ impl KvCache {
                 None => {
                     let bytes = DType::F16.bytes_for(nkv * max_ctx * hd);
                     let shape = vec![nkv, max_ctx, hd];
-                    let k = tensor(gpu, format!("blk.{l}.k_cache"), bytes, DType::F16, shape.clone())?;
+                    let k = tensor(
+                        gpu,
+                        format!("blk.{l}.k_cache"),
+                        bytes,
+                        DType::F16,
+                        shape.clone(),
+                    )?;
                     let v = tensor(gpu, format!("blk.{l}.v_cache"), bytes, DType::F16, shape)?;
                     upload_pivot(&k, max_ctx, true);
                     upload_pivot(&v, max_ctx, false);
@@ -358,13 +376,19 @@ impl KvCache {
                     let rows = (lay.pivot + lay.ring) as usize;
                     let wb = lay.window_bytes();
                     let shape = vec![nkv, rows, hd];
-                    let k_win = tensor(gpu, format!("blk.{l}.k_win"), wb, DType::F16, shape.clone())?;
+                    let k_win =
+                        tensor(gpu, format!("blk.{l}.k_win"), wb, DType::F16, shape.clone())?;
                     let v_win = tensor(gpu, format!("blk.{l}.v_win"), wb, DType::F16, shape)?;
                     upload_pivot(&k_win, rows, true);
                     upload_pivot(&v_win, rows, false);
                     let kb = lay.k_store_bytes();
-                    let k_store =
-                        tensor(gpu, format!("blk.{l}.k_store"), kb, DType::U32, vec![kb as usize / 4])?;
+                    let k_store = tensor(
+                        gpu,
+                        format!("blk.{l}.k_store"),
+                        kb,
+                        DType::U32,
+                        vec![kb as usize / 4],
+                    )?;
                     if let Some(s) = &sketch {
                         gpu.queue.write_buffer(
                             &k_store.buffer,
@@ -373,8 +397,13 @@ impl KvCache {
                         );
                     }
                     let vb = lay.v_store_bytes();
-                    let v_store =
-                        tensor(gpu, format!("blk.{l}.v_store"), vb, DType::U32, vec![vb as usize / 4])?;
+                    let v_store = tensor(
+                        gpu,
+                        format!("blk.{l}.v_store"),
+                        vb,
+                        DType::U32,
+                        vec![vb as usize / 4],
+                    )?;
                     layers.push(LayerCache::Quant {
                         k_win,
                         v_win,
@@ -421,8 +450,7 @@ impl KvCache {
         match &self.layout {
             None => 0,
             Some(l) => {
-                self.layers.len() as u64
-                    * (2 * l.window_bytes() + 4 * u64::from(l.sketch_len()))
+                self.layers.len() as u64 * (2 * l.window_bytes() + 4 * u64::from(l.sketch_len()))
             }
         }
     }

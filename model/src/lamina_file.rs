@@ -413,7 +413,11 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
                     .chunks_exact(4)
                     .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
                     .collect();
-                parts.push(f.chunks(per_layer.max(1)).map(<[f32]>::to_vec).collect::<Vec<_>>());
+                parts.push(
+                    f.chunks(per_layer.max(1))
+                        .map(<[f32]>::to_vec)
+                        .collect::<Vec<_>>(),
+                );
             }
             let v = parts.pop().unwrap_or_default();
             let k = parts.pop().unwrap_or_default();

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use lamina_engine::graph::{Graph, Op, TensorId};
 use lamina_engine::ops::kv_store::KvLayout;
 use lamina_engine::ops::{
-    add, attention, embedding, kv_attention, kv_store, gram, kv_write, matmul, rmsnorm, rope, sample, swiglu,
+    add, attention, embedding, gram, kv_attention, kv_store, kv_write, matmul, rmsnorm, rope,
+    sample, swiglu,
 };
 use lamina_engine::weight::{GpuWeight, HostData, HostWeight};
 use lamina_engine::{DType, Gpu, Tensor, WeightFormat, WeightRef};
@@ -450,7 +451,10 @@ pub struct LayerIo {
 #[derive(Debug, Clone, Copy)]
 pub enum LayerKv {
     /// `[n_kv_heads, max_ctx, head_dim]` f16 each (ops kv_write + attention).
-    F16 { k_cache: TensorId, v_cache: TensorId },
+    F16 {
+        k_cache: TensorId,
+        v_cache: TensorId,
+    },
     /// Window and store (ops kv_store + kv_attention).
     Quant {
         k_win: TensorId,

@@ -1,0 +1,188 @@
+//! The quantized KV cache and the pivot segment inside a whole model
+//! (synthetic, f32 weights, head_dim 32):
+//! - a quantized cache whose recent window holds every token never
+//!   quantizes anything, and gives the f16 cache's logits;
+//! - with nothing kept recent, the error grows as the bits shrink: q8 < q4
+//!   < q2 in KL divergence from the f16 cache, and QJL keys improve with
+//!   more sketch rows;
+//! - a pivot computed by the CPU reference ahead of a sequence gives the
+//!   logits of running the pivot tokens as the sequence's start, in the f16
+//!   and the quantized layouts;
+//! - a `.lamina.safetensors` file carries its pivot.
+
+use lamina_engine::graph::Step;
+use lamina_model::eval::{KlBase, perplexity_kl};
+use lamina_model::kv_cache::{KvFormat, Pivot};
+use lamina_model::lamina_file;
+use lamina_model::llama::{GpuModel, Head, WeightMode};
+use lamina_model::loader::LoadedModel;
+use lamina_model::session::Compiled;
+use lamina_model::synthetic;
+use lamina_model::weights::HostDType;
+use lamina_tests::{f32_from_bytes, gpu, u32_bytes};
+use rand::{Rng, SeedableRng};
+
+const SPEC: &str = "L2-d128-h4-kv2-f256-v200";
+
+fn source() -> LoadedModel {
+    let config = synthetic::synthetic_config(SPEC).unwrap();
+    let weights = synthetic::synthetic_weights(&config, HostDType::F32, 5).unwrap();
+    LoadedModel {
+        config,
+        weights,
+        tokenizer_spec: Default::default(),
+        source: "synthetic".into(),
+        file_type: "F32".into(),
+        recipe: None,
+        pivot: None,
+    }
+}
+
+fn model(m: &LoadedModel, ctx: usize, kv: KvFormat, pivot: Option<&Pivot>) -> GpuModel {
+    GpuModel::with_pivot(gpu(), m, WeightMode::Native, ctx, kv, pivot, |_, _| {}).unwrap()
+}
+
+fn fmt(s: &str, recent: u32) -> KvFormat {
+    let mut f: KvFormat = s.parse().unwrap();
+    f.recent = recent;
+    f
+}
+
+fn tokens(n: usize, seed: u64) -> Vec<u32> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| r.random_range(0..200)).collect()
+}
+
+/// KL divergence of `m` from `base` over `toks` in chunks of `ctx`.
+fn kl(m: &GpuModel, base: &GpuModel, toks: &[u32], ctx: usize) -> f64 {
+    let (r, _) = perplexity_kl(
+        m,
+        Some(KlBase::Model(base)),
+        None,
+        toks,
+        ctx,
+        None,
+        None,
+        |_, _, _| {},
+    )
+    .unwrap();
+    r.kl.unwrap().mean
+}
+
+/// Logits `[toks.len(), vocab]` of `toks` fed at `pos` in one step.
+fn logits(m: &GpuModel, toks: &[u32], pos: usize) -> Vec<f32> {
+    let mut c = Compiled::new(m, toks.len() as u32, Head::AllLogits).unwrap();
+    c.exec.write(c.io.ids, 0, &u32_bytes(toks));
+    let step = Step {
+        n_tokens: toks.len() as u32,
+        pos: pos as u32,
+        ..Default::default()
+    };
+    let b = c
+        .exec
+        .run_read(
+            &step,
+            c.io.logits,
+            4 * (toks.len() * m.config.vocab_size) as u64,
+        )
+        .unwrap();
+    f32_from_bytes(&b)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn window_only_cache_matches_f16() {
+    let src = source();
+    let ctx = 96;
+    let toks = tokens(3 * ctx, 1);
+    let base = model(&src, ctx, KvFormat::F16, None);
+    for f in ["q2", "qjl", "k=q8,v=q4"] {
+        let m = model(&src, ctx, fmt(f, ctx as u32), None);
+        let k = kl(&m, &base, &toks, ctx);
+        assert!(k < 1e-9, "{f}: KL {k} with every token in the f16 window");
+    }
+}
+
+#[test]
+fn error_grows_as_bits_shrink() {
+    let src = source();
+    let ctx = 96;
+    let toks = tokens(4 * ctx, 2);
+    let base = model(&src, ctx, KvFormat::F16, None);
+    let kls: Vec<f64> = ["q8", "q4", "q2"]
+        .iter()
+        .map(|f| kl(&model(&src, ctx, fmt(f, 0), None), &base, &toks, ctx))
+        .collect();
+    assert!(
+        kls[0] < kls[1] && kls[1] < kls[2] && kls[0] > 0.0,
+        "KL q8 / q4 / q2: {kls:?}"
+    );
+    let qjl = |m: u32| {
+        let mut f = fmt("k=qjl,v=f16", 0);
+        f.qjl_m = m;
+        kl(&model(&src, ctx, f, None), &base, &toks, ctx)
+    };
+    let (small, big) = (qjl(64), qjl(256));
+    assert!(
+        big < small && big > 0.0,
+        "QJL keys: KL {small} at m 64, {big} at m 256"
+    );
+}
+
+#[test]
+fn pivot_equals_running_its_tokens_first() {
+    let src = source();
+    let pivot_tokens = [7u32, 42];
+    let pivot = Pivot::compute(&src.config, &src.weights, &pivot_tokens).unwrap();
+    let toks = tokens(40, 3);
+    let whole: Vec<u32> = pivot_tokens.iter().chain(&toks).copied().collect();
+    let plain = model(&src, 64, KvFormat::F16, None);
+    let want = logits(&plain, &whole, 0);
+    let vocab = src.config.vocab_size;
+    let want = &want[pivot_tokens.len() * vocab..];
+    // The pivot's K and V are rounded to f16 like any cached value.
+    for f in [KvFormat::F16, fmt("q4", 64)] {
+        let m = model(&src, 64, f, Some(&pivot));
+        assert_eq!(m.kv.pivot, pivot_tokens);
+        let got = logits(&m, &toks, pivot_tokens.len());
+        let d = max_diff(&got, want);
+        assert!(d < 2e-3, "{}: logits differ by {d}", f.name());
+    }
+    // A pivot that fills the context is refused.
+    let e = GpuModel::with_pivot(
+        gpu(),
+        &src,
+        WeightMode::Native,
+        2,
+        KvFormat::F16,
+        Some(&pivot),
+        |_, _| {},
+    );
+    assert!(e.is_err());
+}
+
+#[test]
+fn lamina_file_carries_its_pivot() {
+    let mut m = source();
+    m.recipe = Some(serde_json::json!({"name": "test"}));
+    let pivot = Pivot::compute(&m.config, &m.weights, &[3]).unwrap();
+    m.pivot = Some(pivot.clone());
+    let dir = std::env::temp_dir().join(format!("lamina-kvmodel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("p.lamina.safetensors");
+    lamina_file::write(&path, &m, m.recipe.as_ref().unwrap()).unwrap();
+    let back = lamina_file::load(&path).unwrap();
+    assert_eq!(back.pivot.as_ref(), Some(&pivot));
+    // The stored pivot serves its tokens; others need the source, which a
+    // synthetic model does not name.
+    assert_eq!(Pivot::for_model(&back, &[3]).unwrap(), pivot);
+    assert!(Pivot::for_model(&back, &[4]).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
