@@ -1,7 +1,9 @@
 //! `lamina bench`: prompt processing (pp) and generation (tg) speed, in the
 //! manner of llama-bench: pp N = one batch of N tokens from an empty cache,
 //! tg N = N single-token decode steps from an empty cache; each repeated,
-//! mean ± sd of tokens/s. Optional per-op GPU time from timestamp queries.
+//! mean ± sd of tokens/s. With `-d D` (llama-bench's depth) the cache first
+//! holds D tokens (filled once, untimed; each repetition goes back to D).
+//! Optional per-op GPU time from timestamp queries.
 
 use std::time::Instant;
 
@@ -31,6 +33,9 @@ pub struct BenchArgs {
     /// Repetitions of each test (after one warm-up run).
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     pub repetitions: u32,
+    /// Tokens already in the cache when each test starts (llama-bench's -d).
+    #[arg(short = 'd', long = "depth", default_value_t = 0)]
+    pub depth: u32,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Md)]
     pub output: Output,
@@ -65,14 +70,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         bail!("-r/--repetitions must be at least 1");
     }
     let host = load_host_model(&a.model)?;
-    let need = (a.n_prompt.max(a.n_gen) as usize).max(1);
+    let need = (a.n_prompt.max(a.n_gen) as usize).max(1) + a.depth as usize;
     let mut margs = a.model.clone();
     margs.ctx_size = Some(a.model.ctx_size.filter(|&c| c > 0).unwrap_or(need));
     let ctx = margs.ctx_size.unwrap_or(need);
     if ctx < need {
         bail!("-c/--ctx-size {ctx} is smaller than the test length {need}");
     }
-    margs.batch_size = a.model.batch_size.min(a.n_prompt.max(1));
+    margs.batch_size = a.model.batch_size.min(a.n_prompt.max(a.depth).max(1));
     let model = gpu_model(&margs, &host, need)?;
     let desc = format!("{} {}", host.source, host.file_type);
     let vocab = host.config.vocab_size as u32;
@@ -83,12 +88,32 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if a.profile && !session.enable_profiling()? {
         eprintln!("note: this adapter has no timestamp queries; no per-op profile");
     }
+    let at = if a.depth > 0 {
+        format!(" @ d{}", a.depth)
+    } else {
+        String::new()
+    };
+    // Fill the cache to the depth once; every repetition goes back to it.
+    let start = session.pos() + a.depth as usize;
+    if a.depth > 0 {
+        let sp = crate::common::spinner(&format!("filling the cache with {} tokens", a.depth));
+        session.feed(&tokens(a.depth))?;
+        sp.finish_and_clear();
+    }
+    let rewind = |s: &mut Session| -> Result<()> {
+        if a.depth > 0 {
+            s.truncate(start)?;
+        } else {
+            s.reset();
+        }
+        Ok(())
+    };
     let mut results = Vec::new();
     if a.n_prompt > 0 {
         let mut samples = Vec::new();
         for rep in 0..=a.repetitions {
             let prompt = tokens(a.n_prompt);
-            session.reset();
+            rewind(&mut session)?;
             let t0 = Instant::now();
             session.feed(&prompt)?;
             let s = t0.elapsed().as_secs_f64();
@@ -97,7 +122,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             }
         }
         results.push(TestResult {
-            name: format!("pp{}", a.n_prompt),
+            name: format!("pp{}{at}", a.n_prompt),
             n_prompt: a.n_prompt,
             n_gen: 0,
             samples,
@@ -106,7 +131,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if a.n_gen > 0 {
         let mut samples = Vec::new();
         for rep in 0..=a.repetitions {
-            session.reset();
+            rewind(&mut session)?;
             let mut t = tokens(1)[0];
             let t0 = Instant::now();
             for _ in 0..a.n_gen {
@@ -118,7 +143,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             }
         }
         results.push(TestResult {
-            name: format!("tg{}", a.n_gen),
+            name: format!("tg{}{at}", a.n_gen),
             n_prompt: 0,
             n_gen: a.n_gen,
             samples,
@@ -144,10 +169,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             if let Some(tg) = results.iter().find(|r| r.n_gen > 0) {
                 let (m, _) = mean_sd(&tg.samples);
                 println!(
-                    "\nweights streamed per token: {:.1} MiB; effective {:.2} GB/s at tg; KV {} bytes/token",
+                    "\nweights streamed per token: {:.1} MiB; effective {:.2} GB/s at tg; KV {kv_bytes:.1} bytes/token (+{:.2} MiB fixed)",
                     wbytes as f64 / 1048576.0,
                     wbytes as f64 * m / 1e9,
-                    kv_bytes
+                    model.kv.fixed_bytes() as f64 / 1048576.0
                 );
             }
             eprintln!("device: {device}");
@@ -171,6 +196,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 "model": desc, "weights": a.model.weights, "kv": model.kv.format.name(),
                 "device": device, "repetitions": a.repetitions,
                 "weight_bytes_per_token": wbytes, "kv_bytes_per_token": kv_bytes,
+                "kv_fixed_bytes": model.kv.fixed_bytes(), "depth": a.depth,
+                "pivot": model.kv.pivot,
                 "effective_gb_s": tg.map(|t| wbytes as f64 * t / 1e9),
                 "tests": tests,
             });

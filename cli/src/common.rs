@@ -48,11 +48,11 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 4)]
     pub qjl_outliers: u32,
     /// Pivot tokens kept lossless ahead of every sequence (IntactKV): none, bos, or auto
-    /// (bos with a quantized KV cache, none with f16).
+    /// ([BOS] with a quantized KV cache when the model starts its sequences with BOS).
     #[arg(long, default_value = "auto")]
     pub pivot: String,
-    /// A system prompt added to the pivot after [BOS]: its KV too comes from the
-    /// full-precision model and stays f16.
+    /// Text for the pivot (e.g. the chat template's system turn): its KV too comes from
+    /// the full-precision model and stays f16; prompts that start with it reuse it.
     #[arg(long)]
     pub pivot_prompt: Option<String>,
     /// Context size (positions in the KV cache); 0 = the model's training context.
@@ -158,27 +158,36 @@ pub fn kv_format(a: &ModelArgs) -> Result<KvFormat> {
     Ok(kv)
 }
 
-/// The pivot tokens the flags in `a` ask for (empty: none).
+/// The pivot tokens the flags in `a` ask for (empty: none): `bos` gives
+/// [BOS] then `--pivot-prompt`'s tokens; `auto` gives the prompt's tokens as
+/// the tokenizer encodes a sequence's start (with BOS where it adds one),
+/// and without a prompt [BOS] for a quantized cache of a model whose
+/// sequences start with BOS.
 pub fn pivot_tokens(a: &ModelArgs, m: &LoadedModel, kv: &KvFormat) -> Result<Vec<u32>> {
-    let on = match a.pivot.as_str() {
-        "none" => false,
-        "bos" => true,
-        "auto" => !kv.is_f16(),
-        other => anyhow::bail!("unknown --pivot `{other}` (none, bos, auto)"),
+    let tok = || Tokenizer::from_spec(&m.tokenizer_spec);
+    let bos = |t: &Tokenizer| {
+        t.bos_id().ok_or_else(|| {
+            anyhow::anyhow!("the model's tokenizer has no BOS token to start a pivot with")
+        })
     };
-    if !on && a.pivot_prompt.is_none() {
-        return Ok(Vec::new());
-    }
-    if a.pivot == "none" {
-        anyhow::bail!("--pivot-prompt needs a pivot; drop --pivot none");
-    }
-    let tok = Tokenizer::from_spec(&m.tokenizer_spec)?;
-    let Some(bos) = tok.bos_id() else {
-        anyhow::bail!("the model's tokenizer has no BOS token to start a pivot with");
+    let tokens = match (a.pivot.as_str(), &a.pivot_prompt) {
+        ("none", None) => Vec::new(),
+        ("none", Some(_)) => anyhow::bail!("--pivot-prompt needs a pivot; drop --pivot none"),
+        ("bos", p) => {
+            let t = tok()?;
+            let mut v = vec![bos(&t)?];
+            if let Some(p) = p {
+                v.extend(t.encode(p, false)?);
+            }
+            v
+        }
+        ("auto", Some(p)) => tok()?.encode(p, true)?,
+        ("auto", None) if !kv.is_f16() && m.tokenizer_spec.add_bos => vec![bos(&tok()?)?],
+        ("auto", None) => Vec::new(),
+        (other, _) => anyhow::bail!("unknown --pivot `{other}` (none, bos, auto)"),
     };
-    let mut tokens = vec![bos];
-    if let Some(p) = &a.pivot_prompt {
-        tokens.extend(tok.encode(p, false)?);
+    if a.pivot_prompt.is_some() && tokens.is_empty() {
+        anyhow::bail!("--pivot-prompt encodes to no tokens");
     }
     Ok(tokens)
 }

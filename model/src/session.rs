@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use lamina_engine::Executor;
 use lamina_engine::graph::{Sampling, Step};
+use lamina_engine::ops::kv_store::GROUP;
 use rand::{Rng, SeedableRng};
 
 use crate::llama::{GpuModel, GraphIo, Head, REPEAT_LAST_N, build_graph};
@@ -103,6 +104,32 @@ impl Session {
         self.pos = self.model.kv.pivot_len();
         self.history.clear();
     }
+    /// Forgets the positions from `pos` on (at least the pivot's end, at most
+    /// the current position), so the cache below `pos` is reused. A quantized
+    /// cache can go back only as far as its f16 window still holds the
+    /// tokens its next flush needs.
+    pub fn truncate(&mut self, pos: usize) -> Result<()> {
+        let pivot = self.model.kv.pivot_len();
+        if pos < pivot || pos > self.pos {
+            return Err(ModelError::Input(format!(
+                "cannot truncate to position {pos}: the session holds {pivot}..{}",
+                self.pos
+            )));
+        }
+        if let Some(l) = &self.model.kv.layout {
+            let wraps = l.ring < l.max_ctx - l.pivot;
+            let reach = l.ring.saturating_sub(l.recent + GROUP) as usize;
+            if wraps && self.pos - pos > reach {
+                return Err(ModelError::Input(format!(
+                    "a quantized KV cache goes back at most {reach} positions (asked {})",
+                    self.pos - pos
+                )));
+            }
+        }
+        self.pos = pos;
+        self.history.clear();
+        Ok(())
+    }
     pub fn set_sampler(&mut self, s: SamplerConfig) {
         self.rng = rand::rngs::StdRng::seed_from_u64(s.seed);
         self.sampler = s;
@@ -170,11 +197,18 @@ impl Session {
     }
 
     /// Feeds `tokens` (a prompt or a continuation of it) and returns the
-    /// token sampled after the last of them.
+    /// token sampled after the last of them. A prompt that starts with the
+    /// pivot's tokens, fed to a fresh session, reuses the pivot's KV.
     pub fn feed(&mut self, tokens: &[u32]) -> Result<u32> {
+        let pivot = &self.model.kv.pivot;
+        let tokens = if self.pos == pivot.len() && !pivot.is_empty() && tokens.starts_with(pivot) {
+            &tokens[pivot.len()..]
+        } else {
+            tokens
+        };
         if tokens.is_empty() {
             return Err(ModelError::Input(
-                "empty prompt: nothing to feed the model".into(),
+                "empty prompt: nothing to feed the model after the pivot".into(),
             ));
         }
         self.check_ids(tokens)?;
