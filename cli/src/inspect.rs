@@ -99,13 +99,13 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         c.norm_eps,
         c.tied_embeddings
     );
-    println!(
-        "KV cache: f16, {} bytes per token ({:.1} MiB at ctx {})",
-        lamina_model::kv_cache::KvFormat::F16.bytes_per_token(c),
-        lamina_model::kv_cache::KvFormat::F16.bytes_per_token(c) as f64 * c.max_seq_len as f64
-            / 1048576.0,
-        c.max_seq_len
-    );
+    print_kv_formats(c);
+    if let Some(p) = &m.pivot {
+        println!(
+            "pivot KV (IntactKV, from the full-precision source): tokens {:?}",
+            p.tokens
+        );
+    }
     if let Some(r) = &m.recipe {
         println!("recipe: {r}");
         let (bpw, bytes, params) = lamina_model::quant::pipeline::bits_per_weight(&m.weights);
@@ -179,5 +179,39 @@ fn summary(v: &GgufValue, max: usize) -> String {
         GgufValue::Array(GgufArray::String(a)) if a.len() <= 4 => format!("{a:?}"),
         GgufValue::Array(a) => format!("[{:?}; {}]", a.elem_type(), a.len()),
         other => format!("{other:?}"),
+    }
+}
+
+/// KV bytes per token of every format (all layers, keys and values, scales,
+/// norms and outlier indices included), the fixed f16 window of the
+/// quantized ones, and the longest context a budget holds.
+fn print_kv_formats(c: &lamina_model::LlamaConfig) {
+    use lamina_model::kv_cache::{DEFAULT_MAX_ROWS, KvFormat};
+    println!("KV cache per token (defaults: {DEFAULT_MAX_ROWS}-token steps, 128 recent tokens in f16):");
+    println!("  format        bytes/token  vs f16   fixed MiB  ctx in 1 GiB  ctx in 4 GiB");
+    let f16 = KvFormat::F16.bytes_per_token(c);
+    for name in ["f16", "q8", "q4", "q2", "k=q4,v=q2", "qjl", "k=qjl,v=q4"] {
+        let Ok(f) = name.parse::<KvFormat>() else {
+            continue;
+        };
+        if f.check(c).is_err() {
+            println!("  {name:<12}  (does not fit this model's head_dim {})", c.head_dim);
+            continue;
+        }
+        let per = f.bytes_per_token(c);
+        let fixed = if f.is_f16() {
+            0.0
+        } else {
+            let l = f.layout(c, c.max_seq_len.max(2), 0, DEFAULT_MAX_ROWS);
+            c.n_layers as f64 * (2.0 * l.window_bytes() as f64 + 4.0 * f64::from(l.sketch_len()))
+        };
+        let fits = |gib: f64| ((gib * 1073741824.0 - fixed) / per).max(0.0) as u64;
+        println!(
+            "  {name:<12}  {per:>11.1}  {:>5.2}x  {:>9.2}  {:>12}  {:>12}",
+            f16 / per,
+            fixed / 1048576.0,
+            fits(1.0),
+            fits(4.0)
+        );
     }
 }
