@@ -47,6 +47,9 @@ pub struct ModelArgs {
     /// QJL keys: outlier channels per group of 32 tokens, sketched apart (0-4).
     #[arg(long, default_value_t = 4)]
     pub qjl_outliers: u32,
+    /// QJL keys: the first N layers get twice the sketch rows (as QJL's code does).
+    #[arg(long, default_value_t = 0)]
+    pub qjl_initial_layers: u32,
     /// Pivot tokens kept lossless ahead of every sequence (IntactKV): none, bos, or auto
     /// ([BOS] with a quantized KV cache when the model starts its sequences with BOS).
     #[arg(long, default_value = "auto")]
@@ -76,6 +79,7 @@ impl ModelArgs {
             kv_group: 32,
             qjl_m: 0,
             qjl_outliers: 4,
+            qjl_initial_layers: 0,
             pivot: "auto".into(),
             pivot_prompt: None,
             ctx_size: None,
@@ -155,6 +159,7 @@ pub fn kv_format(a: &ModelArgs) -> Result<KvFormat> {
     kv.qgroup = a.kv_group;
     kv.qjl_m = a.qjl_m;
     kv.qjl_outliers = a.qjl_outliers;
+    kv.qjl_initial_layers = a.qjl_initial_layers;
     Ok(kv)
 }
 

@@ -187,7 +187,9 @@ fn summary(v: &GgufValue, max: usize) -> String {
 /// quantized ones, and the longest context a budget holds.
 fn print_kv_formats(c: &lamina_model::LlamaConfig) {
     use lamina_model::kv_cache::{DEFAULT_MAX_ROWS, KvFormat};
-    println!("KV cache per token (defaults: {DEFAULT_MAX_ROWS}-token steps, 128 recent tokens in f16):");
+    println!(
+        "KV cache per token (defaults: {DEFAULT_MAX_ROWS}-token steps, 128 recent tokens in f16):"
+    );
     println!("  format        bytes/token  vs f16   fixed MiB  ctx in 1 GiB  ctx in 4 GiB");
     let f16 = KvFormat::F16.bytes_per_token(c);
     for name in ["f16", "q8", "q4", "q2", "k=q4,v=q2", "qjl", "k=qjl,v=q4"] {
@@ -195,7 +197,10 @@ fn print_kv_formats(c: &lamina_model::LlamaConfig) {
             continue;
         };
         if f.check(c).is_err() {
-            println!("  {name:<12}  (does not fit this model's head_dim {})", c.head_dim);
+            println!(
+                "  {name:<12}  (does not fit this model's head_dim {})",
+                c.head_dim
+            );
             continue;
         }
         let per = f.bytes_per_token(c);

@@ -45,6 +45,9 @@ pub struct KvFormat {
     pub qjl_m: u32,
     /// QJL outlier channels per token group (their sketch has m / 2 rows).
     pub qjl_outliers: u32,
+    /// QJL keys of the first this many layers get twice the sketch rows
+    /// (the paper's code gives its initial layers more bits).
+    pub qjl_initial_layers: u32,
 }
 
 impl Default for KvFormat {
@@ -62,6 +65,7 @@ impl KvFormat {
         qgroup: 32,
         qjl_m: 0,
         qjl_outliers: 4,
+        qjl_initial_layers: 0,
     };
 
     /// Whether the plain f16 layout serves it.
@@ -78,8 +82,8 @@ impl KvFormat {
         }
     }
 
-    /// The sketch shape for this model's head_dim.
-    pub fn qjl_shape(&self, head_dim: usize) -> QjlShape {
+    /// The sketch shape of layer `layer` for this model's head_dim.
+    pub fn qjl_shape(&self, head_dim: usize, layer: usize) -> QjlShape {
         if self.k != KvQuant::Qjl {
             return QjlShape {
                 m: 0,
@@ -87,11 +91,14 @@ impl KvFormat {
                 outliers: 0,
             };
         }
-        let m = if self.qjl_m == 0 {
+        let mut m = if self.qjl_m == 0 {
             2 * head_dim as u32
         } else {
             self.qjl_m
         };
+        if layer < self.qjl_initial_layers as usize {
+            m *= 2;
+        }
         QjlShape {
             m,
             m_out: if self.qjl_outliers > 0 {
@@ -103,11 +110,23 @@ impl KvFormat {
         }
     }
 
-    /// The layer layout for a cache of `max_ctx` positions with `pivot` of
-    /// them pivots, for steps of up to `max_rows` tokens.
+    /// Layer 0's layout, see [`KvFormat::layer_layout`].
     pub fn layout(
         &self,
         cfg: &LlamaConfig,
+        max_ctx: usize,
+        pivot: usize,
+        max_rows: u32,
+    ) -> KvLayout {
+        self.layer_layout(cfg, 0, max_ctx, pivot, max_rows)
+    }
+
+    /// Layer `layer`'s layout for a cache of `max_ctx` positions with
+    /// `pivot` of them pivots, for steps of up to `max_rows` tokens.
+    pub fn layer_layout(
+        &self,
+        cfg: &LlamaConfig,
+        layer: usize,
         max_ctx: usize,
         pivot: usize,
         max_rows: u32,
@@ -123,7 +142,7 @@ impl KvFormat {
             k: self.k,
             v: self.v,
             qgroup: self.qgroup,
-            qjl: self.qjl_shape(cfg.head_dim),
+            qjl: self.qjl_shape(cfg.head_dim, layer),
         }
     }
 
@@ -131,12 +150,15 @@ impl KvFormat {
     /// values, every scale, norm and outlier index included (the fixed f16
     /// window and pivot rows are not per token: see [`KvCache::fixed_bytes`]).
     pub fn bytes_per_token(&self, cfg: &LlamaConfig) -> f64 {
-        let per_layer = if self.is_f16() {
-            4.0 * cfg.kv_dim() as f64
-        } else {
-            self.layout(cfg, 1024, 0, 1).store_bytes_per_token()
-        };
-        cfg.n_layers as f64 * per_layer
+        if self.is_f16() {
+            return cfg.n_layers as f64 * 4.0 * cfg.kv_dim() as f64;
+        }
+        (0..cfg.n_layers)
+            .map(|l| {
+                self.layer_layout(cfg, l, 1024, 0, 1)
+                    .store_bytes_per_token()
+            })
+            .sum()
     }
 
     /// Checks the format against a model's shape.
@@ -144,8 +166,8 @@ impl KvFormat {
         if self.is_f16() {
             return Ok(());
         }
-        self.layout(cfg, 1024, 0, 1)
-            .check("kv cache", 1)
+        (0..cfg.n_layers.min(self.qjl_initial_layers as usize + 1))
+            .try_for_each(|l| self.layer_layout(cfg, l, 1024, 0, 1).check("kv cache", 1))
             .map_err(|e| ModelError::Input(format!("KV cache format {}: {e}", self.name())))
     }
 }
@@ -291,6 +313,7 @@ pub enum LayerCache {
         v_win: Tensor,
         k_store: Tensor,
         v_store: Tensor,
+        layout: KvLayout,
     },
 }
 
@@ -300,7 +323,8 @@ pub struct KvCache {
     pub max_ctx: usize,
     /// The pivot tokens at positions `0..pivot.len()` (empty: none).
     pub pivot: Vec<u32>,
-    /// The quantized layout (`None` for f16).
+    /// Layer 0's quantized layout (`None` for f16); window, pivot and
+    /// recent sizes are the same in every layer, QJL's m may not be.
     pub layout: Option<KvLayout>,
     pub layers: Vec<LayerCache>,
 }
@@ -338,16 +362,18 @@ impl KvCache {
         let (hd, nkv) = (cfg.head_dim, cfg.n_kv_heads);
         let mut layers = Vec::with_capacity(cfg.n_layers);
         let layout = (!format.is_f16()).then(|| format.layout(cfg, max_ctx, p, DEFAULT_MAX_ROWS));
-        let sketch = match layout {
-            Some(l) if l.k == KvQuant::Qjl => Some(QjlSketch::new_orthogonal(
-                hd,
-                l.qjl.m as usize,
-                l.qjl.m_out as usize,
-                QJL_SEED,
-            )?),
-            _ => None,
-        };
         for l in 0..cfg.n_layers {
+            let lay_l = (!format.is_f16())
+                .then(|| format.layer_layout(cfg, l, max_ctx, p, DEFAULT_MAX_ROWS));
+            let sketch = match lay_l {
+                Some(lay) if lay.k == KvQuant::Qjl => Some(QjlSketch::new_orthogonal(
+                    hd,
+                    lay.qjl.m as usize,
+                    lay.qjl.m_out as usize,
+                    QJL_SEED,
+                )?),
+                _ => None,
+            };
             let upload_pivot = |t: &Tensor, rows: usize, k: bool| {
                 if let Some(pv) = pivot {
                     let src = if k { &pv.k[l] } else { &pv.v[l] };
@@ -356,7 +382,7 @@ impl KvCache {
                         .write_buffer(&t.buffer, 0, bytemuck::cast_slice(&img));
                 }
             };
-            match &layout {
+            match &lay_l {
                 None => {
                     let bytes = DType::F16.bytes_for(nkv * max_ctx * hd);
                     let shape = vec![nkv, max_ctx, hd];
@@ -409,6 +435,7 @@ impl KvCache {
                         v_win,
                         k_store,
                         v_store,
+                        layout: *lay,
                     });
                 }
             }
@@ -438,6 +465,7 @@ impl KvCache {
                     v_win,
                     k_store,
                     v_store,
+                    ..
                 } => k_win.size + v_win.size + k_store.size + v_store.size,
             })
             .sum()
@@ -447,12 +475,15 @@ impl KvCache {
     /// rows, and the QJL sketch (0 for the f16 layout, whose pivot rows are
     /// ordinary positions).
     pub fn fixed_bytes(&self) -> u64 {
-        match &self.layout {
-            None => 0,
-            Some(l) => {
-                self.layers.len() as u64 * (2 * l.window_bytes() + 4 * u64::from(l.sketch_len()))
-            }
-        }
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerCache::F16 { .. } => 0,
+                LayerCache::Quant { layout, .. } => {
+                    2 * layout.window_bytes() + 4 * u64::from(layout.sketch_len())
+                }
+            })
+            .sum()
     }
 }
 

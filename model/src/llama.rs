@@ -299,10 +299,15 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
     let up = g.intermediate("up", f32s(ffn)); // [n_tokens, ffn]
     let act = g.intermediate("act", f32s(ffn)); // [n_tokens, ffn]
     let down = g.intermediate("down", f32s(dim)); // [n_tokens, dim]
-    let scratch_bytes = match &m.kv.layout {
-        None => attention::scratch_bytes(nh, hd, max_ctx, n),
-        Some(l) => kv_attention::scratch_bytes(l, nh, n),
-    };
+    let scratch_bytes =
+        m.kv.layers
+            .iter()
+            .map(|l| match l {
+                LayerCache::F16 { .. } => attention::scratch_bytes(nh, hd, max_ctx, n),
+                LayerCache::Quant { layout, .. } => kv_attention::scratch_bytes(layout, nh, n),
+            })
+            .max()
+            .unwrap_or(0);
     let att_scratch = (scratch_bytes > 0).then(|| g.intermediate("att_scratch", scratch_bytes));
 
     let table = weight(&mut g, &m.token_embd, "token_embd");
@@ -332,31 +337,24 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
         att_scratch,
     };
     for (l, lw) in m.layers.iter().enumerate() {
-        let kv = match (&m.kv.layers[l], m.kv.layout) {
-            (LayerCache::F16 { k, v }, _) => LayerKv::F16 {
+        let kv = match &m.kv.layers[l] {
+            LayerCache::F16 { k, v } => LayerKv::F16 {
                 k_cache: external(&mut g, &format!("blk.{l}.k_cache"), k),
                 v_cache: external(&mut g, &format!("blk.{l}.v_cache"), v),
             },
-            (
-                LayerCache::Quant {
-                    k_win,
-                    v_win,
-                    k_store,
-                    v_store,
-                },
-                Some(layout),
-            ) => LayerKv::Quant {
+            LayerCache::Quant {
+                k_win,
+                v_win,
+                k_store,
+                v_store,
+                layout,
+            } => LayerKv::Quant {
                 k_win: external(&mut g, &format!("blk.{l}.k_win"), k_win),
                 v_win: external(&mut g, &format!("blk.{l}.v_win"), v_win),
                 k_store: external(&mut g, &format!("blk.{l}.k_store"), k_store),
                 v_store: external(&mut g, &format!("blk.{l}.v_store"), v_store),
-                layout,
+                layout: *layout,
             },
-            _ => {
-                return Err(ModelError::Invalid(
-                    "quantized KV buffers without a layout".into(),
-                ));
-            }
         };
         push_layer(&mut g, c, l, lw, &io, &kv, max_ctx, n, None)?;
     }

@@ -479,6 +479,15 @@ fn layouts_count_every_byte() {
     assert_eq!(l.boundary(97), 65);
     assert_eq!(l.window_row(0), 0);
     assert_eq!(l.window_row(1 + l.ring), 1);
+    // The model-level count: QJL's initial layers at twice m cost their extra
+    // sign words (m 256: 8 + 4 + 1 words instead of 4 + 2 + 1).
+    let cfg = lamina_model::synthetic::synthetic_config("L4-d192-h3-kv3-f256-v100").unwrap();
+    let mut f: lamina_model::kv_cache::KvFormat = "qjl".parse().unwrap();
+    let base = f.bytes_per_token(&cfg);
+    f.qjl_initial_layers = 2;
+    assert_eq!(f.layer_layout(&cfg, 1, 512, 0, 1).qjl.m, 256);
+    assert_eq!(f.layer_layout(&cfg, 2, 512, 0, 1).qjl.m, 128);
+    assert!((f.bytes_per_token(&cfg) - base - 2.0 * 3.0 * 4.0 * 6.0).abs() < 1e-9);
     let mut bad = l;
     bad.v = KvQuant::Qjl;
     assert!(bad.check("t", 512).is_err());
