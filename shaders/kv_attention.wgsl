@@ -4,8 +4,7 @@
 // 4 query rows in registers, keys read in their own format and decoded in
 // place; no workgroup memory, no barriers.
 //
-//   kv_qjl_prep          QJL keys: projects the step's queries, qs = S^T q,
-//                        and copies S into scratch as vec4s;
+//   kv_qjl_prep          QJL keys: projects the step's queries, qs = S^T q;
 //   kv_attention         prefill: 4 rows (token, head) per invocation; the
 //                        workgroup walks the pivot, then the store, then the
 //                        window, each row masked to what it saw when it was
@@ -32,19 +31,19 @@ struct Params {
     aux_base: u32,
     sketch_base: u32,
     qs_off: u32,    // vec4 offset of the query sketches in scratch
-    s_off: u32,     // vec4 offset of the copy of S in scratch
     _p0: u32,
     _p1: u32,
+    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;             // [n_tokens, n_heads, 2 * W8]
-@group(0) @binding(2) var<storage, read> k_win: array<vec4<u32>>;         // [n_kv_heads, pivot + ring, W8]
+@group(0) @binding(2) var<storage, read> k_win: array<vec4<u32>>;         // [n_kv_heads, pivot + ring, W8], then S
 @group(0) @binding(3) var<storage, read> v_win: array<vec4<u32>>;
-@group(0) @binding(4) var<storage, read> k_store: array<u32>;             // rows, aux, S
+@group(0) @binding(4) var<storage, read> k_store: array<u32>;             // rows, aux
 @group(0) @binding(5) var<storage, read> v_store: array<u32>;
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;     // [n_tokens, n_heads, 2 * W8]
-@group(0) @binding(7) var<storage, read_write> scratch: array<vec4<f32>>; // records, S, qs
+@group(0) @binding(7) var<storage, read_write> scratch: array<vec4<f32>>; // records, qs
 
 override W8: u32 = 8u;      // head_dim / 8
 override G: u32 = 1u;       // query heads per KV head
@@ -187,32 +186,43 @@ fn signs8(word: u32, w: u32) -> D8 {
     return D8(select(vec4(-1.0), vec4(1.0), lo), select(vec4(-1.0), vec4(1.0), hi));
 }
 
-// <t, sign> over sketch dims 8w..8w+7 for keys j..j+3 (clamped), reading
-// sign word `word0 + w / 4` of each row; with `outlier` each key's column is
-// also scaled by sqrt(pi/2) / MO * |k_out|.
-fn qjl4(kvh: u32, ta: mat4x4<f32>, tb: mat4x4<f32>, j: u32, last: u32, w: u32, word0: u32,
-        outlier: bool) -> mat4x4<f32> {
-    var r: mat4x4<f32>;
-    for (var i = 0u; i < 4u; i++) {
-        let row = (kvh * p.max_ctx + min(j + i, last)) * KW;
-        let s = signs8(k_store[row + word0 + w / 4u], w);
-        var col = s.lo * ta + s.hi * tb;
-        if outlier {
-            col *= SQRT_HALF_PI / f32(max(MO, 1u)) * unpack2x16float(k_store[row + KW - 1u]).y;
-        }
-        r[i] = col;
-    }
-    return r;
+// S[c, 4i..4i+3]: S is [HD, M] f32 after the key window's rows.
+fn s_vec(c: u32, i: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(k_win[p.sketch_base / 4u + c * (M / 4u) + i]);
 }
 
-// Column i of each score matrix times sqrt(pi/2) / M * |k_in| of its key.
-fn scale_inlier(s: mat4x4<f32>, kvh: u32, j: u32, last: u32) -> mat4x4<f32> {
-    var r = s;
-    for (var i = 0u; i < 4u; i++) {
-        let row = (kvh * p.max_ctx + min(j + i, last)) * KW;
-        r[i] *= SQRT_HALF_PI / f32(M) * unpack2x16float(k_store[row + KW - 1u]).x;
-    }
-    return r;
+// <t, sign> over sketch dims 8w..8w+7 for keys j..j+3 (clamped), reading
+// sign word `word0 + w / 4` of each row, each key's column times its `f`.
+fn qjl4(kvh: u32, ta: mat4x4<f32>, tb: mat4x4<f32>, j: u32, last: u32, w: u32, word0: u32,
+        f: vec4<f32>) -> mat4x4<f32> {
+    let at = word0 + w / 4u;
+    let s0 = signs8(k_store[(kvh * p.max_ctx + min(j, last)) * KW + at], w);
+    let s1 = signs8(k_store[(kvh * p.max_ctx + min(j + 1u, last)) * KW + at], w);
+    let s2 = signs8(k_store[(kvh * p.max_ctx + min(j + 2u, last)) * KW + at], w);
+    let s3 = signs8(k_store[(kvh * p.max_ctx + min(j + 3u, last)) * KW + at], w);
+    return mat4x4((s0.lo * ta + s0.hi * tb) * f.x, (s1.lo * ta + s1.hi * tb) * f.y,
+                  (s2.lo * ta + s2.hi * tb) * f.z, (s3.lo * ta + s3.hi * tb) * f.w);
+}
+
+// The estimator's factors of keys j..j+3: sqrt(pi/2)/M |k_in| (.inl) and
+// sqrt(pi/2)/MO |k_out| (.out).
+struct Factors {
+    inl: vec4<f32>,
+    out: vec4<f32>,
+}
+
+fn factors4(kvh: u32, j: u32, last: u32) -> Factors {
+    let n0 = unpack2x16float(k_store[(kvh * p.max_ctx + min(j, last)) * KW + KW - 1u]);
+    let n1 = unpack2x16float(k_store[(kvh * p.max_ctx + min(j + 1u, last)) * KW + KW - 1u]);
+    let n2 = unpack2x16float(k_store[(kvh * p.max_ctx + min(j + 2u, last)) * KW + KW - 1u]);
+    let n3 = unpack2x16float(k_store[(kvh * p.max_ctx + min(j + 3u, last)) * KW + KW - 1u]);
+    return Factors(SQRT_HALF_PI / f32(M) * vec4(n0.x, n1.x, n2.x, n3.x),
+                   SQRT_HALF_PI / f32(max(MO, 1u)) * vec4(n0.y, n1.y, n2.y, n3.y));
+}
+
+// Column i of a score matrix times f[i].
+fn scale_cols(s: mat4x4<f32>, f: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4(s[0] * f.x, s[1] * f.y, s[2] * f.z, s[3] * f.w);
 }
 
 // One row's q at channel c (c < HD).
@@ -220,59 +230,67 @@ fn q_at(qrow: u32, c: u32) -> f32 {
     return q[qrow + c / 4u][c % 4u];
 }
 
+// The outlier factors of a block's 8 groups of 4 keys.
+struct OutFactors {
+    f0: vec4<f32>, f1: vec4<f32>, f2: vec4<f32>, f3: vec4<f32>,
+    f4: vec4<f32>, f5: vec4<f32>, f6: vec4<f32>, f7: vec4<f32>,
+}
+
 // QJL scores of a store block (j0 starts a token group): for each row,
 // sqrt(pi/2)/M |k_in| <S q_in, sign(S k_in)> + sqrt(pi/2)/MO |k_out|
 // <S_o q_out, sign(S_o k_out)>, with S q_in = S q - S q_out and S q_out over
-// the group's outlier channels (as QJL's score kernel does).
+// the group's outlier channels (as QJL's score kernel does). Sign words are
+// read per 8 sketch dims, norms once per block.
 fn qjl_scores(kvh: u32, qrow: vec4<u32>, srow: vec4<u32>, j0: u32, last: u32) -> Scores {
     let aux = k_store[p.aux_base + kvh * ((p.max_ctx + 31u) / 32u) + (j0 - p.pivot) / 32u];
     // qo: columns = outliers, components = rows; so: S rows of the outliers.
     var qo = mat4x4<f32>();
-    var so = vec4(p.s_off);   // unused slots read S row 0, times q 0
+    var so = vec4(0u);   // unused slots read S row 0, times q 0
     for (var o = 0u; o < NOUT; o++) {
         let c = (aux >> (8u * o)) & 0xffu;
-        so[o] = p.s_off + c * (M / 4u);
+        so[o] = c;
         qo[o] = vec4(q_at(qrow.x, c), q_at(qrow.y, c), q_at(qrow.z, c), q_at(qrow.w, c));
     }
     let qot = transpose(qo);
     var s = Scores();
     for (var w = 0u; w < M / 8u; w++) {
         // The outliers' S over these 8 sketch dims (columns = outliers).
-        let sa = mat4x4(scratch[so.x + 2u * w], scratch[so.y + 2u * w], scratch[so.z + 2u * w], scratch[so.w + 2u * w]);
-        let sb = mat4x4(scratch[so.x + 2u * w + 1u], scratch[so.y + 2u * w + 1u], scratch[so.z + 2u * w + 1u],
-                        scratch[so.w + 2u * w + 1u]);
+        let sa = mat4x4(s_vec(so.x, 2u * w), s_vec(so.y, 2u * w), s_vec(so.z, 2u * w), s_vec(so.w, 2u * w));
+        let sb = mat4x4(s_vec(so.x, 2u * w + 1u), s_vec(so.y, 2u * w + 1u), s_vec(so.z, 2u * w + 1u),
+                        s_vec(so.w, 2u * w + 1u));
         let i = srow + vec4(2u * w);
         let ta = mat4x4(scratch[i.x], scratch[i.y], scratch[i.z], scratch[i.w]) - sa * qot;
         let tb = mat4x4(scratch[i.x + 1u], scratch[i.y + 1u], scratch[i.z + 1u], scratch[i.w + 1u]) - sb * qot;
-        s.s0 += qjl4(kvh, ta, tb, j0, last, w, 0u, false);
-        s.s1 += qjl4(kvh, ta, tb, j0 + 4u, last, w, 0u, false);
-        s.s2 += qjl4(kvh, ta, tb, j0 + 8u, last, w, 0u, false);
-        s.s3 += qjl4(kvh, ta, tb, j0 + 12u, last, w, 0u, false);
-        s.s4 += qjl4(kvh, ta, tb, j0 + 16u, last, w, 0u, false);
-        s.s5 += qjl4(kvh, ta, tb, j0 + 20u, last, w, 0u, false);
-        s.s6 += qjl4(kvh, ta, tb, j0 + 24u, last, w, 0u, false);
-        s.s7 += qjl4(kvh, ta, tb, j0 + 28u, last, w, 0u, false);
+        s.s0 += qjl4(kvh, ta, tb, j0, last, w, 0u, vec4(1.0));
+        s.s1 += qjl4(kvh, ta, tb, j0 + 4u, last, w, 0u, vec4(1.0));
+        s.s2 += qjl4(kvh, ta, tb, j0 + 8u, last, w, 0u, vec4(1.0));
+        s.s3 += qjl4(kvh, ta, tb, j0 + 12u, last, w, 0u, vec4(1.0));
+        s.s4 += qjl4(kvh, ta, tb, j0 + 16u, last, w, 0u, vec4(1.0));
+        s.s5 += qjl4(kvh, ta, tb, j0 + 20u, last, w, 0u, vec4(1.0));
+        s.s6 += qjl4(kvh, ta, tb, j0 + 24u, last, w, 0u, vec4(1.0));
+        s.s7 += qjl4(kvh, ta, tb, j0 + 28u, last, w, 0u, vec4(1.0));
     }
-    s.s0 = scale_inlier(s.s0, kvh, j0, last);
-    s.s1 = scale_inlier(s.s1, kvh, j0 + 4u, last);
-    s.s2 = scale_inlier(s.s2, kvh, j0 + 8u, last);
-    s.s3 = scale_inlier(s.s3, kvh, j0 + 12u, last);
-    s.s4 = scale_inlier(s.s4, kvh, j0 + 16u, last);
-    s.s5 = scale_inlier(s.s5, kvh, j0 + 20u, last);
-    s.s6 = scale_inlier(s.s6, kvh, j0 + 24u, last);
-    s.s7 = scale_inlier(s.s7, kvh, j0 + 28u, last);
+    var fo: OutFactors;
+    var f = factors4(kvh, j0, last); s.s0 = scale_cols(s.s0, f.inl); fo.f0 = f.out;
+    f = factors4(kvh, j0 + 4u, last); s.s1 = scale_cols(s.s1, f.inl); fo.f1 = f.out;
+    f = factors4(kvh, j0 + 8u, last); s.s2 = scale_cols(s.s2, f.inl); fo.f2 = f.out;
+    f = factors4(kvh, j0 + 12u, last); s.s3 = scale_cols(s.s3, f.inl); fo.f3 = f.out;
+    f = factors4(kvh, j0 + 16u, last); s.s4 = scale_cols(s.s4, f.inl); fo.f4 = f.out;
+    f = factors4(kvh, j0 + 20u, last); s.s5 = scale_cols(s.s5, f.inl); fo.f5 = f.out;
+    f = factors4(kvh, j0 + 24u, last); s.s6 = scale_cols(s.s6, f.inl); fo.f6 = f.out;
+    f = factors4(kvh, j0 + 28u, last); s.s7 = scale_cols(s.s7, f.inl); fo.f7 = f.out;
     for (var w = 0u; w < MO / 8u; w++) {
-        let ta = mat4x4(scratch[so.x + 2u * w], scratch[so.y + 2u * w], scratch[so.z + 2u * w], scratch[so.w + 2u * w]) * qot;
-        let tb = mat4x4(scratch[so.x + 2u * w + 1u], scratch[so.y + 2u * w + 1u], scratch[so.z + 2u * w + 1u],
-                        scratch[so.w + 2u * w + 1u]) * qot;
-        s.s0 += qjl4(kvh, ta, tb, j0, last, w, M / 32u, true);
-        s.s1 += qjl4(kvh, ta, tb, j0 + 4u, last, w, M / 32u, true);
-        s.s2 += qjl4(kvh, ta, tb, j0 + 8u, last, w, M / 32u, true);
-        s.s3 += qjl4(kvh, ta, tb, j0 + 12u, last, w, M / 32u, true);
-        s.s4 += qjl4(kvh, ta, tb, j0 + 16u, last, w, M / 32u, true);
-        s.s5 += qjl4(kvh, ta, tb, j0 + 20u, last, w, M / 32u, true);
-        s.s6 += qjl4(kvh, ta, tb, j0 + 24u, last, w, M / 32u, true);
-        s.s7 += qjl4(kvh, ta, tb, j0 + 28u, last, w, M / 32u, true);
+        let ta = mat4x4(s_vec(so.x, 2u * w), s_vec(so.y, 2u * w), s_vec(so.z, 2u * w), s_vec(so.w, 2u * w)) * qot;
+        let tb = mat4x4(s_vec(so.x, 2u * w + 1u), s_vec(so.y, 2u * w + 1u), s_vec(so.z, 2u * w + 1u),
+                        s_vec(so.w, 2u * w + 1u)) * qot;
+        s.s0 += qjl4(kvh, ta, tb, j0, last, w, M / 32u, fo.f0);
+        s.s1 += qjl4(kvh, ta, tb, j0 + 4u, last, w, M / 32u, fo.f1);
+        s.s2 += qjl4(kvh, ta, tb, j0 + 8u, last, w, M / 32u, fo.f2);
+        s.s3 += qjl4(kvh, ta, tb, j0 + 12u, last, w, M / 32u, fo.f3);
+        s.s4 += qjl4(kvh, ta, tb, j0 + 16u, last, w, M / 32u, fo.f4);
+        s.s5 += qjl4(kvh, ta, tb, j0 + 20u, last, w, M / 32u, fo.f5);
+        s.s6 += qjl4(kvh, ta, tb, j0 + 24u, last, w, M / 32u, fo.f6);
+        s.s7 += qjl4(kvh, ta, tb, j0 + 28u, last, w, M / 32u, fo.f7);
     }
     return s;
 }
@@ -320,28 +338,19 @@ fn store_end(len: vec4<u32>) -> vec4<u32> {
 }
 
 // ---------------------------------------------------------------------------
-// QJL query sketches: one invocation per (row, 4 sketch dims); the first
-// HD * M / 4 invocations also copy S.
+// QJL query sketches: one invocation per (row, 4 sketch dims).
 
 @compute @workgroup_size(WG)
 fn kv_qjl_prep(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let i = (wid.x + wid.y * nwg.x) * WG + lid;
     let m4 = M / 4u;
-    if i < HD * m4 {
-        let o = p.sketch_base + 4u * i;
-        scratch[p.s_off + i] = vec4(bitcast<f32>(k_store[o]), bitcast<f32>(k_store[o + 1u]),
-                                    bitcast<f32>(k_store[o + 2u]), bitcast<f32>(k_store[o + 3u]));
-    }
     if i >= p.n_tokens * p.n_heads * m4 { return; }
     let row = i / m4;
     let d = i % m4;
     var acc = vec4(0.0);
     for (var c = 0u; c < HD; c++) {
-        let o = p.sketch_base + c * M + 4u * d;
-        let sv = vec4(bitcast<f32>(k_store[o]), bitcast<f32>(k_store[o + 1u]),
-                      bitcast<f32>(k_store[o + 2u]), bitcast<f32>(k_store[o + 3u]));
-        acc += q_at(row * 2u * W8, c) * sv;
+        acc += q_at(row * 2u * W8, c) * s_vec(c, d);
     }
     scratch[p.qs_off + i] = acc;
 }

@@ -30,9 +30,9 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> k: array<vec2<f32>>;         // [n_tokens, n_kv_heads, HD]
 @group(0) @binding(2) var<storage, read> v: array<vec2<f32>>;
-@group(0) @binding(3) var<storage, read_write> k_win: array<u32>;     // [n_kv_heads, pivot + ring, HD / 2]
+@group(0) @binding(3) var<storage, read_write> k_win: array<u32>;     // [n_kv_heads, pivot + ring, HD / 2], then S
 @group(0) @binding(4) var<storage, read_write> v_win: array<u32>;
-@group(0) @binding(5) var<storage, read_write> k_store: array<u32>;   // rows, aux, S
+@group(0) @binding(5) var<storage, read_write> k_store: array<u32>;   // rows, aux
 @group(0) @binding(6) var<storage, read_write> v_store: array<u32>;
 
 override HD: u32 = 64u;     // head_dim
@@ -152,11 +152,11 @@ fn store_int(is_k: bool, f: u32, dst: u32) {
     }
 }
 
-// S[c, 4i..4i+3] (S is [HD, M] f32 bits after the aux words).
+// S[c, 4i..4i+3] (S is [HD, M] f32 bits after the key window's rows).
 fn s4(c: u32, i: u32) -> vec4<f32> {
     let o = p.sketch_base + c * M + 4u * i;
-    return vec4(bitcast<f32>(k_store[o]), bitcast<f32>(k_store[o + 1u]),
-                bitcast<f32>(k_store[o + 2u]), bitcast<f32>(k_store[o + 3u]));
+    return vec4(bitcast<f32>(k_win[o]), bitcast<f32>(k_win[o + 1u]),
+                bitcast<f32>(k_win[o + 2u]), bitcast<f32>(k_win[o + 3u]));
 }
 
 fn sign_bits(a: vec4<f32>, shift: u32) -> u32 {

@@ -402,8 +402,13 @@ impl KvCache {
                     let rows = (lay.pivot + lay.ring) as usize;
                     let wb = lay.window_bytes();
                     let shape = vec![nkv, rows, hd];
-                    let k_win =
-                        tensor(gpu, format!("blk.{l}.k_win"), wb, DType::F16, shape.clone())?;
+                    let k_win = tensor(
+                        gpu,
+                        format!("blk.{l}.k_win"),
+                        lay.k_win_bytes(),
+                        DType::F16,
+                        shape.clone(),
+                    )?;
                     let v_win = tensor(gpu, format!("blk.{l}.v_win"), wb, DType::F16, shape)?;
                     upload_pivot(&k_win, rows, true);
                     upload_pivot(&v_win, rows, false);
@@ -417,7 +422,7 @@ impl KvCache {
                     )?;
                     if let Some(s) = &sketch {
                         gpu.queue.write_buffer(
-                            &k_store.buffer,
+                            &k_win.buffer,
                             4 * u64::from(lay.sketch_base()),
                             bytemuck::cast_slice(&s.s),
                         );

@@ -273,7 +273,7 @@ fn run(c: &Case) {
     let qt = g.input("q", 4 * rows * (nh * hd) as u64);
     let kt = g.input("k", 4 * rows * (nkv * hd) as u64);
     let vt = g.input("v", 4 * rows * (nkv * hd) as u64);
-    let k_win = g.input("k_win", layout.window_bytes());
+    let k_win = g.input("k_win", layout.k_win_bytes());
     let v_win = g.input("v_win", layout.window_bytes());
     let k_store = g.input("k_store", layout.k_store_bytes());
     let v_store = g.input("v_store", layout.v_store_bytes());
@@ -341,11 +341,7 @@ fn run(c: &Case) {
         }
     }
     if let Some(s) = &cache.sketch {
-        ex.write(
-            k_store,
-            4 * u64::from(layout.sketch_base()),
-            &f32_bytes(&s.s),
-        );
+        ex.write(k_win, 4 * u64::from(layout.sketch_base()), &f32_bytes(&s.s));
     }
 
     let mut pos = c.pivot;

@@ -28,8 +28,8 @@
 //! # Shapes
 //! q: [n_tokens, n_heads, head_dim] f32; out: [n_tokens, n_heads * head_dim].
 //! k_win, v_win, k_store, v_store: see `ops::kv_store`.
-//! scratch: [`scratch_bytes`]: decode records as in `ops::attention`, then S
-//! as f32 and the query sketches [max_rows, n_heads, m] (QJL keys only).
+//! scratch: [`scratch_bytes`]: decode records as in `ops::attention`, then
+//! the query sketches [max_rows, n_heads, m] (QJL keys only).
 
 use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
 use crate::ops::attention::{BLOCK, MAX_DECODE_CHUNKS, decode_split};
@@ -53,9 +53,7 @@ struct AttnParams {
     kv: KvParams,
     /// vec4 offset of the query sketches in scratch.
     qs_off: u32,
-    /// vec4 offset of the copy of S in scratch.
-    s_off: u32,
-    _pad: [u32; 2],
+    _pad: [u32; 3],
 }
 
 #[derive(Debug, Clone)]
@@ -85,15 +83,9 @@ fn records_vec4(n_heads: u32, head_dim: u32, max_ctx: u32) -> u32 {
     n_heads * chunks * (1 + head_dim / 4)
 }
 
-/// (vec4 offset of S, of the query sketches) in scratch.
-fn offsets(l: &KvLayout, n_heads: u32) -> (u32, u32) {
-    let s_off = records_vec4(n_heads, l.head_dim, l.max_ctx);
-    (s_off, s_off + l.sketch_len() / 4)
-}
-
 /// Bytes of the scratch tensor.
 pub fn scratch_bytes(l: &KvLayout, n_heads: u32, max_rows: u32) -> u64 {
-    let (_, qs_off) = offsets(l, n_heads);
+    let qs_off = records_vec4(n_heads, l.head_dim, l.max_ctx);
     let qs = if l.k == KvQuant::Qjl {
         u64::from(max_rows) * u64::from(n_heads) * u64::from(l.qjl.m) / 4
     } else {
@@ -138,7 +130,7 @@ impl OpDef for KvAttention {
         let rows = 4 * u64::from(self.max_rows) * u64::from(self.n_heads) * u64::from(l.head_dim);
         check_bytes(g, OP, "q", self.q, rows)?;
         check_bytes(g, OP, "out", self.out, rows)?;
-        check_bytes(g, OP, "k_win", self.k_win, l.window_bytes())?;
+        check_bytes(g, OP, "k_win", self.k_win, l.k_win_bytes())?;
         check_bytes(g, OP, "v_win", self.v_win, l.window_bytes())?;
         check_bytes(g, OP, "k_store", self.k_store, l.k_store_bytes())?;
         check_bytes(g, OP, "v_store", self.v_store, l.v_store_bytes())?;
@@ -188,21 +180,18 @@ impl OpDef for KvAttention {
         if decode {
             (kv.n_chunks, kv.chunk_len) = decode_split(kv.kv_len);
         }
-        let (s_off, qs_off) = offsets(l, self.n_heads);
         write_params(
             params,
             &AttnParams {
                 kv,
-                qs_off,
-                s_off,
-                _pad: [0; 2],
+                qs_off: records_vec4(self.n_heads, l.head_dim, l.max_ctx),
+                _pad: [0; 3],
             },
         );
         let group = self.group();
         match call {
             CALL_PREP if l.k == KvQuant::Qjl && n > 0 => {
-                let m4 = l.qjl.m / 4;
-                grid1((n * self.n_heads * m4).max(l.head_dim * m4).div_ceil(WG))
+                grid1((n * self.n_heads * l.qjl.m / 4).div_ceil(WG))
             }
             CALL_DECODE if decode => {
                 grid1(kv.n_chunks.div_ceil(WG) * l.n_kv_heads * group.div_ceil(ROWS))

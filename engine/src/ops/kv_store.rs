@@ -41,7 +41,8 @@
 //!   `pack2x16float(|k_in|, |k_out|)`, where `k_out` keeps the `outliers`
 //!   channels with the largest norm over the token's group of T (their
 //!   indices, one byte each, in the `aux` words after the rows) and `k_in` the
-//!   rest; `S` is `[head_dim, m]` f32, stored after the aux words. See
+//!   rest; `S` is `[head_dim, m]` f32, stored after the key window's rows
+//!   (16-byte aligned, so attention reads it 4 floats per load). See
 //!   `lamina_model::quant::qjl` (the CPU reference) for the estimator.
 //!
 //! Quantization reads the f16 window values, so the CPU references work on
@@ -49,9 +50,10 @@
 //!
 //! # Buffers
 //! k, v: the step's rows, [max_rows, n_kv_heads, head_dim] f32 (k RoPE'd).
-//! k_win, v_win: [n_kv_heads, pivot + ring, head_dim] f16.
+//! k_win, v_win: [n_kv_heads, pivot + ring, head_dim] f16; k_win then holds
+//! S as f32 bits (qjl).
 //! k_store: [n_kv_heads, max_ctx, k_words] u32, then (qjl)
-//! [n_kv_heads, ceil(max_ctx / T)] aux words, then S as f32 bits.
+//! [n_kv_heads, ceil(max_ctx / T)] aux words.
 //! v_store: [n_kv_heads, max_ctx, v_words] u32.
 
 use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
@@ -169,9 +171,9 @@ impl KvLayout {
     pub fn aux_base(&self) -> u32 {
         self.n_kv_heads * self.max_ctx * self.k_words()
     }
-    /// Word offset of S in k_store.
+    /// Word offset of S in k_win (after the window rows; a multiple of 4).
     pub fn sketch_base(&self) -> u32 {
-        self.aux_base() + self.n_kv_heads * self.groups()
+        self.n_kv_heads * (self.pivot + self.ring) * self.head_dim / 2
     }
     /// Floats of S (0 unless keys are QJL).
     pub fn sketch_len(&self) -> u32 {
@@ -187,16 +189,20 @@ impl KvLayout {
         } else {
             0
         };
-        4 * (u64::from(self.aux_base()) + u64::from(aux) + u64::from(self.sketch_len()))
+        4 * (u64::from(self.aux_base()) + u64::from(aux))
     }
     pub fn v_store_bytes(&self) -> u64 {
         4 * u64::from(self.n_kv_heads) * u64::from(self.max_ctx) * u64::from(self.v_words())
     }
-    /// Bytes of one window buffer (pivot rows + ring).
+    /// Bytes of one window buffer's rows (pivot rows + ring).
     pub fn window_bytes(&self) -> u64 {
         2 * u64::from(self.n_kv_heads)
             * u64::from(self.pivot + self.ring)
             * u64::from(self.head_dim)
+    }
+    /// Bytes of the key window buffer: its rows, then S.
+    pub fn k_win_bytes(&self) -> u64 {
+        self.window_bytes() + 4 * u64::from(self.sketch_len())
     }
     /// Bytes one stored token costs in this layer, keys and values, every
     /// scale, norm and outlier index included.
@@ -373,7 +379,7 @@ impl OpDef for KvStore {
         let row = 4 * u64::from(l.n_kv_heads) * u64::from(l.head_dim) * u64::from(self.max_rows);
         check_bytes(g, OP, "k", self.k, row)?;
         check_bytes(g, OP, "v", self.v, row)?;
-        check_bytes(g, OP, "k_win", self.k_win, l.window_bytes())?;
+        check_bytes(g, OP, "k_win", self.k_win, l.k_win_bytes())?;
         check_bytes(g, OP, "v_win", self.v_win, l.window_bytes())?;
         check_bytes(g, OP, "k_store", self.k_store, l.k_store_bytes())?;
         check_bytes(g, OP, "v_store", self.v_store, l.v_store_bytes())
