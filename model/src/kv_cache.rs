@@ -30,7 +30,7 @@ pub const DEFAULT_MAX_ROWS: u32 = 512;
 /// Default recent window kept in f16 (QJL's and KIVI's 128-token buffer).
 pub const DEFAULT_RECENT: u32 = 128;
 /// Seed of the QJL sketch (the same S for every run of a model).
-pub const QJL_SEED: u64 = 0x514a_4c;
+pub const QJL_SEED: u64 = 0x0051_4a4c;
 
 /// What the cache stores, as `--kv` and its companion flags say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
