@@ -305,9 +305,9 @@ pub struct KvParams {
     pub pivot: u32,
     pub ring: u32,
     pub recent: u32,
-    /// Store: first position to flush; attention: word offset of the query sketches in scratch.
+    /// Store: first position to flush (unused by attention).
     pub lo: u32,
-    /// Store: end of the flush.
+    /// Store: end of the flush (unused by attention).
     pub hi: u32,
     pub aux_base: u32,
     pub sketch_base: u32,
