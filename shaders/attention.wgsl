@@ -149,10 +149,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         for (var w = 0u; w < W8; w++) {
             let o = block_pv(b, base, j0, kend - 1u, w);
             let at = qrow + vec4(2u * w);
-            accumulate_out(at.x, o.lo[0], o.hi[0], b.alpha.x, inv.x, fresh, ok.x);
-            accumulate_out(at.y, o.lo[1], o.hi[1], b.alpha.y, inv.y, fresh, ok.y);
-            accumulate_out(at.z, o.lo[2], o.hi[2], b.alpha.z, inv.z, fresh, ok.z);
-            accumulate_out(at.w, o.lo[3], o.hi[3], b.alpha.w, inv.w, fresh, ok.w);
+            accumulate_out4(at, o, b.alpha, inv, fresh, ok);
         }
     }
 }
@@ -163,24 +160,12 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 @compute @workgroup_size(WG)
 fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
-    let n_packs = (G + 3u) / 4u;
-    let wg_per_head = (p.n_chunks + WG - 1u) / WG;
-    let id = wid.x + wid.y * nwg.x;
-    if id >= wg_per_head * p.n_kv_heads * n_packs { return; }
-    let chunk = (id % wg_per_head) * WG + lid;
-    if chunk >= p.n_chunks { return; }
-    let kvh = (id / wg_per_head) % p.n_kv_heads;
-    let pack = id / (wg_per_head * p.n_kv_heads);
-    // Heads past the group (G not a multiple of 4) re-read the last head
-    // and are never stored.
-    let h4 = vec4(pack * 4u) + vec4(0u, 1u, 2u, 3u);
-    let ok = h4 < vec4(G);
-    let head = vec4(kvh * G) + min(h4, vec4(G - 1u));
-    let qrow = head * 2u * W8;
-    let base = kvh * p.max_ctx;
-    let c0 = chunk * p.chunk_len;
-    let c1 = min(c0 + p.chunk_len, p.kv_len);
-    let rec = (head * p.n_chunks + vec4(chunk)) * (1u + 2u * W8);
+    let sl = decode_slot(wid.x + wid.y * nwg.x, lid);
+    if !sl.valid { return; }
+    let qrow = sl.head * 2u * W8;
+    let base = sl.kvh * p.max_ctx;
+    let c0 = sl.c0;
+    let c1 = sl.c1;
 
     var m = vec4(NEG);
     var l = vec4(0.0);
@@ -188,16 +173,8 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         let b = block(qrow, base, j0, c1 - 1u, vec4(c1), &m, &l);
         let fresh = j0 == c0;
         for (var w = 0u; w < W8; w++) {
-            let o = block_pv(b, base, j0, c1 - 1u, w);
-            let at = rec + vec4(1u + 2u * w);
-            accumulate_scratch(at.x, o.lo[0], o.hi[0], b.alpha.x, fresh, ok.x);
-            accumulate_scratch(at.y, o.lo[1], o.hi[1], b.alpha.y, fresh, ok.y);
-            accumulate_scratch(at.z, o.lo[2], o.hi[2], b.alpha.z, fresh, ok.z);
-            accumulate_scratch(at.w, o.lo[3], o.hi[3], b.alpha.w, fresh, ok.w);
+            accumulate_scratch4(sl.rec + vec4(1u + 2u * w), block_pv(b, base, j0, c1 - 1u, w), b.alpha, fresh, sl.ok);
         }
     }
-    if ok.x { scratch[rec.x] = vec4(m.x, l.x, 0.0, 0.0); }
-    if ok.y { scratch[rec.y] = vec4(m.y, l.y, 0.0, 0.0); }
-    if ok.z { scratch[rec.z] = vec4(m.z, l.z, 0.0, 0.0); }
-    if ok.w { scratch[rec.w] = vec4(m.w, l.w, 0.0, 0.0); }
+    store_records(sl, m, l);
 }

@@ -13,30 +13,8 @@
 //                        a GQA group per invocation (combined by
 //                        attention_combine from the lib).
 
-struct Params {
-    n_tokens: u32,
-    pos: u32,
-    kv_len: u32,
-    n_heads: u32,
-    n_kv_heads: u32,
-    max_ctx: u32,
-    n_chunks: u32,
-    chunk_len: u32,
-    scale: f32,
-    pivot: u32,
-    ring: u32,
-    recent: u32,
-    lo: u32,
-    hi: u32,
-    aux_base: u32,
-    sketch_base: u32,
-    qs_off: u32,    // vec4 offset of the query sketches in scratch
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
-}
+// Params, p, the layout's overrides, win_row and bits_of: lib/kvcache.wgsl.
 
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;             // [n_tokens, n_heads, 2 * W8]
 @group(0) @binding(2) var<storage, read> k_win: array<vec4<u32>>;         // [n_kv_heads, pivot + ring, W8], then S
 @group(0) @binding(3) var<storage, read> v_win: array<vec4<u32>>;
@@ -47,24 +25,11 @@ struct Params {
 
 override W8: u32 = 8u;      // head_dim / 8
 override G: u32 = 1u;       // query heads per KV head
-override HD: u32 = 64u;     // head_dim (= 8 * W8)
-override KF: u32 = 2u;      // store key format: 0 f16, 1 q8, 2 q4, 3 q2, 4 qjl
-override VF: u32 = 2u;      // store value format
-override QG: u32 = 32u;     // channels per scale group
-override KW: u32 = 10u;     // words per key row
-override VW: u32 = 10u;     // words per value row
-override M: u32 = 128u;     // QJL sketch rows
-override MO: u32 = 64u;     // QJL outlier sketch rows
-override NOUT: u32 = 4u;    // QJL outlier channels per group
 
 const WG: u32 = 64u;
 const SEG_WIN: u32 = 0u;    // pivot rows and the ring, f16
 const SEG_STORE: u32 = 1u;  // the quantized store
 const SQRT_HALF_PI: f32 = 1.2533141;
-
-fn win_row(j: u32) -> u32 {
-    return select(p.pivot + (j - p.pivot) % p.ring, j, j < p.pivot);
-}
 
 // ---------------------------------------------------------------------------
 // Decoding 8 dims (8w..8w+7) of a stored row.
@@ -94,10 +59,6 @@ fn decode8(f: u32, c: vec4<u32>, sw: u32) -> D8 {
     }
     let sm = unpack2x16float(sw);
     return D8(sm.y + sm.x * vec4<f32>(lo), sm.y + sm.x * vec4<f32>(hi));
-}
-
-fn bits_of(f: u32) -> u32 {
-    return select(select(2u, 4u, f == 2u), 8u, f == 1u);
 }
 
 // Word index of dims 8w.. within a row of format f, and of its scale word.
@@ -365,18 +326,23 @@ fn kv_qjl_prep(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 // m, l and fresh (whether nothing has been accumulated yet), passed by
 // pointer (naga's SPIR-V writer cannot take pointers into a struct here).
 
-fn prefill_pass(seg: u32, kvh: u32, qrow: vec4<u32>, srow: vec4<u32>, ok: vec4<bool>, k0: u32, k1: u32,
-                lo: vec4<u32>, hi: vec4<u32>, m: ptr<function, vec4<f32>>, l: ptr<function, vec4<f32>>,
-                fresh: ptr<function, bool>) {
+// Blocks from k0 to k1 of segment `seg`, each row seeing the keys in
+// [lo, hi), folded into the running softmax (m, l, fresh) and accumulated at
+// the rows' words `at0` + 2w: in `out` (prefill, normalised at the end) or
+// in the decode records in `scratch`.
+fn kv_pass(seg: u32, kvh: u32, qrow: vec4<u32>, srow: vec4<u32>, ok: vec4<bool>, at0: vec4<u32>, to_scratch: bool,
+           k0: u32, k1: u32, lo: vec4<u32>, hi: vec4<u32>, m: ptr<function, vec4<f32>>,
+           l: ptr<function, vec4<f32>>, fresh: ptr<function, bool>) {
     for (var j0 = k0; j0 < k1; j0 += KB) {
         let b = block(seg, kvh, qrow, srow, j0, k1 - 1u, lo, hi, m, l);
         for (var w = 0u; w < W8; w++) {
             let o = block_pv(b, seg, kvh, j0, k1 - 1u, w);
-            let at = qrow + vec4(2u * w);
-            accumulate_out(at.x, o.lo[0], o.hi[0], b.alpha.x, 1.0, *fresh, ok.x);
-            accumulate_out(at.y, o.lo[1], o.hi[1], b.alpha.y, 1.0, *fresh, ok.y);
-            accumulate_out(at.z, o.lo[2], o.hi[2], b.alpha.z, 1.0, *fresh, ok.z);
-            accumulate_out(at.w, o.lo[3], o.hi[3], b.alpha.w, 1.0, *fresh, ok.w);
+            let at = at0 + vec4(2u * w);
+            if to_scratch {
+                accumulate_scratch4(at, o, b.alpha, *fresh, ok);
+            } else {
+                accumulate_out4(at, o, b.alpha, vec4(1.0), *fresh, ok);
+            }
         }
         *fresh = false;
     }
@@ -412,16 +378,13 @@ fn kv_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     var m = vec4(NEG);
     var l = vec4(0.0);
     var fresh = true;
-    prefill_pass(SEG_WIN, kvh, qrow, srow, ok, 0u, p.pivot, vec4(0u), vec4(p.pivot), &m, &l, &fresh);
-    prefill_pass(SEG_STORE, kvh, qrow, srow, ok, p.pivot, b_max, vec4(p.pivot), b, &m, &l, &fresh);
-    prefill_pass(SEG_WIN, kvh, qrow, srow, ok, b_min, kend, b, limit, &m, &l, &fresh);
-    let inv = 1.0 / l;
+    kv_pass(SEG_WIN, kvh, qrow, srow, ok, qrow, false, 0u, p.pivot, vec4(0u), vec4(p.pivot), &m, &l, &fresh);
+    kv_pass(SEG_STORE, kvh, qrow, srow, ok, qrow, false, p.pivot, b_max, vec4(p.pivot), b, &m, &l, &fresh);
+    kv_pass(SEG_WIN, kvh, qrow, srow, ok, qrow, false, b_min, kend, b, limit, &m, &l, &fresh);
+    // Normalise: out = out / l.
+    let zero = Values4(mat4x4<f32>(), mat4x4<f32>());
     for (var w = 0u; w < W8; w++) {
-        let at = qrow + vec4(2u * w);
-        accumulate_out(at.x, vec4(0.0), vec4(0.0), 1.0, inv.x, false, ok.x);
-        accumulate_out(at.y, vec4(0.0), vec4(0.0), 1.0, inv.y, false, ok.y);
-        accumulate_out(at.z, vec4(0.0), vec4(0.0), 1.0, inv.z, false, ok.z);
-        accumulate_out(at.w, vec4(0.0), vec4(0.0), 1.0, inv.w, false, ok.w);
+        accumulate_out4(qrow + vec4(2u * w), zero, vec4(1.0), 1.0 / l, false, ok);
     }
 }
 
@@ -430,60 +393,34 @@ fn kv_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 // invocation; the range meets the pivot, the store (blocks aligned to token
 // groups from P) and the window.
 
-fn decode_pass(seg: u32, kvh: u32, qrow: vec4<u32>, srow: vec4<u32>, ok: vec4<bool>, rec: vec4<u32>, k0: u32,
-               k1: u32, lo: u32, hi: u32, m: ptr<function, vec4<f32>>, l: ptr<function, vec4<f32>>,
-               fresh: ptr<function, bool>) {
-    for (var j0 = k0; j0 < k1; j0 += KB) {
-        let b = block(seg, kvh, qrow, srow, j0, k1 - 1u, vec4(lo), vec4(hi), m, l);
-        for (var w = 0u; w < W8; w++) {
-            let o = block_pv(b, seg, kvh, j0, k1 - 1u, w);
-            let at = rec + vec4(1u + 2u * w);
-            accumulate_scratch(at.x, o.lo[0], o.hi[0], b.alpha.x, *fresh, ok.x);
-            accumulate_scratch(at.y, o.lo[1], o.hi[1], b.alpha.y, *fresh, ok.y);
-            accumulate_scratch(at.z, o.lo[2], o.hi[2], b.alpha.z, *fresh, ok.z);
-            accumulate_scratch(at.w, o.lo[3], o.hi[3], b.alpha.w, *fresh, ok.w);
-        }
-        *fresh = false;
-    }
-}
-
 @compute @workgroup_size(WG)
 fn kv_attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
-    let n_packs = (G + 3u) / 4u;
-    let wg_per_head = (p.n_chunks + WG - 1u) / WG;
-    let id = wid.x + wid.y * nwg.x;
-    if id >= wg_per_head * p.n_kv_heads * n_packs { return; }
-    let chunk = (id % wg_per_head) * WG + lid;
-    if chunk >= p.n_chunks { return; }
-    let kvh = (id / wg_per_head) % p.n_kv_heads;
-    let pack = id / (wg_per_head * p.n_kv_heads);
-    let h4 = vec4(pack * 4u) + vec4(0u, 1u, 2u, 3u);
-    let ok = h4 < vec4(G);
-    let head = vec4(kvh * G) + min(h4, vec4(G - 1u));
-    let qrow = head * 2u * W8;
-    let srow = vec4(p.qs_off) + head * (M / 4u);
-    let c0 = chunk * p.chunk_len;
-    let c1 = min(c0 + p.chunk_len, p.kv_len);
-    let rec = (head * p.n_chunks + vec4(chunk)) * (1u + 2u * W8);
+    let sl = decode_slot(wid.x + wid.y * nwg.x, lid);
+    if !sl.valid { return; }
+    let kvh = sl.kvh;
+    let ok = sl.ok;
+    let c0 = sl.c0;
+    let c1 = sl.c1;
+    let qrow = sl.head * 2u * W8;
+    let srow = vec4(p.qs_off) + sl.head * (M / 4u);
+    let at0 = sl.rec + vec4(1u);
     let b = store_end(vec4(p.kv_len)).x;
 
     var m = vec4(NEG);
     var l = vec4(0.0);
     var fresh = true;
     // Pivot keys in the range.
-    decode_pass(SEG_WIN, kvh, qrow, srow, ok, rec, c0, min(c1, p.pivot), c0, min(c1, p.pivot), &m, &l, &fresh);
+    let pv = min(c1, p.pivot);
+    kv_pass(SEG_WIN, kvh, qrow, srow, ok, at0, true, c0, pv, vec4(c0), vec4(pv), &m, &l, &fresh);
     // Store keys in the range, from the start of c0's token group.
     let s0 = max(c0, p.pivot);
     let s1 = min(c1, b);
     if s0 < s1 {
         let g0 = p.pivot + (s0 - p.pivot) / KB * KB;
-        decode_pass(SEG_STORE, kvh, qrow, srow, ok, rec, g0, s1, s0, s1, &m, &l, &fresh);
+        kv_pass(SEG_STORE, kvh, qrow, srow, ok, at0, true, g0, s1, vec4(s0), vec4(s1), &m, &l, &fresh);
     }
     // Window keys in the range.
-    decode_pass(SEG_WIN, kvh, qrow, srow, ok, rec, max(c0, b), c1, c0, c1, &m, &l, &fresh);
-    if ok.x { scratch[rec.x] = vec4(m.x, l.x, 0.0, 0.0); }
-    if ok.y { scratch[rec.y] = vec4(m.y, l.y, 0.0, 0.0); }
-    if ok.z { scratch[rec.z] = vec4(m.z, l.z, 0.0, 0.0); }
-    if ok.w { scratch[rec.w] = vec4(m.w, l.w, 0.0, 0.0); }
+    kv_pass(SEG_WIN, kvh, qrow, srow, ok, at0, true, max(c0, b), c1, vec4(c0), vec4(c1), &m, &l, &fresh);
+    store_records(sl, m, l);
 }

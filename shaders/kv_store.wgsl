@@ -8,26 +8,8 @@
 //                  ring into the store (QJL keys: picks the group's outlier
 //                  channels, projects, packs signs, stores the norms).
 
-struct Params {
-    n_tokens: u32,
-    pos: u32,
-    kv_len: u32,
-    n_heads: u32,
-    n_kv_heads: u32,
-    max_ctx: u32,
-    n_chunks: u32,
-    chunk_len: u32,
-    scale: f32,
-    pivot: u32,
-    ring: u32,
-    recent: u32,
-    lo: u32,
-    hi: u32,
-    aux_base: u32,
-    sketch_base: u32,
-}
+// Params, p, the layout's overrides, win_row and bits_of: lib/kvcache.wgsl.
 
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> k: array<vec2<f32>>;         // [n_tokens, n_kv_heads, HD]
 @group(0) @binding(2) var<storage, read> v: array<vec2<f32>>;
 @group(0) @binding(3) var<storage, read_write> k_win: array<u32>;     // [n_kv_heads, pivot + ring, HD / 2], then S
@@ -35,28 +17,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> k_store: array<u32>;   // rows, aux
 @group(0) @binding(6) var<storage, read_write> v_store: array<u32>;
 
-override HD: u32 = 64u;     // head_dim
-override KF: u32 = 2u;      // key format: 0 f16, 1 q8, 2 q4, 3 q2, 4 qjl
-override VF: u32 = 2u;      // value format (not qjl)
-override QG: u32 = 32u;     // channels per scale group
-override KW: u32 = 10u;     // words per key row
-override VW: u32 = 10u;     // words per value row
-override M: u32 = 128u;     // QJL sketch rows
-override MO: u32 = 64u;     // QJL outlier sketch rows
-override NOUT: u32 = 4u;    // QJL outlier channels per group
-
 const WG: u32 = 64u;
 const T: u32 = 32u;         // tokens per flush group
-const F16_MAX: f32 = 65504.0;
-
-fn to_f16x2(x: vec2<f32>) -> u32 {
-    return pack2x16float(clamp(x, vec2(-F16_MAX), vec2(F16_MAX)));
-}
-
-fn win_row(j: u32) -> u32 {
-    return select(p.pivot + (j - p.pivot) % p.ring, j, j < p.pivot);
-}
-
 @compute @workgroup_size(WG)
 fn kv_ring_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
@@ -86,52 +48,39 @@ fn load_row(is_k: bool, head: u32, j: u32) {
     }
 }
 
-// The integer row of x (bits b) as words: codes, then one scale word per group.
-// `word(i)` is produced by the caller through `quant_word`.
-fn group_scale(g: u32, levels: f32) -> vec2<f32> {
-    var mn = x[g * QG];
-    var mx = mn;
-    for (var c = g * QG + 1u; c < (g + 1u) * QG; c++) {
-        mn = min(mn, x[c]);
-        mx = max(mx, x[c]);
+// (scale, min) of each group of QG channels of x, rounded to f16 as stored,
+// so codes are computed against the stored values (HD / QG <= 32).
+var<private> sms: array<vec2<f32>, 32>;
+
+fn group_scales(levels: f32) {
+    for (var g = 0u; g < HD / QG; g++) {
+        var mn = x[g * QG];
+        var mx = mn;
+        for (var c = g * QG + 1u; c < (g + 1u) * QG; c++) {
+            mn = min(mn, x[c]);
+            mx = max(mx, x[c]);
+        }
+        sms[g] = unpack2x16float(to_f16x2(vec2((mx - mn) / levels, mn)));
     }
-    // Rounded to f16 as stored, so codes are computed against the stored values.
-    return unpack2x16float(to_f16x2(vec2((mx - mn) / levels, mn)));
 }
 
-// Code word `i` of the row at `bits` per code, with the group scales `sm`
-// recomputed per group.
+// Code word `i` of the row at `bits` per code, against the scales in `sms`.
 fn code_word(i: u32, bits: u32) -> u32 {
     let levels = f32((1u << bits) - 1u);
     let per = 32u / bits;
     var word = 0u;
-    var g = 0xffffffffu;
-    var sm = vec2(0.0);
-    var inv = 0.0;
     for (var e = 0u; e < per; e++) {
         let c = i * per + e;
         if c >= HD { break; }
-        if c / QG != g {
-            g = c / QG;
-            sm = group_scale(g, levels);
-            inv = select(0.0, 1.0 / sm.x, sm.x > 0.0);
-        }
+        let sm = sms[c / QG];
+        let inv = select(0.0, 1.0 / sm.x, sm.x > 0.0);
         let q = u32(clamp(round((x[c] - sm.y) * inv), 0.0, levels));
         word |= q << (e * bits);
     }
     return word;
 }
 
-fn scale_word(g: u32, bits: u32) -> u32 {
-    let sm = group_scale(g, f32((1u << bits) - 1u));
-    return pack2x16float(sm);
-}
-
-fn bits_of(f: u32) -> u32 {
-    return select(select(2u, 4u, f == 2u), 8u, f == 1u);
-}
-
-// Writes row x in format f to `out_k` (keys) or values at word `dst`.
+// Writes row x in format f (f16 or integer) to the key or value store at word `dst`.
 fn store_int(is_k: bool, f: u32, dst: u32) {
     if f == 0u {
         for (var w = 0u; w < HD / 2u; w++) {
@@ -141,13 +90,14 @@ fn store_int(is_k: bool, f: u32, dst: u32) {
         return;
     }
     let b = bits_of(f);
+    group_scales(f32((1u << b) - 1u));
     let n_codes = (HD * b + 31u) / 32u;
     for (var i = 0u; i < n_codes; i++) {
         let word = code_word(i, b);
         if is_k { k_store[dst + i] = word; } else { v_store[dst + i] = word; }
     }
     for (var g = 0u; g < HD / QG; g++) {
-        let word = scale_word(g, b);
+        let word = pack2x16float(sms[g]);
         if is_k { k_store[dst + n_codes + g] = word; } else { v_store[dst + n_codes + g] = word; }
     }
 }

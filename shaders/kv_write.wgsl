@@ -21,12 +21,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> v_cache: array<u32>;
 
 const WG: u32 = 256u;
-// pack2x16float is indeterminate outside the f16 range, so saturate first.
-const F16_MAX: f32 = 65504.0;
-
-fn to_f16x2(x: vec2<f32>) -> u32 {
-    return pack2x16float(clamp(x, vec2(-F16_MAX), vec2(F16_MAX)));
-}
+// to_f16x2: lib/f16.wgsl.
 
 @compute @workgroup_size(WG)
 fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -17,6 +17,8 @@ pub mod lib {
     pub const QMATMUL: &str = include_str!("../../shaders/lib/qmatmul.wgsl");
     /// The Mixed (per-group bit width) matmul kernels (needs TILES and XLOAD or XLOAD_SG).
     pub const MXMATMUL: &str = include_str!("../../shaders/lib/mxmatmul.wgsl");
+    /// The quantized KV cache's parameter block and window addressing (kv_store, kv_attention).
+    pub const KVCACHE: &str = include_str!("../../shaders/lib/kvcache.wgsl");
     /// Online-softmax blocks, accumulators and the split-KV combine of both attention shaders.
     pub const SOFTMAX4: &str = include_str!("../../shaders/lib/softmax4.wgsl");
     /// A helper of the tiled matmul kernels.

@@ -1,9 +1,10 @@
 // softmax4.wgsl: the online-softmax pieces both attention shaders share
 // (attention.wgsl over the f16 cache, kv_attention.wgsl over the quantized
-// one), and the split-KV combine entry. "Rows" are the 4 query rows (or
-// heads) of an invocation; a score matrix has one column per key and one
-// component per row. The including shader declares `p` (with n_heads and
-// n_chunks), `out`, `scratch` and the override W8 (head_dim / 8).
+// one), the split-KV decode slots and the combine entry. "Rows" are the 4
+// query rows (or heads) of an invocation; a score matrix has one column per
+// key and one component per row. The including shader declares `p` (with
+// n_heads, n_kv_heads, n_chunks, chunk_len, kv_len), `out`, `scratch`, the
+// overrides W8 (head_dim / 8) and G, and the workgroup size WG.
 
 const KB: u32 = 32u;        // keys per block: 8 groups of 4
 const NEG: f32 = -3.0e38;   // stands for -inf; stays finite so NEG - NEG = 0, not NaN
@@ -110,6 +111,65 @@ fn accumulate_scratch(o: u32, a: vec4<f32>, b: vec4<f32>, alpha: f32, fresh: boo
         scratch[o] = x;
         scratch[o + 1u] = y;
     }
+}
+
+// The 4 rows of a block's P V over dims 8w..8w+7 (`o`, from block_pv) into
+// `out` at the rows' words `at`.
+fn accumulate_out4(at: vec4<u32>, o: Values4, alpha: vec4<f32>, inv: vec4<f32>, fresh: bool, ok: vec4<bool>) {
+    accumulate_out(at.x, o.lo[0], o.hi[0], alpha.x, inv.x, fresh, ok.x);
+    accumulate_out(at.y, o.lo[1], o.hi[1], alpha.y, inv.y, fresh, ok.y);
+    accumulate_out(at.z, o.lo[2], o.hi[2], alpha.z, inv.z, fresh, ok.z);
+    accumulate_out(at.w, o.lo[3], o.hi[3], alpha.w, inv.w, fresh, ok.w);
+}
+
+// The same into the rows' decode records in `scratch`.
+fn accumulate_scratch4(at: vec4<u32>, o: Values4, alpha: vec4<f32>, fresh: bool, ok: vec4<bool>) {
+    accumulate_scratch(at.x, o.lo[0], o.hi[0], alpha.x, fresh, ok.x);
+    accumulate_scratch(at.y, o.lo[1], o.hi[1], alpha.y, fresh, ok.y);
+    accumulate_scratch(at.z, o.lo[2], o.hi[2], alpha.z, fresh, ok.z);
+    accumulate_scratch(at.w, o.lo[3], o.hi[3], alpha.w, fresh, ok.w);
+}
+
+// ---------------------------------------------------------------------------
+// Split-KV decode (the including shader declares the override G, query
+// heads per KV head, and the workgroup size WG): an invocation takes one key
+// range [c0, c1) of KV head kvh for 4 query heads of its group. Heads past
+// the group (G not a multiple of 4) re-read the last head and are never
+// stored (ok false).
+
+struct DecodeSlot {
+    valid: bool,
+    kvh: u32,
+    head: vec4<u32>,
+    ok: vec4<bool>,
+    c0: u32,
+    c1: u32,
+    // Each head's record (m, l, 0, 0, acc[head_dim]) in scratch.
+    rec: vec4<u32>,
+}
+
+fn decode_slot(id: u32, lid: u32) -> DecodeSlot {
+    var s: DecodeSlot;
+    let wg_per_head = (p.n_chunks + WG - 1u) / WG;
+    let chunk = (id % wg_per_head) * WG + lid;
+    s.valid = id < wg_per_head * p.n_kv_heads * ((G + 3u) / 4u) && chunk < p.n_chunks;
+    s.kvh = (id / wg_per_head) % p.n_kv_heads;
+    let pack = id / (wg_per_head * p.n_kv_heads);
+    let h4 = vec4(pack * 4u) + vec4(0u, 1u, 2u, 3u);
+    s.ok = h4 < vec4(G);
+    s.head = vec4(s.kvh * G) + min(h4, vec4(G - 1u));
+    s.c0 = chunk * p.chunk_len;
+    s.c1 = min(s.c0 + p.chunk_len, p.kv_len);
+    s.rec = (s.head * p.n_chunks + vec4(chunk)) * (1u + 2u * W8);
+    return s;
+}
+
+// The running max and sum of each head into its record.
+fn store_records(s: DecodeSlot, m: vec4<f32>, l: vec4<f32>) {
+    if s.ok.x { scratch[s.rec.x] = vec4(m.x, l.x, 0.0, 0.0); }
+    if s.ok.y { scratch[s.rec.y] = vec4(m.y, l.y, 0.0, 0.0); }
+    if s.ok.z { scratch[s.rec.z] = vec4(m.z, l.z, 0.0, 0.0); }
+    if s.ok.w { scratch[s.rec.w] = vec4(m.w, l.w, 0.0, 0.0); }
 }
 
 // ---------------------------------------------------------------------------

@@ -32,28 +32,23 @@
 //! the query sketches [max_rows, n_heads, m] (QJL keys only).
 
 use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
-use crate::ops::attention::{BLOCK, MAX_DECODE_CHUNKS, decode_split};
+use crate::ops::attention::{self, decode_split};
 use crate::ops::kv_store::{KvLayout, KvParams, KvQuant, layout_constants};
+use crate::ops::kv_write::step_rows;
 use crate::ops::{check_bytes, grid1, write_params};
 use crate::pipeline::Kernel;
 use crate::shader::ShaderSource;
 use crate::{Caps, Result, ensure_shape};
 
-crate::shader!(SHADER, "kv_attention", [crate::shader::lib::SOFTMAX4]);
+crate::shader!(
+    SHADER,
+    "kv_attention",
+    [crate::shader::lib::KVCACHE, crate::shader::lib::SOFTMAX4]
+);
 
 /// The shaders, for the naga translation tests.
 pub fn shaders() -> Vec<&'static ShaderSource> {
     vec![&SHADER, &crate::ops::kv_store::SHADER]
-}
-
-/// Params of the attention entries: the store's block plus the scratch offsets.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct AttnParams {
-    kv: KvParams,
-    /// vec4 offset of the query sketches in scratch.
-    qs_off: u32,
-    _pad: [u32; 3],
 }
 
 #[derive(Debug, Clone)]
@@ -77,10 +72,9 @@ pub struct KvAttention {
 const WG: u32 = 64;
 const ROWS: u32 = 4;
 
-/// vec4s of the decode records.
+/// vec4s of the decode records: as many as the f16 kernel's scratch holds.
 fn records_vec4(n_heads: u32, head_dim: u32, max_ctx: u32) -> u32 {
-    let chunks = max_ctx.div_ceil(BLOCK).clamp(1, MAX_DECODE_CHUNKS);
-    n_heads * chunks * (1 + head_dim / 4)
+    (attention::scratch_bytes(n_heads, head_dim, max_ctx, 1) / 16) as u32
 }
 
 /// Bytes of the scratch tensor.
@@ -169,25 +163,16 @@ impl OpDef for KvAttention {
     }
     fn step(&self, call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         let l = &self.layout;
-        let n = step
-            .n_tokens
-            .min(self.max_rows)
-            .min(l.max_ctx.saturating_sub(step.pos));
+        let n = step_rows(step, self.max_rows, l.max_ctx);
         let decode = n == 1;
         let mut kv = KvParams::new(l, n, step.pos);
         kv.n_heads = self.n_heads;
         kv.scale = self.scale;
+        kv.qs_off = records_vec4(self.n_heads, l.head_dim, l.max_ctx);
         if decode {
             (kv.n_chunks, kv.chunk_len) = decode_split(kv.kv_len);
         }
-        write_params(
-            params,
-            &AttnParams {
-                kv,
-                qs_off: records_vec4(self.n_heads, l.head_dim, l.max_ctx),
-                _pad: [0; 3],
-            },
-        );
+        write_params(params, &kv);
         let group = self.group();
         match call {
             CALL_PREP if l.k == KvQuant::Qjl && n > 0 => {

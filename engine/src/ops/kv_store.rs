@@ -57,11 +57,17 @@
 //! v_store: [n_kv_heads, max_ctx, v_words] u32.
 
 use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
+pub use crate::ops::kv_write::round_f16;
+use crate::ops::kv_write::step_rows;
 use crate::ops::{check_bytes, grid1, write_params};
 use crate::pipeline::Kernel;
 use crate::{Caps, EngineError, Result, ensure_shape};
 
-crate::shader!(SHADER, "kv_store", []);
+crate::shader!(
+    SHADER,
+    "kv_store",
+    [crate::shader::lib::F16, crate::shader::lib::KVCACHE]
+);
 
 /// Tokens per flush group (and per QJL outlier group).
 pub const GROUP: u32 = 32;
@@ -289,7 +295,7 @@ impl KvLayout {
 }
 
 /// One parameter block for the store and attention kernels (mirrored in
-/// kv_store.wgsl and kv_attention.wgsl).
+/// lib/kvcache.wgsl, which both shaders include).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct KvParams {
@@ -311,6 +317,9 @@ pub struct KvParams {
     pub hi: u32,
     pub aux_base: u32,
     pub sketch_base: u32,
+    /// Attention: vec4 offset of the query sketches in scratch (unused by the store).
+    pub qs_off: u32,
+    pub _pad: [u32; 3],
 }
 
 impl KvParams {
@@ -361,13 +370,6 @@ pub struct KvStore {
 /// Workgroup size of both entries (mirrors kv_store.wgsl).
 const WG: u32 = 64;
 
-/// Rows of a step that fit in the cache.
-fn rows(step: &Step, max_rows: u32, max_ctx: u32) -> u32 {
-    step.n_tokens
-        .min(max_rows)
-        .min(max_ctx.saturating_sub(step.pos))
-}
-
 impl OpDef for KvStore {
     fn name(&self) -> &'static str {
         "kv_store"
@@ -403,7 +405,7 @@ impl OpDef for KvStore {
     }
     fn step(&self, call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         let l = &self.layout;
-        let n = rows(step, self.max_rows, l.max_ctx);
+        let n = step_rows(step, self.max_rows, l.max_ctx);
         let mut p = KvParams::new(l, n, step.pos);
         p.lo = l.boundary(step.pos);
         p.hi = l.boundary(step.pos + n);
@@ -415,11 +417,6 @@ impl OpDef for KvStore {
         };
         grid1(invocations.div_ceil(WG))
     }
-}
-
-/// `x` rounded to f16 as the shaders store it (saturated, nearest even).
-pub fn round_f16(x: f32) -> f32 {
-    half::f16::from_f32(x.clamp(-65504.0, 65504.0)).to_f32()
 }
 
 /// CPU reference of an integer row: quantizes `x` (head_dim values, already

@@ -19,7 +19,7 @@ use crate::ops::{check_bytes, grid1, write_params};
 use crate::pipeline::Kernel;
 use crate::{Caps, Result, ensure_shape};
 
-crate::shader!(SHADER, "kv_write", []);
+crate::shader!(SHADER, "kv_write", [crate::shader::lib::F16]);
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
