@@ -362,18 +362,21 @@ impl KvCache {
         let (hd, nkv) = (cfg.head_dim, cfg.n_kv_heads);
         let mut layers = Vec::with_capacity(cfg.n_layers);
         let layout = (!format.is_f16()).then(|| format.layout(cfg, max_ctx, p, DEFAULT_MAX_ROWS));
+        // One sketch per shape (layers share it unless --qjl-initial-layers).
+        let mut sketch: Option<QjlSketch> = None;
         for l in 0..cfg.n_layers {
             let lay_l = (!format.is_f16())
                 .then(|| format.layer_layout(cfg, l, max_ctx, p, DEFAULT_MAX_ROWS));
-            let sketch = match lay_l {
-                Some(lay) if lay.k == KvQuant::Qjl => Some(QjlSketch::new_orthogonal(
+            if let Some(lay) = lay_l.filter(|lay| lay.k == KvQuant::Qjl)
+                && sketch.as_ref().is_none_or(|s| s.m != lay.qjl.m as usize)
+            {
+                sketch = Some(QjlSketch::new_orthogonal(
                     hd,
                     lay.qjl.m as usize,
                     lay.qjl.m_out as usize,
                     QJL_SEED,
-                )?),
-                _ => None,
-            };
+                )?);
+            }
             let upload_pivot = |t: &Tensor, rows: usize, k: bool| {
                 if let Some(pv) = pivot {
                     let src = if k { &pv.k[l] } else { &pv.v[l] };
