@@ -268,19 +268,8 @@ mod tests {
         (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect()
     }
 
-    /// Mean and variance of the estimate over `trials` seeded sketches.
+    /// Mean and variance of the estimate over `trials` seeded sketches made by `make`.
     fn trials(
-        q: &[f32],
-        k: &[f32],
-        outliers: &[u8],
-        m: usize,
-        mo: usize,
-        trials: u64,
-    ) -> (f64, f64) {
-        trials_of(QjlSketch::new, q, k, outliers, m, mo, trials)
-    }
-
-    fn trials_of(
         make: fn(usize, usize, usize, u64) -> Result<QjlSketch>,
         q: &[f32],
         k: &[f32],
@@ -308,7 +297,7 @@ mod tests {
         let truth = dot(&q, &k);
         let n = 3000;
         for m in [64, 128, 256] {
-            let (mean, var) = trials(&q, &k, &[], m, 0, n);
+            let (mean, var) = trials(QjlSketch::new, &q, &k, &[], m, 0, n);
             let theory = (std::f64::consts::FRAC_PI_2 * dot(&q, &q) * dot(&k, &k) - truth * truth)
                 / m as f64;
             let se = (theory / n as f64).sqrt();
@@ -341,8 +330,8 @@ mod tests {
         let (q, k) = (random(d, 11), random(d, 12));
         let truth = dot(&q, &k);
         let n = 3000;
-        let (mg, vg) = trials_of(QjlSketch::new, &q, &k, &[], 128, 0, n);
-        let (mo, vo) = trials_of(QjlSketch::new_orthogonal, &q, &k, &[], 128, 0, n);
+        let (mg, vg) = trials(QjlSketch::new, &q, &k, &[], 128, 0, n);
+        let (mo, vo) = trials(QjlSketch::new_orthogonal, &q, &k, &[], 128, 0, n);
         for (mean, var) in [(mg, vg), (mo, vo)] {
             assert!(
                 (mean - truth).abs() < 4.0 * (var / n as f64).sqrt(),
@@ -367,8 +356,8 @@ mod tests {
         assert_eq!(sorted, vec![3, 17, 40, 63]);
         let truth = dot(&q, &k);
         let n = 3000;
-        let (m0, v0) = trials(&q, &k, &[], 128, 0, n);
-        let (m1, v1) = trials(&q, &k, &outliers, 128, 64, n);
+        let (m0, v0) = trials(QjlSketch::new, &q, &k, &[], 128, 0, n);
+        let (m1, v1) = trials(QjlSketch::new, &q, &k, &outliers, 128, 64, n);
         for (mean, var) in [(m0, v0), (m1, v1)] {
             assert!(
                 (mean - truth).abs() < 4.0 * (var / n as f64).sqrt(),
