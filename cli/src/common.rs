@@ -124,20 +124,11 @@ pub fn parse_synthetic_format(s: &str) -> Result<HostDType> {
 /// or builds the synthetic one.
 pub fn load_host_model(a: &ModelArgs) -> Result<LoadedModel> {
     if let Some(preset) = &a.synthetic {
-        let config = synthetic::synthetic_config(preset)?;
         let dtype = parse_synthetic_format(&a.synthetic_format)?;
         let sp = spinner(&format!("generating synthetic {preset} weights"));
-        let weights = synthetic::synthetic_weights(&config, dtype, 0)?;
+        let m = synthetic::synthetic_model(preset, dtype, 0)?;
         sp.finish_and_clear();
-        return Ok(LoadedModel {
-            config,
-            weights,
-            tokenizer_spec: Default::default(),
-            source: format!("synthetic:{preset}"),
-            file_type: a.synthetic_format.to_uppercase(),
-            recipe: None,
-            pivot: None,
-        });
+        return Ok(m);
     }
     let path = match &a.model {
         Some(p) => p.clone(),

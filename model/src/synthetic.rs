@@ -308,6 +308,26 @@ fn mix(a: u64, b: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A whole synthetic model: preset `preset`'s config, seeded weights in
+/// `dtype`, no tokenizer (source `synthetic:PRESET`).
+pub fn synthetic_model(
+    preset: &str,
+    dtype: HostDType,
+    seed: u64,
+) -> Result<crate::loader::LoadedModel> {
+    let config = synthetic_config(preset)?;
+    let weights = synthetic_weights(&config, dtype, seed)?;
+    Ok(crate::loader::LoadedModel {
+        config,
+        weights,
+        tokenizer_spec: Default::default(),
+        source: format!("synthetic:{preset}"),
+        file_type: format!("{dtype:?}").to_uppercase(),
+        recipe: None,
+        pivot: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

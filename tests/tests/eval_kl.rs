@@ -42,17 +42,7 @@ fn against_saved(
 
 #[test]
 fn saved_base_logits_give_the_live_kl() {
-    let config = synthetic::synthetic_config("L2-d128-h4-kv2-f256-v200").unwrap();
-    let weights = synthetic::synthetic_weights(&config, HostDType::F32, 5).unwrap();
-    let src = LoadedModel {
-        config,
-        weights,
-        tokenizer_spec: Default::default(),
-        source: "synthetic".into(),
-        file_type: "F32".into(),
-        recipe: None,
-        pivot: None,
-    };
+    let src = synthetic::synthetic_model("L2-d128-h4-kv2-f256-v200", HostDType::F32, 5).unwrap();
     let opts = QuantizeOptions {
         method: Method::Rtn,
         bits: 2.0,

@@ -25,17 +25,7 @@ use rand::{Rng, SeedableRng};
 const SPEC: &str = "L2-d128-h4-kv2-f256-v200";
 
 fn source() -> LoadedModel {
-    let config = synthetic::synthetic_config(SPEC).unwrap();
-    let weights = synthetic::synthetic_weights(&config, HostDType::F32, 5).unwrap();
-    LoadedModel {
-        config,
-        weights,
-        tokenizer_spec: Default::default(),
-        source: "synthetic".into(),
-        file_type: "F32".into(),
-        recipe: None,
-        pivot: None,
-    }
+    synthetic::synthetic_model(SPEC, HostDType::F32, 5).unwrap()
 }
 
 fn model(m: &LoadedModel, ctx: usize, kv: KvFormat, pivot: Option<&Pivot>) -> GpuModel {

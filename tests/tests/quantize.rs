@@ -26,17 +26,7 @@ const SPEC: &str = "L2-d256-h4-kv2-f416-v300";
 const TOL: f32 = 2e-2;
 
 fn source() -> LoadedModel {
-    let config = synthetic::synthetic_config(SPEC).unwrap();
-    let weights = synthetic::synthetic_weights(&config, HostDType::F32, 3).unwrap();
-    LoadedModel {
-        config,
-        weights,
-        tokenizer_spec: Default::default(),
-        source: format!("synthetic:{SPEC}"),
-        file_type: "F32".into(),
-        recipe: None,
-        pivot: None,
-    }
+    synthetic::synthetic_model(SPEC, HostDType::F32, 3).unwrap()
 }
 
 fn windows(n: usize, len: usize, vocab: u32, seed: u64) -> Vec<Vec<u32>> {
