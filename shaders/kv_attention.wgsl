@@ -83,7 +83,11 @@ fn key8(seg: u32, kvh: u32, j: u32, w: u32) -> D8 {
     } else {
         if KF == 1u { c.y = k_store[a + 1u]; }
         if KF == 3u { c.x >>= 16u * (w & 1u); }
-        sw = k_store[base + scale_at(KF, w)];
+        if KCH == 1u {
+            sw = 0x3c00u;   // per channel: the codes themselves (scale 1, min 0), see dim_scores
+        } else {
+            sw = k_store[base + scale_at(KF, w)];
+        }
     }
     return decode8(KF, c, sw);
 }
@@ -121,12 +125,39 @@ fn scores4(seg: u32, kvh: u32, qa: mat4x4<f32>, qb: mat4x4<f32>, j: u32, last: u
                   k2.lo * qa + k2.hi * qb, k3.lo * qa + k3.hi * qb);
 }
 
+// Adds b[r] to every score of row r.
+fn add_rows(s: Scores, b: vec4<f32>) -> Scores {
+    let m = mat4x4(b, b, b, b);
+    return Scores(s.s0 + m, s.s1 + m, s.s2 + m, s.s3 + m, s.s4 + m, s.s5 + m, s.s6 + m, s.s7 + m);
+}
+
+// Scores of a block of keys decoded dim by dim. Per-channel integer keys
+// (store, KCH): q . (min + scale * code) = (q * scale) . code + q . min,
+// with the group's scales folded into q once per block.
 fn dim_scores(seg: u32, kvh: u32, qrow: vec4<u32>, j0: u32, last: u32) -> Scores {
     var s = Scores();
+    let chan = seg == SEG_STORE && KCH == 1u;
+    var bias = vec4(0.0);
     for (var w = 0u; w < W8; w++) {
         let i = qrow + vec4(2u * w);
-        let qa = mat4x4(q[i.x], q[i.y], q[i.z], q[i.w]);
-        let qb = mat4x4(q[i.x + 1u], q[i.y + 1u], q[i.z + 1u], q[i.w + 1u]);
+        var qa = mat4x4(q[i.x], q[i.y], q[i.z], q[i.w]);
+        var qb = mat4x4(q[i.x + 1u], q[i.y + 1u], q[i.z + 1u], q[i.w + 1u]);
+        if chan {
+            let a = aux_at(kvh, j0) + 8u * w;
+            let c0 = unpack2x16float(k_store[a]);
+            let c1 = unpack2x16float(k_store[a + 1u]);
+            let c2 = unpack2x16float(k_store[a + 2u]);
+            let c3 = unpack2x16float(k_store[a + 3u]);
+            let c4 = unpack2x16float(k_store[a + 4u]);
+            let c5 = unpack2x16float(k_store[a + 5u]);
+            let c6 = unpack2x16float(k_store[a + 6u]);
+            let c7 = unpack2x16float(k_store[a + 7u]);
+            let sa = vec4(c0.x, c1.x, c2.x, c3.x);
+            let sb = vec4(c4.x, c5.x, c6.x, c7.x);
+            bias += vec4(c0.y, c1.y, c2.y, c3.y) * qa + vec4(c4.y, c5.y, c6.y, c7.y) * qb;
+            qa = mat4x4(qa[0] * sa, qa[1] * sa, qa[2] * sa, qa[3] * sa);
+            qb = mat4x4(qb[0] * sb, qb[1] * sb, qb[2] * sb, qb[3] * sb);
+        }
         s.s0 += scores4(seg, kvh, qa, qb, j0, last, w);
         s.s1 += scores4(seg, kvh, qa, qb, j0 + 4u, last, w);
         s.s2 += scores4(seg, kvh, qa, qb, j0 + 8u, last, w);
@@ -135,6 +166,9 @@ fn dim_scores(seg: u32, kvh: u32, qrow: vec4<u32>, j0: u32, last: u32) -> Scores
         s.s5 += scores4(seg, kvh, qa, qb, j0 + 20u, last, w);
         s.s6 += scores4(seg, kvh, qa, qb, j0 + 24u, last, w);
         s.s7 += scores4(seg, kvh, qa, qb, j0 + 28u, last, w);
+    }
+    if chan {
+        s = add_rows(s, bias);
     }
     return s;
 }
@@ -186,6 +220,19 @@ fn scale_cols(s: mat4x4<f32>, f: vec4<f32>) -> mat4x4<f32> {
     return mat4x4(s[0] * f.x, s[1] * f.y, s[2] * f.z, s[3] * f.w);
 }
 
+// The 8-bit outlier codes of keys j..j+3 (clamped) against qs (columns =
+// outliers, scaled; components = rows): column i is key i's outlier term.
+fn out_codes4(kvh: u32, qs: mat4x4<f32>, j: u32, last: u32) -> mat4x4<f32> {
+    let at = M / 32u;
+    let w0 = k_store[(kvh * p.max_ctx + min(j, last)) * KW + at];
+    let w1 = k_store[(kvh * p.max_ctx + min(j + 1u, last)) * KW + at];
+    let w2 = k_store[(kvh * p.max_ctx + min(j + 2u, last)) * KW + at];
+    let w3 = k_store[(kvh * p.max_ctx + min(j + 3u, last)) * KW + at];
+    let sh = vec4(0u, 8u, 16u, 24u);
+    return mat4x4(qs * vec4<f32>((vec4(w0) >> sh) & vec4(0xffu)), qs * vec4<f32>((vec4(w1) >> sh) & vec4(0xffu)),
+                  qs * vec4<f32>((vec4(w2) >> sh) & vec4(0xffu)), qs * vec4<f32>((vec4(w3) >> sh) & vec4(0xffu)));
+}
+
 // One row's q at channel c (c < HD).
 fn q_at(qrow: u32, c: u32) -> f32 {
     return q[qrow + c / 4u][c % 4u];
@@ -200,10 +247,11 @@ struct OutFactors {
 // QJL scores of a store block (j0 starts a token group): for each row,
 // sqrt(pi/2)/M |k_in| <S q_in, sign(S k_in)> + sqrt(pi/2)/MO |k_out|
 // <S_o q_out, sign(S_o k_out)>, with S q_in = S q - S q_out and S q_out over
-// the group's outlier channels (as QJL's score kernel does). Sign words are
-// read per 8 sketch dims, norms once per block.
+// the group's outlier channels (as QJL's score kernel does); 8-bit outliers
+// (OQ8) replace the outlier sketch by q_out . k_out decoded. Sign words are read per 8
+// sketch dims, norms once per block.
 fn qjl_scores(kvh: u32, qrow: vec4<u32>, srow: vec4<u32>, j0: u32, last: u32) -> Scores {
-    let aux = k_store[p.aux_base + kvh * ((p.max_ctx + 31u) / 32u) + (j0 - p.pivot) / 32u];
+    let aux = k_store[aux_at(kvh, j0)];
     // qo: columns = outliers, components = rows; so: S rows of the outliers.
     var qo = mat4x4<f32>();
     var so = vec4(0u);   // unused slots read S row 0, times q 0
@@ -252,6 +300,27 @@ fn qjl_scores(kvh: u32, qrow: vec4<u32>, srow: vec4<u32>, j0: u32, last: u32) ->
         s.s5 += qjl4(kvh, ta, tb, j0 + 20u, last, w, M / 32u, fo.f5);
         s.s6 += qjl4(kvh, ta, tb, j0 + 24u, last, w, M / 32u, fo.f6);
         s.s7 += qjl4(kvh, ta, tb, j0 + 28u, last, w, M / 32u, fo.f7);
+    }
+    if OQ8 == 1u {
+        // 8-bit outliers: q_out . (min + scale * code) per key, the group's
+        // scales folded into q_out (qo) once per block.
+        var sc = vec4(0.0);
+        var mn = vec4(0.0);
+        for (var o = 0u; o < NOUT; o++) {
+            let sm = unpack2x16float(k_store[aux_at(kvh, j0) + 1u + o]);
+            sc[o] = sm.x;
+            mn[o] = sm.y;
+        }
+        let qs = mat4x4(qo[0] * sc.x, qo[1] * sc.y, qo[2] * sc.z, qo[3] * sc.w);
+        s.s0 += out_codes4(kvh, qs, j0, last);
+        s.s1 += out_codes4(kvh, qs, j0 + 4u, last);
+        s.s2 += out_codes4(kvh, qs, j0 + 8u, last);
+        s.s3 += out_codes4(kvh, qs, j0 + 12u, last);
+        s.s4 += out_codes4(kvh, qs, j0 + 16u, last);
+        s.s5 += out_codes4(kvh, qs, j0 + 20u, last);
+        s.s6 += out_codes4(kvh, qs, j0 + 24u, last);
+        s.s7 += out_codes4(kvh, qs, j0 + 28u, last);
+        s = add_rows(s, qo * mn);
     }
     return s;
 }

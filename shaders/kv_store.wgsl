@@ -6,7 +6,8 @@
 //   kv_flush       one invocation per (position, KV head) of the groups that
 //                  leave the window this step: quantizes the row from the
 //                  ring into the store (QJL keys: picks the group's outlier
-//                  channels, projects, packs signs, stores the norms).
+//                  channels, projects, packs signs, stores the norms;
+//                  per-channel integer keys: the group's scales first).
 
 // Params, p, the layout's overrides, win_row and bits_of: lib/kvcache.wgsl.
 
@@ -64,15 +65,33 @@ fn group_scales(levels: f32) {
     }
 }
 
-// Code word `i` of the row at `bits` per code, against the scales in `sms`.
-fn code_word(i: u32, bits: u32) -> u32 {
+// Per-channel (scale, min) of a key group (KCH), f16-rounded as stored.
+var<private> csm: array<vec2<f32>, 256>;
+
+// csm over key rows g0..g0+T of `head` at `bits` per code.
+fn channel_scales(head: u32, g0: u32, bits: u32) {
+    for (var t = 0u; t < T; t++) {
+        load_row(true, head, g0 + t);
+        for (var c = 0u; c < HD; c++) {
+            csm[c] = select(vec2(max(csm[c].x, x[c]), min(csm[c].y, x[c])), vec2(x[c]), t == 0u);
+        }
+    }
+    let levels = f32((1u << bits) - 1u);
+    for (var c = 0u; c < HD; c++) {
+        csm[c] = unpack2x16float(to_f16x2(vec2((csm[c].x - csm[c].y) / levels, csm[c].y)));
+    }
+}
+
+// Code word `i` of the row at `bits` per code, against the scales in `sms`
+// (per channel: in `csm`).
+fn code_word(i: u32, bits: u32, chan: bool) -> u32 {
     let levels = f32((1u << bits) - 1u);
     let per = 32u / bits;
     var word = 0u;
     for (var e = 0u; e < per; e++) {
         let c = i * per + e;
         if c >= HD { break; }
-        let sm = sms[c / QG];
+        let sm = select(sms[c / QG], csm[c], chan);
         let inv = select(0.0, 1.0 / sm.x, sm.x > 0.0);
         let q = u32(clamp(round((x[c] - sm.y) * inv), 0.0, levels));
         word |= q << (e * bits);
@@ -93,7 +112,7 @@ fn store_int(is_k: bool, f: u32, dst: u32) {
     group_scales(f32((1u << b) - 1u));
     let n_codes = (HD * b + 31u) / 32u;
     for (var i = 0u; i < n_codes; i++) {
-        let word = code_word(i, b);
+        let word = code_word(i, b, false);
         if is_k { k_store[dst + i] = word; } else { v_store[dst + i] = word; }
     }
     for (var g = 0u; g < HD / QG; g++) {
@@ -158,12 +177,28 @@ fn outlier_channels(head: u32, g0: u32) -> vec4<u32> {
 
 fn store_qjl(head: u32, j: u32) {
     let g0 = p.pivot + (j - p.pivot) / T * T;
+    let aux = aux_at(head, j);
     var idx = vec4(NONE);
     if NOUT > 0u {
         idx = outlier_channels(head, g0);
         if j == g0 {
-            k_store[p.aux_base + head * ((p.max_ctx + T - 1u) / T) + (j - p.pivot) / T] =
-                dot(idx & vec4(0xffu), vec4(1u, 1u << 8u, 1u << 16u, 1u << 24u));
+            k_store[aux] = dot(idx & vec4(0xffu), vec4(1u, 1u << 8u, 1u << 16u, 1u << 24u));
+        }
+    }
+    // 8-bit outliers: (scale, min) of each outlier channel over the group.
+    var osm: array<vec2<f32>, 4>;
+    if OQ8 == 1u {
+        var mn = vec4(0.0);
+        var mx = vec4(0.0);
+        for (var t = 0u; t < T; t++) {
+            load_row(true, head, g0 + t);
+            let v = vec4(x[idx.x % HD], x[idx.y % HD], x[idx.z % HD], x[idx.w % HD]);
+            mn = select(min(mn, v), v, t == 0u);
+            mx = select(max(mx, v), v, t == 0u);
+        }
+        for (var o = 0u; o < NOUT; o++) {
+            osm[o] = unpack2x16float(to_f16x2(vec2((mx[o] - mn[o]) / 255.0, mn[o])));
+            if j == g0 { k_store[aux + 1u + o] = pack2x16float(osm[o]); }
         }
     }
     load_row(true, head, j);
@@ -173,6 +208,14 @@ fn store_qjl(head: u32, j: u32) {
     }
     for (var sw = 0u; sw < MO / 32u; sw++) {
         k_store[dst + M / 32u + sw] = sketch_word(sw, idx, false);
+    }
+    if OQ8 == 1u {
+        var word = 0u;
+        for (var o = 0u; o < NOUT; o++) {
+            let inv = select(0.0, 1.0 / osm[o].x, osm[o].x > 0.0);
+            word |= u32(clamp(round((x[idx[o]] - osm[o].y) * inv), 0.0, 255.0)) << (8u * o);
+        }
+        k_store[dst + M / 32u] = word;
     }
     var n_in = 0.0;
     var n_out = 0.0;
@@ -191,6 +234,17 @@ fn kv_flush(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let j = p.lo + i / p.n_kv_heads;
     if KF == 4u {
         store_qjl(head, j);
+    } else if KCH == 1u {
+        // Integer keys per channel: codes only, the group's scales in aux.
+        let g0 = p.pivot + (j - p.pivot) / T * T;
+        let b = bits_of(KF);
+        channel_scales(head, g0, b);
+        if j == g0 {
+            for (var c = 0u; c < HD; c++) { k_store[aux_at(head, j) + c] = pack2x16float(csm[c]); }
+        }
+        load_row(true, head, j);
+        let dst = (head * p.max_ctx + j) * KW;
+        for (var i = 0u; i < (HD * b + 31u) / 32u; i++) { k_store[dst + i] = code_word(i, b, true); }
     } else {
         load_row(true, head, j);
         store_int(true, KF, (head * p.max_ctx + j) * KW);

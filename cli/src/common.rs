@@ -41,12 +41,20 @@ pub struct ModelArgs {
     /// Quantized KV cache: channels per scale group of q8/q4/q2 (divides head_dim).
     #[arg(long, default_value_t = 32)]
     pub kv_group: u32,
+    /// q8/q4/q2 keys: scales per channel over each group of 32 tokens (as KIVI does), or per
+    /// token in groups of --kv-group channels (as values are).
+    #[arg(long, default_value = "channel", value_parser = ["channel", "token"])]
+    pub kv_keys: String,
     /// QJL keys: sketch rows (bits per key), a multiple of 32; 0 = twice head_dim.
     #[arg(long, default_value_t = 0)]
     pub qjl_m: u32,
     /// QJL keys: outlier channels per group of 32 tokens, sketched apart (0-4).
     #[arg(long, default_value_t = 4)]
     pub qjl_outliers: u32,
+    /// QJL keys: how the outlier channels are stored: sketched apart with m/2 rows (as the
+    /// paper does), or as 8-bit codes with per-channel scales over the group of 32 tokens.
+    #[arg(long, default_value = "sketch", value_parser = ["sketch", "q8"])]
+    pub qjl_outlier_format: String,
     /// QJL keys: the first N layers get twice the sketch rows (as QJL's code does).
     #[arg(long, default_value_t = 0)]
     pub qjl_initial_layers: u32,
@@ -77,8 +85,10 @@ impl ModelArgs {
             kv: "f16".into(),
             kv_recent: lamina_model::kv_cache::DEFAULT_RECENT,
             kv_group: 32,
+            kv_keys: "channel".into(),
             qjl_m: 0,
             qjl_outliers: 4,
+            qjl_outlier_format: "sketch".into(),
             qjl_initial_layers: 0,
             pivot: "auto".into(),
             pivot_prompt: None,
@@ -148,8 +158,10 @@ pub fn kv_format(a: &ModelArgs) -> Result<KvFormat> {
     let mut kv: KvFormat = a.kv.parse()?;
     kv.recent = a.kv_recent;
     kv.qgroup = a.kv_group;
+    kv.k_channel = a.kv_keys == "channel";
     kv.qjl_m = a.qjl_m;
     kv.qjl_outliers = a.qjl_outliers;
+    kv.qjl_outlier_q8 = a.qjl_outlier_format == "q8";
     kv.qjl_initial_layers = a.qjl_initial_layers;
     Ok(kv)
 }

@@ -190,15 +190,30 @@ fn print_kv_formats(c: &lamina_model::LlamaConfig) {
     println!(
         "KV cache per token (defaults: {DEFAULT_MAX_ROWS}-token steps, 128 recent tokens in f16):"
     );
-    println!("  format        bytes/token  vs f16   fixed MiB  ctx in 1 GiB  ctx in 4 GiB");
+    println!("  format               bytes/token  vs f16   fixed MiB  ctx in 1 GiB  ctx in 4 GiB");
     let f16 = KvFormat::F16.bytes_per_token(c);
-    for name in ["f16", "q8", "q4", "q2", "k=q4,v=q2", "qjl", "k=qjl,v=q4"] {
-        let Ok(f) = name.parse::<KvFormat>() else {
-            continue;
-        };
+    let formats = ["f16", "q8", "q4", "q2", "k=q4,v=q2", "qjl", "k=qjl,v=q4"]
+        .into_iter()
+        .filter_map(|n| Some((n.to_string(), n.parse::<KvFormat>().ok()?)));
+    let q8_outliers = KvFormat {
+        qjl_outlier_q8: true,
+        ..KvFormat::F16
+    };
+    let q8_outliers = ["qjl", "k=qjl,v=q4"].into_iter().filter_map(|n| {
+        let f: KvFormat = n.parse().ok()?;
+        Some((
+            format!("{n} +q8 out"),
+            KvFormat {
+                k: f.k,
+                v: f.v,
+                ..q8_outliers
+            },
+        ))
+    });
+    for (name, f) in formats.chain(q8_outliers) {
         if f.check(c).is_err() {
             println!(
-                "  {name:<12}  (does not fit this model's head_dim {})",
+                "  {name:<19}  (does not fit this model's head_dim {})",
                 c.head_dim
             );
             continue;
@@ -212,7 +227,7 @@ fn print_kv_formats(c: &lamina_model::LlamaConfig) {
         };
         let fits = |gib: f64| ((gib * 1073741824.0 - fixed) / per).max(0.0) as u64;
         println!(
-            "  {name:<12}  {per:>11.1}  {:>5.2}x  {:>9.2}  {:>12}  {:>12}",
+            "  {name:<19}  {per:>11.1}  {:>5.2}x  {:>9.2}  {:>12}  {:>12}",
             f16 / per,
             fixed / 1048576.0,
             fits(1.0),

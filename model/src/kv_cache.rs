@@ -41,10 +41,17 @@ pub struct KvFormat {
     pub recent: u32,
     /// Channels per scale group of q8 / q4 / q2.
     pub qgroup: u32,
+    /// Integer keys (q8 / q4 / q2) quantized per channel over each token
+    /// group, as KIVI does (`--kv-keys channel`, the default), rather than
+    /// per token like values.
+    pub k_channel: bool,
     /// QJL sketch rows; 0 = twice head_dim (the paper's m = 256 at head_dim 128).
     pub qjl_m: u32,
     /// QJL outlier channels per token group (their sketch has m / 2 rows).
     pub qjl_outliers: u32,
+    /// QJL outlier channels as 8-bit codes over the token group instead of
+    /// a second sketch.
+    pub qjl_outlier_q8: bool,
     /// QJL keys of the first this many layers get twice the sketch rows
     /// (the paper's code gives its initial layers more bits).
     pub qjl_initial_layers: u32,
@@ -63,8 +70,10 @@ impl KvFormat {
         v: KvQuant::F16,
         recent: DEFAULT_RECENT,
         qgroup: 32,
+        k_channel: true,
         qjl_m: 0,
         qjl_outliers: 4,
+        qjl_outlier_q8: false,
         qjl_initial_layers: 0,
     };
 
@@ -73,13 +82,21 @@ impl KvFormat {
         self.k == KvQuant::F16 && self.v == KvQuant::F16
     }
 
-    /// "f16", "q4" (both sides alike) or "k=qjl,v=q2".
+    /// "f16", "q4" (both sides alike) or "k=qjl,v=q2", then what the key
+    /// flags change: ", keys per token" (integer keys), ", q8 outliers" (QJL).
     pub fn name(&self) -> String {
-        if self.k == self.v {
+        let mut name = if self.k == self.v {
             self.k.name().to_string()
         } else {
             format!("k={},v={}", self.k.name(), self.v.name())
+        };
+        if self.k.bits().is_some() && !self.k_channel {
+            name.push_str(", keys per token");
         }
+        if self.k == KvQuant::Qjl && self.qjl_outlier_q8 && self.qjl_outliers > 0 {
+            name.push_str(", q8 outliers");
+        }
+        name
     }
 
     /// The sketch shape of layer `layer` for this model's head_dim.
@@ -89,6 +106,7 @@ impl KvFormat {
                 m: 0,
                 m_out: 0,
                 outliers: 0,
+                outlier_q8: false,
             };
         }
         let mut m = if self.qjl_m == 0 {
@@ -101,12 +119,13 @@ impl KvFormat {
         }
         QjlShape {
             m,
-            m_out: if self.qjl_outliers > 0 {
+            m_out: if self.qjl_outliers > 0 && !self.qjl_outlier_q8 {
                 (m / 2).next_multiple_of(32).min(m)
             } else {
                 0
             },
             outliers: self.qjl_outliers,
+            outlier_q8: self.qjl_outlier_q8 && self.qjl_outliers > 0,
         }
     }
 
@@ -142,6 +161,7 @@ impl KvFormat {
             k: self.k,
             v: self.v,
             qgroup: self.qgroup,
+            k_channel: self.k_channel && self.k.bits().is_some(),
             qjl: self.qjl_shape(cfg.head_dim, layer),
         }
     }

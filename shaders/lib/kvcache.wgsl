@@ -37,6 +37,9 @@ override VW: u32 = 10u;     // words per value row
 override M: u32 = 128u;     // QJL sketch rows
 override MO: u32 = 64u;     // QJL outlier sketch rows
 override NOUT: u32 = 4u;    // QJL outlier channels per group
+override OQ8: u32 = 0u;     // 1: QJL outlier channels as 8-bit codes, not sketched
+override KCH: u32 = 0u;     // 1: integer keys with per-channel scales over each token group
+override AW: u32 = 1u;      // aux words per token group of a KV head
 
 // Window row of position j: pivot rows first, then the ring.
 fn win_row(j: u32) -> u32 {
@@ -46,4 +49,10 @@ fn win_row(j: u32) -> u32 {
 // Bits per code of integer format f (1 q8, 2 q4, 3 q2).
 fn bits_of(f: u32) -> u32 {
     return select(select(2u, 4u, f == 2u), 8u, f == 1u);
+}
+
+// First aux word of KV head `head`'s token group holding position j >= pivot
+// (KvLayout::aux_at).
+fn aux_at(head: u32, j: u32) -> u32 {
+    return p.aux_base + (head * ((p.max_ctx + 31u) / 32u) + (j - p.pivot) / 32u) * AW;
 }

@@ -21,7 +21,8 @@ use lamina_engine::Executor;
 use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::ops::kv_attention::{self, KvAttention};
 use lamina_engine::ops::kv_store::{
-    self, GROUP, KvLayout, KvQuant, KvStore, QjlShape, dequantize_row, f16_row, round_f16,
+    self, GROUP, KvLayout, KvQuant, KvStore, QjlShape, dequantize_channels, dequantize_row,
+    f16_row, round_f16, unpack_f16x2,
 };
 use lamina_model::quant::qjl::{QjlKey, QjlSketch};
 use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec, u32_bytes};
@@ -34,6 +35,7 @@ struct Case {
     k: KvQuant,
     v: KvQuant,
     qgroup: u32,
+    k_channel: bool,
     qjl: QjlShape,
     n_heads: usize,
     n_kv_heads: usize,
@@ -52,6 +54,7 @@ const NO_QJL: QjlShape = QjlShape {
     m: 0,
     m_out: 0,
     outliers: 0,
+    outlier_q8: false,
 };
 
 fn case(k: KvQuant, v: KvQuant, heads: (usize, usize, usize), steps: &[usize]) -> Case {
@@ -59,11 +62,13 @@ fn case(k: KvQuant, v: KvQuant, heads: (usize, usize, usize), steps: &[usize]) -
         k,
         v,
         qgroup: 32,
+        k_channel: false,
         qjl: if k == KvQuant::Qjl {
             QjlShape {
                 m: 128,
                 m_out: 64,
                 outliers: 4,
+                outlier_q8: false,
             }
         } else {
             NO_QJL
@@ -80,15 +85,29 @@ fn case(k: KvQuant, v: KvQuant, heads: (usize, usize, usize), steps: &[usize]) -
     }
 }
 
-/// Keys with a few channels far larger than the rest, as real keys have.
+/// Keys with a few channels far larger than the rest, and one with an
+/// offset, as real keys have.
 fn keys(n: usize, head_dim: usize, seed: u64) -> Vec<f32> {
     let mut k = rand_vec(n * head_dim, seed, 1.0);
     for row in k.chunks_exact_mut(head_dim) {
+        row[5 % head_dim] += 3.0;
         row[3 % head_dim] *= 9.0;
         row[17 % head_dim] *= 6.0;
         row[head_dim - 1] *= 4.0;
     }
     k
+}
+
+/// f16 values the GPU and CPU computed alike, up to one f16 step where GPU
+/// division rounds differently.
+fn assert_f16_near(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= 2e-3 * b.abs() + 1e-7,
+            "{what}: [{i}] {a} vs {b}"
+        );
+    }
 }
 
 fn words(b: &[u8]) -> Vec<u32> {
@@ -115,19 +134,44 @@ impl Cache {
         let at = (kvh * self.layout.max_ctx as usize + j) * w;
         store[at..at + w].to_vec()
     }
-    fn outliers(&self, kvh: usize, j: usize) -> Vec<u8> {
+    /// The aux words of key `j`'s token group.
+    fn aux(&self, kvh: usize, j: usize) -> &[u32] {
         let l = &self.layout;
-        let g = (j - l.pivot as usize) / GROUP as usize;
-        let aux = self.k_store[l.aux_base() as usize + kvh * l.groups() as usize + g];
-        (0..l.qjl.outliers)
+        let g = (j as u32 - l.pivot) / GROUP;
+        let at = l.aux_at(kvh as u32, g) as usize;
+        &self.k_store[at..at + l.aux_words() as usize]
+    }
+    fn outliers(&self, kvh: usize, j: usize) -> Vec<u8> {
+        let aux = self.aux(kvh, j)[0];
+        (0..self.layout.qjl.outliers)
             .map(|o| (aux >> (8 * o)) as u8)
             .collect()
+    }
+    /// A QJL key's 8-bit outliers decoded, with their channels.
+    fn q8_outliers(&self, kvh: usize, j: usize) -> Vec<(usize, f32)> {
+        let l = &self.layout;
+        let code = self.row(&self.k_store, l.k_words(), kvh, j)[l.qjl.m as usize / 32];
+        let aux = self.aux(kvh, j);
+        self.outliers(kvh, j)
+            .iter()
+            .enumerate()
+            .map(|(o, &c)| {
+                let [sc, mn] = unpack_f16x2(aux[1 + o]);
+                (c as usize, mn + sc * ((code >> (8 * o)) & 0xff) as f32)
+            })
+            .collect()
+    }
+    /// The f16-rounded rows of key `j`'s token group.
+    fn group(&self, rows: &[Vec<Vec<f32>>], kvh: usize, j: usize) -> Vec<Vec<f32>> {
+        let p = self.layout.pivot as usize;
+        let g0 = p + (j - p) / GROUP as usize * GROUP as usize;
+        rows[kvh][g0..g0 + GROUP as usize].to_vec()
     }
     fn qjl_key(&self, kvh: usize, j: usize) -> QjlKey {
         let l = &self.layout;
         let r = self.row(&self.k_store, l.k_words(), kvh, j);
         let (m, mo) = (l.qjl.m as usize / 32, l.qjl.m_out as usize / 32);
-        let norms = r[m + mo];
+        let norms = r[r.len() - 1];
         QjlKey {
             signs: r[..m].to_vec(),
             outlier_signs: r[m..m + mo].to_vec(),
@@ -135,10 +179,18 @@ impl Cache {
             outlier_norm: f16::from_bits((norms >> 16) as u16).to_f32(),
         }
     }
-    fn decode(&self, f: KvQuant, store: &[u32], words: u32, kvh: usize, j: usize) -> Vec<f32> {
+    /// Decodes stored key (`is_k`) or value `j`.
+    fn decode(&self, is_k: bool, kvh: usize, j: usize) -> Vec<f32> {
+        let l = &self.layout;
+        let (f, store, words) = if is_k {
+            (l.k, &self.k_store, l.k_words())
+        } else {
+            (l.v, &self.v_store, l.v_words())
+        };
         let r = self.row(store, words, kvh, j);
         let hd = self.layout.head_dim as usize;
         match f.bits() {
+            Some(b) if is_k && l.k_channel => dequantize_channels(&r, self.aux(kvh, j), b),
             Some(b) => dequantize_row(&r, b, self.layout.qgroup as usize, hd),
             None => f16_row(&r),
         }
@@ -152,18 +204,24 @@ impl Cache {
         }
         if let Some(s) = &self.sketch {
             let out = self.outliers(kvh, j);
-            return s.score(&s.query(q, &out), &self.qjl_key(kvh, j));
+            let mut est = s.score(&s.query(q, &out), &self.qjl_key(kvh, j));
+            if self.layout.qjl.outlier_q8 {
+                est += self
+                    .q8_outliers(kvh, j)
+                    .iter()
+                    .map(|(c, v)| q[*c] * v)
+                    .sum::<f32>();
+            }
+            return est;
         }
-        let l = &self.layout;
-        let k = self.decode(l.k, &self.k_store, l.k_words(), kvh, j);
+        let k = self.decode(true, kvh, j);
         q.iter().zip(&k).map(|(a, b)| a * b).sum()
     }
     fn value(&self, len: usize, kvh: usize, j: usize) -> Vec<f32> {
         if !self.in_store(len, j) {
             return self.v[kvh][j].clone();
         }
-        let l = &self.layout;
-        self.decode(l.v, &self.v_store, l.v_words(), kvh, j)
+        self.decode(false, kvh, j)
     }
 
     /// The store against the CPU quantizers for positions [pivot, end).
@@ -172,22 +230,43 @@ impl Cache {
         let (mut codes, mut code_off, mut bits, mut bit_off) = (0usize, 0usize, 0usize, 0usize);
         for kvh in 0..l.n_kv_heads as usize {
             for j in l.pivot as usize..end {
-                for (f, store, words, rows) in [
-                    (l.k, &self.k_store, l.k_words(), &self.k),
-                    (l.v, &self.v_store, l.v_words(), &self.v),
-                ] {
+                for (is_k, f, rows) in [(true, l.k, &self.k), (false, l.v, &self.v)] {
                     let x = &rows[kvh][j];
                     if f == KvQuant::Qjl {
                         let s = self.sketch.as_ref().expect("sketch");
-                        let g0 = l.pivot as usize + (j - l.pivot as usize) / 32 * 32;
-                        let group: Vec<f32> =
-                            (g0..g0 + 32).flat_map(|t| rows[kvh][t].clone()).collect();
+                        let group: Vec<f32> = self.group(rows, kvh, j).concat();
                         let out = lamina_model::quant::qjl::outlier_channels(
                             &group,
                             l.head_dim as usize,
                             l.qjl.outliers as usize,
                         );
                         assert_eq!(self.outliers(kvh, j), out, "{what}: outliers of {j}");
+                        if l.qjl.outlier_q8 {
+                            // Per outlier channel: min-max over the group, 8 bits.
+                            let hd = l.head_dim as usize;
+                            for (o, (c, got)) in self.q8_outliers(kvh, j).into_iter().enumerate() {
+                                let col = group.iter().skip(c).step_by(hd);
+                                let mn = col.clone().copied().fold(f32::INFINITY, f32::min);
+                                let mx = col.copied().fold(f32::NEG_INFINITY, f32::max);
+                                let (sc, m16) = (round_f16((mx - mn) / 255.0), round_f16(mn));
+                                assert_f16_near(
+                                    &unpack_f16x2(self.aux(kvh, j)[1 + o]),
+                                    &[sc, m16],
+                                    &format!("{what}: outlier scale {o} of {j}"),
+                                );
+                                let inv = if sc > 0.0 { 1.0 / sc } else { 0.0 };
+                                let want = m16
+                                    + sc * ((x[c] - m16) * inv).round_ties_even().clamp(0.0, 255.0);
+                                codes += 1;
+                                if got != want {
+                                    code_off += 1;
+                                    assert!(
+                                        (got - want).abs() <= 1.01 * sc + 1e-3,
+                                        "{what}: outlier {o} of {j}: {got} vs {want}"
+                                    );
+                                }
+                            }
+                        }
                         let want = s.encode(x, &out);
                         let got = self.qjl_key(kvh, j);
                         for (a, b) in want
@@ -208,8 +287,20 @@ impl Cache {
                         }
                         continue;
                     }
-                    let got = self.decode(f, store, words, kvh, j);
+                    let got = self.decode(is_k, kvh, j);
+                    let chan = is_k && l.k_channel && f.bits().is_some();
+                    let group = self.group(rows, kvh, j);
                     let want = match f.bits() {
+                        Some(b) if chan => {
+                            let (codes, aux) = kv_store::quantize_channels(&group, b);
+                            let g0 = j - (j - l.pivot as usize) % GROUP as usize;
+                            assert_f16_near(
+                                &f16_row(self.aux(kvh, j)),
+                                &f16_row(&aux),
+                                &format!("{what}: channel scales of {j}"),
+                            );
+                            dequantize_channels(&codes[j - g0], &aux, b)
+                        }
                         Some(b) => dequantize_row(
                             &kv_store::quantize_row(x, b, l.qgroup as usize),
                             b,
@@ -218,10 +309,16 @@ impl Cache {
                         ),
                         None => x.clone(),
                     };
+                    // The values one code step spans: over the row's channel
+                    // group, or (per channel) over the token group's channel.
                     let step = |c: usize| {
-                        let g =
-                            &x[c / l.qgroup as usize * l.qgroup as usize..][..l.qgroup as usize];
-                        let (mn, mx) = g
+                        let vals: Vec<f32> = if chan {
+                            group.iter().map(|r| r[c]).collect()
+                        } else {
+                            let q = l.qgroup as usize;
+                            x[c / q * q..][..q].to_vec()
+                        };
+                        let (mn, mx) = vals
                             .iter()
                             .fold((f32::MAX, f32::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
                         (mx - mn) / ((1u32 << f.bits().unwrap_or(16)) - 1) as f32
@@ -264,6 +361,7 @@ fn run(c: &Case) {
         k: c.k,
         v: c.v,
         qgroup: c.qgroup,
+        k_channel: c.k_channel,
         qjl: c.qjl,
     };
     let sketch = (c.k == KvQuant::Qjl)
@@ -425,9 +523,61 @@ fn qjl_keys_match_reference() {
             m: 64,
             m_out: 0,
             outliers: 0,
+            outlier_q8: false,
         },
         pivot: 0,
         ..case(Qjl, Q4, (8, 2, 128), &[3, 1, 90, 1, 1])
+    });
+}
+
+#[test]
+fn per_channel_keys_match_reference() {
+    use KvQuant::*;
+    // Integer keys with per-channel scales (KIVI).
+    run(&Case {
+        k_channel: true,
+        ..case(Q2, Q4, (9, 3, 64), &[1, 40, 1, 1, 100, 1, 1])
+    });
+    run(&Case {
+        k_channel: true,
+        qgroup: 8,
+        pivot: 0,
+        recent: 0,
+        max_rows: 64,
+        ..case(Q8, Q2, (4, 4, 40), &[5, 1, 33, 1, 1, 64, 1])
+    });
+    // head_dim 128, GQA 4, no recent window.
+    run(&Case {
+        k_channel: true,
+        pivot: 0,
+        recent: 0,
+        ..case(Q4, Q2, (8, 2, 128), &[3, 1, 90, 1, 1])
+    });
+}
+
+#[test]
+fn qjl_q8_outliers_match_reference() {
+    use KvQuant::*;
+    let q8 = |outliers| QjlShape {
+        m: 128,
+        m_out: 0,
+        outliers,
+        outlier_q8: true,
+    };
+    run(&Case {
+        qjl: q8(4),
+        pivot: 2,
+        recent: 16,
+        ..case(Qjl, Q2, (9, 3, 64), &[128, 1, 1, 70, 1])
+    });
+    // Two outliers (unused code bytes), head_dim 40.
+    run(&Case {
+        qjl: q8(2),
+        qgroup: 8,
+        pivot: 0,
+        recent: 0,
+        max_rows: 64,
+        ..case(Qjl, Q4, (8, 2, 40), &[5, 1, 33, 1, 1, 64, 1])
     });
 }
 
@@ -458,10 +608,12 @@ fn layouts_count_every_byte() {
         k: KvQuant::Qjl,
         v: KvQuant::Q2,
         qgroup: 32,
+        k_channel: false,
         qjl: QjlShape {
             m: 128,
             m_out: 64,
             outliers: 4,
+            outlier_q8: false,
         },
     };
     // Keys: 4 + 2 sign words + 1 norm word; values: 4 code words + 2 scale words.
@@ -484,7 +636,40 @@ fn layouts_count_every_byte() {
     assert_eq!(f.layer_layout(&cfg, 1, 512, 0, 1).qjl.m, 256);
     assert_eq!(f.layer_layout(&cfg, 2, 512, 0, 1).qjl.m, 128);
     assert!((f.bytes_per_token(&cfg) - base - 2.0 * 3.0 * 4.0 * 6.0).abs() < 1e-9);
-    let mut bad = l;
+    // Per-channel keys: q2 codes alone (4 words) and 64 scale words per group.
+    let kivi = KvLayout {
+        k: KvQuant::Q2,
+        k_channel: true,
+        ..l
+    };
+    assert_eq!((kivi.k_words(), kivi.aux_words()), (4, 64));
+    assert!((kivi.store_bytes_per_token() - 3.0 * (16.0 + 24.0 + 64.0 * 4.0 / 32.0)).abs() < 1e-9);
+    assert_eq!(
+        kivi.aux_at(1, 2),
+        kivi.aux_base() + (kivi.groups() + 2) * 64
+    );
+    // 8-bit outliers: 4 sign words, a code word and the norm word per row;
+    // the index word and 4 outlier scales per group.
+    let q8 = KvLayout {
+        qjl: QjlShape {
+            m: 128,
+            m_out: 0,
+            outliers: 4,
+            outlier_q8: true,
+        },
+        ..l
+    };
+    assert_eq!((q8.k_words(), q8.aux_words()), (6, 5));
+    assert!((q8.store_bytes_per_token() - 3.0 * (48.0 + 5.0 * 4.0 / 32.0)).abs() < 1e-9);
+    // Per-channel scales are for integer keys only.
+    let mut bad = KvLayout {
+        k_channel: true,
+        ..l
+    };
+    assert!(bad.check("t", 512).is_err());
+    bad.k = KvQuant::F16;
+    assert!(bad.check("t", 512).is_err());
+    bad = l;
     bad.v = KvQuant::Qjl;
     assert!(bad.check("t", 512).is_err());
     bad = l;

@@ -33,9 +33,11 @@
 //!   with `scale = (max - min) / (2^b - 1)`, both rounded to f16 first,
 //!   decoded as `min + scale * c`. Codes first (channel `c` at bit `(c * b) %
 //!   32` of word `c * b / 32`, the last word padded), then one word per group: `pack2x16float(scale,
-//!   min)`. Keys are quantized per token too (not per channel as KIVI does),
-//!   so every row is self-contained and a group can be flushed without
-//!   revisiting older ones.
+//!   min)`.
+//! - Keys per channel (`k_channel`, KIVI): the integer formats take one
+//!   `(scale, min)` per channel over each token group of T instead, so a
+//!   key row is codes only, and the group's `head_dim` scale words are its
+//!   aux words. A few large channels then set only their own scales.
 //! - `qjl` (keys only): `m / 32` words of sign bits of `S k_in`, `m_out / 32`
 //!   words of sign bits of the first `m_out` rows of `S k_out`, and one word
 //!   `pack2x16float(|k_in|, |k_out|)`, where `k_out` keeps the `outliers`
@@ -44,6 +46,10 @@
 //!   rest; `S` is `[head_dim, m]` f32, stored after the key window's rows
 //!   (16-byte aligned, so attention reads it 4 floats per load). See
 //!   `lamina_model::quant::qjl` (the CPU reference) for the estimator.
+//!   With `outlier_q8` the outlier channels are not sketched: each row
+//!   holds one more word, the outliers' 8-bit codes (a byte each, in the
+//!   order of the aux indices), against one `(scale, min)` per outlier
+//!   channel over the group (aux words after the index word); `m_out` is 0.
 //!
 //! Quantization reads the f16 window values, so the CPU references work on
 //! f16-rounded inputs exactly as the shaders do.
@@ -52,8 +58,8 @@
 //! k, v: the step's rows, [max_rows, n_kv_heads, head_dim] f32 (k RoPE'd).
 //! k_win, v_win: [n_kv_heads, pivot + ring, head_dim] f16; k_win then holds
 //! S as f32 bits (qjl).
-//! k_store: [n_kv_heads, max_ctx, k_words] u32, then (qjl)
-//! [n_kv_heads, ceil(max_ctx / T)] aux words.
+//! k_store: [n_kv_heads, max_ctx, k_words] u32, then
+//! [n_kv_heads, ceil(max_ctx / T), aux_words] aux words (qjl, per-channel keys).
 //! v_store: [n_kv_heads, max_ctx, v_words] u32.
 
 use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
@@ -125,6 +131,9 @@ pub struct QjlShape {
     pub m_out: u32,
     /// Outlier channels per group, at most [`MAX_OUTLIERS`].
     pub outliers: u32,
+    /// The outlier channels as 8-bit codes with per-channel scales over the
+    /// token group instead of a second sketch (then `m_out` is 0).
+    pub outlier_q8: bool,
 }
 
 /// Shape and formats of one layer's quantized cache (the same for all layers).
@@ -143,6 +152,9 @@ pub struct KvLayout {
     pub v: KvQuant,
     /// Channels per scale group of the integer formats (divides head_dim).
     pub qgroup: u32,
+    /// Integer keys with one scale per channel over each token group
+    /// (KIVI) instead of per token. Needs q8, q4 or q2 keys.
+    pub k_channel: bool,
     pub qjl: QjlShape,
 }
 
@@ -152,30 +164,49 @@ impl KvLayout {
         max_rows + recent + GROUP
     }
 
-    /// u32 words of one row of format `f`.
-    pub fn row_words(&self, f: KvQuant) -> u32 {
+    /// u32 words of one row of format `f` (`channel`: codes only, the
+    /// scales being per channel in the aux words).
+    fn row_words(&self, f: KvQuant, channel: bool) -> u32 {
         let hd = self.head_dim;
         match f {
             KvQuant::F16 => hd / 2,
             KvQuant::Q8 | KvQuant::Q4 | KvQuant::Q2 => {
-                (hd * f.bits().unwrap_or(8)).div_ceil(32) + hd / self.qgroup.max(1)
+                let scales = if channel { 0 } else { hd / self.qgroup.max(1) };
+                (hd * f.bits().unwrap_or(8)).div_ceil(32) + scales
             }
-            KvQuant::Qjl => self.qjl.m / 32 + self.qjl.m_out / 32 + 1,
+            KvQuant::Qjl => {
+                self.qjl.m / 32 + self.qjl.m_out / 32 + 1 + u32::from(self.qjl.outlier_q8)
+            }
         }
     }
     pub fn k_words(&self) -> u32 {
-        self.row_words(self.k)
+        self.row_words(self.k, self.k_channel)
     }
     pub fn v_words(&self) -> u32 {
-        self.row_words(self.v)
+        self.row_words(self.v, false)
     }
-    /// Token groups per KV head (aux words per head).
+    /// Token groups per KV head.
     pub fn groups(&self) -> u32 {
         self.max_ctx.div_ceil(GROUP)
+    }
+    /// Aux words per token group of one KV head: QJL's outlier word, then
+    /// (8-bit outliers) one `(scale, min)` word per outlier channel;
+    /// per-channel integer keys: one `(scale, min)` word per channel.
+    pub fn aux_words(&self) -> u32 {
+        match self.k {
+            KvQuant::Qjl if self.qjl.outlier_q8 => 1 + self.qjl.outliers,
+            KvQuant::Qjl => 1,
+            KvQuant::Q8 | KvQuant::Q4 | KvQuant::Q2 if self.k_channel => self.head_dim,
+            _ => 0,
+        }
     }
     /// Word offset of the aux words in k_store.
     pub fn aux_base(&self) -> u32 {
         self.n_kv_heads * self.max_ctx * self.k_words()
+    }
+    /// Word offset of the aux words of KV head `kvh`'s token group `g`.
+    pub fn aux_at(&self, kvh: u32, g: u32) -> u32 {
+        self.aux_base() + (kvh * self.groups() + g) * self.aux_words()
     }
     /// Word offset of S in k_win (after the window rows; a multiple of 4).
     pub fn sketch_base(&self) -> u32 {
@@ -190,11 +221,7 @@ impl KvLayout {
         }
     }
     pub fn k_store_bytes(&self) -> u64 {
-        let aux = if self.k == KvQuant::Qjl {
-            self.n_kv_heads * self.groups()
-        } else {
-            0
-        };
+        let aux = self.n_kv_heads * self.groups() * self.aux_words();
         4 * (u64::from(self.aux_base()) + u64::from(aux))
     }
     pub fn v_store_bytes(&self) -> u64 {
@@ -213,11 +240,7 @@ impl KvLayout {
     /// Bytes one stored token costs in this layer, keys and values, every
     /// scale, norm and outlier index included.
     pub fn store_bytes_per_token(&self) -> f64 {
-        let aux = if self.k == KvQuant::Qjl {
-            4.0 / f64::from(GROUP)
-        } else {
-            0.0
-        };
+        let aux = 4.0 * f64::from(self.aux_words()) / f64::from(GROUP);
         f64::from(self.n_kv_heads) * (4.0 * f64::from(self.k_words() + self.v_words()) + aux)
     }
     /// End of the store when `len` tokens are in the cache.
@@ -266,6 +289,11 @@ impl KvLayout {
                 self.qgroup
             );
         }
+        ensure_shape!(
+            !self.k_channel || self.k.bits().is_some(),
+            op,
+            "per-channel key scales need integer keys (q8, q4 or q2)"
+        );
         if self.v == KvQuant::Qjl {
             return Err(EngineError::Shape {
                 op,
@@ -281,10 +309,14 @@ impl KvLayout {
                     && s.m_out <= s.m
                     && s.outliers <= MAX_OUTLIERS
                     && s.outliers < hd
-                    && (s.outliers == 0) == (s.m_out == 0),
+                    && if s.outlier_q8 {
+                        s.m_out == 0
+                    } else {
+                        (s.outliers == 0) == (s.m_out == 0)
+                    },
                 op,
                 "QJL sketch m {} / m_out {} / outliers {}: rows must be multiples of 32, m_out <= m, \
-                 at most {MAX_OUTLIERS} outliers, and outliers with outlier rows",
+                 at most {MAX_OUTLIERS} outliers, and outlier rows exactly when outliers are sketched",
                 s.m,
                 s.m_out,
                 s.outliers
@@ -352,6 +384,9 @@ pub fn layout_constants(kernel: Kernel, l: &KvLayout) -> Kernel {
         .with("M", l.qjl.m.max(32))
         .with("MO", l.qjl.m_out)
         .with("NOUT", l.qjl.outliers)
+        .with("OQ8", u32::from(l.qjl.outlier_q8))
+        .with("KCH", u32::from(l.k_channel))
+        .with("AW", l.aux_words())
 }
 
 #[derive(Debug, Clone)]
@@ -432,10 +467,7 @@ pub fn quantize_row(x: &[f32], bits: u32, qgroup: usize) -> Vec<u32> {
         let mx = g.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let s16 = round_f16((mx - mn) / levels);
         let m16 = round_f16(mn);
-        scales.push(
-            u32::from(half::f16::from_f32(s16).to_bits())
-                | (u32::from(half::f16::from_f32(m16).to_bits()) << 16),
-        );
+        scales.push(scale_word(s16, m16));
         let inv = if s16 > 0.0 { 1.0 / s16 } else { 0.0 };
         for (i, &v) in g.iter().enumerate() {
             let c = gi * qgroup + i;
@@ -448,6 +480,66 @@ pub fn quantize_row(x: &[f32], bits: u32, qgroup: usize) -> Vec<u32> {
     codes
 }
 
+/// CPU reference of per-channel integer keys (`k_channel`): quantizes a
+/// token group (`rows`, each `head_dim` f16-rounded values) with one
+/// `(scale, min)` per channel over the group; returns each row's code words
+/// and the group's `head_dim` scale words (its aux words).
+pub fn quantize_channels(rows: &[Vec<f32>], bits: u32) -> (Vec<Vec<u32>>, Vec<u32>) {
+    let hd = rows.first().map_or(0, Vec::len);
+    let levels = ((1u32 << bits) - 1) as f32;
+    let mut aux = Vec::with_capacity(hd);
+    let mut sm = Vec::with_capacity(hd);
+    for c in 0..hd {
+        let mn = rows.iter().map(|r| r[c]).fold(f32::INFINITY, f32::min);
+        let mx = rows.iter().map(|r| r[c]).fold(f32::NEG_INFINITY, f32::max);
+        let (s16, m16) = (round_f16((mx - mn) / levels), round_f16(mn));
+        aux.push(scale_word(s16, m16));
+        sm.push((s16, m16));
+    }
+    let codes = rows
+        .iter()
+        .map(|r| {
+            let mut w = vec![0u32; (hd * bits as usize).div_ceil(32)];
+            for (c, (&v, &(s, m))) in r.iter().zip(&sm).enumerate() {
+                let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+                let q = ((v - m) * inv).round_ties_even().clamp(0.0, levels) as u32;
+                let bit = c * bits as usize;
+                w[bit / 32] |= q << (bit % 32);
+            }
+            w
+        })
+        .collect();
+    (codes, aux)
+}
+
+/// Decodes a per-channel integer key row against its group's aux words.
+pub fn dequantize_channels(codes: &[u32], aux: &[u32], bits: u32) -> Vec<f32> {
+    let mask = (1u32 << bits) - 1;
+    aux.iter()
+        .enumerate()
+        .map(|(c, &sw)| {
+            let bit = c * bits as usize;
+            let q = (codes[bit / 32] >> (bit % 32)) & mask;
+            let [s, m] = unpack_f16x2(sw);
+            m + s * q as f32
+        })
+        .collect()
+}
+
+/// `pack2x16float(scale, min)` of f16-exact values.
+fn scale_word(s: f32, m: f32) -> u32 {
+    u32::from(half::f16::from_f32(s).to_bits())
+        | (u32::from(half::f16::from_f32(m).to_bits()) << 16)
+}
+
+/// `unpack2x16float`.
+pub fn unpack_f16x2(w: u32) -> [f32; 2] {
+    [
+        half::f16::from_bits(w as u16).to_f32(),
+        half::f16::from_bits((w >> 16) as u16).to_f32(),
+    ]
+}
+
 /// Decodes an integer row of `head_dim` values.
 pub fn dequantize_row(words: &[u32], bits: u32, qgroup: usize, head_dim: usize) -> Vec<f32> {
     let code_words = (head_dim * bits as usize).div_ceil(32);
@@ -456,9 +548,7 @@ pub fn dequantize_row(words: &[u32], bits: u32, qgroup: usize, head_dim: usize) 
         .map(|c| {
             let bit = c * bits as usize;
             let q = (words[bit / 32] >> (bit % 32)) & mask;
-            let sw = words[code_words + c / qgroup];
-            let s = half::f16::from_bits(sw as u16).to_f32();
-            let m = half::f16::from_bits((sw >> 16) as u16).to_f32();
+            let [s, m] = unpack_f16x2(words[code_words + c / qgroup]);
             m + s * q as f32
         })
         .collect()
@@ -466,15 +556,7 @@ pub fn dequantize_row(words: &[u32], bits: u32, qgroup: usize, head_dim: usize) 
 
 /// Decodes an f16 row.
 pub fn f16_row(words: &[u32]) -> Vec<f32> {
-    words
-        .iter()
-        .flat_map(|w| {
-            [
-                half::f16::from_bits(*w as u16).to_f32(),
-                half::f16::from_bits((*w >> 16) as u16).to_f32(),
-            ]
-        })
-        .collect()
+    words.iter().flat_map(|w| unpack_f16x2(*w)).collect()
 }
 
 /// Encodes an f16 row (values saturated and rounded to nearest even).
