@@ -447,7 +447,9 @@ fn kv_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     var m = vec4(NEG);
     var l = vec4(0.0);
     var fresh = true;
-    kv_pass(SEG_WIN, kvh, qrow, srow, ok, qrow, false, 0u, p.pivot, vec4(0u), vec4(p.pivot), &m, &l, &fresh);
+    // The front rows (pivot and sink tokens), causal where the prompt itself fills them.
+    kv_pass(SEG_WIN, kvh, qrow, srow, ok, qrow, false, 0u, p.pivot, vec4(0u), min(vec4(p.pivot), limit), &m, &l,
+            &fresh);
     kv_pass(SEG_STORE, kvh, qrow, srow, ok, qrow, false, p.pivot, b_max, vec4(p.pivot), b, &m, &l, &fresh);
     kv_pass(SEG_WIN, kvh, qrow, srow, ok, qrow, false, b_min, kend, b, limit, &m, &l, &fresh);
     // Normalise: out = out / l.

@@ -45,6 +45,10 @@ pub struct ModelArgs {
     /// token in groups of --kv-group channels (as values are).
     #[arg(long, default_value = "channel", value_parser = ["channel", "token"])]
     pub kv_keys: String,
+    /// Quantized KV cache: the first N positions (the pivot's included) are never quantized,
+    /// like the pivot but filled by the sequence itself (attention sinks).
+    #[arg(long, default_value_t = 0)]
+    pub kv_sink: u32,
     /// QJL keys: sketch rows (bits per key), a multiple of 32; 0 = twice head_dim.
     #[arg(long, default_value_t = 0)]
     pub qjl_m: u32,
@@ -86,6 +90,7 @@ impl ModelArgs {
             kv_recent: lamina_model::kv_cache::DEFAULT_RECENT,
             kv_group: 32,
             kv_keys: "channel".into(),
+            kv_sink: 0,
             qjl_m: 0,
             qjl_outliers: 4,
             qjl_outlier_format: "sketch".into(),
@@ -159,6 +164,7 @@ pub fn kv_format(a: &ModelArgs) -> Result<KvFormat> {
     kv.recent = a.kv_recent;
     kv.qgroup = a.kv_group;
     kv.k_channel = a.kv_keys == "channel";
+    kv.sink = a.kv_sink;
     kv.qjl_m = a.qjl_m;
     kv.qjl_outliers = a.qjl_outliers;
     kv.qjl_outlier_q8 = a.qjl_outlier_format == "q8";

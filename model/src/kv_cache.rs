@@ -52,6 +52,9 @@ pub struct KvFormat {
     /// QJL outlier channels as 8-bit codes over the token group instead of
     /// a second sketch.
     pub qjl_outlier_q8: bool,
+    /// Quantized formats: the first this many positions of the cache (the
+    /// pivot's included) are never quantized (attention sinks; `--kv-sink`).
+    pub sink: u32,
     /// QJL keys of the first this many layers get twice the sketch rows
     /// (the paper's code gives its initial layers more bits).
     pub qjl_initial_layers: u32,
@@ -74,6 +77,7 @@ impl KvFormat {
         qjl_m: 0,
         qjl_outliers: 4,
         qjl_outlier_q8: false,
+        sink: 0,
         qjl_initial_layers: 0,
     };
 
@@ -141,7 +145,9 @@ impl KvFormat {
     }
 
     /// Layer `layer`'s layout for a cache of `max_ctx` positions with
-    /// `pivot` of them pivots, for steps of up to `max_rows` tokens.
+    /// `pivot` of them pivots, for steps of up to `max_rows` tokens. The
+    /// layout's front rows (never quantized) are the pivot's and, up to
+    /// `sink` positions, the sequence's first tokens.
     pub fn layer_layout(
         &self,
         cfg: &LlamaConfig,
@@ -150,6 +156,7 @@ impl KvFormat {
         pivot: usize,
         max_rows: u32,
     ) -> KvLayout {
+        let pivot = pivot.max(self.sink as usize);
         let room = (max_ctx - pivot.min(max_ctx)) as u32;
         KvLayout {
             n_kv_heads: cfg.n_kv_heads as u32,
@@ -377,6 +384,12 @@ impl KvCache {
         if p >= max_ctx {
             return Err(ModelError::Input(format!(
                 "the pivot's {p} tokens leave no room in a context of {max_ctx}"
+            )));
+        }
+        if !format.is_f16() && format.sink as usize >= max_ctx {
+            return Err(ModelError::Input(format!(
+                "--kv-sink {} leaves no room in a context of {max_ctx}",
+                format.sink
             )));
         }
         let (hd, nkv) = (cfg.head_dim, cfg.n_kv_heads);

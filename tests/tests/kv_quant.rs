@@ -41,6 +41,8 @@ struct Case {
     n_kv_heads: usize,
     head_dim: usize,
     pivot: usize,
+    /// Front rows after the pivot that the steps fill (attention sinks).
+    sink: usize,
     recent: u32,
     max_rows: usize,
     max_ctx: usize,
@@ -77,6 +79,7 @@ fn case(k: KvQuant, v: KvQuant, heads: (usize, usize, usize), steps: &[usize]) -
         n_kv_heads: heads.1,
         head_dim: heads.2,
         pivot: 1,
+        sink: 0,
         recent: 32,
         max_rows: 128,
         max_ctx: 1024,
@@ -355,7 +358,7 @@ fn run(c: &Case) {
         n_kv_heads: nkv as u32,
         head_dim: hd as u32,
         max_ctx: c.max_ctx as u32,
-        pivot: c.pivot as u32,
+        pivot: (c.pivot + c.sink) as u32,
         recent: c.recent,
         ring: KvLayout::ring_for(c.recent, c.max_rows as u32),
         k: c.k,
@@ -552,6 +555,23 @@ fn per_channel_keys_match_reference() {
         pivot: 0,
         recent: 0,
         ..case(Q4, Q2, (8, 2, 128), &[3, 1, 90, 1, 1])
+    });
+}
+
+#[test]
+fn sink_rows_stay_f16_and_causal() {
+    use KvQuant::*;
+    // The first tokens fill front rows past the pivot and are never
+    // quantized; a prompt step attends to them causally.
+    run(&Case {
+        sink: 3,
+        ..case(Q2, Q2, (9, 3, 64), &[2, 1, 40, 1, 100, 1])
+    });
+    run(&Case {
+        pivot: 0,
+        sink: 4,
+        recent: 0,
+        ..case(Qjl, Q4, (8, 2, 64), &[70, 1, 1, 33, 1])
     });
 }
 
