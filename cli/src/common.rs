@@ -47,7 +47,7 @@ pub struct ModelArgs {
     pub kv_keys: String,
     /// Quantized KV cache: the first N positions (the pivot's included) are never quantized,
     /// like the pivot but filled by the sequence itself (attention sinks).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = lamina_model::kv_cache::DEFAULT_SINK)]
     pub kv_sink: u32,
     /// QJL keys: sketch rows (bits per key), a multiple of 32; 0 = twice head_dim.
     #[arg(long, default_value_t = 0)]
@@ -90,7 +90,7 @@ impl ModelArgs {
             kv_recent: lamina_model::kv_cache::DEFAULT_RECENT,
             kv_group: 32,
             kv_keys: "channel".into(),
-            kv_sink: 0,
+            kv_sink: lamina_model::kv_cache::DEFAULT_SINK,
             qjl_m: 0,
             qjl_outliers: 4,
             qjl_outlier_format: "sketch".into(),

@@ -29,6 +29,9 @@ use crate::{LlamaConfig, ModelError, Result};
 pub const DEFAULT_MAX_ROWS: u32 = 512;
 /// Default recent window kept in f16 (QJL's and KIVI's 128-token buffer).
 pub const DEFAULT_RECENT: u32 = 128;
+/// Default front positions of a quantized cache kept in f16 (the pivot's
+/// included): StreamingLLM's four attention sinks.
+pub const DEFAULT_SINK: u32 = 4;
 /// Seed of the QJL sketch (the same S for every run of a model).
 pub const QJL_SEED: u64 = 0x0051_4a4c;
 
@@ -77,7 +80,7 @@ impl KvFormat {
         qjl_m: 0,
         qjl_outliers: 4,
         qjl_outlier_q8: false,
-        sink: 0,
+        sink: DEFAULT_SINK,
         qjl_initial_layers: 0,
     };
 
