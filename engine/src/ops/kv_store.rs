@@ -5,9 +5,11 @@
 //! # Segments
 //! A KV head's positions fall into three segments (P = `pivot`, R =
 //! `recent`, T = [`GROUP`] = 32 tokens):
-//! - **pivot** `[0, P)`: f16, written once by the host (IntactKV /
-//!   PrefixQuant: the full-precision model's KV of the first tokens), never
-//!   quantized;
+//! - **pivot** `[0, P)`: f16, never quantized: rows written once by the
+//!   host (IntactKV / PrefixQuant: the full-precision model's KV of the
+//!   first tokens), then any attention-sink rows the sequence's first
+//!   steps write (`kv_ring_write` puts positions below P at row `j`);
+//!   prefill masks these rows causally like any other;
 //! - **store** `[P, B)`: quantized, one row per position;
 //! - **window** `[B, len)`: f16, the recent tokens, in a ring of `ring` rows.
 //!
