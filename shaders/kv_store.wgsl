@@ -82,6 +82,12 @@ fn channel_scales(head: u32, g0: u32, bits: u32) {
     }
 }
 
+// The code of channel c of x against (scale, min) `sm`, at `levels`.
+fn code_of(c: u32, sm: vec2<f32>, levels: f32) -> u32 {
+    let inv = select(0.0, 1.0 / sm.x, sm.x > 0.0);
+    return u32(clamp(round((x[c] - sm.y) * inv), 0.0, levels));
+}
+
 // Code word `i` of the row at `bits` per code, against the scales in `sms`
 // (per channel: in `csm`).
 fn code_word(i: u32, bits: u32, chan: bool) -> u32 {
@@ -91,12 +97,14 @@ fn code_word(i: u32, bits: u32, chan: bool) -> u32 {
     for (var e = 0u; e < per; e++) {
         let c = i * per + e;
         if c >= HD { break; }
-        let sm = select(sms[c / QG], csm[c], chan);
-        let inv = select(0.0, 1.0 / sm.x, sm.x > 0.0);
-        let q = u32(clamp(round((x[c] - sm.y) * inv), 0.0, levels));
-        word |= q << (e * bits);
+        word |= code_of(c, select(sms[c / QG], csm[c], chan), levels) << (e * bits);
     }
     return word;
+}
+
+// First position of j's token group.
+fn group_start(j: u32) -> u32 {
+    return p.pivot + (j - p.pivot) / T * T;
 }
 
 // Writes row x in format f (f16 or integer) to the key or value store at word `dst`.
@@ -176,7 +184,7 @@ fn outlier_channels(head: u32, g0: u32) -> vec4<u32> {
 }
 
 fn store_qjl(head: u32, j: u32) {
-    let g0 = p.pivot + (j - p.pivot) / T * T;
+    let g0 = group_start(j);
     let aux = aux_at(head, j);
     var idx = vec4(NONE);
     if NOUT > 0u {
@@ -185,20 +193,12 @@ fn store_qjl(head: u32, j: u32) {
             k_store[aux] = dot(idx & vec4(0xffu), vec4(1u, 1u << 8u, 1u << 16u, 1u << 24u));
         }
     }
-    // 8-bit outliers: (scale, min) of each outlier channel over the group.
-    var osm: array<vec2<f32>, 4>;
+    // 8-bit outliers: the group's per-channel 8-bit scales (csm); the
+    // outlier channels' are stored.
     if OQ8 == 1u {
-        var mn = vec4(0.0);
-        var mx = vec4(0.0);
-        for (var t = 0u; t < T; t++) {
-            load_row(true, head, g0 + t);
-            let v = vec4(x[idx.x % HD], x[idx.y % HD], x[idx.z % HD], x[idx.w % HD]);
-            mn = select(min(mn, v), v, t == 0u);
-            mx = select(max(mx, v), v, t == 0u);
-        }
+        channel_scales(head, g0, 8u);
         for (var o = 0u; o < NOUT; o++) {
-            osm[o] = unpack2x16float(to_f16x2(vec2((mx[o] - mn[o]) / 255.0, mn[o])));
-            if j == g0 { k_store[aux + 1u + o] = pack2x16float(osm[o]); }
+            if j == g0 { k_store[aux + 1u + o] = pack2x16float(csm[idx[o]]); }
         }
     }
     load_row(true, head, j);
@@ -212,8 +212,7 @@ fn store_qjl(head: u32, j: u32) {
     if OQ8 == 1u {
         var word = 0u;
         for (var o = 0u; o < NOUT; o++) {
-            let inv = select(0.0, 1.0 / osm[o].x, osm[o].x > 0.0);
-            word |= u32(clamp(round((x[idx[o]] - osm[o].y) * inv), 0.0, 255.0)) << (8u * o);
+            word |= code_of(idx[o], csm[idx[o]], 255.0) << (8u * o);
         }
         k_store[dst + M / 32u] = word;
     }
@@ -236,7 +235,7 @@ fn kv_flush(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         store_qjl(head, j);
     } else if KCH == 1u {
         // Integer keys per channel: codes only, the group's scales in aux.
-        let g0 = p.pivot + (j - p.pivot) / T * T;
+        let g0 = group_start(j);
         let b = bits_of(KF);
         channel_scales(head, g0, b);
         if j == g0 {
