@@ -70,6 +70,10 @@ pub struct ModelArgs {
     /// the full-precision model and stays f16; prompts that start with it reuse it.
     #[arg(long)]
     pub pivot_prompt: Option<String>,
+    /// Which weights compute the pivot's KV: `full`, the full-precision source (IntactKV);
+    /// or `model`, the weights being run, quantized or not (to measure what `full` adds).
+    #[arg(long, default_value = "full", value_parser = ["full", "model"])]
+    pub pivot_source: String,
     /// Context size (positions in the KV cache); 0 = the model's training context.
     #[arg(short = 'c', long = "ctx-size")]
     pub ctx_size: Option<usize>,
@@ -97,6 +101,7 @@ impl ModelArgs {
             qjl_initial_layers: 0,
             pivot: "auto".into(),
             pivot_prompt: None,
+            pivot_source: "full".into(),
             ctx_size: None,
             batch_size: 512,
         }
@@ -216,11 +221,17 @@ pub fn gpu_model(a: &ModelArgs, m: &LoadedModel, min_ctx: usize) -> Result<Arc<G
     let pivot = if tokens.is_empty() {
         None
     } else {
+        let full = a.pivot_source == "full";
         let sp = spinner(&format!(
-            "computing the pivot KV of {} tokens with the full-precision model",
-            tokens.len()
+            "computing the pivot KV of {} tokens with the {} model",
+            tokens.len(),
+            if full { "full-precision" } else { "loaded" }
         ));
-        let p = Pivot::for_model(m, &tokens)?;
+        let p = if full {
+            Pivot::for_model(m, &tokens)?
+        } else {
+            Pivot::compute(&m.config, &m.weights, &tokens)?
+        };
         sp.finish_and_clear();
         Some(p)
     };

@@ -111,6 +111,10 @@ fn invalid_flags() {
         &lamina(&["generate", "-p", "hi", "--weights", "f8"]),
         "weight mode",
     );
+    fails_with(
+        &lamina(&["generate", "-p", "hi", "--pivot-source", "half"]),
+        "--pivot-source",
+    );
 }
 
 #[test]

@@ -8,7 +8,10 @@
 //! - a pivot computed by the CPU reference ahead of a sequence gives the
 //!   logits of running the pivot tokens as the sequence's start, in the f16
 //!   and the quantized layouts;
-//! - a `.lamina.safetensors` file carries its pivot.
+//! - a `.lamina.safetensors` file carries its pivot;
+//! - a pivot computed from a quantized model's own weights (`--pivot-source
+//!   model`) equals running its tokens first on that model, and differs
+//!   from the full-precision pivot IntactKV uses.
 
 use lamina_engine::graph::Step;
 use lamina_model::eval::{KlBase, perplexity_kl};
@@ -16,6 +19,7 @@ use lamina_model::kv_cache::{KvFormat, Pivot};
 use lamina_model::lamina_file;
 use lamina_model::llama::{GpuModel, Head, WeightMode};
 use lamina_model::loader::LoadedModel;
+use lamina_model::quant::pipeline::{Method, QuantizeOptions, quantize_model};
 use lamina_model::session::Compiled;
 use lamina_model::synthetic;
 use lamina_model::weights::HostDType;
@@ -175,4 +179,44 @@ fn lamina_file_carries_its_pivot() {
     assert_eq!(Pivot::for_model(&back, &[3]).unwrap(), pivot);
     assert!(Pivot::for_model(&back, &[4]).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn quantized_model_pivot_from_its_own_weights() {
+    let src = source();
+    let opts = QuantizeOptions {
+        method: Method::Rtn,
+        bits: 2.0,
+        ..Default::default()
+    };
+    let (q, _) = quantize_model(&gpu(), &src, &[], &opts, &mut |_, _, _, _, _| {}).unwrap();
+    let pivot_tokens = [7u32, 42, 9];
+    let own = Pivot::compute(&q.config, &q.weights, &pivot_tokens).unwrap();
+    let full = Pivot::compute(&src.config, &src.weights, &pivot_tokens).unwrap();
+    // 2-bit weights move the pivot's KV well beyond f16 rounding.
+    let moved = own.k[1]
+        .iter()
+        .zip(&full.k[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        moved > 0.05,
+        "2-bit weights leave the pivot's keys within {moved}"
+    );
+    // The quantized model's own pivot is its own start, computed on the CPU.
+    let toks = tokens(24, 8);
+    let whole: Vec<u32> = pivot_tokens.iter().chain(&toks).copied().collect();
+    let plain = model(&q, 64, KvFormat::F16, None);
+    let want = logits(&plain, &whole, 0);
+    let want = &want[pivot_tokens.len() * q.config.vocab_size..];
+    let m = model(&q, 64, KvFormat::F16, Some(&own));
+    let d = max_diff(&logits(&m, &toks, pivot_tokens.len()), want);
+    // f16 KV rounding, on logits larger than the f32 source's.
+    assert!(
+        d < 1e-2,
+        "the quantized model's own pivot: logits differ by {d}"
+    );
+    let m = model(&q, 64, KvFormat::F16, Some(&full));
+    let d = max_diff(&logits(&m, &toks, pivot_tokens.len()), want);
+    assert!(d > 0.5, "the full-precision pivot changes nothing ({d})");
 }
