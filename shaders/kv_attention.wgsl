@@ -30,6 +30,7 @@ const WG: u32 = 64u;
 const SEG_WIN: u32 = 0u;    // pivot rows and the ring, f16
 const SEG_STORE: u32 = 1u;  // the quantized store
 const SQRT_HALF_PI: f32 = 1.2533141;
+override EXACT: u32 = 0u;  // 1: a prompt step reads its own tokens from the window, in f16
 
 // ---------------------------------------------------------------------------
 // Decoding 8 dims (8w..8w+7) of a stored row.
@@ -430,8 +431,15 @@ fn kv_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let t_first = rt * 4u * WG / G;
     let t_last = (min((rt + 1u) * 4u * WG, rows) - 1u) / G;
     let kend = p.pos + t_last + 1u;
-    let b_min = store_end(vec4(p.pos + t_first + 1u)).x;
-    let b_max = store_end(vec4(kend)).x;
+    var b_min = store_end(vec4(p.pos + t_first + 1u)).x;
+    var b_max = store_end(vec4(kend)).x;
+    // Exact prompt: the store ends where it ended before this step; the
+    // ring still holds every row from there (at most R + 31 + n_tokens).
+    let b_step = store_end(vec4(p.pos)).x;
+    if EXACT == 1u {
+        b_min = min(b_min, b_step);
+        b_max = min(b_max, b_step);
+    }
 
     let r4 = vec4((rt * WG + lid) * 4u) + vec4(0u, 1u, 2u, 3u);
     if r4.x >= rows { return; }
@@ -440,7 +448,7 @@ fn kv_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let tok = r / G;
     let head = vec4(kvh * G) + r % G;
     let limit = vec4(p.pos + 1u) + tok;              // causal: keys < limit
-    let b = store_end(limit);
+    let b = select(store_end(limit), min(store_end(limit), vec4(b_step)), EXACT == 1u);
     let qrow = (tok * p.n_heads + head) * 2u * W8;
     let srow = vec4(p.qs_off) + (tok * p.n_heads + head) * (M / 4u);
 

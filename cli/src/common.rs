@@ -62,6 +62,10 @@ pub struct ModelArgs {
     /// QJL keys: the first N layers get twice the sketch rows (as QJL's code does).
     #[arg(long, default_value_t = 0)]
     pub qjl_initial_layers: u32,
+    /// Quantized KV cache: a prompt step attends to its own tokens in f16 (as QJL's code
+    /// does); only later steps see them quantized. Not what `perplexity` reports by default.
+    #[arg(long)]
+    pub kv_exact_prompt: bool,
     /// Pivot tokens kept lossless ahead of every sequence (IntactKV): none, bos, or auto
     /// ([BOS] with a quantized KV cache when the model starts its sequences with BOS).
     #[arg(long, default_value = "auto")]
@@ -99,6 +103,7 @@ impl ModelArgs {
             qjl_outliers: 4,
             qjl_outlier_format: "sketch".into(),
             qjl_initial_layers: 0,
+            kv_exact_prompt: false,
             pivot: "auto".into(),
             pivot_prompt: None,
             pivot_source: "full".into(),
@@ -174,6 +179,10 @@ pub fn kv_format(a: &ModelArgs) -> Result<KvFormat> {
     kv.qjl_outliers = a.qjl_outliers;
     kv.qjl_outlier_q8 = a.qjl_outlier_format == "q8";
     kv.qjl_initial_layers = a.qjl_initial_layers;
+    if a.kv_exact_prompt && kv.is_f16() {
+        anyhow::bail!("--kv-exact-prompt needs a quantized cache (--kv q8, q4, q2 or qjl)");
+    }
+    kv.exact_prompt = a.kv_exact_prompt;
     Ok(kv)
 }
 

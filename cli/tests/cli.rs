@@ -115,6 +115,10 @@ fn invalid_flags() {
         &lamina(&["generate", "-p", "hi", "--pivot-source", "half"]),
         "--pivot-source",
     );
+    fails_with(
+        &lamina(&["bench", "--synthetic", "tiny", "--kv-exact-prompt"]),
+        "--kv-exact-prompt needs a quantized cache",
+    );
 }
 
 #[test]

@@ -61,6 +61,9 @@ pub struct KvFormat {
     /// QJL keys of the first this many layers get twice the sketch rows
     /// (the paper's code gives its initial layers more bits).
     pub qjl_initial_layers: u32,
+    /// Prompt steps attend to their own tokens in f16 (`--kv-exact-prompt`,
+    /// as QJL's code does); only decode steps see them quantized.
+    pub exact_prompt: bool,
 }
 
 impl Default for KvFormat {
@@ -82,6 +85,7 @@ impl KvFormat {
         qjl_outlier_q8: false,
         sink: DEFAULT_SINK,
         qjl_initial_layers: 0,
+        exact_prompt: false,
     };
 
     /// Whether the plain f16 layout serves it.
@@ -102,6 +106,9 @@ impl KvFormat {
         }
         if self.k == KvQuant::Qjl && self.qjl_outlier_q8 && self.qjl_outliers > 0 {
             name.push_str(", q8 outliers");
+        }
+        if self.exact_prompt && !self.is_f16() {
+            name.push_str(", exact prompt");
         }
         name
     }
@@ -173,6 +180,7 @@ impl KvFormat {
             qgroup: self.qgroup,
             k_channel: self.k_channel && self.k.bits().is_some(),
             qjl: self.qjl_shape(cfg.head_dim, layer),
+            exact_prompt: self.exact_prompt && !self.is_f16(),
         }
     }
 

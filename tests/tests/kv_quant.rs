@@ -50,6 +50,8 @@ struct Case {
     steps: Vec<usize>,
     /// Steps (by index) to check; all when empty.
     check: Vec<usize>,
+    /// Prompt steps read their own tokens in f16 (`--kv-exact-prompt`).
+    exact_prompt: bool,
 }
 
 const NO_QJL: QjlShape = QjlShape {
@@ -85,6 +87,7 @@ fn case(k: KvQuant, v: KvQuant, heads: (usize, usize, usize), steps: &[usize]) -
         max_ctx: 1024,
         steps: steps.to_vec(),
         check: Vec::new(),
+        exact_prompt: false,
     }
 }
 
@@ -366,6 +369,7 @@ fn run(c: &Case) {
         qgroup: c.qgroup,
         k_channel: c.k_channel,
         qjl: c.qjl,
+        exact_prompt: c.exact_prompt,
     };
     let sketch = (c.k == KvQuant::Qjl)
         .then(|| QjlSketch::new(hd, c.qjl.m as usize, c.qjl.m_out as usize, 7).expect("sketch"));
@@ -476,6 +480,14 @@ fn run(c: &Case) {
         cache.v_store = words(&ex.read(v_store, layout.v_store_bytes()).unwrap());
         cache.check_store(layout.boundary((pos + n) as u32) as usize, &step_what);
         let got = ex.read_f32(out, q.len()).unwrap();
+        // An exact prompt step finds the store as it stood before the step.
+        let seen = |len: usize| {
+            if c.exact_prompt && n > 1 {
+                len.min(pos)
+            } else {
+                len
+            }
+        };
         let want = kv_attention::reference(
             &q,
             n,
@@ -484,8 +496,8 @@ fn run(c: &Case) {
             nkv,
             hd,
             1.0 / (hd as f32).sqrt(),
-            |len, kvh, j, q| cache.score(len, kvh, j, q),
-            |len, kvh, j| cache.value(len, kvh, j),
+            |len, kvh, j, q| cache.score(seen(len), kvh, j, q),
+            |len, kvh, j| cache.value(seen(len), kvh, j),
         );
         assert_close(&step_what, &got, &want, ATOL, RTOL);
         pos += n;
@@ -576,6 +588,23 @@ fn sink_rows_stay_f16_and_causal() {
 }
 
 #[test]
+fn exact_prompt_reads_its_own_tokens_in_f16() {
+    use KvQuant::*;
+    // Prompt steps that flush groups of their own tokens still see them in
+    // f16; decode steps, and later prompt steps, see the store.
+    run(&Case {
+        exact_prompt: true,
+        ..case(Qjl, Q2, (9, 3, 64), &[100, 1, 1, 70, 1, 128, 1])
+    });
+    run(&Case {
+        exact_prompt: true,
+        sink: 2,
+        recent: 0,
+        ..case(Q2, Q4, (8, 2, 64), &[33, 1, 64, 1, 1, 5])
+    });
+}
+
+#[test]
 fn qjl_q8_outliers_match_reference() {
     use KvQuant::*;
     let q8 = |outliers| QjlShape {
@@ -635,6 +664,7 @@ fn layouts_count_every_byte() {
             outliers: 4,
             outlier_q8: false,
         },
+        exact_prompt: false,
     };
     // Keys: 4 + 2 sign words + 1 norm word; values: 4 code words + 2 scale words.
     assert_eq!((l.k_words(), l.v_words()), (7, 6));

@@ -156,7 +156,8 @@ impl OpDef for KvAttention {
         .map(|entry| Call {
             kernel: layout_constants(Kernel::new(&SHADER, entry), &self.layout)
                 .with("W8", self.layout.head_dim / 8)
-                .with("G", self.group()),
+                .with("G", self.group())
+                .with("EXACT", u32::from(self.layout.exact_prompt)),
             bindings: bindings.clone(),
         })
         .collect()

@@ -158,6 +158,10 @@ pub struct KvLayout {
     /// (KIVI) instead of per token. Needs q8, q4 or q2 keys.
     pub k_channel: bool,
     pub qjl: QjlShape,
+    /// Prompt steps attend to their own tokens in f16, from the window
+    /// ring, not to the store the step's flush wrote them into (QJL's code
+    /// attends exactly inside the prompt). Decode steps are unchanged.
+    pub exact_prompt: bool,
 }
 
 impl KvLayout {
