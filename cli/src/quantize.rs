@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use lamina_model::lamina_file;
 use lamina_model::quant::gptq::GptqOptions;
+use lamina_model::quant::intactkv;
 use lamina_model::quant::pipeline::{self, Method, QuantizeOptions};
 use lamina_model::weights::HostDType;
 
@@ -56,6 +57,18 @@ pub struct QuantizeArgs {
     /// Encoding of the token embedding (and an untied lm_head): q8_0, q4_1, q4_0, f16.
     #[arg(long, default_value = "q8_0")]
     pub embed: String,
+    /// IntactKV: tune the [BOS] pivot's KV for the quantized weights on the calibration
+    /// windows (each layer's attention output against the full-precision model's; see
+    /// docs/kv-cache.md), instead of storing the full-precision pivot as it is.
+    #[arg(long)]
+    pub calibrate_pivot: bool,
+    /// Adam steps per layer of --calibrate-pivot.
+    #[arg(long, default_value_t = 150)]
+    pub pivot_steps: usize,
+    /// Keep the weights of MODEL, a .lamina.safetensors file, and only compute its pivot
+    /// again from the full-precision source its recipe names (with --calibrate-pivot: tuned).
+    #[arg(long)]
+    pub pivot_only: bool,
     /// Replace OUTPUT if it exists.
     #[arg(long)]
     pub force: bool,
@@ -125,7 +138,11 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     if opts.group == 0 || !opts.group.is_multiple_of(32) {
         bail!("--group {} is not a positive multiple of 32", opts.group);
     }
-    let calib = if method == Method::Rtn {
+    if a.pivot_steps == 0 && a.calibrate_pivot {
+        bail!("--pivot-steps 0 tunes nothing; drop --calibrate-pivot instead");
+    }
+    let needs_calib = a.calibrate_pivot || (method != Method::Rtn && !a.pivot_only);
+    let calib = if !needs_calib {
         None
     } else {
         let p = calib_path(a)?;
@@ -141,7 +158,28 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         Some(text)
     };
     let margs = common::ModelArgs::plain(a.model.clone());
-    let m = common::load_host_model(&margs)?;
+    let loaded = common::load_host_model(&margs)?;
+    // With --pivot-only, `loaded` is the quantized file and `m` its source.
+    let (m, kept) = if a.pivot_only {
+        let source = loaded
+            .recipe
+            .as_ref()
+            .and_then(|r| r.get("source"))
+            .and_then(|s| s.as_str())
+            .map(PathBuf::from);
+        let Some(source) = source.filter(|s| s.exists()) else {
+            bail!(
+                "--pivot-only needs a .lamina.safetensors file whose recipe names a full-precision \
+                 source at hand; {} names none that exists",
+                loaded.source
+            );
+        };
+        let src = lamina_model::loader::load(&source)
+            .with_context(|| format!("loading the source checkpoint {}", source.display()))?;
+        (src, Some(loaded))
+    } else {
+        (loaded, None)
+    };
     let windows = match &calib {
         Some(text) => {
             let tok = lamina_model::tokenizer::Tokenizer::from_spec(&m.tokenizer_spec)?;
@@ -149,37 +187,94 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         }
         None => Vec::new(),
     };
-    let gpu = common::open_gpu()?;
     let start = Instant::now();
-    let pb = common::bar(m.config.n_layers as u64, "quantizing");
-    let mut progress = |layer: usize, _n: usize, phase: &str, done: usize, total: usize| {
-        pb.set_position(layer as u64);
-        pb.set_message(format!("{} {phase} {done}/{total}", method.name()));
+    let (mut q, reports) = match kept {
+        Some(q) => (q, Vec::new()),
+        None => {
+            let gpu = common::open_gpu()?;
+            let pb = common::bar(m.config.n_layers as u64, "quantizing");
+            let mut progress = |layer: usize, _n: usize, phase: &str, done: usize, total: usize| {
+                pb.set_position(layer as u64);
+                pb.set_message(format!("{} {phase} {done}/{total}", method.name()));
+            };
+            let r = pipeline::quantize_model(&gpu, &m, &windows, &opts, &mut progress)?;
+            pb.finish_and_clear();
+            r
+        }
     };
-    let (mut q, reports) = pipeline::quantize_model(&gpu, &m, &windows, &opts, &mut progress)?;
-    pb.finish_and_clear();
     // IntactKV: the [BOS] pivot's KV from the full-precision source, stored in the file.
     let tok = lamina_model::tokenizer::Tokenizer::from_spec(&m.tokenizer_spec)?;
+    let mut pivot_fit = None;
+    q.pivot = None;
     if let Some(bos) = tok.bos_id() {
-        q.pivot = Some(lamina_model::kv_cache::Pivot::compute(
-            &m.config,
-            &m.weights,
-            &[bos],
-        )?);
+        let full = lamina_model::kv_cache::Pivot::compute(&m.config, &m.weights, &[bos])?;
+        q.pivot = Some(if a.calibrate_pivot {
+            let pb = common::bar(1, "tuning the pivot");
+            let o = intactkv::PivotCalibOptions {
+                steps: a.pivot_steps,
+                ..Default::default()
+            };
+            let (tuned, fits) = intactkv::calibrate_pivot(
+                (&m.config, &m.weights),
+                (&q.config, &q.weights),
+                &full,
+                &windows,
+                &o,
+                &mut |phase, done, total| {
+                    pb.set_length(total as u64);
+                    pb.set_position(done as u64);
+                    pb.set_message(phase.to_string());
+                },
+            )?;
+            pb.finish_and_clear();
+            let mean = |f: &dyn Fn(&intactkv::LayerFit) -> f64| {
+                fits.iter().map(f).sum::<f64>() / fits.len().max(1) as f64
+            };
+            let (before, after) = (mean(&|f| f.mse_before), mean(&|f| f.mse_after));
+            eprintln!(
+                "pivot calibration: attention-output MSE {before:.3e} -> {after:.3e} (mean over {} layers, {} windows)",
+                fits.len(),
+                windows.len()
+            );
+            pivot_fit = Some(serde_json::json!({
+                "steps": o.steps,
+                "lr": o.lr,
+                "windows": windows.len(),
+                "mse_before": fits.iter().map(|f| f.mse_before).collect::<Vec<_>>(),
+                "mse_after": fits.iter().map(|f| f.mse_after).collect::<Vec<_>>(),
+            }));
+            tuned
+        } else {
+            full
+        });
+    } else if a.calibrate_pivot {
+        bail!("the model's tokenizer has no BOS token, so there is no pivot to calibrate");
     }
     let secs = start.elapsed().as_secs_f64();
     let mut recipe = q.recipe.clone().unwrap_or_default();
     if let Some(r) = recipe.as_object_mut() {
+        // The quantization's time stays that of the weights kept.
         r.insert(
-            "seconds".into(),
+            if a.pivot_only {
+                "pivot_seconds"
+            } else {
+                "seconds"
+            }
+            .into(),
             serde_json::json!((secs * 10.0).round() / 10.0),
         );
-        if let Some(c) = &calib {
+        if let Some(c) = &calib
+            && !a.pivot_only
+        {
             r.insert("calib_bytes".into(), serde_json::json!(c.len()));
         }
         if let Some(p) = a.calib.as_ref() {
             r.insert("calib".into(), serde_json::json!(p.display().to_string()));
         }
+        match pivot_fit {
+            Some(f) => r.insert("pivot_calibration".into(), f),
+            None => r.remove("pivot_calibration"),
+        };
     }
     let sp = common::spinner(&format!("writing {}", a.output.display()));
     lamina_file::write(&a.output, &q, &recipe)
@@ -214,6 +309,8 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         .filter(|&b| hist[b] > 0)
         .map(|b| format!("{b}-bit: {}", hist[b]))
         .collect();
-    eprintln!("column groups by width: {}", widths.join(", "));
+    if !widths.is_empty() {
+        eprintln!("column groups by width: {}", widths.join(", "));
+    }
     Ok(())
 }

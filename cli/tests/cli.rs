@@ -189,5 +189,29 @@ fn quantize_bad_input_keeps_existing_output() {
     std::fs::write(&test_text, b"some text").expect("write");
     let t = test_text.to_str().expect("utf-8 path");
     fails_with(&lamina(&["quantize", "--calib", t, "-o", f]), "test text");
+    fails_with(
+        &lamina(&["quantize", "--calibrate-pivot", "--pivot-steps", "0", "-o", f]),
+        "--pivot-steps 0",
+    );
     assert!(!fresh.exists());
+}
+
+#[test]
+fn pivot_only_needs_a_quantized_file() {
+    let Some(model) = default_model() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must fetch the model first"
+        );
+        eprintln!("default model not fetched; skipping");
+        return;
+    };
+    let out = temp("pivot-only.lamina.safetensors");
+    let (m, o) = (model.to_str().expect("utf8"), out.to_str().expect("utf8"));
+    // A GGUF has no recipe naming a full-precision source.
+    fails_with(
+        &lamina(&["quantize", "-m", m, "--pivot-only", "-o", o]),
+        "--pivot-only needs a .lamina.safetensors file",
+    );
+    assert!(!out.exists());
 }

@@ -98,6 +98,10 @@ pub struct HiddenStates {
     pub layer_out: Vec<Vec<f32>>,
     /// Final RMSNorm output, the input of lm_head: `[n_tokens, dim]`.
     pub final_norm: Vec<f32>,
+    /// With [`Reference::forward_attention`]: each layer's queries (RoPE'd)
+    /// and attention output before o_proj, `[n_layers][n_tokens, q_dim]`.
+    pub q: Vec<Vec<f32>>,
+    pub att: Vec<Vec<f32>>,
 }
 
 /// Which positions' logits a forward call returns.
@@ -241,6 +245,40 @@ impl Reference {
         };
         let logits = self.run(tokens, pos, Want::All, Some(&mut hidden))?;
         Ok((logits, hidden))
+    }
+
+    /// Like [`Reference::forward_hidden`], also keeping every layer's
+    /// queries and attention output (the IntactKV pivot calibration's data).
+    pub fn forward_attention(&mut self, tokens: &[u32], pos: usize) -> Result<HiddenStates> {
+        let n = self.cfg.n_layers;
+        let mut hidden = HiddenStates {
+            layer_out: vec![Vec::new(); n],
+            q: vec![Vec::new(); n],
+            att: vec![Vec::new(); n],
+            ..Default::default()
+        };
+        self.run(tokens, pos, Want::Last, Some(&mut hidden))?;
+        Ok(hidden)
+    }
+
+    /// Puts `pivot`'s K and V at positions `0..pivot.len()` of every layer's
+    /// cache, as if its tokens had run, and empties the cache after them.
+    pub fn load_prefix(&mut self, pivot: &crate::kv_cache::Pivot) -> Result<()> {
+        let (p, kvd) = (pivot.len(), self.cfg.kv_dim());
+        pivot.check(&self.cfg)?;
+        if p >= self.max_ctx {
+            return Err(ModelError::Input(format!(
+                "a pivot of {p} tokens fills the reference context {}",
+                self.max_ctx
+            )));
+        }
+        let n = self.max_ctx * kvd;
+        for l in 0..self.cfg.n_layers {
+            self.state.key_cache[l * n..l * n + p * kvd].copy_from_slice(&pivot.k[l]);
+            self.state.value_cache[l * n..l * n + p * kvd].copy_from_slice(&pivot.v[l]);
+        }
+        self.len = p;
+        Ok(())
     }
 
     /// Greedy decoding from an empty cache: `n_new` argmax tokens after `prompt`
@@ -387,6 +425,12 @@ impl Reference {
                 &mut s.scores,
                 threads,
             ); // [n, n_heads * head_dim]
+            if let Some(h) = hidden.as_deref_mut()
+                && !h.att.is_empty()
+            {
+                h.q[l].extend_from_slice(q);
+                h.att[l].extend_from_slice(att);
+            }
             matmul(xb2, att, &layer.wo, threads); // [n, dim]
             add(x, xb2); // residual
 

@@ -4,6 +4,7 @@
 pub mod encode;
 pub mod ggml;
 pub mod gptq;
+pub mod intactkv;
 pub mod pipeline;
 pub mod qjl;
 pub mod rtn;
