@@ -101,8 +101,17 @@ pub fn run(a: &InspectArgs) -> Result<()> {
     );
     print_kv_formats(c);
     if let Some(p) = &m.pivot {
+        let tuned = m
+            .recipe
+            .as_ref()
+            .is_some_and(|r| r.get("pivot_calibration").is_some());
         println!(
-            "pivot KV (IntactKV, from the full-precision source): tokens {:?}",
+            "pivot KV (IntactKV, from the full-precision source{}): tokens {:?}",
+            if tuned {
+                ", calibrated for these weights"
+            } else {
+                ""
+            },
             p.tokens
         );
     }

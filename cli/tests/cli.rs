@@ -190,7 +190,14 @@ fn quantize_bad_input_keeps_existing_output() {
     let t = test_text.to_str().expect("utf-8 path");
     fails_with(&lamina(&["quantize", "--calib", t, "-o", f]), "test text");
     fails_with(
-        &lamina(&["quantize", "--calibrate-pivot", "--pivot-steps", "0", "-o", f]),
+        &lamina(&[
+            "quantize",
+            "--calibrate-pivot",
+            "--pivot-steps",
+            "0",
+            "-o",
+            f,
+        ]),
         "--pivot-steps 0",
     );
     assert!(!fresh.exists());
