@@ -142,20 +142,25 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         bail!("--pivot-steps 0 tunes nothing; drop --calibrate-pivot instead");
     }
     let needs_calib = a.calibrate_pivot || (method != Method::Rtn && !a.pivot_only);
-    let calib = if !needs_calib {
-        None
+    let calib_file = if needs_calib {
+        Some(calib_path(a)?)
     } else {
-        let p = calib_path(a)?;
-        let text = std::fs::read_to_string(&p)
-            .with_context(|| format!("reading calibration text {}", p.display()))?;
-        eprintln!(
-            "calibration: {} ({} windows of {} tokens, seed {})",
-            p.display(),
-            a.samples,
-            a.seq_len,
-            a.seed
-        );
-        Some(text)
+        None
+    };
+    let calib = match &calib_file {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading calibration text {}", p.display()))?;
+            eprintln!(
+                "calibration: {} ({} windows of {} tokens, seed {})",
+                p.display(),
+                a.samples,
+                a.seq_len,
+                a.seed
+            );
+            Some(text)
+        }
     };
     let margs = common::ModelArgs::plain(a.model.clone());
     let loaded = common::load_host_model(&margs)?;
@@ -176,6 +181,14 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         };
         let src = lamina_model::loader::load(&source)
             .with_context(|| format!("loading the source checkpoint {}", source.display()))?;
+        let (s, q) = (&src.config, &loaded.config);
+        if s.n_layers != q.n_layers || s.kv_dim() != q.kv_dim() || s.vocab_size != q.vocab_size {
+            bail!(
+                "the source checkpoint {} does not match {} (layers, KV width or vocabulary)",
+                source.display(),
+                loaded.source
+            );
+        }
         (src, Some(loaded))
     } else {
         (loaded, None)
@@ -240,6 +253,9 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
                 "steps": o.steps,
                 "lr": o.lr,
                 "windows": windows.len(),
+                "seq_len": a.seq_len,
+                "seed": a.seed,
+                "calib": calib_file.as_ref().map(|p| p.display().to_string()),
                 "mse_before": fits.iter().map(|f| f.mse_before).collect::<Vec<_>>(),
                 "mse_after": fits.iter().map(|f| f.mse_after).collect::<Vec<_>>(),
             }));
@@ -268,7 +284,9 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         {
             r.insert("calib_bytes".into(), serde_json::json!(c.len()));
         }
-        if let Some(p) = a.calib.as_ref() {
+        if let Some(p) = a.calib.as_ref()
+            && !a.pivot_only
+        {
             r.insert("calib".into(), serde_json::json!(p.display().to_string()));
         }
         match pivot_fit {
