@@ -448,7 +448,10 @@ fn kv_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let tok = r / G;
     let head = vec4(kvh * G) + r % G;
     let limit = vec4(p.pos + 1u) + tok;              // causal: keys < limit
-    let b = select(store_end(limit), min(store_end(limit), vec4(b_step)), EXACT == 1u);
+    var b = store_end(limit);
+    if EXACT == 1u {
+        b = min(b, vec4(b_step));
+    }
     let qrow = (tok * p.n_heads + head) * 2u * W8;
     let srow = vec4(p.qs_off) + (tok * p.n_heads + head) * (M / 4u);
 

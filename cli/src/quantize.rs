@@ -109,6 +109,56 @@ fn parse_embed(s: &str) -> Result<HostDType> {
     })
 }
 
+/// IntactKV's calibration of `full`, the source `m`'s pivot, for the
+/// quantized `q` on `windows`: the tuned pivot and the recipe's record of it.
+fn tune_pivot(
+    a: &QuantizeArgs,
+    m: &lamina_model::loader::LoadedModel,
+    q: &lamina_model::loader::LoadedModel,
+    full: &lamina_model::kv_cache::Pivot,
+    windows: &[Vec<u32>],
+    calib_file: Option<&Path>,
+) -> Result<(lamina_model::kv_cache::Pivot, serde_json::Value)> {
+    let pb = common::bar(1, "tuning the pivot");
+    let o = intactkv::PivotCalibOptions {
+        steps: a.pivot_steps,
+        ..Default::default()
+    };
+    let (tuned, fits) = intactkv::calibrate_pivot(
+        (&m.config, &m.weights),
+        (&q.config, &q.weights),
+        full,
+        windows,
+        &o,
+        &mut |phase, done, total| {
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+            pb.set_message(phase.to_string());
+        },
+    )?;
+    pb.finish_and_clear();
+    let mean = |f: &dyn Fn(&intactkv::LayerFit) -> f64| {
+        fits.iter().map(f).sum::<f64>() / fits.len().max(1) as f64
+    };
+    let (before, after) = (mean(&|f| f.mse_before), mean(&|f| f.mse_after));
+    eprintln!(
+        "pivot calibration: attention-output MSE {before:.3e} -> {after:.3e} (mean over {} layers, {} windows)",
+        fits.len(),
+        windows.len()
+    );
+    let record = serde_json::json!({
+        "steps": o.steps,
+        "lr": o.lr,
+        "windows": windows.len(),
+        "seq_len": a.seq_len,
+        "seed": a.seed,
+        "calib": calib_file.map(|p| p.display().to_string()),
+        "mse_before": fits.iter().map(|f| f.mse_before).collect::<Vec<_>>(),
+        "mse_after": fits.iter().map(|f| f.mse_after).collect::<Vec<_>>(),
+    });
+    Ok((tuned, record))
+}
+
 pub fn run(a: &QuantizeArgs) -> Result<()> {
     let method: Method = a.method.parse()?;
     if a.output.exists() && !a.force {
@@ -142,14 +192,10 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         bail!("--pivot-steps 0 tunes nothing; drop --calibrate-pivot instead");
     }
     let needs_calib = a.calibrate_pivot || (method != Method::Rtn && !a.pivot_only);
-    let calib_file = if needs_calib {
-        Some(calib_path(a)?)
-    } else {
-        None
-    };
-    let calib = match &calib_file {
-        None => None,
-        Some(p) => {
+    let calib_file = needs_calib.then(|| calib_path(a)).transpose()?;
+    let calib = calib_file
+        .as_ref()
+        .map(|p| {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("reading calibration text {}", p.display()))?;
             eprintln!(
@@ -159,9 +205,9 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
                 a.seq_len,
                 a.seed
             );
-            Some(text)
-        }
-    };
+            Ok::<_, anyhow::Error>(text)
+        })
+        .transpose()?;
     let margs = common::ModelArgs::plain(a.model.clone());
     let loaded = common::load_host_model(&margs)?;
     // With --pivot-only, `loaded` is the quantized file and `m` its source.
@@ -182,9 +228,9 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         let src = lamina_model::loader::load(&source)
             .with_context(|| format!("loading the source checkpoint {}", source.display()))?;
         let (s, q) = (&src.config, &loaded.config);
-        if s.n_layers != q.n_layers || s.kv_dim() != q.kv_dim() || s.vocab_size != q.vocab_size {
+        if !s.same_attention_shape(q) || s.vocab_size != q.vocab_size {
             bail!(
-                "the source checkpoint {} does not match {} (layers, KV width or vocabulary)",
+                "the source checkpoint {} does not match {} (layers, attention widths or vocabulary)",
                 source.display(),
                 loaded.source
             );
@@ -222,43 +268,8 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     if let Some(bos) = tok.bos_id() {
         let full = lamina_model::kv_cache::Pivot::compute(&m.config, &m.weights, &[bos])?;
         q.pivot = Some(if a.calibrate_pivot {
-            let pb = common::bar(1, "tuning the pivot");
-            let o = intactkv::PivotCalibOptions {
-                steps: a.pivot_steps,
-                ..Default::default()
-            };
-            let (tuned, fits) = intactkv::calibrate_pivot(
-                (&m.config, &m.weights),
-                (&q.config, &q.weights),
-                &full,
-                &windows,
-                &o,
-                &mut |phase, done, total| {
-                    pb.set_length(total as u64);
-                    pb.set_position(done as u64);
-                    pb.set_message(phase.to_string());
-                },
-            )?;
-            pb.finish_and_clear();
-            let mean = |f: &dyn Fn(&intactkv::LayerFit) -> f64| {
-                fits.iter().map(f).sum::<f64>() / fits.len().max(1) as f64
-            };
-            let (before, after) = (mean(&|f| f.mse_before), mean(&|f| f.mse_after));
-            eprintln!(
-                "pivot calibration: attention-output MSE {before:.3e} -> {after:.3e} (mean over {} layers, {} windows)",
-                fits.len(),
-                windows.len()
-            );
-            pivot_fit = Some(serde_json::json!({
-                "steps": o.steps,
-                "lr": o.lr,
-                "windows": windows.len(),
-                "seq_len": a.seq_len,
-                "seed": a.seed,
-                "calib": calib_file.as_ref().map(|p| p.display().to_string()),
-                "mse_before": fits.iter().map(|f| f.mse_before).collect::<Vec<_>>(),
-                "mse_after": fits.iter().map(|f| f.mse_after).collect::<Vec<_>>(),
-            }));
+            let (tuned, fit) = tune_pivot(a, &m, &q, &full, &windows, calib_file.as_deref())?;
+            pivot_fit = Some(fit);
             tuned
         } else {
             full

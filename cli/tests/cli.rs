@@ -90,6 +90,20 @@ fn wrong_architecture() {
     );
 }
 
+/// The default model, or None (a test then skips) where it is not fetched;
+/// CI must have fetched it.
+fn fetched_model() -> Option<PathBuf> {
+    let m = default_model();
+    if m.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must fetch the model first"
+        );
+        eprintln!("default model not fetched; skipping");
+    }
+    m
+}
+
 #[test]
 fn empty_prompt() {
     fails_with(&lamina(&["generate", "-p", ""]), "empty prompt");
@@ -123,12 +137,7 @@ fn invalid_flags() {
 
 #[test]
 fn prompt_longer_than_context() {
-    let Some(model) = default_model() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must fetch the model first"
-        );
-        eprintln!("default model not fetched; skipping");
+    let Some(model) = fetched_model() else {
         return;
     };
     let prompt = "word ".repeat(100);
@@ -205,12 +214,7 @@ fn quantize_bad_input_keeps_existing_output() {
 
 #[test]
 fn pivot_only_needs_a_quantized_file() {
-    let Some(model) = default_model() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must fetch the model first"
-        );
-        eprintln!("default model not fetched; skipping");
+    let Some(model) = fetched_model() else {
         return;
     };
     let out = temp("pivot-only.lamina.safetensors");

@@ -39,6 +39,13 @@ impl LlamaConfig {
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
     }
+    /// Whether `other` has the same layers and attention widths, so a
+    /// pivot's KV (or attention data) of one fits the other.
+    pub fn same_attention_shape(&self, other: &LlamaConfig) -> bool {
+        self.n_layers == other.n_layers
+            && self.q_dim() == other.q_dim()
+            && self.kv_dim() == other.kv_dim()
+    }
     /// Query heads per KV head (GQA group size).
     pub fn gqa_group(&self) -> usize {
         self.n_heads / self.n_kv_heads

@@ -565,7 +565,7 @@ impl Pivot {
         }
         log::info!("computing the pivot KV from the source checkpoint {source}");
         let src = crate::loader::load(path)?;
-        if src.config.kv_dim() != m.config.kv_dim() || src.config.n_layers != m.config.n_layers {
+        if !src.config.same_attention_shape(&m.config) {
             return Err(ModelError::Input(format!(
                 "the source checkpoint {source} does not match {}",
                 m.source

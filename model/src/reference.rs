@@ -94,7 +94,8 @@ struct RopeTable {
 pub struct HiddenStates {
     /// Token embeddings, the input of layer 0: `[n_tokens, dim]`.
     pub embeddings: Vec<f32>,
-    /// Residual stream after each layer: `[n_layers][n_tokens, dim]`.
+    /// Residual stream after each layer: `[n_layers][n_tokens, dim]` (empty
+    /// with [`Reference::forward_attention`]).
     pub layer_out: Vec<Vec<f32>>,
     /// Final RMSNorm output, the input of lm_head: `[n_tokens, dim]`.
     pub final_norm: Vec<f32>,
@@ -247,12 +248,12 @@ impl Reference {
         Ok((logits, hidden))
     }
 
-    /// Like [`Reference::forward_hidden`], also keeping every layer's
-    /// queries and attention output (the IntactKV pivot calibration's data).
+    /// Like [`Reference::forward_hidden`], but keeping every layer's queries
+    /// and attention output instead of its residual output (the IntactKV
+    /// pivot calibration's data).
     pub fn forward_attention(&mut self, tokens: &[u32], pos: usize) -> Result<HiddenStates> {
         let n = self.cfg.n_layers;
         let mut hidden = HiddenStates {
-            layer_out: vec![Vec::new(); n],
             q: vec![Vec::new(); n],
             att: vec![Vec::new(); n],
             ..Default::default()
@@ -444,7 +445,9 @@ impl Reference {
             matmul(xb2, hb, &layer.w_down, threads); // [n, dim]
             add(x, xb2); // residual
 
-            if let Some(h) = hidden.as_deref_mut() {
+            if let Some(h) = hidden.as_deref_mut()
+                && !h.layer_out.is_empty()
+            {
                 h.layer_out[l].extend_from_slice(x);
             }
         }

@@ -14,7 +14,7 @@
 //!   from the full-precision pivot IntactKV uses.
 
 use lamina_engine::graph::Step;
-use lamina_model::eval::{KlBase, perplexity_kl};
+use lamina_model::eval::{KlBase, kl_row, perplexity_kl};
 use lamina_model::kv_cache::{KvFormat, Pivot};
 use lamina_model::lamina_file;
 use lamina_model::llama::{GpuModel, Head, WeightMode};
@@ -181,15 +181,22 @@ fn lamina_file_carries_its_pivot() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `src` quantized round-to-nearest at `bits`.
+fn rtn(src: &LoadedModel, bits: f64) -> LoadedModel {
+    let opts = QuantizeOptions {
+        method: Method::Rtn,
+        bits,
+        ..Default::default()
+    };
+    quantize_model(&gpu(), src, &[], &opts, &mut |_, _, _, _, _| {})
+        .unwrap()
+        .0
+}
+
 #[test]
 fn quantized_model_pivot_from_its_own_weights() {
     let src = source();
-    let opts = QuantizeOptions {
-        method: Method::Rtn,
-        bits: 2.0,
-        ..Default::default()
-    };
-    let (q, _) = quantize_model(&gpu(), &src, &[], &opts, &mut |_, _, _, _, _| {}).unwrap();
+    let q = rtn(&src, 2.0);
     let pivot_tokens = [7u32, 42, 9];
     let own = Pivot::compute(&q.config, &q.weights, &pivot_tokens).unwrap();
     let full = Pivot::compute(&src.config, &src.weights, &pivot_tokens).unwrap();
@@ -223,22 +230,9 @@ fn quantized_model_pivot_from_its_own_weights() {
 
 /// Mean KL divergence of `b` from `a` over rows of `vocab` logits.
 fn mean_kl(a: &[f32], b: &[f32], vocab: usize) -> f64 {
-    let lsm = |x: &[f32]| {
-        let m = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-        let z: f64 = x.iter().map(|v| f64::from(v - m).exp()).sum();
-        x.iter()
-            .map(|v| f64::from(v - m) - z.ln())
-            .collect::<Vec<f64>>()
-    };
     let rows = a.len() / vocab;
     (0..rows)
-        .map(|r| {
-            let (la, lb) = (lsm(&a[r * vocab..][..vocab]), lsm(&b[r * vocab..][..vocab]));
-            la.iter()
-                .zip(&lb)
-                .map(|(x, y)| x.exp() * (x - y))
-                .sum::<f64>()
-        })
+        .map(|r| kl_row(&a[r * vocab..][..vocab], &b[r * vocab..][..vocab]).0)
         .sum::<f64>()
         / rows as f64
 }
@@ -248,12 +242,7 @@ fn calibrated_pivot_brings_a_quantized_model_closer() {
     use lamina_model::quant::intactkv::{PivotCalibOptions, calibrate_pivot};
     use lamina_model::reference::Reference;
     let src = source();
-    let opts = QuantizeOptions {
-        method: Method::Rtn,
-        bits: 3.0,
-        ..Default::default()
-    };
-    let (q, _) = quantize_model(&gpu(), &src, &[], &opts, &mut |_, _, _, _, _| {}).unwrap();
+    let q = rtn(&src, 3.0);
     let full = Pivot::compute(&src.config, &src.weights, &[7]).unwrap();
     let windows: Vec<Vec<u32>> = (0..6).map(|i| tokens(48, 20 + i)).collect();
     let (tuned, fits) = calibrate_pivot(

@@ -269,10 +269,7 @@ pub fn calibrate_pivot(
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<(Pivot, Vec<LayerFit>)> {
     let cfg = quant.0;
-    if full.0.n_layers != cfg.n_layers
-        || full.0.kv_dim() != cfg.kv_dim()
-        || full.0.q_dim() != cfg.q_dim()
-    {
+    if !full.0.same_attention_shape(cfg) {
         return Err(ModelError::Input(
             "the full-precision and quantized models differ in shape".into(),
         ));
