@@ -1,6 +1,6 @@
 // embedding.wgsl: out[t, :] = dequant(table[ids[t], :]) for the tokens whose
 // id falls in this shard's rows. One workgroup per token; each invocation
-// decodes whole code words. Plane layout: engine/src/weight.rs.
+// decodes whole code words. Plane layout: engine/src/weight/.
 
 struct Params {
     n_tokens: u32,

@@ -1,4 +1,4 @@
-//! Attention benches: split-KV decode at kv_len 512 / 2048 / 8192 and a
+//! f16-cache attention (op kv_f16_attention) benches: split-KV decode at kv_len 512 / 2048 / 8192 and a
 //! 512-token prefill, on SmolLM2-135M's shape (9 query heads, 3 KV heads,
 //! head_dim 64) and Llama-7B's (32 / 32, head_dim 128). GPU time comes from
 //! `iter_custom`: `iters` submits, then a wait for the device.
@@ -11,7 +11,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use lamina_benches::{gpu, time_steps};
 use lamina_engine::Executor;
 use lamina_engine::graph::{Graph, Op, Step};
-use lamina_engine::ops::{attention, kv_write};
+use lamina_engine::kv;
+use lamina_engine::ops::kv_f16_attention;
 use rand::{Rng, SeedableRng};
 
 struct Shape {
@@ -43,17 +44,17 @@ fn attention_executor(s: &Shape, max_ctx: u32, max_rows: u32) -> Executor {
     let mut g = Graph::new();
     let q_bytes = 4 * u64::from(max_rows * nh * hd);
     let q = g.input("q", q_bytes);
-    let cache_bytes = kv_write::cache_bytes(nkv, hd, max_ctx);
+    let cache_bytes = kv::cache_bytes(nkv, hd, max_ctx);
     let k_cache = g.input("k_cache", cache_bytes);
     let v_cache = g.input("v_cache", cache_bytes);
     let out = g.output("out", q_bytes);
     let scratch = Some(g.intermediate(
         "scratch",
-        attention::scratch_bytes(nh, hd, max_ctx, max_rows),
+        kv_f16_attention::scratch_bytes(nh, hd, max_ctx, max_rows),
     ));
     g.push(
         "attn",
-        Op::Attention(attention::Attention {
+        Op::KvF16Attention(kv_f16_attention::KvF16Attention {
             q,
             k_cache,
             v_cache,
@@ -87,11 +88,11 @@ fn attention_executor(s: &Shape, max_ctx: u32, max_rows: u32) -> Executor {
 
 /// K and V bytes one step streams: every key once per KV head.
 fn kv_bytes(s: &Shape, kv_len: u32) -> u64 {
-    2 * kv_write::cache_bytes(s.n_kv_heads, s.head_dim, kv_len)
+    2 * kv::cache_bytes(s.n_kv_heads, s.head_dim, kv_len)
 }
 
 fn decode(c: &mut Criterion) {
-    let mut grp = c.benchmark_group("attention_decode");
+    let mut grp = c.benchmark_group("kv_f16_attention_decode");
     grp.sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
@@ -113,7 +114,7 @@ fn decode(c: &mut Criterion) {
 }
 
 fn prefill(c: &mut Criterion) {
-    let mut grp = c.benchmark_group("attention_prefill");
+    let mut grp = c.benchmark_group("kv_f16_attention_prefill");
     grp.sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(5));

@@ -160,7 +160,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 let (m, sd) = mean_sd(&r.samples);
                 println!(
                     "| {desc} | {} | {} | {} | {} | {m:.2} ± {sd:.2} |",
-                    a.model.weights,
+                    a.model.weights.name(),
                     model.kv.format.name(),
                     model.gpu.info.name,
                     r.name
@@ -193,7 +193,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 .find(|r| r.n_gen > 0)
                 .map(|r| mean_sd(&r.samples).0);
             let j = serde_json::json!({
-                "model": desc, "weights": a.model.weights, "kv": model.kv.format.name(),
+                "model": desc, "weights": a.model.weights.name(), "kv": model.kv.format.name(),
                 "device": device, "repetitions": a.repetitions,
                 "weight_bytes_per_token": wbytes, "kv_bytes_per_token": kv_bytes,
                 "kv_fixed_bytes": model.kv.fixed_bytes(), "depth": a.depth,

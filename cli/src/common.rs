@@ -4,17 +4,86 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use lamina_engine::{DeviceOptions, Gpu};
-use lamina_model::kv_cache::{KvFormat, Pivot};
+use lamina_model::checkpoint::{HostDType, LoadedModel};
+use lamina_model::kv_cache::{DEFAULT_BATCH, DEFAULT_RECENT, DEFAULT_SINK, KvFormat};
 use lamina_model::llama::{GpuModel, WeightMode};
-use lamina_model::loader::{self, LoadedModel};
+use lamina_model::loader;
+use lamina_model::pivot;
 use lamina_model::synthetic;
 use lamina_model::tokenizer::Tokenizer;
-use lamina_model::weights::HostDType;
 
 use crate::fetch;
+
+/// `--kv-keys`: how q8/q4/q2 keys get their scales (see the flag's help).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvKeys {
+    Channel,
+    Token,
+}
+
+impl KvKeys {
+    /// What the format `f` does.
+    fn of(f: &KvFormat) -> Self {
+        if f.k_channel {
+            KvKeys::Channel
+        } else {
+            KvKeys::Token
+        }
+    }
+}
+
+/// `--qjl-outlier-format`: how QJL keys store their outlier channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QjlOutlierFormat {
+    Sketch,
+    Q8,
+}
+
+impl QjlOutlierFormat {
+    /// What the format `f` does.
+    fn of(f: &KvFormat) -> Self {
+        if f.qjl_outlier_q8 {
+            QjlOutlierFormat::Q8
+        } else {
+            QjlOutlierFormat::Sketch
+        }
+    }
+}
+
+/// `--pivot`: which pivot tokens the cache starts with ([`pivot_tokens`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PivotMode {
+    None,
+    Bos,
+    Auto,
+}
+
+/// `--pivot-source`: which weights compute the pivot's KV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PivotSource {
+    Full,
+    Model,
+}
+
+/// The formats `--synthetic-format` offers.
+const SYNTHETIC_FORMATS: [HostDType; 5] = [
+    HostDType::Q4_0,
+    HostDType::Q4_1,
+    HostDType::Q8_0,
+    HostDType::F16,
+    HostDType::F32,
+];
+
+/// A flag's parser for the weight formats in `allowed`, by their names
+/// ([`HostDType::name`]); clap lists them in the help and on a bad value.
+pub fn host_dtype_parser(allowed: &[HostDType]) -> impl TypedValueParser<Value = HostDType> {
+    PossibleValuesParser::new(allowed.iter().map(|d| d.name()))
+        .try_map(|name| name.parse::<HostDType>())
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -25,42 +94,47 @@ pub struct ModelArgs {
     /// (tiny, 135m, 1b, 7b, or L<layers>-d<dim>-h<heads>-kv<kv>-f<ffn>-v<vocab>); for speed only.
     #[arg(long, conflicts_with = "model")]
     pub synthetic: Option<String>,
-    /// Weight format of --synthetic models: q4_0, q4_1, q8_0, f16, f32.
-    #[arg(long, default_value = "q4_1", requires = "synthetic")]
-    pub synthetic_format: String,
+    /// Weight format of --synthetic models.
+    #[arg(
+        long,
+        value_parser = host_dtype_parser(&SYNTHETIC_FORMATS),
+        default_value_t = HostDType::Q4_1,
+        requires = "synthetic"
+    )]
+    pub synthetic_format: HostDType,
     /// How weights are stored on the GPU: native (as shipped: GGUF Q4_1 stays 4-bit), f16 or f32.
     #[arg(long, default_value = "native")]
-    pub weights: String,
+    pub weights: WeightMode,
     /// KV cache format: f16, q8, q4, q2 (keys and values alike), qjl (QJL keys, q2 values),
     /// or k=FORMAT,v=FORMAT (keys: f16, q8, q4, q2, qjl; values: f16, q8, q4, q2).
     #[arg(long, default_value = "f16")]
-    pub kv: String,
+    pub kv: KvFormat,
     /// Quantized KV cache: the fewest recent tokens kept in f16.
-    #[arg(long, default_value_t = lamina_model::kv_cache::DEFAULT_RECENT)]
+    #[arg(long, default_value_t = DEFAULT_RECENT)]
     pub kv_recent: u32,
     /// Quantized KV cache: channels per scale group of q8/q4/q2 (divides head_dim).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = KvFormat::F16.qgroup)]
     pub kv_group: u32,
     /// q8/q4/q2 keys: scales per channel over each group of 32 tokens (as KIVI does), or per
     /// token in groups of --kv-group channels (as values are).
-    #[arg(long, default_value = "channel", value_parser = ["channel", "token"])]
-    pub kv_keys: String,
+    #[arg(long, value_enum, default_value_t = KvKeys::of(&KvFormat::F16))]
+    pub kv_keys: KvKeys,
     /// Quantized KV cache: the first N positions (the pivot's included) are never quantized,
     /// like the pivot but filled by the sequence itself (attention sinks).
-    #[arg(long, default_value_t = lamina_model::kv_cache::DEFAULT_SINK)]
+    #[arg(long, default_value_t = DEFAULT_SINK)]
     pub kv_sink: u32,
     /// QJL keys: sketch rows (bits per key), a multiple of 32; 0 = twice head_dim.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = KvFormat::F16.qjl_m)]
     pub qjl_m: u32,
     /// QJL keys: outlier channels per group of 32 tokens, sketched apart (0-4).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = KvFormat::F16.qjl_outliers)]
     pub qjl_outliers: u32,
     /// QJL keys: how the outlier channels are stored: sketched apart with m/2 rows (as the
     /// paper does), or as 8-bit codes with per-channel scales over the group of 32 tokens.
-    #[arg(long, default_value = "sketch", value_parser = ["sketch", "q8"])]
-    pub qjl_outlier_format: String,
+    #[arg(long, value_enum, default_value_t = QjlOutlierFormat::of(&KvFormat::F16))]
+    pub qjl_outlier_format: QjlOutlierFormat,
     /// QJL keys: the first N layers get twice the sketch rows (as QJL's code does).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = KvFormat::F16.qjl_initial_layers)]
     pub qjl_initial_layers: u32,
     /// Quantized KV cache: a prompt step attends to its own tokens in f16 (as QJL's code
     /// does); only later steps see them quantized. Not what `perplexity` reports by default.
@@ -68,48 +142,39 @@ pub struct ModelArgs {
     pub kv_exact_prompt: bool,
     /// Pivot tokens kept lossless ahead of every sequence (IntactKV): none, bos, or auto
     /// ([BOS] with a quantized KV cache when the model starts its sequences with BOS).
-    #[arg(long, default_value = "auto")]
-    pub pivot: String,
+    #[arg(long, value_enum, default_value_t = PivotMode::Auto, hide_possible_values = true)]
+    pub pivot: PivotMode,
     /// Text for the pivot (e.g. the chat template's system turn): its KV too comes from
     /// the full-precision model and stays f16; prompts that start with it reuse it.
     #[arg(long)]
     pub pivot_prompt: Option<String>,
     /// Which weights compute the pivot's KV: `full`, the full-precision source (IntactKV);
     /// or `model`, the weights being run, quantized or not (to measure what `full` adds).
-    #[arg(long, default_value = "full", value_parser = ["full", "model"])]
-    pub pivot_source: String,
+    #[arg(long, value_enum, default_value_t = PivotSource::Full)]
+    pub pivot_source: PivotSource,
     /// Context size (positions in the KV cache); 0 = the model's training context.
     #[arg(short = 'c', long = "ctx-size")]
     pub ctx_size: Option<usize>,
     /// Most tokens processed in one prompt step.
-    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    #[arg(short = 'b', long = "batch-size", default_value_t = DEFAULT_BATCH)]
     pub batch_size: u32,
+}
+
+/// [`ModelArgs`] alone as a command line, so that [`ModelArgs::plain`] gets
+/// the defaults from the flags' own definitions.
+#[derive(Parser)]
+struct NoFlags {
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 impl ModelArgs {
     /// The defaults for `model` (or the default model), as if no flag were given.
     pub fn plain(model: Option<PathBuf>) -> Self {
-        ModelArgs {
-            model,
-            synthetic: None,
-            synthetic_format: "q4_1".into(),
-            weights: "native".into(),
-            kv: "f16".into(),
-            kv_recent: lamina_model::kv_cache::DEFAULT_RECENT,
-            kv_group: 32,
-            kv_keys: "channel".into(),
-            kv_sink: lamina_model::kv_cache::DEFAULT_SINK,
-            qjl_m: 0,
-            qjl_outliers: 4,
-            qjl_outlier_format: "sketch".into(),
-            qjl_initial_layers: 0,
-            kv_exact_prompt: false,
-            pivot: "auto".into(),
-            pivot_prompt: None,
-            pivot_source: "full".into(),
-            ctx_size: None,
-            batch_size: 512,
-        }
+        let defaults = NoFlags::try_parse_from(["lamina"])
+            .expect("every ModelArgs flag has a valid default")
+            .model;
+        ModelArgs { model, ..defaults }
     }
 }
 
@@ -134,24 +199,12 @@ pub fn bar(len: u64, msg: &str) -> ProgressBar {
     pb
 }
 
-pub fn parse_synthetic_format(s: &str) -> Result<HostDType> {
-    Ok(match s {
-        "q4_0" => HostDType::Q4_0,
-        "q4_1" => HostDType::Q4_1,
-        "q8_0" => HostDType::Q8_0,
-        "f16" => HostDType::F16,
-        "f32" => HostDType::F32,
-        _ => anyhow::bail!("unknown --synthetic-format `{s}` (q4_0, q4_1, q8_0, f16, f32)"),
-    })
-}
-
 /// Loads the checkpoint named by `--model` (or the default one, fetching it)
 /// or builds the synthetic one.
 pub fn load_host_model(a: &ModelArgs) -> Result<LoadedModel> {
     if let Some(preset) = &a.synthetic {
-        let dtype = parse_synthetic_format(&a.synthetic_format)?;
         let sp = spinner(&format!("generating synthetic {preset} weights"));
-        let m = synthetic::synthetic_model(preset, dtype, 0)?;
+        let m = synthetic::synthetic_model(preset, a.synthetic_format, 0)?;
         sp.finish_and_clear();
         return Ok(m);
     }
@@ -170,19 +223,20 @@ pub fn open_gpu() -> Result<Arc<Gpu>> {
 
 /// The KV cache format the flags in `a` ask for.
 pub fn kv_format(a: &ModelArgs) -> Result<KvFormat> {
-    let mut kv: KvFormat = a.kv.parse()?;
+    let mut kv = a.kv;
     kv.recent = a.kv_recent;
     kv.qgroup = a.kv_group;
-    kv.k_channel = a.kv_keys == "channel";
+    kv.k_channel = a.kv_keys == KvKeys::Channel;
     kv.sink = a.kv_sink;
     kv.qjl_m = a.qjl_m;
     kv.qjl_outliers = a.qjl_outliers;
-    kv.qjl_outlier_q8 = a.qjl_outlier_format == "q8";
+    kv.qjl_outlier_q8 = a.qjl_outlier_format == QjlOutlierFormat::Q8;
     kv.qjl_initial_layers = a.qjl_initial_layers;
     if a.kv_exact_prompt && kv.is_f16() {
         anyhow::bail!("--kv-exact-prompt needs a quantized cache (--kv q8, q4, q2 or qjl)");
     }
     kv.exact_prompt = a.kv_exact_prompt;
+    kv.batch = a.batch_size.max(1);
     Ok(kv)
 }
 
@@ -198,10 +252,12 @@ pub fn pivot_tokens(a: &ModelArgs, m: &LoadedModel, kv: &KvFormat) -> Result<Vec
             anyhow::anyhow!("the model's tokenizer has no BOS token to start a pivot with")
         })
     };
-    let tokens = match (a.pivot.as_str(), &a.pivot_prompt) {
-        ("none", None) => Vec::new(),
-        ("none", Some(_)) => anyhow::bail!("--pivot-prompt needs a pivot; drop --pivot none"),
-        ("bos", p) => {
+    let tokens = match (a.pivot, &a.pivot_prompt) {
+        (PivotMode::None, None) => Vec::new(),
+        (PivotMode::None, Some(_)) => {
+            anyhow::bail!("--pivot-prompt needs a pivot; drop --pivot none")
+        }
+        (PivotMode::Bos, p) => {
             let t = tok()?;
             let mut v = vec![bos(&t)?];
             if let Some(p) = p {
@@ -209,10 +265,11 @@ pub fn pivot_tokens(a: &ModelArgs, m: &LoadedModel, kv: &KvFormat) -> Result<Vec
             }
             v
         }
-        ("auto", Some(p)) => tok()?.encode(p, true)?,
-        ("auto", None) if !kv.is_f16() && m.tokenizer_spec.add_bos => vec![bos(&tok()?)?],
-        ("auto", None) => Vec::new(),
-        (other, _) => anyhow::bail!("unknown --pivot `{other}` (none, bos, auto)"),
+        (PivotMode::Auto, Some(p)) => tok()?.encode(p, true)?,
+        (PivotMode::Auto, None) if !kv.is_f16() && m.tokenizer_spec.add_bos => {
+            vec![bos(&tok()?)?]
+        }
+        (PivotMode::Auto, None) => Vec::new(),
     };
     if a.pivot_prompt.is_some() && tokens.is_empty() {
         anyhow::bail!("--pivot-prompt encodes to no tokens");
@@ -224,22 +281,22 @@ pub fn pivot_tokens(a: &ModelArgs, m: &LoadedModel, kv: &KvFormat) -> Result<Vec
 /// positions after the pivot.
 pub fn gpu_model(a: &ModelArgs, m: &LoadedModel, min_ctx: usize) -> Result<Arc<GpuModel>> {
     let gpu = open_gpu()?;
-    let mode: WeightMode = a.weights.parse()?;
+    let mode = a.weights;
     let kv = kv_format(a)?;
     let tokens = pivot_tokens(a, m, &kv)?;
     let pivot = if tokens.is_empty() {
         None
     } else {
-        let full = a.pivot_source == "full";
+        let full = a.pivot_source == PivotSource::Full;
         let sp = spinner(&format!(
             "computing the pivot KV of {} tokens with the {} model",
             tokens.len(),
             if full { "full-precision" } else { "loaded" }
         ));
         let p = if full {
-            Pivot::for_model(m, &tokens)?
+            pivot::for_model(m, &tokens)?
         } else {
-            Pivot::compute(&m.config, &m.weights, &tokens)?
+            pivot::compute(&m.config, &m.weights, &tokens)?
         };
         sp.finish_and_clear();
         Some(p)
@@ -293,4 +350,79 @@ pub fn list_devices() -> Result<()> {
         Err(e) => println!("selected: none ({e})"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_flags_give_the_models_defaults() {
+        let a = ModelArgs::plain(None);
+        assert_eq!(a.synthetic_format, HostDType::Q4_1);
+        assert_eq!(a.weights, WeightMode::Native);
+        assert_eq!(a.pivot, PivotMode::Auto);
+        assert_eq!(a.pivot_source, PivotSource::Full);
+        assert_eq!(a.batch_size, DEFAULT_BATCH);
+        // Every KV flag left alone: the model's default format, unchanged.
+        assert_eq!(kv_format(&a).expect("default KV format"), KvFormat::F16);
+    }
+
+    #[test]
+    fn kv_flags_reach_the_format() {
+        let a = NoFlags::try_parse_from([
+            "lamina",
+            "--kv",
+            "k=q4,v=q2",
+            "--kv-keys",
+            "token",
+            "--qjl-outlier-format",
+            "q8",
+            "-b",
+            "64",
+        ])
+        .expect("valid flags")
+        .model;
+        let kv = kv_format(&a).expect("valid format");
+        assert_eq!(kv.name(), "k=q4,v=q2, keys per token");
+        assert!(kv.qjl_outlier_q8);
+        assert_eq!(kv.batch, 64);
+    }
+
+    #[test]
+    fn weights_names_parse_back() {
+        for mode in WeightMode::ALL {
+            let name = mode.name();
+            assert_eq!(name.parse::<WeightMode>().ok(), Some(mode), "{name}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_choices() {
+        for (flag, bad, choices) in [
+            ("--kv-keys", "foo", "channel, token"),
+            ("--pivot", "xx", "none, bos, auto"),
+            ("--pivot-source", "half", "full, model"),
+            ("--qjl-outlier-format", "q4", "sketch, q8"),
+            ("--weights", "q3", "native, f16, f32"),
+            ("--kv", "q3", "f16, q8, q4, q2, qjl"),
+        ] {
+            let e = NoFlags::try_parse_from(["lamina", flag, bad])
+                .err()
+                .unwrap_or_else(|| panic!("{flag} {bad} parsed"))
+                .to_string();
+            assert!(e.contains(flag) && e.contains(choices), "{flag} {bad}: {e}");
+        }
+        let e = NoFlags::try_parse_from([
+            "lamina",
+            "--synthetic",
+            "tiny",
+            "--synthetic-format",
+            "bf16",
+        ])
+        .err()
+        .expect("bf16 is not offered")
+        .to_string();
+        assert!(e.contains("q4_0, q4_1, q8_0, f16, f32"), "{e}");
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use lamina_engine::Sampling;
 use lamina_model::chat::{ChatMessage, ChatTemplate};
 use lamina_model::session::{SamplerConfig, Session};
 use lamina_model::tokenizer::Tokenizer;
@@ -32,6 +33,8 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
+    /// The settings the sample op gets at every step (the one conversion
+    /// from the flags), and the seed of the session's per-step draws.
     pub fn config(&self) -> Result<SamplerConfig> {
         if self.temp < 0.0 || !self.temp.is_finite() {
             bail!("--temp must be a finite number >= 0, got {}", self.temp);
@@ -49,10 +52,14 @@ impl SamplingArgs {
                 .unwrap_or(0)
         });
         Ok(SamplerConfig {
-            temperature: self.temp,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            repeat_penalty: self.repeat_penalty,
+            sampling: Sampling {
+                temperature: self.temp,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                repeat_penalty: self.repeat_penalty,
+                // Drawn by the session at each step.
+                uniform: 0.0,
+            },
             seed,
         })
     }
@@ -123,7 +130,7 @@ fn read_prompt(a: &GenerateArgs) -> Result<String> {
     }
 }
 
-fn tokenizer_for(m: &lamina_model::loader::LoadedModel) -> Result<Tokenizer> {
+fn tokenizer_for(m: &lamina_model::checkpoint::LoadedModel) -> Result<Tokenizer> {
     if m.tokenizer_spec.tokens.is_empty() && m.tokenizer_spec.hf_json.is_none() {
         bail!(
             "{} has no tokenizer (synthetic models can only be benchmarked)",

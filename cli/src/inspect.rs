@@ -104,7 +104,7 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         let tuned = m
             .recipe
             .as_ref()
-            .is_some_and(|r| r.get("pivot_calibration").is_some());
+            .is_some_and(|r| r.pivot_calibration.is_some());
         println!(
             "pivot KV (IntactKV, from the full-precision source{}): tokens {:?}",
             if tuned {
@@ -116,7 +116,8 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         );
     }
     if let Some(r) = &m.recipe {
-        println!("recipe: {r}");
+        // As JSON, keys sorted (serde_json's map), as the file's header had it.
+        println!("recipe: {}", serde_json::to_value(r)?);
         let (bpw, bytes, params) = lamina_model::quant::pipeline::bits_per_weight(&m.weights);
         println!(
             "weights: {params} parameters in {bytes} bytes: {bpw:.3} bits per weight (all tensors, scales and mins included)"
@@ -195,9 +196,9 @@ fn summary(v: &GgufValue, max: usize) -> String {
 /// norms and outlier indices included), the fixed f16 window of the
 /// quantized ones, and the longest context a budget holds.
 fn print_kv_formats(c: &lamina_model::LlamaConfig) {
-    use lamina_model::kv_cache::{DEFAULT_MAX_ROWS, KvFormat};
+    use lamina_model::kv_cache::{DEFAULT_BATCH, KvFormat};
     println!(
-        "KV cache per token (defaults: {DEFAULT_MAX_ROWS}-token steps, 128 recent tokens in f16):"
+        "KV cache per token (defaults: {DEFAULT_BATCH}-token steps, 128 recent tokens in f16):"
     );
     println!("  format               bytes/token  vs f16   fixed MiB  ctx in 1 GiB  ctx in 4 GiB");
     let f16 = KvFormat::F16.bytes_per_token(c);
@@ -231,7 +232,7 @@ fn print_kv_formats(c: &lamina_model::LlamaConfig) {
         let fixed = if f.is_f16() {
             0.0
         } else {
-            let l = f.layout(c, c.max_seq_len.max(2), 0, DEFAULT_MAX_ROWS);
+            let l = f.layout(c, c.max_seq_len.max(2), 0);
             c.n_layers as f64 * (2.0 * l.window_bytes() as f64 + 4.0 * f64::from(l.sketch_len()))
         };
         let fits = |gib: f64| ((gib * 1073741824.0 - fixed) / per).max(0.0) as u64;

@@ -77,3 +77,14 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own checks of every command's flags (defaults among them).
+    #[test]
+    fn flags_are_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

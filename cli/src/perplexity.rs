@@ -6,10 +6,12 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use lamina_model::eval::{self, KlBase};
+use lamina_model::kv_cache::KvFormat;
+use lamina_model::llama::WeightMode;
 use lamina_model::logits_file::{self, LogitsReader, LogitsShape, LogitsWriter};
 use lamina_model::tokenizer::Tokenizer;
 
-use crate::common::{ModelArgs, bar, gpu_model, load_host_model, spinner};
+use crate::common::{ModelArgs, PivotMode, bar, gpu_model, load_host_model, spinner};
 
 #[derive(Args, Debug, Clone)]
 pub struct PerplexityArgs {
@@ -83,7 +85,8 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
     };
     let mut margs = a.model.clone();
     margs.ctx_size = Some(ctx);
-    margs.batch_size = ctx as u32;
+    // Steps of at most -b tokens (512), within a chunk.
+    margs.batch_size = margs.batch_size.min(ctx as u32).max(1);
     let model = gpu_model(&margs, &host, ctx)?;
     drop(host);
     let mut saved_base = match &a.kl_base {
@@ -95,15 +98,14 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
         Some(p) => {
             let mut bargs = margs.clone();
             bargs.model = Some(p.clone());
-            bargs.weights = "f32".into();
-            bargs.kv = "f16".into();
+            bargs.weights = WeightMode::F32;
+            bargs.kv = KvFormat::F16;
             // The same pivot tokens (kept f16 by both).
             bargs.pivot = if model.kv.pivot.is_empty() {
-                "none"
+                PivotMode::None
             } else {
-                "bos"
-            }
-            .into();
+                PivotMode::Bos
+            };
             let bh = load_host_model(&bargs)?;
             if bh.config.vocab_size != model.config.vocab_size {
                 bail!(
@@ -190,7 +192,7 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
                 "kl": c.so_far.kl.map(|k| k.mean), "kl_err": c.so_far.kl.map(|k| k.err),
                 "top1_agree": c.so_far.kl.map(|k| k.top1_agree),
             })).collect::<Vec<_>>(),
-            "weights": a.model.weights, "kv": model.kv.format.name(),
+            "weights": a.model.weights.name(), "kv": model.kv.format.name(),
             "kv_bytes_per_token": kv_bytes, "kv_recent": model.kv.layout.map(|l| l.recent),
             "pivot": model.kv.pivot,
             "kl": r.kl.map(|k| k.mean), "kl_err": r.kl.map(|k| k.err),

@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use lamina_model::checkpoint::{HostDType, PivotCalibration};
 use lamina_model::lamina_file;
 use lamina_model::quant::gptq::GptqOptions;
 use lamina_model::quant::intactkv;
 use lamina_model::quant::pipeline::{self, Method, QuantizeOptions};
-use lamina_model::weights::HostDType;
 
 use crate::common;
 
@@ -26,8 +26,8 @@ pub struct QuantizeArgs {
     pub output: PathBuf,
     /// rtn (round-to-nearest), gptq, or slim (SliM-LLM: salience-driven
     /// mixed precision on top of GPTQ).
-    #[arg(long, default_value = "slim")]
-    pub method: String,
+    #[arg(long, default_value = Method::Slim.name())]
+    pub method: Method,
     /// Mean code width per weight: 1 to 8, fractional allowed (2.5 = groups at 2 and 3 bits).
     #[arg(long, default_value_t = 4.0)]
     pub bits: f64,
@@ -54,9 +54,13 @@ pub struct QuantizeArgs {
     /// GPTQ act-order (columns by decreasing Hessian diagonal, static groups).
     #[arg(long)]
     pub act_order: bool,
-    /// Encoding of the token embedding (and an untied lm_head): q8_0, q4_1, q4_0, f16.
-    #[arg(long, default_value = "q8_0")]
-    pub embed: String,
+    /// Encoding of the token embedding (and an untied lm_head).
+    #[arg(
+        long,
+        value_parser = common::host_dtype_parser(&EMBED_FORMATS),
+        default_value_t = HostDType::Q8_0
+    )]
+    pub embed: HostDType,
     /// IntactKV: tune the [BOS] pivot's KV for the quantized weights on the calibration
     /// windows (each layer's attention output against the full-precision model's; see
     /// docs/kv-cache.md), instead of storing the full-precision pivot as it is.
@@ -73,6 +77,14 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub force: bool,
 }
+
+/// The formats `--embed` offers.
+const EMBED_FORMATS: [HostDType; 4] = [
+    HostDType::Q8_0,
+    HostDType::Q4_1,
+    HostDType::Q4_0,
+    HostDType::F16,
+];
 
 const DEFAULT_CALIB: &str = "../shared/data/wikitext-2/wiki.valid.tokens";
 
@@ -99,26 +111,16 @@ fn calib_path(a: &QuantizeArgs) -> Result<PathBuf> {
     Ok(p)
 }
 
-fn parse_embed(s: &str) -> Result<HostDType> {
-    Ok(match s {
-        "q8_0" => HostDType::Q8_0,
-        "q4_1" => HostDType::Q4_1,
-        "q4_0" => HostDType::Q4_0,
-        "f16" => HostDType::F16,
-        _ => bail!("unknown --embed `{s}` (q8_0, q4_1, q4_0, f16)"),
-    })
-}
-
 /// IntactKV's calibration of `full`, the source `m`'s pivot, for the
 /// quantized `q` on `windows`: the tuned pivot and the recipe's record of it.
 fn tune_pivot(
     a: &QuantizeArgs,
-    m: &lamina_model::loader::LoadedModel,
-    q: &lamina_model::loader::LoadedModel,
-    full: &lamina_model::kv_cache::Pivot,
+    m: &lamina_model::checkpoint::LoadedModel,
+    q: &lamina_model::checkpoint::LoadedModel,
+    full: &lamina_model::checkpoint::Pivot,
     windows: &[Vec<u32>],
     calib_file: Option<&Path>,
-) -> Result<(lamina_model::kv_cache::Pivot, serde_json::Value)> {
+) -> Result<(lamina_model::checkpoint::Pivot, PivotCalibration)> {
     let pb = common::bar(1, "tuning the pivot");
     let o = intactkv::PivotCalibOptions {
         steps: a.pivot_steps,
@@ -146,21 +148,21 @@ fn tune_pivot(
         fits.len(),
         windows.len()
     );
-    let record = serde_json::json!({
-        "steps": o.steps,
-        "lr": o.lr,
-        "windows": windows.len(),
-        "seq_len": a.seq_len,
-        "seed": a.seed,
-        "calib": calib_file.map(|p| p.display().to_string()),
-        "mse_before": fits.iter().map(|f| f.mse_before).collect::<Vec<_>>(),
-        "mse_after": fits.iter().map(|f| f.mse_after).collect::<Vec<_>>(),
-    });
+    let record = PivotCalibration {
+        steps: o.steps,
+        lr: o.lr,
+        windows: windows.len(),
+        seq_len: a.seq_len,
+        seed: a.seed,
+        calib: calib_file.map(|p| p.display().to_string()),
+        mse_before: fits.iter().map(|f| f.mse_before).collect(),
+        mse_after: fits.iter().map(|f| f.mse_after).collect(),
+    };
     Ok((tuned, record))
 }
 
 pub fn run(a: &QuantizeArgs) -> Result<()> {
-    let method: Method = a.method.parse()?;
+    let method = a.method;
     if a.output.exists() && !a.force {
         bail!("{} exists; pass --force to replace it", a.output.display());
     }
@@ -179,7 +181,7 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
             act_order: a.act_order,
             ..Default::default()
         },
-        embed: parse_embed(&a.embed)?,
+        embed: a.embed,
         ..Default::default()
     };
     if !(1.0..=8.0).contains(&opts.bits) {
@@ -212,29 +214,20 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     let loaded = common::load_host_model(&margs)?;
     // With --pivot-only, `loaded` is the quantized file and `m` its source.
     let (m, kept) = if a.pivot_only {
-        let source = loaded
+        if loaded
             .recipe
             .as_ref()
-            .and_then(|r| r.get("source"))
-            .and_then(|s| s.as_str())
-            .map(PathBuf::from);
-        let Some(source) = source.filter(|s| s.exists()) else {
+            .and_then(|r| r.source_path())
+            .is_none()
+        {
             bail!(
                 "--pivot-only needs a .lamina.safetensors file whose recipe names a full-precision \
-                 source at hand; {} names none that exists",
-                loaded.source
-            );
-        };
-        let src = lamina_model::loader::load(&source)
-            .with_context(|| format!("loading the source checkpoint {}", source.display()))?;
-        let (s, q) = (&src.config, &loaded.config);
-        if !s.same_attention_shape(q) || s.vocab_size != q.vocab_size {
-            bail!(
-                "the source checkpoint {} does not match {} (layers, attention widths or vocabulary)",
-                source.display(),
+                 source; {} names none",
                 loaded.source
             );
         }
+        let src = lamina_model::pivot::load_source(&loaded)
+            .with_context(|| format!("--pivot-only: the source of {}", loaded.source))?;
         (src, Some(loaded))
     } else {
         (loaded, None)
@@ -266,7 +259,7 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     let mut pivot_fit = None;
     q.pivot = None;
     if let Some(bos) = tok.bos_id() {
-        let full = lamina_model::kv_cache::Pivot::compute(&m.config, &m.weights, &[bos])?;
+        let full = lamina_model::pivot::compute(&m.config, &m.weights, &[bos])?;
         q.pivot = Some(if a.calibrate_pivot {
             let (tuned, fit) = tune_pivot(a, &m, &q, &full, &windows, calib_file.as_deref())?;
             pivot_fit = Some(fit);
@@ -278,36 +271,23 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         bail!("the model's tokenizer has no BOS token, so there is no pivot to calibrate");
     }
     let secs = start.elapsed().as_secs_f64();
-    let mut recipe = q.recipe.clone().unwrap_or_default();
-    if let Some(r) = recipe.as_object_mut() {
-        // The quantization's time stays that of the weights kept.
-        r.insert(
-            if a.pivot_only {
-                "pivot_seconds"
-            } else {
-                "seconds"
-            }
-            .into(),
-            serde_json::json!((secs * 10.0).round() / 10.0),
-        );
-        if let Some(c) = &calib
-            && !a.pivot_only
-        {
-            r.insert("calib_bytes".into(), serde_json::json!(c.len()));
+    let recipe = q.recipe.get_or_insert_with(Default::default);
+    // The quantization's time stays that of the weights kept.
+    let rounded = Some((secs * 10.0).round() / 10.0);
+    if a.pivot_only {
+        recipe.pivot_seconds = rounded;
+    } else {
+        recipe.seconds = rounded;
+        if let Some(c) = &calib {
+            recipe.calib_bytes = Some(c.len());
         }
-        if let Some(p) = a.calib.as_ref()
-            && !a.pivot_only
-        {
-            r.insert("calib".into(), serde_json::json!(p.display().to_string()));
+        if let Some(p) = a.calib.as_ref() {
+            recipe.calib = Some(p.display().to_string());
         }
-        match pivot_fit {
-            Some(f) => r.insert("pivot_calibration".into(), f),
-            None => r.remove("pivot_calibration"),
-        };
     }
+    recipe.pivot_calibration = pivot_fit;
     let sp = common::spinner(&format!("writing {}", a.output.display()));
-    lamina_file::write(&a.output, &q, &recipe)
-        .with_context(|| format!("writing {}", a.output.display()))?;
+    lamina_file::write(&a.output, &q).with_context(|| format!("writing {}", a.output.display()))?;
     sp.finish_and_clear();
     let (bpw, bytes, params) = pipeline::bits_per_weight(&q.weights);
     let mut hist = [0usize; 9];
@@ -319,7 +299,7 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         }
     }
     for l in &q.weights.layers {
-        for t in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+        for (_, t) in l.linears() {
             linear_bits += 8.0 * t.byte_size() as f64;
             linear_params += t.numel() as f64;
         }

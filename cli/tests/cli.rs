@@ -133,6 +133,43 @@ fn invalid_flags() {
         &lamina(&["bench", "--synthetic", "tiny", "--kv-exact-prompt"]),
         "--kv-exact-prompt needs a quantized cache",
     );
+    // Values outside a flag's choices: clap names the flag and lists them.
+    for (args, choices) in [
+        (
+            &["generate", "-p", "hi", "--kv-keys", "foo"][..],
+            "channel, token",
+        ),
+        (
+            &["generate", "-p", "hi", "--pivot", "xx"],
+            "none, bos, auto",
+        ),
+        (
+            &["generate", "-p", "hi", "--weights", "q3"],
+            "native, f16, f32",
+        ),
+        (
+            &["generate", "-p", "hi", "--kv", "k=q4"],
+            "name both k= and v=",
+        ),
+        (
+            &["bench", "--synthetic", "tiny", "--synthetic-format", "q3"],
+            "q4_0, q4_1, q8_0, f16, f32",
+        ),
+        (&["bench", "-o", "xml"], "md, json"),
+        (
+            &["quantize", "-o", "x", "--embed", "f32"],
+            "q8_0, q4_1, q4_0, f16",
+        ),
+        (
+            &["quantize", "-o", "x", "--method", "awq"],
+            "rtn, gptq, slim",
+        ),
+    ] {
+        let out = lamina(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: clap's usage error");
+        fails_with(&out, args[args.len() - 2]);
+        fails_with(&out, choices);
+    }
 }
 
 #[test]

@@ -17,7 +17,8 @@ pub mod lib {
     pub const QMATMUL: &str = include_str!("../../shaders/lib/qmatmul.wgsl");
     /// The Mixed (per-group bit width) matmul kernels (needs TILES and XLOAD or XLOAD_SG).
     pub const MXMATMUL: &str = include_str!("../../shaders/lib/mxmatmul.wgsl");
-    /// The quantized KV cache's parameter block and window addressing (kv_store, kv_attention).
+    /// The quantized KV cache's format ids, overrides, cache params and
+    /// window addressing (kv_quant_store, kv_quant_attention).
     pub const KVCACHE: &str = include_str!("../../shaders/lib/kvcache.wgsl");
     /// Online-softmax blocks, accumulators and the split-KV combine of both attention shaders.
     pub const SOFTMAX4: &str = include_str!("../../shaders/lib/softmax4.wgsl");
@@ -29,13 +30,56 @@ pub mod lib {
     pub const XLOAD_SG: &str = include_str!("../../shaders/lib/xload_sg.wgsl");
 }
 
-/// One `.wgsl` file and the libs it needs.
+/// A Rust struct that mirrors a WGSL struct byte for byte: a call's
+/// parameter block (group 0, binding 0) or a struct nested in one. Declared
+/// with [`params_struct!`](crate::params_struct), which also records the
+/// field offsets the contract tests compare with the WGSL struct naga parses.
+pub trait Params: bytemuck::Pod {
+    const LAYOUT: ParamsLayout;
+}
+
+/// A params struct's name (the WGSL struct's, for nested structs), size and
+/// field offsets in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamsLayout {
+    pub name: &'static str,
+    pub size: usize,
+    pub fields: &'static [(&'static str, usize)],
+}
+
+/// Declares a `#[repr(C)]` params struct and its [`Params`] impl:
+/// `params_struct! { pub struct AddParams { pub n: u32, pub _pad: [u32; 3] } }`.
+/// Fields whose names start with `_` are padding.
+#[macro_export]
+macro_rules! params_struct {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $f:ident : $t:ty),+ $(,)? }) => {
+        $(#[$m])*
+        #[repr(C)]
+        #[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+        pub struct $name {
+            $($(#[$fm])* pub $f: $t),+
+        }
+        impl $crate::shader::Params for $name {
+            const LAYOUT: $crate::shader::ParamsLayout = $crate::shader::ParamsLayout {
+                name: stringify!($name),
+                size: ::core::mem::size_of::<$name>(),
+                fields: &[$((stringify!($f), ::core::mem::offset_of!($name, $f))),+],
+            };
+        }
+    };
+}
+
+/// One `.wgsl` file, the libs it needs, and the Rust mirrors of its structs.
 #[derive(Debug)]
 pub struct ShaderSource {
     /// File stem, e.g. "rmsnorm" for shaders/rmsnorm.wgsl.
     pub name: &'static str,
     pub libs: &'static [&'static str],
     pub source: &'static str,
+    /// The parameter block every entry point reads at group 0, binding 0.
+    pub params: ParamsLayout,
+    /// Structs nested in the parameter block, found in the module by name.
+    pub structs: &'static [ParamsLayout],
 }
 
 impl ShaderSource {
@@ -66,14 +110,18 @@ impl ShaderSource {
     }
 }
 
-/// Declares an op's shader: `shader!(RMSNORM, "rmsnorm", [lib::F16])`.
+/// Declares an op's shader and the params struct it reads:
+/// `shader!(SHADER, "rmsnorm", [lib::REDUCE], RmsNormParams)`, with the
+/// structs nested in it after: `shader!(.., KvQuantStoreParams, [KvCacheParams])`.
 #[macro_export]
 macro_rules! shader {
-    ($ident:ident, $name:literal, [$($lib:expr),*]) => {
+    ($ident:ident, $name:literal, [$($lib:expr),*], $params:ty $(, [$($nested:ty),*])?) => {
         pub static $ident: $crate::shader::ShaderSource = $crate::shader::ShaderSource {
             name: $name,
             libs: &[$($lib),*],
             source: include_str!(concat!("../../../shaders/", $name, ".wgsl")),
+            params: <$params as $crate::shader::Params>::LAYOUT,
+            structs: &[$($(<$nested as $crate::shader::Params>::LAYOUT),*)?],
         };
     };
 }

@@ -12,7 +12,8 @@ use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, context};
 use serde::{Deserialize, Serialize};
 
-use crate::tokenizer::{Tokenizer, TokenizerSpec};
+use crate::checkpoint::TokenizerSpec;
+use crate::tokenizer::Tokenizer;
 use crate::{ModelError, Result};
 
 /// Name under which the template is stored in its environment.

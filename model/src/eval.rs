@@ -133,13 +133,6 @@ pub enum KlBase<'a> {
     Saved(&'a mut LogitsReader),
 }
 
-/// [`perplexity`], and with `base` (e.g. the full-precision model) the KL
-/// divergence of `model`'s next-token distributions from `base`'s at every
-/// scored position. With `save`, the model's logits at the scored positions
-/// are written out to serve later runs as a [`KlBase::Saved`].
-/// Most tokens one perplexity step runs (the CLI's default batch).
-pub const STEP: usize = 512;
-
 /// Logits `[chunk.len(), vocab]` of a chunk fed after the pivot in steps of
 /// the graph's size.
 fn run_chunk(c: &mut Compiled, chunk: &[u32], pivot: usize, vocab: usize) -> Result<Vec<f32>> {
@@ -160,6 +153,12 @@ fn run_chunk(c: &mut Compiled, chunk: &[u32], pivot: usize, vocab: usize) -> Res
     Ok(logits)
 }
 
+/// [`perplexity`], and with `base` (e.g. the full-precision model) the KL
+/// divergence of `model`'s next-token distributions from `base`'s at every
+/// scored position. With `save`, the model's logits at the scored positions
+/// are written out to serve later runs as a [`KlBase::Saved`].
+/// Chunks run in steps of at most the cache's batch
+/// ([`crate::kv_cache::KvFormat::batch`]).
 #[allow(clippy::too_many_arguments)]
 pub fn perplexity_kl(
     model: &GpuModel,
@@ -222,9 +221,9 @@ pub fn perplexity_kl(
             r.chunks
         )));
     }
-    // Chunks run in steps of at most STEP tokens (a quantized cache's window
-    // is sized for them), each after the pivot.
-    let step_rows = ctx.min(STEP);
+    // Chunks run in steps of at most the cache's batch (a quantized cache's
+    // window is sized for them), each after the pivot.
+    let step_rows = ctx.min(model.kv.format.batch.max(1) as usize);
     let mut c = Compiled::new(model, step_rows as u32, Head::AllLogits)?;
     let mut cb = match &base {
         Some(KlBase::Model(b)) => Some(Compiled::new(b, step_rows as u32, Head::AllLogits)?),

@@ -22,14 +22,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::weights::{Bytes, HostDType, HostTensor};
+use crate::checkpoint::{Bytes, HostDType, HostTensor};
 use crate::{ModelError, Result};
 
-mod types;
 mod value;
 pub mod writer;
 
-pub use types::{ggml_type_layout, ggml_type_name, ggml_type_of, host_dtype};
+use crate::checkpoint::ggml::{ggml_type_layout, ggml_type_name, host_dtype};
 pub use value::{GgufArray, GgufValue, GgufValueType};
 
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";

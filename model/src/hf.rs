@@ -12,19 +12,19 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::loader::{LoadedModel, check_shape};
-use crate::tokenizer::TokenizerSpec;
-use crate::weights::{Bytes, HostDType, HostTensor, LayerWeights, LlamaWeights};
+use crate::checkpoint::{
+    Bytes, HostDType, HostTensor, LlamaWeights, LoadedModel, ModelTensor, TokenizerSpec,
+};
 use crate::{LlamaConfig, ModelError, Result, RopeStyle};
 
 /// Loads an HF Llama/Mistral directory.
 pub fn load_dir(dir: &Path) -> Result<LoadedModel> {
     let config_path = dir.join("config.json");
     let config_json = read_json(&config_path)?;
-    let ckpt = Checkpoint::open(dir)?;
+    let ckpt = SafetensorsDir::open(dir)?;
     let mut config = config_from_hf(&config_json, &config_path)?;
     // HF ties when asked to, and a missing lm_head can only mean tied.
-    if !config.tied_embeddings && !ckpt.contains("lm_head.weight") {
+    if !config.tied_embeddings && !ckpt.contains(ModelTensor::Output.hf_name()) {
         log::warn!(
             "{}: no lm_head.weight; using the tied embedding",
             dir.display()
@@ -175,14 +175,14 @@ struct Entry {
 }
 
 /// The tensors of a checkpoint directory, single-file or sharded.
-pub struct Checkpoint {
+pub struct SafetensorsDir {
     dir: PathBuf,
     entries: HashMap<String, Entry>,
 }
 
-impl Checkpoint {
+impl SafetensorsDir {
     /// Maps `model.safetensors`, or every shard named by `model.safetensors.index.json`.
-    pub fn open(dir: &Path) -> Result<Checkpoint> {
+    pub fn open(dir: &Path) -> Result<SafetensorsDir> {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let mut entries = HashMap::new();
@@ -228,7 +228,7 @@ impl Checkpoint {
                 msg: "no model.safetensors or model.safetensors.index.json".into(),
             });
         }
-        Ok(Checkpoint {
+        Ok(SafetensorsDir {
             dir: dir.to_path_buf(),
             entries,
         })
@@ -261,7 +261,7 @@ impl Checkpoint {
             }
         };
         let numel = e.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if numel.and_then(|n| crate::quant::ggml::byte_len(dtype, n)) != Some(e.len) {
+        if numel.and_then(|n| dtype.byte_len(n)) != Some(e.len) {
             return Err(ModelError::Checkpoint {
                 path: e.file.clone(),
                 msg: format!(
@@ -320,39 +320,8 @@ fn read_safetensors(path: &Path, entries: &mut HashMap<String, Entry>) -> Result
 }
 
 /// Maps HF tensor names to [`LlamaWeights`], checking shapes.
-pub fn weights_from_hf(ck: &Checkpoint, c: &LlamaConfig) -> Result<LlamaWeights> {
-    let get = |name: String, shape: &[usize]| -> Result<HostTensor> {
-        let t = ck.tensor(&name)?;
-        check_shape(&t, shape)?;
-        Ok(t)
-    };
-    let (dim, q, kv, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
-    let layers = (0..c.n_layers)
-        .map(|i| {
-            let n = |s: &str| format!("model.layers.{i}.{s}.weight");
-            Ok(LayerWeights {
-                attn_norm: get(n("input_layernorm"), &[dim])?,
-                wq: get(n("self_attn.q_proj"), &[q, dim])?,
-                wk: get(n("self_attn.k_proj"), &[kv, dim])?,
-                wv: get(n("self_attn.v_proj"), &[kv, dim])?,
-                wo: get(n("self_attn.o_proj"), &[dim, q])?,
-                ffn_norm: get(n("post_attention_layernorm"), &[dim])?,
-                w_gate: get(n("mlp.gate_proj"), &[ffn, dim])?,
-                w_up: get(n("mlp.up_proj"), &[ffn, dim])?,
-                w_down: get(n("mlp.down_proj"), &[dim, ffn])?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let output = match c.tied_embeddings {
-        true => None,
-        false => Some(get("lm_head.weight".into(), &[c.vocab_size, dim])?),
-    };
-    Ok(LlamaWeights {
-        token_embd: get("model.embed_tokens.weight".into(), &[c.vocab_size, dim])?,
-        layers,
-        output_norm: get("model.norm.weight".into(), &[dim])?,
-        output,
-    })
+pub fn weights_from_hf(ck: &SafetensorsDir, c: &LlamaConfig) -> Result<LlamaWeights> {
+    LlamaWeights::try_from_table(c, |role| ck.tensor(&role.hf_name()))
 }
 
 /// Builds a [`TokenizerSpec`] of model "hf-json" from `tokenizer.json`, with
@@ -787,7 +756,7 @@ mod tests {
         let view = TensorView::new(Dtype::I32, vec![4], &data).unwrap();
         safetensors::serialize_to_file([("ids", view)], None, &path).unwrap();
         std::fs::copy(&path, dir.path().join("model.safetensors")).unwrap();
-        let ck = Checkpoint::open(dir.path()).unwrap();
+        let ck = SafetensorsDir::open(dir.path()).unwrap();
         assert_eq!(ck.names(), ["ids"]);
         let err = ck.tensor("ids").unwrap_err().to_string();
         assert!(err.contains("ids") && err.contains("I32"), "{err}");

@@ -6,7 +6,7 @@
 //! - `lamina.config`: the [`LlamaConfig`] as JSON;
 //! - `lamina.tokenizer`: the [`TokenizerSpec`] as JSON (chat template included);
 //! - `lamina.recipe`: JSON of how the file was made (method, bits, group,
-//!   calibration, source, timings), free-form for readers;
+//!   calibration, source, timings): a [`Recipe`];
 //! - `lamina.dtypes`: JSON map from tensor name to its encoding for tensors
 //!   that are not plain F32 / F16: `"q8_0"`, `"q4_1"`, `"q4_0"` (llama.cpp
 //!   block bytes stored as U8 `[rows, row_bytes]`) or `"mixed"`;
@@ -25,9 +25,10 @@ use std::sync::Arc;
 use lamina_engine::weight::MixedLayout;
 use serde::{Deserialize, Serialize};
 
-use crate::loader::LoadedModel;
-use crate::tokenizer::TokenizerSpec;
-use crate::weights::{Bytes, HostDType, HostTensor, LayerWeights, LlamaWeights, MixedTensor};
+use crate::checkpoint::{
+    Bytes, HostDType, HostTensor, LlamaWeights, LoadedModel, MixedTensor, Pivot, Recipe,
+    TokenizerSpec,
+};
 use crate::{LlamaConfig, ModelError, Result};
 
 /// Value of `lamina.format`.
@@ -42,49 +43,10 @@ struct Allocation {
     bits: Vec<u8>,
 }
 
-fn dtype_name(d: HostDType) -> Option<&'static str> {
-    match d {
-        HostDType::Q4_0 => Some("q4_0"),
-        HostDType::Q4_1 => Some("q4_1"),
-        HostDType::Q8_0 => Some("q8_0"),
-        HostDType::Mixed => Some("mixed"),
-        HostDType::F32 | HostDType::F16 | HostDType::BF16 => None,
-    }
-}
-
-fn dtype_from_name(s: &str) -> Option<HostDType> {
-    Some(match s {
-        "q4_0" => HostDType::Q4_0,
-        "q4_1" => HostDType::Q4_1,
-        "q8_0" => HostDType::Q8_0,
-        "mixed" => HostDType::Mixed,
-        _ => return None,
-    })
-}
-
-/// The tensors of `w` under their file names, in a fixed order.
-fn named(w: &LlamaWeights) -> Vec<(String, &HostTensor)> {
-    let mut v = vec![("token_embd.weight".to_string(), &w.token_embd)];
-    for (i, l) in w.layers.iter().enumerate() {
-        for (s, t) in [
-            ("attn_norm", &l.attn_norm),
-            ("attn_q", &l.wq),
-            ("attn_k", &l.wk),
-            ("attn_v", &l.wv),
-            ("attn_output", &l.wo),
-            ("ffn_norm", &l.ffn_norm),
-            ("ffn_gate", &l.w_gate),
-            ("ffn_up", &l.w_up),
-            ("ffn_down", &l.w_down),
-        ] {
-            v.push((format!("blk.{i}.{s}.weight"), t));
-        }
-    }
-    v.push(("output_norm.weight".into(), &w.output_norm));
-    if let Some(o) = &w.output {
-        v.push(("output.weight".into(), o));
-    }
-    v
+/// Whether safetensors has a dtype for `d`; the other formats are named in
+/// `lamina.dtypes` ([`HostDType::name`]).
+fn is_plain(d: HostDType) -> bool {
+    matches!(d, HostDType::F32 | HostDType::F16 | HostDType::BF16)
 }
 
 fn u32_bytes(v: &[u32]) -> Vec<u8> {
@@ -94,15 +56,16 @@ fn u16_bytes(v: &[u16]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Writes `m` to `path` with `recipe` as its `lamina.recipe`. The file is
+/// Writes `m` to `path`, with its recipe (empty when it has none). The file is
 /// written under a temporary name next to `path` and renamed at the end, so
 /// an interrupted write never leaves a partial `path`.
-pub fn write(path: &Path, m: &LoadedModel, recipe: &serde_json::Value) -> Result<()> {
+pub fn write(path: &Path, m: &LoadedModel) -> Result<()> {
     let mut dtypes = BTreeMap::new();
     let mut alloc = BTreeMap::new();
     // (name, dtype, shape, bytes)
     let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, t) in named(&m.weights) {
+    for (role, t) in m.weights.tensors() {
+        let name = role.gguf_name();
         match (t.dtype, &t.mixed) {
             (HostDType::Mixed, Some(mx)) => {
                 let l = &mx.layout;
@@ -129,7 +92,7 @@ pub fn write(path: &Path, m: &LoadedModel, recipe: &serde_json::Value) -> Result
                         bits: l.bits.clone(),
                     },
                 );
-                dtypes.insert(name, "mixed");
+                dtypes.insert(name, HostDType::Mixed.name());
             }
             (HostDType::Mixed, None) => {
                 return Err(ModelError::Invalid(format!(
@@ -153,7 +116,7 @@ pub fn write(path: &Path, m: &LoadedModel, recipe: &serde_json::Value) -> Result
                     vec![rows, bytes.len() / rows],
                     bytes,
                 ));
-                dtypes.insert(name, dtype_name(d).unwrap_or("?"));
+                dtypes.insert(name, d.name());
             }
         }
     }
@@ -174,7 +137,8 @@ pub fn write(path: &Path, m: &LoadedModel, recipe: &serde_json::Value) -> Result
     meta.insert("lamina.format".to_string(), FORMAT.to_string());
     meta.insert("lamina.config".to_string(), json(&m.config)?);
     meta.insert("lamina.tokenizer".to_string(), json(&m.tokenizer_spec)?);
-    meta.insert("lamina.recipe".to_string(), recipe.to_string());
+    let recipe = m.recipe.clone().unwrap_or_default();
+    meta.insert("lamina.recipe".to_string(), json(&recipe)?);
     meta.insert("lamina.dtypes".to_string(), json(&dtypes)?);
     meta.insert("lamina.allocation".to_string(), json(&alloc)?);
     let views = tensors
@@ -281,7 +245,7 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
     let tensor = |name: String, shape: &[usize]| -> Result<HostTensor> {
         let owned = |b: Vec<u8>| Bytes::Owned(Arc::new(b));
         match dtypes.get(&name).map(String::as_str) {
-            Some("mixed") => {
+            Some(enc) if enc == HostDType::Mixed.name() => {
                 let a = alloc
                     .get(&name)
                     .ok_or_else(|| bad(format!("`{name}` has no bit allocation")))?;
@@ -324,11 +288,14 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
                 })
             }
             Some(other) => {
-                let dt = dtype_from_name(other)
+                let dt = other
+                    .parse::<HostDType>()
+                    .ok()
+                    .filter(|d| !is_plain(*d) && *d != HostDType::Mixed)
                     .ok_or_else(|| bad(format!("`{name}` has unknown encoding `{other}`")))?;
                 let (_, b) = raw(&name, safetensors::Dtype::U8)?;
                 let n: usize = shape.iter().product();
-                if crate::quant::ggml::byte_len(dt, n) != Some(b.len()) {
+                if dt.byte_len(n) != Some(b.len()) {
                     return Err(bad(format!(
                         "`{name}` has {} bytes for {n} {other} values",
                         b.len()
@@ -369,34 +336,7 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
         }
     };
     let c = &config;
-    let (dim, q, kv, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
-    let layers = (0..c.n_layers)
-        .map(|i| {
-            let n = |s: &str| format!("blk.{i}.{s}.weight");
-            Ok(LayerWeights {
-                attn_norm: tensor(n("attn_norm"), &[dim])?,
-                wq: tensor(n("attn_q"), &[q, dim])?,
-                wk: tensor(n("attn_k"), &[kv, dim])?,
-                wv: tensor(n("attn_v"), &[kv, dim])?,
-                wo: tensor(n("attn_output"), &[dim, q])?,
-                ffn_norm: tensor(n("ffn_norm"), &[dim])?,
-                w_gate: tensor(n("ffn_gate"), &[ffn, dim])?,
-                w_up: tensor(n("ffn_up"), &[ffn, dim])?,
-                w_down: tensor(n("ffn_down"), &[dim, ffn])?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let output = if c.tied_embeddings {
-        None
-    } else {
-        Some(tensor("output.weight".into(), &[c.vocab_size, dim])?)
-    };
-    let weights = LlamaWeights {
-        token_embd: tensor("token_embd.weight".into(), &[c.vocab_size, dim])?,
-        layers,
-        output_norm: tensor("output_norm.weight".into(), &[dim])?,
-        output,
-    };
+    let weights = LlamaWeights::try_from_table(c, |role| tensor(role.gguf_name(), &role.shape(c)))?;
     let pivot = match meta.get("lamina.pivot") {
         None => None,
         Some(t) => {
@@ -421,15 +361,16 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
             }
             let v = parts.pop().unwrap_or_default();
             let k = parts.pop().unwrap_or_default();
-            Some(crate::kv_cache::Pivot { tokens, k, v })
+            Some(Pivot { tokens, k, v })
         }
     };
-    let recipe = parse("lamina.recipe")?;
-    let file_type = recipe
-        .get("name")
-        .and_then(|v| v.as_str())
-        .unwrap_or("lamina")
-        .to_string();
+    let recipe: Recipe = serde_json::from_value(parse("lamina.recipe")?)
+        .map_err(|e| bad(format!("`lamina.recipe`: {e}")))?;
+    let file_type = if recipe.name.is_empty() {
+        "lamina".to_string()
+    } else {
+        recipe.name.clone()
+    };
     Ok(LoadedModel {
         config,
         weights,

@@ -9,17 +9,16 @@
 use std::sync::Arc;
 
 use lamina_engine::graph::{Graph, Op, TensorId};
-use lamina_engine::ops::kv_store::KvLayout;
+use lamina_engine::kv::KvLayout;
 use lamina_engine::ops::{
-    add, attention, embedding, gram, kv_attention, kv_store, kv_write, matmul, rmsnorm, rope,
-    sample, swiglu,
+    add, embedding, gram, kv_f16_attention, kv_f16_write, kv_quant_attention, kv_quant_store,
+    matmul, rmsnorm, rope, sample, swiglu,
 };
 use lamina_engine::weight::{GpuWeight, HostData, HostWeight};
 use lamina_engine::{DType, Gpu, Tensor, WeightFormat, WeightRef};
 
-use crate::kv_cache::{KvCache, KvFormat, LayerCache, Pivot};
-use crate::loader::LoadedModel;
-use crate::weights::{HostDType, HostTensor, LayerWeights};
+use crate::checkpoint::{HostDType, HostTensor, LayerWeights, LoadedModel, Pivot};
+use crate::kv_cache::{KvCache, KvFormat, LayerCache};
 use crate::{LlamaConfig, ModelError, Result, RopeStyle};
 
 /// How the checkpoint's weights are stored on the GPU.
@@ -34,17 +33,28 @@ pub enum WeightMode {
     F32,
 }
 
+impl WeightMode {
+    pub const ALL: [WeightMode; 3] = [WeightMode::Native, WeightMode::F16, WeightMode::F32];
+
+    /// The `--weights` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightMode::Native => "native",
+            WeightMode::F16 => "f16",
+            WeightMode::F32 => "f32",
+        }
+    }
+}
+
 impl std::str::FromStr for WeightMode {
     type Err = ModelError;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "native" => Ok(WeightMode::Native),
-            "f16" => Ok(WeightMode::F16),
-            "f32" => Ok(WeightMode::F32),
-            _ => Err(ModelError::Input(format!(
-                "unknown weight mode `{s}` (native, f16, f32)"
-            ))),
-        }
+        WeightMode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                ModelError::Input(format!("unknown weight mode `{s}` (native, f16, f32)"))
+            })
     }
 }
 
@@ -75,6 +85,20 @@ impl GpuLayer {
             w_up: upload_matrix(gpu, &l.w_up, mode)?,
             w_down: upload_matrix(gpu, &l.w_down, mode)?,
         })
+    }
+
+    /// Bytes of the layer's weights on the GPU (norms included).
+    pub fn bytes(&self) -> u64 {
+        let mats = [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.w_gate,
+            &self.w_up,
+            &self.w_down,
+        ];
+        self.attn_norm.size + self.ffn_norm.size + mats.iter().map(|w| w.bytes()).sum::<u64>()
     }
 }
 
@@ -219,13 +243,7 @@ impl GpuModel {
         if let Some(o) = &self.output {
             b += o.bytes();
         }
-        for l in &self.layers {
-            b += l.attn_norm.size + l.ffn_norm.size;
-            for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
-                b += w.bytes();
-            }
-        }
-        b
+        b + self.layers.iter().map(GpuLayer::bytes).sum::<u64>()
     }
 
     /// Weight bytes one decoded token streams: every layer matrix and the
@@ -233,13 +251,7 @@ impl GpuModel {
     pub fn weight_bytes_per_token(&self) -> u64 {
         let mut b = self.lm_head().bytes() + self.output_norm.size;
         b += self.token_embd.bytes() / u64::from(self.token_embd.rows.max(1));
-        for l in &self.layers {
-            b += l.attn_norm.size + l.ffn_norm.size;
-            for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
-                b += w.bytes();
-            }
-        }
-        b
+        b + self.layers.iter().map(GpuLayer::bytes).sum::<u64>()
     }
 }
 
@@ -299,15 +311,16 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
     let up = g.intermediate("up", f32s(ffn)); // [n_tokens, ffn]
     let act = g.intermediate("act", f32s(ffn)); // [n_tokens, ffn]
     let down = g.intermediate("down", f32s(dim)); // [n_tokens, dim]
-    let scratch_bytes =
-        m.kv.layers
-            .iter()
-            .map(|l| match l {
-                LayerCache::F16 { .. } => attention::scratch_bytes(nh, hd, max_ctx, n),
-                LayerCache::Quant { layout, .. } => kv_attention::scratch_bytes(layout, nh, n),
-            })
-            .max()
-            .unwrap_or(0);
+    let scratch_bytes = m
+        .kv
+        .layers
+        .iter()
+        .map(|l| match l {
+            LayerCache::F16 { .. } => kv_f16_attention::scratch_bytes(nh, hd, max_ctx, n),
+            LayerCache::Quant { layout, .. } => kv_quant_attention::scratch_bytes(layout, nh, n),
+        })
+        .max()
+        .unwrap_or(0);
     let att_scratch = (scratch_bytes > 0).then(|| g.intermediate("att_scratch", scratch_bytes));
 
     let table = weight(&mut g, &m.token_embd, "token_embd");
@@ -448,12 +461,12 @@ pub struct LayerIo {
 /// One layer's KV cache tensors in a graph.
 #[derive(Debug, Clone, Copy)]
 pub enum LayerKv {
-    /// `[n_kv_heads, max_ctx, head_dim]` f16 each (ops kv_write + attention).
+    /// `[n_kv_heads, max_ctx, head_dim]` f16 each (ops kv_f16_write + kv_f16_attention).
     F16 {
         k_cache: TensorId,
         v_cache: TensorId,
     },
-    /// Window and store (ops kv_store + kv_attention).
+    /// Window and store (ops kv_quant_store + kv_quant_attention).
     Quant {
         k_win: TensorId,
         v_win: TensorId,
@@ -590,8 +603,8 @@ pub fn push_layer(
     match *kv {
         LayerKv::F16 { k_cache, v_cache } => {
             g.push(
-                p("kv_write"),
-                Op::KvWrite(kv_write::KvWrite {
+                p("kv_f16_write"),
+                Op::KvF16Write(kv_f16_write::KvF16Write {
                     k: io.k,
                     v: io.v,
                     k_cache,
@@ -604,7 +617,7 @@ pub fn push_layer(
             )?;
             g.push(
                 p("attn"),
-                Op::Attention(attention::Attention {
+                Op::KvF16Attention(kv_f16_attention::KvF16Attention {
                     q: io.q,
                     k_cache,
                     v_cache,
@@ -632,8 +645,8 @@ pub fn push_layer(
                 ));
             };
             g.push(
-                p("kv_store"),
-                Op::KvStore(kv_store::KvStore {
+                p("kv_quant_store"),
+                Op::KvQuantStore(kv_quant_store::KvQuantStore {
                     k: io.k,
                     v: io.v,
                     k_win,
@@ -646,7 +659,7 @@ pub fn push_layer(
             )?;
             g.push(
                 p("attn"),
-                Op::KvAttention(kv_attention::KvAttention {
+                Op::KvQuantAttention(kv_quant_attention::KvQuantAttention {
                     q: io.q,
                     k_win,
                     v_win,

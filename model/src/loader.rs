@@ -1,4 +1,7 @@
-//! Loads a Llama-family model from a GGUF file or a Hugging Face directory.
+//! Loads a Llama-family model: [`load`] picks the loader by what the path
+//! is (a GGUF file, read here; a Hugging Face directory, `crate::hf`; a
+//! `.lamina.safetensors` file, `crate::lamina_file`). Each fills a
+//! [`LoadedModel`], the checkpoint in memory.
 //!
 //! GGUF keys and tensor names follow llama.cpp's `llama` architecture
 //! (`convert_hf_to_gguf.py`). llama.cpp permutes the rows of `attn_q` and
@@ -8,27 +11,9 @@
 
 use std::path::Path;
 
+use crate::checkpoint::{LayerTensor, LlamaWeights, LoadedModel, ModelTensor, TokenizerSpec};
 use crate::gguf::GgufFile;
-use crate::tokenizer::TokenizerSpec;
-use crate::weights::{HostTensor, LayerWeights, LlamaWeights};
 use crate::{LlamaConfig, ModelError, Result, RopeStyle};
-
-/// Everything needed to run a model, still on the host.
-#[derive(Debug, Clone)]
-pub struct LoadedModel {
-    pub config: LlamaConfig,
-    pub weights: LlamaWeights,
-    pub tokenizer_spec: TokenizerSpec,
-    /// Path the model came from.
-    pub source: String,
-    /// Weight format, e.g. "Q4_1" (from GGUF `general.file_type`) or "BF16".
-    pub file_type: String,
-    /// How a `.lamina.safetensors` file was made (its `lamina.recipe`).
-    pub recipe: Option<serde_json::Value>,
-    /// The pivot KV a `.lamina.safetensors` file carries, computed by its
-    /// full-precision source (IntactKV).
-    pub pivot: Option<crate::kv_cache::Pivot>,
-}
 
 /// Loads a `.gguf` file, or a Hugging Face directory (config.json + safetensors).
 pub fn load(path: &Path) -> Result<LoadedModel> {
@@ -146,7 +131,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig> {
         None => match opt_usize(g, "llama.vocab_size")? {
             Some(v) => v,
             None => g
-                .tensor_info("token_embd.weight")
+                .tensor_info(ModelTensor::TokenEmbd.gguf_name())
                 .map_or(0, |t| t.shape()[0]),
         },
     };
@@ -166,7 +151,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig> {
         rope_theta: g.get_f32("llama.rope.freq_base")?.unwrap_or(10000.0),
         rope_style: RopeStyle::Interleaved,
         max_seq_len: need_usize(g, "llama.context_length")?,
-        tied_embeddings: g.tensor_info("output.weight").is_none(),
+        tied_embeddings: g.tensor_info(ModelTensor::Output.gguf_name()).is_none(),
     };
     config.validate()?;
     Ok(config)
@@ -189,56 +174,14 @@ fn check_rope_scaling(g: &GgufFile) -> Result<()> {
     Ok(())
 }
 
-/// Checks a tensor's shape against the config.
-pub(crate) fn check_shape(t: &HostTensor, want: &[usize]) -> Result<()> {
-    if t.shape != want {
-        return Err(ModelError::Invalid(format!(
-            "tensor `{}` has shape {:?}, expected {:?} from the config",
-            t.name, t.shape, want
-        )));
-    }
-    Ok(())
-}
-
 /// Maps llama.cpp tensor names to [`LlamaWeights`], checking shapes.
 pub fn weights_from_gguf(g: &GgufFile, c: &LlamaConfig) -> Result<LlamaWeights> {
-    let get = |name: String, shape: &[usize]| -> Result<HostTensor> {
-        let t = g.load_tensor(&name)?;
-        check_shape(&t, shape)?;
-        Ok(t)
-    };
-    let (dim, q, kv, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
     if g.tensor_info("blk.0.attn_q.bias").is_some() {
         return Err(ModelError::Unsupported(
             "attention biases (blk.N.attn_q.bias)".into(),
         ));
     }
-    let layers = (0..c.n_layers)
-        .map(|i| {
-            let n = |s: &str| format!("blk.{i}.{s}.weight");
-            Ok(LayerWeights {
-                attn_norm: get(n("attn_norm"), &[dim])?,
-                wq: get(n("attn_q"), &[q, dim])?,
-                wk: get(n("attn_k"), &[kv, dim])?,
-                wv: get(n("attn_v"), &[kv, dim])?,
-                wo: get(n("attn_output"), &[dim, q])?,
-                ffn_norm: get(n("ffn_norm"), &[dim])?,
-                w_gate: get(n("ffn_gate"), &[ffn, dim])?,
-                w_up: get(n("ffn_up"), &[ffn, dim])?,
-                w_down: get(n("ffn_down"), &[dim, ffn])?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let output = match c.tied_embeddings {
-        true => None,
-        false => Some(get("output.weight".into(), &[c.vocab_size, dim])?),
-    };
-    Ok(LlamaWeights {
-        token_embd: get("token_embd.weight".into(), &[c.vocab_size, dim])?,
-        layers,
-        output_norm: get("output_norm.weight".into(), &[dim])?,
-        output,
-    })
+    LlamaWeights::try_from_table(c, |role| g.load_tensor(&role.gguf_name()))
 }
 
 /// Fills a [`TokenizerSpec`] from `tokenizer.ggml.*` metadata.
@@ -323,7 +266,7 @@ fn gguf_file_type(g: &GgufFile) -> Result<String> {
             None => format!("ftype {f}"),
         },
         None => g
-            .tensor_info("blk.0.attn_q.weight")
+            .tensor_info(&LayerTensor::Wq.gguf_name(0))
             .map_or_else(|| "unknown".to_string(), |t| t.type_name()),
     })
 }

@@ -27,8 +27,7 @@
 
 use std::thread;
 
-use crate::config::{LlamaConfig, RopeStyle};
-use crate::weights::{HostTensor, LayerWeights, LlamaWeights};
+use crate::checkpoint::{HostTensor, LayerWeights, LlamaConfig, LlamaWeights, RopeStyle};
 use crate::{ModelError, Result};
 
 /// Tokens processed together; `RunState` holds activations for this many.
@@ -264,7 +263,7 @@ impl Reference {
 
     /// Puts `pivot`'s K and V at positions `0..pivot.len()` of every layer's
     /// cache, as if its tokens had run, and empties the cache after them.
-    pub fn load_prefix(&mut self, pivot: &crate::kv_cache::Pivot) -> Result<()> {
+    pub fn load_prefix(&mut self, pivot: &crate::checkpoint::Pivot) -> Result<()> {
         let (p, kvd) = (pivot.len(), self.cfg.kv_dim());
         pivot.check(&self.cfg)?;
         if p >= self.max_ctx {

@@ -1,8 +1,8 @@
 //! Unit tests of the CPU reference on small synthetic models (no checkpoint needed).
 
 use super::*;
+use crate::checkpoint::{Bytes, HostDType};
 use crate::synthetic::{synthetic_config, synthetic_weights};
-use crate::weights::{Bytes, HostDType};
 
 fn tiny(style: RopeStyle, dtype: HostDType) -> Result<(LlamaConfig, LlamaWeights)> {
     let cfg = LlamaConfig {

@@ -6,43 +6,27 @@ use std::sync::Arc;
 
 use lamina_engine::Executor;
 use lamina_engine::graph::{Sampling, Step};
-use lamina_engine::ops::kv_store::GROUP;
+use lamina_engine::kv::GROUP;
 use rand::{Rng, SeedableRng};
 
 use crate::llama::{GpuModel, GraphIo, Head, REPEAT_LAST_N, build_graph};
 use crate::{ModelError, Result};
 
-/// Sampling settings as the user gives them (llama.cpp's names and defaults
-/// where they exist).
+/// What a session samples with: the sample op's settings, built once by the
+/// caller and handed to the op unchanged at every step but for
+/// [`Sampling::uniform`], which each step draws from a generator seeded
+/// with `seed`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplerConfig {
-    /// 0 = greedy.
-    pub temperature: f32,
-    pub top_k: u32,
-    pub top_p: f32,
-    pub repeat_penalty: f32,
+    pub sampling: Sampling,
     pub seed: u64,
 }
 
-impl Default for SamplerConfig {
-    fn default() -> Self {
-        SamplerConfig {
-            temperature: 0.8,
-            top_k: 40,
-            top_p: 0.95,
-            repeat_penalty: 1.0,
-            seed: 0,
-        }
-    }
-}
-
 impl SamplerConfig {
+    /// The most likely token at every step.
     pub fn greedy() -> Self {
         SamplerConfig {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            repeat_penalty: 1.0,
+            sampling: Sampling::default(),
             seed: 0,
         }
     }
@@ -77,9 +61,14 @@ pub struct Session {
 }
 
 impl Session {
-    /// `batch`: most tokens one prompt step processes (llama.cpp's -ub).
+    /// `batch`: most tokens one prompt step processes (llama.cpp's -ub); a
+    /// quantized cache takes at most the steps its window was sized for
+    /// ([`crate::kv_cache::KvFormat::batch`]).
     pub fn new(model: Arc<GpuModel>, batch: u32, sampler: SamplerConfig) -> Result<Self> {
-        let batch = batch.clamp(1, model.kv.max_ctx as u32);
+        let mut batch = batch.clamp(1, model.kv.max_ctx as u32);
+        if model.kv.layout.is_some() {
+            batch = batch.min(model.kv.format.batch.max(1));
+        }
         let pos = model.kv.pivot_len();
         Ok(Session {
             model,
@@ -167,14 +156,11 @@ impl Session {
         Ok(slot.as_mut().expect("just compiled"))
     }
 
+    /// This step's settings: the caller's, with a fresh uniform draw.
     fn sampling(&mut self) -> Sampling {
-        let s = self.sampler;
         Sampling {
-            temperature: s.temperature,
-            top_k: s.top_k,
-            top_p: s.top_p,
-            repeat_penalty: s.repeat_penalty,
             uniform: self.rng.random::<f32>(),
+            ..self.sampler.sampling
         }
     }
 

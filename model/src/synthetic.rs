@@ -23,10 +23,11 @@ use std::thread;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
-use crate::config::{LlamaConfig, RopeStyle};
-use crate::quant::encode::quantize_into;
-use crate::weights::{Bytes, HostDType, HostTensor, LayerWeights, LlamaWeights};
-use crate::{ModelError, Result};
+use crate::checkpoint::encode::quantize_into;
+use crate::checkpoint::{
+    Bytes, HostDType, HostTensor, LayerTensor, LlamaWeights, LoadedModel, ModelTensor, Role,
+};
+use crate::{LlamaConfig, ModelError, Result, RopeStyle};
 
 /// Preset names accepted by [`synthetic_config`], besides the custom syntax.
 pub const PRESETS: [&str; 4] = ["tiny", "135m", "1b", "7b"];
@@ -123,7 +124,7 @@ fn parse_custom(spec: &str) -> Result<[usize; 6]> {
 /// (`output: None`); otherwise a separate `output` matrix is drawn.
 pub fn synthetic_weights(cfg: &LlamaConfig, dtype: HostDType, seed: u64) -> Result<LlamaWeights> {
     cfg.validate()?;
-    let (dim, qd, kvd, ffn) = (cfg.dim, cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim);
+    let (dim, qd, ffn) = (cfg.dim, cfg.q_dim(), cfg.ffn_dim);
     let block = dtype.block_size();
     for (what, cols) in [("dim", dim), ("n_heads * head_dim", qd), ("ffn_dim", ffn)] {
         if !cols.is_multiple_of(block) {
@@ -166,63 +167,22 @@ pub fn synthetic_weights(cfg: &LlamaConfig, dtype: HostDType, seed: u64) -> Resu
     let embd_std = (4.0 / dim as f64).sqrt() as f32;
     const NORM_STD: f32 = 0.05;
 
-    let token_embd = tensor(
-        "token_embd.weight".into(),
-        &[cfg.vocab_size, dim],
-        embd_std,
-        dtype,
-        0.0,
-    )?;
-    let mut layers = Vec::with_capacity(cfg.n_layers);
-    for l in 0..cfg.n_layers {
-        let name = |t: &str| format!("blk.{l}.{t}.weight");
-        layers.push(LayerWeights {
-            attn_norm: tensor(name("attn_norm"), &[dim], NORM_STD, HostDType::F32, 1.0)?,
-            wq: tensor(name("attn_q"), &[qd, dim], linear(dim), dtype, 0.0)?,
-            wk: tensor(name("attn_k"), &[kvd, dim], linear(dim), dtype, 0.0)?,
-            wv: tensor(name("attn_v"), &[kvd, dim], linear(dim), dtype, 0.0)?,
-            wo: tensor(
-                name("attn_output"),
-                &[dim, qd],
-                linear(qd) * residual,
-                dtype,
-                0.0,
-            )?,
-            ffn_norm: tensor(name("ffn_norm"), &[dim], NORM_STD, HostDType::F32, 1.0)?,
-            w_gate: tensor(name("ffn_gate"), &[ffn, dim], linear(dim), dtype, 0.0)?,
-            w_up: tensor(name("ffn_up"), &[ffn, dim], linear(dim), dtype, 0.0)?,
-            w_down: tensor(
-                name("ffn_down"),
-                &[dim, ffn],
-                linear(ffn) * residual,
-                dtype,
-                0.0,
-            )?,
-        });
-    }
-    let output_norm = tensor(
-        "output_norm.weight".into(),
-        &[dim],
-        NORM_STD,
-        HostDType::F32,
-        1.0,
-    )?;
-    let output = if cfg.tied_embeddings {
-        None
-    } else {
-        Some(tensor(
-            "output.weight".into(),
-            &[cfg.vocab_size, dim],
-            linear(dim) * 2.0,
-            dtype,
-            0.0,
-        )?)
-    };
-    Ok(LlamaWeights {
-        token_embd,
-        layers,
-        output_norm,
-        output,
+    LlamaWeights::try_from_table(cfg, |role| {
+        let shape = role.shape(cfg);
+        let (std, dt, offset) = match role {
+            Role::Model(ModelTensor::TokenEmbd) => (embd_std, dtype, 0.0),
+            Role::Model(ModelTensor::Output) => (linear(dim) * 2.0, dtype, 0.0),
+            Role::Model(ModelTensor::OutputNorm)
+            | Role::Layer(_, LayerTensor::AttnNorm | LayerTensor::FfnNorm) => {
+                (NORM_STD, HostDType::F32, 1.0)
+            }
+            // Layers that write the residual stream are scaled down by depth.
+            Role::Layer(_, t @ (LayerTensor::Wo | LayerTensor::WDown)) => {
+                (linear(t.shape(cfg)[1]) * residual, dtype, 0.0)
+            }
+            Role::Layer(_, t) => (linear(t.shape(cfg)[1]), dtype, 0.0),
+        };
+        tensor(role.gguf_name(), &shape, std, dt, offset)
     })
 }
 
@@ -310,14 +270,10 @@ fn mix(a: u64, b: u64) -> u64 {
 
 /// A whole synthetic model: preset `preset`'s config, seeded weights in
 /// `dtype`, no tokenizer (source `synthetic:PRESET`).
-pub fn synthetic_model(
-    preset: &str,
-    dtype: HostDType,
-    seed: u64,
-) -> Result<crate::loader::LoadedModel> {
+pub fn synthetic_model(preset: &str, dtype: HostDType, seed: u64) -> Result<LoadedModel> {
     let config = synthetic_config(preset)?;
     let weights = synthetic_weights(&config, dtype, seed)?;
-    Ok(crate::loader::LoadedModel {
+    Ok(LoadedModel {
         config,
         weights,
         tokenizer_spec: Default::default(),

@@ -32,28 +32,8 @@ use tokenizers::{
     AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
 };
 
+use crate::checkpoint::TokenizerSpec;
 use crate::{ModelError, Result};
-
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct TokenizerSpec {
-    /// "gpt2" (byte-level BPE) or "llama" (SentencePiece BPE), or "hf-json" when `hf_json` is set.
-    pub model: String,
-    /// llama.cpp pre-tokenizer name (e.g. "smollm", "llama-bpe", "default").
-    pub pre: Option<String>,
-    pub tokens: Vec<String>,
-    pub merges: Vec<String>,
-    pub token_types: Vec<i32>,
-    pub scores: Vec<f32>,
-    pub bos_id: Option<u32>,
-    pub eos_id: Option<u32>,
-    pub unk_id: Option<u32>,
-    pub pad_id: Option<u32>,
-    pub add_bos: bool,
-    pub add_eos: bool,
-    pub chat_template: Option<String>,
-    /// Contents of an HF tokenizer.json, when loading an HF directory.
-    pub hf_json: Option<String>,
-}
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp `llama_token_type`).
 pub mod token_type {

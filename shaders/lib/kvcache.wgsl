@@ -1,36 +1,30 @@
-// kvcache.wgsl: what the quantized KV cache's two shaders (kv_store.wgsl,
-// kv_attention.wgsl) share: the parameter block (ops/kv_store.rs KvParams),
-// the layout's override constants, and window and format helpers.
+// kvcache.wgsl: what the quantized KV cache's two shaders (kv_quant_store.wgsl,
+// kv_quant_attention.wgsl) share, mirroring engine/src/kv/: the format ids,
+// the layout's override constants, the cache-addressing part of both
+// parameter blocks, and window and format helpers. Each shader declares its
+// own `Params` (bound as `p`), with `max_ctx` and `cache: KvCacheParams`
+// members, which the helpers here read.
 
-struct Params {
-    n_tokens: u32,
-    pos: u32,
-    kv_len: u32,
-    n_heads: u32,
-    n_kv_heads: u32,
-    max_ctx: u32,
-    n_chunks: u32,
-    chunk_len: u32,
-    scale: f32,
-    pivot: u32,
-    ring: u32,
-    recent: u32,
-    lo: u32,        // store: first position to flush
-    hi: u32,        // store: end of the flush
-    aux_base: u32,
-    sketch_base: u32,
-    qs_off: u32,    // attention: vec4 offset of the query sketches in scratch
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
+// Format ids of the store (KvQuant::id in engine/src/kv/mod.rs; a contract
+// test holds them equal).
+const KV_F16: u32 = 0u;
+const KV_Q8: u32 = 1u;
+const KV_Q4: u32 = 2u;
+const KV_Q2: u32 = 3u;
+const KV_QJL: u32 = 4u;
+
+// How both shaders address the cache's buffers (kv::KvCacheParams).
+struct KvCacheParams {
+    pivot: u32,         // pivot rows, [0, pivot)
+    ring: u32,          // window ring rows after the pivot rows
+    aux_base: u32,      // word offset of the aux words in k_store
+    sketch_base: u32,   // word offset of S in k_win
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-
-// Set per pipeline from the layout (ops/kv_store.rs layout_constants).
+// Set per pipeline from the layout (kv::KvOverride, KvLayout::constants).
 override HD: u32 = 64u;     // head_dim
-override KF: u32 = 2u;      // store key format: 0 f16, 1 q8, 2 q4, 3 q2, 4 qjl
-override VF: u32 = 2u;      // store value format (not qjl)
+override KF: u32 = 2u;      // store key format: a KV_* id
+override VF: u32 = 2u;      // store value format (not KV_QJL)
 override QG: u32 = 32u;     // channels per scale group
 override KW: u32 = 10u;     // words per key row
 override VW: u32 = 10u;     // words per value row
@@ -43,16 +37,16 @@ override AW: u32 = 1u;      // aux words per token group of a KV head
 
 // Window row of position j: pivot rows first, then the ring.
 fn win_row(j: u32) -> u32 {
-    return select(p.pivot + (j - p.pivot) % p.ring, j, j < p.pivot);
+    return select(p.cache.pivot + (j - p.cache.pivot) % p.cache.ring, j, j < p.cache.pivot);
 }
 
-// Bits per code of integer format f (1 q8, 2 q4, 3 q2).
+// Bits per code of integer format f (KV_Q8, KV_Q4 or KV_Q2).
 fn bits_of(f: u32) -> u32 {
-    return select(select(2u, 4u, f == 2u), 8u, f == 1u);
+    return select(select(2u, 4u, f == KV_Q4), 8u, f == KV_Q8);
 }
 
 // First aux word of KV head `head`'s token group holding position j >= pivot
 // (KvLayout::aux_at).
 fn aux_at(head: u32, j: u32) -> u32 {
-    return p.aux_base + (head * ((p.max_ctx + 31u) / 32u) + (j - p.pivot) / 32u) * AW;
+    return p.cache.aux_base + (head * ((p.max_ctx + 31u) / 32u) + (j - p.cache.pivot) / 32u) * AW;
 }

@@ -3,7 +3,7 @@
 // matmul_mx.wgsl and matmul_mx_sg.wgsl with fma_tok from lib/tiles.wgsl and
 // x_block / any_lane from lib/xload.wgsl or lib/xload_sg.wgsl.
 //
-// Planes (engine/src/weight.rs): a chunk of 32 codes of a `bits`-wide group
+// Planes (engine/src/weight/): a chunk of 32 codes of a `bits`-wide group
 // is `bits` u32 words: one segment of 8-bit codes, or segments of 4, 2 and 1
 // bits (those set in `bits`, lowest code bits first), element k of a width-s
 // segment at bit s*k of its words. Codes are group-major: group g's region

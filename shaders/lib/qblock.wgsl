@@ -1,5 +1,5 @@
 // lib/qblock.wgsl: the matmul kernels' parameter block, bindings and the
-// decoding of weight planes (engine/src/weight.rs) in blocks of 32
+// decoding of weight planes (engine/src/weight/) in blocks of 32
 // consecutive elements of a row:
 // - Q4_0 / Q4_1: 4 code words, one vec4<u32> (element 8j + k in nibble k of
 //   word j), f16 scale d; Q4_0: w = d * (q - 8), Q4_1: w = d * q + m (f16 min).

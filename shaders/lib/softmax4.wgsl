@@ -1,8 +1,8 @@
 // softmax4.wgsl: the online-softmax pieces both attention shaders share
-// (attention.wgsl over the f16 cache, kv_attention.wgsl over the quantized
-// one), the split-KV decode slots and the combine entry. "Rows" are the 4
-// query rows (or heads) of an invocation; a score matrix has one column per
-// key and one component per row. The including shader declares `p` (with
+// (kv_f16_attention.wgsl over the f16 cache, kv_quant_attention.wgsl over
+// the quantized one), the split-KV decode slots and the combine entry.
+// "Rows" are the 4 query rows (or heads) of an invocation; a score matrix
+// has one column per key and one component per row. The including shader declares `p` (with
 // n_heads, n_kv_heads, n_chunks, chunk_len, kv_len), `out`, `scratch`, the
 // overrides W8 (head_dim / 8) and G, and the workgroup size WG.
 

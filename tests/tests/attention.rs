@@ -1,4 +1,4 @@
-//! KvWrite + Attention against their CPU references on the test GPU, at
+//! KvF16Write + KvF16Attention (the f16 KV cache) against their CPU references on the test GPU, at
 //! awkward sizes: both the prefill kernel and the split-KV decode kernel
 //! (one range written directly, a few ranges, more ranges than one
 //! workgroup holds, a short last range), GQA groups 1, 3, 4 and 16 (more
@@ -7,7 +7,8 @@
 
 use half::f16;
 use lamina_engine::graph::{Graph, Op, Step};
-use lamina_engine::ops::{attention, kv_write};
+use lamina_engine::kv;
+use lamina_engine::ops::{kv_f16_attention, kv_f16_write};
 use lamina_engine::{EngineError, Executor};
 use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec};
 
@@ -52,14 +53,14 @@ fn prefilled_cache(c: &Case, seed: u64) -> Vec<f32> {
     for h in 0..c.n_kv_heads {
         for j in 0..c.pos {
             for d in 0..hd {
-                cache[(h * ctx + j) * hd + d] = kv_write::round_f16(vals[(h * c.pos + j) * hd + d]);
+                cache[(h * ctx + j) * hd + d] = kv::round_f16(vals[(h * c.pos + j) * hd + d]);
             }
         }
     }
     cache
 }
 
-/// Runs KvWrite + Attention for one step of `c`, checks both.
+/// Runs KvF16Write + KvF16Attention for one step of `c`, checks both.
 fn run_case(c: Case) {
     let Case {
         n_tokens: n,
@@ -84,20 +85,20 @@ fn run_case(c: Case) {
     let qt = g.input("q", 4 * q.len() as u64);
     let kt = g.input("k", 4 * k.len() as u64);
     let vt = g.input("v", 4 * v.len() as u64);
-    let cache_bytes = kv_write::cache_bytes(nkv as u32, hd as u32, max_ctx as u32);
+    let cache_bytes = kv::cache_bytes(nkv as u32, hd as u32, max_ctx as u32);
     let kct = g.input("k_cache", cache_bytes);
     let vct = g.input("v_cache", cache_bytes);
     let out = g.output("out", 4 * q.len() as u64);
     let scratch = scratch.then(|| {
         g.intermediate(
             "scratch",
-            attention::scratch_bytes(nh as u32, hd as u32, max_ctx as u32, n as u32),
+            kv_f16_attention::scratch_bytes(nh as u32, hd as u32, max_ctx as u32, n as u32),
         )
     });
     let (nkv32, hd32, ctx32, n32) = (nkv as u32, hd as u32, max_ctx as u32, n as u32);
     g.push(
-        "kv_write",
-        Op::KvWrite(kv_write::KvWrite {
+        "kv_f16_write",
+        Op::KvF16Write(kv_f16_write::KvF16Write {
             k: kt,
             v: vt,
             k_cache: kct,
@@ -111,7 +112,7 @@ fn run_case(c: Case) {
     .unwrap();
     g.push(
         "attn",
-        Op::Attention(attention::Attention {
+        Op::KvF16Attention(kv_f16_attention::KvF16Attention {
             q: qt,
             k_cache: kct,
             v_cache: vct,
@@ -139,17 +140,17 @@ fn run_case(c: Case) {
     })
     .unwrap();
 
-    kv_write::reference(&mut kc, &k, pos, nkv, hd, max_ctx);
-    kv_write::reference(&mut vc, &v, pos, nkv, hd, max_ctx);
+    kv_f16_write::reference(&mut kc, &k, pos, nkv, hd, max_ctx);
+    kv_f16_write::reference(&mut vc, &v, pos, nkv, hd, max_ctx);
     // Round to nearest even, as the reference: exact on lavapipe.
     let got_k = from_f16_bytes(&ex.read(kct, cache_bytes).unwrap());
     let got_v = from_f16_bytes(&ex.read(vct, cache_bytes).unwrap());
-    assert_close(&format!("kv_write k {what}"), &got_k, &kc, 0.0, 0.0);
-    assert_close(&format!("kv_write v {what}"), &got_v, &vc, 0.0, 0.0);
+    assert_close(&format!("kv_f16_write k {what}"), &got_k, &kc, 0.0, 0.0);
+    assert_close(&format!("kv_f16_write v {what}"), &got_v, &vc, 0.0, 0.0);
 
     let got = ex.read_f32(out, q.len()).unwrap();
-    let want = attention::reference(&q, &kc, &vc, n, pos, nh, nkv, hd, max_ctx, scale);
-    assert_close(&format!("attention {what}"), &got, &want, ATOL, RTOL);
+    let want = kv_f16_attention::reference(&q, &kc, &vc, n, pos, nh, nkv, hd, max_ctx, scale);
+    assert_close(&format!("kv_f16_attention {what}"), &got, &want, ATOL, RTOL);
 }
 
 fn case(
@@ -173,7 +174,7 @@ fn case(
 
 #[test]
 fn decode_split_kv_matches_reference() {
-    // kv_len -> (ranges, keys each), see attention::decode_split: 1 and 2 ->
+    // kv_len -> (ranges, keys each), see kv::decode_split: 1 and 2 ->
     // one range; 101 -> 4 x 32, the last short; 1001 -> 32 x 32;
     // 5001 -> 157 x 32 (3 workgroups); 8192 (the last slot) -> 256 x 32.
     for c in [
@@ -196,9 +197,11 @@ fn decode_split_kv_matches_reference() {
 fn decode_long_context_matches_reference() {
     // Past 256 ranges of 32 the ranges grow: 9001 keys -> 141 ranges of 64
     // (two blocks each, the second rescaling the first), the last of 41.
-    let (chunks, len) = attention::decode_split(9001);
+    let (chunks, len) = kv::decode_split(9001);
     assert_eq!((chunks, len), (141, 64));
-    assert!(u64::from(chunks) * 4 * 3 * (40 + 4) <= attention::scratch_bytes(3, 40, 9001, 1));
+    assert!(
+        u64::from(chunks) * 4 * 3 * (40 + 4) <= kv_f16_attention::scratch_bytes(3, 40, 9001, 1)
+    );
     run_case(case(1, 9000, 3, 1, 40, 9001));
 }
 
@@ -238,18 +241,18 @@ fn prefill_then_decode_steps() {
     let qt = g.input("q", 4 * (n_max * nh * hd) as u64);
     let kt = g.input("k", 4 * (n_max * nkv * hd) as u64);
     let vt = g.input("v", 4 * (n_max * nkv * hd) as u64);
-    let cache_bytes = kv_write::cache_bytes(nkv as u32, hd as u32, max_ctx as u32);
+    let cache_bytes = kv::cache_bytes(nkv as u32, hd as u32, max_ctx as u32);
     let kct = g.input("k_cache", cache_bytes);
     let vct = g.input("v_cache", cache_bytes);
     let out = g.output("out", 4 * (n_max * nh * hd) as u64);
     let scratch = g.intermediate(
         "scratch",
-        attention::scratch_bytes(nh as u32, hd as u32, max_ctx as u32, n_max as u32),
+        kv_f16_attention::scratch_bytes(nh as u32, hd as u32, max_ctx as u32, n_max as u32),
     );
     let (nkv32, hd32, ctx32) = (nkv as u32, hd as u32, max_ctx as u32);
     g.push(
-        "kv_write",
-        Op::KvWrite(kv_write::KvWrite {
+        "kv_f16_write",
+        Op::KvF16Write(kv_f16_write::KvF16Write {
             k: kt,
             v: vt,
             k_cache: kct,
@@ -263,7 +266,7 @@ fn prefill_then_decode_steps() {
     .unwrap();
     g.push(
         "attn",
-        Op::Attention(attention::Attention {
+        Op::KvF16Attention(kv_f16_attention::KvF16Attention {
             q: qt,
             k_cache: kct,
             v_cache: vct,
@@ -296,10 +299,10 @@ fn prefill_then_decode_steps() {
             ..Default::default()
         })
         .unwrap();
-        kv_write::reference(&mut kc, &k, pos, nkv, hd, max_ctx);
-        kv_write::reference(&mut vc, &v, pos, nkv, hd, max_ctx);
+        kv_f16_write::reference(&mut kc, &k, pos, nkv, hd, max_ctx);
+        kv_f16_write::reference(&mut vc, &v, pos, nkv, hd, max_ctx);
         let got = ex.read_f32(out, n * nh * hd).unwrap();
-        let want = attention::reference(&q, &kc, &vc, n, pos, nh, nkv, hd, max_ctx, scale);
+        let want = kv_f16_attention::reference(&q, &kc, &vc, n, pos, nh, nkv, hd, max_ctx, scale);
         assert_close(
             &format!("step {i}: {n} tokens at {pos}"),
             &got,
@@ -315,11 +318,11 @@ fn prefill_then_decode_steps() {
 fn check_rejects_bad_shapes() {
     let mut g = Graph::new();
     let q = g.input("q", 4 * 4 * 64);
-    let kc = g.input("k_cache", kv_write::cache_bytes(2, 64, 16));
-    let vc = g.input("v_cache", kv_write::cache_bytes(2, 64, 16));
+    let kc = g.input("k_cache", kv::cache_bytes(2, 64, 16));
+    let vc = g.input("v_cache", kv::cache_bytes(2, 64, 16));
     let out = g.output("out", 4 * 4 * 64);
     let k = g.input("k", 4 * 2 * 64);
-    let good = attention::Attention {
+    let good = kv_f16_attention::KvF16Attention {
         q,
         k_cache: kc,
         v_cache: vc,
@@ -332,43 +335,50 @@ fn check_rejects_bad_shapes() {
         max_rows: 1,
         scale: 0.125,
     };
-    assert!(g.clone().push("ok", Op::Attention(good.clone())).is_ok());
+    assert!(
+        g.clone()
+            .push("ok", Op::KvF16Attention(good.clone()))
+            .is_ok()
+    );
     let bad = [
-        attention::Attention {
+        kv_f16_attention::KvF16Attention {
             n_kv_heads: 3,
             ..good.clone()
         },
-        attention::Attention {
+        kv_f16_attention::KvF16Attention {
             head_dim: 63,
             ..good.clone()
         },
-        attention::Attention {
+        kv_f16_attention::KvF16Attention {
             head_dim: 36,
             ..good.clone()
         },
-        attention::Attention {
+        kv_f16_attention::KvF16Attention {
             head_dim: 512,
             ..good.clone()
         },
-        attention::Attention {
+        kv_f16_attention::KvF16Attention {
             max_rows: 2,
             ..good.clone()
         },
-        attention::Attention {
+        kv_f16_attention::KvF16Attention {
             max_ctx: 17,
             ..good.clone()
         },
-        attention::Attention {
+        kv_f16_attention::KvF16Attention {
             scratch: Some(k),
             max_ctx: 16,
             ..good.clone()
         },
     ];
     for a in bad {
-        let e = g.clone().push("bad", Op::Attention(a.clone())).unwrap_err();
+        let e = g
+            .clone()
+            .push("bad", Op::KvF16Attention(a.clone()))
+            .unwrap_err();
         assert!(matches!(e, EngineError::Shape { .. }), "{a:?}: {e}");
     }
-    let kw = kv_write::KvWrite {
+    let kw = kv_f16_write::KvF16Write {
         k,
         v: k,
         k_cache: kc,
@@ -378,38 +388,38 @@ fn check_rejects_bad_shapes() {
         max_ctx: 16,
         max_rows: 1,
     };
-    assert!(g.clone().push("ok", Op::KvWrite(kw.clone())).is_ok());
+    assert!(g.clone().push("ok", Op::KvF16Write(kw.clone())).is_ok());
     for b in [
-        kv_write::KvWrite {
+        kv_f16_write::KvF16Write {
             max_rows: 2,
             ..kw.clone()
         },
-        kv_write::KvWrite {
+        kv_f16_write::KvF16Write {
             max_ctx: 17,
             ..kw.clone()
         },
-        kv_write::KvWrite {
+        kv_f16_write::KvF16Write {
             head_dim: 63,
             ..kw.clone()
         },
     ] {
-        let e = g.clone().push("bad", Op::KvWrite(b)).unwrap_err();
+        let e = g.clone().push("bad", Op::KvF16Write(b)).unwrap_err();
         assert!(matches!(e, EngineError::Shape { .. }), "{e}");
     }
 }
 
 /// Steps past the context are clamped, not out-of-bounds writes.
 #[test]
-fn kv_write_drops_rows_past_max_ctx() {
+fn kv_f16_write_drops_rows_past_max_ctx() {
     let (nkv, hd, ctx, n) = (2usize, 40usize, 10usize, 4usize);
     let mut g = Graph::new();
     let kt = g.input("k", 4 * (n * nkv * hd) as u64);
-    let bytes = kv_write::cache_bytes(nkv as u32, hd as u32, ctx as u32);
+    let bytes = kv::cache_bytes(nkv as u32, hd as u32, ctx as u32);
     let kct = g.input("k_cache", bytes);
     let vct = g.input("v_cache", bytes);
     g.push(
-        "kv_write",
-        Op::KvWrite(kv_write::KvWrite {
+        "kv_f16_write",
+        Op::KvF16Write(kv_f16_write::KvF16Write {
             k: kt,
             v: kt,
             k_cache: kct,
@@ -436,6 +446,6 @@ fn kv_write_drops_rows_past_max_ctx() {
     .unwrap();
     let got = from_f16_bytes(&ex.read(kct, bytes).unwrap());
     let mut want = vec![0.0f32; nkv * ctx * hd];
-    kv_write::reference(&mut want, &k, 8, nkv, hd, ctx);
-    assert_close("kv_write past max_ctx", &got, &want, 0.0, 0.0);
+    kv_f16_write::reference(&mut want, &k, 8, nkv, hd, ctx);
+    assert_close("kv_f16_write past max_ctx", &got, &want, 0.0, 0.0);
 }

@@ -3,14 +3,14 @@
 //! running the base beside the model, and a file that does not fit the run
 //! is refused.
 
+use lamina_model::checkpoint::HostDType;
+use lamina_model::checkpoint::LoadedModel;
 use lamina_model::eval::{ChunkResult, KlBase, PerplexityResult, perplexity_kl};
 use lamina_model::kv_cache::KvFormat;
 use lamina_model::llama::{GpuModel, WeightMode};
-use lamina_model::loader::LoadedModel;
 use lamina_model::logits_file::{LogitsReader, LogitsShape, LogitsWriter};
 use lamina_model::quant::pipeline::{Method, QuantizeOptions, quantize_model};
 use lamina_model::synthetic;
-use lamina_model::weights::HostDType;
 use lamina_tests::gpu;
 use rand::{Rng, SeedableRng};
 

@@ -7,10 +7,10 @@
 //! (CI fetches it first; see `lamina_tests::model_path`).
 
 use anyhow::{Context, Result, bail, ensure};
+use lamina_model::checkpoint::HostTensor;
 use lamina_model::gguf::writer::GgufWriter;
 use lamina_model::gguf::{GgufArray, GgufFile, GgufValue};
 use lamina_model::loader;
-use lamina_model::weights::HostTensor;
 use serde_json::Value;
 
 /// Relative tolerance on tensor statistics: both sides dequantize the same
@@ -422,5 +422,61 @@ fn hf_tokenizer_spec_from_golden_files() -> Result<()> {
     ensure!((s.bos_id, s.eos_id, s.unk_id, s.pad_id) == (Some(1), Some(2), Some(0), Some(2)));
     ensure!(!s.add_bos && !s.add_eos);
     ensure!(s.chat_template.as_deref() == golden["chat_template"].as_str());
+    Ok(())
+}
+
+/// A block's byte size is written down twice, for the host formats
+/// (lamina_model::checkpoint::ggml, from llama.cpp's type table) and for
+/// the GPU formats (lamina_engine::weight::ggml_row_bytes), since the engine
+/// cannot see the model; the two must agree.
+#[test]
+fn host_and_gpu_block_sizes_agree() {
+    use lamina_engine::WeightFormat;
+    use lamina_model::checkpoint::HostDType;
+    let pairs = [
+        (HostDType::F32, WeightFormat::F32),
+        (HostDType::F16, WeightFormat::F16),
+        (HostDType::Q4_0, WeightFormat::Q4_0),
+        (HostDType::Q4_1, WeightFormat::Q4_1),
+        (HostDType::Q8_0, WeightFormat::Q8_0),
+    ];
+    for (h, w) in pairs {
+        for cols in [32u32, 96, 4096] {
+            let host = h.byte_len(cols as usize);
+            let gpu = lamina_engine::weight::ggml_row_bytes(w, cols);
+            assert_eq!(host, Some(gpu), "{h} / {w:?}: a row of {cols}");
+        }
+    }
+}
+
+/// The tensor table names every tensor of a real checkpoint: walking it
+/// reaches exactly the file's tensors (the model has no others), under the
+/// table's roles and shapes.
+#[test]
+fn tensor_table_covers_the_real_model() -> Result<()> {
+    use lamina_model::checkpoint::Role;
+    let Some(path) = lamina_tests::model_path() else {
+        return Ok(());
+    };
+    let g = GgufFile::open(&path)?;
+    let m = loader::load_gguf(&g)?;
+    let mut from_table: Vec<String> = m
+        .weights
+        .tensors()
+        .into_iter()
+        .map(|(role, t)| {
+            assert_eq!(t.name, role.gguf_name());
+            assert_eq!(t.shape, role.shape(&m.config), "{}", t.name);
+            t.name.clone()
+        })
+        .collect();
+    let mut in_file: Vec<String> = g.tensors().iter().map(|t| t.name.clone()).collect();
+    from_table.sort();
+    in_file.sort();
+    ensure!(
+        from_table == in_file,
+        "table {from_table:?}\nfile {in_file:?}"
+    );
+    ensure!(matches!(m.weights.tensors()[0].0, Role::Model(_)));
     Ok(())
 }

@@ -14,15 +14,17 @@
 //!   from the full-precision pivot IntactKV uses.
 
 use lamina_engine::graph::Step;
+use lamina_model::checkpoint::HostDType;
+use lamina_model::checkpoint::LoadedModel;
+use lamina_model::checkpoint::Pivot;
 use lamina_model::eval::{KlBase, kl_row, perplexity_kl};
-use lamina_model::kv_cache::{KvFormat, Pivot};
+use lamina_model::kv_cache::KvFormat;
 use lamina_model::lamina_file;
 use lamina_model::llama::{GpuModel, Head, WeightMode};
-use lamina_model::loader::LoadedModel;
+use lamina_model::pivot;
 use lamina_model::quant::pipeline::{Method, QuantizeOptions, quantize_model};
 use lamina_model::session::Compiled;
 use lamina_model::synthetic;
-use lamina_model::weights::HostDType;
 use lamina_tests::{f32_from_bytes, gpu, u32_bytes};
 use rand::{Rng, SeedableRng};
 
@@ -134,7 +136,7 @@ fn error_grows_as_bits_shrink() {
 fn pivot_equals_running_its_tokens_first() {
     let src = source();
     let pivot_tokens = [7u32, 42];
-    let pivot = Pivot::compute(&src.config, &src.weights, &pivot_tokens).unwrap();
+    let pivot = pivot::compute(&src.config, &src.weights, &pivot_tokens).unwrap();
     let toks = tokens(40, 3);
     let whole: Vec<u32> = pivot_tokens.iter().chain(&toks).copied().collect();
     let plain = model(&src, 64, KvFormat::F16, None);
@@ -165,19 +167,22 @@ fn pivot_equals_running_its_tokens_first() {
 #[test]
 fn lamina_file_carries_its_pivot() {
     let mut m = source();
-    m.recipe = Some(serde_json::json!({"name": "test"}));
-    let pivot = Pivot::compute(&m.config, &m.weights, &[3]).unwrap();
+    m.recipe = Some(lamina_model::checkpoint::Recipe {
+        name: "test".into(),
+        ..Default::default()
+    });
+    let pivot = pivot::compute(&m.config, &m.weights, &[3]).unwrap();
     m.pivot = Some(pivot.clone());
     let dir = std::env::temp_dir().join(format!("lamina-kvmodel-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("p.lamina.safetensors");
-    lamina_file::write(&path, &m, m.recipe.as_ref().unwrap()).unwrap();
+    lamina_file::write(&path, &m).unwrap();
     let back = lamina_file::load(&path).unwrap();
     assert_eq!(back.pivot.as_ref(), Some(&pivot));
     // The stored pivot serves its tokens; others need the source, which a
     // synthetic model does not name.
-    assert_eq!(Pivot::for_model(&back, &[3]).unwrap(), pivot);
-    assert!(Pivot::for_model(&back, &[4]).is_err());
+    assert_eq!(pivot::for_model(&back, &[3]).unwrap(), pivot);
+    assert!(pivot::for_model(&back, &[4]).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -198,8 +203,8 @@ fn quantized_model_pivot_from_its_own_weights() {
     let src = source();
     let q = rtn(&src, 2.0);
     let pivot_tokens = [7u32, 42, 9];
-    let own = Pivot::compute(&q.config, &q.weights, &pivot_tokens).unwrap();
-    let full = Pivot::compute(&src.config, &src.weights, &pivot_tokens).unwrap();
+    let own = pivot::compute(&q.config, &q.weights, &pivot_tokens).unwrap();
+    let full = pivot::compute(&src.config, &src.weights, &pivot_tokens).unwrap();
     // 2-bit weights move the pivot's KV well beyond f16 rounding.
     let moved = own.k[1]
         .iter()
@@ -243,7 +248,7 @@ fn calibrated_pivot_brings_a_quantized_model_closer() {
     use lamina_model::reference::Reference;
     let src = source();
     let q = rtn(&src, 3.0);
-    let full = Pivot::compute(&src.config, &src.weights, &[7]).unwrap();
+    let full = pivot::compute(&src.config, &src.weights, &[7]).unwrap();
     let windows: Vec<Vec<u32>> = (0..6).map(|i| tokens(48, 20 + i)).collect();
     let (tuned, fits) = calibrate_pivot(
         (&src.config, &src.weights),

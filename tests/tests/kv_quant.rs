@@ -1,4 +1,4 @@
-//! The quantized KV cache (KvStore + KvAttention) against CPU references on
+//! The quantized KV cache (KvQuantStore + KvQuantAttention) against CPU references on
 //! the test GPU, over several steps so the store, the window ring and the
 //! pivot all hold keys: q8 / q4 / q2 / f16 / QJL keys with integer values,
 //! GQA groups 1, 3, 4 and 16, head_dim 40, 64 and 128, pivots of 0-3
@@ -6,12 +6,12 @@
 //! quantized) through partial groups to 5000.
 //!
 //! Two checks per step:
-//! - the store the GPU wrote against the CPU quantizers (`kv_store::
-//!   quantize_row`, `lamina_model::quant::qjl`) on the same f16 inputs:
+//! - the store the GPU wrote against the CPU quantizers (`kv::
+//!   quantize_row`, `lamina_model::kv_cache::qjl`) on the same f16 inputs:
 //!   integer codes may differ by one step where GPU and CPU division round
 //!   a tie differently, QJL sign bits where a projection is within rounding
 //!   of zero; both are counted and bounded;
-//! - attention against `kv_attention::reference` reading the store the GPU
+//! - attention against `kv_quant_attention::reference` reading the store the GPU
 //!   wrote (decoded on the CPU), the f16 pivot and window: only arithmetic
 //!   order differs, so the tolerance is tight, while a key read from the
 //!   wrong segment (a whole quantization error) fails.
@@ -19,12 +19,13 @@
 use half::f16;
 use lamina_engine::Executor;
 use lamina_engine::graph::{Graph, Op, Step};
-use lamina_engine::ops::kv_attention::{self, KvAttention};
-use lamina_engine::ops::kv_store::{
-    self, GROUP, KvLayout, KvQuant, KvStore, QjlShape, dequantize_channels, dequantize_row,
-    f16_row, round_f16, unpack_f16x2,
+use lamina_engine::kv::{
+    self, GROUP, KvLayout, KvQuant, QjlShape, dequantize_channels, dequantize_row, f16_row,
+    round_f16, unpack_f16x2,
 };
-use lamina_model::quant::qjl::{QjlKey, QjlSketch};
+use lamina_engine::ops::kv_quant_attention::{self, KvQuantAttention};
+use lamina_engine::ops::kv_quant_store::KvQuantStore;
+use lamina_model::kv_cache::qjl::{QjlKey, QjlSketch};
 use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec, u32_bytes};
 
 const ATOL: f32 = 1e-5;
@@ -241,7 +242,7 @@ impl Cache {
                     if f == KvQuant::Qjl {
                         let s = self.sketch.as_ref().expect("sketch");
                         let group: Vec<f32> = self.group(rows, kvh, j).concat();
-                        let out = lamina_model::quant::qjl::outlier_channels(
+                        let out = lamina_model::kv_cache::qjl::outlier_channels(
                             &group,
                             l.head_dim as usize,
                             l.qjl.outliers as usize,
@@ -298,7 +299,7 @@ impl Cache {
                     let group = self.group(rows, kvh, j);
                     let want = match f.bits() {
                         Some(b) if chan => {
-                            let (codes, aux) = kv_store::quantize_channels(&group, b);
+                            let (codes, aux) = kv::quantize_channels(&group, b);
                             let g0 = j - (j - l.pivot as usize) % GROUP as usize;
                             assert_f16_near(
                                 &f16_row(self.aux(kvh, j)),
@@ -308,7 +309,7 @@ impl Cache {
                             dequantize_channels(&codes[j - g0], &aux, b)
                         }
                         Some(b) => dequantize_row(
-                            &kv_store::quantize_row(x, b, l.qgroup as usize),
+                            &kv::quantize_row(x, b, l.qgroup as usize),
                             b,
                             l.qgroup as usize,
                             l.head_dim as usize,
@@ -385,11 +386,11 @@ fn run(c: &Case) {
     let out = g.output("out", 4 * rows * (nh * hd) as u64);
     let scratch = g.intermediate(
         "scratch",
-        kv_attention::scratch_bytes(&layout, nh as u32, rows as u32),
+        kv_quant_attention::scratch_bytes(&layout, nh as u32, rows as u32),
     );
     g.push(
-        "kv_store",
-        Op::KvStore(KvStore {
+        "kv_quant_store",
+        Op::KvQuantStore(KvQuantStore {
             k: kt,
             v: vt,
             k_win,
@@ -402,8 +403,8 @@ fn run(c: &Case) {
     )
     .unwrap();
     g.push(
-        "kv_attention",
-        Op::KvAttention(KvAttention {
+        "kv_quant_attention",
+        Op::KvQuantAttention(KvQuantAttention {
             q: qt,
             k_win,
             v_win,
@@ -439,7 +440,7 @@ fn run(c: &Case) {
                     .iter()
                     .map(|x| round_f16(*x))
                     .collect();
-                img.extend(kv_store::f16_words(&r));
+                img.extend(kv::f16_words(&r));
                 rows[h].push(r);
             }
             ex.write(win, (h * slots * hd * 2) as u64, &u32_bytes(&img));
@@ -488,7 +489,7 @@ fn run(c: &Case) {
                 len
             }
         };
-        let want = kv_attention::reference(
+        let want = kv_quant_attention::reference(
             &q,
             n,
             pos,
@@ -683,8 +684,8 @@ fn layouts_count_every_byte() {
     let mut f: lamina_model::kv_cache::KvFormat = "qjl".parse().unwrap();
     let base = f.bytes_per_token(&cfg);
     f.qjl_initial_layers = 2;
-    assert_eq!(f.layer_layout(&cfg, 1, 512, 0, 1).qjl.m, 256);
-    assert_eq!(f.layer_layout(&cfg, 2, 512, 0, 1).qjl.m, 128);
+    assert_eq!(f.layer_layout(&cfg, 1, 512, 0).qjl.m, 256);
+    assert_eq!(f.layer_layout(&cfg, 2, 512, 0).qjl.m, 128);
     assert!((f.bytes_per_token(&cfg) - base - 2.0 * 3.0 * 4.0 * 6.0).abs() < 1e-9);
     // Per-channel keys: q2 codes alone (4 words) and 64 scale words per group.
     let kivi = KvLayout {

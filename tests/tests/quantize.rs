@@ -5,15 +5,15 @@
 //! `.lamina.safetensors` file round-trips exactly.
 
 use lamina_engine::graph::Step;
+use lamina_model::checkpoint::HostDType;
+use lamina_model::checkpoint::LoadedModel;
 use lamina_model::kv_cache::KvFormat;
 use lamina_model::lamina_file;
 use lamina_model::llama::{GpuModel, Head, WeightMode};
-use lamina_model::loader::LoadedModel;
 use lamina_model::quant::pipeline::{Method, QuantizeOptions, quantize_model};
 use lamina_model::reference::Reference;
 use lamina_model::session::Compiled;
 use lamina_model::synthetic;
-use lamina_model::weights::HostDType;
 use lamina_tests::gpu;
 use rand::{Rng, SeedableRng};
 
@@ -106,7 +106,7 @@ fn quantized_models_match_the_reference_and_round_trip() {
         errs.push((what.clone(), max_diff(&c, &full)));
         // File round trip.
         let path = dir.join(format!("{}-{bits}.lamina.safetensors", method.name()));
-        lamina_file::write(&path, &q, q.recipe.as_ref().unwrap()).unwrap();
+        lamina_file::write(&path, &q).unwrap();
         assert!(lamina_file::is_lamina_file(&path));
         let back = lamina_model::loader::load(&path).unwrap();
         assert_eq!(back.config, q.config);

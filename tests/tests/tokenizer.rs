@@ -19,7 +19,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use lamina_model::chat::{ChatMessage, ChatTemplate};
-use lamina_model::tokenizer::{Tokenizer, TokenizerSpec, token_type};
+use lamina_model::checkpoint::TokenizerSpec;
+use lamina_model::tokenizer::{Tokenizer, token_type};
 use serde_json::Value;
 
 const GOLDEN: &str = "/work/shared/golden";

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::plan::{Plan, plan};
-use super::{Graph, PARAMS_BYTES, Step, TensorId, TensorKind};
+use super::{CallTag, Graph, PARAMS_BYTES, Step, TensorId, TensorKind};
 use crate::pipeline::Pipeline;
 use crate::profile::Profiler;
 use crate::tensor::map_read;
@@ -13,7 +13,8 @@ use crate::{EngineError, Gpu, Result};
 
 struct CompiledCall {
     node: usize,
-    call: usize,
+    /// The op's name for this call, handed back to its `step`.
+    tag: CallTag,
     pipeline: Arc<Pipeline>,
     bind_group: wgpu::BindGroup,
 }
@@ -83,7 +84,7 @@ impl Executor {
         });
         let mut calls = Vec::with_capacity(n_calls);
         for (ni, node) in graph.nodes.iter().enumerate() {
-            for (ci, call) in node.op.def().calls(&caps).into_iter().enumerate() {
+            for call in node.op.def().calls(&caps) {
                 let access: Vec<_> = call.bindings.iter().map(|b| b.access).collect();
                 let pipeline = gpu.pipeline(&call.kernel, &access)?;
                 let idx = calls.len() as u64;
@@ -131,7 +132,7 @@ impl Executor {
                 });
                 calls.push(CompiledCall {
                     node: ni,
-                    call: ci,
+                    tag: call.tag,
                     pipeline,
                     bind_group,
                 });
@@ -197,7 +198,7 @@ impl Executor {
                 [i * PARAMS_BYTES..(i + 1) * PARAMS_BYTES])
                 .try_into()
                 .expect("params block is PARAMS_BYTES long");
-            self.grids[i] = self.graph.nodes[c.node].op.def().step(c.call, step, block);
+            self.grids[i] = self.graph.nodes[c.node].op.def().step(c.tag, step, block);
         }
         self.gpu
             .queue

@@ -12,142 +12,13 @@ pub mod plan;
 
 pub use executor::Executor;
 
+pub use crate::dispatch::{
+    Binding, Call, CallTag, OpDef, PARAMS_BYTES, Sampling, Step, TensorId, TensorInfo, TensorKind,
+};
+
 use crate::ops;
-use crate::pipeline::{Access, Kernel};
-use crate::{Caps, Result, Tensor};
-
-/// Index of a tensor in its graph.
-pub type TensorId = usize;
-
-/// Where a tensor's memory comes from.
-#[derive(Debug, Clone)]
-pub enum TensorKind {
-    /// Written by the host before a step (token ids, positions).
-    Input,
-    /// Read by the host after a step; kept alive for the whole graph.
-    Output,
-    /// Produced and consumed inside the graph; memory shared by lifetime.
-    Intermediate,
-    /// State that outlives a step (KV cache) or a weight: a buffer owned elsewhere.
-    External(Tensor),
-}
-
-#[derive(Debug, Clone)]
-pub struct TensorInfo {
-    pub name: String,
-    /// Bytes at the graph's largest step.
-    pub bytes: u64,
-    pub kind: TensorKind,
-}
-
-/// Per-step values: everything that changes between replays of a graph.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Step {
-    /// Tokens processed in this step (1 for decode), at most the graph's maximum.
-    pub n_tokens: u32,
-    /// Position of the first of them; the KV length after the step is `pos + n_tokens`.
-    pub pos: u32,
-    /// Sampling settings (used by the sample op).
-    pub sampling: Sampling,
-}
-
-impl Step {
-    pub fn kv_len(&self) -> u32 {
-        self.pos + self.n_tokens
-    }
-}
-
-/// Sampling settings, llama.cpp's meaning for each.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sampling {
-    /// 0 means greedy.
-    pub temperature: f32,
-    /// 0 means no top-k cut.
-    pub top_k: u32,
-    /// 1.0 means no nucleus cut.
-    pub top_p: f32,
-    /// 1.0 means none.
-    pub repeat_penalty: f32,
-    /// Random draw for this step, uniform in [0, 1) (the host advances a seeded generator).
-    pub uniform: f32,
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        Sampling {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            repeat_penalty: 1.0,
-            uniform: 0.0,
-        }
-    }
-}
-
-impl Default for Step {
-    fn default() -> Self {
-        Step {
-            n_tokens: 1,
-            pos: 0,
-            sampling: Sampling::default(),
-        }
-    }
-}
-
-/// One storage binding of a call: a tensor (or a byte range of it).
-#[derive(Debug, Clone)]
-pub struct Binding {
-    pub tensor: TensorId,
-    pub access: Access,
-    /// Byte range within the tensor; `None` binds all of it.
-    pub range: Option<(u64, u64)>,
-}
-
-impl Binding {
-    pub fn read(tensor: TensorId) -> Self {
-        Binding {
-            tensor,
-            access: Access::Read,
-            range: None,
-        }
-    }
-    pub fn write(tensor: TensorId) -> Self {
-        Binding {
-            tensor,
-            access: Access::ReadWrite,
-            range: None,
-        }
-    }
-    pub fn read_range(tensor: TensorId, offset: u64, size: u64) -> Self {
-        Binding {
-            tensor,
-            access: Access::Read,
-            range: Some((offset, size)),
-        }
-    }
-}
-
-/// One dispatch an op makes, with its fixed bindings.
-#[derive(Debug, Clone)]
-pub struct Call {
-    pub kernel: Kernel,
-    pub bindings: Vec<Binding>,
-}
-
-/// Size of each call's uniform parameter block.
-pub const PARAMS_BYTES: usize = 256;
-
-/// What every op implements: the calls it makes (fixed for the graph's
-/// life) and, per step, each call's parameters and workgroup grid.
-pub trait OpDef {
-    fn name(&self) -> &'static str;
-    /// Fails with a shape error when the op's tensors do not fit together.
-    fn check(&self, g: &Graph) -> Result<()>;
-    fn calls(&self, caps: &Caps) -> Vec<Call>;
-    /// Writes call `call`'s parameter block for `step` and returns its grid.
-    /// A zero-sized grid skips the dispatch for this step.
-    fn step(&self, call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3];
-}
+use crate::weight::{GpuWeight, WeightRef};
+use crate::{Result, Tensor};
 
 /// The closed set of ops.
 #[derive(Debug, Clone)]
@@ -156,10 +27,10 @@ pub enum Op {
     RmsNorm(ops::rmsnorm::RmsNorm),
     MatMul(ops::matmul::MatMul),
     Rope(ops::rope::Rope),
-    KvWrite(ops::kv_write::KvWrite),
-    Attention(ops::attention::Attention),
-    KvStore(ops::kv_store::KvStore),
-    KvAttention(ops::kv_attention::KvAttention),
+    KvF16Write(ops::kv_f16_write::KvF16Write),
+    KvF16Attention(ops::kv_f16_attention::KvF16Attention),
+    KvQuantStore(ops::kv_quant_store::KvQuantStore),
+    KvQuantAttention(ops::kv_quant_attention::KvQuantAttention),
     SwiGlu(ops::swiglu::SwiGlu),
     Add(ops::add::Add),
     Sample(ops::sample::Sample),
@@ -173,10 +44,10 @@ impl Op {
             Op::RmsNorm(o) => o,
             Op::MatMul(o) => o,
             Op::Rope(o) => o,
-            Op::KvWrite(o) => o,
-            Op::Attention(o) => o,
-            Op::KvStore(o) => o,
-            Op::KvAttention(o) => o,
+            Op::KvF16Write(o) => o,
+            Op::KvF16Attention(o) => o,
+            Op::KvQuantStore(o) => o,
+            Op::KvQuantAttention(o) => o,
             Op::SwiGlu(o) => o,
             Op::Add(o) => o,
             Op::Sample(o) => o,
@@ -226,7 +97,7 @@ impl Graph {
     }
     /// Appends an op after checking its shapes.
     pub fn push(&mut self, label: impl Into<String>, op: Op) -> Result<()> {
-        op.def().check(self)?;
+        op.def().check(&self.tensors)?;
         self.nodes.push(Node {
             op,
             label: label.into(),
@@ -235,5 +106,12 @@ impl Graph {
     }
     pub fn bytes(&self, t: TensorId) -> u64 {
         self.tensors[t].bytes
+    }
+}
+
+impl GpuWeight {
+    /// Registers each shard as an external tensor `name.<i>` of `g`.
+    pub fn add_to_graph(&self, g: &mut Graph, name: &str) -> WeightRef {
+        self.map_shards(|i, t| g.external(format!("{name}.{i}"), t.clone()))
     }
 }

@@ -3,19 +3,21 @@
 //! # Shapes
 //! x: [n_tokens, dim] f32 (read-write), y: [n_tokens, dim] f32.
 
-use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
-use crate::ops::{check_bytes, grid1, write_params};
+use crate::dispatch::{
+    Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
+    write_params,
+};
 use crate::pipeline::Kernel;
 use crate::{Caps, Result};
 
-crate::shader!(SHADER, "add", []);
+crate::shader!(SHADER, "add", [], AddParams);
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct AddParams {
-    /// Elements in this step.
-    pub n: u32,
-    pub _pad: [u32; 3],
+crate::params_struct! {
+    pub struct AddParams {
+        /// Elements in this step.
+        pub n: u32,
+        pub _pad: [u32; 3],
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -35,18 +37,18 @@ impl OpDef for Add {
     fn name(&self) -> &'static str {
         "add"
     }
-    fn check(&self, g: &Graph) -> Result<()> {
+    fn check(&self, g: &[TensorInfo]) -> Result<()> {
         let n = 4 * u64::from(self.dim) * u64::from(self.max_rows);
         check_bytes(g, "add", "x", self.x, n)?;
         check_bytes(g, "add", "y", self.y, n)
     }
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
-        vec![Call {
-            kernel: Kernel::new(&SHADER, "add"),
-            bindings: vec![Binding::write(self.x), Binding::read(self.y)],
-        }]
+        vec![Call::new(
+            Kernel::new(&SHADER, "add"),
+            vec![Binding::write(self.x), Binding::read(self.y)],
+        )]
     }
-    fn step(&self, _call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+    fn step(&self, _tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         let n = step.n_tokens.min(self.max_rows) * self.dim;
         write_params(params, &AddParams { n, _pad: [0; 3] });
         grid1(n.div_ceil(WG * PER_THREAD))

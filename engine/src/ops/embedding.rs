@@ -1,6 +1,6 @@
 //! Token embedding lookup: `out[t, :] = dequant(table[ids[t], :])`.
 //!
-//! The table is a packed weight (`weight.rs`): any [`WeightFormat`], split by
+//! The table is a packed weight (`weight`): any [`WeightFormat`], split by
 //! rows into shards that each fit one storage binding. One call per shard;
 //! each writes only the tokens whose id falls in its row range, so together
 //! they cover every token once. An id at or past the vocabulary reads
@@ -12,34 +12,36 @@
 //! One workgroup per token and shard; each invocation decodes whole code
 //! words (1, 2, 4 or 8 elements) of the row.
 
-use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
-use crate::ops::{check_bytes, grid1, write_params};
+use crate::dispatch::{
+    Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
+    write_params,
+};
 use crate::pipeline::Kernel;
 use crate::tensor::WeightFormat;
-use crate::weight::{GROUP, WeightRef};
+use crate::weight::{GROUP, WeightRef, code_words_per_row};
 use crate::{Caps, Result, ensure_shape};
 
-crate::shader!(SHADER, "embedding", []);
+crate::shader!(SHADER, "embedding", [], EmbeddingParams);
 
-/// Mirrors `Params` in shaders/embedding.wgsl.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct EmbeddingParams {
-    pub n_tokens: u32,
-    pub dim: u32,
-    /// This shard's first row and row count.
-    pub row_start: u32,
-    pub rows: u32,
-    pub vocab: u32,
-    /// 1 for the call that zeroes the rows of out-of-range ids.
-    pub zero_oob: u32,
-    /// Word offsets of the planes in the shard buffer.
-    pub codes: u32,
-    pub scales: u32,
-    pub mins: u32,
-    /// Code words per row.
-    pub row_words: u32,
-    pub _pad: [u32; 2],
+crate::params_struct! {
+    /// Mirrors `Params` in shaders/embedding.wgsl.
+    pub struct EmbeddingParams {
+        pub n_tokens: u32,
+        pub dim: u32,
+        /// This shard's first row and row count.
+        pub row_start: u32,
+        pub rows: u32,
+        pub vocab: u32,
+        /// 1 for the call that zeroes the rows of out-of-range ids.
+        pub zero_oob: u32,
+        /// Word offsets of the planes in the shard buffer.
+        pub codes: u32,
+        pub scales: u32,
+        pub mins: u32,
+        /// Code words per row.
+        pub row_words: u32,
+        pub _pad: [u32; 2],
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -67,16 +69,16 @@ fn format_code(f: WeightFormat) -> u32 {
     }
 }
 
-/// Code words per row of `format` (as weight.rs lays them out).
+/// Code words per row of `format` (as `weight` lays them out).
 fn row_words(format: WeightFormat, cols: u32) -> u32 {
-    crate::weight::code_words_per_row(format, cols)
+    code_words_per_row(format, cols)
 }
 
 impl OpDef for Embedding {
     fn name(&self) -> &'static str {
         "embedding"
     }
-    fn check(&self, g: &Graph) -> Result<()> {
+    fn check(&self, g: &[TensorInfo]) -> Result<()> {
         const OP: &str = "embedding";
         let t = &self.table;
         ensure_shape!(
@@ -146,19 +148,20 @@ impl OpDef for Embedding {
         self.table
             .shards
             .iter()
-            .map(|s| Call {
-                kernel: kernel.clone(),
-                bindings: vec![
+            .enumerate()
+            .map(|(i, s)| {
+                let bindings = vec![
                     Binding::read(self.ids),
                     Binding::read(s.tensor),
                     Binding::write(self.out),
-                ],
+                ];
+                Call::new(kernel.clone(), bindings).shard(i)
             })
             .collect()
     }
-    fn step(&self, call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+    fn step(&self, tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         let t = &self.table;
-        let s = &t.shards[call];
+        let s = &t.shards[tag.shard as usize];
         let n_tokens = step.n_tokens.min(self.max_rows);
         write_params(
             params,
@@ -168,7 +171,7 @@ impl OpDef for Embedding {
                 row_start: s.row_start,
                 rows: s.rows,
                 vocab: t.rows,
-                zero_oob: u32::from(call == 0),
+                zero_oob: u32::from(tag.shard == 0),
                 codes: s.planes.codes,
                 scales: s.planes.scales,
                 mins: s.planes.mins,

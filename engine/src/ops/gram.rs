@@ -7,21 +7,23 @@
 //! # Shapes
 //! x: [max_rows, dim] f32, out: [dim, dim] f32 (read-write); dim % 8 == 0.
 
-use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
-use crate::ops::{check_bytes, grid1, write_params};
+use crate::dispatch::{
+    Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
+    write_params,
+};
 use crate::pipeline::Kernel;
 use crate::{Caps, Result};
 
-crate::shader!(SHADER, "gram", []);
+crate::shader!(SHADER, "gram", [], GramParams);
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct GramParams {
-    pub n_tokens: u32,
-    pub dim: u32,
-    /// Workgroups along a side of out.
-    pub side: u32,
-    pub _pad: u32,
+crate::params_struct! {
+    pub struct GramParams {
+        pub n_tokens: u32,
+        pub dim: u32,
+        /// Workgroups along a side of out.
+        pub side: u32,
+        pub _pad: u32,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -39,7 +41,7 @@ impl OpDef for Gram {
     fn name(&self) -> &'static str {
         "gram"
     }
-    fn check(&self, g: &Graph) -> Result<()> {
+    fn check(&self, g: &[TensorInfo]) -> Result<()> {
         crate::ensure_shape!(
             self.dim > 0 && self.dim.is_multiple_of(8),
             "gram",
@@ -51,12 +53,12 @@ impl OpDef for Gram {
         check_bytes(g, "gram", "out", self.out, 4 * d * d)
     }
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
-        vec![Call {
-            kernel: Kernel::new(&SHADER, "gram"),
-            bindings: vec![Binding::read(self.x), Binding::write(self.out)],
-        }]
+        vec![Call::new(
+            Kernel::new(&SHADER, "gram"),
+            vec![Binding::read(self.x), Binding::write(self.out)],
+        )]
     }
-    fn step(&self, _call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+    fn step(&self, _tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         let n = step.n_tokens.min(self.max_rows);
         let side = self.dim.div_ceil(TILE);
         write_params(

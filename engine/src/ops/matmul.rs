@@ -1,7 +1,7 @@
 //! MatMul against a packed weight: `out[t, r] = sum_c x[t, c] * W[r, c]`.
 //!
 //! W is `[rows, cols]` in one of the [`WeightFormat`]s, packed in planes as
-//! documented in `weight.rs` and split by rows into shards (one storage
+//! documented in `weight/mod.rs` and split by rows into shards (one storage
 //! binding each). Quantized formats are never dequantized in memory: the
 //! kernels stream the packed codes and f16 scales and dequantize in
 //! registers, accumulating in f32.
@@ -37,24 +37,42 @@
 //! 1 x, 2 codes plane, 3 scales plane, 4 mins plane, 5 out. Formats without a
 //! plane bind another in its place (never read), so all kernels share one layout.
 
-use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
-use crate::ops::{check_bytes, grid1, write_params};
+use crate::dispatch::{
+    Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
+    write_params,
+};
 use crate::pipeline::Kernel;
 use crate::shader::ShaderSource;
 use crate::shader::lib::{MXMATMUL, QBLOCK, QMATMUL, TILES, XLOAD, XLOAD_SG};
 use crate::tensor::WeightFormat;
-use crate::weight::{GROUP, Planes, Shard, WeightRef};
+use crate::weight::{GROUP, MixedLayout, Planes, Shard, WeightRef};
 use crate::{Caps, Result};
 
-crate::shader!(SHADER_Q, "matmul_q", [QBLOCK, QMATMUL, TILES, XLOAD]);
+crate::shader!(
+    SHADER_Q,
+    "matmul_q",
+    [QBLOCK, QMATMUL, TILES, XLOAD],
+    MatMulParams
+);
 crate::shader!(
     SHADER_Q_SG,
     "matmul_q_sg",
-    [QBLOCK, QMATMUL, TILES, XLOAD_SG]
+    [QBLOCK, QMATMUL, TILES, XLOAD_SG],
+    MatMulParams
 );
-crate::shader!(SHADER_MX, "matmul_mx", [MXMATMUL, TILES, XLOAD]);
-crate::shader!(SHADER_MX_SG, "matmul_mx_sg", [MXMATMUL, TILES, XLOAD_SG]);
-crate::shader!(SHADER_F, "matmul_f", []);
+crate::shader!(
+    SHADER_MX,
+    "matmul_mx",
+    [MXMATMUL, TILES, XLOAD],
+    MixedMatMulParams
+);
+crate::shader!(
+    SHADER_MX_SG,
+    "matmul_mx_sg",
+    [MXMATMUL, TILES, XLOAD_SG],
+    MixedMatMulParams
+);
+crate::shader!(SHADER_F, "matmul_f", [], MatMulParams);
 
 /// Every matmul shader, for the naga translation tests.
 pub fn shaders() -> Vec<&'static ShaderSource> {
@@ -81,30 +99,65 @@ pub const F_MV_MAX_LANES: u32 = 16;
 pub const F_TILE_TOKENS: u32 = 32;
 pub const F_TILE_ROWS: u32 = 64;
 
-/// Mirrors `Params` in shaders/matmul_*.wgsl.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct MatMulParams {
-    /// Rows of this shard.
-    pub rows: u32,
-    pub cols: u32,
-    /// 32-column blocks per row, `ceil(cols / 32)`.
-    pub nb: u32,
-    /// Tokens in this step (tiled); 1 for matvec.
-    pub n_tokens: u32,
-    /// First x row read (matvec: the token; tiled: 0).
-    pub x_row: u32,
-    /// Elements per out row: the whole weight's rows.
-    pub out_stride: u32,
-    /// Out column of this shard's first row.
-    pub out_col: u32,
-    /// Workgroups along rows (the tiled grid folds (token, row) tiles into one id).
-    pub row_tiles: u32,
-    /// Mixed only: column groups, code words per row, columns per group.
-    pub n_groups: u32,
-    pub row_words: u32,
-    pub group: u32,
-    pub _pad: u32,
+crate::params_struct! {
+    /// Mirrors `Params` in lib/qblock.wgsl (matmul_q, matmul_q_sg) and
+    /// matmul_f.wgsl.
+    pub struct MatMulParams {
+        /// Rows of this shard.
+        pub rows: u32,
+        pub cols: u32,
+        /// 32-column blocks per row, `ceil(cols / 32)`.
+        pub nb: u32,
+        /// Tokens in this step (tiled); 1 for matvec.
+        pub n_tokens: u32,
+        /// First x row read (matvec: the token; tiled: 0).
+        pub x_row: u32,
+        /// Elements per out row: the whole weight's rows.
+        pub out_stride: u32,
+        /// Out column of this shard's first row.
+        pub out_col: u32,
+        /// Workgroups along rows (the tiled grid folds (token, row) tiles into one id).
+        pub row_tiles: u32,
+    }
+}
+
+crate::params_struct! {
+    /// Mirrors `Params` in lib/mxmatmul.wgsl (matmul_mx, matmul_mx_sg): the
+    /// fields of [`MatMulParams`], then the Mixed layout's.
+    pub struct MixedMatMulParams {
+        pub rows: u32,
+        pub cols: u32,
+        pub nb: u32,
+        pub n_tokens: u32,
+        pub x_row: u32,
+        pub out_stride: u32,
+        pub out_col: u32,
+        pub row_tiles: u32,
+        /// Column groups, code words per row, columns per group.
+        pub n_groups: u32,
+        pub row_words: u32,
+        pub group: u32,
+        pub _pad: u32,
+    }
+}
+
+impl MixedMatMulParams {
+    fn new(p: MatMulParams, l: &MixedLayout) -> Self {
+        MixedMatMulParams {
+            rows: p.rows,
+            cols: p.cols,
+            nb: p.nb,
+            n_tokens: p.n_tokens,
+            x_row: p.x_row,
+            out_stride: p.out_stride,
+            out_col: p.out_col,
+            row_tiles: p.row_tiles,
+            n_groups: l.n_groups(),
+            row_words: l.row_words(),
+            group: l.group,
+            _pad: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -118,11 +171,14 @@ pub struct MatMul {
     pub last_row_only: bool,
 }
 
-/// Which kernel a call runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Path {
-    MatVec,
-    Tiled,
+crate::passes! {
+    /// Which kernel a call runs (each shard has a call per path).
+    enum Path {
+        /// One token: `matvec_<fmt>`.
+        MatVec,
+        /// Several tokens: `matmul_<fmt>`.
+        Tiled,
+    }
 }
 
 fn is_block_format(f: WeightFormat) -> bool {
@@ -205,7 +261,7 @@ impl MatMul {
             F_TILE_TOKENS
         }
     }
-    fn kernel(&self, path: Path, shard: &Shard, caps: &Caps) -> Kernel {
+    fn kernel(&self, path: Path, shard: &Shard<TensorId>, caps: &Caps) -> Kernel {
         let (mv, mm) = entries(self.w.format);
         let entry = if path == Path::MatVec { mv } else { mm };
         if !block_kernels(self.w.format, self.w.cols) {
@@ -242,7 +298,7 @@ impl MatMul {
             Path::Tiled => Kernel::new(shader, entry),
         }
     }
-    fn bindings(&self, s: &Shard) -> Vec<Binding> {
+    fn bindings(&self, s: &Shard<TensorId>) -> Vec<Binding> {
         let p = s.planes;
         let codes = Binding::read_range(s.tensor, 4 * u64::from(p.codes), p.code_bytes());
         let scales = if p.scale_bytes() > 0 {
@@ -289,7 +345,7 @@ impl OpDef for MatMul {
         "matmul"
     }
 
-    fn check(&self, g: &Graph) -> Result<()> {
+    fn check(&self, g: &[TensorInfo]) -> Result<()> {
         const OP: &str = "matmul";
         let (rows, cols, f) = (self.w.rows, self.w.cols, self.w.format);
         crate::ensure_shape!(rows > 0 && cols > 0, OP, "empty weight {rows}x{cols}");
@@ -335,23 +391,23 @@ impl OpDef for MatMul {
 
     fn calls(&self, caps: &Caps) -> Vec<Call> {
         let mut calls = Vec::new();
-        for s in &self.w.shards {
+        for (i, s) in self.w.shards.iter().enumerate() {
             for &path in self.paths() {
-                calls.push(Call {
-                    kernel: self.kernel(path, s, caps),
-                    bindings: self.bindings(s),
-                });
+                calls.push(
+                    Call::new(self.kernel(path, s, caps), self.bindings(s))
+                        .pass(path)
+                        .shard(i),
+                );
             }
         }
         calls
     }
 
-    fn step(&self, call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
-        let paths = self.paths();
-        let Some(shard) = self.w.shards.get(call / paths.len()) else {
+    fn step(&self, tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+        let Some(shard) = self.w.shards.get(tag.shard as usize) else {
             return [0; 3];
         };
-        let path = paths[call % paths.len()];
+        let path: Path = tag.pass();
         let n = step.n_tokens.min(self.max_rows);
         // One token (or only the last wanted): the mat-vec; several: the tiled kernel.
         let want = if n <= 1 || self.last_row_only {
@@ -371,21 +427,15 @@ impl OpDef for MatMul {
             out_stride: self.w.rows,
             out_col: shard.row_start,
             row_tiles: row_groups,
-            n_groups: 0,
-            row_words: 0,
-            group: 0,
-            _pad: 0,
         };
-        if let Some(l) = self.w.mixed.as_deref() {
-            p.n_groups = l.n_groups();
-            p.row_words = l.row_words();
-            p.group = l.group;
-        }
         if path == Path::Tiled {
             p.n_tokens = n;
             p.x_row = 0;
         }
-        write_params(params, &p);
+        match self.w.mixed.as_deref() {
+            Some(l) => write_params(params, &MixedMatMulParams::new(p, l)),
+            None => write_params(params, &p),
+        }
         if n == 0 || path != want {
             return [0; 3];
         }

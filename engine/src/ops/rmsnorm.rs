@@ -5,20 +5,27 @@
 //! x: [n_tokens, dim] f32, w: [dim] f32, out: [n_tokens, dim] f32.
 //! One workgroup per row; rows = the step's token count.
 
-use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
-use crate::ops::{check_bytes, grid1, write_params};
+use crate::dispatch::{
+    Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
+    write_params,
+};
 use crate::pipeline::Kernel;
 use crate::{Caps, Result};
 
-crate::shader!(SHADER, "rmsnorm", [crate::shader::lib::REDUCE]);
+crate::shader!(
+    SHADER,
+    "rmsnorm",
+    [crate::shader::lib::REDUCE],
+    RmsNormParams
+);
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct RmsNormParams {
-    pub rows: u32,
-    pub dim: u32,
-    pub eps: f32,
-    pub _pad: u32,
+crate::params_struct! {
+    pub struct RmsNormParams {
+        pub rows: u32,
+        pub dim: u32,
+        pub eps: f32,
+        pub _pad: u32,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -36,23 +43,23 @@ impl OpDef for RmsNorm {
     fn name(&self) -> &'static str {
         "rmsnorm"
     }
-    fn check(&self, g: &Graph) -> Result<()> {
+    fn check(&self, g: &[TensorInfo]) -> Result<()> {
         let n = 4 * u64::from(self.dim);
         check_bytes(g, "rmsnorm", "x", self.x, n * u64::from(self.max_rows))?;
         check_bytes(g, "rmsnorm", "weight", self.weight, n)?;
         check_bytes(g, "rmsnorm", "out", self.out, n * u64::from(self.max_rows))
     }
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
-        vec![Call {
-            kernel: Kernel::new(&SHADER, "rmsnorm"),
-            bindings: vec![
+        vec![Call::new(
+            Kernel::new(&SHADER, "rmsnorm"),
+            vec![
                 Binding::read(self.x),
                 Binding::read(self.weight),
                 Binding::write(self.out),
             ],
-        }]
+        )]
     }
-    fn step(&self, _call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+    fn step(&self, _tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         let rows = step.n_tokens.min(self.max_rows);
         write_params(
             params,

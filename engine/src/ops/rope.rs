@@ -25,12 +25,14 @@
 //! One invocation per (token, pair j): the angle and its sin/cos are
 //! computed once and applied to that pair in every head.
 
-use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
-use crate::ops::{check_bytes, grid1, write_params};
+use crate::dispatch::{
+    Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
+    write_params,
+};
 use crate::pipeline::Kernel;
 use crate::{Caps, Result, ensure_shape};
 
-crate::shader!(SHADER, "rope", [crate::shader::lib::TRIG]);
+crate::shader!(SHADER, "rope", [crate::shader::lib::TRIG], RopeParams);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RopeStyle {
@@ -40,20 +42,20 @@ pub enum RopeStyle {
     Neox,
 }
 
-/// Mirrors `Params` in shaders/rope.wgsl.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct RopeParams {
-    pub n_tokens: u32,
-    pub n_heads: u32,
-    pub head_dim: u32,
-    /// Position of token 0.
-    pub pos: u32,
-    /// 0 interleaved, 1 neox.
-    pub style: u32,
-    /// log2(theta), computed in f64 and rounded once.
-    pub log2_theta: f32,
-    pub _pad: [u32; 2],
+crate::params_struct! {
+    /// Mirrors `Params` in shaders/rope.wgsl.
+    pub struct RopeParams {
+        pub n_tokens: u32,
+        pub n_heads: u32,
+        pub head_dim: u32,
+        /// Position of token 0.
+        pub pos: u32,
+        /// 0 interleaved, 1 neox.
+        pub style: u32,
+        /// log2(theta), computed in f64 and rounded once.
+        pub log2_theta: f32,
+        pub _pad: [u32; 2],
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -76,7 +78,7 @@ impl OpDef for Rope {
     fn name(&self) -> &'static str {
         "rope"
     }
-    fn check(&self, g: &Graph) -> Result<()> {
+    fn check(&self, g: &[TensorInfo]) -> Result<()> {
         ensure_shape!(
             self.head_dim > 0 && self.head_dim.is_multiple_of(2),
             "rope",
@@ -94,12 +96,12 @@ impl OpDef for Rope {
         check_bytes(g, "rope", "x", self.x, row * u64::from(self.max_rows))
     }
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
-        vec![Call {
-            kernel: Kernel::new(&SHADER, "rope"),
-            bindings: vec![Binding::write(self.x)],
-        }]
+        vec![Call::new(
+            Kernel::new(&SHADER, "rope"),
+            vec![Binding::write(self.x)],
+        )]
     }
-    fn step(&self, _call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+    fn step(&self, _tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         let n_tokens = step.n_tokens.min(self.max_rows);
         write_params(
             params,

@@ -53,12 +53,14 @@
 //! workgroup memory) and `sample_pick` (one workgroup: penalty, merge,
 //! cuts, draw).
 
-use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Sampling, Step, TensorId};
-use crate::ops::{check_bytes, grid1, write_params};
+use crate::dispatch::{
+    Binding, Call, CallTag, OpDef, PARAMS_BYTES, Sampling, Step, TensorId, TensorInfo, check_bytes,
+    grid1, write_params,
+};
 use crate::pipeline::Kernel;
 use crate::{Caps, Result, ensure_shape};
 
-crate::shader!(SHADER, "sample", []);
+crate::shader!(SHADER, "sample", [], SampleParams);
 
 /// Workgroup size, logits per scan invocation and per scan workgroup
 /// (mirror sample.wgsl).
@@ -68,29 +70,48 @@ pub const CHUNK: u32 = WG * PER;
 /// Best tokens sorted in workgroup memory by the pick pass (mirrors sample.wgsl).
 pub const CAP: u32 = 1024;
 
-/// Mirrors `Params` in shaders/sample.wgsl; both calls get the same block.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct SampleParams {
-    pub vocab: u32,
-    /// Scan workgroups, ceil(vocab / CHUNK).
-    pub n_wg: u32,
-    /// History capacity in ids.
-    pub hist_cap: u32,
-    pub top_k: u32,
-    pub temperature: f32,
-    pub inv_temperature: f32,
-    pub top_p: f32,
-    pub uniform: f32,
-    pub penalty: f32,
-    pub inv_penalty: f32,
-    /// Hex digits and bytes of `vocab - 1` (the id half of the radix
-    /// selects' composite).
-    pub id_digits: u32,
-    pub id_bytes: u32,
-    /// Scan invocations that own at least one logit.
-    pub n_valid_part: u32,
-    pub _pad: [u32; 3],
+crate::params_struct! {
+    /// Mirrors `Params` in shaders/sample.wgsl; both calls get the same block.
+    pub struct SampleParams {
+        pub vocab: u32,
+        /// Scan workgroups, ceil(vocab / CHUNK).
+        pub n_wg: u32,
+        /// History capacity in ids.
+        pub hist_cap: u32,
+        pub top_k: u32,
+        pub temperature: f32,
+        pub inv_temperature: f32,
+        pub top_p: f32,
+        pub uniform: f32,
+        pub penalty: f32,
+        pub inv_penalty: f32,
+        /// Hex digits and bytes of `vocab - 1` (the id half of the radix
+        /// selects' composite).
+        pub id_digits: u32,
+        pub id_bytes: u32,
+        /// Scan invocations that own at least one logit.
+        pub n_valid_part: u32,
+        pub _pad: [u32; 3],
+    }
+}
+
+crate::passes! {
+    /// The sampler's passes, in dispatch order.
+    enum Pass {
+        /// Per-invocation partials over the logits (entry `sample_scan`).
+        Scan,
+        /// One workgroup: penalty, merge, cuts, draw (entry `sample_pick`).
+        Pick,
+    }
+}
+
+impl Pass {
+    fn entry(self) -> &'static str {
+        match self {
+            Pass::Scan => "sample_scan",
+            Pass::Pick => "sample_pick",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -160,7 +181,7 @@ impl OpDef for Sample {
     fn name(&self) -> &'static str {
         "sample"
     }
-    fn check(&self, g: &Graph) -> Result<()> {
+    fn check(&self, g: &[TensorInfo]) -> Result<()> {
         // Counts travel as f32 in the radix selects: exact below 2^24.
         ensure_shape!(
             self.vocab > 0 && self.vocab <= 1 << 24,
@@ -198,20 +219,16 @@ impl OpDef for Sample {
             Binding::write(self.scratch),
             Binding::write(self.out),
         ];
-        ["sample_scan", "sample_pick"]
+        [Pass::Scan, Pass::Pick]
             .into_iter()
-            .map(|entry| Call {
-                kernel: Kernel::new(&SHADER, entry),
-                bindings: bindings.clone(),
-            })
+            .map(|pass| Call::new(Kernel::new(&SHADER, pass.entry()), bindings.clone()).pass(pass))
             .collect()
     }
-    fn step(&self, call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+    fn step(&self, tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         write_params(params, &self.params(&step.sampling));
-        if call == 0 {
-            grid1(scan_workgroups(self.vocab))
-        } else {
-            [1, 1, 1]
+        match tag.pass() {
+            Pass::Scan => grid1(scan_workgroups(self.vocab)),
+            Pass::Pick => [1, 1, 1],
         }
     }
 }

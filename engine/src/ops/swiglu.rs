@@ -10,20 +10,22 @@
 //! # Shapes
 //! gate, up, out: [max_rows, dim] f32. `out` may alias `gate` (elementwise).
 
-use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
-use crate::ops::{check_bytes, grid1, write_params};
+use crate::dispatch::{
+    Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
+    write_params,
+};
 use crate::pipeline::Kernel;
 use crate::{Caps, Result};
 
-crate::shader!(SHADER, "swiglu", []);
+crate::shader!(SHADER, "swiglu", [], SwiGluParams);
 
-/// Mirrors `Params` in shaders/swiglu.wgsl.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct SwiGluParams {
-    /// Elements in this step.
-    pub n: u32,
-    pub _pad: [u32; 3],
+crate::params_struct! {
+    /// Mirrors `Params` in shaders/swiglu.wgsl.
+    pub struct SwiGluParams {
+        /// Elements in this step.
+        pub n: u32,
+        pub _pad: [u32; 3],
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -47,7 +49,7 @@ impl OpDef for SwiGlu {
     fn name(&self) -> &'static str {
         "swiglu"
     }
-    fn check(&self, g: &Graph) -> Result<()> {
+    fn check(&self, g: &[TensorInfo]) -> Result<()> {
         let n = 4 * u64::from(self.dim) * u64::from(self.max_rows);
         check_bytes(g, "swiglu", "gate", self.gate, n)?;
         check_bytes(g, "swiglu", "up", self.up, n)?;
@@ -56,16 +58,16 @@ impl OpDef for SwiGlu {
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
         // gate is bound read-write although only read: `out` may alias it,
         // and one dispatch must not bind a buffer both read-only and writable.
-        vec![Call {
-            kernel: Kernel::new(&SHADER, "swiglu"),
-            bindings: vec![
+        vec![Call::new(
+            Kernel::new(&SHADER, "swiglu"),
+            vec![
                 Binding::write(self.gate),
                 Binding::read(self.up),
                 Binding::write(self.out),
             ],
-        }]
+        )]
     }
-    fn step(&self, _call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+    fn step(&self, _tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         let n = step.n_tokens.min(self.max_rows) * self.dim;
         write_params(params, &SwiGluParams { n, _pad: [0; 3] });
         grid1(n.div_ceil(WG * PER_THREAD))

@@ -6,8 +6,9 @@
 
 use std::path::Path;
 
-use super::{DEFAULT_ALIGNMENT, GgufArray, GgufValue, ggml_type_of};
-use crate::weights::HostTensor;
+use super::{DEFAULT_ALIGNMENT, GgufArray, GgufValue};
+use crate::checkpoint::HostTensor;
+use crate::checkpoint::ggml::ggml_type_of;
 use crate::{ModelError, Result};
 
 struct PendingTensor {

@@ -22,8 +22,8 @@ use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
 use lamina_engine::weight::MixedLayout;
 
+use crate::checkpoint::MixedTensor;
 use crate::quant::rtn::{GroupParams, MixedBuilder, group_params, search_params};
-use crate::weights::MixedTensor;
 use crate::{ModelError, Result};
 
 #[derive(Debug, Clone, Copy)]

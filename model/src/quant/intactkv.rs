@@ -23,9 +23,9 @@
 
 use std::thread;
 
-use crate::kv_cache::Pivot;
+use crate::checkpoint::LlamaWeights;
+use crate::checkpoint::Pivot;
 use crate::reference::Reference;
-use crate::weights::LlamaWeights;
 use crate::{LlamaConfig, ModelError, Result};
 
 #[derive(Debug, Clone)]

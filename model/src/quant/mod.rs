@@ -1,11 +1,11 @@
-//! Weight formats and quantizers: GGUF block formats, and round-to-nearest,
-//! GPTQ and SliM-LLM into Lamina's mixed-width groups.
+//! Quantizers of the weights and the pivot: round-to-nearest, GPTQ and
+//! SliM-LLM into Lamina's mixed-width groups, the GPU calibration pipeline
+//! behind `lamina quantize`, and IntactKV's pivot calibration. (llama.cpp's
+//! block formats are encoded in `checkpoint::encode`; QJL's key sketches
+//! live with the KV cache in `kv_cache::qjl`.)
 
-pub mod encode;
-pub mod ggml;
 pub mod gptq;
 pub mod intactkv;
 pub mod pipeline;
-pub mod qjl;
 pub mod rtn;
 pub mod slim;

@@ -20,18 +20,20 @@
 use std::sync::Arc;
 
 use lamina_engine::graph::{Graph, Step, TensorId};
-use lamina_engine::ops::{attention, gram, kv_write};
+use lamina_engine::kv;
+use lamina_engine::ops::{gram, kv_f16_attention};
 use lamina_engine::weight::MixedLayout;
 use lamina_engine::{Executor, Gpu};
-use serde_json::json;
 
+use crate::checkpoint::{
+    Bytes, HostDType, HostTensor, LayerTensor, LayerWeights, LlamaWeights, LoadedModel,
+    MixedTensor, Recipe,
+};
 use crate::llama::{GpuLayer, GramTaps, LayerIo, LayerKv, WeightMode, push_layer};
-use crate::loader::LoadedModel;
 use crate::quant::gptq::{GptqOptions, ParamChoice, quantize_gptq};
 use crate::quant::rtn::quantize_rtn;
 use crate::quant::slim::{SlimOptions, base_allocation, quantize_slim};
 use crate::tokenizer::Tokenizer;
-use crate::weights::{Bytes, HostDType, HostTensor, LayerWeights, MixedTensor};
 use crate::{LlamaConfig, ModelError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,11 +196,11 @@ fn block(
         act,
         down: g.intermediate("down", f32s(c.dim)),
         att_scratch: {
-            let b = attention::scratch_bytes(c.n_heads as u32, c.head_dim as u32, seq, seq);
+            let b = kv_f16_attention::scratch_bytes(c.n_heads as u32, c.head_dim as u32, seq, seq);
             (b > 0).then(|| g.intermediate("att_scratch", b))
         },
     };
-    let cache = kv_write::cache_bytes(c.n_kv_heads as u32, c.head_dim as u32, seq);
+    let cache = kv::cache_bytes(c.n_kv_heads as u32, c.head_dim as u32, seq);
     let kc = g.intermediate("k_cache", cache);
     let vc = g.intermediate("v_cache", cache);
     let sq = |d: usize| 4 * (d * d) as u64;
@@ -243,6 +245,20 @@ fn read_hessian(ex: &Executor, id: TensorId, dim: usize, n_tokens: usize) -> Res
     Ok(m.iter().map(|&v| f64::from(v) * s).collect())
 }
 
+/// Which of a block's four Gram taps holds a linear layer's input: the
+/// normed residual (q, k, v), the attention output (o), the normed residual
+/// after attention (gate, up), the SwiGLU activation (down). `None` for the
+/// norms, which are not quantized.
+fn input_tap(t: LayerTensor) -> Option<usize> {
+    match t {
+        LayerTensor::Wq | LayerTensor::Wk | LayerTensor::Wv => Some(0),
+        LayerTensor::Wo => Some(1),
+        LayerTensor::WGate | LayerTensor::WUp => Some(2),
+        LayerTensor::WDown => Some(3),
+        LayerTensor::AttnNorm | LayerTensor::FfnNorm => None,
+    }
+}
+
 fn mixed_tensor(name: &str, shape: Vec<usize>, t: MixedTensor) -> HostTensor {
     HostTensor {
         name: name.to_string(),
@@ -259,7 +275,7 @@ fn encode_as(t: &HostTensor, dtype: HostDType) -> Result<HostTensor> {
         return Ok(t.clone());
     }
     let v = t.to_f32()?;
-    let bytes = crate::quant::encode::quantize(dtype, &v)?;
+    let bytes = crate::checkpoint::encode::quantize(dtype, &v)?;
     Ok(HostTensor {
         dtype,
         data: Bytes::Owned(Arc::new(bytes)),
@@ -378,20 +394,16 @@ pub fn quantize_model(
             ]);
         }
 
-        // 2. Quantize the seven matrices.
-        let mats: [(&str, &HostTensor, usize); 7] = [
-            ("attn_q", &lw.wq, 0),
-            ("attn_k", &lw.wk, 0),
-            ("attn_v", &lw.wv, 0),
-            ("attn_output", &lw.wo, 1),
-            ("ffn_gate", &lw.w_gate, 2),
-            ("ffn_up", &lw.w_up, 2),
-            ("ffn_down", &lw.w_down, 3),
-        ];
-        let mut out: Vec<HostTensor> = Vec::with_capacity(7);
-        for (i, (name, t, input)) in mats.iter().enumerate() {
-            progress(l, n_layers, "quantize", i, mats.len());
-            let full = format!("blk.{l}.{name}.weight");
+        // 2. Quantize the seven matrices (norms stay as they are).
+        let mut done = 0;
+        let ql = LayerWeights::try_from_fn(|role| {
+            let t = lw.get(role);
+            let Some(input) = input_tap(role) else {
+                return Ok(t.clone());
+            };
+            progress(l, n_layers, "quantize", done, LayerTensor::LINEAR.len());
+            done += 1;
+            let full = role.gguf_name(l);
             let (rows, cols) = (t.rows(), t.cols() as u32);
             let w = t.to_f32()?;
             let (mt, shift, kl) = match opts.method {
@@ -409,7 +421,7 @@ pub fn quantize_model(
                         cols,
                         plain_allocation(opts.bits, cols, opts.group)?,
                     )?);
-                    let h = &hess.as_ref().expect("calibrated")[*input];
+                    let h = &hess.as_ref().expect("calibrated")[input];
                     (
                         quantize_gptq(&w, rows, &layout, h, &opts.gptq, ParamChoice::MinMax)?,
                         None,
@@ -417,13 +429,13 @@ pub fn quantize_model(
                     )
                 }
                 Method::Slim => {
-                    let h = &hess.as_ref().expect("calibrated")[*input];
+                    let h = &hess.as_ref().expect("calibrated")[input];
                     let so = SlimOptions {
                         bits: opts.bits,
                         group: opts.group,
                         gptq: opts.gptq,
                     };
-                    let (mt, rep) = quantize_slim(&w, rows, cols, h, &samples[*input], &so)?;
+                    let (mt, rep) = quantize_slim(&w, rows, cols, h, &samples[input], &so)?;
                     (mt, Some(rep.shift), rep.kl)
                 }
             };
@@ -434,24 +446,8 @@ pub fn quantize_model(
                 shift,
                 kl,
             });
-            out.push(mixed_tensor(&full, t.shape.clone(), mt));
-        }
-        let mut it = out.into_iter();
-        let mut next = || {
-            it.next()
-                .ok_or_else(|| ModelError::Invalid("matrix count".into()))
-        };
-        let ql = LayerWeights {
-            attn_norm: lw.attn_norm.clone(),
-            wq: next()?,
-            wk: next()?,
-            wv: next()?,
-            wo: next()?,
-            ffn_norm: lw.ffn_norm.clone(),
-            w_gate: next()?,
-            w_up: next()?,
-            w_down: next()?,
-        };
+            Ok(mixed_tensor(&full, t.shape.clone(), mt))
+        })?;
 
         // 3. The quantized block's outputs feed the next block.
         if calibrated && l + 1 < n_layers {
@@ -484,20 +480,21 @@ pub fn quantize_model(
         opts.bits,
         opts.group
     );
-    let recipe = json!({
-        "name": name,
-        "method": opts.method.name(),
-        "bits": opts.bits,
-        "group": opts.group,
-        "samples": if calibrated { windows.len() } else { 0 },
-        "seq_len": seq,
-        "seed": opts.seed,
-        "damp": opts.gptq.damp,
-        "act_order": opts.gptq.act_order,
-        "embed": format!("{:?}", opts.embed).to_lowercase(),
-        "source": m.source,
-        "source_type": m.file_type,
-    });
+    let recipe = Recipe {
+        name: name.clone(),
+        method: opts.method.name().to_string(),
+        bits: opts.bits,
+        group: opts.group,
+        samples: if calibrated { windows.len() } else { 0 },
+        seq_len: seq,
+        seed: opts.seed,
+        damp: opts.gptq.damp,
+        act_order: opts.gptq.act_order,
+        embed: opts.embed.name().to_string(),
+        source: m.source.clone(),
+        source_type: m.file_type.clone(),
+        ..Default::default()
+    };
     Ok((
         LoadedModel {
             config: m.config.clone(),
@@ -514,32 +511,15 @@ pub fn quantize_model(
 
 /// Bits per weight of a model's weights, counting every byte stored
 /// (codes, scales, mins, block scales, norms), over its parameter count.
-pub fn bits_per_weight(w: &crate::weights::LlamaWeights) -> (f64, u64, u64) {
+pub fn bits_per_weight(w: &LlamaWeights) -> (f64, u64, u64) {
     let mut bytes = 0u64;
     let mut params = 0u64;
     let mut add = |t: &HostTensor| {
         bytes += t.byte_size() as u64;
         params += t.numel() as u64;
     };
-    add(&w.token_embd);
-    add(&w.output_norm);
-    if let Some(o) = &w.output {
-        add(o);
-    }
-    for l in &w.layers {
-        for t in [
-            &l.attn_norm,
-            &l.wq,
-            &l.wk,
-            &l.wv,
-            &l.wo,
-            &l.ffn_norm,
-            &l.w_gate,
-            &l.w_up,
-            &l.w_down,
-        ] {
-            add(t);
-        }
+    for (_, t) in w.tensors() {
+        add(t);
     }
     (8.0 * bytes as f64 / params.max(1) as f64, bytes, params)
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use half::f16;
 use lamina_engine::weight::{MixedLayout, mixed_chunk};
 
-use crate::weights::MixedTensor;
+use crate::checkpoint::MixedTensor;
 
 /// Scale and min of one (row, group), already rounded to f16.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -27,9 +27,9 @@ use std::sync::Arc;
 
 use lamina_engine::weight::MixedLayout;
 
+use crate::checkpoint::MixedTensor;
 use crate::quant::gptq::{self, GptqOptions, ParamChoice};
 use crate::quant::rtn::{dequantize, quantize_rtn};
-use crate::weights::MixedTensor;
 use crate::{ModelError, Result};
 
 /// Salience z-score above which an element counts as salient in SQC.

@@ -14,28 +14,37 @@
 //! Rows that would land at or past `max_ctx` are dropped (the step's values
 //! are not errors at replay time; the model must not step past its context).
 
-use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
-use crate::ops::{check_bytes, grid1, write_params};
+use crate::dispatch::{
+    Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
+    write_params,
+};
+use crate::kv::{cache_bytes, round_f16, step_rows};
 use crate::pipeline::Kernel;
 use crate::{Caps, Result, ensure_shape};
 
-crate::shader!(SHADER, "kv_write", [crate::shader::lib::F16]);
+crate::shader!(
+    SHADER,
+    "kv_f16_write",
+    [crate::shader::lib::F16],
+    KvF16WriteParams
+);
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct KvWriteParams {
-    /// u32 words to write per cache this step: n_tokens * n_kv_heads * head_dim / 2.
-    pub n_words: u32,
-    pub pos: u32,
-    pub n_kv_heads: u32,
-    pub max_ctx: u32,
-    /// head_dim / 2.
-    pub row_words: u32,
-    pub _pad: [u32; 3],
+crate::params_struct! {
+    /// Mirrors `Params` in shaders/kv_f16_write.wgsl.
+    pub struct KvF16WriteParams {
+        /// u32 words to write per cache this step: n_tokens * n_kv_heads * head_dim / 2.
+        pub n_words: u32,
+        pub pos: u32,
+        pub n_kv_heads: u32,
+        pub max_ctx: u32,
+        /// head_dim / 2.
+        pub row_words: u32,
+        pub _pad: [u32; 3],
+    }
 }
 
 #[derive(Debug, Clone)]
-pub struct KvWrite {
+pub struct KvF16Write {
     /// [max_rows, n_kv_heads, head_dim] f32.
     pub k: TensorId,
     /// [max_rows, n_kv_heads, head_dim] f32.
@@ -51,65 +60,62 @@ pub struct KvWrite {
     pub max_rows: u32,
 }
 
-/// Workgroup size (mirrors kv_write.wgsl).
+/// Workgroup size (mirrors kv_f16_write.wgsl).
 const WG: u32 = 256;
 
-/// Largest finite f16; larger magnitudes saturate.
-pub const F16_MAX: f32 = 65504.0;
-
-/// Bytes of one layer's K (or V) cache: `n_kv_heads * max_ctx * head_dim` f16.
-pub fn cache_bytes(n_kv_heads: u32, head_dim: u32, max_ctx: u32) -> u64 {
-    2 * u64::from(n_kv_heads) * u64::from(max_ctx) * u64::from(head_dim)
-}
-
-/// Rows of a step that fit in the cache.
-pub(crate) fn step_rows(step: &Step, max_rows: u32, max_ctx: u32) -> u32 {
-    step.n_tokens
-        .min(max_rows)
-        .min(max_ctx.saturating_sub(step.pos))
-}
-
-impl OpDef for KvWrite {
+impl OpDef for KvF16Write {
     fn name(&self) -> &'static str {
-        "kv_write"
+        "kv_f16_write"
     }
-    fn check(&self, g: &Graph) -> Result<()> {
+    fn check(&self, g: &[TensorInfo]) -> Result<()> {
         ensure_shape!(
             self.head_dim.is_multiple_of(2) && self.head_dim > 0,
-            "kv_write",
+            "kv_f16_write",
             "head_dim {} must be even and nonzero",
             self.head_dim
         );
         ensure_shape!(
             self.n_kv_heads > 0 && self.max_ctx > 0,
-            "kv_write",
+            "kv_f16_write",
             "n_kv_heads and max_ctx must be nonzero"
         );
         let row = 4 * u64::from(self.n_kv_heads) * u64::from(self.head_dim);
-        check_bytes(g, "kv_write", "k", self.k, row * u64::from(self.max_rows))?;
-        check_bytes(g, "kv_write", "v", self.v, row * u64::from(self.max_rows))?;
+        check_bytes(
+            g,
+            "kv_f16_write",
+            "k",
+            self.k,
+            row * u64::from(self.max_rows),
+        )?;
+        check_bytes(
+            g,
+            "kv_f16_write",
+            "v",
+            self.v,
+            row * u64::from(self.max_rows),
+        )?;
         let cache = cache_bytes(self.n_kv_heads, self.head_dim, self.max_ctx);
-        check_bytes(g, "kv_write", "k_cache", self.k_cache, cache)?;
-        check_bytes(g, "kv_write", "v_cache", self.v_cache, cache)
+        check_bytes(g, "kv_f16_write", "k_cache", self.k_cache, cache)?;
+        check_bytes(g, "kv_f16_write", "v_cache", self.v_cache, cache)
     }
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
-        vec![Call {
-            kernel: Kernel::new(&SHADER, "kv_write"),
-            bindings: vec![
+        vec![Call::new(
+            Kernel::new(&SHADER, "kv_f16_write"),
+            vec![
                 Binding::read(self.k),
                 Binding::read(self.v),
                 Binding::write(self.k_cache),
                 Binding::write(self.v_cache),
             ],
-        }]
+        )]
     }
-    fn step(&self, _call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+    fn step(&self, _tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         let rows = step_rows(step, self.max_rows, self.max_ctx);
         let row_words = self.head_dim / 2;
         let n_words = rows * self.n_kv_heads * row_words;
         write_params(
             params,
-            &KvWriteParams {
+            &KvF16WriteParams {
                 n_words,
                 pos: step.pos,
                 n_kv_heads: self.n_kv_heads,
@@ -120,11 +126,6 @@ impl OpDef for KvWrite {
         );
         grid1(n_words.div_ceil(WG))
     }
-}
-
-/// `x` rounded to f16 as the shader stores it: saturated, nearest even.
-pub fn round_f16(x: f32) -> f32 {
-    half::f16::from_f32(x.clamp(-F16_MAX, F16_MAX)).to_f32()
 }
 
 /// CPU reference on an f32 image of one cache ([n_kv_heads, max_ctx,

@@ -1,5 +1,5 @@
 //! Encoders for the GGUF element formats: the inverse of
-//! [`crate::quant::ggml::dequantize`].
+//! [`crate::checkpoint::ggml::dequantize`].
 //!
 //! Used to build synthetic models and test data. The block formats follow
 //! ggml's reference quantizers (`quantize_row_q4_0_ref`, `..._q4_1_ref`,
@@ -19,7 +19,7 @@
 
 use half::{bf16, f16};
 
-use crate::weights::HostDType;
+use super::HostDType;
 use crate::{ModelError, Result};
 
 /// ggml's block size for Q4_0, Q4_1 and Q8_0.
@@ -168,7 +168,7 @@ fn encode_q8_0(block: &[f32; QK], out: &mut [u8; 34]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::ggml::dequantize;
+    use crate::checkpoint::ggml::dequantize;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 

@@ -10,22 +10,23 @@
 //! running max `m` and sum `l` per query row, and the output accumulator is
 //! rescaled by `exp(m_old - m_new)` whenever the max grows.
 //!
-//! Two paths, chosen per step, in one shader (`attention.wgsl`):
-//! - **prefill** (entry `attention`): an invocation owns 4 query rows
-//!   (token, head) of one KV head; the 64 invocations of a workgroup walk
-//!   that head's keys in blocks of 32 in lockstep (every K/V address is the
-//!   same across the workgroup: a broadcast on GPUs, one cache line on
-//!   CPUs), and each row masks the keys past its own position. The output
-//!   accumulator is `out` itself (rescaled per block, normalised by the
-//!   last). Used for every step with more than one token, and for one-token
-//!   steps when no scratch tensor is given.
-//! - **split-KV decode** (entries `attention_decode`, `attention_combine`;
-//!   flash-decoding, Dao et al. 2023): for one token the KV length is cut
-//!   into `n_chunks` ranges ([`decode_split`]); an invocation takes one
-//!   range for 4 query heads of a GQA group (all of them for groups up to
-//!   4, so each K/V element is loaded once), and writes a partial
-//!   `(m, l, acc[head_dim])` per head to `scratch`; one combine workgroup
-//!   per head merges the ranges into `out`.
+//! Two paths, chosen per step, in one shader (`kv_f16_attention.wgsl`):
+//! - **prefill** (pass `Prefill`, entry `kv_f16_attention`): an invocation
+//!   owns 4 query rows (token, head) of one KV head; the 64 invocations of a
+//!   workgroup walk that head's keys in blocks of 32 in lockstep (every K/V
+//!   address is the same across the workgroup: a broadcast on GPUs, one
+//!   cache line on CPUs), and each row masks the keys past its own position.
+//!   The output accumulator is `out` itself (rescaled per block, normalised
+//!   by the last). Used for every step with more than one token, and for
+//!   one-token steps when no scratch tensor is given.
+//! - **split-KV decode** (passes `Decode`, `Combine`: entries
+//!   `kv_f16_attention_decode`, `attention_combine`; flash-decoding, Dao et
+//!   al. 2023): for one token the KV length is cut into `n_chunks` ranges
+//!   ([`decode_split`], shared with the quantized cache in `kv`); an
+//!   invocation takes one range for 4 query heads of a GQA group (all of
+//!   them for groups up to 4, so each K/V element is loaded once), and
+//!   writes a partial `(m, l, acc[head_dim])` per head to `scratch`; one
+//!   combine workgroup per head merges the ranges into `out`.
 //!
 //! Both are written for lavapipe first (tests and most users). There,
 //! invocations are CPU SIMD lanes; every storage or workgroup load is a
@@ -46,49 +47,74 @@
 //! # Shapes
 //! q: [n_tokens, n_heads, head_dim] f32 (RoPE'd).
 //! k_cache, v_cache: [n_kv_heads, max_ctx, head_dim] f16, two per u32 word,
-//! filled for positions `0 .. pos + n_tokens` (see `ops::kv_write`).
+//! filled for positions `0 .. pos + n_tokens` (see `ops::kv_f16_write`).
 //! out: [n_tokens, n_heads * head_dim] f32.
 //! scratch: [n_heads, n_chunks, head_dim + 4] f32 per step, at most
 //! [`scratch_bytes`]; each record is `(m, l, 0, 0, acc[0..head_dim])`.
 //! head_dim: a multiple of 8, at most 256; n_heads a multiple of n_kv_heads.
 
-use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
-use crate::ops::kv_write::{cache_bytes, step_rows};
-use crate::ops::{check_bytes, grid1, write_params};
+use crate::dispatch::{
+    Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
+    write_params,
+};
+use crate::kv::{cache_bytes, decode_records_bytes, decode_split, step_rows};
 use crate::pipeline::Kernel;
-use crate::shader::ShaderSource;
 use crate::{Caps, Result, ensure_shape};
 
-crate::shader!(SHADER, "attention", [crate::shader::lib::SOFTMAX4]);
+crate::shader!(
+    SHADER,
+    "kv_f16_attention",
+    [crate::shader::lib::SOFTMAX4],
+    KvF16AttentionParams
+);
 
-/// The attention shader, for the naga translation tests.
-pub fn shaders() -> Vec<&'static ShaderSource> {
-    vec![&SHADER]
+crate::params_struct! {
+    /// Mirrors `Params` in shaders/kv_f16_attention.wgsl; every pass gets the same block.
+    pub struct KvF16AttentionParams {
+        /// Query tokens this step.
+        pub n_tokens: u32,
+        /// Position of the first of them.
+        pub pos: u32,
+        /// Keys visible to the last token: pos + n_tokens.
+        pub kv_len: u32,
+        pub n_heads: u32,
+        pub n_kv_heads: u32,
+        pub max_ctx: u32,
+        /// Decode: key ranges this step (also the scratch records per head).
+        pub n_chunks: u32,
+        /// Decode: keys per range, see [`decode_split`].
+        pub chunk_len: u32,
+        pub scale: f32,
+        pub _pad: [u32; 3],
+    }
 }
 
-/// One parameter block for all three entry points (mirrored in the shader).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct AttentionParams {
-    /// Query tokens this step.
-    pub n_tokens: u32,
-    /// Position of the first of them.
-    pub pos: u32,
-    /// Keys visible to the last token: pos + n_tokens.
-    pub kv_len: u32,
-    pub n_heads: u32,
-    pub n_kv_heads: u32,
-    pub max_ctx: u32,
-    /// Decode: key ranges this step (also the scratch records per head).
-    pub n_chunks: u32,
-    /// Decode: keys per range, see [`decode_split`].
-    pub chunk_len: u32,
-    pub scale: f32,
-    pub _pad: [u32; 3],
+crate::passes! {
+    /// The attention's passes: with scratch the calls are [Decode, Combine,
+    /// Prefill], else [Prefill] (one-token steps then run the prefill).
+    enum Pass {
+        /// Split-KV decode: partial records per key range (entry `kv_f16_attention_decode`).
+        Decode,
+        /// Split-KV decode: the ranges merged per head (entry
+        /// `attention_combine`, lib/softmax4.wgsl).
+        Combine,
+        /// Several tokens, or one without scratch (entry `kv_f16_attention`).
+        Prefill,
+    }
+}
+
+impl Pass {
+    fn entry(self) -> &'static str {
+        match self {
+            Pass::Decode => "kv_f16_attention_decode",
+            Pass::Combine => "attention_combine",
+            Pass::Prefill => "kv_f16_attention",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
-pub struct Attention {
+pub struct KvF16Attention {
     /// [max_rows, n_heads, head_dim] f32.
     pub q: TensorId,
     /// [n_kv_heads, max_ctx, head_dim] f16 packed.
@@ -110,40 +136,22 @@ pub struct Attention {
     pub scale: f32,
 }
 
-/// Keys per block (KB in attention.wgsl), and the fewest keys one decode
-/// invocation takes.
-pub const BLOCK: u32 = 32;
-/// Most ranges one decode step is cut into, per query head. Bounds the
-/// scratch tensor and the combine; 256 ranges keep a GPU busy at long
-/// contexts even with few KV heads, and up to 8192 keys each range is one
-/// block, so nothing is read back and rescaled.
-pub const MAX_DECODE_CHUNKS: u32 = 256;
-/// Invocations per workgroup (WG in attention.wgsl).
+/// Invocations per workgroup (WG in kv_f16_attention.wgsl).
 const WG: u32 = 64;
 /// Query rows / heads per invocation (the width of the shader's mat4x4).
 const ROWS: u32 = 4;
 /// Largest head_dim (the 65535-iteration budget on lavapipe, above).
 pub const MAX_HEAD_DIM: u32 = 256;
 
-/// How a decode step over `kv_len` keys is split: (ranges, keys per range).
-pub fn decode_split(kv_len: u32) -> (u32, u32) {
-    let chunk_len = kv_len
-        .div_ceil(MAX_DECODE_CHUNKS)
-        .next_multiple_of(BLOCK)
-        .max(BLOCK);
-    (kv_len.div_ceil(chunk_len).max(1), chunk_len)
-}
-
 /// Bytes of the decode scratch tensor:
 /// `n_heads * min(ceil(max_ctx / 32), 256) * (head_dim + 4) * 4`.
 /// `max_rows` does not enter (only one-token steps use it); it is taken so
 /// callers need not know that.
 pub fn scratch_bytes(n_heads: u32, head_dim: u32, max_ctx: u32, _max_rows: u32) -> u64 {
-    let chunks = max_ctx.div_ceil(BLOCK).clamp(1, MAX_DECODE_CHUNKS);
-    4 * u64::from(n_heads) * u64::from(chunks) * (u64::from(head_dim) + 4)
+    decode_records_bytes(n_heads, head_dim, max_ctx)
 }
 
-impl Attention {
+impl KvF16Attention {
     fn group(&self) -> u32 {
         self.n_heads / self.n_kv_heads.max(1)
     }
@@ -166,18 +174,12 @@ impl Attention {
     }
 }
 
-/// Call roles: with scratch the calls are [decode, combine, prefill], else
-/// [prefill].
-const CALL_DECODE: usize = 0;
-const CALL_COMBINE: usize = 1;
-const CALL_PREFILL: usize = 2;
-
-impl OpDef for Attention {
+impl OpDef for KvF16Attention {
     fn name(&self) -> &'static str {
-        "attention"
+        "kv_f16_attention"
     }
-    fn check(&self, g: &Graph) -> Result<()> {
-        const OP: &str = "attention";
+    fn check(&self, g: &[TensorInfo]) -> Result<()> {
+        const OP: &str = "kv_f16_attention";
         let (hd, nh, nkv) = (self.head_dim, self.n_heads, self.n_kv_heads);
         ensure_shape!(
             hd.is_multiple_of(8) && (8..=MAX_HEAD_DIM).contains(&hd),
@@ -218,34 +220,25 @@ impl OpDef for Attention {
         Ok(())
     }
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
-        let prefill = Call {
-            kernel: self.kernel("attention"),
-            bindings: self.bindings(),
+        let passes: &[Pass] = if self.scratch.is_some() {
+            &[Pass::Decode, Pass::Combine, Pass::Prefill]
+        } else {
+            &[Pass::Prefill]
         };
-        if self.scratch.is_none() {
-            return vec![prefill];
-        }
-        vec![
-            Call {
-                kernel: self.kernel("attention_decode"),
-                bindings: self.bindings(),
-            },
-            // The same bindings for all three, so they share one layout.
-            Call {
-                kernel: self.kernel("attention_combine"),
-                bindings: self.bindings(),
-            },
-            prefill,
-        ]
+        // The same bindings for all three, so they share one layout.
+        passes
+            .iter()
+            .map(|&pass| Call::new(self.kernel(pass.entry()), self.bindings()).pass(pass))
+            .collect()
     }
-    fn step(&self, call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+    fn step(&self, tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         let n = step_rows(step, self.max_rows, self.max_ctx);
         let kv_len = step.pos + n;
         let decode = self.scratch.is_some() && n == 1;
         let (n_chunks, chunk_len) = if decode { decode_split(kv_len) } else { (0, 0) };
         write_params(
             params,
-            &AttentionParams {
+            &KvF16AttentionParams {
                 n_tokens: n,
                 pos: step.pos,
                 kv_len,
@@ -259,17 +252,12 @@ impl OpDef for Attention {
             },
         );
         let group = self.group();
-        let role = if self.scratch.is_some() {
-            call
-        } else {
-            CALL_PREFILL
-        };
-        match role {
-            CALL_DECODE if decode => {
+        match tag.pass() {
+            Pass::Decode if decode => {
                 grid1(n_chunks.div_ceil(WG) * self.n_kv_heads * group.div_ceil(ROWS))
             }
-            CALL_COMBINE if decode => grid1(self.n_heads),
-            CALL_PREFILL if !decode && n > 0 => {
+            Pass::Combine if decode => grid1(self.n_heads),
+            Pass::Prefill if !decode && n > 0 => {
                 grid1((n * group).div_ceil(ROWS * WG) * self.n_kv_heads)
             }
             _ => [0, 0, 0],
@@ -279,7 +267,7 @@ impl OpDef for Attention {
 
 /// CPU reference, same math: f32 scores, softmax with the max subtracted,
 /// sums in f64. Caches are f32 images of the f16 caches (values already
-/// rounded, see `kv_write::reference`), layout [n_kv_heads, max_ctx, head_dim].
+/// rounded, see `kv_f16_write::reference`), layout [n_kv_heads, max_ctx, head_dim].
 #[allow(clippy::too_many_arguments)]
 pub fn reference(
     q: &[f32], // [n_tokens, n_heads, head_dim]

@@ -13,34 +13,109 @@
 //! nibble and element `j + 16` in its high nibble.
 //!
 //! This is the CPU oracle and the loader's conversion path; GPU kernels read
-//! the same bytes repacked.
+//! the same bytes repacked. The catalogue of ggml type ids (names, block
+//! layouts, the ones Lamina runs) is here too: the one place a block's size
+//! is written down on the model side (`lamina_engine::weight` has the GPU
+//! formats' own, and tests/tests/gguf.rs holds the two equal).
 
 use half::{bf16, f16};
 
-use crate::weights::HostDType;
+use super::HostDType;
 use crate::{ModelError, Result};
+
+/// Block layout of a ggml tensor type: (elements per block, bytes per block).
+/// Known for the types llama.cpp writes today, so that their extents can be
+/// checked even where Lamina cannot compute with them.
+pub fn ggml_type_layout(ggml_type: u32) -> Option<(usize, usize)> {
+    Some(match ggml_type {
+        0 => (1, 4),      // F32
+        1 => (1, 2),      // F16
+        2 => (32, 18),    // Q4_0
+        3 => (32, 20),    // Q4_1
+        6 => (32, 22),    // Q5_0
+        7 => (32, 24),    // Q5_1
+        8 => (32, 34),    // Q8_0
+        9 => (32, 36),    // Q8_1
+        10 => (256, 84),  // Q2_K
+        11 => (256, 110), // Q3_K
+        12 => (256, 144), // Q4_K
+        13 => (256, 176), // Q5_K
+        14 => (256, 210), // Q6_K
+        15 => (256, 292), // Q8_K
+        16 => (256, 66),  // IQ2_XXS
+        17 => (256, 74),  // IQ2_XS
+        18 => (256, 98),  // IQ3_XXS
+        19 => (256, 50),  // IQ1_S
+        20 => (32, 18),   // IQ4_NL
+        21 => (256, 110), // IQ3_S
+        22 => (256, 82),  // IQ2_S
+        23 => (256, 136), // IQ4_XS
+        24 => (1, 1),     // I8
+        25 => (1, 2),     // I16
+        26 => (1, 4),     // I32
+        27 => (1, 8),     // I64
+        28 => (1, 8),     // F64
+        29 => (256, 56),  // IQ1_M
+        30 => (1, 2),     // BF16
+        34 => (256, 54),  // TQ1_0
+        35 => (256, 66),  // TQ2_0
+        39 => (32, 17),   // MXFP4
+        _ => return None,
+    })
+}
+
+/// ggml's name of a tensor type id, `unknown(N)` for ids it does not know.
+pub fn ggml_type_name(ggml_type: u32) -> String {
+    #[rustfmt::skip]
+    const NAMES: [&str; 40] = [
+        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
+        "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",
+        "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16", "Q4_0_4_4",
+        "Q4_0_4_8", "Q4_0_8_8", "TQ1_0", "TQ2_0", "IQ4_NL_4_4", "IQ4_NL_4_8", "IQ4_NL_8_8",
+        "MXFP4",
+    ];
+    match NAMES.get(ggml_type as usize) {
+        Some(n) => (*n).to_string(),
+        None => format!("unknown({ggml_type})"),
+    }
+}
+
+/// The Lamina host dtype of a ggml type id, where Lamina runs that type.
+pub fn host_dtype(ggml_type: u32) -> Option<HostDType> {
+    Some(match ggml_type {
+        0 => HostDType::F32,
+        1 => HostDType::F16,
+        2 => HostDType::Q4_0,
+        3 => HostDType::Q4_1,
+        8 => HostDType::Q8_0,
+        30 => HostDType::BF16,
+        _ => return None,
+    })
+}
+
+/// The ggml type id of a host dtype (inverse of [`host_dtype`]); `None`
+/// for Lamina's Mixed, which GGUF has no type for.
+pub fn ggml_type_of(dtype: HostDType) -> Option<u32> {
+    Some(match dtype {
+        HostDType::F32 => 0,
+        HostDType::F16 => 1,
+        HostDType::Q4_0 => 2,
+        HostDType::Q4_1 => 3,
+        HostDType::Q8_0 => 8,
+        HostDType::BF16 => 30,
+        HostDType::Mixed => return None,
+    })
+}
+
+/// Bytes of one 32-element block of a block format (ggml's layout).
+fn block_bytes(dtype: HostDType) -> usize {
+    ggml_type_of(dtype)
+        .and_then(ggml_type_layout)
+        .map_or(0, |(_, b)| b)
+}
 
 /// Elements per block of the ggml block formats.
 pub const QK: usize = 32;
-
-/// Exact byte length of `n` elements of `dtype`; `None` when `n` is not a
-/// whole number of blocks or the size overflows.
-pub fn byte_len(dtype: HostDType, n: usize) -> Option<usize> {
-    let block = dtype.block_size();
-    if !n.is_multiple_of(block) {
-        return None;
-    }
-    let per_block = match dtype {
-        HostDType::F32 => 4,
-        HostDType::F16 | HostDType::BF16 => 2,
-        HostDType::Q4_0 => 18,
-        HostDType::Q4_1 => 20,
-        HostDType::Q8_0 => 34,
-        // Not a flat encoding (see weights::MixedTensor).
-        HostDType::Mixed => return None,
-    };
-    (n / block).checked_mul(per_block)
-}
 
 /// Converts `n` elements of `dtype` encoded in `bytes` to f32.
 pub fn dequantize(dtype: HostDType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
@@ -76,7 +151,10 @@ pub fn dequantize_into(dtype: HostDType, bytes: &[u8], out: &mut [f32]) -> Resul
             }
         }
         HostDType::Q4_0 => {
-            for (o, b) in out.chunks_exact_mut(QK).zip(bytes.chunks_exact(18)) {
+            for (o, b) in out
+                .chunks_exact_mut(QK)
+                .zip(bytes.chunks_exact(block_bytes(HostDType::Q4_0)))
+            {
                 let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
                 let (lo, hi) = o.split_at_mut(QK / 2);
                 for (j, &q) in b[2..].iter().enumerate() {
@@ -86,7 +164,10 @@ pub fn dequantize_into(dtype: HostDType, bytes: &[u8], out: &mut [f32]) -> Resul
             }
         }
         HostDType::Q4_1 => {
-            for (o, b) in out.chunks_exact_mut(QK).zip(bytes.chunks_exact(20)) {
+            for (o, b) in out
+                .chunks_exact_mut(QK)
+                .zip(bytes.chunks_exact(block_bytes(HostDType::Q4_1)))
+            {
                 let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
                 let m = f16::from_le_bytes([b[2], b[3]]).to_f32();
                 let (lo, hi) = o.split_at_mut(QK / 2);
@@ -97,7 +178,10 @@ pub fn dequantize_into(dtype: HostDType, bytes: &[u8], out: &mut [f32]) -> Resul
             }
         }
         HostDType::Q8_0 => {
-            for (o, b) in out.chunks_exact_mut(QK).zip(bytes.chunks_exact(34)) {
+            for (o, b) in out
+                .chunks_exact_mut(QK)
+                .zip(bytes.chunks_exact(block_bytes(HostDType::Q8_0)))
+            {
                 let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
                 for (x, &q) in o.iter_mut().zip(&b[2..]) {
                     *x = d * f32::from(q as i8);
@@ -109,7 +193,7 @@ pub fn dequantize_into(dtype: HostDType, bytes: &[u8], out: &mut [f32]) -> Resul
 }
 
 fn check_len(dtype: HostDType, bytes: &[u8], n: usize) -> Result<()> {
-    match byte_len(dtype, n) {
+    match dtype.byte_len(n) {
         None => Err(ModelError::Invalid(format!(
             "{dtype:?}: {n} elements is not a whole number of {}-element blocks",
             dtype.block_size()

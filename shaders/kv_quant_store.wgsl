@@ -1,5 +1,6 @@
-// kv_store.wgsl: the write side of the quantized KV cache (see
-// ops/kv_store.rs for segments, formats and layouts).
+// kv_quant_store.wgsl: the write side of the quantized KV cache (see
+// engine/src/kv/mod.rs for segments, formats and layouts, and
+// ops/kv_quant_store.rs).
 //
 //   kv_ring_write  the step's K and V rows into the f16 window ring, one u32
 //                  word (two f16) per invocation;
@@ -9,7 +10,23 @@
 //                  channels, projects, packs signs, stores the norms;
 //                  per-channel integer keys: the group's scales first).
 
-// Params, p, the layout's overrides, win_row and bits_of: lib/kvcache.wgsl.
+// KvCacheParams, the format ids, the layout's overrides, win_row, bits_of
+// and aux_at: lib/kvcache.wgsl.
+
+// Mirrors KvQuantStoreParams in ops/kv_quant_store.rs.
+struct Params {
+    n_tokens: u32,
+    pos: u32,
+    n_kv_heads: u32,
+    max_ctx: u32,
+    lo: u32,        // first position to flush
+    hi: u32,        // end of the flush
+    _p0: u32,
+    _p1: u32,
+    cache: KvCacheParams,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
 
 @group(0) @binding(1) var<storage, read> k: array<vec2<f32>>;         // [n_tokens, n_kv_heads, HD]
 @group(0) @binding(2) var<storage, read> v: array<vec2<f32>>;
@@ -30,7 +47,7 @@ fn kv_ring_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let row = i / rw;               // token * n_kv_heads + head
     let head = row % p.n_kv_heads;
     let tok = row / p.n_kv_heads;
-    let dst = (head * (p.pivot + p.ring) + win_row(p.pos + tok)) * rw + w;
+    let dst = (head * (p.cache.pivot + p.cache.ring) + win_row(p.pos + tok)) * rw + w;
     k_win[dst] = to_f16x2(k[i]);
     v_win[dst] = to_f16x2(v[i]);
 }
@@ -41,7 +58,7 @@ fn kv_ring_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 var<private> x: array<f32, 256>;
 
 fn load_row(is_k: bool, head: u32, j: u32) {
-    let src = (head * (p.pivot + p.ring) + win_row(j)) * (HD / 2u);
+    let src = (head * (p.cache.pivot + p.cache.ring) + win_row(j)) * (HD / 2u);
     for (var w = 0u; w < HD / 2u; w++) {
         let pair = unpack2x16float(select(v_win[src + w], k_win[src + w], is_k));
         x[2u * w] = pair.x;
@@ -104,12 +121,12 @@ fn code_word(i: u32, bits: u32, chan: bool) -> u32 {
 
 // First position of j's token group.
 fn group_start(j: u32) -> u32 {
-    return p.pivot + (j - p.pivot) / T * T;
+    return p.cache.pivot + (j - p.cache.pivot) / T * T;
 }
 
 // Writes row x in format f (f16 or integer) to the key or value store at word `dst`.
 fn store_int(is_k: bool, f: u32, dst: u32) {
-    if f == 0u {
+    if f == KV_F16 {
         for (var w = 0u; w < HD / 2u; w++) {
             let word = to_f16x2(vec2(x[2u * w], x[2u * w + 1u]));
             if is_k { k_store[dst + w] = word; } else { v_store[dst + w] = word; }
@@ -131,7 +148,7 @@ fn store_int(is_k: bool, f: u32, dst: u32) {
 
 // S[c, 4i..4i+3] (S is [HD, M] f32 bits after the key window's rows).
 fn s4(c: u32, i: u32) -> vec4<f32> {
-    let o = p.sketch_base + c * M + 4u * i;
+    let o = p.cache.sketch_base + c * M + 4u * i;
     return vec4(bitcast<f32>(k_win[o]), bitcast<f32>(k_win[o + 1u]),
                 bitcast<f32>(k_win[o + 2u]), bitcast<f32>(k_win[o + 3u]));
 }
@@ -231,7 +248,7 @@ fn kv_flush(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if i >= (p.hi - p.lo) * p.n_kv_heads { return; }
     let head = i % p.n_kv_heads;
     let j = p.lo + i / p.n_kv_heads;
-    if KF == 4u {
+    if KF == KV_QJL {
         store_qjl(head, j);
     } else if KCH == 1u {
         // Integer keys per channel: codes only, the group's scales in aux.

@@ -1,7 +1,7 @@
-// kv_write.wgsl: stores the step's new K and V rows into the head-major f16
+// kv_f16_write.wgsl: stores the step's new K and V rows into the head-major f16
 // caches, one u32 word (two f16, low half first) per invocation.
 // Source rows are [n_tokens, n_kv_heads, head_dim]; destinations
-// [n_kv_heads, max_ctx, head_dim] at positions pos.. (see ops/kv_write.rs).
+// [n_kv_heads, max_ctx, head_dim] at positions pos.. (see ops/kv_f16_write.rs).
 
 struct Params {
     n_words: u32,
@@ -24,7 +24,7 @@ const WG: u32 = 256u;
 // to_f16x2: lib/f16.wgsl.
 
 @compute @workgroup_size(WG)
-fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn kv_f16_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     let i = (wid.x + wid.y * nwg.x) * WG + lid;
     if i >= p.n_words { return; }

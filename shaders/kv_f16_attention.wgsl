@@ -1,15 +1,16 @@
-// attention.wgsl: fused causal GQA attention over the f16 KV cache, online
-// softmax; see ops/attention.rs for the math, layouts and the choice of path.
+// kv_f16_attention.wgsl: fused causal GQA attention over the f16 KV cache,
+// online softmax; see ops/kv_f16_attention.rs for the math, layouts and the
+// choice of path.
 //
-//   attention          prefill: an invocation owns 4 query rows (token,
-//                      head) of one KV head; all invocations of a workgroup
-//                      walk the same keys in blocks of 32 (same addresses:
-//                      a broadcast on GPUs). The output accumulator lives in
-//                      `out` itself.
-//   attention_decode   one token, split-KV: an invocation owns a range of
-//                      keys and 4 query heads of one GQA group, and writes a
-//                      partial (m, l, acc) per head to `scratch`.
-//   attention_combine  merges the decode ranges of a head into `out`.
+//   kv_f16_attention         prefill: an invocation owns 4 query rows (token,
+//                            head) of one KV head; all invocations of a
+//                            workgroup walk the same keys in blocks of 32
+//                            (same addresses: a broadcast on GPUs). The output
+//                            accumulator lives in `out` itself.
+//   kv_f16_attention_decode  one token, split-KV: an invocation owns a range
+//                            of keys and 4 query heads of one GQA group, and
+//                            writes a partial (m, l, acc) per head to `scratch`.
+//   attention_combine        merges the decode ranges of a head into `out`.
 //
 // Why it is shaped like this (lavapipe first, where tests and most users
 // run; invocations are SIMD lanes of a CPU core, and every load is a loop
@@ -44,7 +45,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;     // [n_tokens, n_heads, 2 * W8]
 @group(0) @binding(5) var<storage, read_write> scratch: array<vec4<f32>>; // [n_heads, n_chunks, 1 + 2 * W8]
 
-// Set per pipeline by ops/attention.rs; defaults: head_dim 64, no GQA.
+// Set per pipeline by ops/kv_f16_attention.rs; defaults: head_dim 64, no GQA.
 override W8: u32 = 8u;    // head_dim / 8: 16-byte words per cache row
 override G: u32 = 1u;     // query heads per KV head
 
@@ -116,7 +117,7 @@ fn block_pv(b: Block, base: u32, j0: u32, last: u32, w: u32) -> Values4 {
 // Prefill: 4 rows (token, head-in-group) per invocation, keys uniform.
 
 @compute @workgroup_size(WG)
-fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn kv_f16_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
     // One KV head's rows in (token, head-in-group) order, 4 * WG per workgroup.
     let rows = p.n_tokens * G;
@@ -158,7 +159,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 // Split-KV decode: one key range and 4 query heads of a group per invocation.
 
 @compute @workgroup_size(WG)
-fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn kv_f16_attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
     let sl = decode_slot(wid.x + wid.y * nwg.x, lid);
     if !sl.valid { return; }

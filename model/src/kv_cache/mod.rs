@@ -4,29 +4,32 @@
 //! - **f16** (the default): head-major `[n_kv_heads, max_ctx, head_dim]`, two
 //!   values per u32 word, one buffer per layer for K and one for V (a
 //!   layer's cache then stays under the storage binding limit up to long
-//!   contexts); ops `kv_write` + `attention`.
+//!   contexts); ops `kv_f16_write` + `kv_f16_attention`.
 //! - **quantized** (`q8`, `q4`, `q2` for either side, `qjl` for keys): an f16
-//!   window of the recent tokens and a quantized store, ops `kv_store` +
-//!   `kv_attention`, which document segments, formats and layouts.
+//!   window of the recent tokens and a quantized store, ops
+//!   `kv_quant_store` and `kv_quant_attention`; `lamina_engine::kv`
+//!   documents segments, formats and layouts.
 //!
 //! Either way the cache may begin with a **pivot** segment (IntactKV /
 //! PrefixQuant): the KV of a few fixed tokens, computed once by the
 //! full-precision model and kept in f16, never quantized; sequences start
-//! after it ([`Pivot`]).
+//! after it ([`Pivot`], computed by `crate::pivot`).
+
+pub mod qjl;
 
 use std::sync::Arc;
 
-use lamina_engine::ops::kv_store::{KvLayout, KvQuant, QjlShape};
+use lamina_engine::kv::{KvLayout, KvQuant, QjlShape};
 use lamina_engine::{DType, Gpu, Tensor};
 
-use crate::quant::qjl::QjlSketch;
-use crate::reference::Reference;
-use crate::weights::LlamaWeights;
+use self::qjl::QjlSketch;
+use crate::checkpoint::Pivot;
 use crate::{LlamaConfig, ModelError, Result};
 
-/// Largest prompt step the quantized cache's window is sized for by default
-/// (the CLI's default batch).
-pub const DEFAULT_MAX_ROWS: u32 = 512;
+/// Most tokens one prompt step processes by default (llama.cpp's `-b`):
+/// the CLI's default batch, and the step a quantized cache's window ring is
+/// sized for unless [`KvFormat::batch`] says otherwise.
+pub const DEFAULT_BATCH: u32 = 512;
 /// Default recent window kept in f16 (QJL's and KIVI's 128-token buffer).
 pub const DEFAULT_RECENT: u32 = 128;
 /// Default front positions of a quantized cache kept in f16 (the pivot's
@@ -64,6 +67,9 @@ pub struct KvFormat {
     /// Prompt steps attend to their own tokens in f16 (`--kv-exact-prompt`,
     /// as QJL's code does); only decode steps see them quantized.
     pub exact_prompt: bool,
+    /// Most tokens one step writes (the session's batch): a quantized
+    /// cache's f16 window ring is sized for steps of this many tokens.
+    pub batch: u32,
 }
 
 impl Default for KvFormat {
@@ -86,6 +92,7 @@ impl KvFormat {
         sink: DEFAULT_SINK,
         qjl_initial_layers: 0,
         exact_prompt: false,
+        batch: DEFAULT_BATCH,
     };
 
     /// Whether the plain f16 layout serves it.
@@ -144,18 +151,12 @@ impl KvFormat {
     }
 
     /// Layer 0's layout, see [`KvFormat::layer_layout`].
-    pub fn layout(
-        &self,
-        cfg: &LlamaConfig,
-        max_ctx: usize,
-        pivot: usize,
-        max_rows: u32,
-    ) -> KvLayout {
-        self.layer_layout(cfg, 0, max_ctx, pivot, max_rows)
+    pub fn layout(&self, cfg: &LlamaConfig, max_ctx: usize, pivot: usize) -> KvLayout {
+        self.layer_layout(cfg, 0, max_ctx, pivot)
     }
 
     /// Layer `layer`'s layout for a cache of `max_ctx` positions with
-    /// `pivot` of them pivots, for steps of up to `max_rows` tokens. The
+    /// `pivot` of them pivots, for steps of up to [`batch`](Self::batch) tokens. The
     /// layout's front rows (never quantized) are the pivot's and, up to
     /// `sink` positions, the sequence's first tokens.
     pub fn layer_layout(
@@ -164,7 +165,6 @@ impl KvFormat {
         layer: usize,
         max_ctx: usize,
         pivot: usize,
-        max_rows: u32,
     ) -> KvLayout {
         let pivot = pivot.max(self.sink as usize);
         let room = (max_ctx - pivot.min(max_ctx)) as u32;
@@ -174,7 +174,7 @@ impl KvFormat {
             max_ctx: max_ctx as u32,
             pivot: pivot as u32,
             recent: self.recent,
-            ring: KvLayout::ring_for(self.recent, max_rows).min(room).max(1),
+            ring: KvLayout::ring_for(self.recent, self.batch).min(room).max(1),
             k: self.k,
             v: self.v,
             qgroup: self.qgroup,
@@ -191,11 +191,9 @@ impl KvFormat {
         if self.is_f16() {
             return cfg.n_layers as f64 * 4.0 * cfg.kv_dim() as f64;
         }
+        let one = KvFormat { batch: 1, ..*self };
         (0..cfg.n_layers)
-            .map(|l| {
-                self.layer_layout(cfg, l, 1024, 0, 1)
-                    .store_bytes_per_token()
-            })
+            .map(|l| one.layer_layout(cfg, l, 1024, 0).store_bytes_per_token())
             .sum()
     }
 
@@ -204,8 +202,9 @@ impl KvFormat {
         if self.is_f16() {
             return Ok(());
         }
+        let one = KvFormat { batch: 1, ..*self };
         (0..cfg.n_layers.min(self.qjl_initial_layers as usize + 1))
-            .try_for_each(|l| self.layer_layout(cfg, l, 1024, 0, 1).check("kv cache", 1))
+            .try_for_each(|l| one.layer_layout(cfg, l, 1024, 0).check("kv cache", 1))
             .map_err(|e| ModelError::Input(format!("KV cache format {}: {e}", self.name())))
     }
 }
@@ -267,77 +266,19 @@ impl std::str::FromStr for KvFormat {
     }
 }
 
-/// The pivot segment: tokens at positions `0..len` whose K (RoPE'd) and V,
-/// from the full-precision model, every sequence starts with.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Pivot {
-    pub tokens: Vec<u32>,
-    /// Per layer `[len, n_kv_heads * head_dim]` f32, position-major.
-    pub k: Vec<Vec<f32>>,
-    pub v: Vec<Vec<f32>>,
-}
-
-impl Pivot {
-    /// Runs `tokens` through the CPU f32 reference of `weights` (the
-    /// full-precision model: a GGUF or HF source dequantized to f32).
-    pub fn compute(cfg: &LlamaConfig, weights: &LlamaWeights, tokens: &[u32]) -> Result<Self> {
-        if tokens.is_empty() {
-            return Err(ModelError::Input(
-                "an empty pivot has nothing to compute".into(),
-            ));
+/// Layer `l`'s K or V of the pivot as head-major f16 words `[n_kv_heads,
+/// rows, head_dim]` with the pivot in rows `0..len` (the rest zero): the
+/// front of that layer's cache buffer.
+fn pivot_rows(pv: &Pivot, x: &[f32], cfg: &LlamaConfig, rows: usize) -> Vec<u32> {
+    let (hd, nkv) = (cfg.head_dim, cfg.n_kv_heads);
+    let mut img = vec![0.0f32; nkv * rows * hd];
+    debug_assert_eq!(x.len(), pv.len() * nkv * hd);
+    for (j, row) in x.chunks_exact(nkv * hd).enumerate() {
+        for h in 0..nkv {
+            img[(h * rows + j) * hd..][..hd].copy_from_slice(&row[h * hd..][..hd]);
         }
-        let mut r = Reference::new(cfg, weights, tokens.len().min(cfg.max_seq_len))?;
-        r.forward_last(tokens, 0)?;
-        let kvd = cfg.kv_dim();
-        let (mut k, mut v) = (Vec::new(), Vec::new());
-        for l in 0..cfg.n_layers {
-            let (kl, vl) = r.layer_kv(l);
-            k.push(kl[..tokens.len() * kvd].to_vec());
-            v.push(vl[..tokens.len() * kvd].to_vec());
-        }
-        Ok(Pivot {
-            tokens: tokens.to_vec(),
-            k,
-            v,
-        })
     }
-
-    pub fn len(&self) -> usize {
-        self.tokens.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
-    }
-
-    /// Checks the shape against a model.
-    pub fn check(&self, cfg: &LlamaConfig) -> Result<()> {
-        let want = self.len() * cfg.kv_dim();
-        if self.k.len() != cfg.n_layers
-            || self.v.len() != cfg.n_layers
-            || self.k.iter().chain(&self.v).any(|x| x.len() != want)
-        {
-            return Err(ModelError::Invalid(format!(
-                "pivot KV of {} tokens does not match the model ({} layers, KV width {})",
-                self.len(),
-                cfg.n_layers,
-                cfg.kv_dim()
-            )));
-        }
-        Ok(())
-    }
-
-    /// Layer `l`'s K or V as head-major f16 words `[n_kv_heads, rows, head_dim]`
-    /// with the pivot in rows `0..len` (the rest zero).
-    fn head_major(&self, x: &[f32], cfg: &LlamaConfig, rows: usize) -> Vec<u32> {
-        let (hd, nkv) = (cfg.head_dim, cfg.n_kv_heads);
-        let mut img = vec![0.0f32; nkv * rows * hd];
-        for (j, row) in x.chunks_exact(nkv * hd).enumerate() {
-            for h in 0..nkv {
-                img[(h * rows + j) * hd..][..hd].copy_from_slice(&row[h * hd..][..hd]);
-            }
-        }
-        lamina_engine::ops::kv_store::f16_words(&img)
-    }
+    lamina_engine::kv::f16_words(&img)
 }
 
 /// One layer's GPU buffers.
@@ -405,12 +346,11 @@ impl KvCache {
         }
         let (hd, nkv) = (cfg.head_dim, cfg.n_kv_heads);
         let mut layers = Vec::with_capacity(cfg.n_layers);
-        let layout = (!format.is_f16()).then(|| format.layout(cfg, max_ctx, p, DEFAULT_MAX_ROWS));
+        let layout = (!format.is_f16()).then(|| format.layout(cfg, max_ctx, p));
         // One sketch per shape (layers share it unless --qjl-initial-layers).
         let mut sketch: Option<QjlSketch> = None;
         for l in 0..cfg.n_layers {
-            let lay_l = (!format.is_f16())
-                .then(|| format.layer_layout(cfg, l, max_ctx, p, DEFAULT_MAX_ROWS));
+            let lay_l = (!format.is_f16()).then(|| format.layer_layout(cfg, l, max_ctx, p));
             if let Some(lay) = lay_l.filter(|lay| lay.k == KvQuant::Qjl)
                 && sketch.as_ref().is_none_or(|s| s.m != lay.qjl.m as usize)
             {
@@ -424,7 +364,7 @@ impl KvCache {
             let upload_pivot = |t: &Tensor, rows: usize, k: bool| {
                 if let Some(pv) = pivot {
                     let src = if k { &pv.k[l] } else { &pv.v[l] };
-                    let img = pv.head_major(src, cfg, rows);
+                    let img = pivot_rows(pv, src, cfg, rows);
                     gpu.queue
                         .write_buffer(&t.buffer, 0, bytemuck::cast_slice(&img));
                 }
@@ -539,38 +479,22 @@ impl KvCache {
     }
 }
 
-impl Pivot {
-    /// The pivot of `tokens` for model `m`, from its full-precision weights:
-    /// the KV stored in a `.lamina.safetensors` file for the same tokens;
-    /// else, for a GGUF or HF checkpoint, its own weights (the source
-    /// dequantized to f32); else the quantized file's source checkpoint,
-    /// named in its recipe, when it is at hand.
-    pub fn for_model(m: &crate::loader::LoadedModel, tokens: &[u32]) -> Result<Self> {
-        if let Some(p) = &m.pivot
-            && p.tokens == tokens
-        {
-            return Ok(p.clone());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The f16 window ring of a quantized cache holds a whole step of the
+    /// session's batch, whatever that batch is (it used to follow a fixed 512).
+    #[test]
+    fn window_ring_follows_the_batch() {
+        let cfg = crate::synthetic::synthetic_config("135m").unwrap();
+        let mut f: KvFormat = "q4".parse().unwrap();
+        for batch in [1, 64, 512, 2048] {
+            f.batch = batch;
+            let l = f.layout(&cfg, 100_000, 1);
+            assert_eq!(l.ring, KvLayout::ring_for(f.recent, batch), "batch {batch}");
+            l.check("kv", batch).unwrap();
+            assert!(l.check("kv", batch + 1).is_err(), "batch {batch} + 1");
         }
-        let Some(recipe) = &m.recipe else {
-            return Pivot::compute(&m.config, &m.weights, tokens);
-        };
-        let source = recipe.get("source").and_then(|s| s.as_str()).unwrap_or("");
-        let path = std::path::Path::new(source);
-        if source.is_empty() || !path.exists() {
-            return Err(ModelError::Input(format!(
-                "{} holds no pivot KV for tokens {tokens:?} and its full-precision source `{source}` \
-                 is not at hand to compute it (quantize again, or run without a pivot: --pivot none)",
-                m.source
-            )));
-        }
-        log::info!("computing the pivot KV from the source checkpoint {source}");
-        let src = crate::loader::load(path)?;
-        if !src.config.same_attention_shape(&m.config) {
-            return Err(ModelError::Input(format!(
-                "the source checkpoint {source} does not match {}",
-                m.source
-            )));
-        }
-        Pivot::compute(&src.config, &src.weights, tokens)
     }
 }

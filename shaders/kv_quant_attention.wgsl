@@ -1,19 +1,41 @@
-// kv_attention.wgsl: fused causal GQA attention over the quantized KV cache
-// (segments and formats: ops/kv_store.rs; paths and math: ops/kv_attention.rs).
+// kv_quant_attention.wgsl: fused causal GQA attention over the quantized KV
+// cache (segments and formats: engine/src/kv/mod.rs; paths and math:
+// ops/kv_quant_attention.rs).
 // Built on the f16 kernel's blocks (lib/softmax4.wgsl): a block is 32 keys x
 // 4 query rows in registers, keys read in their own format and decoded in
 // place; no workgroup memory, no barriers.
 //
-//   kv_qjl_prep          QJL keys: projects the step's queries, qs = S^T q;
-//   kv_attention         prefill: 4 rows (token, head) per invocation; the
-//                        workgroup walks the pivot, then the store, then the
-//                        window, each row masked to what it saw when it was
-//                        generated;
-//   kv_attention_decode  one token, split-KV over ranges of keys, 4 heads of
-//                        a GQA group per invocation (combined by
-//                        attention_combine from the lib).
+//   kv_qjl_prep                QJL keys: projects the step's queries, qs = S^T q;
+//   kv_quant_attention         prefill: 4 rows (token, head) per invocation;
+//                              the workgroup walks the pivot, then the store,
+//                              then the window, each row masked to what it saw
+//                              when it was generated;
+//   kv_quant_attention_decode  one token, split-KV over ranges of keys, 4 heads
+//                              of a GQA group per invocation (combined by
+//                              attention_combine from the lib).
 
-// Params, p, the layout's overrides, win_row and bits_of: lib/kvcache.wgsl.
+// KvCacheParams, the format ids, the layout's overrides, win_row, bits_of
+// and aux_at: lib/kvcache.wgsl.
+
+// Mirrors KvQuantAttentionParams in ops/kv_quant_attention.rs; the fields up
+// to `scale` are those of kv_f16_attention.wgsl (lib/softmax4.wgsl reads them).
+struct Params {
+    n_tokens: u32,
+    pos: u32,
+    kv_len: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    max_ctx: u32,
+    n_chunks: u32,
+    chunk_len: u32,
+    scale: f32,
+    recent: u32,
+    qs_off: u32,    // vec4 offset of the query sketches in scratch
+    _p0: u32,
+    cache: KvCacheParams,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
 
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;             // [n_tokens, n_heads, 2 * W8]
 @group(0) @binding(2) var<storage, read> k_win: array<vec4<u32>>;         // [n_kv_heads, pivot + ring, W8], then S
@@ -43,15 +65,15 @@ struct D8 {
 // `c`: the code words the format needs for these dims (f16: 4 words, q8: 2,
 // q4: 1, q2: 1 already shifted to its half), `sw`: the group's scale word.
 fn decode8(f: u32, c: vec4<u32>, sw: u32) -> D8 {
-    if f == 0u {
+    if f == KV_F16 {
         return D8(vec4(unpack2x16float(c.x), unpack2x16float(c.y)), vec4(unpack2x16float(c.z), unpack2x16float(c.w)));
     }
     var lo: vec4<u32>;
     var hi: vec4<u32>;
-    if f == 1u {
+    if f == KV_Q8 {
         lo = (vec4(c.x) >> vec4(0u, 8u, 16u, 24u)) & vec4(0xffu);
         hi = (vec4(c.y) >> vec4(0u, 8u, 16u, 24u)) & vec4(0xffu);
-    } else if f == 2u {
+    } else if f == KV_Q4 {
         lo = (vec4(c.x) >> vec4(0u, 4u, 8u, 12u)) & vec4(0xfu);
         hi = (vec4(c.x) >> vec4(16u, 20u, 24u, 28u)) & vec4(0xfu);
     } else {
@@ -64,7 +86,7 @@ fn decode8(f: u32, c: vec4<u32>, sw: u32) -> D8 {
 
 // Word index of dims 8w.. within a row of format f, and of its scale word.
 fn code_at(f: u32, w: u32) -> u32 {
-    return select(w * bits_of(f) / 4u, 4u * w, f == 0u);
+    return select(w * bits_of(f) / 4u, 4u * w, f == KV_F16);
 }
 fn scale_at(f: u32, w: u32) -> u32 {
     return (HD * bits_of(f) + 31u) / 32u + 8u * w / QG;
@@ -72,18 +94,18 @@ fn scale_at(f: u32, w: u32) -> u32 {
 
 fn key8(seg: u32, kvh: u32, j: u32, w: u32) -> D8 {
     if seg == SEG_WIN {
-        let c = k_win[(kvh * (p.pivot + p.ring) + win_row(j)) * W8 + w];
+        let c = k_win[(kvh * (p.cache.pivot + p.cache.ring) + win_row(j)) * W8 + w];
         return D8(lo4(c), hi4(c));
     }
     let base = (kvh * p.max_ctx + j) * KW;
     let a = base + code_at(KF, w);
     var c = vec4(k_store[a], 0u, 0u, 0u);
     var sw = 0u;
-    if KF == 0u {
+    if KF == KV_F16 {
         c = vec4(c.x, k_store[a + 1u], k_store[a + 2u], k_store[a + 3u]);
     } else {
-        if KF == 1u { c.y = k_store[a + 1u]; }
-        if KF == 3u { c.x >>= 16u * (w & 1u); }
+        if KF == KV_Q8 { c.y = k_store[a + 1u]; }
+        if KF == KV_Q2 { c.x >>= 16u * (w & 1u); }
         if KCH == 1u {
             sw = 0x3c00u;   // per channel: the codes themselves (scale 1, min 0), see dim_scores
         } else {
@@ -95,18 +117,18 @@ fn key8(seg: u32, kvh: u32, j: u32, w: u32) -> D8 {
 
 fn value8(seg: u32, kvh: u32, j: u32, w: u32) -> D8 {
     if seg == SEG_WIN {
-        let c = v_win[(kvh * (p.pivot + p.ring) + win_row(j)) * W8 + w];
+        let c = v_win[(kvh * (p.cache.pivot + p.cache.ring) + win_row(j)) * W8 + w];
         return D8(lo4(c), hi4(c));
     }
     let base = (kvh * p.max_ctx + j) * VW;
     let a = base + code_at(VF, w);
     var c = vec4(v_store[a], 0u, 0u, 0u);
     var sw = 0u;
-    if VF == 0u {
+    if VF == KV_F16 {
         c = vec4(c.x, v_store[a + 1u], v_store[a + 2u], v_store[a + 3u]);
     } else {
-        if VF == 1u { c.y = v_store[a + 1u]; }
-        if VF == 3u { c.x >>= 16u * (w & 1u); }
+        if VF == KV_Q8 { c.y = v_store[a + 1u]; }
+        if VF == KV_Q2 { c.x >>= 16u * (w & 1u); }
         sw = v_store[base + scale_at(VF, w)];
     }
     return decode8(VF, c, sw);
@@ -184,7 +206,7 @@ fn signs8(word: u32, w: u32) -> D8 {
 
 // S[c, 4i..4i+3]: S is [HD, M] f32 after the key window's rows.
 fn s_vec(c: u32, i: u32) -> vec4<f32> {
-    return bitcast<vec4<f32>>(k_win[p.sketch_base / 4u + c * (M / 4u) + i]);
+    return bitcast<vec4<f32>>(k_win[p.cache.sketch_base / 4u + c * (M / 4u) + i]);
 }
 
 // <t, sign> over sketch dims 8w..8w+7 for keys j..j+3 (clamped), reading
@@ -331,7 +353,7 @@ fn qjl_scores(kvh: u32, qrow: vec4<u32>, srow: vec4<u32>, j0: u32, last: u32) ->
 fn block(seg: u32, kvh: u32, qrow: vec4<u32>, srow: vec4<u32>, j0: u32, last: u32, lo: vec4<u32>, hi: vec4<u32>,
          m: ptr<function, vec4<f32>>, l: ptr<function, vec4<f32>>) -> Block {
     var s: Scores;
-    if seg == SEG_STORE && KF == 4u {
+    if seg == SEG_STORE && KF == KV_QJL {
         s = qjl_scores(kvh, qrow, srow, j0, last);
     } else {
         s = dim_scores(seg, kvh, qrow, j0, last);
@@ -364,8 +386,8 @@ fn block_pv(b: Block, seg: u32, kvh: u32, j0: u32, last: u32, w: u32) -> Values4
 
 // End of the store when `len` tokens are in the cache (KvLayout::boundary).
 fn store_end(len: vec4<u32>) -> vec4<u32> {
-    let old = select(vec4(0u), len - vec4(p.pivot + p.recent), len > vec4(p.pivot + p.recent));
-    return vec4(p.pivot) + old / 32u * 32u;
+    let old = select(vec4(0u), len - vec4(p.cache.pivot + p.recent), len > vec4(p.cache.pivot + p.recent));
+    return vec4(p.cache.pivot) + old / 32u * 32u;
 }
 
 // ---------------------------------------------------------------------------
@@ -419,7 +441,7 @@ fn kv_pass(seg: u32, kvh: u32, qrow: vec4<u32>, srow: vec4<u32>, ok: vec4<bool>,
 }
 
 @compute @workgroup_size(WG)
-fn kv_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn kv_quant_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let rows = p.n_tokens * G;
     let n_rt = (rows + 4u * WG - 1u) / (4u * WG);
@@ -459,9 +481,9 @@ fn kv_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     var l = vec4(0.0);
     var fresh = true;
     // The front rows (pivot and sink tokens), causal where the prompt itself fills them.
-    kv_pass(SEG_WIN, kvh, qrow, srow, ok, qrow, false, 0u, p.pivot, vec4(0u), min(vec4(p.pivot), limit), &m, &l,
+    kv_pass(SEG_WIN, kvh, qrow, srow, ok, qrow, false, 0u, p.cache.pivot, vec4(0u), min(vec4(p.cache.pivot), limit), &m, &l,
             &fresh);
-    kv_pass(SEG_STORE, kvh, qrow, srow, ok, qrow, false, p.pivot, b_max, vec4(p.pivot), b, &m, &l, &fresh);
+    kv_pass(SEG_STORE, kvh, qrow, srow, ok, qrow, false, p.cache.pivot, b_max, vec4(p.cache.pivot), b, &m, &l, &fresh);
     kv_pass(SEG_WIN, kvh, qrow, srow, ok, qrow, false, b_min, kend, b, limit, &m, &l, &fresh);
     // Normalise: out = out / l.
     let zero = Values4(mat4x4<f32>(), mat4x4<f32>());
@@ -476,7 +498,7 @@ fn kv_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 // groups from P) and the window.
 
 @compute @workgroup_size(WG)
-fn kv_attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn kv_quant_attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
     let sl = decode_slot(wid.x + wid.y * nwg.x, lid);
     if !sl.valid { return; }
@@ -493,13 +515,13 @@ fn kv_attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     var l = vec4(0.0);
     var fresh = true;
     // Pivot keys in the range.
-    let pv = min(c1, p.pivot);
+    let pv = min(c1, p.cache.pivot);
     kv_pass(SEG_WIN, kvh, qrow, srow, ok, at0, true, c0, pv, vec4(c0), vec4(pv), &m, &l, &fresh);
     // Store keys in the range, from the start of c0's token group.
-    let s0 = max(c0, p.pivot);
+    let s0 = max(c0, p.cache.pivot);
     let s1 = min(c1, b);
     if s0 < s1 {
-        let g0 = p.pivot + (s0 - p.pivot) / KB * KB;
+        let g0 = p.cache.pivot + (s0 - p.cache.pivot) / KB * KB;
         kv_pass(SEG_STORE, kvh, qrow, srow, ok, at0, true, g0, s1, vec4(s0), vec4(s1), &m, &l, &fresh);
     }
     // Window keys in the range.

@@ -1,6 +1,7 @@
 //! Causal GQA attention over the quantized KV cache, fused: keys and values
 //! are decoded (or, for QJL keys, scored) in place, and scores never reach
-//! memory. Segments, formats and layouts: `ops::kv_store`.
+//! memory. Segments, formats and layouts: `kv` (`engine/src/kv/mod.rs`),
+//! which this op shares with its write side, `ops::kv_quant_store`.
 //!
 //! A query at position `i` (head `h`, KV head `g`) attends to the pivot
 //! `[0, P)`, the store `[P, B(i + 1))` and the window `[B(i + 1), i]`, each in
@@ -16,43 +17,96 @@
 //! sqrt(pi/2)/m_out |k_out| <S_o q_out, sign(S_o k_out)>`, where `S q_in =
 //! S q - S q_out`, `S q_out` sums the outlier channels' rows of S, and `S_o`
 //! is the first `m_out` rows. `S q` is computed once per query row per step
-//! (entry `kv_qjl_prep`, into scratch); the outlier terms per block of 32
-//! keys, which is one token group.
+//! (pass `QjlPrep`, entry `kv_qjl_prep`, into scratch); the outlier terms
+//! per block of 32 keys, which is one token group.
 //!
-//! Paths as in `ops::attention` (same blocks: lib/softmax4.wgsl): prefill
-//! (4 rows per invocation; the workgroup walks the pivot, the store up to
-//! its last row's B and the window from its first row's B, each row masked
-//! to its own segments), and split-KV decode (ranges per [`decode_split`],
-//! 4 heads of a GQA group per invocation, combined per head).
+//! Paths as in `ops::kv_f16_attention` (same blocks: lib/softmax4.wgsl):
+//! prefill (pass `Prefill`, entry `kv_quant_attention`; 4 rows per
+//! invocation; the workgroup walks the pivot, the store up to its last
+//! row's B and the window from its first row's B, each row masked to its own
+//! segments), and split-KV decode (passes `Decode`, `Combine`; ranges per
+//! [`decode_split`], 4 heads of a GQA group per invocation, combined per
+//! head).
 //!
 //! # Shapes
 //! q: [n_tokens, n_heads, head_dim] f32; out: [n_tokens, n_heads * head_dim].
-//! k_win, v_win, k_store, v_store: see `ops::kv_store`.
-//! scratch: [`scratch_bytes`]: decode records as in `ops::attention`, then
-//! the query sketches [max_rows, n_heads, m] (QJL keys only).
+//! k_win, v_win, k_store, v_store: see `kv`'s `# Buffers`.
+//! scratch: [`scratch_bytes`]: decode records as in `ops::kv_f16_attention`,
+//! then the query sketches [max_rows, n_heads, m] (QJL keys only).
 
-use crate::graph::{Binding, Call, Graph, OpDef, PARAMS_BYTES, Step, TensorId};
-use crate::ops::attention::{self, decode_split};
-use crate::ops::kv_store::{KvLayout, KvParams, KvQuant, layout_constants};
-use crate::ops::kv_write::step_rows;
-use crate::ops::{check_bytes, grid1, write_params};
+use crate::dispatch::{
+    Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
+    write_params,
+};
+use crate::kv::{KvCacheParams, KvLayout, KvQuant, decode_records_bytes, decode_split, step_rows};
 use crate::pipeline::Kernel;
-use crate::shader::ShaderSource;
 use crate::{Caps, Result, ensure_shape};
 
 crate::shader!(
     SHADER,
-    "kv_attention",
-    [crate::shader::lib::KVCACHE, crate::shader::lib::SOFTMAX4]
+    "kv_quant_attention",
+    [crate::shader::lib::KVCACHE, crate::shader::lib::SOFTMAX4],
+    KvQuantAttentionParams,
+    [KvCacheParams]
 );
 
-/// The shaders, for the naga translation tests.
-pub fn shaders() -> Vec<&'static ShaderSource> {
-    vec![&SHADER, &crate::ops::kv_store::SHADER]
+crate::params_struct! {
+    /// Mirrors `Params` in shaders/kv_quant_attention.wgsl; every pass gets
+    /// the same block. The fields up to `scale` are those of
+    /// `KvF16AttentionParams` (lib/softmax4.wgsl reads them by name).
+    pub struct KvQuantAttentionParams {
+        /// Query tokens this step.
+        pub n_tokens: u32,
+        /// Position of the first of them.
+        pub pos: u32,
+        /// Keys visible to the last token: pos + n_tokens.
+        pub kv_len: u32,
+        pub n_heads: u32,
+        pub n_kv_heads: u32,
+        pub max_ctx: u32,
+        /// Decode: key ranges this step, see [`decode_split`].
+        pub n_chunks: u32,
+        /// Decode: keys per range.
+        pub chunk_len: u32,
+        pub scale: f32,
+        /// Fewest recent tokens kept in f16 (R), for each query's store end.
+        pub recent: u32,
+        /// vec4 offset of the query sketches in scratch (QJL keys).
+        pub qs_off: u32,
+        pub _pad: u32,
+        pub cache: KvCacheParams,
+    }
+}
+
+crate::passes! {
+    /// The attention's passes, in dispatch order; a step runs the first
+    /// (QJL keys only) and either the two decode passes or the prefill.
+    enum Pass {
+        /// `S q` per query row, into scratch (entry `kv_qjl_prep`).
+        QjlPrep,
+        /// Split-KV decode: partial records per key range (entry `kv_quant_attention_decode`).
+        Decode,
+        /// Split-KV decode: the ranges merged per head (entry
+        /// `attention_combine`, lib/softmax4.wgsl).
+        Combine,
+        /// Several tokens (entry `kv_quant_attention`).
+        Prefill,
+    }
+}
+
+impl Pass {
+    fn entry(self) -> &'static str {
+        match self {
+            Pass::QjlPrep => "kv_qjl_prep",
+            Pass::Decode => "kv_quant_attention_decode",
+            Pass::Combine => "attention_combine",
+            Pass::Prefill => "kv_quant_attention",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
-pub struct KvAttention {
+pub struct KvQuantAttention {
     pub q: TensorId,
     pub k_win: TensorId,
     pub v_win: TensorId,
@@ -74,7 +128,7 @@ const ROWS: u32 = 4;
 
 /// vec4s of the decode records: as many as the f16 kernel's scratch holds.
 fn records_vec4(n_heads: u32, head_dim: u32, max_ctx: u32) -> u32 {
-    (attention::scratch_bytes(n_heads, head_dim, max_ctx, 1) / 16) as u32
+    (decode_records_bytes(n_heads, head_dim, max_ctx) / 16) as u32
 }
 
 /// Bytes of the scratch tensor.
@@ -88,23 +142,18 @@ pub fn scratch_bytes(l: &KvLayout, n_heads: u32, max_rows: u32) -> u64 {
     16 * (u64::from(qs_off) + qs)
 }
 
-const CALL_PREP: usize = 0;
-const CALL_DECODE: usize = 1;
-const CALL_COMBINE: usize = 2;
-const CALL_PREFILL: usize = 3;
-
-impl KvAttention {
+impl KvQuantAttention {
     fn group(&self) -> u32 {
         self.n_heads / self.layout.n_kv_heads.max(1)
     }
 }
 
-impl OpDef for KvAttention {
+impl OpDef for KvQuantAttention {
     fn name(&self) -> &'static str {
-        "kv_attention"
+        "kv_quant_attention"
     }
-    fn check(&self, g: &Graph) -> Result<()> {
-        const OP: &str = "kv_attention";
+    fn check(&self, g: &[TensorInfo]) -> Result<()> {
+        const OP: &str = "kv_quant_attention";
         let l = &self.layout;
         l.check(OP, self.max_rows)?;
         ensure_shape!(
@@ -146,44 +195,53 @@ impl OpDef for KvAttention {
             Binding::write(self.out),
             Binding::write(self.scratch),
         ];
-        [
-            "kv_qjl_prep",
-            "kv_attention_decode",
-            "attention_combine",
-            "kv_attention",
-        ]
-        .into_iter()
-        .map(|entry| Call {
-            kernel: layout_constants(Kernel::new(&SHADER, entry), &self.layout)
-                .with("W8", self.layout.head_dim / 8)
-                .with("G", self.group())
-                .with("EXACT", u32::from(self.layout.exact_prompt)),
-            bindings: bindings.clone(),
-        })
-        .collect()
+        [Pass::QjlPrep, Pass::Decode, Pass::Combine, Pass::Prefill]
+            .into_iter()
+            .map(|pass| {
+                let kernel = self
+                    .layout
+                    .constants(Kernel::new(&SHADER, pass.entry()))
+                    .with("W8", self.layout.head_dim / 8)
+                    .with("G", self.group())
+                    .with("EXACT", u32::from(self.layout.exact_prompt));
+                Call::new(kernel, bindings.clone()).pass(pass)
+            })
+            .collect()
     }
-    fn step(&self, call: usize, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+    fn step(&self, tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         let l = &self.layout;
         let n = step_rows(step, self.max_rows, l.max_ctx);
         let decode = n == 1;
-        let mut kv = KvParams::new(l, n, step.pos);
-        kv.n_heads = self.n_heads;
-        kv.scale = self.scale;
-        kv.qs_off = records_vec4(self.n_heads, l.head_dim, l.max_ctx);
-        if decode {
-            (kv.n_chunks, kv.chunk_len) = decode_split(kv.kv_len);
-        }
-        write_params(params, &kv);
+        let kv_len = step.pos + n;
+        let (n_chunks, chunk_len) = if decode { decode_split(kv_len) } else { (0, 0) };
+        write_params(
+            params,
+            &KvQuantAttentionParams {
+                n_tokens: n,
+                pos: step.pos,
+                kv_len,
+                n_heads: self.n_heads,
+                n_kv_heads: l.n_kv_heads,
+                max_ctx: l.max_ctx,
+                n_chunks,
+                chunk_len,
+                scale: self.scale,
+                recent: l.recent,
+                qs_off: records_vec4(self.n_heads, l.head_dim, l.max_ctx),
+                _pad: 0,
+                cache: l.cache_params(),
+            },
+        );
         let group = self.group();
-        match call {
-            CALL_PREP if l.k == KvQuant::Qjl && n > 0 => {
+        match tag.pass() {
+            Pass::QjlPrep if l.k == KvQuant::Qjl && n > 0 => {
                 grid1((n * self.n_heads * l.qjl.m / 4).div_ceil(WG))
             }
-            CALL_DECODE if decode => {
-                grid1(kv.n_chunks.div_ceil(WG) * l.n_kv_heads * group.div_ceil(ROWS))
+            Pass::Decode if decode => {
+                grid1(n_chunks.div_ceil(WG) * l.n_kv_heads * group.div_ceil(ROWS))
             }
-            CALL_COMBINE if decode => grid1(self.n_heads),
-            CALL_PREFILL if !decode && n > 0 => {
+            Pass::Combine if decode => grid1(self.n_heads),
+            Pass::Prefill if !decode && n > 0 => {
                 grid1((n * group).div_ceil(ROWS * WG) * l.n_kv_heads)
             }
             _ => [0, 0, 0],

@@ -1,4 +1,4 @@
-//! Host-side weights as loaded from a checkpoint, before upload to the GPU.
+//! A checkpoint's tensors on the host, in the encoding they were stored in.
 //!
 //! A [`HostTensor`] keeps the checkpoint's own encoding (f32, f16, bf16 or a
 //! GGUF block format) so that quantized weights reach the GPU at their packed
@@ -9,6 +9,8 @@
 use std::sync::Arc;
 
 use lamina_engine::weight::{MixedData, MixedLayout};
+
+use crate::{ModelError, Result};
 
 /// Element encoding of a host tensor. GGUF block formats quantize along the
 /// row (the `cols` / input dimension), in blocks of 32.
@@ -29,23 +31,83 @@ pub enum HostDType {
 }
 
 impl HostDType {
-    /// Bytes taken by `n` elements (n a multiple of the block size for block formats).
-    pub fn bytes_for(self, n: usize) -> usize {
+    /// Every format, in the order the names list them.
+    pub const ALL: [HostDType; 7] = [
+        HostDType::F32,
+        HostDType::F16,
+        HostDType::BF16,
+        HostDType::Q4_0,
+        HostDType::Q4_1,
+        HostDType::Q8_0,
+        HostDType::Mixed,
+    ];
+
+    /// The format's name in files and on the command line (`q4_1`, `f16`,
+    /// ...): llama.cpp's type name in lower case, and `mixed`.
+    pub fn name(self) -> &'static str {
         match self {
-            HostDType::F32 => 4 * n,
-            HostDType::F16 | HostDType::BF16 => 2 * n,
-            HostDType::Q4_0 => n / 32 * 18,
-            HostDType::Q4_1 => n / 32 * 20,
-            HostDType::Q8_0 => n / 32 * 34,
-            // Depends on the group widths: see MixedLayout::row_words.
-            HostDType::Mixed => 0,
+            HostDType::F32 => "f32",
+            HostDType::F16 => "f16",
+            HostDType::BF16 => "bf16",
+            HostDType::Q4_0 => "q4_0",
+            HostDType::Q4_1 => "q4_1",
+            HostDType::Q8_0 => "q8_0",
+            HostDType::Mixed => "mixed",
         }
     }
-    pub fn block_size(self) -> usize {
-        match self {
-            HostDType::F32 | HostDType::F16 | HostDType::BF16 => 1,
-            _ => 32,
+
+    /// Bytes of one block of [`block_size`](Self::block_size) elements
+    /// (ggml's layout, [`super::ggml::ggml_type_layout`]); `None` for Mixed,
+    /// whose size depends on its group widths (see `MixedLayout::row_words`).
+    pub fn block_bytes(self) -> Option<usize> {
+        let (_, bytes) = super::ggml::ggml_type_layout(super::ggml::ggml_type_of(self)?)?;
+        Some(bytes)
+    }
+
+    /// Bytes taken by `n` elements (n a multiple of the block size for block
+    /// formats; 0 for Mixed).
+    pub fn bytes_for(self, n: usize) -> usize {
+        n / self.block_size() * self.block_bytes().unwrap_or(0)
+    }
+
+    /// Exact byte length of `n` elements; `None` when `n` is not a whole
+    /// number of blocks, the size overflows, or the format is Mixed.
+    pub fn byte_len(self, n: usize) -> Option<usize> {
+        let block = self.block_size();
+        if !n.is_multiple_of(block) {
+            return None;
         }
+        (n / block).checked_mul(self.block_bytes()?)
+    }
+    /// Elements per block: 1 for the plain float formats, 32 for the
+    /// llama.cpp block formats and Mixed's chunks.
+    pub fn block_size(self) -> usize {
+        super::ggml::ggml_type_of(self)
+            .and_then(super::ggml::ggml_type_layout)
+            .map_or(32, |(elements, _)| elements)
+    }
+}
+
+impl std::fmt::Display for HostDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for HostDType {
+    type Err = ModelError;
+    /// Parses a [`name`](HostDType::name), in any case.
+    fn from_str(s: &str) -> Result<Self> {
+        HostDType::ALL
+            .into_iter()
+            .find(|d| d.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let names: Vec<&str> = HostDType::ALL.iter().map(|d| d.name()).collect();
+                ModelError::Input(format!(
+                    "unknown weight format `{s}` ({})",
+                    names.join(", ")
+                ))
+            })
     }
 }
 
@@ -127,14 +189,24 @@ impl HostTensor {
         *self.shape.last().unwrap_or(&1)
     }
     /// Dequantizes / converts to f32, row-major.
-    pub fn to_f32(&self) -> crate::Result<Vec<f32>> {
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
         if let Some(m) = &self.mixed {
             let rows = self.rows() as u32;
             let packed = lamina_engine::weight::pack_mixed(rows, &m.data())
-                .map_err(|e| crate::ModelError::Invalid(format!("{}: {e}", self.name)))?;
+                .map_err(|e| ModelError::Invalid(format!("{}: {e}", self.name)))?;
             return Ok(lamina_engine::weight::dequantize_packed(&packed));
         }
-        crate::quant::ggml::dequantize(self.dtype, self.data.as_slice(), self.numel())
+        super::ggml::dequantize(self.dtype, self.data.as_slice(), self.numel())
+    }
+    /// Checks the shape against the one the config gives.
+    pub fn check_shape(&self, want: &[usize]) -> Result<()> {
+        if self.shape != want {
+            return Err(ModelError::Invalid(format!(
+                "tensor `{}` has shape {:?}, expected {:?} from the config",
+                self.name, self.shape, want
+            )));
+        }
+        Ok(())
     }
     /// Encoded size in bytes.
     pub fn byte_size(&self) -> usize {
@@ -142,35 +214,5 @@ impl HostTensor {
             Some(m) => m.bytes(),
             None => self.data.as_slice().len(),
         }
-    }
-}
-
-/// One transformer block's weights.
-#[derive(Debug, Clone)]
-pub struct LayerWeights {
-    pub attn_norm: HostTensor, // [dim]
-    pub wq: HostTensor,        // [n_heads * head_dim, dim]
-    pub wk: HostTensor,        // [n_kv_heads * head_dim, dim]
-    pub wv: HostTensor,        // [n_kv_heads * head_dim, dim]
-    pub wo: HostTensor,        // [dim, n_heads * head_dim]
-    pub ffn_norm: HostTensor,  // [dim]
-    pub w_gate: HostTensor,    // [ffn_dim, dim]
-    pub w_up: HostTensor,      // [ffn_dim, dim]
-    pub w_down: HostTensor,    // [dim, ffn_dim]
-}
-
-#[derive(Debug, Clone)]
-pub struct LlamaWeights {
-    pub token_embd: HostTensor, // [vocab, dim]
-    pub layers: Vec<LayerWeights>,
-    pub output_norm: HostTensor, // [dim]
-    /// lm_head; `None` when tied to `token_embd`.
-    pub output: Option<HostTensor>, // [vocab, dim]
-}
-
-impl LlamaWeights {
-    /// The lm_head matrix (the embedding when tied).
-    pub fn lm_head(&self) -> &HostTensor {
-        self.output.as_ref().unwrap_or(&self.token_embd)
     }
 }
