@@ -152,11 +152,12 @@ fn tune_pivot(
         steps: o.steps,
         lr: o.lr,
         windows: windows.len(),
-        seq_len: a.seq_len,
-        seed: a.seed,
+        seq_len: Some(a.seq_len),
+        seed: Some(a.seed),
         calib: calib_file.map(|p| p.display().to_string()),
         mse_before: fits.iter().map(|f| f.mse_before).collect(),
         mse_after: fits.iter().map(|f| f.mse_after).collect(),
+        ..Default::default()
     };
     Ok((tuned, record))
 }

@@ -56,7 +56,7 @@ fn u16_bytes(v: &[u16]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Writes `m` to `path`, with its recipe (empty when it has none). The file is
+/// Writes `m` to `path`, with its recipe (`{}` when it has none). The file is
 /// written under a temporary name next to `path` and renamed at the end, so
 /// an interrupted write never leaves a partial `path`.
 pub fn write(path: &Path, m: &LoadedModel) -> Result<()> {
@@ -137,8 +137,11 @@ pub fn write(path: &Path, m: &LoadedModel) -> Result<()> {
     meta.insert("lamina.format".to_string(), FORMAT.to_string());
     meta.insert("lamina.config".to_string(), json(&m.config)?);
     meta.insert("lamina.tokenizer".to_string(), json(&m.tokenizer_spec)?);
-    let recipe = m.recipe.clone().unwrap_or_default();
-    meta.insert("lamina.recipe".to_string(), json(&recipe)?);
+    let recipe = match &m.recipe {
+        Some(r) => json(r)?,
+        None => "{}".to_string(),
+    };
+    meta.insert("lamina.recipe".to_string(), recipe);
     meta.insert("lamina.dtypes".to_string(), json(&dtypes)?);
     meta.insert("lamina.allocation".to_string(), json(&alloc)?);
     let views = tensors

@@ -2,12 +2,26 @@
 //!
 //! `lamina quantize` writes it; loaders read it; `--pivot-only` and the
 //! pivot's source look-up read `source` from it. Every field is optional
-//! on reading (files from older versions lack some), and keys this version
-//! does not know are kept in `extra` and written back unchanged.
+//! on reading (files from older versions lack some), keys this version
+//! does not know are kept in `extra` and written back unchanged, and a
+//! number JSON could not hold (a NaN or infinity is written as `null`)
+//! reads back as NaN.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// An f64 that reads `null` as NaN (serde_json writes non-finite numbers
+/// as `null`).
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// [`nan_if_null`] for each element of a list.
+fn nans_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    let v = Vec::<Option<f64>>::deserialize(d)?;
+    Ok(v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+}
 
 /// The recipe of a quantized file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -18,6 +32,7 @@ pub struct Recipe {
     /// `rtn`, `gptq` or `slim`.
     pub method: String,
     /// Mean bits per weight of the linear layers asked for.
+    #[serde(deserialize_with = "nan_if_null")]
     pub bits: f64,
     /// Columns per quantization group.
     pub group: u32,
@@ -27,6 +42,7 @@ pub struct Recipe {
     pub seq_len: usize,
     pub seed: u64,
     /// GPTQ's damping, as a fraction of the mean Hessian diagonal.
+    #[serde(deserialize_with = "nan_if_null")]
     pub damp: f64,
     /// GPTQ's column order by decreasing Hessian diagonal.
     pub act_order: bool,
@@ -70,16 +86,25 @@ impl Recipe {
 pub struct PivotCalibration {
     /// Adam steps per layer.
     pub steps: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub lr: f64,
     /// Calibration windows.
     pub windows: usize,
-    pub seq_len: usize,
-    pub seed: u64,
+    /// Tokens per window (files from before it was recorded lack it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq_len: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     /// The calibration text's path (None: the default text).
     pub calib: Option<String>,
     /// Each layer's attention-output MSE before and after tuning.
+    #[serde(deserialize_with = "nans_if_null")]
     pub mse_before: Vec<f64>,
+    #[serde(deserialize_with = "nans_if_null")]
     pub mse_after: Vec<f64>,
+    /// Keys this version does not know, kept as they were.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 #[cfg(test)]
@@ -96,5 +121,36 @@ mod tests {
         let back = serde_json::to_value(&r).unwrap();
         assert_eq!(back["future"], serde_json::json!({"x": 1}));
         assert!(back.get("pivot_calibration").is_none());
+    }
+
+    /// serde_json writes a NaN as `null`; such a recipe must still load
+    /// (a pivot calibration whose loss diverged, say), and keys nested in
+    /// the pivot record survive too.
+    #[test]
+    fn nulls_read_as_nan() {
+        let fit = PivotCalibration {
+            lr: 0.01,
+            mse_before: vec![1.0, f64::NAN],
+            mse_after: vec![f64::INFINITY, 0.5],
+            ..Default::default()
+        };
+        let r = Recipe {
+            bits: f64::NAN,
+            pivot_calibration: Some(fit),
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains("null"), "{text}");
+        let back: Recipe = serde_json::from_str(&text).unwrap();
+        assert!(back.bits.is_nan());
+        let fit = back.pivot_calibration.unwrap();
+        assert_eq!(fit.mse_before[0], 1.0);
+        assert!(fit.mse_before[1].is_nan() && fit.mse_after[0].is_nan());
+        assert_eq!(fit.seq_len, None);
+        let old = r#"{"pivot_calibration":{"steps":150,"lr":0.01,"windows":4,"mse_before":[1.0],"mse_after":[0.9],"note":"x"}}"#;
+        let r: Recipe = serde_json::from_str(old).unwrap();
+        let fit = r.pivot_calibration.unwrap();
+        assert_eq!((fit.steps, fit.seed), (150, None));
+        assert_eq!(fit.extra["note"], "x");
     }
 }
