@@ -4,10 +4,15 @@
 #   scripts/test.sh [extra `cargo test` arguments]
 #
 # 1. makes sure a Vulkan driver is available (installs lavapipe if needed),
-# 2. fetches the default model into the cache (`lamina fetch`; skipped when
-#    LAMINA_SKIP_FETCH=1),
-# 3. runs `cargo test --workspace "$@"`.
+# 2. builds the workspace's tests and the `lamina` binary once
+#    (`cargo test --workspace --no-run`),
+# 3. fetches the default model into the cache with that binary (`lamina
+#    fetch`; skipped when LAMINA_SKIP_FETCH=1),
+# 4. runs `cargo test --workspace "$@"`, which reuses the build.
 # Works from any directory, without a terminal or standard input.
+#
+# One build serves every step: `cargo run -p lamina-cli` would resolve the
+# dependencies' features for the CLI alone and compile them a second time.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,12 +34,19 @@ export RUST_BACKTRACE=1
 phase "Vulkan driver"
 bash "$ROOT/scripts/ensure-vulkan.sh" </dev/null
 
+phase "Build: cargo test --workspace --no-run $*"
+cargo test --workspace --no-run "$@" </dev/null
+
 if [[ "${LAMINA_SKIP_FETCH:-0}" == 1 ]]; then
     phase "Default model: skipped (LAMINA_SKIP_FETCH=1)"
 else
-    # Same (dev) profile as the tests, so this build is reused by them.
     phase "Default model (lamina fetch)"
-    cargo run -q -p lamina-cli -- fetch </dev/null
+    profile=debug
+    for arg in "$@"; do
+        [[ "$arg" == --release ]] && profile=release
+    done
+    target_dir="${CARGO_TARGET_DIR:-$ROOT/target}"
+    "$target_dir/$profile/lamina" fetch </dev/null
 fi
 
 phase "cargo test --workspace $*"
