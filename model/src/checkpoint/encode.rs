@@ -20,10 +20,8 @@
 use half::{bf16, f16};
 
 use super::HostDType;
+use super::ggml::QK;
 use crate::{ModelError, Result};
-
-/// ggml's block size for Q4_0, Q4_1 and Q8_0.
-pub const QK: usize = 32;
 
 /// Encodes `x` (row-major, quantized along contiguous runs of 32) as `dtype`.
 ///

@@ -14,9 +14,11 @@
 //!
 //! This is the CPU oracle and the loader's conversion path; GPU kernels read
 //! the same bytes repacked. The catalogue of ggml type ids (names, block
-//! layouts, the ones Lamina runs) is here too: the one place a block's size
-//! is written down on the model side (`lamina_engine::weight` has the GPU
-//! formats' own, and tests/tests/gguf.rs holds the two equal).
+//! layouts, the ones Lamina runs) is here too: the model side's one table
+//! of block sizes, which `HostDType` reads (the codecs here and in
+//! `encode.rs` spell out each block's bytes as they walk it;
+//! `lamina_engine::weight` has the GPU formats' own sizes, and
+//! tests/tests/gguf.rs holds the two equal).
 
 use half::{bf16, f16};
 
@@ -107,13 +109,6 @@ pub fn ggml_type_of(dtype: HostDType) -> Option<u32> {
     })
 }
 
-/// Bytes of one 32-element block of a block format (ggml's layout).
-fn block_bytes(dtype: HostDType) -> usize {
-    ggml_type_of(dtype)
-        .and_then(ggml_type_layout)
-        .map_or(0, |(_, b)| b)
-}
-
 /// Elements per block of the ggml block formats.
 pub const QK: usize = 32;
 
@@ -151,10 +146,7 @@ pub fn dequantize_into(dtype: HostDType, bytes: &[u8], out: &mut [f32]) -> Resul
             }
         }
         HostDType::Q4_0 => {
-            for (o, b) in out
-                .chunks_exact_mut(QK)
-                .zip(bytes.chunks_exact(block_bytes(HostDType::Q4_0)))
-            {
+            for (o, b) in out.chunks_exact_mut(QK).zip(bytes.chunks_exact(18)) {
                 let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
                 let (lo, hi) = o.split_at_mut(QK / 2);
                 for (j, &q) in b[2..].iter().enumerate() {
@@ -164,10 +156,7 @@ pub fn dequantize_into(dtype: HostDType, bytes: &[u8], out: &mut [f32]) -> Resul
             }
         }
         HostDType::Q4_1 => {
-            for (o, b) in out
-                .chunks_exact_mut(QK)
-                .zip(bytes.chunks_exact(block_bytes(HostDType::Q4_1)))
-            {
+            for (o, b) in out.chunks_exact_mut(QK).zip(bytes.chunks_exact(20)) {
                 let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
                 let m = f16::from_le_bytes([b[2], b[3]]).to_f32();
                 let (lo, hi) = o.split_at_mut(QK / 2);
@@ -178,10 +167,7 @@ pub fn dequantize_into(dtype: HostDType, bytes: &[u8], out: &mut [f32]) -> Resul
             }
         }
         HostDType::Q8_0 => {
-            for (o, b) in out
-                .chunks_exact_mut(QK)
-                .zip(bytes.chunks_exact(block_bytes(HostDType::Q8_0)))
-            {
+            for (o, b) in out.chunks_exact_mut(QK).zip(bytes.chunks_exact(34)) {
                 let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
                 for (x, &q) in o.iter_mut().zip(&b[2..]) {
                     *x = d * f32::from(q as i8);

@@ -100,10 +100,6 @@ impl LayerTensor {
             LayerTensor::WDown => vec![dim, ffn],
         }
     }
-
-    pub fn is_linear(self) -> bool {
-        !matches!(self, LayerTensor::AttnNorm | LayerTensor::FfnNorm)
-    }
 }
 
 /// A tensor outside the blocks.
@@ -118,11 +114,6 @@ pub enum ModelTensor {
 }
 
 impl ModelTensor {
-    pub const ALL: [ModelTensor; 3] = [
-        ModelTensor::TokenEmbd,
-        ModelTensor::OutputNorm,
-        ModelTensor::Output,
-    ];
     /// The GGUF tensor name.
     pub fn gguf_name(self) -> &'static str {
         match self {

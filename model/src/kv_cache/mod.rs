@@ -174,7 +174,9 @@ impl KvFormat {
             max_ctx: max_ctx as u32,
             pivot: pivot as u32,
             recent: self.recent,
-            ring: KvLayout::ring_for(self.recent, self.batch).min(room).max(1),
+            ring: KvLayout::ring_for(self.recent, self.batch.max(1))
+                .min(room)
+                .max(1),
             k: self.k,
             v: self.v,
             qgroup: self.qgroup,
@@ -191,9 +193,8 @@ impl KvFormat {
         if self.is_f16() {
             return cfg.n_layers as f64 * 4.0 * cfg.kv_dim() as f64;
         }
-        let one = KvFormat { batch: 1, ..*self };
         (0..cfg.n_layers)
-            .map(|l| one.layer_layout(cfg, l, 1024, 0).store_bytes_per_token())
+            .map(|l| self.layer_layout(cfg, l, 1024, 0).store_bytes_per_token())
             .sum()
     }
 
@@ -202,26 +203,21 @@ impl KvFormat {
         if self.is_f16() {
             return Ok(());
         }
-        let one = KvFormat { batch: 1, ..*self };
         (0..cfg.n_layers.min(self.qjl_initial_layers as usize + 1))
-            .try_for_each(|l| one.layer_layout(cfg, l, 1024, 0).check("kv cache", 1))
+            .try_for_each(|l| self.layer_layout(cfg, l, 1024, 0).check("kv cache", 1))
             .map_err(|e| ModelError::Input(format!("KV cache format {}: {e}", self.name())))
     }
 }
 
 fn quant(s: &str) -> Result<KvQuant> {
-    Ok(match s {
-        "f16" => KvQuant::F16,
-        "q8" => KvQuant::Q8,
-        "q4" => KvQuant::Q4,
-        "q2" => KvQuant::Q2,
-        "qjl" => KvQuant::Qjl,
-        _ => {
-            return Err(ModelError::Input(format!(
+    KvQuant::ALL
+        .into_iter()
+        .find(|q| q.name() == s)
+        .ok_or_else(|| {
+            ModelError::Input(format!(
                 "unknown KV cache format `{s}` (available: f16, q8, q4, q2, qjl)"
-            )));
-        }
-    })
+            ))
+        })
 }
 
 impl std::str::FromStr for KvFormat {
@@ -266,13 +262,12 @@ impl std::str::FromStr for KvFormat {
     }
 }
 
-/// Layer `l`'s K or V of the pivot as head-major f16 words `[n_kv_heads,
-/// rows, head_dim]` with the pivot in rows `0..len` (the rest zero): the
-/// front of that layer's cache buffer.
-fn pivot_rows(pv: &Pivot, x: &[f32], cfg: &LlamaConfig, rows: usize) -> Vec<u32> {
+/// One layer's pivot K or V (`[len, n_kv_heads * head_dim]`, position-major)
+/// as head-major f16 words `[n_kv_heads, rows, head_dim]` with the pivot in
+/// rows `0..len` (the rest zero): the front of that layer's cache buffer.
+fn pivot_rows(x: &[f32], cfg: &LlamaConfig, rows: usize) -> Vec<u32> {
     let (hd, nkv) = (cfg.head_dim, cfg.n_kv_heads);
     let mut img = vec![0.0f32; nkv * rows * hd];
-    debug_assert_eq!(x.len(), pv.len() * nkv * hd);
     for (j, row) in x.chunks_exact(nkv * hd).enumerate() {
         for h in 0..nkv {
             img[(h * rows + j) * hd..][..hd].copy_from_slice(&row[h * hd..][..hd]);
@@ -364,7 +359,7 @@ impl KvCache {
             let upload_pivot = |t: &Tensor, rows: usize, k: bool| {
                 if let Some(pv) = pivot {
                     let src = if k { &pv.k[l] } else { &pv.v[l] };
-                    let img = pivot_rows(pv, src, cfg, rows);
+                    let img = pivot_rows(src, cfg, rows);
                     gpu.queue
                         .write_buffer(&t.buffer, 0, bytemuck::cast_slice(&img));
                 }
