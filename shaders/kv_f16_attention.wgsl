@@ -49,7 +49,7 @@ struct Params {
 override W8: u32 = 8u;    // head_dim / 8: 16-byte words per cache row
 override G: u32 = 1u;     // query heads per KV head
 
-const WG: u32 = 64u;
+const WG: u32 = 64u;      // kv::ATTENTION_WG (tests/tests/contracts.rs)
 
 // ---------------------------------------------------------------------------
 // Helpers (KB, NEG, lo4/hi4, Values4, Scores, Block, softmax_block, the

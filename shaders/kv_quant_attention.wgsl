@@ -48,7 +48,7 @@ struct Params {
 override W8: u32 = 8u;      // head_dim / 8
 override G: u32 = 1u;       // query heads per KV head
 
-const WG: u32 = 64u;
+const WG: u32 = 64u;        // kv::ATTENTION_WG (tests/tests/contracts.rs)
 const SEG_WIN: u32 = 0u;    // pivot rows and the ring, f16
 const SEG_STORE: u32 = 1u;  // the quantized store
 const SQRT_HALF_PI: f32 = 1.2533141;

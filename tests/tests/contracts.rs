@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use lamina_engine::dispatch::{Call, OpDef};
-use lamina_engine::kv::{KvLayout, KvOverride, KvQuant, QjlShape};
+use lamina_engine::kv::{ATTENTION_WG, BLOCK, KvLayout, KvOverride, KvQuant, QjlShape};
 use lamina_engine::ops::{
     add, all_shaders, embedding, gram, kv_f16_attention, kv_f16_write, kv_quant_attention,
     kv_quant_store, matmul, rmsnorm, rope, sample, swiglu,
@@ -179,6 +179,28 @@ fn kv_format_ids_match_the_shaders() {
                 o.name()
             );
         }
+    }
+}
+
+/// Both attention shaders take their workgroup size and key block from the
+/// Rust constants that size their grids and decode ranges (`kv`).
+#[test]
+fn attention_constants_match_the_shaders() {
+    let attn: Vec<_> = all_shaders()
+        .into_iter()
+        .filter(|s| s.libs.contains(&lib::SOFTMAX4))
+        .collect();
+    assert_eq!(attn.len(), 2, "the two attention shaders");
+    for s in attn {
+        let m = parse(s);
+        let value = |name: &str| {
+            m.constants
+                .iter()
+                .find(|(_, c)| c.name.as_deref() == Some(name))
+                .and_then(|(_, c)| const_u32(&m, c))
+        };
+        assert_eq!(value("WG"), Some(ATTENTION_WG), "{}: WG", s.name);
+        assert_eq!(value("KB"), Some(BLOCK), "{}: KB", s.name);
     }
 }
 

@@ -88,7 +88,7 @@ pub use host::{
 };
 pub use layout::{KvCacheParams, KvLayout, KvOverride};
 
-use crate::dispatch::Step;
+use crate::dispatch::{Step, grid1};
 
 /// Bytes of one layer's f16 K (or V) cache: `n_kv_heads * max_ctx * head_dim` f16.
 pub fn cache_bytes(n_kv_heads: u32, head_dim: u32, max_ctx: u32) -> u64 {
@@ -126,4 +126,23 @@ pub fn decode_split(kv_len: u32) -> (u32, u32) {
 pub fn decode_records_bytes(n_heads: u32, head_dim: u32, max_ctx: u32) -> u64 {
     let chunks = max_ctx.div_ceil(BLOCK).clamp(1, MAX_DECODE_CHUNKS);
     4 * u64::from(n_heads) * u64::from(chunks) * (u64::from(head_dim) + 4)
+}
+
+/// Invocations per workgroup of both attention shaders (`WG` in each).
+pub const ATTENTION_WG: u32 = 64;
+/// Query rows (prefill) or heads (decode) one attention invocation takes:
+/// the width of lib/softmax4.wgsl's `mat4x4` blocks.
+pub const ATTENTION_ROWS: u32 = 4;
+
+/// Workgroups of either attention op's split-KV decode pass: `n_chunks`
+/// key ranges per KV head, each invocation taking up to 4 heads of its
+/// GQA group of `group`.
+pub fn decode_grid(n_chunks: u32, n_kv_heads: u32, group: u32) -> [u32; 3] {
+    grid1(n_chunks.div_ceil(ATTENTION_WG) * n_kv_heads * group.div_ceil(ATTENTION_ROWS))
+}
+
+/// Workgroups of either attention op's prefill pass over `n_tokens`: 4
+/// query rows (token, head of a GQA group of `group`) per invocation.
+pub fn prefill_grid(n_tokens: u32, n_kv_heads: u32, group: u32) -> [u32; 3] {
+    grid1((n_tokens * group).div_ceil(ATTENTION_ROWS * ATTENTION_WG) * n_kv_heads)
 }

@@ -69,11 +69,6 @@ fn format_code(f: WeightFormat) -> u32 {
     }
 }
 
-/// Code words per row of `format` (as `weight` lays them out).
-fn row_words(format: WeightFormat, cols: u32) -> u32 {
-    code_words_per_row(format, cols)
-}
-
 impl OpDef for Embedding {
     fn name(&self) -> &'static str {
         "embedding"
@@ -105,7 +100,7 @@ impl OpDef for Embedding {
         t.check(g, OP)?;
         // Each plane must hold what the kernel reads for the shard's rows
         // (robust buffer access would hide a bad layout as wrong values).
-        let wpr = u64::from(row_words(t.format, t.cols));
+        let wpr = u64::from(code_words_per_row(t.format, t.cols));
         for s in &t.shards {
             let p = s.planes;
             let rows = u64::from(s.rows);
@@ -175,7 +170,7 @@ impl OpDef for Embedding {
                 codes: s.planes.codes,
                 scales: s.planes.scales,
                 mins: s.planes.mins,
-                row_words: row_words(t.format, t.cols),
+                row_words: code_words_per_row(t.format, t.cols),
                 _pad: [0; 2],
             },
         );

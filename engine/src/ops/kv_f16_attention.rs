@@ -57,7 +57,9 @@ use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
     write_params,
 };
-use crate::kv::{cache_bytes, decode_records_bytes, decode_split, step_rows};
+use crate::kv::{
+    cache_bytes, decode_grid, decode_records_bytes, decode_split, prefill_grid, step_rows,
+};
 use crate::pipeline::Kernel;
 use crate::{Caps, Result, ensure_shape};
 
@@ -136,10 +138,6 @@ pub struct KvF16Attention {
     pub scale: f32,
 }
 
-/// Invocations per workgroup (WG in kv_f16_attention.wgsl).
-const WG: u32 = 64;
-/// Query rows / heads per invocation (the width of the shader's mat4x4).
-const ROWS: u32 = 4;
 /// Largest head_dim (the 65535-iteration budget on lavapipe, above).
 pub const MAX_HEAD_DIM: u32 = 256;
 
@@ -253,13 +251,9 @@ impl OpDef for KvF16Attention {
         );
         let group = self.group();
         match tag.pass() {
-            Pass::Decode if decode => {
-                grid1(n_chunks.div_ceil(WG) * self.n_kv_heads * group.div_ceil(ROWS))
-            }
+            Pass::Decode if decode => decode_grid(n_chunks, self.n_kv_heads, group),
             Pass::Combine if decode => grid1(self.n_heads),
-            Pass::Prefill if !decode && n > 0 => {
-                grid1((n * group).div_ceil(ROWS * WG) * self.n_kv_heads)
-            }
+            Pass::Prefill if !decode && n > 0 => prefill_grid(n, self.n_kv_heads, group),
             _ => [0, 0, 0],
         }
     }

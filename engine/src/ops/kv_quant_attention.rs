@@ -38,7 +38,10 @@ use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
     write_params,
 };
-use crate::kv::{KvCacheParams, KvLayout, KvQuant, decode_records_bytes, decode_split, step_rows};
+use crate::kv::{
+    ATTENTION_WG, KvCacheParams, KvLayout, KvQuant, decode_grid, decode_records_bytes,
+    decode_split, prefill_grid, step_rows,
+};
 use crate::pipeline::Kernel;
 use crate::{Caps, Result, ensure_shape};
 
@@ -121,10 +124,6 @@ pub struct KvQuantAttention {
     /// Usually 1 / sqrt(head_dim).
     pub scale: f32,
 }
-
-/// Invocations per workgroup and rows per invocation (mirror the shader).
-const WG: u32 = 64;
-const ROWS: u32 = 4;
 
 /// vec4s of the decode records: as many as the f16 kernel's scratch holds.
 fn records_vec4(n_heads: u32, head_dim: u32, max_ctx: u32) -> u32 {
@@ -235,15 +234,11 @@ impl OpDef for KvQuantAttention {
         let group = self.group();
         match tag.pass() {
             Pass::QjlPrep if l.k == KvQuant::Qjl && n > 0 => {
-                grid1((n * self.n_heads * l.qjl.m / 4).div_ceil(WG))
+                grid1((n * self.n_heads * l.qjl.m / 4).div_ceil(ATTENTION_WG))
             }
-            Pass::Decode if decode => {
-                grid1(n_chunks.div_ceil(WG) * l.n_kv_heads * group.div_ceil(ROWS))
-            }
+            Pass::Decode if decode => decode_grid(n_chunks, l.n_kv_heads, group),
             Pass::Combine if decode => grid1(self.n_heads),
-            Pass::Prefill if !decode && n > 0 => {
-                grid1((n * group).div_ceil(ROWS * WG) * l.n_kv_heads)
-            }
+            Pass::Prefill if !decode && n > 0 => prefill_grid(n, l.n_kv_heads, group),
             _ => [0, 0, 0],
         }
     }
