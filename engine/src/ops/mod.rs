@@ -9,6 +9,7 @@
 pub mod add;
 pub mod embedding;
 pub mod gram;
+pub mod hadamard;
 pub mod kv_f16_attention;
 pub mod kv_f16_write;
 pub mod kv_quant_attention;

@@ -1,0 +1,363 @@
+//! The online Hadamard transform of QuaRot (Ashkboos et al. 2024, arXiv
+//! 2404.00456) and PrefixQuant (arXiv 2410.05265): each consecutive
+//! `n`-element chunk of a row becomes `y = H_n x / sqrt(n)`, an orthonormal
+//! rotation that spreads outlier channels across the chunk before
+//! activations are quantized (its transpose is folded into the next weight).
+//!
+//! # The matrix
+//! `n = K * P` with `P` a power of two and `K` one of [`CORE_SIZES`], and
+//! `H_n = H_K ⊗ H_P`: element `i = a * P + b` (`a < K`, `b < P`) of a chunk,
+//! `H_n[aP + b, cP + d] = H_K[a, c] * H_P[b, d]`.
+//! - `H_P` is Sylvester's: `H_P[b, d] = (-1)^popcount(b & d)`, symmetric,
+//!   applied by the fast Walsh-Hadamard transform in `P log2 P` additions.
+//! - `H_K` for K > 1 is built from the quadratic residues modulo a prime q
+//!   (Paley 1933; `chi(x)` = 1 for a nonzero square mod q, -1 for a
+//!   non-square, 0 for 0, and the Jacobsthal matrix `Q[i][j] = chi(j - i)`):
+//!   * Paley I, q ≡ 3 (mod 4), K = q + 1: `Q` is skew, `S = [[0, 1ᵀ], [-1, Q]]`
+//!     has `S Sᵀ = q I`, and `H_K = I + S`. Used for K = 12 (q = 11) and
+//!     K = 20 (q = 19).
+//!   * Paley II, q ≡ 1 (mod 4), K = 2(q + 1): `Q` is symmetric,
+//!     `C = [[0, 1ᵀ], [1, Q]]` has `C Cᵀ = q I`, and `H_K` replaces each 0 of
+//!     `C` by `[[1, -1], [-1, -1]]` and each ±1 by `±[[1, 1], [1, -1]]`.
+//!     Used for K = 28 (q = 13) and K = 36 (q = 17).
+//!
+//!   Paley I matrices are not symmetric, so the inverse is the transpose:
+//!   [`transform_transposed`].
+//!
+//! `K` is the smallest core size whose odd part is `n`'s, so n = 64, 2048,
+//! 4096 are pure Sylvester (K = 1), 576 = 36 * 16, 1536 = 12 * 128,
+//! 2560 = 20 * 128, 3584 = 28 * 128. Unsupported (None): any n whose odd
+//! part is not 1, 3, 5, 7 or 9, or too small for its core (e.g. 6, 10):
+//! 960 = 15 * 64, 5632 = 11 * 512, 11008 = 43 * 256.
+//!
+//! The CPU transform costs `n log2 P` for the P part plus `n K` for the K
+//! part per chunk.
+
+use crate::{EngineError, Result};
+
+/// The sizes K of the non-Sylvester factor `H_K` this module constructs (1
+/// is the trivial factor; sizes 2 and 4 are absorbed by Sylvester's P).
+pub const CORE_SIZES: [usize; 5] = [1, 12, 20, 28, 36];
+
+/// The largest core size.
+pub const MAX_CORE: usize = 36;
+
+/// Splits `n = K * P` (returned as `(K, P)`): `K` in [`CORE_SIZES`], `P` a
+/// power of two. None when no supported K fits.
+pub fn factor(n: usize) -> Option<(usize, usize)> {
+    if n == 0 {
+        return None;
+    }
+    let odd = n >> n.trailing_zeros();
+    let k = CORE_SIZES
+        .into_iter()
+        .find(|k| k >> k.trailing_zeros() == odd)?;
+    (n.is_multiple_of(k) && (n / k).is_power_of_two()).then_some((k, n / k))
+}
+
+/// Whether [`transform`] handles chunks of `n`.
+pub fn supported(n: usize) -> bool {
+    factor(n).is_some()
+}
+
+/// The ±1 matrix `H_K` row-major, `K * K` entries, for K in [`CORE_SIZES`];
+/// None for any other K. `H_K H_Kᵀ = K I`.
+pub fn core(k: usize) -> Option<Vec<i8>> {
+    match k {
+        1 => Some(vec![1]),
+        12 => Some(paley_1(11)),
+        20 => Some(paley_1(19)),
+        28 => Some(paley_2(13)),
+        36 => Some(paley_2(17)),
+        _ => None,
+    }
+}
+
+/// Quadratic character modulo the prime `q`: 0, 1 (nonzero square) or -1.
+fn chi(x: usize, q: usize) -> i8 {
+    let x = x % q;
+    if x == 0 {
+        0
+    } else if (1..q).any(|y| y * y % q == x) {
+        1
+    } else {
+        -1
+    }
+}
+
+/// Jacobsthal matrix `Q[i][j] = chi(j - i)`, q x q row-major.
+fn jacobsthal(q: usize) -> Vec<i8> {
+    let row: Vec<i8> = (0..q).map(|d| chi(d, q)).collect();
+    (0..q * q).map(|e| row[(e % q + q - e / q) % q]).collect()
+}
+
+/// Paley I for a prime q ≡ 3 (mod 4): `I + [[0, 1ᵀ], [-1, Q]]`, K = q + 1.
+fn paley_1(q: usize) -> Vec<i8> {
+    let k = q + 1;
+    let jq = jacobsthal(q);
+    let mut h = vec![0i8; k * k];
+    for a in 0..k {
+        for c in 0..k {
+            let s = match (a, c) {
+                (0, 0) => 0,
+                (0, _) => 1,
+                (_, 0) => -1,
+                _ => jq[(a - 1) * q + c - 1],
+            };
+            h[a * k + c] = s + i8::from(a == c);
+        }
+    }
+    h
+}
+
+/// Paley II for a prime q ≡ 1 (mod 4), K = 2(q + 1): each entry of the
+/// symmetric conference matrix `C = [[0, 1ᵀ], [1, Q]]` becomes a 2 x 2 block.
+fn paley_2(q: usize) -> Vec<i8> {
+    let m = q + 1;
+    let k = 2 * m;
+    let jq = jacobsthal(q);
+    let mut h = vec![0i8; k * k];
+    for a in 0..m {
+        for c in 0..m {
+            let e = match (a, c) {
+                (0, 0) => 0,
+                (0, _) | (_, 0) => 1,
+                _ => jq[(a - 1) * q + c - 1],
+            };
+            let block: [[i8; 2]; 2] = if e == 0 {
+                [[1, -1], [-1, -1]]
+            } else {
+                [[e, e], [e, -e]]
+            };
+            for (u, br) in block.iter().enumerate() {
+                for (v, &s) in br.iter().enumerate() {
+                    h[(2 * a + u) * k + 2 * c + v] = s;
+                }
+            }
+        }
+    }
+    h
+}
+
+fn unsupported(n: usize) -> EngineError {
+    EngineError::Shape {
+        op: "hadamard",
+        msg: format!("no Hadamard matrix of size {n}: n must be K * 2^m with K in {CORE_SIZES:?}"),
+    }
+}
+
+/// Checks `n` and the length, and returns `(K, P, H_K)`.
+fn prepare(len: usize, n: usize) -> Result<(usize, usize, Vec<i8>)> {
+    let (k, p) = factor(n).ok_or_else(|| unsupported(n))?;
+    if !len.is_multiple_of(n) {
+        return Err(EngineError::Shape {
+            op: "hadamard",
+            msg: format!("length {len} is not a multiple of the chunk size {n}"),
+        });
+    }
+    let h = core(k).ok_or_else(|| unsupported(n))?;
+    Ok((k, p, h))
+}
+
+/// In-place unnormalised Walsh-Hadamard transform (Sylvester order) of
+/// each consecutive P-element block of `x`.
+fn fwht(x: &mut [f32], p: usize) {
+    let mut h = 1;
+    while h < p {
+        for block in x.chunks_exact_mut(2 * h) {
+            let (lo, hi) = block.split_at_mut(h);
+            for (u, v) in lo.iter_mut().zip(hi.iter_mut()) {
+                let (a, b) = (*u, *v);
+                *u = a + b;
+                *v = a - b;
+            }
+        }
+        h *= 2;
+    }
+}
+
+/// Applies `(H_K or H_Kᵀ) ⊗ H_P / sqrt(n)` to every n-chunk of `x`.
+fn apply(x: &mut [f32], n: usize, transposed: bool) -> Result<()> {
+    let (k, p, h) = prepare(x.len(), n)?;
+    let scale = (1.0 / (n as f64).sqrt()) as f32;
+    let mut col = vec![0.0f32; k];
+    for chunk in x.chunks_exact_mut(n) {
+        fwht(chunk, p);
+        if k == 1 {
+            chunk.iter_mut().for_each(|v| *v *= scale);
+            continue;
+        }
+        for b in 0..p {
+            for (c, v) in col.iter_mut().enumerate() {
+                *v = chunk[c * p + b];
+            }
+            for a in 0..k {
+                let mut acc = 0.0f32;
+                for (c, &v) in col.iter().enumerate() {
+                    let s = if transposed {
+                        h[c * k + a]
+                    } else {
+                        h[a * k + c]
+                    };
+                    acc += f32::from(s) * v;
+                }
+                chunk[a * p + b] = acc * scale;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `y = H_n x / sqrt(n)` on every consecutive n-element chunk of `x`, in
+/// place. Errors when n is unsupported or `x.len()` is not a multiple of n.
+pub fn transform(x: &mut [f32], n: usize) -> Result<()> {
+    apply(x, n, false)
+}
+
+/// `y = H_nᵀ x / sqrt(n)`, the inverse of [`transform`], on every chunk.
+pub fn transform_transposed(x: &mut [f32], n: usize) -> Result<()> {
+    apply(x, n, true)
+}
+
+/// The dense orthonormal `H_n / sqrt(n)`, n x n row-major (for tests and
+/// for fusing the rotation into weights offline).
+pub fn matrix(n: usize) -> Result<Vec<f32>> {
+    let (k, p, h) = prepare(n, n)?;
+    let scale = (1.0 / (n as f64).sqrt()) as f32;
+    let mut m = vec![0.0f32; n * n];
+    for (i, row) in m.chunks_exact_mut(n).enumerate() {
+        let (a, b) = (i / p, i % p);
+        for (j, v) in row.iter_mut().enumerate() {
+            let (c, d) = (j / p, j % p);
+            let sylvester = if (b & d).count_ones() % 2 == 0 {
+                1.0
+            } else {
+                -1.0
+            };
+            *v = f32::from(h[a * k + c]) * sylvester * scale;
+        }
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: u32) -> Vec<f32> {
+        // A small LCG: deterministic values in [-1, 1).
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    const SIZES: [usize; 12] = [1, 2, 12, 24, 20, 28, 36, 64, 144, 576, 1536, 2048];
+
+    #[test]
+    fn factors() {
+        assert_eq!(factor(64), Some((1, 64)));
+        assert_eq!(factor(576), Some((36, 16)));
+        assert_eq!(factor(1536), Some((12, 128)));
+        assert_eq!(factor(2048), Some((1, 2048)));
+        assert_eq!(factor(4096), Some((1, 4096)));
+        assert_eq!(factor(3584), Some((28, 128)));
+        assert_eq!(factor(20), Some((20, 1)));
+        for n in [0, 3, 6, 10, 18, 960, 5632, 11008] {
+            assert_eq!(factor(n), None, "n = {n}");
+            assert!(!supported(n));
+        }
+    }
+
+    #[test]
+    fn cores_are_hadamard() {
+        for k in CORE_SIZES {
+            let h = core(k).unwrap();
+            for a in 0..k {
+                for c in 0..k {
+                    let dot: i32 = (0..k)
+                        .map(|j| i32::from(h[a * k + j]) * i32::from(h[c * k + j]))
+                        .sum();
+                    let want = if a == c { k as i32 } else { 0 };
+                    assert_eq!(dot, want, "K = {k}, rows {a} and {c}");
+                }
+            }
+            assert!(h.iter().all(|&s| s == 1 || s == -1), "K = {k}");
+        }
+        assert!(core(8).is_none());
+    }
+
+    #[test]
+    fn matrix_is_orthonormal() {
+        for n in SIZES.into_iter().filter(|&n| n <= 576) {
+            let m = matrix(n).unwrap();
+            for i in 0..n {
+                for j in 0..n {
+                    let dot: f64 = (0..n)
+                        .map(|t| f64::from(m[i * n + t]) * f64::from(m[j * n + t]))
+                        .sum();
+                    let want = if i == j { 1.0 } else { 0.0 };
+                    assert!((dot - want).abs() < 1e-5, "n = {n} ({i}, {j}): {dot}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transform_is_the_matrix_product() {
+        for n in SIZES {
+            let m = matrix(n).unwrap();
+            let x = data(3 * n, n as u32);
+            let mut y = x.clone();
+            transform(&mut y, n).unwrap();
+            let mut yt = x.clone();
+            transform_transposed(&mut yt, n).unwrap();
+            for (ch, xc) in x.chunks_exact(n).enumerate() {
+                for i in 0..n {
+                    let (mut want, mut want_t) = (0.0f64, 0.0f64);
+                    for j in 0..n {
+                        want += f64::from(m[i * n + j]) * f64::from(xc[j]);
+                        want_t += f64::from(m[j * n + i]) * f64::from(xc[j]);
+                    }
+                    let (got, got_t) = (y[ch * n + i], yt[ch * n + i]);
+                    assert!(
+                        (f64::from(got) - want).abs() < 1e-5,
+                        "n {n} [{ch}, {i}]: {got} vs {want}"
+                    );
+                    assert!(
+                        (f64::from(got_t) - want_t).abs() < 1e-5,
+                        "n {n} [{ch}, {i}]ᵀ: {got_t} vs {want_t}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_is_the_inverse() {
+        for n in SIZES {
+            let x = data(2 * n, 7 + n as u32);
+            let mut y = x.clone();
+            transform(&mut y, n).unwrap();
+            transform_transposed(&mut y, n).unwrap();
+            for (i, (a, b)) in x.iter().zip(&y).enumerate() {
+                assert!((a - b).abs() < 1e-5, "n {n} [{i}]: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_lengths_and_sizes_are_errors() {
+        let mut x = vec![0.0; 100];
+        assert!(transform(&mut x, 64).is_err());
+        assert!(transform_transposed(&mut x, 12).is_err());
+        assert!(transform(&mut x, 10).is_err());
+        assert!(transform(&mut x, 0).is_err());
+        assert!(matrix(960).is_err());
+        let mut empty: Vec<f32> = Vec::new();
+        assert!(transform(&mut empty, 64).is_ok());
+    }
+}
