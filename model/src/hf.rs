@@ -159,6 +159,7 @@ pub fn config_from_hf(j: &Value, path: &Path) -> Result<LlamaConfig> {
         rope_style: RopeStyle::Neox,
         max_seq_len,
         tied_embeddings: j["tie_word_embeddings"].as_bool().unwrap_or(false),
+        hadamard: Default::default(),
     };
     config.validate()?;
     Ok(config)

@@ -23,6 +23,7 @@ pub mod logits_file;
 pub mod pivot;
 pub mod quant;
 pub mod reference;
+pub mod rotate;
 pub mod session;
 pub mod synthetic;
 pub mod tokenizer;

@@ -152,6 +152,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig> {
         rope_style: RopeStyle::Interleaved,
         max_seq_len: need_usize(g, "llama.context_length")?,
         tied_embeddings: g.tensor_info(ModelTensor::Output.gguf_name()).is_none(),
+        hadamard: Default::default(),
     };
     config.validate()?;
     Ok(config)

@@ -27,7 +27,11 @@
 
 use std::thread;
 
-use crate::checkpoint::{HostTensor, LayerWeights, LlamaConfig, LlamaWeights, RopeStyle};
+use lamina_engine::ops::hadamard;
+
+use crate::checkpoint::{
+    ActQuant, ActSite, HostTensor, LayerWeights, LlamaConfig, LlamaWeights, RopeStyle,
+};
 use crate::{ModelError, Result};
 
 /// Tokens processed together; `RunState` holds activations for this many.
@@ -102,6 +106,10 @@ pub struct HiddenStates {
     /// and attention output before o_proj, `[n_layers][n_tokens, q_dim]`.
     pub q: Vec<Vec<f32>>,
     pub att: Vec<Vec<f32>>,
+    /// With [`Reference::forward_site_max`]: per layer, per [`ActSite`]
+    /// (`ActSite::ALL` order), each token's max |activation| before any
+    /// activation quantization: `[n_layers][4][n_tokens]`.
+    pub site_max: Vec<[Vec<f32>; 4]>,
 }
 
 /// Which positions' logits a forward call returns.
@@ -124,6 +132,8 @@ pub struct Reference {
     state: RunState,
     /// Positions currently held in the KV cache.
     len: usize,
+    /// Activation quantization simulated at the linear layers' inputs.
+    act: Option<ActQuant>,
 }
 
 impl Reference {
@@ -175,6 +185,7 @@ impl Reference {
             max_ctx,
             threads,
             len: 0,
+            act: None,
         })
     }
 
@@ -259,6 +270,28 @@ impl Reference {
         };
         self.run(tokens, pos, Want::Last, Some(&mut hidden))?;
         Ok(hidden)
+    }
+
+    /// Like [`Reference::forward_last`], also keeping each token's max
+    /// |activation| at every layer's [`ActSite`]s (PrefixQuant's outlier
+    /// statistics and static scales' calibration maxima).
+    pub fn forward_site_max(&mut self, tokens: &[u32], pos: usize) -> Result<HiddenStates> {
+        let mut hidden = HiddenStates {
+            site_max: vec![Default::default(); self.cfg.n_layers],
+            ..Default::default()
+        };
+        self.run(tokens, pos, Want::Last, Some(&mut hidden))?;
+        Ok(hidden)
+    }
+
+    /// Simulates `act`'s activation quantization from now on (`None`: f32
+    /// activations), exactly as the integer kernels quantize.
+    pub fn set_act_quant(&mut self, act: Option<ActQuant>) -> Result<()> {
+        if let Some(a) = &act {
+            a.check(&self.cfg)?;
+        }
+        self.act = act;
+        Ok(())
     }
 
     /// Puts `pivot`'s K and V at positions `0..pivot.len()` of every layer's
@@ -383,6 +416,8 @@ impl Reference {
             cfg.ffn_dim,
         );
         let (eps, threads, max_ctx) = (cfg.norm_eps, self.threads, self.max_ctx);
+        let (hd, had) = (cfg.head_dim, cfg.hadamard);
+        let act = self.act.as_ref();
         let s = &mut self.state;
         let x = &mut s.x[..n * dim]; // [n, dim]
         let xb = &mut s.xb[..n * dim]; // [n, dim]
@@ -400,6 +435,21 @@ impl Reference {
             h.embeddings.extend_from_slice(x);
         }
 
+        // A linear layer's input: its token-wise maxima kept, then quantized.
+        let site = |x: &mut [f32], l: usize, site: ActSite, hidden: Option<&mut HiddenStates>| {
+            let w = site.width(cfg);
+            if let Some(h) = hidden
+                && !h.site_max.is_empty()
+            {
+                let m = x
+                    .chunks_exact(w)
+                    .map(|r| r.iter().fold(0.0f32, |m, v| m.max(v.abs())));
+                h.site_max[l][site.index()].extend(m);
+            }
+            if let Some(a) = act {
+                a.fake_quant(x, w, l, site);
+            }
+        };
         for (l, layer) in self.layers.iter().enumerate() {
             // This layer's cache: [max_ctx, n_kv_heads * head_dim] each.
             let k_cache = &mut s.key_cache[l * max_ctx * kvd..(l + 1) * max_ctx * kvd];
@@ -407,6 +457,7 @@ impl Reference {
 
             // ---- attention ----
             rmsnorm(xb, x, &layer.attn_norm, eps); // [n, dim]
+            site(xb, l, ActSite::QkvIn, hidden.as_deref_mut());
             // K and V of the new tokens go straight into the cache rows pos..pos+n.
             let k_new = &mut k_cache[pos * kvd..(pos + n) * kvd]; // [n, n_kv_heads * head_dim]
             let v_new = &mut v_cache[pos * kvd..(pos + n) * kvd]; // [n, n_kv_heads * head_dim]
@@ -415,6 +466,10 @@ impl Reference {
             matmul(v_new, xb, &layer.wv, threads);
             self.rope.rotate(q, cfg.n_heads, pos, cfg.rope_style);
             self.rope.rotate(k_new, cfg.n_kv_heads, pos, cfg.rope_style);
+            if had.qk {
+                hadamard::transform(q, hd).expect("head_dim checked in Reference::new");
+                hadamard::transform(k_new, hd).expect("head_dim checked in Reference::new");
+            }
             attention(
                 att,
                 q,
@@ -431,16 +486,22 @@ impl Reference {
                 h.q[l].extend_from_slice(q);
                 h.att[l].extend_from_slice(att);
             }
+            site(att, l, ActSite::OIn, hidden.as_deref_mut());
             matmul(xb2, att, &layer.wo, threads); // [n, dim]
             add(x, xb2); // residual
 
             // ---- SwiGLU feed-forward ----
             rmsnorm(xb, x, &layer.ffn_norm, eps); // [n, dim]
+            site(xb, l, ActSite::FfnIn, hidden.as_deref_mut());
             matmul(hb, xb, &layer.w_gate, threads); // [n, ffn_dim]
             matmul(hb2, xb, &layer.w_up, threads); // [n, ffn_dim]
             for (g, u) in hb.iter_mut().zip(hb2.iter()) {
                 *g = silu(*g) * u;
             }
+            if had.down {
+                hadamard::transform(hb, ffn).expect("ffn_dim checked in Reference::new");
+            }
+            site(hb, l, ActSite::DownIn, hidden.as_deref_mut());
             matmul(xb2, hb, &layer.w_down, threads); // [n, dim]
             add(x, xb2); // residual
 

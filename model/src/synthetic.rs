@@ -62,6 +62,7 @@ pub fn synthetic_config(preset: &str) -> Result<LlamaConfig> {
         rope_style: RopeStyle::Interleaved,
         max_seq_len: 4096,
         tied_embeddings: true,
+        hadamard: Default::default(),
     };
     let cfg = match preset.to_ascii_lowercase().as_str() {
         "tiny" => LlamaConfig {

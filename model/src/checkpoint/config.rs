@@ -30,6 +30,24 @@ pub struct LlamaConfig {
     pub max_seq_len: usize,
     /// lm_head shares the token embedding.
     pub tied_embeddings: bool,
+    /// Online Hadamard transforms a rotated model runs (QuaRot, PrefixQuant);
+    /// none for a model as trained. Absent in older files.
+    #[serde(default)]
+    pub hadamard: OnlineHadamard,
+}
+
+/// The online Hadamard transforms of a rotated model (`crate::quant::rotate`):
+/// the orthonormal Hadamard matrix `H` of the width applied to activations at
+/// run time, its inverse folded into the weights that read them. They leave
+/// the model's function unchanged and spread outliers across channels, so
+/// activations and KV quantize with less error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OnlineHadamard {
+    /// `H` (size ffn_dim) on the down projection's input; `W_down` holds `W_down Hᵀ`.
+    pub down: bool,
+    /// `H` (size head_dim) on every query and key head after RoPE (cancels in
+    /// `q·k`; the cache holds rotated keys).
+    pub qk: bool,
 }
 
 impl LlamaConfig {
@@ -67,6 +85,16 @@ impl LlamaConfig {
                 "head_dim {} must be even and at most 256",
                 self.head_dim
             ));
+        }
+        for (on, n, what) in [
+            (self.hadamard.down, self.ffn_dim, "ffn_dim"),
+            (self.hadamard.qk, self.head_dim, "head_dim"),
+        ] {
+            if on && !lamina_engine::ops::hadamard::supported(n) {
+                return Err(crate::ModelError::Unsupported(format!(
+                    "an online Hadamard transform of size {n} ({what}): no Hadamard matrix of that size"
+                )));
+            }
         }
         Ok(())
     }

@@ -15,6 +15,7 @@
 //! Loaders (`loader` for GGUF and dispatch, `hf`, `lamina_file`,
 //! `synthetic`) sit above this module and fill it; nothing here calls them.
 
+pub mod act;
 pub mod config;
 pub mod encode;
 pub mod ggml;
@@ -22,9 +23,10 @@ pub mod layer;
 pub mod recipe;
 pub mod tensor;
 
-pub use config::{LlamaConfig, RopeStyle};
+pub use act::{ActQuant, ActSite};
+pub use config::{LlamaConfig, OnlineHadamard, RopeStyle};
 pub use layer::{LayerTensor, LayerWeights, LlamaWeights, ModelTensor, Role};
-pub use recipe::{PivotCalibration, Recipe};
+pub use recipe::{PivotCalibration, PrefixRecord, Recipe, RotationRecord};
 pub use tensor::{Bytes, HostDType, HostTensor, MixedTensor};
 
 use crate::{ModelError, Result};

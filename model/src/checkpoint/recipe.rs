@@ -67,9 +67,54 @@ pub struct Recipe {
     /// IntactKV's pivot calibration, when the pivot was tuned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pivot_calibration: Option<PivotCalibration>,
+    /// The rotation the weights went through (`--rotate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationRecord>,
+    /// PrefixQuant's prefixed outlier tokens (`--prefix`), whose KV leads the pivot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<PrefixRecord>,
+    /// Quantized activations (`--act-bits`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub act: Option<super::ActQuant>,
     /// Keys this version does not know, kept as they were.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// How the weights were rotated (`crate::quant::rotate`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RotationRecord {
+    /// Seed of the residual rotation's random signs (or random orthogonal matrix).
+    pub seed: u64,
+    /// `hadamard` (random-sign Hadamard) or `orthogonal` (a random orthogonal
+    /// matrix, for widths without a Hadamard matrix).
+    pub residual: String,
+    /// Whether a tied lm_head was untied before rotating (false reproduces
+    /// the reference code's recipe, which rotates the shared matrix twice).
+    pub untied: bool,
+}
+
+/// PrefixQuant's prefix: outlier tokens found on calibration text, whose
+/// full-precision KV leads every sequence.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PrefixRecord {
+    /// The tokens, in cache order (BOS last when it is one of them).
+    pub tokens: Vec<u32>,
+    /// Their text, for people.
+    pub texts: Vec<String>,
+    /// Each token's largest outlier ratio (token max / median token max) seen.
+    #[serde(deserialize_with = "nans_if_null")]
+    pub ratios: Vec<f64>,
+    /// `auto` (searched) or the number asked for.
+    pub mode: String,
+    /// Outlier threshold on the ratio.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub threshold: f64,
+    /// The worst layer's mean outlier count per window.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub worst_layer_mean: f64,
 }
 
 impl Recipe {

@@ -175,6 +175,17 @@ impl MixedTensor {
 }
 
 impl HostTensor {
+    /// An f32 tensor owning `values` (row-major, `shape`'s product of them).
+    pub fn from_f32(name: &str, shape: Vec<usize>, values: &[f32]) -> HostTensor {
+        debug_assert_eq!(values.len(), shape.iter().product::<usize>());
+        HostTensor {
+            name: name.to_string(),
+            shape,
+            dtype: HostDType::F32,
+            data: Bytes::Owned(Arc::new(bytemuck::cast_slice(values).to_vec())),
+            mixed: None,
+        }
+    }
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
