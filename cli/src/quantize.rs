@@ -1,5 +1,7 @@
 //! `lamina quantize`: a model to 1..8-bit mixed-width groups (RTN, GPTQ or
-//! SliM-LLM), written as one `.lamina.safetensors` file.
+//! SliM-LLM), written as one `.lamina.safetensors` file; with `--rotate`,
+//! `--prefix` and `--act-bits`, PrefixQuant's rotated model with prefixed
+//! outlier tokens and static integer activations.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -10,7 +12,10 @@ use lamina_model::checkpoint::{HostDType, PivotCalibration};
 use lamina_model::lamina_file;
 use lamina_model::quant::gptq::GptqOptions;
 use lamina_model::quant::intactkv;
+use lamina_model::quant::act_scales::{self, ActScaleOptions};
 use lamina_model::quant::pipeline::{self, Method, QuantizeOptions};
+use lamina_model::quant::prefix::{self, PrefixMode, PrefixOptions};
+use lamina_model::rotate::{self, RotateOptions};
 
 use crate::common;
 
@@ -73,6 +78,37 @@ pub struct QuantizeArgs {
     /// again from the full-precision source its recipe names (with --calibrate-pivot: tuned).
     #[arg(long)]
     pub pivot_only: bool,
+    /// Rotate the weights first (QuaRot / SpinQuant style: norms folded, a tied lm_head
+    /// untied, a random-sign Hadamard rotation of the residual stream fused into the
+    /// weights, online Hadamards at the down projection's input and on Q/K heads).
+    #[arg(long)]
+    pub rotate: bool,
+    /// Seed of the rotation's random signs.
+    #[arg(long, default_value_t = 0, requires = "rotate")]
+    pub rotate_seed: u64,
+    /// With --rotate on a tied model: keep the lm_head tied, folding the final norm into
+    /// the shared matrix and rotating it twice, as PrefixQuant's reference code does
+    /// (it breaks the model; for comparison only).
+    #[arg(long, requires = "rotate", hide = true)]
+    pub keep_tied: bool,
+    /// PrefixQuant's prefix: outlier tokens whose full-precision KV leads every sequence:
+    /// `auto` (found on the calibration text), `none`, or a count N.
+    #[arg(long, default_value = "none")]
+    pub prefix: PrefixMode,
+    /// Calibration windows the outlier-token search runs (on the CPU).
+    #[arg(long, default_value_t = 4)]
+    pub prefix_samples: usize,
+    /// Quantize the linear layers' inputs to 8 or 4 bits (static scales per tensor,
+    /// calibrated with a clipping search), run by integer kernels.
+    #[arg(long)]
+    pub act_bits: Option<u32>,
+    /// With --act-bits: per-token scales computed at run time instead of static ones.
+    #[arg(long, requires = "act_bits")]
+    pub act_dynamic: bool,
+    /// The KV cache format the file is meant to run with: 4 or 8 bits (recorded in the
+    /// recipe; run with --kv q4 / q8).
+    #[arg(long)]
+    pub kv_bits: Option<u32>,
     /// Replace OUTPUT if it exists.
     #[arg(long)]
     pub force: bool,
@@ -191,10 +227,27 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     if opts.group == 0 || !opts.group.is_multiple_of(32) {
         bail!("--group {} is not a positive multiple of 32", opts.group);
     }
+    if let Some(b) = a.act_bits
+        && !lamina_model::checkpoint::act::ACT_BITS.contains(&b)
+    {
+        bail!("--act-bits {b}: the integer kernels take 8 or 4");
+    }
+    if let Some(b) = a.kv_bits
+        && ![4, 8].contains(&b)
+    {
+        bail!("--kv-bits {b}: the KV cache stores 4 or 8 bits");
+    }
+    if a.pivot_only && (a.rotate || a.prefix != PrefixMode::None || a.act_bits.is_some()) {
+        bail!("--pivot-only keeps the file's weights: drop --rotate, --prefix and --act-bits");
+    }
     if a.pivot_steps == 0 && a.calibrate_pivot {
         bail!("--pivot-steps 0 tunes nothing; drop --calibrate-pivot instead");
     }
-    let needs_calib = a.calibrate_pivot || (method != Method::Rtn && !a.pivot_only);
+    let static_act = a.act_bits.is_some() && !a.act_dynamic;
+    let needs_calib = a.calibrate_pivot
+        || (method != Method::Rtn && !a.pivot_only)
+        || a.prefix != PrefixMode::None
+        || static_act;
     let calib_file = needs_calib.then(|| calib_path(a)).transpose()?;
     let calib = calib_file
         .as_ref()
@@ -233,6 +286,18 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     } else {
         (loaded, None)
     };
+    let m = if a.rotate {
+        let sp = common::spinner("rotating the weights");
+        let o = RotateOptions {
+            seed: a.rotate_seed,
+            untie: !a.keep_tied,
+        };
+        let r = rotate::rotate(&m, &o)?;
+        sp.finish_and_clear();
+        r
+    } else {
+        m
+    };
     let windows = match &calib {
         Some(text) => {
             let tok = lamina_model::tokenizer::Tokenizer::from_spec(&m.tokenizer_spec)?;
@@ -240,7 +305,40 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         }
         None => Vec::new(),
     };
+    let tok = lamina_model::tokenizer::Tokenizer::from_spec(&m.tokenizer_spec)?;
     let start = Instant::now();
+    // PrefixQuant's outlier tokens, found with the full-precision (rotated) model.
+    let prefix = if a.prefix == PrefixMode::None {
+        None
+    } else {
+        let bos = tok.bos_id();
+        let search: Vec<Vec<u32>> = windows
+            .iter()
+            .take(a.prefix_samples.max(1))
+            .map(|w| bos.into_iter().chain(w.iter().copied()).take(w.len()).collect())
+            .collect();
+        let pb = common::bar(search.len() as u64, "searching outlier tokens");
+        let o = PrefixOptions {
+            mode: a.prefix,
+            ..Default::default()
+        };
+        let stats = prefix::outlier_stats(&m.config, &m.weights, &search, o.threshold, |i, _| {
+            pb.set_position(i as u64)
+        })?;
+        pb.finish_and_clear();
+        let text = |t: u32| tok.decode(&[t]).unwrap_or_else(|_| format!("<{t}>"));
+        let rec = prefix::choose(&stats, &o, bos, text)?;
+        eprintln!(
+            "prefix: {} token(s) {:?} (ratios to the median token max {:?}); worst layer: {:.2} \
+             outliers per window over {} windows",
+            rec.tokens.len(),
+            rec.texts,
+            rec.ratios.iter().map(|r| r.round()).collect::<Vec<_>>(),
+            rec.worst_layer_mean,
+            search.len()
+        );
+        Some(rec)
+    };
     let (mut q, reports) = match kept {
         Some(q) => (q, Vec::new()),
         None => {
@@ -255,12 +353,17 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
             r
         }
     };
-    // IntactKV: the [BOS] pivot's KV from the full-precision source, stored in the file.
-    let tok = lamina_model::tokenizer::Tokenizer::from_spec(&m.tokenizer_spec)?;
+    // The pivot's KV from the full-precision (rotated) model, stored in the file:
+    // PrefixQuant's prefix, else IntactKV's [BOS].
     let mut pivot_fit = None;
     q.pivot = None;
-    if let Some(bos) = tok.bos_id() {
-        let full = lamina_model::pivot::compute(&m.config, &m.weights, &[bos])?;
+    let pivot_tokens = match (&prefix, tok.bos_id()) {
+        (Some(p), _) if !p.tokens.is_empty() => Some(p.tokens.clone()),
+        (Some(_), _) => None,
+        (None, bos) => bos.map(|b| vec![b]),
+    };
+    if let Some(tokens) = pivot_tokens {
+        let full = lamina_model::pivot::compute(&m.config, &m.weights, &tokens)?;
         q.pivot = Some(if a.calibrate_pivot {
             let (tuned, fit) = tune_pivot(a, &m, &q, &full, &windows, calib_file.as_deref())?;
             pivot_fit = Some(fit);
@@ -271,8 +374,44 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     } else if a.calibrate_pivot {
         bail!("the model's tokenizer has no BOS token, so there is no pivot to calibrate");
     }
+    // Static activation scales, calibrated after the prefix.
+    let act = match a.act_bits {
+        None => None,
+        Some(bits) => {
+            let p = prefix.as_ref().map_or(0, |p| p.tokens.len());
+            let calib_windows: Vec<Vec<u32>> = windows
+                .iter()
+                .map(|w| w[..w.len().saturating_sub(p)].to_vec())
+                .collect();
+            let pb = common::bar(1, "activation scales");
+            let o = ActScaleOptions {
+                bits,
+                dynamic: a.act_dynamic,
+                ..Default::default()
+            };
+            let pv = q.pivot.as_ref().filter(|_| p > 0);
+            let act = act_scales::calibrate(&q.config, &q.weights, pv, &calib_windows, &o, |phase, i, n| {
+                pb.set_length(n as u64);
+                pb.set_position(i as u64);
+                pb.set_message(format!("activation scales: {phase}"));
+            })?;
+            pb.finish_and_clear();
+            Some(act)
+        }
+    };
     let secs = start.elapsed().as_secs_f64();
+    let rotation = m.recipe.as_ref().and_then(|r| r.rotation.clone());
     let recipe = q.recipe.get_or_insert_with(Default::default);
+    if !a.pivot_only {
+        recipe.rotation = rotation;
+        recipe.prefix = prefix;
+        recipe.act = act;
+        if let Some(b) = a.kv_bits {
+            recipe
+                .extra
+                .insert("kv_bits".into(), serde_json::Value::from(b));
+        }
+    }
     // The quantization's time stays that of the weights kept.
     let rounded = Some((secs * 10.0).round() / 10.0);
     if a.pivot_only {

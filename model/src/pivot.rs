@@ -68,8 +68,9 @@ pub fn for_model(m: &LoadedModel, tokens: &[u32]) -> Result<Pivot> {
     compute(&src.config, &src.weights, tokens)
 }
 
-/// The full-precision source checkpoint that `m`'s recipe names, checked
-/// to have `m`'s layers, attention widths and vocabulary.
+/// The full-precision source checkpoint that `m`'s recipe names (rotated
+/// as the recipe says), checked to have `m`'s layers, attention widths and
+/// vocabulary.
 pub fn load_source(m: &LoadedModel) -> Result<LoadedModel> {
     let source = m.recipe.as_ref().and_then(|r| r.source_path());
     let Some(path) = source.filter(|p| p.exists()) else {
@@ -78,7 +79,15 @@ pub fn load_source(m: &LoadedModel) -> Result<LoadedModel> {
             source.map_or(String::new(), |p| p.display().to_string())
         )));
     };
-    let src = crate::loader::load(path)?;
+    let mut src = crate::loader::load(path)?;
+    // A rotated file's full-precision model is its source rotated the same way.
+    if let Some(rot) = m.recipe.as_ref().and_then(|r| r.rotation.as_ref()) {
+        let o = crate::rotate::RotateOptions {
+            seed: rot.seed,
+            untie: rot.untied,
+        };
+        src = crate::rotate::rotate(&src, &o)?;
+    }
     if !src.config.same_attention_shape(&m.config) || src.config.vocab_size != m.config.vocab_size {
         return Err(ModelError::Input(format!(
             "the source checkpoint {} does not match {} (layers, attention widths or vocabulary)",

@@ -110,6 +110,11 @@ pub struct HiddenStates {
     /// (`ActSite::ALL` order), each token's max |activation| before any
     /// activation quantization: `[n_layers][4][n_tokens]`.
     pub site_max: Vec<[Vec<f32>; 4]>,
+    /// With [`Reference::forward_site_max`] and `sample_every > 0`: per layer
+    /// and site, the rows (activations before quantization) of every
+    /// `sample_every`-th token of the call, `[n_layers][4][rows * width]`.
+    pub site_rows: Vec<[Vec<f32>; 4]>,
+    pub sample_every: usize,
 }
 
 /// Which positions' logits a forward call returns.
@@ -275,9 +280,18 @@ impl Reference {
     /// Like [`Reference::forward_last`], also keeping each token's max
     /// |activation| at every layer's [`ActSite`]s (PrefixQuant's outlier
     /// statistics and static scales' calibration maxima).
-    pub fn forward_site_max(&mut self, tokens: &[u32], pos: usize) -> Result<HiddenStates> {
+    /// With `sample_every > 0`, also every `sample_every`-th token's rows.
+    pub fn forward_site_max(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        sample_every: usize,
+    ) -> Result<HiddenStates> {
+        let n = self.cfg.n_layers;
         let mut hidden = HiddenStates {
-            site_max: vec![Default::default(); self.cfg.n_layers],
+            site_max: vec![Default::default(); n],
+            site_rows: vec![Default::default(); if sample_every > 0 { n } else { 0 }],
+            sample_every,
             ..Default::default()
         };
         self.run(tokens, pos, Want::Last, Some(&mut hidden))?;
@@ -445,6 +459,11 @@ impl Reference {
                     .chunks_exact(w)
                     .map(|r| r.iter().fold(0.0f32, |m, v| m.max(v.abs())));
                 h.site_max[l][site.index()].extend(m);
+                if h.sample_every > 0 {
+                    for r in x.chunks_exact(w).step_by(h.sample_every) {
+                        h.site_rows[l][site.index()].extend_from_slice(r);
+                    }
+                }
             }
             if let Some(a) = act {
                 a.fake_quant(x, w, l, site);
@@ -624,7 +643,7 @@ fn silu(x: f32) -> f32 {
 /// The partial sums let the compiler vectorize and keep the rounding error
 /// lower than one long serial sum; the order is fixed, so the result is
 /// reproducible.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let (a8, a_tail) = a.as_chunks::<8>();
     let (b8, b_tail) = b.as_chunks::<8>();
     let mut acc = [0.0f32; 8];

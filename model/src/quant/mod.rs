@@ -4,8 +4,10 @@
 //! block formats are encoded in `checkpoint::encode`; QJL's key sketches
 //! live with the KV cache in `kv_cache::qjl`.)
 
+pub mod act_scales;
 pub mod gptq;
 pub mod intactkv;
 pub mod pipeline;
+pub mod prefix;
 pub mod rtn;
 pub mod slim;
