@@ -11,7 +11,9 @@
 //!   `override` of its shader, every override of a shader is set by some
 //!   call of the example ops below (so the KV layout's overrides, which
 //!   come from `kv::KvOverride`, match lib/kvcache.wgsl both ways), and
-//!   every call's entry point exists.
+//!   every call's entry point exists;
+//! - the workgroup sizes and tile sizes Rust plans grids with are the
+//!   shaders' consts (both attention shaders, hadamard).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -19,8 +21,8 @@ use std::sync::Arc;
 use lamina_engine::dispatch::{Call, OpDef};
 use lamina_engine::kv::{ATTENTION_WG, BLOCK, KvLayout, KvOverride, KvQuant, QjlShape};
 use lamina_engine::ops::{
-    add, all_shaders, embedding, gram, kv_f16_attention, kv_f16_write, kv_quant_attention,
-    kv_quant_store, matmul, rmsnorm, rope, sample, swiglu,
+    add, all_shaders, embedding, gram, hadamard, kv_f16_attention, kv_f16_write,
+    kv_quant_attention, kv_quant_store, matmul, rmsnorm, rope, sample, swiglu,
 };
 use lamina_engine::shader::{ParamsLayout, ShaderSource, lib};
 use lamina_engine::weight::{MixedLayout, Planes, Shard, WeightRef};
@@ -204,6 +206,21 @@ fn attention_constants_match_the_shaders() {
     }
 }
 
+/// The Hadamard shader's tile and workgroup size are the Rust constants
+/// that plan its passes and grids.
+#[test]
+fn hadamard_constants_match_the_shader() {
+    let m = parse(&hadamard::SHADER);
+    let value = |name: &str| {
+        m.constants
+            .iter()
+            .find(|(_, c)| c.name.as_deref() == Some(name))
+            .and_then(|(_, c)| const_u32(&m, c))
+    };
+    assert_eq!(value("TILE"), Some(hadamard::TILE), "TILE");
+    assert_eq!(value("WG"), Some(hadamard::WG), "WG");
+}
+
 const EMPTY_QJL: QjlShape = QjlShape {
     m: 0,
     m_out: 0,
@@ -277,6 +294,20 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             theta: 10000.0,
             style: rope::RopeStyle::Neox,
             max_rows: 8,
+        }),
+        Box::new(hadamard::Hadamard {
+            x: 0,
+            n: 64,
+            width: 576,
+            max_rows: 8,
+            transposed: false,
+        }),
+        Box::new(hadamard::Hadamard {
+            x: 0,
+            n: 14336,
+            width: 14336,
+            max_rows: 8,
+            transposed: true,
         }),
         Box::new(gram::Gram {
             x: 0,

@@ -32,8 +32,256 @@
 //!
 //! The CPU transform costs `n log2 P` for the P part plus `n K` for the K
 //! part per chunk.
+//!
+//! # On the GPU
+//! [`Hadamard`] transforms x in place. A workgroup loads a tile of at most
+//! [`TILE`] floats into workgroup memory, runs the butterflies of the P
+//! factor there, then mixes the K sub-blocks (each output is a ±1 sum of K
+//! tile values) straight back to x. The signs of `H_K` travel as bits in
+//! the parameter block, packed from [`core`], so Rust holds the one
+//! definition. Chunks up to [`TILE`] take one pass, several small chunks
+//! (head_dim 64) per workgroup. Larger chunks use `H_n = H_K ⊗ H_P1 ⊗ H_P2`
+//! in two passes: [`Pass::Inner`] applies `H_P2` (P2 = min(P, TILE)) to each
+//! contiguous P2-block, then [`Pass::Outer`] applies `H_K ⊗ H_P1` across
+//! the blocks (stride P2), a tile holding several adjacent columns.
+//!
+//! # Shapes
+//! x: [max_rows, width] f32, read-write, `width` a multiple of `n`; the
+//! step's first `n_tokens` rows are transformed, each n-chunk on its own.
 
-use crate::{EngineError, Result};
+use crate::dispatch::{
+    Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
+    write_params,
+};
+use crate::pipeline::Kernel;
+use crate::{Caps, EngineError, Result, ensure_shape};
+
+crate::shader!(SHADER, "hadamard", [], HadamardParams);
+
+/// Floats in a workgroup's tile: 16 KiB, WebGPU's default workgroup storage
+/// (the WGSL `const TILE`, held equal by tests/tests/contracts.rs).
+pub const TILE: u32 = 4096;
+/// Invocations per workgroup (the WGSL `const WG`).
+pub const WG: u32 = 256;
+/// Elements a workgroup aims for when chunks are small: several chunks
+/// share a tile, four elements per invocation.
+const SMALL_TILE: u32 = 1024;
+/// `vec4<u32>` words holding the bits of the largest `H_K`.
+pub const SIGN_VEC4: usize = (MAX_CORE * MAX_CORE).div_ceil(128);
+
+crate::params_struct! {
+    /// Mirrors `Params` in shaders/hadamard.wgsl: one pass over a
+    /// `[chunks, K * p, inner]` view of x, transforming the middle axis.
+    pub struct HadamardParams {
+        /// Chunks of `n` floats in this step.
+        pub n_chunks: u32,
+        /// Chunk length.
+        pub n: u32,
+        /// Core size of this pass (1: Sylvester only).
+        pub k: u32,
+        /// Sylvester size of this pass.
+        pub p: u32,
+        /// Distance between consecutive transformed elements.
+        pub inner: u32,
+        /// Adjacent columns (of `inner`) per tile.
+        pub cols: u32,
+        /// Chunks per tile (1 when `inner > 1`).
+        pub per_wg: u32,
+        /// Applied to every output: 1/sqrt(n) in the last pass, else 1.
+        pub scale: f32,
+        /// Bit `a * k + c` set where `M[a, c] = -1`, `M = H_K` or `H_Kᵀ`.
+        pub signs: [[u32; 4]; SIGN_VEC4],
+    }
+}
+
+crate::passes! {
+    /// The passes of [`Hadamard`]: `Outer` alone when a chunk fits a tile.
+    pub enum Pass {
+        /// `H_P2` on each contiguous P2-block of a chunk.
+        Inner,
+        /// `H_K ⊗ H_P1` across the P2-blocks, with the scale.
+        Outer,
+    }
+}
+
+/// `y = H_n x / sqrt(n)` (or `H_nᵀ`) on each n-chunk of x's rows, in place.
+#[derive(Debug, Clone)]
+pub struct Hadamard {
+    /// [max_rows, width] f32, transformed in place.
+    pub x: TensorId,
+    /// Chunk length: see [`factor`].
+    pub n: u32,
+    /// Row length, a multiple of `n`.
+    pub width: u32,
+    /// Rows at the graph's largest step.
+    pub max_rows: u32,
+    /// Apply `H_nᵀ` (the inverse) instead of `H_n`.
+    pub transposed: bool,
+}
+
+/// One pass: the factor `H_k ⊗ H_p` it applies and the tile shape
+/// (fields as in [`HadamardParams`]).
+#[derive(Debug, Clone, Copy)]
+struct Axis {
+    pass: Pass,
+    /// The pass's chunk length: its `n` (the Inner pass counts P2-blocks).
+    block: u32,
+    k: u32,
+    p: u32,
+    inner: u32,
+    cols: u32,
+    per_wg: u32,
+}
+
+/// The passes for chunks of `n`, or None when `n` is unsupported or its K
+/// part does not fit a tile.
+fn axes(n: u32) -> Option<Vec<Axis>> {
+    let (k, p) = factor(n as usize)?;
+    let (k, p) = (k as u32, p as u32);
+    if n <= TILE {
+        let per_wg = (SMALL_TILE / n).max(1);
+        let outer = Axis {
+            pass: Pass::Outer,
+            block: n,
+            k,
+            p,
+            inner: 1,
+            cols: 1,
+            per_wg,
+        };
+        return Some(vec![outer]);
+    }
+    let p2 = p.min(TILE);
+    let m = n / p2;
+    if m > TILE {
+        return None;
+    }
+    // Adjacent columns per tile: a power of two (so it divides p2).
+    let cols = 1 << (TILE / m).ilog2();
+    let inner = Axis {
+        pass: Pass::Inner,
+        block: p2,
+        k: 1,
+        p: p2,
+        inner: 1,
+        cols: 1,
+        per_wg: 1,
+    };
+    let outer = Axis {
+        pass: Pass::Outer,
+        block: n,
+        k,
+        p: p / p2,
+        inner: p2,
+        cols: cols.min(p2),
+        per_wg: 1,
+    };
+    Some(vec![inner, outer])
+}
+
+/// The sign bits of `H_K` (or `H_Kᵀ`) for the parameter block: bit
+/// `a * k + c` of the words in order, set where the entry is -1.
+fn sign_bits(k: usize, transposed: bool) -> [[u32; 4]; SIGN_VEC4] {
+    let mut w = [[0u32; 4]; SIGN_VEC4];
+    let h = core(k).unwrap_or_default();
+    for a in 0..k {
+        for c in 0..k {
+            let s = if transposed {
+                h[c * k + a]
+            } else {
+                h[a * k + c]
+            };
+            let bit = a * k + c;
+            if s < 0 {
+                w[bit / 128][bit / 32 % 4] |= 1 << (bit % 32);
+            }
+        }
+    }
+    w
+}
+
+impl OpDef for Hadamard {
+    fn name(&self) -> &'static str {
+        "hadamard"
+    }
+    fn check(&self, g: &[TensorInfo]) -> Result<()> {
+        if !supported(self.n as usize) {
+            return Err(unsupported(self.n as usize));
+        }
+        ensure_shape!(
+            axes(self.n).is_some(),
+            "hadamard",
+            "n = {} is too large for two passes of {TILE}-float tiles",
+            self.n
+        );
+        ensure_shape!(
+            self.width > 0 && self.width.is_multiple_of(self.n),
+            "hadamard",
+            "width {} must be a nonzero multiple of n = {}",
+            self.width,
+            self.n
+        );
+        let elems = u64::from(self.width) * u64::from(self.max_rows);
+        ensure_shape!(
+            elems <= u64::from(u32::MAX),
+            "hadamard",
+            "{elems} elements exceed u32 indexing"
+        );
+        check_bytes(g, "hadamard", "x", self.x, 4 * elems)
+    }
+    fn calls(&self, _caps: &Caps) -> Vec<Call> {
+        axes(self.n)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| {
+                Call::new(
+                    Kernel::new(&SHADER, "hadamard"),
+                    vec![Binding::write(self.x)],
+                )
+                .pass(a.pass)
+            })
+            .collect()
+    }
+    fn step(&self, tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+        let pass: Pass = tag.pass();
+        let Some(a) = axes(self.n)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|a| a.pass == pass)
+        else {
+            return [0; 3];
+        };
+        let rows = step.n_tokens.min(self.max_rows);
+        let n_chunks = rows * (self.width / a.block);
+        let last = pass == Pass::Outer;
+        write_params(
+            params,
+            &HadamardParams {
+                n_chunks,
+                n: a.block,
+                k: a.k,
+                p: a.p,
+                inner: a.inner,
+                cols: a.cols,
+                per_wg: a.per_wg,
+                scale: if last {
+                    (1.0 / f64::from(self.n).sqrt()) as f32
+                } else {
+                    1.0
+                },
+                signs: sign_bits(a.k as usize, self.transposed),
+            },
+        );
+        grid1(n_chunks.div_ceil(a.per_wg) * (a.inner / a.cols))
+    }
+}
+
+/// CPU reference: [`transform`] (or [`transform_transposed`]) of a copy.
+pub fn reference(x: &[f32], n: usize, transposed: bool) -> Result<Vec<f32>> {
+    let mut y = x.to_vec();
+    apply(&mut y, n, transposed)?;
+    Ok(y)
+}
 
 /// The sizes K of the non-Sylvester factor `H_K` this module constructs (1
 /// is the trivial factor; sizes 2 and 4 are absorbed by Sylvester's P).

@@ -29,6 +29,7 @@ pub fn all_shaders() -> Vec<&'static ShaderSource> {
         &add::SHADER,
         &embedding::SHADER,
         &gram::SHADER,
+        &hadamard::SHADER,
         &kv_f16_attention::SHADER,
         &kv_f16_write::SHADER,
         &kv_quant_attention::SHADER,

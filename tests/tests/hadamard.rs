@@ -1,0 +1,129 @@
+//! The Hadamard op against its CPU reference on the test GPU: head-sized
+//! chunks several to a tile, whole rows with a K factor, chunks too large
+//! for one tile (two passes), both directions, steps shorter than the graph.
+
+use lamina_engine::graph::{Graph, Op, Step};
+use lamina_engine::ops::hadamard::{self, Hadamard};
+use lamina_engine::{EngineError, Executor};
+use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec};
+
+/// The GPU adds in the CPU's order (the same butterflies, then the K sums
+/// in order), so only fused multiply-adds or a different rounding of the
+/// scale could separate them: a few ulp of the output's magnitude. Inputs
+/// are in [-1, 1), outputs O(1).
+const ATOL: f32 = 1e-6;
+const RTOL: f32 = 1e-5;
+
+/// Runs `n_tokens` rows of a `[max_rows, width]` graph; returns the whole
+/// tensor (rows past the step must be untouched) and the expectation.
+fn run(n: u32, width: u32, max_rows: u32, n_tokens: u32, transposed: bool) -> (Vec<f32>, Vec<f32>) {
+    let len = (width * max_rows) as usize;
+    let x = rand_vec(len, u64::from(n * 31 + width + n_tokens), 1.0);
+    let mut g = Graph::new();
+    let xt = g.output("x", 4 * len as u64);
+    let op = Hadamard {
+        x: xt,
+        n,
+        width,
+        max_rows,
+        transposed,
+    };
+    g.push("hadamard", Op::Hadamard(op)).unwrap();
+    let mut ex = Executor::new(gpu(), g).unwrap();
+    ex.write(xt, 0, &f32_bytes(&x));
+    let step = Step {
+        n_tokens,
+        ..Default::default()
+    };
+    ex.run(&step).unwrap();
+    let got = ex.read_f32(xt, len).unwrap();
+    let done = (width * n_tokens) as usize;
+    let mut want = hadamard::reference(&x[..done], n as usize, transposed).unwrap();
+    want.extend_from_slice(&x[done..]);
+    (got, want)
+}
+
+#[test]
+fn hadamard_matches_reference() {
+    let cases = [
+        // (n, width, max_rows, n_tokens)
+        (64u32, 576u32, 17u32, 17u32), // 9 heads of 64, 16 chunks a tile
+        (64, 576, 20, 3),
+        (64, 192, 5, 1),
+        (1536, 1536, 4, 3), // 12 * 128
+        (576, 576, 17, 17), // 36 * 16
+        (576, 1152, 3, 1),
+        (12, 36, 7, 7),     // K only, 85 chunks a tile
+        (144, 288, 18, 17), // 36 * 4
+        (20, 60, 3, 2),
+        (28, 56, 2, 1),
+        (2048, 2048, 2, 1),
+        (4096, 4096, 3, 2),
+        (8192, 8192, 2, 2),   // two passes, K = 1
+        (14336, 14336, 2, 1), // two passes, 28 * 512
+        (4608, 9216, 3, 3),   // two passes, 36 * 128
+    ];
+    for (n, width, max_rows, n_tokens) in cases {
+        for transposed in [false, true] {
+            let (got, want) = run(n, width, max_rows, n_tokens, transposed);
+            let what = format!(
+                "hadamard n {n} width {width} rows {n_tokens}/{max_rows} transposed {transposed}"
+            );
+            assert_close(&what, &got, &want, ATOL, RTOL);
+        }
+    }
+}
+
+#[test]
+fn forward_then_transposed_is_identity() {
+    let (n, width, rows) = (1536u32, 3072u32, 3u32);
+    let len = (width * rows) as usize;
+    let x = rand_vec(len, 5, 1.0);
+    let mut g = Graph::new();
+    let xt = g.output("x", 4 * len as u64);
+    for transposed in [false, true] {
+        let op = Hadamard {
+            x: xt,
+            n,
+            width,
+            max_rows: rows,
+            transposed,
+        };
+        g.push("hadamard", Op::Hadamard(op)).unwrap();
+    }
+    let mut ex = Executor::new(gpu(), g).unwrap();
+    ex.write(xt, 0, &f32_bytes(&x));
+    let step = Step {
+        n_tokens: rows,
+        ..Default::default()
+    };
+    ex.run(&step).unwrap();
+    let got = ex.read_f32(xt, len).unwrap();
+    assert_close("H then Hᵀ", &got, &x, 1e-5, 1e-5);
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let mut g = Graph::new();
+    let xt = g.output("x", 4 * 960 * 4);
+    for (n, width, max_rows) in [
+        (960u32, 960u32, 4u32), // 15 * 64: no H_15
+        (11008, 11008, 1),      // 43 * 256
+        (0, 960, 4),
+        (64, 960 + 32, 1), // width not a multiple of n
+        (64, 960, 5),      // more rows than the tensor holds
+    ] {
+        let op = Hadamard {
+            x: xt,
+            n,
+            width,
+            max_rows,
+            transposed: false,
+        };
+        let err = g.push("hadamard", Op::Hadamard(op));
+        assert!(
+            matches!(err, Err(EngineError::Shape { .. })),
+            "n {n} width {width} rows {max_rows}: {err:?}"
+        );
+    }
+}
