@@ -1,6 +1,8 @@
 // rope.wgsl: rotary position embedding in place. One invocation per
 // (token, pair j): the angle's sin/cos are computed once and applied to
-// pair j of every head. Uses lib/trig.wgsl (sincos).
+// pair j of every head. rope_hadamard: RoPE, then the Walsh-Hadamard
+// transform of each head scaled by 1/sqrt(head_dim), one workgroup per
+// (token, head). Uses lib/trig.wgsl (sincos).
 
 struct Params {
     n_tokens: u32,
@@ -9,14 +11,34 @@ struct Params {
     pos: u32,
     style: u32,
     log2_theta: f32,
+    hadamard_scale: f32,
     _p0: u32,
-    _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 
 const WG: u32 = 64u;
+// The largest head_dim of rope_hadamard (rope::HADAMARD_MAX_DIM).
+const HD_MAX: u32 = 256u;
+
+var<workgroup> head: array<f32, HD_MAX>;
+
+// (sin, cos) of token t's angle for pair j.
+fn angle_sincos(t: u32, j: u32) -> vec2<f32> {
+    // freq = theta^(-2j/d); the exponent's quotient is rounded as the host's is.
+    let freq = exp2_accurate(-(f32(2u * j) / f32(p.head_dim)) * p.log2_theta);
+    // The angle as the CPU reference rounds it: one f32 product.
+    return sincos(f32(p.pos + t) * freq);
+}
+
+// The elements of pair j within a head.
+fn pair(j: u32) -> vec2<u32> {
+    if p.style == 1u {
+        return vec2<u32>(j, j + p.head_dim / 2u);
+    }
+    return vec2<u32>(2u * j, 2u * j + 1u);
+}
 
 @compute @workgroup_size(WG)
 fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -26,21 +48,46 @@ fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if idx >= p.n_tokens * half { return; }
     let t = idx / half;
     let j = idx % half;
-    // freq = theta^(-2j/d); the exponent's quotient is rounded as the host's is.
-    let freq = exp2_accurate(-(f32(2u * j) / f32(p.head_dim)) * p.log2_theta);
-    // The angle as the CPU reference rounds it: one f32 product.
-    let sc = sincos(f32(p.pos + t) * freq);
-    var a = 2u * j;
-    var b = 2u * j + 1u;
-    if p.style == 1u {
-        a = j;
-        b = j + half;
-    }
+    let sc = angle_sincos(t, j);
+    let ab = pair(j);
     for (var h = 0u; h < p.n_heads; h++) {
         let base = (t * p.n_heads + h) * p.head_dim;
-        let x0 = x[base + a];
-        let x1 = x[base + b];
-        x[base + a] = x0 * sc.y - x1 * sc.x;
-        x[base + b] = x0 * sc.x + x1 * sc.y;
+        let x0 = x[base + ab.x];
+        let x1 = x[base + ab.y];
+        x[base + ab.x] = x0 * sc.y - x1 * sc.x;
+        x[base + ab.y] = x0 * sc.x + x1 * sc.y;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn rope_hadamard(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let id = wid.x + wid.y * nwg.x;
+    if id >= p.n_tokens * p.n_heads { return; }
+    let t = id / p.n_heads;
+    let base = id * p.head_dim;
+    let half = p.head_dim / 2u;
+    for (var j = lid; j < half; j += WG) {
+        let sc = angle_sincos(t, j);
+        let ab = pair(j);
+        let x0 = x[base + ab.x];
+        let x1 = x[base + ab.y];
+        head[ab.x] = x0 * sc.y - x1 * sc.x;
+        head[ab.y] = x0 * sc.x + x1 * sc.y;
+    }
+    workgroupBarrier();
+    // Butterflies h apart, in the order of hadamard.wgsl and the CPU's.
+    for (var h = 1u; h < p.head_dim; h *= 2u) {
+        for (var i = lid; i < half; i += WG) {
+            let i0 = (i / h) * 2u * h + i % h;
+            let u = head[i0];
+            let v = head[i0 + h];
+            head[i0] = u + v;
+            head[i0 + h] = u - v;
+        }
+        workgroupBarrier();
+    }
+    for (var i = lid; i < p.head_dim; i += WG) {
+        x[base + i] = head[i] * p.hadamard_scale;
     }
 }

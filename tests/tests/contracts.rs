@@ -13,7 +13,7 @@
 //!   come from `kv::KvOverride`, match lib/kvcache.wgsl both ways), and
 //!   every call's entry point exists;
 //! - the workgroup sizes and tile sizes Rust plans grids with are the
-//!   shaders' consts (both attention shaders, hadamard).
+//!   shaders' consts (both attention shaders, hadamard, rope_hadamard).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -207,7 +207,8 @@ fn attention_constants_match_the_shaders() {
 }
 
 /// The Hadamard shader's tile and workgroup size are the Rust constants
-/// that plan its passes and grids.
+/// that plan its passes and grids; rope.wgsl's head array for
+/// rope_hadamard is as large as the head_dim `RopeHadamard::check` allows.
 #[test]
 fn hadamard_constants_match_the_shader() {
     let m = parse(&hadamard::SHADER);
@@ -219,6 +220,13 @@ fn hadamard_constants_match_the_shader() {
     };
     assert_eq!(value("TILE"), Some(hadamard::TILE), "TILE");
     assert_eq!(value("WG"), Some(hadamard::WG), "WG");
+    let m = parse(&rope::SHADER);
+    let hd_max = m
+        .constants
+        .iter()
+        .find(|(_, c)| c.name.as_deref() == Some("HD_MAX"))
+        .and_then(|(_, c)| const_u32(&m, c));
+    assert_eq!(hd_max, Some(rope::HADAMARD_MAX_DIM), "rope.wgsl HD_MAX");
 }
 
 const EMPTY_QJL: QjlShape = QjlShape {
@@ -308,6 +316,16 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             width: 14336,
             max_rows: 8,
             transposed: true,
+        }),
+        Box::new(rope::RopeHadamard {
+            rope: rope::Rope {
+                x: 0,
+                n_heads: 2,
+                head_dim: 64,
+                theta: 10000.0,
+                style: rope::RopeStyle::Interleaved,
+                max_rows: 8,
+            },
         }),
         Box::new(gram::Gram {
             x: 0,

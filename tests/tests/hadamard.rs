@@ -1,9 +1,11 @@
 //! The Hadamard op against its CPU reference on the test GPU: head-sized
 //! chunks several to a tile, whole rows with a K factor, chunks too large
-//! for one tile (two passes), both directions, steps shorter than the graph.
+//! for one tile (two passes), both directions, steps shorter than the graph;
+//! RoPE fused with the head-wise transform.
 
 use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::ops::hadamard::{self, Hadamard};
+use lamina_engine::ops::rope::{self, RopeStyle};
 use lamina_engine::{EngineError, Executor};
 use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec};
 
@@ -124,6 +126,124 @@ fn bad_shapes_are_errors() {
         assert!(
             matches!(err, Err(EngineError::Shape { .. })),
             "n {n} width {width} rows {max_rows}: {err:?}"
+        );
+    }
+}
+
+/// RoPE's own error against its reference (tests/tests/ops_small.rs), for
+/// |x| <= 1: an absolute floor plus a share of the position.
+const ROPE_ATOL: f32 = 2e-6;
+const ROPE_ATOL_PER_POS: f32 = 2.4e-7;
+
+/// Runs `RopeHadamard`, and `Rope` then `Hadamard` (two dispatches) on the
+/// same input; returns (fused, two ops, CPU rope::reference + transform).
+fn run_rope_hadamard(
+    n_tokens: u32,
+    max_rows: u32,
+    heads: u32,
+    hd: u32,
+    pos: u32,
+    style: RopeStyle,
+) -> [Vec<f32>; 3] {
+    let len = (max_rows * heads * hd) as usize;
+    let x = rand_vec(len, u64::from(hd + heads + pos), 1.0);
+    let rope = |x| rope::Rope {
+        x,
+        n_heads: heads,
+        head_dim: hd,
+        theta: 10000.0,
+        style,
+        max_rows,
+    };
+    let mut g = Graph::new();
+    let fused = g.output("fused", 4 * len as u64);
+    let split = g.output("split", 4 * len as u64);
+    g.push(
+        "rope_hadamard",
+        Op::RopeHadamard(rope::RopeHadamard { rope: rope(fused) }),
+    )
+    .unwrap();
+    g.push("rope", Op::Rope(rope(split))).unwrap();
+    let had = Hadamard {
+        x: split,
+        n: hd,
+        width: heads * hd,
+        max_rows,
+        transposed: false,
+    };
+    g.push("hadamard", Op::Hadamard(had)).unwrap();
+    let mut ex = Executor::new(gpu(), g).unwrap();
+    ex.write(fused, 0, &f32_bytes(&x));
+    ex.write(split, 0, &f32_bytes(&x));
+    let step = Step {
+        n_tokens,
+        pos,
+        ..Default::default()
+    };
+    ex.run(&step).unwrap();
+    let done = (n_tokens * heads * hd) as usize;
+    let mut want = x.clone();
+    rope::reference(
+        &mut want[..done],
+        heads as usize,
+        hd as usize,
+        10000.0,
+        pos,
+        style,
+    );
+    hadamard::transform(&mut want[..done], hd as usize).unwrap();
+    [
+        ex.read_f32(fused, len).unwrap(),
+        ex.read_f32(split, len).unwrap(),
+        want,
+    ]
+}
+
+#[test]
+fn rope_hadamard_is_rope_then_hadamard() {
+    let cases = [
+        // (tokens, max_rows, heads, head_dim, pos)
+        (1u32, 1u32, 9u32, 64u32, 0u32),
+        (3, 5, 9, 64, 17),
+        (17, 17, 2, 128, 1000),
+        (7, 9, 3, 256, 5),
+        (5, 5, 4, 2, 3),
+        (1, 4, 32, 128, 8191),
+    ];
+    for (n, max_rows, heads, hd, pos) in cases {
+        for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
+            let [fused, split, want] = run_rope_hadamard(n, max_rows, heads, hd, pos, style);
+            let what = format!("rope_hadamard {n}/{max_rows} x {heads} x {hd} pos {pos} {style:?}");
+            // Same angles, same butterflies: equal to the two ops (exactly
+            // on lavapipe; a compiler may still contract differently).
+            assert_close(&format!("{what} vs two ops"), &fused, &split, ATOL, RTOL);
+            // The rotation mixes d RoPE errors with weights ±1/sqrt(d).
+            let last = (pos + n - 1) as f32;
+            let atol = (ROPE_ATOL + ROPE_ATOL_PER_POS * last) * (hd as f32).sqrt();
+            assert_close(&format!("{what} vs CPU"), &fused, &want, atol, RTOL);
+        }
+    }
+}
+
+#[test]
+fn rope_hadamard_rejects_other_head_dims() {
+    let mut g = Graph::new();
+    let xt = g.output("x", 4 * 4 * 512);
+    for hd in [0u32, 1, 96, 512] {
+        let op = rope::RopeHadamard {
+            rope: rope::Rope {
+                x: xt,
+                n_heads: 4,
+                head_dim: hd,
+                theta: 10000.0,
+                style: RopeStyle::Neox,
+                max_rows: 1,
+            },
+        };
+        let err = g.push("rope_hadamard", Op::RopeHadamard(op));
+        assert!(
+            matches!(err, Err(EngineError::Shape { .. })),
+            "head_dim {hd}: {err:?}"
         );
     }
 }

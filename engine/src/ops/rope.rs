@@ -24,6 +24,16 @@
 //! x: [max_rows, n_heads, head_dim] f32 (read-write), head_dim even.
 //! One invocation per (token, pair j): the angle and its sin/cos are
 //! computed once and applied to that pair in every head.
+//!
+//! # Fused with the Hadamard transform
+//! [`RopeHadamard`] is RoPE followed by `y = H_d x / sqrt(d)` on each head
+//! (`d = head_dim`, a power of two up to [`HADAMARD_MAX_DIM`], Sylvester's
+//! `H_d`, the matrix `ops::hadamard` uses for n = d): QuaRot's online
+//! rotation of Q and K (arXiv 2404.00456, section 4), one dispatch instead
+//! of two. One workgroup per (token, head): the rotated head goes to
+//! workgroup memory, the butterflies run there, the scaled result goes back.
+//! The angles are those of [`Rope`], so the result equals the two ops run
+//! one after the other.
 
 use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
@@ -54,7 +64,9 @@ crate::params_struct! {
         pub style: u32,
         /// log2(theta), computed in f64 and rounded once.
         pub log2_theta: f32,
-        pub _pad: [u32; 2],
+        /// 1/sqrt(head_dim), for [`RopeHadamard`] (1 for plain RoPE).
+        pub hadamard_scale: f32,
+        pub _pad: u32,
     }
 }
 
@@ -73,6 +85,29 @@ pub struct Rope {
 
 /// Invocations per workgroup (mirrors rope.wgsl).
 const WG: u32 = 64;
+
+/// The largest head_dim [`RopeHadamard`] takes (the WGSL `HD_MAX`, the
+/// size of its workgroup array; tests/tests/contracts.rs holds them equal).
+pub const HADAMARD_MAX_DIM: u32 = 256;
+
+impl Rope {
+    /// The parameter block for `step` (`hadamard_scale` 1).
+    fn params(&self, step: &Step) -> RopeParams {
+        RopeParams {
+            n_tokens: step.n_tokens.min(self.max_rows),
+            n_heads: self.n_heads,
+            head_dim: self.head_dim,
+            pos: step.pos,
+            style: match self.style {
+                RopeStyle::Interleaved => 0,
+                RopeStyle::Neox => 1,
+            },
+            log2_theta: f64::from(self.theta).log2() as f32,
+            hadamard_scale: 1.0,
+            _pad: 0,
+        }
+    }
+}
 
 impl OpDef for Rope {
     fn name(&self) -> &'static str {
@@ -102,23 +137,46 @@ impl OpDef for Rope {
         )]
     }
     fn step(&self, _tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
-        let n_tokens = step.n_tokens.min(self.max_rows);
-        write_params(
-            params,
-            &RopeParams {
-                n_tokens,
-                n_heads: self.n_heads,
-                head_dim: self.head_dim,
-                pos: step.pos,
-                style: match self.style {
-                    RopeStyle::Interleaved => 0,
-                    RopeStyle::Neox => 1,
-                },
-                log2_theta: f64::from(self.theta).log2() as f32,
-                _pad: [0; 2],
-            },
+        let p = self.params(step);
+        write_params(params, &p);
+        grid1((p.n_tokens * (self.head_dim / 2)).div_ceil(WG))
+    }
+}
+
+/// [`Rope`], then the orthonormal Hadamard transform of each head, in one
+/// dispatch (see the module doc). head_dim: a power of two, 2 to
+/// [`HADAMARD_MAX_DIM`].
+#[derive(Debug, Clone)]
+pub struct RopeHadamard {
+    pub rope: Rope,
+}
+
+impl OpDef for RopeHadamard {
+    fn name(&self) -> &'static str {
+        "rope_hadamard"
+    }
+    fn check(&self, g: &[TensorInfo]) -> Result<()> {
+        let d = self.rope.head_dim;
+        ensure_shape!(
+            d.is_power_of_two() && d <= HADAMARD_MAX_DIM,
+            "rope_hadamard",
+            "head_dim {d} must be a power of two up to {HADAMARD_MAX_DIM}"
         );
-        grid1((n_tokens * (self.head_dim / 2)).div_ceil(WG))
+        self.rope.check(g)
+    }
+    fn calls(&self, _caps: &Caps) -> Vec<Call> {
+        vec![Call::new(
+            Kernel::new(&SHADER, "rope_hadamard"),
+            vec![Binding::write(self.rope.x)],
+        )]
+    }
+    fn step(&self, _tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+        let p = RopeParams {
+            hadamard_scale: (1.0 / f64::from(self.rope.head_dim).sqrt()) as f32,
+            ..self.rope.params(step)
+        };
+        write_params(params, &p);
+        grid1(p.n_tokens * self.rope.n_heads)
     }
 }
 
