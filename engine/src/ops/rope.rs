@@ -29,7 +29,7 @@
 //! [`RopeHadamard`] is RoPE followed by `y = H_d x / sqrt(d)` on each head
 //! (`d = head_dim`, a power of two up to [`HADAMARD_MAX_DIM`], Sylvester's
 //! `H_d`, the matrix `ops::hadamard` uses for n = d): QuaRot's online
-//! rotation of Q and K (arXiv 2404.00456, section 4), one dispatch instead
+//! rotation of Q and K (arXiv 2404.00456), one dispatch instead
 //! of two. One workgroup per (token, head): the rotated head goes to
 //! workgroup memory, the butterflies run there, the scaled result goes back.
 //! The angles are those of [`Rope`], so the result equals the two ops run
