@@ -10,9 +10,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use lamina_model::checkpoint::{HostDType, PivotCalibration};
 use lamina_model::lamina_file;
+use lamina_model::quant::act_scales::{self, ActScaleOptions};
 use lamina_model::quant::gptq::GptqOptions;
 use lamina_model::quant::intactkv;
-use lamina_model::quant::act_scales::{self, ActScaleOptions};
 use lamina_model::quant::pipeline::{self, Method, QuantizeOptions};
 use lamina_model::quant::prefix::{self, PrefixMode, PrefixOptions};
 use lamina_model::rotate::{self, RotateOptions};
@@ -315,7 +315,12 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         let search: Vec<Vec<u32>> = windows
             .iter()
             .take(a.prefix_samples.max(1))
-            .map(|w| bos.into_iter().chain(w.iter().copied()).take(w.len()).collect())
+            .map(|w| {
+                bos.into_iter()
+                    .chain(w.iter().copied())
+                    .take(w.len())
+                    .collect()
+            })
             .collect();
         let pb = common::bar(search.len() as u64, "searching outlier tokens");
         let o = PrefixOptions {
@@ -390,11 +395,18 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
                 ..Default::default()
             };
             let pv = q.pivot.as_ref().filter(|_| p > 0);
-            let act = act_scales::calibrate(&q.config, &q.weights, pv, &calib_windows, &o, |phase, i, n| {
-                pb.set_length(n as u64);
-                pb.set_position(i as u64);
-                pb.set_message(format!("activation scales: {phase}"));
-            })?;
+            let act = act_scales::calibrate(
+                &q.config,
+                &q.weights,
+                pv,
+                &calib_windows,
+                &o,
+                |phase, i, n| {
+                    pb.set_length(n as u64);
+                    pb.set_position(i as u64);
+                    pb.set_message(format!("activation scales: {phase}"));
+                },
+            )?;
             pb.finish_and_clear();
             Some(act)
         }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use lamina_engine::graph::{Graph, Op, TensorId};
 use lamina_engine::kv::KvLayout;
 use lamina_engine::ops::{
-    add, embedding, gram, kv_f16_attention, kv_f16_write, kv_quant_attention, kv_quant_store,
-    matmul, rmsnorm, rope, sample, swiglu,
+    add, embedding, gram, hadamard, kv_f16_attention, kv_f16_write, kv_quant_attention,
+    kv_quant_store, matmul, rmsnorm, rope, sample, swiglu,
 };
 use lamina_engine::weight::{GpuWeight, HostData, HostWeight};
 use lamina_engine::{DType, Gpu, Tensor, WeightFormat, WeightRef};
@@ -509,6 +509,26 @@ fn push_norm(
     Ok(())
 }
 
+/// `x <- H x` on each `chunk`-wide piece of x's `width`-wide rows.
+fn push_hadamard(
+    g: &mut Graph,
+    x: TensorId,
+    chunk: u32,
+    width: u32,
+    n: u32,
+    label: String,
+) -> Result<()> {
+    let op = hadamard::Hadamard {
+        x,
+        n: chunk,
+        width,
+        max_rows: n,
+        transposed: false,
+    };
+    g.push(label, Op::Hadamard(op))?;
+    Ok(())
+}
+
 fn push_gram(
     g: &mut Graph,
     x: TensorId,
@@ -586,18 +606,26 @@ pub fn push_layer(
     mm(g, io.h, &lw.wq, io.q, "attn_q")?;
     mm(g, io.h, &lw.wk, io.k, "attn_k")?;
     mm(g, io.h, &lw.wv, io.v, "attn_v")?;
+    // A rotated model's online Hadamard on each query and key head: fused
+    // into RoPE where the head is a power of two, else a dispatch of its own.
+    let fused = hd.is_power_of_two() && hd <= rope::HADAMARD_MAX_DIM;
     for (t, heads, name) in [(io.q, nh, "rope_q"), (io.k, nkv, "rope_k")] {
-        g.push(
-            p(name),
-            Op::Rope(rope::Rope {
-                x: t,
-                n_heads: heads,
-                head_dim: hd,
-                theta: c.rope_theta,
-                style,
-                max_rows: n,
-            }),
-        )?;
+        let r = rope::Rope {
+            x: t,
+            n_heads: heads,
+            head_dim: hd,
+            theta: c.rope_theta,
+            style,
+            max_rows: n,
+        };
+        if c.hadamard.qk && fused {
+            g.push(p(name), Op::RopeHadamard(rope::RopeHadamard { rope: r }))?;
+            continue;
+        }
+        g.push(p(name), Op::Rope(r))?;
+        if c.hadamard.qk {
+            push_hadamard(g, t, hd, heads * hd, n, p(&format!("{name}_hadamard")))?;
+        }
     }
     let scale = 1.0 / (hd as f32).sqrt();
     match *kv {
@@ -698,6 +726,10 @@ pub fn push_layer(
             max_rows: n,
         }),
     )?;
+    if c.hadamard.down {
+        let f = c.ffn_dim as u32;
+        push_hadamard(g, io.act, f, f, n, p("ffn_down_hadamard"))?;
+    }
     if let Some(t) = taps {
         push_gram(g, io.act, t.ffn_act, c.ffn_dim, n, p("gram_ffn_act"))?;
     }

@@ -132,7 +132,9 @@ pub fn calibrate(
         let h = r.forward_site_max(win, p, o.sample_every.max(1))?;
         for l in 0..nl {
             for s in ActSite::ALL {
-                let m = h.site_max[l][s.index()].iter().fold(0.0f32, |a, &b| a.max(b));
+                let m = h.site_max[l][s.index()]
+                    .iter()
+                    .fold(0.0f32, |a, &b| a.max(b));
                 maxes[l][s.index()] = maxes[l][s.index()].max(m);
                 rows[l][s.index()].extend_from_slice(&h.site_rows[l][s.index()]);
             }
@@ -198,7 +200,9 @@ mod tests {
             .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
             .collect();
         x[5] = 3.0;
-        let w: Vec<f32> = (0..width * 8).map(|i| ((i * 13 % 7) as f32) - 3.0).collect();
+        let w: Vec<f32> = (0..width * 8)
+            .map(|i| ((i * 13 % 7) as f32) - 3.0)
+            .collect();
         let a = search_clip(&x, &w, width, 3.0, qmax(4));
         assert!(a < 0.95, "alpha {a}");
         let e1 = output_error(&x, &w, width, 3.0 / 7.0, 7.0);

@@ -232,7 +232,12 @@ mod tests {
             mode: PrefixMode::None,
             ..o.clone()
         };
-        assert!(choose(&stats(vec![3.0]), &none, Some(1), name).unwrap().tokens.is_empty());
+        assert!(
+            choose(&stats(vec![3.0]), &none, Some(1), name)
+                .unwrap()
+                .tokens
+                .is_empty()
+        );
         let many = PrefixOptions {
             mode: PrefixMode::Count(5),
             ..o
