@@ -152,6 +152,11 @@ pub struct ModelArgs {
     /// or `model`, the weights being run, quantized or not (to measure what `full` adds).
     #[arg(long, value_enum, default_value_t = PivotSource::Full)]
     pub pivot_source: PivotSource,
+    /// Integer activations: 8 or 4 bits, for a model quantized with `lamina quantize
+    /// --act-bits` (its own width by default; a --act-dynamic model at either width),
+    /// or 0 for float activations with the same weights.
+    #[arg(long)]
+    pub act_bits: Option<u32>,
     /// Context size (positions in the KV cache); 0 = the model's training context.
     #[arg(short = 'c', long = "ctx-size")]
     pub ctx_size: Option<usize>,
@@ -252,7 +257,7 @@ pub fn pivot_tokens(a: &ModelArgs, m: &LoadedModel, kv: &KvFormat) -> Result<Vec
             anyhow::anyhow!("the model's tokenizer has no BOS token to start a pivot with")
         })
     };
-    let tokens = match (a.pivot, &a.pivot_prompt) {
+    let mut tokens = match (a.pivot, &a.pivot_prompt) {
         (PivotMode::None, None) => Vec::new(),
         (PivotMode::None, Some(_)) => {
             anyhow::bail!("--pivot-prompt needs a pivot; drop --pivot none")
@@ -274,12 +279,58 @@ pub fn pivot_tokens(a: &ModelArgs, m: &LoadedModel, kv: &KvFormat) -> Result<Vec
     if a.pivot_prompt.is_some() && tokens.is_empty() {
         anyhow::bail!("--pivot-prompt encodes to no tokens");
     }
+    // PrefixQuant's prefix is part of the model: it leads every pivot (once,
+    // when it ends with the BOS the pivot starts with).
+    let prefix = m.recipe.as_ref().and_then(|r| r.prefix.as_ref());
+    if let Some(p) = prefix.filter(|p| !p.tokens.is_empty()) {
+        if tokens.first().is_some() && tokens.first() == p.tokens.last() {
+            tokens.remove(0);
+        }
+        tokens.splice(0..0, p.tokens.iter().copied());
+    }
     Ok(tokens)
+}
+
+/// `m` with the activation quantization `--act-bits` asks for: the file's
+/// (no flag), none (0), or the file's at another width (dynamic scales only).
+pub fn with_act_bits(a: &ModelArgs, m: &LoadedModel) -> Result<Option<LoadedModel>> {
+    let Some(bits) = a.act_bits else {
+        return Ok(None);
+    };
+    let act = m.recipe.as_ref().and_then(|r| r.act.as_ref());
+    let mut out = m.clone();
+    let recipe = out.recipe.get_or_insert_with(Default::default);
+    match (bits, act) {
+        (0, _) => recipe.act = None,
+        (b, None) => anyhow::bail!(
+            "--act-bits {b}: {} has no activation quantization (make a model with it: \
+             lamina quantize --act-bits {b})",
+            m.source
+        ),
+        (b, Some(_)) if !lamina_model::checkpoint::act::ACT_BITS.contains(&b) => {
+            anyhow::bail!("--act-bits {b}: the integer kernels take 8 or 4 (or 0 for float)")
+        }
+        (b, Some(act)) if act.dynamic => {
+            let mut act = act.clone();
+            act.bits = b;
+            recipe.act = Some(act);
+        }
+        (b, Some(act)) if act.bits != b => anyhow::bail!(
+            "--act-bits {b}: {}'s static activation scales are for {} bits (quantize again \
+             with --act-bits {b}, or --act-dynamic)",
+            m.source,
+            act.bits
+        ),
+        _ => {}
+    }
+    Ok(Some(out))
 }
 
 /// Uploads `m` to the GPU with the options in `a`, with room for `min_ctx`
 /// positions after the pivot.
 pub fn gpu_model(a: &ModelArgs, m: &LoadedModel, min_ctx: usize) -> Result<Arc<GpuModel>> {
+    let changed = with_act_bits(a, m)?;
+    let m = changed.as_ref().unwrap_or(m);
     let gpu = open_gpu()?;
     let mode = a.weights;
     let kv = kv_format(a)?;

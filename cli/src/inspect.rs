@@ -105,8 +105,10 @@ pub fn run(a: &InspectArgs) -> Result<()> {
             .recipe
             .as_ref()
             .is_some_and(|r| r.pivot_calibration.is_some());
+        let prefix = m.recipe.as_ref().is_some_and(|r| r.prefix.is_some());
         println!(
-            "pivot KV (IntactKV, from the full-precision source{}): tokens {:?}",
+            "pivot KV ({}, from the full-precision source{}): tokens {:?}",
+            if prefix { "PrefixQuant's prefix" } else { "IntactKV" },
             if tuned {
                 ", calibrated for these weights"
             } else {
@@ -115,9 +117,55 @@ pub fn run(a: &InspectArgs) -> Result<()> {
             p.tokens
         );
     }
+    if c.hadamard.down || c.hadamard.qk {
+        println!(
+            "rotated: online Hadamard at the down input {}, on Q/K heads {}",
+            c.hadamard.down, c.hadamard.qk
+        );
+    }
     if let Some(r) = &m.recipe {
+        if let Some(rot) = &r.rotation {
+            println!(
+                "rotation: {} residual rotation, seed {}, lm_head {}",
+                rot.residual,
+                rot.seed,
+                if rot.untied { "untied" } else { "tied (rotated twice)" }
+            );
+        }
+        if let Some(p) = &r.prefix {
+            println!(
+                "prefix (PrefixQuant, --prefix {}): {} token(s); outlier threshold {}x the median \
+                 token max, worst layer {:.2} outliers per window",
+                p.mode,
+                p.tokens.len(),
+                p.threshold,
+                p.worst_layer_mean
+            );
+            for ((t, text), ratio) in p.tokens.iter().zip(&p.texts).zip(&p.ratios) {
+                println!("  {t:>6} {text:?}: {ratio:.0}x the median");
+            }
+        }
+        if let Some(a) = &r.act {
+            let kind = if a.dynamic { "dynamic per-token" } else { "static per-tensor" };
+            println!("activations: {}-bit, {kind} scales", a.bits);
+            if !a.dynamic {
+                for (l, (s, clip)) in a.scales.iter().zip(&a.clip).enumerate() {
+                    println!(
+                        "  blk.{l:<3} scales q/k/v {:.3e} o {:.3e} gate/up {:.3e} down {:.3e}; \
+                         clip {:.2} {:.2} {:.2} {:.2}",
+                        s[0], s[1], s[2], s[3], clip[0], clip[1], clip[2], clip[3]
+                    );
+                }
+            }
+        }
         // As JSON, keys sorted (serde_json's map), as the file's header had it.
-        println!("recipe: {}", serde_json::to_value(r)?);
+        // (The activation scales are listed above.)
+        let mut j = serde_json::to_value(r)?;
+        if let Some(a) = j.get_mut("act").and_then(|a| a.as_object_mut()) {
+            a.remove("scales");
+            a.remove("clip");
+        }
+        println!("recipe: {j}");
         let (bpw, bytes, params) = lamina_model::quant::pipeline::bits_per_weight(&m.weights);
         println!(
             "weights: {params} parameters in {bytes} bytes: {bpw:.3} bits per weight (all tensors, scales and mins included)"

@@ -312,7 +312,7 @@ pub fn rotate(m: &LoadedModel, o: &RotateOptions) -> Result<LoadedModel> {
         weights,
         tokenizer_spec: m.tokenizer_spec.clone(),
         source: m.source.clone(),
-        file_type: "F32".to_string(),
+        file_type: m.file_type.clone(),
         recipe: Some(recipe),
         pivot: None,
     })
