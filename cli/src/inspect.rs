@@ -108,7 +108,11 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         let prefix = m.recipe.as_ref().is_some_and(|r| r.prefix.is_some());
         println!(
             "pivot KV ({}, from the full-precision source{}): tokens {:?}",
-            if prefix { "PrefixQuant's prefix" } else { "IntactKV" },
+            if prefix {
+                "PrefixQuant's prefix"
+            } else {
+                "IntactKV"
+            },
             if tuned {
                 ", calibrated for these weights"
             } else {
@@ -129,7 +133,11 @@ pub fn run(a: &InspectArgs) -> Result<()> {
                 "rotation: {} residual rotation, seed {}, lm_head {}",
                 rot.residual,
                 rot.seed,
-                if rot.untied { "untied" } else { "tied (rotated twice)" }
+                if rot.untied {
+                    "untied"
+                } else {
+                    "tied (rotated twice)"
+                }
             );
         }
         if let Some(p) = &r.prefix {
@@ -146,7 +154,11 @@ pub fn run(a: &InspectArgs) -> Result<()> {
             }
         }
         if let Some(a) = &r.act {
-            let kind = if a.dynamic { "dynamic per-token" } else { "static per-tensor" };
+            let kind = if a.dynamic {
+                "dynamic per-token"
+            } else {
+                "static per-tensor"
+            };
             println!("activations: {}-bit, {kind} scales", a.bits);
             if !a.dynamic {
                 for (l, (s, clip)) in a.scales.iter().zip(&a.clip).enumerate() {

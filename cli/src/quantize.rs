@@ -206,7 +206,7 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     if a.output.is_dir() {
         bail!("{} is a directory", a.output.display());
     }
-    let opts = QuantizeOptions {
+    let mut opts = QuantizeOptions {
         method,
         bits: a.bits,
         group: a.group,
@@ -344,6 +344,21 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         );
         Some(rec)
     };
+    // The prefix's full-precision KV: GPTQ / SliM-LLM calibration and the
+    // activation scales run every window after it (each window shortened
+    // so that prefix and window fill --seq-len), and the file stores it.
+    let prefix_kv = match &prefix {
+        Some(p) if !p.tokens.is_empty() => Some(lamina_model::pivot::compute(
+            &m.config, &m.weights, &p.tokens,
+        )?),
+        _ => None,
+    };
+    let p_len = prefix_kv.as_ref().map_or(0, |p| p.len());
+    let windows: Vec<Vec<u32>> = windows
+        .iter()
+        .map(|w| w[..w.len().saturating_sub(p_len)].to_vec())
+        .collect();
+    opts.prefix = prefix_kv.clone();
     let (mut q, reports) = match kept {
         Some(q) => (q, Vec::new()),
         None => {
@@ -368,7 +383,10 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         (None, bos) => bos.map(|b| vec![b]),
     };
     if let Some(tokens) = pivot_tokens {
-        let full = lamina_model::pivot::compute(&m.config, &m.weights, &tokens)?;
+        let full = match &prefix_kv {
+            Some(p) if p.tokens == tokens => p.clone(),
+            _ => lamina_model::pivot::compute(&m.config, &m.weights, &tokens)?,
+        };
         q.pivot = Some(if a.calibrate_pivot {
             let (tuned, fit) = tune_pivot(a, &m, &q, &full, &windows, calib_file.as_deref())?;
             pivot_fit = Some(fit);
@@ -383,23 +401,17 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     let act = match a.act_bits {
         None => None,
         Some(bits) => {
-            let p = prefix.as_ref().map_or(0, |p| p.tokens.len());
-            let calib_windows: Vec<Vec<u32>> = windows
-                .iter()
-                .map(|w| w[..w.len().saturating_sub(p)].to_vec())
-                .collect();
             let pb = common::bar(1, "activation scales");
             let o = ActScaleOptions {
                 bits,
                 dynamic: a.act_dynamic,
                 ..Default::default()
             };
-            let pv = q.pivot.as_ref().filter(|_| p > 0);
             let act = act_scales::calibrate(
                 &q.config,
                 &q.weights,
-                pv,
-                &calib_windows,
+                prefix_kv.as_ref(),
+                &windows,
                 &o,
                 |phase, i, n| {
                     pb.set_length(n as u64);

@@ -265,7 +265,7 @@ impl std::str::FromStr for KvFormat {
 /// One layer's pivot K or V (`[len, n_kv_heads * head_dim]`, position-major)
 /// as head-major f16 words `[n_kv_heads, rows, head_dim]` with the pivot in
 /// rows `0..len` (the rest zero): the front of that layer's cache buffer.
-fn pivot_rows(x: &[f32], cfg: &LlamaConfig, rows: usize) -> Vec<u32> {
+pub fn pivot_rows(x: &[f32], cfg: &LlamaConfig, rows: usize) -> Vec<u32> {
     let (hd, nkv) = (cfg.head_dim, cfg.n_kv_heads);
     let mut img = vec![0.0f32; nkv * rows * hd];
     for (j, row) in x.chunks_exact(nkv * hd).enumerate() {

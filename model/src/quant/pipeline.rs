@@ -13,6 +13,12 @@
 //! so each block is calibrated on what the quantized model before it
 //! computes (GPTQ's sequential scheme). RTN needs no calibration.
 //!
+//! With a prefix ([`QuantizeOptions::prefix`], PrefixQuant's outlier
+//! tokens), every window runs after the prefix's full-precision KV, as it
+//! will at run time: no window token becomes the attention sink whose
+//! massive activations would dominate the Hessians, and the prefix's own
+//! activations are never counted.
+//!
 //! The token embedding (and an untied lm_head) is stored in a llama.cpp
 //! block format ([`QuantizeOptions::embed`], Q8_0 by default): the lookup
 //! kernels read those, and the table is a fifth of this model's weights.
@@ -27,8 +33,9 @@ use lamina_engine::{Executor, Gpu};
 
 use crate::checkpoint::{
     Bytes, HostDType, HostTensor, LayerTensor, LayerWeights, LlamaWeights, LoadedModel,
-    MixedTensor, Recipe,
+    MixedTensor, Pivot, Recipe,
 };
+use crate::kv_cache::pivot_rows;
 use crate::llama::{GpuLayer, GramTaps, LayerIo, LayerKv, WeightMode, push_layer};
 use crate::quant::gptq::{GptqOptions, ParamChoice, quantize_gptq};
 use crate::quant::rtn::quantize_rtn;
@@ -83,6 +90,8 @@ pub struct QuantizeOptions {
     pub embed: HostDType,
     /// Input rows kept per window for SliM-LLM's KL scores.
     pub kl_rows_per_sample: usize,
+    /// The KV every calibration window runs after (PrefixQuant's prefix).
+    pub prefix: Option<Pivot>,
 }
 
 impl Default for QuantizeOptions {
@@ -97,6 +106,7 @@ impl Default for QuantizeOptions {
             gptq: GptqOptions::default(),
             embed: HostDType::Q8_0,
             kl_rows_per_sample: 16,
+            prefix: None,
         }
     }
 }
@@ -156,9 +166,13 @@ fn plain_allocation(bits: f64, cols: u32, group: u32) -> Result<Vec<u8>> {
     base_allocation(bits, cols, group, &pseudo)
 }
 
-/// One block on the GPU for calibration steps of `seq` tokens.
+/// One block on the GPU for calibration steps of `seq` tokens after the
+/// prefix's `prefix` positions.
 struct Block {
     ex: Executor,
+    k_cache: TensorId,
+    v_cache: TensorId,
+    prefix: u32,
     x: TensorId,
     h: TensorId,
     att: TensorId,
@@ -173,8 +187,10 @@ fn block(
     l: usize,
     lw: &GpuLayer,
     seq: u32,
+    prefix: u32,
     with_taps: bool,
 ) -> Result<Block> {
+    let ctx = prefix + seq;
     let mut g = Graph::new();
     let f32s = |w: usize| 4 * w as u64 * u64::from(seq);
     let x = g.output("x", f32s(c.dim));
@@ -196,13 +212,14 @@ fn block(
         act,
         down: g.intermediate("down", f32s(c.dim)),
         att_scratch: {
-            let b = kv_f16_attention::scratch_bytes(c.n_heads as u32, c.head_dim as u32, seq, seq);
+            let b = kv_f16_attention::scratch_bytes(c.n_heads as u32, c.head_dim as u32, ctx, seq);
             (b > 0).then(|| g.intermediate("att_scratch", b))
         },
     };
-    let cache = kv::cache_bytes(c.n_kv_heads as u32, c.head_dim as u32, seq);
-    let kc = g.intermediate("k_cache", cache);
-    let vc = g.intermediate("v_cache", cache);
+    let cache = kv::cache_bytes(c.n_kv_heads as u32, c.head_dim as u32, ctx);
+    // Outputs: the host writes the prefix's KV into them.
+    let kc = g.output("k_cache", cache);
+    let vc = g.output("v_cache", cache);
     let sq = |d: usize| 4 * (d * d) as u64;
     let taps = with_taps.then(|| GramTaps {
         attn_in: g.output("gram_attn_in", sq(c.dim)),
@@ -214,7 +231,7 @@ fn block(
         k_cache: kc,
         v_cache: vc,
     };
-    push_layer(&mut g, c, l, lw, &io, &kv, seq, seq, taps.as_ref())?;
+    push_layer(&mut g, c, l, lw, &io, &kv, ctx, seq, taps.as_ref())?;
     let ex = Executor::new(gpu.clone(), g)?;
     if let Some(t) = &taps {
         for (id, d) in [
@@ -228,6 +245,9 @@ fn block(
     }
     Ok(Block {
         ex,
+        k_cache: kc,
+        v_cache: vc,
+        prefix,
         x,
         h,
         att,
@@ -235,6 +255,27 @@ fn block(
         act,
         taps,
     })
+}
+
+impl Block {
+    /// Runs one window's `x` (`[seq, dim]`) through the block after layer
+    /// `l`'s part of the prefix's KV.
+    fn run(&mut self, c: &LlamaConfig, l: usize, prefix: Option<&Pivot>, x: &[f32]) -> Result<()> {
+        if let Some(pv) = prefix {
+            let rows = (self.prefix as usize) + x.len() / c.dim;
+            let k = pivot_rows(&pv.k[l], c, rows);
+            let v = pivot_rows(&pv.v[l], c, rows);
+            self.ex.write(self.k_cache, 0, bytemuck::cast_slice(&k));
+            self.ex.write(self.v_cache, 0, bytemuck::cast_slice(&v));
+        }
+        self.ex.write(self.x, 0, bytemuck::cast_slice(x));
+        self.ex.run(&Step {
+            n_tokens: (x.len() / c.dim) as u32,
+            pos: self.prefix,
+            ..Default::default()
+        })?;
+        Ok(())
+    }
 }
 
 /// Reads a Gram accumulator as `H = 2/N Σ x xᵀ` (f64, full square).
@@ -348,6 +389,11 @@ pub fn quantize_model(
             .collect();
     }
     let n_tokens = xs.len() * seq;
+    let prefix = opts.prefix.as_ref();
+    if let Some(pv) = prefix {
+        pv.check(c)?;
+    }
+    let p = prefix.map_or(0, |pv| pv.len() as u32);
     // Evenly spaced rows of each window for the KL samples.
     let k = opts.kl_rows_per_sample.clamp(1, seq.max(1));
     let kl_rows: Vec<usize> = (0..k).map(|i| (2 * i + 1) * seq / (2 * k)).collect();
@@ -360,14 +406,10 @@ pub fn quantize_model(
         let mut samples: [Vec<f32>; 4] = Default::default();
         if calibrated {
             let fp = GpuLayer::upload(gpu, lw, WeightMode::F32)?;
-            let mut b = block(gpu, c, l, &fp, seq as u32, true)?;
+            let mut b = block(gpu, c, l, &fp, seq as u32, p, true)?;
             for (i, x) in xs.iter().enumerate() {
                 progress(l, n_layers, "calibrate", i, xs.len());
-                b.ex.write(b.x, 0, bytemuck::cast_slice(x));
-                b.ex.run(&Step {
-                    n_tokens: seq as u32,
-                    ..Default::default()
-                })?;
+                b.run(c, l, prefix, x)?;
                 if opts.method == Method::Slim {
                     for (k, (id, d)) in [
                         (b.h, c.dim),
@@ -452,15 +494,11 @@ pub fn quantize_model(
         // 3. The quantized block's outputs feed the next block.
         if calibrated && l + 1 < n_layers {
             let q = GpuLayer::upload(gpu, &ql, WeightMode::Native)?;
-            let mut b = block(gpu, c, l, &q, seq as u32, false)?;
+            let mut b = block(gpu, c, l, &q, seq as u32, p, false)?;
             let nx = xs.len();
             for (i, x) in xs.iter_mut().enumerate() {
                 progress(l, n_layers, "propagate", i, nx);
-                b.ex.write(b.x, 0, bytemuck::cast_slice(x));
-                b.ex.run(&Step {
-                    n_tokens: seq as u32,
-                    ..Default::default()
-                })?;
+                b.run(c, l, prefix, x)?;
                 *x = b.ex.read_f32(b.x, seq * c.dim)?;
             }
         }
