@@ -15,7 +15,9 @@ pub mod lib {
     pub const TRIG: &str = include_str!("../../shaders/lib/trig.wgsl");
     /// The block-format matmul kernels (needs QBLOCK, TILES and XLOAD or XLOAD_SG).
     pub const QMATMUL: &str = include_str!("../../shaders/lib/qmatmul.wgsl");
-    /// The Mixed (per-group bit width) matmul kernels (needs TILES and XLOAD or XLOAD_SG).
+    /// Mixed weight planes: chunks of codes, scales, mins, the class table.
+    pub const MXCODES: &str = include_str!("../../shaders/lib/mxcodes.wgsl");
+    /// The Mixed (per-group bit width) matmul kernels (needs MXCODES, TILES and XLOAD or XLOAD_SG).
     pub const MXMATMUL: &str = include_str!("../../shaders/lib/mxmatmul.wgsl");
     /// The quantized KV cache's format ids, overrides, cache params and
     /// window addressing (kv_quant_store, kv_quant_attention).

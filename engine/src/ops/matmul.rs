@@ -43,7 +43,7 @@ use crate::dispatch::{
 };
 use crate::pipeline::Kernel;
 use crate::shader::ShaderSource;
-use crate::shader::lib::{MXMATMUL, QBLOCK, QMATMUL, TILES, XLOAD, XLOAD_SG};
+use crate::shader::lib::{MXCODES, MXMATMUL, QBLOCK, QMATMUL, TILES, XLOAD, XLOAD_SG};
 use crate::tensor::WeightFormat;
 use crate::weight::{GROUP, MixedLayout, Planes, Shard, WeightRef};
 use crate::{Caps, Result};
@@ -63,13 +63,13 @@ crate::shader!(
 crate::shader!(
     SHADER_MX,
     "matmul_mx",
-    [MXMATMUL, TILES, XLOAD],
+    [MXCODES, MXMATMUL, TILES, XLOAD],
     MixedMatMulParams
 );
 crate::shader!(
     SHADER_MX_SG,
     "matmul_mx_sg",
-    [MXMATMUL, TILES, XLOAD_SG],
+    [MXCODES, MXMATMUL, TILES, XLOAD_SG],
     MixedMatMulParams
 );
 crate::shader!(SHADER_F, "matmul_f", [], MatMulParams);
