@@ -21,7 +21,7 @@ use std::sync::Arc;
 use lamina_engine::dispatch::{Call, OpDef};
 use lamina_engine::kv::{ATTENTION_WG, BLOCK, KvLayout, KvOverride, KvQuant, QjlShape};
 use lamina_engine::ops::{
-    add, all_shaders, embedding, gram, hadamard, kv_f16_attention, kv_f16_write,
+    act_quant, add, all_shaders, embedding, gram, hadamard, kv_f16_attention, kv_f16_write,
     kv_quant_attention, kv_quant_store, matmul, rmsnorm, rope, sample, swiglu,
 };
 use lamina_engine::shader::{ParamsLayout, ShaderSource, lib};
@@ -384,6 +384,15 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             last_row_only: false,
         }));
     }
+    ops.push(Box::new(act_quant::ActQuant {
+        x: 0,
+        codes: 1,
+        scales: 2,
+        cols: 64,
+        bits: act_quant::ActBits::Int8,
+        scale: act_quant::ActScale::Dynamic,
+        max_rows: 8,
+    }));
     let qjl = QjlShape {
         m: 128,
         m_out: 64,

@@ -6,6 +6,7 @@
 //! contract with the executor), `kv`, `weight`, `pipeline` and `shader`,
 //! never `graph` or each other.
 
+pub mod act_quant;
 pub mod add;
 pub mod embedding;
 pub mod gram;
@@ -26,6 +27,7 @@ use crate::shader::ShaderSource;
 /// (which check that this list and the `.wgsl` files in shaders/ agree).
 pub fn all_shaders() -> Vec<&'static ShaderSource> {
     let mut v = vec![
+        &act_quant::SHADER,
         &add::SHADER,
         &embedding::SHADER,
         &gram::SHADER,
