@@ -19,6 +19,8 @@ pub mod lib {
     pub const MXCODES: &str = include_str!("../../shaders/lib/mxcodes.wgsl");
     /// The Mixed (per-group bit width) matmul kernels (needs MXCODES, TILES and XLOAD or XLOAD_SG).
     pub const MXMATMUL: &str = include_str!("../../shaders/lib/mxmatmul.wgsl");
+    /// The integer matmul kernels' parameter block, bindings, int8 lanes and dots.
+    pub const IMATMUL: &str = include_str!("../../shaders/lib/imatmul.wgsl");
     /// The quantized KV cache's format ids, overrides, cache params and
     /// window addressing (kv_quant_store, kv_quant_attention).
     pub const KVCACHE: &str = include_str!("../../shaders/lib/kvcache.wgsl");

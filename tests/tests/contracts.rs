@@ -22,7 +22,7 @@ use lamina_engine::dispatch::{Call, OpDef};
 use lamina_engine::kv::{ATTENTION_WG, BLOCK, KvLayout, KvOverride, KvQuant, QjlShape};
 use lamina_engine::ops::{
     act_quant, add, all_shaders, embedding, gram, hadamard, kv_f16_attention, kv_f16_write,
-    kv_quant_attention, kv_quant_store, matmul, rmsnorm, rope, sample, swiglu,
+    kv_quant_attention, kv_quant_store, matmul, matmul_int, rmsnorm, rope, sample, swiglu,
 };
 use lamina_engine::shader::{ParamsLayout, ShaderSource, lib};
 use lamina_engine::weight::{MixedLayout, Planes, Shard, WeightRef};
@@ -392,6 +392,14 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
         bits: act_quant::ActBits::Int8,
         scale: act_quant::ActScale::Dynamic,
         max_rows: 8,
+    }));
+    ops.push(Box::new(matmul_int::MatMulInt {
+        x: 0,
+        x_scales: 1,
+        w: weight(WeightFormat::Q4_1, 64, 128, None),
+        out: 2,
+        max_rows: 8,
+        last_row_only: false,
     }));
     let qjl = QjlShape {
         m: 128,

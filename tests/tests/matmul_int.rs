@@ -1,10 +1,247 @@
 //! The integer path (PrefixQuant's W8A8 / W4A8 / W4A4): `act_quant` against
-//! its CPU reference bit for bit.
+//! its CPU reference bit for bit, and `matmul_int` (mat-vec and tiled, every
+//! block format, sharded weights, `last_row_only`) against the
+//! dequantized weight times the dequantized activations.
 
-use lamina_engine::Executor;
+use half::f16;
 use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::ops::act_quant::{self, ActBits, ActQuant, ActScale};
-use lamina_tests::{f32_bytes, gpu, rand_vec};
+use lamina_engine::ops::matmul_int::{self, MatMulInt};
+use lamina_engine::weight::{
+    GpuWeight, HostData, HostWeight, Planes, Shard, WeightRef, dequantize_packed,
+};
+use lamina_engine::{EngineError, Executor, WeightFormat};
+use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec};
+use rand::{Rng, SeedableRng};
+
+/// Error budget (absolute, and the same relative part) of the GPU result
+/// against the f64 reference, for outputs of magnitude up to ~10 over up to
+/// 1536 columns. The integer dots are exact; what is left is one f32
+/// rounding per group's two terms and the f32 sum over groups.
+const TOL: f32 = 1e-4;
+
+const FORMATS: [WeightFormat; 3] = [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1];
+
+/// A random weight in llama.cpp's block encoding of `f` (Q8_0 / Q4_0 /
+/// Q4_1), values within about +-0.25.
+fn random_ggml(f: WeightFormat, rows: u32, cols: u32, seed: u64) -> Vec<u8> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    let half = |r: &mut rand::rngs::StdRng, lo: f32, hi: f32| {
+        f16::from_f32(r.random_range(lo..hi)).to_le_bytes()
+    };
+    let mut out = Vec::new();
+    for _ in 0..rows * cols / 32 {
+        match f {
+            WeightFormat::Q8_0 => out.extend(half(&mut r, -0.002, 0.002)),
+            WeightFormat::Q4_0 => out.extend(half(&mut r, -0.02, 0.02)),
+            _ => {
+                out.extend(half(&mut r, 0.0, 0.02));
+                out.extend(half(&mut r, -0.15, 0.0));
+            }
+        }
+        let n = if f == WeightFormat::Q8_0 { 32 } else { 16 };
+        (0..n).for_each(|_| out.push(r.random::<u8>()));
+    }
+    out
+}
+
+/// x (f32) -> act_quant -> matmul_int in one graph of `max_rows` tokens,
+/// checked at each step's token count.
+struct Case {
+    format: WeightFormat,
+    rows: u32,
+    cols: u32,
+    max_rows: u32,
+    last_row_only: bool,
+    bits: ActBits,
+    scale: ActScale,
+    /// Forces shards no larger than this (bytes).
+    max_binding: Option<u64>,
+}
+
+impl Case {
+    fn new(format: WeightFormat, rows: u32, cols: u32, max_rows: u32) -> Case {
+        Case {
+            format,
+            rows,
+            cols,
+            max_rows,
+            last_row_only: false,
+            bits: ActBits::Int8,
+            scale: ActScale::Dynamic,
+            max_binding: None,
+        }
+    }
+
+    /// Returns the number of shards used.
+    fn run(&self, steps: &[u32], seed: u64) -> usize {
+        let (rows, cols) = (self.rows, self.cols);
+        let bytes = random_ggml(self.format, rows, cols, seed);
+        let host = HostWeight {
+            format: self.format,
+            rows,
+            cols,
+            data: HostData::Ggml(&bytes),
+        };
+        let w_ref = dequantize_packed(&host.pack_rows(0, rows).unwrap());
+        let gpu = gpu();
+        let w = match self.max_binding {
+            Some(m) => GpuWeight::upload_sharded(&gpu, "w", &host, m).unwrap(),
+            None => GpuWeight::upload(&gpu, "w", &host).unwrap(),
+        };
+        let (m, c, r) = (self.max_rows as usize, cols as usize, rows as usize);
+        let x = rand_vec(m * c, seed + 1, 1.0);
+        let out_rows = if self.last_row_only { 1 } else { m };
+        let mut g = Graph::new();
+        let xt = g.input("x", 4 * (m * c) as u64);
+        let codes = g.output("codes", (m * c) as u64);
+        let scales = g.output("scales", 4 * m as u64);
+        let out = g.output("out", 4 * (out_rows * r) as u64);
+        let wr = w.add_to_graph(&mut g, "w");
+        let quant = ActQuant {
+            x: xt,
+            codes,
+            scales,
+            cols,
+            bits: self.bits,
+            scale: self.scale,
+            max_rows: self.max_rows,
+        };
+        g.push("aq", Op::ActQuant(quant)).unwrap();
+        let op = MatMulInt {
+            x: codes,
+            x_scales: scales,
+            w: wr,
+            out,
+            max_rows: self.max_rows,
+            last_row_only: self.last_row_only,
+        };
+        g.push("mm", Op::MatMulInt(op)).unwrap();
+        let mut ex = Executor::new(gpu, g).unwrap();
+        ex.write(xt, 0, &f32_bytes(&x));
+        for &n in steps {
+            let what = format!(
+                "{} {rows}x{cols} A{} {:?} max_rows {m} n_tokens {n}{}",
+                self.format.name(),
+                self.bits.bits(),
+                self.scale,
+                if self.last_row_only {
+                    " last_row_only"
+                } else {
+                    ""
+                }
+            );
+            ex.write(out, 0, &f32_bytes(&vec![f32::NAN; out_rows * r]));
+            ex.run(&Step {
+                n_tokens: n,
+                ..Default::default()
+            })
+            .unwrap();
+            let n = n as usize;
+            let (q_ref, s_ref) = act_quant::reference(&x[..n * c], c, self.bits, self.scale);
+            check_codes(&what, &ex, codes, scales, &q_ref, &s_ref);
+            let want = matmul_int::reference(&q_ref, &s_ref, &w_ref, r, c);
+            if self.last_row_only {
+                let got = ex.read_f32(out, r).unwrap();
+                assert_close(&what, &got, &want[(n - 1) * r..], TOL, TOL);
+            } else {
+                let got = ex.read_f32(out, out_rows * r).unwrap();
+                assert_close(&what, &got[..n * r], &want, TOL, TOL);
+                assert!(
+                    got[n * r..].iter().all(|v| v.is_nan()),
+                    "{what}: wrote past the step's rows"
+                );
+            }
+        }
+        w.shards.len()
+    }
+}
+
+/// The kernel's codes and scales equal the reference's bit for bit.
+fn check_codes(what: &str, ex: &Executor, codes: usize, scales: usize, q: &[i8], s: &[f32]) {
+    let words = act_quant::pack_codes(q);
+    let got: Vec<u32> = ex
+        .read(codes, 4 * words.len() as u64)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if let Some(i) = (0..words.len()).find(|&i| got[i] != words[i]) {
+        panic!(
+            "{what}: code word {i}: got {:08x} want {:08x} (x codes {:?})",
+            got[i],
+            words[i],
+            &q[4 * i..4 * i + 4]
+        );
+    }
+    let got = ex.read_f32(scales, s.len()).unwrap();
+    for (i, (g, w)) in got.iter().zip(s).enumerate() {
+        assert_eq!(
+            g.to_bits(),
+            w.to_bits(),
+            "{what}: scale {i}: got {g} want {w}"
+        );
+    }
+}
+
+#[test]
+fn every_format_and_awkward_shape() {
+    for (fi, format) in FORMATS.into_iter().enumerate() {
+        for rows in [1u32, 7, 65, 300] {
+            for cols in [32u32, 96, 576, 1536] {
+                let seed = 100 * fi as u64 + u64::from(rows + cols);
+                Case::new(format, rows, cols, 17).run(&[1, 3, 17], seed);
+            }
+        }
+    }
+}
+
+#[test]
+fn activation_widths_and_static_scales() {
+    let modes = [
+        (ActBits::Int8, ActScale::Static(1.0 / 100.0)),
+        (ActBits::Int4, ActScale::Dynamic),
+        // Small enough that the largest |x| clamp at 7.
+        (ActBits::Int4, ActScale::Static(0.1)),
+    ];
+    for format in FORMATS {
+        for (bits, scale) in modes {
+            let case = Case {
+                bits,
+                scale,
+                ..Case::new(format, 65, 576, 17)
+            };
+            case.run(&[1, 17], 3);
+        }
+    }
+}
+
+#[test]
+fn decode_graph_and_last_row_only() {
+    for format in FORMATS {
+        // max_rows 1: a decode graph has no tiled call at all.
+        Case::new(format, 300, 576, 1).run(&[1], 5);
+        let case = Case {
+            last_row_only: true,
+            ..Case::new(format, 300, 1536, 9)
+        };
+        case.run(&[1, 2, 9], 6);
+    }
+}
+
+#[test]
+fn sharded_weights_match_unsharded_reference() {
+    for format in FORMATS {
+        let (rows, cols) = (300u32, 576u32);
+        let total = 4 * u64::from(Planes::layout(format, rows, cols).words);
+        let limit = (total / 3 + 4096).next_multiple_of(256);
+        let case = Case {
+            max_binding: Some(limit),
+            ..Case::new(format, rows, cols, 17)
+        };
+        assert_eq!(case.run(&[1, 17], 11), 3, "{}", format.name());
+    }
+}
 
 /// Quantizes `x` (`rows` rows of `cols`) on the GPU: codes and scales.
 fn quantize_on_gpu(x: &[f32], cols: u32, bits: ActBits, scale: ActScale) -> (Vec<u32>, Vec<f32>) {
@@ -85,4 +322,82 @@ fn act_quant_rounds_half_to_even_and_clamps() {
         act_quant::pack_codes(&[1, -1, 127, -127]),
         vec![0x817f_ff01]
     );
+}
+
+/// A weight reference with one shard in its planes, for check() tests.
+fn weight_ref(format: WeightFormat, rows: u32, cols: u32) -> WeightRef {
+    let planes = Planes::layout(format, rows, cols);
+    WeightRef {
+        format,
+        rows,
+        cols,
+        shards: vec![Shard {
+            tensor: 0,
+            row_start: 0,
+            rows,
+            planes,
+        }],
+        mixed: None,
+    }
+}
+
+#[test]
+fn bad_shapes_and_formats_are_errors() {
+    let mut g = Graph::new();
+    g.input("w", 1 << 20);
+    let x = g.input("x", 64 * 4);
+    let xs = g.input("xs", 4 * 4);
+    let out = g.output("out", 4 * 4 * 8);
+    let xf = g.input("xf", 4 * 4 * 32);
+    let mm = |w: WeightRef, x_bytes_rows: u32| MatMulInt {
+        x,
+        x_scales: xs,
+        w,
+        out,
+        max_rows: x_bytes_rows,
+        last_row_only: false,
+    };
+    let expect_err = |g: &mut Graph, op: Op, why: &str| {
+        let e = g.push("bad", op);
+        assert!(matches!(e, Err(EngineError::Shape { .. })), "{why}: {e:?}");
+    };
+    // Float weights have no integer path.
+    for f in [WeightFormat::F32, WeightFormat::F16] {
+        expect_err(&mut g, Op::MatMulInt(mm(weight_ref(f, 8, 64), 4)), f.name());
+    }
+    // x holds 4 tokens of 64 codes, not 5; the scales 4, not 5.
+    let q = weight_ref(WeightFormat::Q4_0, 8, 64);
+    expect_err(&mut g, Op::MatMulInt(mm(q.clone(), 5)), "x too small");
+    g.push("ok", Op::MatMulInt(mm(q.clone(), 4))).unwrap();
+    // Planes that are not the format's layout.
+    let mut bad = q.clone();
+    bad.shards[0].planes = Planes::layout(WeightFormat::Q8_0, 8, 64);
+    expect_err(&mut g, Op::MatMulInt(mm(bad, 4)), "wrong planes");
+    // Columns that are not whole blocks.
+    expect_err(
+        &mut g,
+        Op::MatMulInt(mm(weight_ref(WeightFormat::Q8_0, 8, 48), 4)),
+        "cols 48",
+    );
+    let aq = |cols: u32, scale: ActScale, max_rows: u32| ActQuant {
+        x: xf,
+        codes: x,
+        scales: xs,
+        cols,
+        bits: ActBits::Int8,
+        scale,
+        max_rows,
+    };
+    g.push("ok", Op::ActQuant(aq(32, ActScale::Static(0.1), 4)))
+        .unwrap();
+    for (cols, scale, rows, why) in [
+        (48, ActScale::Dynamic, 4, "cols 48"),
+        (32, ActScale::Static(0.0), 4, "scale 0"),
+        (32, ActScale::Static(f32::NAN), 4, "scale NaN"),
+        (32, ActScale::Static(-1.0), 4, "negative scale"),
+        (32, ActScale::Dynamic, 5, "scales too small"),
+        (32, ActScale::Dynamic, 0, "no rows"),
+    ] {
+        expect_err(&mut g, Op::ActQuant(aq(cols, scale, rows)), why);
+    }
 }

@@ -16,6 +16,7 @@ pub mod kv_f16_write;
 pub mod kv_quant_attention;
 pub mod kv_quant_store;
 pub mod matmul;
+pub mod matmul_int;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sample;
@@ -42,5 +43,6 @@ pub fn all_shaders() -> Vec<&'static ShaderSource> {
         &swiglu::SHADER,
     ];
     v.extend(matmul::shaders());
+    v.extend(matmul_int::shaders());
     v
 }
