@@ -393,14 +393,20 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
         scale: act_quant::ActScale::Dynamic,
         max_rows: 8,
     }));
-    ops.push(Box::new(matmul_int::MatMulInt {
-        x: 0,
-        x_scales: 1,
-        w: weight(WeightFormat::Q4_1, 64, 128, None),
-        out: 2,
-        max_rows: 8,
-        last_row_only: false,
-    }));
+    let mixed = MixedLayout::new(64, 128, vec![2, 8]).unwrap();
+    for (format, mixed) in [
+        (WeightFormat::Q4_1, None),
+        (WeightFormat::Mixed, Some(mixed)),
+    ] {
+        ops.push(Box::new(matmul_int::MatMulInt {
+            x: 0,
+            x_scales: 1,
+            w: weight(format, 64, 128, mixed),
+            out: 2,
+            max_rows: 8,
+            last_row_only: false,
+        }));
+    }
     let qjl = QjlShape {
         m: 128,
         m_out: 64,

@@ -1,14 +1,17 @@
 //! The integer path (PrefixQuant's W8A8 / W4A8 / W4A4): `act_quant` against
 //! its CPU reference bit for bit, and `matmul_int` (mat-vec and tiled, every
-//! block format, sharded weights, `last_row_only`) against the
+//! quantized weight format, sharded weights, `last_row_only`) against the
 //! dequantized weight times the dequantized activations.
+
+use std::sync::Arc;
 
 use half::f16;
 use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::ops::act_quant::{self, ActBits, ActQuant, ActScale};
 use lamina_engine::ops::matmul_int::{self, MatMulInt};
 use lamina_engine::weight::{
-    GpuWeight, HostData, HostWeight, Planes, Shard, WeightRef, dequantize_packed,
+    self, GpuWeight, HostData, HostWeight, MixedData, MixedLayout, Planes, Shard, WeightRef,
+    dequantize_packed,
 };
 use lamina_engine::{EngineError, Executor, WeightFormat};
 use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec};
@@ -17,10 +20,16 @@ use rand::{Rng, SeedableRng};
 /// Error budget (absolute, and the same relative part) of the GPU result
 /// against the f64 reference, for outputs of magnitude up to ~10 over up to
 /// 1536 columns. The integer dots are exact; what is left is one f32
-/// rounding per group's two terms and the f32 sum over groups.
+/// rounding per group's two terms and the f32 sum over groups: the worst
+/// errors seen on lavapipe are ~5e-7.
 const TOL: f32 = 1e-4;
 
-const FORMATS: [WeightFormat; 3] = [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1];
+const FORMATS: [WeightFormat; 4] = [
+    WeightFormat::Q8_0,
+    WeightFormat::Q4_0,
+    WeightFormat::Q4_1,
+    WeightFormat::Mixed,
+];
 
 /// A random weight in llama.cpp's block encoding of `f` (Q8_0 / Q4_0 /
 /// Q4_1), values within about +-0.25.
@@ -45,6 +54,56 @@ fn random_ggml(f: WeightFormat, rows: u32, cols: u32, seed: u64) -> Vec<u8> {
     out
 }
 
+/// A random Mixed weight whose groups take the widths `bits` in turn
+/// (SliM-LLM's asymmetric groups: m ~ -d 2^(b-1), values within ~+-0.1).
+struct RandomMixed {
+    layout: Arc<MixedLayout>,
+    codes: Vec<u32>,
+    scales: Vec<u16>,
+    mins: Vec<u16>,
+}
+
+impl RandomMixed {
+    fn new(rows: u32, cols: u32, group: u32, bits: &[u8], seed: u64) -> RandomMixed {
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        let n = cols.div_ceil(group) as usize;
+        let widths = (0..n).map(|g| bits[g % bits.len()]).collect();
+        let layout = Arc::new(MixedLayout::new(group, cols, widths).unwrap());
+        let (mut codes, mut scales, mut mins) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rows {
+            for g in 0..layout.n_groups() {
+                let b = u32::from(layout.bits[g as usize]);
+                let levels = ((1u32 << b) - 1) as f32;
+                scales.push(f16::from_f32(r.random_range(0.05f32..0.2) / levels).to_bits());
+                mins.push(f16::from_f32(r.random_range(-0.12f32..-0.02)).to_bits());
+                for _ in 0..layout.group_len(g) / 32 {
+                    let q: [u32; 32] = std::array::from_fn(|_| r.random_range(0..1u32 << b));
+                    codes.extend(weight::mixed_chunk(&q, b));
+                }
+            }
+        }
+        RandomMixed {
+            layout,
+            codes,
+            scales,
+            mins,
+        }
+    }
+    fn host(&self, rows: u32) -> HostWeight<'_> {
+        HostWeight {
+            format: WeightFormat::Mixed,
+            rows,
+            cols: self.layout.cols,
+            data: HostData::Mixed(MixedData {
+                layout: &self.layout,
+                codes: &self.codes,
+                scales: &self.scales,
+                mins: &self.mins,
+            }),
+        }
+    }
+}
+
 /// x (f32) -> act_quant -> matmul_int in one graph of `max_rows` tokens,
 /// checked at each step's token count.
 struct Case {
@@ -55,6 +114,8 @@ struct Case {
     last_row_only: bool,
     bits: ActBits,
     scale: ActScale,
+    /// Mixed: group size and the widths its groups cycle through.
+    mixed: (u32, &'static [u8]),
     /// Forces shards no larger than this (bytes).
     max_binding: Option<u64>,
 }
@@ -69,6 +130,7 @@ impl Case {
             last_row_only: false,
             bits: ActBits::Int8,
             scale: ActScale::Dynamic,
+            mixed: (64, &[2, 3, 4]),
             max_binding: None,
         }
     }
@@ -77,11 +139,16 @@ impl Case {
     fn run(&self, steps: &[u32], seed: u64) -> usize {
         let (rows, cols) = (self.rows, self.cols);
         let bytes = random_ggml(self.format, rows, cols, seed);
-        let host = HostWeight {
-            format: self.format,
-            rows,
-            cols,
-            data: HostData::Ggml(&bytes),
+        let mixed = (self.format == WeightFormat::Mixed)
+            .then(|| RandomMixed::new(rows, cols, self.mixed.0, self.mixed.1, seed));
+        let host = match &mixed {
+            Some(m) => m.host(rows),
+            None => HostWeight {
+                format: self.format,
+                rows,
+                cols,
+                data: HostData::Ggml(&bytes),
+            },
         };
         let w_ref = dequantize_packed(&host.pack_rows(0, rows).unwrap());
         let gpu = gpu();
@@ -230,10 +297,33 @@ fn decode_graph_and_last_row_only() {
 }
 
 #[test]
+fn mixed_every_width_in_one_matrix() {
+    // Groups of 128 (vec4 loads) and 32 / 96 (word loads, short last
+    // groups), widths 1..8 side by side: every class of the kernels.
+    let all: &'static [u8] = &[1, 2, 3, 4, 5, 6, 7, 8];
+    for (group, cols) in [(128u32, 1536u32), (96, 576), (32, 288)] {
+        let case = Case {
+            mixed: (group, all),
+            ..Case::new(WeightFormat::Mixed, 65, cols, 17)
+        };
+        case.run(&[1, 17], u64::from(group));
+        let case = Case {
+            mixed: (group, all),
+            bits: ActBits::Int4,
+            last_row_only: true,
+            ..Case::new(WeightFormat::Mixed, 7, cols, 3)
+        };
+        case.run(&[3], 2);
+    }
+}
+
+#[test]
 fn sharded_weights_match_unsharded_reference() {
     for format in FORMATS {
         let (rows, cols) = (300u32, 576u32);
-        let total = 4 * u64::from(Planes::layout(format, rows, cols).words);
+        let m = RandomMixed::new(rows, cols, 64, &[2, 3, 4], 0);
+        let l = (format == WeightFormat::Mixed).then_some(&*m.layout);
+        let total = 4 * u64::from(Planes::of(format, l, rows, cols).words);
         let limit = (total / 3 + 4096).next_multiple_of(256);
         let case = Case {
             max_binding: Some(limit),
@@ -325,8 +415,8 @@ fn act_quant_rounds_half_to_even_and_clamps() {
 }
 
 /// A weight reference with one shard in its planes, for check() tests.
-fn weight_ref(format: WeightFormat, rows: u32, cols: u32) -> WeightRef {
-    let planes = Planes::layout(format, rows, cols);
+fn weight_ref(format: WeightFormat, rows: u32, cols: u32, mixed: Option<MixedLayout>) -> WeightRef {
+    let planes = Planes::of(format, mixed.as_ref(), rows, cols);
     WeightRef {
         format,
         rows,
@@ -337,7 +427,7 @@ fn weight_ref(format: WeightFormat, rows: u32, cols: u32) -> WeightRef {
             rows,
             planes,
         }],
-        mixed: None,
+        mixed: mixed.map(Arc::new),
     }
 }
 
@@ -363,10 +453,14 @@ fn bad_shapes_and_formats_are_errors() {
     };
     // Float weights have no integer path.
     for f in [WeightFormat::F32, WeightFormat::F16] {
-        expect_err(&mut g, Op::MatMulInt(mm(weight_ref(f, 8, 64), 4)), f.name());
+        expect_err(
+            &mut g,
+            Op::MatMulInt(mm(weight_ref(f, 8, 64, None), 4)),
+            f.name(),
+        );
     }
     // x holds 4 tokens of 64 codes, not 5; the scales 4, not 5.
-    let q = weight_ref(WeightFormat::Q4_0, 8, 64);
+    let q = weight_ref(WeightFormat::Q4_0, 8, 64, None);
     expect_err(&mut g, Op::MatMulInt(mm(q.clone(), 5)), "x too small");
     g.push("ok", Op::MatMulInt(mm(q.clone(), 4))).unwrap();
     // Planes that are not the format's layout.
@@ -376,8 +470,16 @@ fn bad_shapes_and_formats_are_errors() {
     // Columns that are not whole blocks.
     expect_err(
         &mut g,
-        Op::MatMulInt(mm(weight_ref(WeightFormat::Q8_0, 8, 48), 4)),
+        Op::MatMulInt(mm(weight_ref(WeightFormat::Q8_0, 8, 48, None), 4)),
         "cols 48",
+    );
+    // A Mixed group wide enough to overflow the i32 dot.
+    let wide =
+        MixedLayout::new(matmul_int::MAX_GROUP.next_multiple_of(32) + 32, 64, vec![8]).unwrap();
+    expect_err(
+        &mut g,
+        Op::MatMulInt(mm(weight_ref(WeightFormat::Mixed, 8, 64, Some(wide)), 4)),
+        "group too wide",
     );
     let aq = |cols: u32, scale: ActScale, max_rows: u32| ActQuant {
         x: xf,

@@ -1,18 +1,22 @@
 //! Integer MatMul: int8 activation codes against a packed quantized weight,
-//! the W4A8 / W4A4 / W8A8 path of PrefixQuant (arXiv 2410.05265):
+//! the W4A8 / W4A4 / W8A8 path of PrefixQuant (arXiv 2410.05265), with
+//! SliM-LLM's mixed-width groups (arXiv 2405.14917) as one of the formats:
 //!
 //! `out[t, r] = xs[t] * sum_g ( d[r,g] * sum_{c in g} qx[t,c] * q[r,c]
 //!                            + m[r,g] * sum_{c in g} qx[t,c] )`
 //!
 //! where `x[t, c] ≈ xs[t] * qx[t, c]` comes from [`act_quant`](super::act_quant)
 //! and `w[r, c] = d[r,g] * q[r,c] + m[r,g]` is the weight's own encoding
-//! (Q8_0: m = 0; Q4_0: m = -8d; Q4_1: an f16 min). The inner sums are
-//! exact: codes are widened to int8 lanes and multiplied with WGSL's
-//! `dot4I8Packed` into i32, one 32-column block at a time; each block then
-//! adds its two f32 terms, centred on the codes' midpoint `z = 2^(b-1)`:
+//! (Q8_0: m = 0; Q4_0: m = -8d; Q4_1 and Mixed: an f16 min). The inner sums
+//! are exact: codes are widened to int8 lanes and multiplied with WGSL's
+//! `dot4I8Packed` into i32, one group at a time (32 columns for the block
+//! formats, the group of a Mixed weight); each group then adds its two f32
+//! terms, centred on the codes' midpoint `z = 2^(b-1)`:
 //! `d * (Σ q qx - z Σ qx) + (m + z d) * Σ qx`, integer part exact, so that
-//! an asymmetric block (m ≈ -z d) does not cancel two large f32 terms.
-//! `lib/imatmul.wgsl` has the lane widening.
+//! an asymmetric group (m ≈ -z d) does not cancel two large f32 terms.
+//! 8-bit Mixed codes (0..255) do not fit an int8 lane and are flipped to
+//! `q - 128` (their top bit XORed) instead. `lib/imatmul.wgsl` has the
+//! lane widening.
 //!
 //! `dot4I8Packed` (WGSL's packed_4x8_integer_dot_product) is core WGSL and
 //! naga 30 writes it for every backend: SPIR-V `OpSDot` where the device
@@ -20,13 +24,12 @@
 //! lavapipe has it), else shifts and multiplies; MSL `packed_char4` dots;
 //! HLSL `dot4add_i8packed` from shader model 6.4, else a shift polyfill.
 //!
-//! F32 and F16 weights have no integer path: [`OpDef::check`] refuses them
-//! (Mixed too, for now).
+//! F32 and F16 weights have no integer path: [`OpDef::check`] refuses them.
 //!
 //! Kernel shapes as [`MatMul`](super::matmul)'s block kernels: `matvec_<fmt>`
 //! for one token (decode, `last_row_only`), `matmul_<fmt>` tiled over tokens
-//! x rows for prefill; one call per weight shard and path, in
-//! `matmul_int.wgsl`.
+//! x rows for prefill; one call per weight shard and path. Q8_0 / Q4_0 /
+//! Q4_1 run `matmul_int.wgsl`, Mixed `matmul_int_mx.wgsl`.
 //!
 //! # Shapes
 //! x: `[max_rows, cols / 4]` u32 (int8 codes, four per word), x scales:
@@ -35,7 +38,8 @@
 //! `row_start .. row_start + rows`.
 //!
 //! # Bindings (every kernel)
-//! 1 x codes, 2 x scales, 3 codes plane, 4 scales plane, 5 mins plane, 6 out.
+//! 1 x codes, 2 x scales, 3 codes plane, 4 scales plane, 5 mins plane, 6 out;
+//! Mixed adds 7 the group table and 8 the codes again, read as vec4s.
 //! Formats without a mins plane bind the scales in its place (never read).
 
 use crate::dispatch::{
@@ -44,27 +48,36 @@ use crate::dispatch::{
 };
 use crate::pipeline::Kernel;
 use crate::shader::ShaderSource;
-use crate::shader::lib::{F16, IMATMUL};
+use crate::shader::lib::{F16, IMATMUL, MXCODES};
 use crate::tensor::WeightFormat;
 use crate::weight::{GROUP, Planes, Shard, WeightRef};
 use crate::{Caps, Result};
 
 crate::shader!(SHADER, "matmul_int", [F16, IMATMUL], MatMulIntParams);
+crate::shader!(
+    SHADER_MX,
+    "matmul_int_mx",
+    [MXCODES, IMATMUL],
+    MatMulIntParams
+);
 
-/// The integer matmul shaders, for the naga translation tests.
+/// Both integer matmul shaders, for the naga translation tests.
 pub fn shaders() -> Vec<&'static ShaderSource> {
-    vec![&SHADER]
+    vec![&SHADER, &SHADER_MX]
 }
 
 /// Workgroup size (mirrors `WG` in lib/imatmul.wgsl).
 pub const WG: u32 = 64;
 /// Tiled kernels: tokens per workgroup and rows per invocation (mirror `TA`,
-/// `TB` in matmul_int.wgsl).
+/// `TB` in both shaders).
 pub const TILE_TOKENS: u32 = 8;
 pub const TILE_ROWS_PER_INVOCATION: u32 = 4;
+/// Largest Mixed group: its i32 dot, up to 128 * 127 per column, must not
+/// overflow.
+pub const MAX_GROUP: u32 = (i32::MAX as u32) / (128 * 127);
 
 crate::params_struct! {
-    /// Mirrors `Params` in lib/imatmul.wgsl.
+    /// Mirrors `Params` in lib/imatmul.wgsl (both shaders).
     pub struct MatMulIntParams {
         /// Rows of this shard.
         pub rows: u32,
@@ -118,7 +131,8 @@ fn entries(format: WeightFormat) -> Option<(&'static str, &'static str)> {
         WeightFormat::Q4_0 => Some(("matvec_q4_0", "matmul_q4_0")),
         WeightFormat::Q4_1 => Some(("matvec_q4_1", "matmul_q4_1")),
         WeightFormat::Q8_0 => Some(("matvec_q8_0", "matmul_q8_0")),
-        WeightFormat::Mixed | WeightFormat::F32 | WeightFormat::F16 => None,
+        WeightFormat::Mixed => Some(("matvec_mixed", "matmul_mixed")),
+        WeightFormat::F32 | WeightFormat::F16 => None,
     }
 }
 
@@ -155,10 +169,23 @@ impl MatMulInt {
     fn kernel(&self, path: Path, shard: &Shard<TensorId>) -> Kernel {
         // check() has refused the formats without entries.
         let (mv, mm) = entries(self.w.format).unwrap_or(("", ""));
-        match path {
-            Path::MatVec => Kernel::new(&SHADER, mv).with("R", matvec_rows(shard.rows)),
-            Path::Tiled => Kernel::new(&SHADER, mm),
+        let mut k = match (self.w.mixed.as_deref(), path) {
+            (Some(_), Path::MatVec) => Kernel::new(&SHADER_MX, mv),
+            (Some(_), Path::Tiled) => Kernel::new(&SHADER_MX, mm),
+            (None, Path::MatVec) => Kernel::new(&SHADER, mv),
+            (None, Path::Tiled) => Kernel::new(&SHADER, mm),
+        };
+        if path == Path::MatVec {
+            k = k.with("R", matvec_rows(shard.rows));
         }
+        if let Some(l) = self.w.mixed.as_deref() {
+            // Only the group classes this shard has get code (lib/mxcodes.wgsl).
+            let classes = (0..l.n_groups())
+                .map(|g| 1u32 << l.group_class(shard.rows, g))
+                .fold(0, |a, b| a | b);
+            k = k.with("CLASSES", classes);
+        }
+        k
     }
     fn bindings(&self, s: &Shard<TensorId>) -> Vec<Binding> {
         let p = s.planes;
@@ -171,17 +198,26 @@ impl MatMulInt {
         };
         let x_bytes = u64::from(self.w.cols) * u64::from(self.max_rows);
         let out_bytes = 4 * u64::from(self.w.rows) * u64::from(self.out_rows());
-        vec![
+        let mut b = vec![
             Binding::read_range(self.x, 0, x_bytes),
             Binding::read_range(self.x_scales, 0, 4 * u64::from(self.max_rows)),
-            codes,
+            codes.clone(),
             scales,
             mins,
             Binding {
                 range: Some((0, out_bytes)),
                 ..Binding::write(self.out)
             },
-        ]
+        ];
+        if self.w.format == WeightFormat::Mixed {
+            b.push(Binding::read_range(
+                s.tensor,
+                4 * u64::from(p.table),
+                p.table_bytes(),
+            ));
+            b.push(codes);
+        }
+        b
     }
 }
 
@@ -196,7 +232,7 @@ impl OpDef for MatMulInt {
         crate::ensure_shape!(
             entries(f).is_some(),
             OP,
-            "{} weights have no integer path (quantize them: q8_0, q4_0 or q4_1)",
+            "{} weights have no integer path (quantize them: q8_0, q4_0, q4_1 or mixed)",
             f.name()
         );
         crate::ensure_shape!(rows > 0 && cols > 0, OP, "empty weight {rows}x{cols}");
@@ -215,6 +251,14 @@ impl OpDef for MatMulInt {
             "{} weight of {cols} columns with mixed layout {mixed:?}",
             f.name()
         );
+        if let Some(l) = mixed {
+            crate::ensure_shape!(
+                l.group <= MAX_GROUP,
+                OP,
+                "mixed groups of {} columns could overflow the i32 dot (at most {MAX_GROUP})",
+                l.group
+            );
+        }
         self.w.check(g, OP)?;
         for s in &self.w.shards {
             let want = Planes::of(f, mixed, s.rows, cols);
@@ -276,6 +320,7 @@ impl OpDef for MatMulInt {
         let row_groups = shard
             .rows
             .div_ceil(Self::rows_per_workgroup(path, shard.rows));
+        let mixed = self.w.mixed.as_deref();
         let tiled = path == Path::Tiled;
         write_params(
             params,
@@ -288,8 +333,8 @@ impl OpDef for MatMulInt {
                 out_stride: self.w.rows,
                 out_col: shard.row_start,
                 row_tiles: row_groups,
-                n_groups: 0,
-                group: 0,
+                n_groups: mixed.map_or(0, |l| l.n_groups()),
+                group: mixed.map_or(0, |l| l.group),
                 _pad0: 0,
                 _pad1: 0,
             },
