@@ -11,13 +11,15 @@ use std::sync::Arc;
 use lamina_engine::graph::{Graph, Op, TensorId};
 use lamina_engine::kv::KvLayout;
 use lamina_engine::ops::{
-    add, embedding, gram, hadamard, kv_f16_attention, kv_f16_write, kv_quant_attention,
-    kv_quant_store, matmul, rmsnorm, rope, sample, swiglu,
+    act_quant, add, embedding, gram, hadamard, kv_f16_attention, kv_f16_write, kv_quant_attention,
+    kv_quant_store, matmul, matmul_int, rmsnorm, rope, sample, swiglu,
 };
 use lamina_engine::weight::{GpuWeight, HostData, HostWeight};
 use lamina_engine::{DType, Gpu, Tensor, WeightFormat, WeightRef};
 
-use crate::checkpoint::{HostDType, HostTensor, LayerWeights, LoadedModel, Pivot};
+use crate::checkpoint::{
+    ActQuant, ActSite, HostDType, HostTensor, LayerWeights, LoadedModel, Pivot,
+};
 use crate::kv_cache::{KvCache, KvFormat, LayerCache};
 use crate::{LlamaConfig, ModelError, Result, RopeStyle};
 
@@ -58,6 +60,41 @@ impl std::str::FromStr for WeightMode {
     }
 }
 
+/// A layer's integer activations (PrefixQuant): the linear layers' inputs
+/// quantized to `bits`, with one static scale per [`ActSite`] or
+/// per-token scales (`None`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerAct {
+    pub bits: act_quant::ActBits,
+    pub scales: Option<[f32; 4]>,
+}
+
+impl LayerAct {
+    /// Layer `l`'s part of `a`.
+    pub fn of(a: &ActQuant, l: usize) -> Result<LayerAct> {
+        let bits = match a.bits {
+            8 => act_quant::ActBits::Int8,
+            4 => act_quant::ActBits::Int4,
+            b => {
+                return Err(ModelError::Input(format!(
+                    "activation bits {b} not supported (8 or 4)"
+                )));
+            }
+        };
+        Ok(LayerAct {
+            bits,
+            scales: (!a.dynamic).then(|| a.scales[l]),
+        })
+    }
+
+    fn scale(&self, site: ActSite) -> act_quant::ActScale {
+        match self.scales {
+            Some(s) => act_quant::ActScale::Static(s[site.index()]),
+            None => act_quant::ActScale::Dynamic,
+        }
+    }
+}
+
 /// One layer's weights on the GPU.
 pub struct GpuLayer {
     pub attn_norm: Tensor,
@@ -69,6 +106,8 @@ pub struct GpuLayer {
     pub w_gate: GpuWeight,
     pub w_up: GpuWeight,
     pub w_down: GpuWeight,
+    /// Integer activations, when the model quantizes them.
+    pub act: Option<LayerAct>,
 }
 
 impl GpuLayer {
@@ -84,6 +123,7 @@ impl GpuLayer {
             w_gate: upload_matrix(gpu, &l.w_gate, mode)?,
             w_up: upload_matrix(gpu, &l.w_up, mode)?,
             w_down: upload_matrix(gpu, &l.w_down, mode)?,
+            act: None,
         })
     }
 
@@ -205,12 +245,25 @@ impl GpuModel {
     ) -> Result<Self> {
         let cfg = m.config.clone();
         let w = &m.weights;
+        let act = m.recipe.as_ref().and_then(|r| r.act.as_ref());
+        if let Some(a) = act {
+            a.check(&cfg)?;
+            if mode != WeightMode::Native {
+                return Err(ModelError::Input(format!(
+                    "{} quantizes its activations, which the integer kernels multiply by its \
+                     packed weights: run it with --weights native (or float activations: --act-bits 0)",
+                    m.source
+                )));
+            }
+        }
         let total = cfg.n_layers + 2;
         progress(0, total);
         let token_embd = upload_matrix(&gpu, &w.token_embd, mode)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for (i, l) in w.layers.iter().enumerate() {
-            layers.push(GpuLayer::upload(&gpu, l, mode)?);
+            let mut layer = GpuLayer::upload(&gpu, l, mode)?;
+            layer.act = act.map(|a| LayerAct::of(a, i)).transpose()?;
+            layers.push(layer);
             progress(i + 1, total);
         }
         let output_norm = upload_vector(&gpu, &w.output_norm)?;
@@ -322,6 +375,15 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
         .max()
         .unwrap_or(0);
     let att_scratch = (scratch_bytes > 0).then(|| g.intermediate("att_scratch", scratch_bytes));
+    // Integer activations: one code buffer ([n, widest / 4] u32) and one
+    // scale per token, reused by every linear layer's input in turn.
+    let xq = m.layers.iter().any(|l| l.act.is_some()).then(|| {
+        let widest = dim.max(q_dim).max(ffn) as u64;
+        (
+            g.intermediate("xq", widest * u64::from(n)),
+            g.intermediate("xq_scales", 4 * u64::from(n)),
+        )
+    });
 
     let table = weight(&mut g, &m.token_embd, "token_embd");
     g.push(
@@ -348,6 +410,7 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
         act,
         down,
         att_scratch,
+        xq,
     };
     for (l, lw) in m.layers.iter().enumerate() {
         let kv = match &m.kv.layers[l] {
@@ -456,6 +519,9 @@ pub struct LayerIo {
     pub act: TensorId,
     pub down: TensorId,
     pub att_scratch: Option<TensorId>,
+    /// Integer activations: packed int8 codes `[n, widest / 4]` u32 and
+    /// per-token scales `[n]` f32 (needed when a layer has `act`).
+    pub xq: Option<(TensorId, TensorId)>,
 }
 
 /// One layer's KV cache tensors in a graph.
@@ -572,18 +638,55 @@ pub fn push_layer(
         RopeStyle::Neox => rope::RopeStyle::Neox,
     };
     let p = |s: &str| format!("blk.{l}.{s}");
-    let mm = |g: &mut Graph, x: TensorId, w: &GpuWeight, out: TensorId, name: &str| -> Result<()> {
-        let w = weight(g, w, &p(name));
-        g.push(
-            p(name),
-            Op::MatMul(matmul::MatMul {
+    // The linear layers reading one input: float matmuls, or with integer
+    // activations the input quantized once, then integer matmuls.
+    let linears = |g: &mut Graph,
+                   x: TensorId,
+                   site: ActSite,
+                   ws: &[(&GpuWeight, TensorId, &str)]|
+     -> Result<()> {
+        let quant = match (lw.act, io.xq) {
+            (Some(a), Some(xq)) => Some((a, xq)),
+            (Some(_), None) => {
+                return Err(ModelError::Invalid(
+                    "a layer with integer activations needs the code buffer".into(),
+                ));
+            }
+            (None, _) => None,
+        };
+        if let Some((a, (codes, scales))) = quant {
+            let op = act_quant::ActQuant {
                 x,
-                w,
-                out,
+                codes,
+                scales,
+                cols: site.width(c) as u32,
+                bits: a.bits,
+                scale: a.scale(site),
                 max_rows: n,
-                last_row_only: false,
-            }),
-        )?;
+            };
+            g.push(p(&format!("{}_quant", site.name())), Op::ActQuant(op))?;
+        }
+        for &(w, out, name) in ws {
+            let w = weight(g, w, &p(name));
+            let op = match quant {
+                Some((_, (codes, scales))) => Op::MatMulInt(matmul_int::MatMulInt {
+                    x: codes,
+                    x_scales: scales,
+                    w,
+                    out,
+                    max_rows: n,
+                    last_row_only: false,
+                }),
+                None => Op::MatMul(matmul::MatMul {
+                    x,
+                    w,
+                    out,
+                    max_rows: n,
+                    last_row_only: false,
+                }),
+            };
+            g.push(p(name), op)?;
+        }
         Ok(())
     };
     let residual = |g: &mut Graph, y: TensorId, label: String| -> Result<()> {
@@ -603,9 +706,12 @@ pub fn push_layer(
     if let Some(t) = taps {
         push_gram(g, io.h, t.attn_in, c.dim, n, p("gram_attn_in"))?;
     }
-    mm(g, io.h, &lw.wq, io.q, "attn_q")?;
-    mm(g, io.h, &lw.wk, io.k, "attn_k")?;
-    mm(g, io.h, &lw.wv, io.v, "attn_v")?;
+    let qkv = [
+        (&lw.wq, io.q, "attn_q"),
+        (&lw.wk, io.k, "attn_k"),
+        (&lw.wv, io.v, "attn_v"),
+    ];
+    linears(g, io.h, ActSite::QkvIn, &qkv)?;
     // A rotated model's online Hadamard on each query and key head: fused
     // into RoPE where the head is a power of two, else a dispatch of its own.
     let fused = hd.is_power_of_two() && hd <= rope::HADAMARD_MAX_DIM;
@@ -706,7 +812,7 @@ pub fn push_layer(
     if let Some(t) = taps {
         push_gram(g, io.att, t.attn_out, c.q_dim(), n, p("gram_attn_out"))?;
     }
-    mm(g, io.att, &lw.wo, io.o, "attn_output")?;
+    linears(g, io.att, ActSite::OIn, &[(&lw.wo, io.o, "attn_output")])?;
     residual(g, io.o, p("attn_residual"))?;
 
     let w = external(g, &p("ffn_norm"), &lw.ffn_norm);
@@ -714,8 +820,11 @@ pub fn push_layer(
     if let Some(t) = taps {
         push_gram(g, io.h_ffn, t.ffn_in, c.dim, n, p("gram_ffn_in"))?;
     }
-    mm(g, io.h_ffn, &lw.w_gate, io.gate, "ffn_gate")?;
-    mm(g, io.h_ffn, &lw.w_up, io.up, "ffn_up")?;
+    let gate_up = [
+        (&lw.w_gate, io.gate, "ffn_gate"),
+        (&lw.w_up, io.up, "ffn_up"),
+    ];
+    linears(g, io.h_ffn, ActSite::FfnIn, &gate_up)?;
     g.push(
         p("swiglu"),
         Op::SwiGlu(swiglu::SwiGlu {
@@ -733,7 +842,12 @@ pub fn push_layer(
     if let Some(t) = taps {
         push_gram(g, io.act, t.ffn_act, c.ffn_dim, n, p("gram_ffn_act"))?;
     }
-    mm(g, io.act, &lw.w_down, io.down, "ffn_down")?;
+    linears(
+        g,
+        io.act,
+        ActSite::DownIn,
+        &[(&lw.w_down, io.down, "ffn_down")],
+    )?;
     residual(g, io.down, p("ffn_residual"))?;
     Ok(())
 }

@@ -139,6 +139,9 @@ pub struct Reference {
     len: usize,
     /// Activation quantization simulated at the linear layers' inputs.
     act: Option<ActQuant>,
+    /// Keys and values rounded to f16 as they enter the cache, as the GPU's
+    /// f16 cache stores them.
+    f16_cache: bool,
 }
 
 impl Reference {
@@ -191,6 +194,7 @@ impl Reference {
             threads,
             len: 0,
             act: None,
+            f16_cache: false,
         })
     }
 
@@ -308,6 +312,14 @@ impl Reference {
         Ok(())
     }
 
+    /// Rounds keys and values to f16 as they enter the cache from now on,
+    /// as the GPU's f16 cache does: with quantized activations, the
+    /// rounding decides codes downstream, so a test of the integer path
+    /// needs the GPU's cache precision to compare exactly.
+    pub fn set_f16_cache(&mut self, on: bool) {
+        self.f16_cache = on;
+    }
+
     /// Puts `pivot`'s K and V at positions `0..pivot.len()` of every layer's
     /// cache, as if its tokens had run, and empties the cache after them.
     pub fn load_prefix(&mut self, pivot: &crate::checkpoint::Pivot) -> Result<()> {
@@ -323,6 +335,15 @@ impl Reference {
         for l in 0..self.cfg.n_layers {
             self.state.key_cache[l * n..l * n + p * kvd].copy_from_slice(&pivot.k[l]);
             self.state.value_cache[l * n..l * n + p * kvd].copy_from_slice(&pivot.v[l]);
+            if self.f16_cache {
+                let (k, v) = (&mut self.state.key_cache, &mut self.state.value_cache);
+                for x in k[l * n..l * n + p * kvd]
+                    .iter_mut()
+                    .chain(&mut v[l * n..l * n + p * kvd])
+                {
+                    *x = lamina_engine::kv::round_f16(*x);
+                }
+            }
         }
         self.len = p;
         Ok(())
@@ -431,7 +452,7 @@ impl Reference {
         );
         let (eps, threads, max_ctx) = (cfg.norm_eps, self.threads, self.max_ctx);
         let (hd, had) = (cfg.head_dim, cfg.hadamard);
-        let act = self.act.as_ref();
+        let (act, f16_cache) = (self.act.as_ref(), self.f16_cache);
         let s = &mut self.state;
         let x = &mut s.x[..n * dim]; // [n, dim]
         let xb = &mut s.xb[..n * dim]; // [n, dim]
@@ -488,6 +509,11 @@ impl Reference {
             if had.qk {
                 hadamard::transform(q, hd).expect("head_dim checked in Reference::new");
                 hadamard::transform(k_new, hd).expect("head_dim checked in Reference::new");
+            }
+            if f16_cache {
+                for v in k_new.iter_mut().chain(v_new.iter_mut()) {
+                    *v = lamina_engine::kv::round_f16(*v);
+                }
             }
             attention(
                 att,

@@ -215,6 +215,7 @@ fn block(
             let b = kv_f16_attention::scratch_bytes(c.n_heads as u32, c.head_dim as u32, ctx, seq);
             (b > 0).then(|| g.intermediate("att_scratch", b))
         },
+        xq: None,
     };
     let cache = kv::cache_bytes(c.n_kv_heads as u32, c.head_dim as u32, ctx);
     // Outputs: the host writes the prefix's KV into them.
