@@ -353,6 +353,15 @@ pub fn gpu_model(a: &ModelArgs, m: &LoadedModel, min_ctx: usize) -> Result<Arc<G
         Some(p)
     };
     let p = tokens.len();
+    if let Some(c) = a.ctx_size.filter(|&c| c > 0 && c <= p) {
+        let what = match m.recipe.as_ref().and_then(|r| r.prefix.as_ref()) {
+            Some(_) => "the pivot (with the model's PrefixQuant prefix)",
+            None => "the pivot",
+        };
+        anyhow::bail!(
+            "a context of {c} positions leaves no room after {what}, {p} tokens: raise --ctx-size"
+        );
+    }
     let mut ctx = match a.ctx_size {
         None | Some(0) => m.config.max_seq_len.max(min_ctx),
         Some(c) => c,

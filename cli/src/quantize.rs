@@ -354,6 +354,13 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         _ => None,
     };
     let p_len = prefix_kv.as_ref().map_or(0, |p| p.len());
+    if p_len >= a.seq_len {
+        bail!(
+            "--prefix {}: its {p_len} tokens leave no room in calibration windows of --seq-len {}",
+            a.prefix.name(),
+            a.seq_len
+        );
+    }
     let windows: Vec<Vec<u32>> = windows
         .iter()
         .map(|w| w[..w.len().saturating_sub(p_len)].to_vec())

@@ -263,3 +263,82 @@ fn pivot_only_needs_a_quantized_file() {
     );
     assert!(!out.exists());
 }
+
+/// A small `.lamina.safetensors` file (synthetic weights) whose recipe
+/// carries a two-token PrefixQuant prefix and no activation scales.
+fn prefixed_file() -> PathBuf {
+    use lamina_model::checkpoint::{HostDType, PrefixRecord};
+    let mut m = lamina_model::synthetic::synthetic_model("tiny", HostDType::F32, 1).expect("model");
+    m.pivot = Some(lamina_model::pivot::compute(&m.config, &m.weights, &[1, 2]).expect("pivot"));
+    m.recipe = Some(lamina_model::checkpoint::Recipe {
+        prefix: Some(PrefixRecord {
+            tokens: vec![1, 2],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let path = temp("prefixed.lamina.safetensors");
+    lamina_model::lamina_file::write(&path, &m).expect("write");
+    path
+}
+
+#[test]
+fn prefixquant_bad_input() {
+    let f = prefixed_file();
+    let m = f.to_str().expect("utf8");
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", "-m", m, "-p", "1", "-n", "1", "-r", "1"];
+        args.extend_from_slice(extra);
+        lamina(&args)
+    };
+    // The prefix is part of the model: a context it fills is an error.
+    fails_with(&bench(&["-c", "2"]), "leaves no room");
+    // Integer activations need a model quantized with them.
+    fails_with(&bench(&["--act-bits", "8"]), "no activation quantization");
+    if let Some(gguf) = fetched_model() {
+        let g = gguf.to_str().expect("utf8");
+        let out = lamina(&[
+            "generate",
+            "-m",
+            g,
+            "--act-bits",
+            "8",
+            "-p",
+            "hi",
+            "-n",
+            "1",
+        ]);
+        fails_with(&out, "no activation quantization");
+    }
+    // Widths the kernels do not take, at quantize time: nothing written.
+    let out = temp("w4a3.lamina.safetensors");
+    let o = out.to_str().expect("utf8");
+    fails_with(
+        &lamina(&["quantize", "--act-bits", "3", "-o", o]),
+        "--act-bits 3",
+    );
+    fails_with(
+        &lamina(&["quantize", "--kv-bits", "5", "-o", o]),
+        "--kv-bits 5",
+    );
+    fails_with(
+        &lamina(&["quantize", "--prefix", "lots", "-o", o]),
+        "--prefix",
+    );
+    // Missing calibration text for the outlier search.
+    fails_with(
+        &lamina(&[
+            "quantize",
+            "--method",
+            "rtn",
+            "--prefix",
+            "auto",
+            "--calib",
+            "/nonexistent/wiki.valid.tokens",
+            "-o",
+            o,
+        ]),
+        "/nonexistent/wiki.valid.tokens",
+    );
+    assert!(!out.exists());
+}
