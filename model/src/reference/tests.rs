@@ -1,6 +1,7 @@
 //! Unit tests of the CPU reference on small synthetic models (no checkpoint needed).
 
 use super::*;
+use crate::checkpoint::RopeStyle;
 use crate::checkpoint::{Bytes, HostDType};
 use crate::synthetic::{synthetic_config, synthetic_weights};
 

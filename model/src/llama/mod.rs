@@ -1,0 +1,309 @@
+//! The Llama forward pass as a graph of engine ops.
+//!
+//! [`GpuModel`] (here) holds the weights on the GPU and the KV cache.
+//! [`build_graph`] (in `graph.rs`) reads top to bottom like the paper (and like `reference.rs`): embedding,
+//! then per layer rmsnorm → q/k/v → RoPE → cache write → causal GQA attention
+//! → output projection → residual → rmsnorm → SwiGLU FFN → residual; final
+//! norm, lm_head, and (when generating) sampling on the GPU.
+
+use std::sync::Arc;
+
+use lamina_engine::ops::act_quant;
+use lamina_engine::weight::{GpuWeight, HostData, HostWeight};
+use lamina_engine::{DType, Gpu, Tensor, WeightFormat};
+
+use crate::checkpoint::{
+    ActQuant, ActSite, HostDType, HostTensor, LayerWeights, LoadedModel, Pivot,
+};
+use crate::kv_cache::{KvCache, KvFormat};
+
+mod graph;
+use crate::{LlamaConfig, ModelError, Result};
+pub use graph::{
+    GramTaps, GraphIo, Head, LayerIo, LayerKv, REPEAT_LAST_N, build_graph, push_layer,
+};
+
+/// How the checkpoint's weights are stored on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightMode {
+    /// As shipped: GGUF Q4_0 / Q4_1 / Q8_0 stay packed, f16/bf16 become f16, f32 stays f32.
+    #[default]
+    Native,
+    /// Everything dequantized to f32 at load, stored as f16 (the full-precision path).
+    F16,
+    /// Everything dequantized to f32.
+    F32,
+}
+
+impl WeightMode {
+    pub const ALL: [WeightMode; 3] = [WeightMode::Native, WeightMode::F16, WeightMode::F32];
+
+    /// The `--weights` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightMode::Native => "native",
+            WeightMode::F16 => "f16",
+            WeightMode::F32 => "f32",
+        }
+    }
+}
+
+impl std::str::FromStr for WeightMode {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        WeightMode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                ModelError::Input(format!("unknown weight mode `{s}` (native, f16, f32)"))
+            })
+    }
+}
+
+/// A layer's integer activations (PrefixQuant): the linear layers' inputs
+/// quantized to `bits`, with one static scale per [`ActSite`] or
+/// per-token scales (`None`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerAct {
+    pub bits: act_quant::ActBits,
+    pub scales: Option<[f32; 4]>,
+}
+
+impl LayerAct {
+    /// Layer `l`'s part of `a`.
+    pub fn of(a: &ActQuant, l: usize) -> Result<LayerAct> {
+        let bits = match a.bits {
+            8 => act_quant::ActBits::Int8,
+            4 => act_quant::ActBits::Int4,
+            b => {
+                return Err(ModelError::Input(format!(
+                    "activation bits {b} not supported (8 or 4)"
+                )));
+            }
+        };
+        Ok(LayerAct {
+            bits,
+            scales: (!a.dynamic).then(|| a.scales[l]),
+        })
+    }
+
+    fn scale(&self, site: ActSite) -> act_quant::ActScale {
+        match self.scales {
+            Some(s) => act_quant::ActScale::Static(s[site.index()]),
+            None => act_quant::ActScale::Dynamic,
+        }
+    }
+}
+
+/// One layer's weights on the GPU.
+pub struct GpuLayer {
+    pub attn_norm: Tensor,
+    pub wq: GpuWeight,
+    pub wk: GpuWeight,
+    pub wv: GpuWeight,
+    pub wo: GpuWeight,
+    pub ffn_norm: Tensor,
+    pub w_gate: GpuWeight,
+    pub w_up: GpuWeight,
+    pub w_down: GpuWeight,
+    /// Integer activations, when the model quantizes them.
+    pub act: Option<LayerAct>,
+}
+
+impl GpuLayer {
+    /// Uploads one layer's weights in the format `mode` asks for.
+    pub fn upload(gpu: &Gpu, l: &LayerWeights, mode: WeightMode) -> Result<GpuLayer> {
+        Ok(GpuLayer {
+            attn_norm: upload_vector(gpu, &l.attn_norm)?,
+            wq: upload_matrix(gpu, &l.wq, mode)?,
+            wk: upload_matrix(gpu, &l.wk, mode)?,
+            wv: upload_matrix(gpu, &l.wv, mode)?,
+            wo: upload_matrix(gpu, &l.wo, mode)?,
+            ffn_norm: upload_vector(gpu, &l.ffn_norm)?,
+            w_gate: upload_matrix(gpu, &l.w_gate, mode)?,
+            w_up: upload_matrix(gpu, &l.w_up, mode)?,
+            w_down: upload_matrix(gpu, &l.w_down, mode)?,
+            act: None,
+        })
+    }
+
+    /// Bytes of the layer's weights on the GPU (norms included).
+    pub fn bytes(&self) -> u64 {
+        let mats = [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.w_gate,
+            &self.w_up,
+            &self.w_down,
+        ];
+        self.attn_norm.size + self.ffn_norm.size + mats.iter().map(|w| w.bytes()).sum::<u64>()
+    }
+}
+
+/// Weights and KV cache on the GPU.
+pub struct GpuModel {
+    pub gpu: Arc<Gpu>,
+    pub config: LlamaConfig,
+    pub token_embd: GpuWeight,
+    pub layers: Vec<GpuLayer>,
+    pub output_norm: Tensor,
+    /// `None` when tied to the embedding.
+    pub output: Option<GpuWeight>,
+    pub kv: KvCache,
+    pub weight_mode: WeightMode,
+}
+
+fn engine_format(dt: HostDType, mode: WeightMode) -> WeightFormat {
+    match (mode, dt) {
+        (WeightMode::F32, _) => WeightFormat::F32,
+        (WeightMode::F16, _) => WeightFormat::F16,
+        (WeightMode::Native, HostDType::F32) => WeightFormat::F32,
+        (WeightMode::Native, HostDType::F16 | HostDType::BF16) => WeightFormat::F16,
+        (WeightMode::Native, HostDType::Q4_0) => WeightFormat::Q4_0,
+        (WeightMode::Native, HostDType::Q4_1) => WeightFormat::Q4_1,
+        (WeightMode::Native, HostDType::Q8_0) => WeightFormat::Q8_0,
+        (WeightMode::Native, HostDType::Mixed) => WeightFormat::Mixed,
+    }
+}
+
+/// Packs and uploads a host matrix in the format `mode` asks for.
+fn upload_matrix(gpu: &Gpu, t: &HostTensor, mode: WeightMode) -> Result<GpuWeight> {
+    if t.shape.len() != 2 {
+        return Err(ModelError::Invalid(format!(
+            "{} is not a matrix: {:?}",
+            t.name, t.shape
+        )));
+    }
+    let (rows, cols) = (t.rows() as u32, t.cols() as u32);
+    let format = engine_format(t.dtype, mode);
+    // Converted values outlive the borrow `data` takes of them.
+    let values;
+    let data = match format {
+        WeightFormat::Mixed => {
+            let Some(m) = &t.mixed else {
+                return Err(ModelError::Invalid(format!(
+                    "{} is marked mixed but has no layout",
+                    t.name
+                )));
+            };
+            HostData::Mixed(m.data())
+        }
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 => {
+            HostData::Ggml(t.data.as_slice())
+        }
+        WeightFormat::F32 | WeightFormat::F16 => {
+            values = t.to_f32()?;
+            HostData::F32(&values)
+        }
+    };
+    let host = HostWeight {
+        format,
+        rows,
+        cols,
+        data,
+    };
+    Ok(GpuWeight::upload(gpu, &t.name, &host)?)
+}
+
+fn upload_vector(gpu: &Gpu, t: &HostTensor) -> Result<Tensor> {
+    let v = t.to_f32()?;
+    let bytes: &[u8] = bytemuck::cast_slice(&v);
+    Ok(Tensor {
+        buffer: gpu.upload(&t.name, bytes)?,
+        offset: 0,
+        size: bytes.len() as u64,
+        shape: vec![v.len()],
+        dtype: DType::F32,
+    })
+}
+
+impl GpuModel {
+    /// Uploads the weights and allocates a KV cache of `max_ctx` positions.
+    pub fn new(
+        gpu: Arc<Gpu>,
+        m: &LoadedModel,
+        mode: WeightMode,
+        max_ctx: usize,
+        kv_format: KvFormat,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<Self> {
+        Self::with_pivot(gpu, m, mode, max_ctx, kv_format, None, progress)
+    }
+
+    /// [`GpuModel::new`] with a pivot segment at the cache's first positions
+    /// (`max_ctx` counts them).
+    pub fn with_pivot(
+        gpu: Arc<Gpu>,
+        m: &LoadedModel,
+        mode: WeightMode,
+        max_ctx: usize,
+        kv_format: KvFormat,
+        pivot: Option<&Pivot>,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Self> {
+        let cfg = m.config.clone();
+        let w = &m.weights;
+        let act = m.recipe.as_ref().and_then(|r| r.act.as_ref());
+        if let Some(a) = act {
+            a.check(&cfg)?;
+            if mode != WeightMode::Native {
+                return Err(ModelError::Input(format!(
+                    "{} quantizes its activations, which the integer kernels multiply by its \
+                     packed weights: run it with --weights native (or float activations: --act-bits 0)",
+                    m.source
+                )));
+            }
+        }
+        let total = cfg.n_layers + 2;
+        progress(0, total);
+        let token_embd = upload_matrix(&gpu, &w.token_embd, mode)?;
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for (i, l) in w.layers.iter().enumerate() {
+            let mut layer = GpuLayer::upload(&gpu, l, mode)?;
+            layer.act = act.map(|a| LayerAct::of(a, i)).transpose()?;
+            layers.push(layer);
+            progress(i + 1, total);
+        }
+        let output_norm = upload_vector(&gpu, &w.output_norm)?;
+        let output = match &w.output {
+            Some(o) => Some(upload_matrix(&gpu, o, mode)?),
+            None => None,
+        };
+        progress(total - 1, total);
+        let kv = KvCache::new(&gpu, &cfg, max_ctx, kv_format, pivot)?;
+        progress(total, total);
+        Ok(GpuModel {
+            gpu,
+            config: cfg,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            kv,
+            weight_mode: mode,
+        })
+    }
+
+    pub fn lm_head(&self) -> &GpuWeight {
+        self.output.as_ref().unwrap_or(&self.token_embd)
+    }
+
+    /// Bytes of all weights on the GPU.
+    pub fn weight_bytes(&self) -> u64 {
+        let mut b = self.token_embd.bytes() + self.output_norm.size;
+        if let Some(o) = &self.output {
+            b += o.bytes();
+        }
+        b + self.layers.iter().map(GpuLayer::bytes).sum::<u64>()
+    }
+
+    /// Weight bytes one decoded token streams: every layer matrix and the
+    /// lm_head, plus one embedding row (the lookup reads just that row).
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        let mut b = self.lm_head().bytes() + self.output_norm.size;
+        b += self.token_embd.bytes() / u64::from(self.token_embd.rows.max(1));
+        b + self.layers.iter().map(GpuLayer::bytes).sum::<u64>()
+    }
+}
