@@ -283,7 +283,7 @@ pub fn pivot_tokens(a: &ModelArgs, m: &LoadedModel, kv: &KvFormat) -> Result<Vec
     // when it ends with the BOS the pivot starts with).
     let prefix = m.recipe.as_ref().and_then(|r| r.prefix.as_ref());
     if let Some(p) = prefix.filter(|p| !p.tokens.is_empty()) {
-        if tokens.first().is_some() && tokens.first() == p.tokens.last() {
+        if !tokens.is_empty() && tokens.first() == p.tokens.last() {
             tokens.remove(0);
         }
         tokens.splice(0..0, p.tokens.iter().copied());
