@@ -4,8 +4,10 @@
 //! Layers, each importing only those below it: `graph` (op enum, plan,
 //! executor) -> `ops/<op>.rs` -> `dispatch` (the op/executor contract),
 //! `kv` (the KV caches' layouts and format ids), `weight` (layouts,
-//! packing, upload) -> `pipeline`, `shader`, `tensor`, `device`.
+//! packing, upload), `act` (int8 activation codes) -> `pipeline`, `shader`,
+//! `tensor`, `device`.
 
+pub mod act;
 pub mod device;
 pub mod dispatch;
 pub mod error;

@@ -19,6 +19,8 @@ pub mod lib {
     pub const MXCODES: &str = include_str!("../../shaders/lib/mxcodes.wgsl");
     /// The Mixed (per-group bit width) matmul kernels (needs MXCODES, TILES and XLOAD or XLOAD_SG).
     pub const MXMATMUL: &str = include_str!("../../shaders/lib/mxmatmul.wgsl");
+    /// Int8 activation codes: the quantizer and its parameter block.
+    pub const ACTQ: &str = include_str!("../../shaders/lib/actq.wgsl");
     /// The integer matmul kernels' parameter block, bindings, int8 lanes and dots.
     pub const IMATMUL: &str = include_str!("../../shaders/lib/imatmul.wgsl");
     /// The quantized KV cache's format ids, overrides, cache params and

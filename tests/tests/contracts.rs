@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use lamina_engine::act::{ActBits, ActScale};
 use lamina_engine::dispatch::{Call, OpDef};
 use lamina_engine::kv::{ATTENTION_WG, BLOCK, KvLayout, KvOverride, KvQuant, QjlShape};
 use lamina_engine::ops::{
@@ -389,8 +390,8 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
         codes: 1,
         scales: 2,
         cols: 64,
-        bits: act_quant::ActBits::Int8,
-        scale: act_quant::ActScale::Dynamic,
+        bits: ActBits::Int8,
+        scale: ActScale::Dynamic,
         max_rows: 8,
     }));
     let mixed = MixedLayout::new(64, 128, vec![2, 8]).unwrap();

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use half::f16;
+use lamina_engine::act::{self, ActBits, ActScale};
 use lamina_engine::graph::{Graph, Op, Step};
-use lamina_engine::ops::act_quant::{self, ActBits, ActQuant, ActScale};
+use lamina_engine::ops::act_quant::{self, ActQuant};
 use lamina_engine::ops::matmul_int::{self, MatMulInt};
 use lamina_engine::weight::{
     self, GpuWeight, HostData, HostWeight, MixedData, MixedLayout, Planes, Shard, WeightRef,
@@ -226,7 +227,7 @@ impl Case {
 
 /// The kernel's codes and scales equal the reference's bit for bit.
 fn check_codes(what: &str, ex: &Executor, codes: usize, scales: usize, q: &[i8], s: &[f32]) {
-    let words = act_quant::pack_codes(q);
+    let words = act::pack_codes(q);
     let got: Vec<u32> = ex
         .read(codes, 4 * words.len() as u64)
         .unwrap()
@@ -380,7 +381,7 @@ fn act_quant_matches_reference_exactly() {
                 let what = format!("A{} {scale:?} {rows}x{cols}", bits.bits());
                 let (q, s) = act_quant::reference(&x, cols as usize, bits, scale);
                 let (got, got_s) = quantize_on_gpu(&x, cols, bits, scale);
-                let want = act_quant::pack_codes(&q);
+                let want = act::pack_codes(&q);
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert_eq!(g, w, "{what}: word {i}: got {g:08x} want {w:08x}");
                 }
@@ -404,14 +405,11 @@ fn act_quant_rounds_half_to_even_and_clamps() {
     assert_eq!(&q4[..8], &[0, 2, 2, -2, 0, 4, 7, -7]);
     for (bits, want) in [(ActBits::Int8, &q), (ActBits::Int4, &q4)] {
         let (got, got_s) = quantize_on_gpu(&x, 32, bits, ActScale::Static(0.5));
-        assert_eq!(got, act_quant::pack_codes(want), "A{}", bits.bits());
+        assert_eq!(got, act::pack_codes(want), "A{}", bits.bits());
         assert_eq!(got_s, vec![0.5]);
     }
     // Codes pack lane 0 into the low byte, as i8.
-    assert_eq!(
-        act_quant::pack_codes(&[1, -1, 127, -127]),
-        vec![0x817f_ff01]
-    );
+    assert_eq!(act::pack_codes(&[1, -1, 127, -127]), vec![0x817f_ff01]);
 }
 
 /// A weight reference with one shard in its planes, for check() tests.

@@ -3,7 +3,7 @@
 //! the calls it dispatches (named by a `passes!` enum when there are
 //! several), and a CPU `reference()`. The shader has the same stem in
 //! `shaders/` and its entry point the op's name. Ops import `dispatch` (their
-//! contract with the executor), `kv`, `weight`, `pipeline` and `shader`,
+//! contract with the executor), `kv`, `weight`, `act`, `pipeline` and `shader`,
 //! never `graph` or each other.
 
 pub mod act_quant;
