@@ -23,7 +23,8 @@ use lamina_engine::dispatch::{Call, OpDef};
 use lamina_engine::kv::{ATTENTION_WG, BLOCK, KvLayout, KvOverride, KvQuant, QjlShape};
 use lamina_engine::ops::{
     act_quant, add, all_shaders, embedding, gram, hadamard, kv_f16_attention, kv_f16_write,
-    kv_quant_attention, kv_quant_store, matmul, matmul_int, rmsnorm, rope, sample, swiglu,
+    kv_quant_attention, kv_quant_store, matmul, matmul_int, rmsnorm, rmsnorm_quant, rope, sample,
+    swiglu,
 };
 use lamina_engine::shader::{ParamsLayout, ShaderSource, lib};
 use lamina_engine::weight::{MixedLayout, Planes, Shard, WeightRef};
@@ -392,6 +393,17 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
         cols: 64,
         bits: ActBits::Int8,
         scale: ActScale::Dynamic,
+        max_rows: 8,
+    }));
+    ops.push(Box::new(rmsnorm_quant::RmsNormQuant {
+        x: 0,
+        weight: 1,
+        codes: 2,
+        scales: 3,
+        dim: 64,
+        eps: 1e-5,
+        bits: ActBits::Int4,
+        scale: ActScale::Static(0.1),
         max_rows: 8,
     }));
     let mixed = MixedLayout::new(64, 128, vec![2, 8]).unwrap();

@@ -1,5 +1,6 @@
 //! The integer path (PrefixQuant's W8A8 / W4A8 / W4A4): `act_quant` against
-//! its CPU reference bit for bit, and `matmul_int` (mat-vec and tiled, every
+//! its CPU reference bit for bit, `rmsnorm_quant` against `rmsnorm` +
+//! `act_quant` bit for bit, and `matmul_int` (mat-vec and tiled, every
 //! quantized weight format, sharded weights, `last_row_only`) against the
 //! dequantized weight times the dequantized activations.
 
@@ -10,6 +11,8 @@ use lamina_engine::act::{self, ActBits, ActScale};
 use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::ops::act_quant::{self, ActQuant};
 use lamina_engine::ops::matmul_int::{self, MatMulInt};
+use lamina_engine::ops::rmsnorm::RmsNorm;
+use lamina_engine::ops::rmsnorm_quant::{self, RmsNormQuant};
 use lamina_engine::weight::{
     self, GpuWeight, HostData, HostWeight, MixedData, MixedLayout, Planes, Shard, WeightRef,
     dequantize_packed,
@@ -499,5 +502,118 @@ fn bad_shapes_and_formats_are_errors() {
         (32, ActScale::Dynamic, 0, "no rows"),
     ] {
         expect_err(&mut g, Op::ActQuant(aq(cols, scale, rows)), why);
+    }
+    let wt = g.input("norm weight", 4 * 32);
+    let rq = |dim: u32, scale: ActScale| RmsNormQuant {
+        x: xf,
+        weight: wt,
+        codes: x,
+        scales: xs,
+        dim,
+        eps: 1e-5,
+        bits: ActBits::Int4,
+        scale,
+        max_rows: 4,
+    };
+    g.push("ok", Op::RmsNormQuant(rq(32, ActScale::Dynamic)))
+        .unwrap();
+    expect_err(
+        &mut g,
+        Op::RmsNormQuant(rq(16, ActScale::Dynamic)),
+        "dim 16",
+    );
+    expect_err(
+        &mut g,
+        Op::RmsNormQuant(rq(64, ActScale::Dynamic)),
+        "weight too small",
+    );
+    expect_err(
+        &mut g,
+        Op::RmsNormQuant(rq(32, ActScale::Static(f32::INFINITY))),
+        "scale inf",
+    );
+}
+
+#[test]
+fn rmsnorm_quant_equals_rmsnorm_then_act_quant() {
+    let modes = [
+        (ActBits::Int8, ActScale::Dynamic),
+        (ActBits::Int8, ActScale::Static(0.02)),
+        (ActBits::Int4, ActScale::Dynamic),
+        (ActBits::Int4, ActScale::Static(0.3)),
+    ];
+    for (dim, max_rows) in [(32u32, 1u32), (576, 7), (1536, 17)] {
+        let (d, m) = (dim as usize, max_rows as usize);
+        let mut x = rand_vec(m * d, u64::from(dim), 3.0);
+        x[0] = 40.0; // an outlier channel
+        let w = rand_vec(d, 9, 2.0);
+        for (bits, scale) in modes {
+            let mut g = Graph::new();
+            let xt = g.input("x", 4 * (m * d) as u64);
+            let wt = g.input("w", 4 * d as u64);
+            let normed = g.intermediate("normed", 4 * (m * d) as u64);
+            let (c1, s1) = (g.output("c1", (m * d) as u64), g.output("s1", 4 * m as u64));
+            let (c2, s2) = (g.output("c2", (m * d) as u64), g.output("s2", 4 * m as u64));
+            let eps = 1e-5;
+            let norm = RmsNorm {
+                x: xt,
+                weight: wt,
+                out: normed,
+                dim,
+                eps,
+                max_rows,
+            };
+            g.push("norm", Op::RmsNorm(norm)).unwrap();
+            let quant = ActQuant {
+                x: normed,
+                codes: c1,
+                scales: s1,
+                cols: dim,
+                bits,
+                scale,
+                max_rows,
+            };
+            g.push("quant", Op::ActQuant(quant)).unwrap();
+            let fused = RmsNormQuant {
+                x: xt,
+                weight: wt,
+                codes: c2,
+                scales: s2,
+                dim,
+                eps,
+                bits,
+                scale,
+                max_rows,
+            };
+            g.push("fused", Op::RmsNormQuant(fused)).unwrap();
+            let mut ex = Executor::new(gpu(), g).unwrap();
+            ex.write(xt, 0, &f32_bytes(&x));
+            ex.write(wt, 0, &f32_bytes(&w));
+            for n in [1, max_rows] {
+                let what = format!("dim {dim} A{} {scale:?} n_tokens {n}", bits.bits());
+                ex.run(&Step {
+                    n_tokens: n,
+                    ..Default::default()
+                })
+                .unwrap();
+                let n = n as usize;
+                let words = |t| ex.read(t, (n * d) as u64).unwrap();
+                assert_eq!(words(c1), words(c2), "{what}: codes");
+                let (a, b) = (ex.read_f32(s1, n).unwrap(), ex.read_f32(s2, n).unwrap());
+                assert_eq!(a, b, "{what}: scales");
+                // Against the CPU (another summation order): codes within one
+                // step, scales within a few ulps.
+                let (q, s) = rmsnorm_quant::reference(&x[..n * d], &w, eps, bits, scale);
+                assert_close(&what, &b, &s, 0.0, 1e-5);
+                let got = words(c2);
+                for (i, (&g, &want)) in got.iter().zip(&q).enumerate() {
+                    assert!(
+                        (i32::from(g as i8) - i32::from(want)).abs() <= 1,
+                        "{what}: code {i}: got {} want {want}",
+                        g as i8
+                    );
+                }
+            }
+        }
     }
 }

@@ -18,6 +18,7 @@ pub mod kv_quant_store;
 pub mod matmul;
 pub mod matmul_int;
 pub mod rmsnorm;
+pub mod rmsnorm_quant;
 pub mod rope;
 pub mod sample;
 pub mod swiglu;
@@ -38,6 +39,7 @@ pub fn all_shaders() -> Vec<&'static ShaderSource> {
         &kv_quant_attention::SHADER,
         &kv_quant_store::SHADER,
         &rmsnorm::SHADER,
+        &rmsnorm_quant::SHADER,
         &rope::SHADER,
         &sample::SHADER,
         &swiglu::SHADER,
