@@ -6,7 +6,7 @@ use lamina_engine::graph::{Graph, Op, TensorId};
 use lamina_engine::kv::KvLayout;
 use lamina_engine::ops::{
     act_quant, add, embedding, gram, hadamard, kv_f16_attention, kv_f16_write, kv_quant_attention,
-    kv_quant_store, matmul, matmul_int, rmsnorm, rope, sample, swiglu,
+    kv_quant_store, matmul, matmul_int, rmsnorm, rmsnorm_quant, rope, sample, swiglu,
 };
 use lamina_engine::weight::GpuWeight;
 use lamina_engine::{Tensor, WeightRef};
@@ -348,21 +348,49 @@ pub fn push_layer(
     let p = |s: &str| format!("blk.{l}.{s}");
     // The linear layers reading one input: float matmuls, or with integer
     // activations the input quantized once, then integer matmuls.
+    let quant = match (lw.act, io.xq, taps) {
+        (Some(_), None, _) => {
+            return Err(ModelError::Invalid(
+                "a layer with integer activations needs the code buffer".into(),
+            ));
+        }
+        (Some(_), _, Some(_)) => {
+            return Err(ModelError::Invalid(
+                "Gram taps read f32 inputs; a layer with integer activations has none".into(),
+            ));
+        }
+        (Some(a), Some(xq), None) => Some((a, xq)),
+        (None, _, _) => None,
+    };
+    // `out = RMSNorm(x) * w`, or with integer activations the norm's output
+    // straight to codes (one dispatch): the input of q/k/v and of gate/up.
+    let norm = |g: &mut Graph, w: TensorId, out: TensorId, site: ActSite, label: String| {
+        let Some((a, (codes, scales))) = quant else {
+            return push_norm(g, c, io.x, w, out, n, label);
+        };
+        let op = rmsnorm_quant::RmsNormQuant {
+            x: io.x,
+            weight: w,
+            codes,
+            scales,
+            dim: c.dim as u32,
+            eps: c.norm_eps,
+            bits: a.bits,
+            scale: a.scale(site),
+            max_rows: n,
+        };
+        g.push(label, Op::RmsNormQuant(op))?;
+        Ok(())
+    };
+    // The linear layers reading one input: float matmuls, or integer ones
+    // over its codes (quantized here unless `coded`, by the norm).
     let linears = |g: &mut Graph,
                    x: TensorId,
                    site: ActSite,
+                   coded: bool,
                    ws: &[(&GpuWeight, TensorId, &str)]|
      -> Result<()> {
-        let quant = match (lw.act, io.xq) {
-            (Some(a), Some(xq)) => Some((a, xq)),
-            (Some(_), None) => {
-                return Err(ModelError::Invalid(
-                    "a layer with integer activations needs the code buffer".into(),
-                ));
-            }
-            (None, _) => None,
-        };
-        if let Some((a, (codes, scales))) = quant {
+        if let Some((a, (codes, scales))) = quant.filter(|_| !coded) {
             let op = act_quant::ActQuant {
                 x,
                 codes,
@@ -410,7 +438,7 @@ pub fn push_layer(
         Ok(())
     };
     let w = external(g, &p("attn_norm"), &lw.attn_norm);
-    push_norm(g, c, io.x, w, io.h, n, p("attn_norm"))?;
+    norm(g, w, io.h, ActSite::QkvIn, p("attn_norm"))?;
     if let Some(t) = taps {
         push_gram(g, io.h, t.attn_in, c.dim, n, p("gram_attn_in"))?;
     }
@@ -419,7 +447,7 @@ pub fn push_layer(
         (&lw.wk, io.k, "attn_k"),
         (&lw.wv, io.v, "attn_v"),
     ];
-    linears(g, io.h, ActSite::QkvIn, &qkv)?;
+    linears(g, io.h, ActSite::QkvIn, true, &qkv)?;
     // A rotated model's online Hadamard on each query and key head: fused
     // into RoPE where the head is a power of two, else a dispatch of its own.
     let fused = hd.is_power_of_two() && hd <= rope::HADAMARD_MAX_DIM;
@@ -520,11 +548,17 @@ pub fn push_layer(
     if let Some(t) = taps {
         push_gram(g, io.att, t.attn_out, c.q_dim(), n, p("gram_attn_out"))?;
     }
-    linears(g, io.att, ActSite::OIn, &[(&lw.wo, io.o, "attn_output")])?;
+    linears(
+        g,
+        io.att,
+        ActSite::OIn,
+        false,
+        &[(&lw.wo, io.o, "attn_output")],
+    )?;
     residual(g, io.o, p("attn_residual"))?;
 
     let w = external(g, &p("ffn_norm"), &lw.ffn_norm);
-    push_norm(g, c, io.x, w, io.h_ffn, n, p("ffn_norm"))?;
+    norm(g, w, io.h_ffn, ActSite::FfnIn, p("ffn_norm"))?;
     if let Some(t) = taps {
         push_gram(g, io.h_ffn, t.ffn_in, c.dim, n, p("gram_ffn_in"))?;
     }
@@ -532,7 +566,7 @@ pub fn push_layer(
         (&lw.w_gate, io.gate, "ffn_gate"),
         (&lw.w_up, io.up, "ffn_up"),
     ];
-    linears(g, io.h_ffn, ActSite::FfnIn, &gate_up)?;
+    linears(g, io.h_ffn, ActSite::FfnIn, true, &gate_up)?;
     g.push(
         p("swiglu"),
         Op::SwiGlu(swiglu::SwiGlu {
@@ -554,6 +588,7 @@ pub fn push_layer(
         g,
         io.act,
         ActSite::DownIn,
+        false,
         &[(&lw.w_down, io.down, "ffn_down")],
     )?;
     residual(g, io.down, p("ffn_residual"))?;

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use lamina_engine::ops::act_quant;
+use lamina_engine::act::{ActBits, ActScale};
 use lamina_engine::weight::{GpuWeight, HostData, HostWeight};
 use lamina_engine::{DType, Gpu, Tensor, WeightFormat};
 
@@ -65,7 +65,7 @@ impl std::str::FromStr for WeightMode {
 /// per-token scales (`None`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LayerAct {
-    pub bits: act_quant::ActBits,
+    pub bits: ActBits,
     pub scales: Option<[f32; 4]>,
 }
 
@@ -73,8 +73,8 @@ impl LayerAct {
     /// Layer `l`'s part of `a`.
     pub fn of(a: &ActQuant, l: usize) -> Result<LayerAct> {
         let bits = match a.bits {
-            8 => act_quant::ActBits::Int8,
-            4 => act_quant::ActBits::Int4,
+            8 => ActBits::Int8,
+            4 => ActBits::Int4,
             b => {
                 return Err(ModelError::Input(format!(
                     "activation bits {b} not supported (8 or 4)"
@@ -87,10 +87,10 @@ impl LayerAct {
         })
     }
 
-    fn scale(&self, site: ActSite) -> act_quant::ActScale {
+    pub fn scale(&self, site: ActSite) -> ActScale {
         match self.scales {
-            Some(s) => act_quant::ActScale::Static(s[site.index()]),
-            None => act_quant::ActScale::Dynamic,
+            Some(s) => ActScale::Static(s[site.index()]),
+            None => ActScale::Dynamic,
         }
     }
 }
