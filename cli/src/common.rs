@@ -8,7 +8,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use lamina_engine::{DeviceOptions, Gpu};
-use lamina_model::checkpoint::{HostDType, LoadedModel};
+use lamina_model::checkpoint::{ActQuant, HostDType, LoadedModel};
 use lamina_model::kv_cache::{DEFAULT_BATCH, DEFAULT_RECENT, DEFAULT_SINK, KvFormat};
 use lamina_model::llama::{GpuModel, WeightMode};
 use lamina_model::loader;
@@ -157,6 +157,10 @@ pub struct ModelArgs {
     /// or 0 for float activations with the same weights.
     #[arg(long)]
     pub act_bits: Option<u32>,
+    /// Integer activations with per-token scales computed at run time instead of the
+    /// file's static ones (for comparison; the same weights).
+    #[arg(long)]
+    pub act_dynamic: bool,
     /// Context size (positions in the KV cache); 0 = the model's training context.
     #[arg(short = 'c', long = "ctx-size")]
     pub ctx_size: Option<usize>,
@@ -291,13 +295,31 @@ pub fn pivot_tokens(a: &ModelArgs, m: &LoadedModel, kv: &KvFormat) -> Result<Vec
     Ok(tokens)
 }
 
-/// `m` with the activation quantization `--act-bits` asks for: the file's
-/// (no flag), none (0), or the file's at another width (dynamic scales only).
+/// `m` with the activation quantization `--act-bits` and `--act-dynamic`
+/// ask for: the file's (no flag), none (0), per-token scales at the file's
+/// or any width (`--act-dynamic`), or a dynamic file's at another width.
 pub fn with_act_bits(a: &ModelArgs, m: &LoadedModel) -> Result<Option<LoadedModel>> {
-    let Some(bits) = a.act_bits else {
+    let file_act = m.recipe.as_ref().and_then(|r| r.act.as_ref());
+    if a.act_dynamic && file_act.is_none() {
+        anyhow::bail!(
+            "--act-dynamic: {} has no activation quantization (make a model with it: \
+             lamina quantize --act-bits 8)",
+            m.source
+        );
+    }
+    if a.act_dynamic && a.act_bits == Some(0) {
+        anyhow::bail!("--act-dynamic needs integer activations, not --act-bits 0");
+    }
+    // Per-token scales make any width possible.
+    let dynamic = file_act.filter(|_| a.act_dynamic).map(|f| ActQuant {
+        bits: a.act_bits.unwrap_or(f.bits),
+        dynamic: true,
+        ..Default::default()
+    });
+    let Some(bits) = a.act_bits.or(dynamic.as_ref().map(|d| d.bits)) else {
         return Ok(None);
     };
-    let act = m.recipe.as_ref().and_then(|r| r.act.as_ref());
+    let act = dynamic.as_ref().or(file_act);
     let mut out = m.clone();
     let recipe = out.recipe.get_or_insert_with(Default::default);
     match (bits, act) {

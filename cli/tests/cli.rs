@@ -295,6 +295,7 @@ fn prefixquant_bad_input() {
     fails_with(&bench(&["-c", "2"]), "leaves no room");
     // Integer activations need a model quantized with them.
     fails_with(&bench(&["--act-bits", "8"]), "no activation quantization");
+    fails_with(&bench(&["--act-dynamic"]), "no activation quantization");
     if let Some(gguf) = fetched_model() {
         let g = gguf.to_str().expect("utf8");
         let out = lamina(&[
