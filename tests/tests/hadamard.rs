@@ -247,3 +247,64 @@ fn rope_hadamard_rejects_other_head_dims() {
         );
     }
 }
+
+/// The fused transform + quantization against `reference_quant`: scales
+/// within float noise and every code within one step (the GPU's transform
+/// differs from the CPU's in the last bits, which can move a value across
+/// a rounding boundary), few codes off at all; static and dynamic, 8 and 4
+/// bits, rows shorter than the graph; sizes that do not fit are errors.
+#[test]
+fn hadamard_quant_matches_reference() {
+    use lamina_engine::act::{ActBits, ActScale};
+    use lamina_engine::ops::hadamard::HadamardQuant;
+    for (n, max_rows, n_tokens) in [(1536u32, 4u32, 3u32), (288, 5, 5), (64, 2, 1), (576, 9, 7)] {
+        for bits in [ActBits::Int8, ActBits::Int4] {
+            for scale in [ActScale::Dynamic, ActScale::Static(0.02)] {
+                let len = (n * max_rows) as usize;
+                let x = rand_vec(len, u64::from(n + n_tokens), 1.0);
+                let mut g = Graph::new();
+                let xt = g.input("x", 4 * len as u64);
+                let codes = g.output("codes", len as u64);
+                let scales = g.output("scales", 4 * u64::from(max_rows));
+                let op = HadamardQuant {
+                    x: xt,
+                    codes,
+                    scales,
+                    n,
+                    bits,
+                    scale,
+                    max_rows,
+                };
+                g.push("hq", Op::HadamardQuant(op)).unwrap();
+                let mut ex = Executor::new(gpu(), g).unwrap();
+                ex.write(xt, 0, &f32_bytes(&x));
+                let step = Step {
+                    n_tokens,
+                    ..Default::default()
+                };
+                ex.run(&step).unwrap();
+                let rows = n_tokens as usize;
+                let done = rows * n as usize;
+                let (q, s) =
+                    hadamard::reference_quant(&x[..done], n as usize, bits, scale).unwrap();
+                let words = ex.read(codes, done as u64).unwrap();
+                let got_s = ex.read_f32(scales, rows).unwrap();
+                let what = format!("hadamard_quant n {n} {bits:?} {scale:?}");
+                assert_close(&what, &got_s, &s, 0.0, 1e-5);
+                let got: Vec<i8> = words.iter().map(|&b| b as i8).collect();
+                let off = got.iter().zip(&q).filter(|(a, b)| a != b).count();
+                assert!(
+                    got.iter()
+                        .zip(&q)
+                        .all(|(a, b)| (i32::from(*a) - i32::from(*b)).abs() <= 1),
+                    "{what}: a code more than one step off"
+                );
+                assert!(
+                    off * 100 <= done,
+                    "{what}: {off} of {done} codes off by one"
+                );
+            }
+        }
+    }
+    assert!(!HadamardQuant::fits(4096) && !HadamardQuant::fits(960) && HadamardQuant::fits(1536));
+}

@@ -49,14 +49,16 @@
 //! x: [max_rows, width] f32, read-write, `width` a multiple of `n`; the
 //! step's first `n_tokens` rows are transformed, each n-chunk on its own.
 
+use crate::act::{ActBits, ActParams, ActScale, quantize_rows};
 use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
     write_params,
 };
 use crate::pipeline::Kernel;
+use crate::shader::lib::ACTQ;
 use crate::{Caps, EngineError, Result, ensure_shape};
 
-crate::shader!(SHADER, "hadamard", [], HadamardParams);
+crate::shader!(SHADER, "hadamard", [ACTQ], HadamardParams, [ActParams]);
 
 /// Floats in a workgroup's tile: 16 KiB, WebGPU's default workgroup storage
 /// (the WGSL `const TILE`, held equal by tests/tests/contracts.rs).
@@ -91,6 +93,8 @@ crate::params_struct! {
         pub scale: f32,
         /// Bit `a * k + c` set where `M[a, c] = -1`, `M = H_K` or `H_Kᵀ`.
         pub signs: [[u32; 4]; SIGN_VEC4],
+        /// [`HadamardQuant`] only: the codes' settings.
+        pub act: ActParams,
     }
 }
 
@@ -270,10 +274,100 @@ impl OpDef for Hadamard {
                     1.0
                 },
                 signs: sign_bits(a.k as usize, self.transposed),
+                act: ActParams::default(),
             },
         );
         grid1(n_chunks.div_ceil(a.per_wg) * (a.inner / a.cols))
     }
+}
+
+/// The Hadamard transform of each row, straight to int8 codes and a scale
+/// per row (`crate::act`, static or dynamic): the online Hadamard at the
+/// down projection's input and that input's quantization in one dispatch
+/// (PrefixQuant). x (`[max_rows, n]` f32) is read, not written; codes:
+/// `[max_rows, n / 4]` u32; scales: `[max_rows]` f32. One workgroup per
+/// row, so `n` must fit a tile with room for the row max's reduction:
+/// [`HadamardQuant::fits`].
+#[derive(Debug, Clone)]
+pub struct HadamardQuant {
+    pub x: TensorId,
+    pub codes: TensorId,
+    pub scales: TensorId,
+    /// Row length, the transform's size.
+    pub n: u32,
+    pub bits: ActBits,
+    pub scale: ActScale,
+    pub max_rows: u32,
+}
+
+impl HadamardQuant {
+    /// Whether rows of `n` take the fused kernel (else: [`Hadamard`], then
+    /// `act_quant`).
+    pub fn fits(n: u32) -> bool {
+        supported(n as usize) && n.is_multiple_of(32) && n + WG <= TILE
+    }
+}
+
+impl OpDef for HadamardQuant {
+    fn name(&self) -> &'static str {
+        "hadamard_quant"
+    }
+    fn check(&self, g: &[TensorInfo]) -> Result<()> {
+        const OP: &str = "hadamard_quant";
+        ensure_shape!(
+            Self::fits(self.n),
+            OP,
+            "rows of {} need a supported size, a multiple of 32, of at most {}",
+            self.n,
+            TILE - WG
+        );
+        self.scale.check(OP)?;
+        let elems = u64::from(self.n) * u64::from(self.max_rows);
+        check_bytes(g, OP, "x", self.x, 4 * elems)?;
+        check_bytes(g, OP, "codes", self.codes, elems)?;
+        check_bytes(g, OP, "scales", self.scales, 4 * u64::from(self.max_rows))
+    }
+    fn calls(&self, _caps: &Caps) -> Vec<Call> {
+        // x is only read, but the shader shares `hadamard`'s read_write binding.
+        let bindings = vec![
+            Binding::write(self.x),
+            Binding::write(self.codes),
+            Binding::write(self.scales),
+        ];
+        vec![Call::new(Kernel::new(&SHADER, "hadamard_quant"), bindings)]
+    }
+    fn step(&self, _tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+        let (k, p) = factor(self.n as usize).unwrap_or((1, 1));
+        let rows = step.n_tokens.min(self.max_rows);
+        write_params(
+            params,
+            &HadamardParams {
+                n_chunks: rows,
+                n: self.n,
+                k: k as u32,
+                p: p as u32,
+                inner: 1,
+                cols: 1,
+                per_wg: 1,
+                scale: (1.0 / f64::from(self.n).sqrt()) as f32,
+                signs: sign_bits(k, false),
+                act: self.scale.params(self.bits),
+            },
+        );
+        grid1(rows)
+    }
+}
+
+/// CPU reference of [`HadamardQuant`]: [`transform`], then `crate::act`'s
+/// quantizer.
+pub fn reference_quant(
+    x: &[f32],
+    n: usize,
+    bits: ActBits,
+    scale: ActScale,
+) -> Result<(Vec<i8>, Vec<f32>)> {
+    let y = reference(x, n, false)?;
+    Ok(quantize_rows(&y, n, bits, scale))
 }
 
 /// CPU reference: [`transform`] (or [`transform_transposed`]) of a copy.

@@ -577,9 +577,28 @@ pub fn push_layer(
             max_rows: n,
         }),
     )?;
-    if c.hadamard.down {
-        let f = c.ffn_dim as u32;
-        push_hadamard(g, io.act, f, f, n, p("ffn_down_hadamard"))?;
+    // A rotated model's online Hadamard at the down input; with integer
+    // activations it writes the codes itself where the row fits one tile.
+    let f = c.ffn_dim as u32;
+    let mut down_coded = false;
+    match quant {
+        Some((a, (codes, scales)))
+            if c.hadamard.down && hadamard::HadamardQuant::fits(f) && taps.is_none() =>
+        {
+            let op = hadamard::HadamardQuant {
+                x: io.act,
+                codes,
+                scales,
+                n: f,
+                bits: a.bits,
+                scale: a.scale(ActSite::DownIn),
+                max_rows: n,
+            };
+            g.push(p("ffn_down_hadamard"), Op::HadamardQuant(op))?;
+            down_coded = true;
+        }
+        _ if c.hadamard.down => push_hadamard(g, io.act, f, f, n, p("ffn_down_hadamard"))?,
+        _ => {}
     }
     if let Some(t) = taps {
         push_gram(g, io.act, t.ffn_act, c.ffn_dim, n, p("gram_ffn_act"))?;
@@ -588,7 +607,7 @@ pub fn push_layer(
         g,
         io.act,
         ActSite::DownIn,
-        false,
+        down_coded,
         &[(&lw.w_down, io.down, "ffn_down")],
     )?;
     residual(g, io.down, p("ffn_residual"))?;
