@@ -28,6 +28,8 @@
 //! x against 442 KiB of a 576x1536 Q4 weight).
 
 use crate::Result;
+use crate::dispatch::{TensorId, TensorInfo, check_bytes};
+use crate::weight::GROUP;
 
 /// Code width of quantized activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,4 +150,36 @@ pub fn pack_codes(codes: &[i8]) -> Vec<u32> {
                 .fold(0u32, |w, (k, &q)| w | (u32::from(q as u8) << (8 * k)))
         })
         .collect()
+}
+
+/// The tensors of an op that turns `[rows, width]` f32 rows (`x`) into
+/// codes (`[rows, width / 4]` u32) and a scale per row: `width` a
+/// positive multiple of 32 (named `what` in the message), `rows` > 0, the
+/// scale valid, x indexable with u32 words, and every tensor big enough.
+#[allow(clippy::too_many_arguments)]
+pub fn check_code_rows(
+    g: &[TensorInfo],
+    op: &'static str,
+    what: &str,
+    (x, codes, scales): (TensorId, TensorId, TensorId),
+    width: u32,
+    rows: u32,
+    scale: ActScale,
+) -> Result<()> {
+    crate::ensure_shape!(
+        width > 0 && width.is_multiple_of(GROUP),
+        op,
+        "{what} must be a positive multiple of {GROUP}, got {width}"
+    );
+    crate::ensure_shape!(rows > 0, op, "max_rows is 0");
+    scale.check(op)?;
+    let x_bytes = 4 * u64::from(width) * u64::from(rows);
+    crate::ensure_shape!(
+        x_bytes < (1 << 34),
+        op,
+        "x ({x_bytes} bytes) too large for u32 indexing"
+    );
+    check_bytes(g, op, "x", x, x_bytes)?;
+    check_bytes(g, op, "codes", codes, x_bytes / 4)?;
+    check_bytes(g, op, "scales", scales, 4 * u64::from(rows))
 }

@@ -12,14 +12,12 @@
 //! u32, four codes per word (column `4w + k` in byte `k`, as i8); scales:
 //! `[max_rows]` f32. One workgroup per row of the step.
 
-use crate::act::{ActBits, ActParams, ActScale, quantize_rows};
+use crate::act::{ActBits, ActParams, ActScale, check_code_rows, quantize_rows};
 use crate::dispatch::{
-    Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
-    write_params,
+    Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, grid1, write_params,
 };
 use crate::pipeline::Kernel;
 use crate::shader::lib::{ACTQ, REDUCE};
-use crate::weight::GROUP;
 use crate::{Caps, Result};
 
 crate::shader!(
@@ -66,24 +64,16 @@ impl OpDef for ActQuant {
     }
 
     fn check(&self, g: &[TensorInfo]) -> Result<()> {
-        const OP: &str = "act_quant";
-        let (cols, rows) = (self.cols, self.max_rows);
-        crate::ensure_shape!(
-            cols > 0 && cols.is_multiple_of(GROUP),
-            OP,
-            "cols must be a positive multiple of {GROUP}, got {cols}"
-        );
-        crate::ensure_shape!(rows > 0, OP, "max_rows is 0");
-        self.scale.check(OP)?;
-        let x_bytes = 4 * u64::from(cols) * u64::from(rows);
-        crate::ensure_shape!(
-            x_bytes < (1 << 34),
-            OP,
-            "x ({x_bytes} bytes) too large for u32 indexing"
-        );
-        check_bytes(g, OP, "x", self.x, x_bytes)?;
-        check_bytes(g, OP, "codes", self.codes, x_bytes / 4)?;
-        check_bytes(g, OP, "scales", self.scales, 4 * u64::from(rows))
+        let tensors = (self.x, self.codes, self.scales);
+        check_code_rows(
+            g,
+            "act_quant",
+            "cols",
+            tensors,
+            self.cols,
+            self.max_rows,
+            self.scale,
+        )
     }
 
     fn calls(&self, _caps: &Caps) -> Vec<Call> {

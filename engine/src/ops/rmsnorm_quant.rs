@@ -14,14 +14,13 @@
 //! `[max_rows, dim / 4]` u32 (four i8 codes per word); scales: `[max_rows]`
 //! f32. One workgroup per row of the step.
 
-use crate::act::{ActBits, ActParams, ActScale, quantize_rows};
+use crate::act::{ActBits, ActParams, ActScale, check_code_rows, quantize_rows};
 use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
     write_params,
 };
 use crate::pipeline::Kernel;
 use crate::shader::lib::{ACTQ, REDUCE};
-use crate::weight::GROUP;
 use crate::{Caps, Result};
 
 crate::shader!(
@@ -67,24 +66,9 @@ impl OpDef for RmsNormQuant {
 
     fn check(&self, g: &[TensorInfo]) -> Result<()> {
         const OP: &str = "rmsnorm_quant";
-        let (dim, rows) = (self.dim, self.max_rows);
-        crate::ensure_shape!(
-            dim > 0 && dim.is_multiple_of(GROUP),
-            OP,
-            "dim must be a positive multiple of {GROUP}, got {dim}"
-        );
-        crate::ensure_shape!(rows > 0, OP, "max_rows is 0");
-        self.scale.check(OP)?;
-        let x_bytes = 4 * u64::from(dim) * u64::from(rows);
-        crate::ensure_shape!(
-            x_bytes < (1 << 34),
-            OP,
-            "x ({x_bytes} bytes) too large for u32 indexing"
-        );
-        check_bytes(g, OP, "x", self.x, x_bytes)?;
-        check_bytes(g, OP, "weight", self.weight, 4 * u64::from(dim))?;
-        check_bytes(g, OP, "codes", self.codes, x_bytes / 4)?;
-        check_bytes(g, OP, "scales", self.scales, 4 * u64::from(rows))
+        let tensors = (self.x, self.codes, self.scales);
+        check_code_rows(g, OP, "dim", tensors, self.dim, self.max_rows, self.scale)?;
+        check_bytes(g, OP, "weight", self.weight, 4 * u64::from(self.dim))
     }
 
     fn calls(&self, _caps: &Caps) -> Vec<Call> {

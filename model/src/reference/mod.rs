@@ -314,13 +314,9 @@ impl Reference {
             self.state.key_cache[l * n..l * n + p * kvd].copy_from_slice(&pivot.k[l]);
             self.state.value_cache[l * n..l * n + p * kvd].copy_from_slice(&pivot.v[l]);
             if self.f16_cache {
-                let (k, v) = (&mut self.state.key_cache, &mut self.state.value_cache);
-                for x in k[l * n..l * n + p * kvd]
-                    .iter_mut()
-                    .chain(&mut v[l * n..l * n + p * kvd])
-                {
-                    *x = lamina_engine::kv::round_f16(*x);
-                }
+                let r = l * n..l * n + p * kvd;
+                round_f16(&mut self.state.key_cache[r.clone()]);
+                round_f16(&mut self.state.value_cache[r]);
             }
         }
         self.len = p;
@@ -489,9 +485,8 @@ impl Reference {
                 hadamard::transform(k_new, hd).expect("head_dim checked in Reference::new");
             }
             if f16_cache {
-                for v in k_new.iter_mut().chain(v_new.iter_mut()) {
-                    *v = lamina_engine::kv::round_f16(*v);
-                }
+                round_f16(k_new);
+                round_f16(v_new);
             }
             attention(
                 att,
@@ -618,6 +613,13 @@ fn vector(t: &HostTensor, n: usize) -> Result<Vec<f32>> {
 
 mod math;
 pub(crate) use math::dot;
+
+/// Rounds cache rows to f16 in place, as the GPU's f16 cache stores them.
+fn round_f16(x: &mut [f32]) {
+    for v in x {
+        *v = lamina_engine::kv::round_f16(*v);
+    }
+}
 use math::{Matrix, RopeTable, add, attention, matmul, rmsnorm, silu};
 
 #[cfg(test)]
