@@ -108,6 +108,9 @@ fn key8(seg: u32, kvh: u32, j: u32, w: u32) -> D8 {
         if KF == KV_Q2 { c.x >>= 16u * (w & 1u); }
         if KCH == 1u {
             sw = 0x3c00u;   // per channel: the codes themselves (scale 1, min 0), see dim_scores
+        } else if KST == 1u {
+            // Static: the signed codes c - 2^(b-1) (scale 1), see dim_scores.
+            sw = pack2x16float(vec2(1.0, -f32(1u << (bits_of(KF) - 1u))));
         } else {
             sw = k_store[base + scale_at(KF, w)];
         }
@@ -129,7 +132,7 @@ fn value8(seg: u32, kvh: u32, j: u32, w: u32) -> D8 {
     } else {
         if VF == KV_Q8 { c.y = v_store[a + 1u]; }
         if VF == KV_Q2 { c.x >>= 16u * (w & 1u); }
-        sw = v_store[base + scale_at(VF, w)];
+        sw = select(v_store[base + scale_at(VF, w)], v_store[v_static_at(kvh)], KST == 1u);
     }
     return decode8(VF, c, sw);
 }
@@ -156,28 +159,38 @@ fn add_rows(s: Scores, b: vec4<f32>) -> Scores {
 
 // Scores of a block of keys decoded dim by dim. Per-channel integer keys
 // (store, KCH): q . (min + scale * code) = (q * scale) . code + q . min,
-// with the group's scales folded into q once per block.
+// with the group's scales folded into q once per block. Static keys (KST):
+// their min is -2^(b-1) scale exactly, so q . key = (q * scale) . (code -
+// 2^(b-1)), the head's scale folded into q and no bias (signed codes keep
+// the sums small, where code and min terms would cancel).
 fn dim_scores(seg: u32, kvh: u32, qrow: vec4<u32>, j0: u32, last: u32) -> Scores {
     var s = Scores();
-    let chan = seg == SEG_STORE && KCH == 1u;
+    let chan = seg == SEG_STORE && (KCH == 1u || KST == 1u);
     var bias = vec4(0.0);
     for (var w = 0u; w < W8; w++) {
         let i = qrow + vec4(2u * w);
         var qa = mat4x4(q[i.x], q[i.y], q[i.z], q[i.w]);
         var qb = mat4x4(q[i.x + 1u], q[i.y + 1u], q[i.z + 1u], q[i.w + 1u]);
         if chan {
-            let a = aux_at(kvh, j0) + 8u * w;
-            let c0 = unpack2x16float(k_store[a]);
-            let c1 = unpack2x16float(k_store[a + 1u]);
-            let c2 = unpack2x16float(k_store[a + 2u]);
-            let c3 = unpack2x16float(k_store[a + 3u]);
-            let c4 = unpack2x16float(k_store[a + 4u]);
-            let c5 = unpack2x16float(k_store[a + 5u]);
-            let c6 = unpack2x16float(k_store[a + 6u]);
-            let c7 = unpack2x16float(k_store[a + 7u]);
-            let sa = vec4(c0.x, c1.x, c2.x, c3.x);
-            let sb = vec4(c4.x, c5.x, c6.x, c7.x);
-            bias += vec4(c0.y, c1.y, c2.y, c3.y) * qa + vec4(c4.y, c5.y, c6.y, c7.y) * qb;
+            var sa: vec4<f32>;
+            var sb: vec4<f32>;
+            if KST == 1u {
+                sa = vec4(unpack2x16float(k_store[k_static_at(kvh)]).x);
+                sb = sa;
+            } else {
+                let a = aux_at(kvh, j0) + 8u * w;
+                let c0 = unpack2x16float(k_store[a]);
+                let c1 = unpack2x16float(k_store[a + 1u]);
+                let c2 = unpack2x16float(k_store[a + 2u]);
+                let c3 = unpack2x16float(k_store[a + 3u]);
+                let c4 = unpack2x16float(k_store[a + 4u]);
+                let c5 = unpack2x16float(k_store[a + 5u]);
+                let c6 = unpack2x16float(k_store[a + 6u]);
+                let c7 = unpack2x16float(k_store[a + 7u]);
+                sa = vec4(c0.x, c1.x, c2.x, c3.x);
+                sb = vec4(c4.x, c5.x, c6.x, c7.x);
+                bias += vec4(c0.y, c1.y, c2.y, c3.y) * qa + vec4(c4.y, c5.y, c6.y, c7.y) * qb;
+            }
             qa = mat4x4(qa[0] * sa, qa[1] * sa, qa[2] * sa, qa[3] * sa);
             qb = mat4x4(qb[0] * sb, qb[1] * sb, qb[2] * sb, qb[3] * sb);
         }
@@ -387,7 +400,7 @@ fn block_pv(b: Block, seg: u32, kvh: u32, j0: u32, last: u32, w: u32) -> Values4
 // End of the store when `len` tokens are in the cache (KvLayout::boundary).
 fn store_end(len: vec4<u32>) -> vec4<u32> {
     let old = select(vec4(0u), len - vec4(p.cache.pivot + p.recent), len > vec4(p.cache.pivot + p.recent));
-    return vec4(p.cache.pivot) + old / 32u * 32u;
+    return vec4(p.cache.pivot) + old / granule() * granule();
 }
 
 // ---------------------------------------------------------------------------

@@ -124,8 +124,9 @@ fn group_start(j: u32) -> u32 {
     return p.cache.pivot + (j - p.cache.pivot) / T * T;
 }
 
-// Writes row x in format f (f16 or integer) to the key or value store at word `dst`.
-fn store_int(is_k: bool, f: u32, dst: u32) {
+// Writes row x of KV head `head` in format f (f16 or integer) to the key or
+// value store at word `dst`.
+fn store_int(is_k: bool, f: u32, head: u32, dst: u32) {
     if f == KV_F16 {
         for (var w = 0u; w < HD / 2u; w++) {
             let word = to_f16x2(vec2(x[2u * w], x[2u * w + 1u]));
@@ -134,12 +135,20 @@ fn store_int(is_k: bool, f: u32, dst: u32) {
         return;
     }
     let b = bits_of(f);
-    group_scales(f32((1u << b) - 1u));
+    if KST == 1u {
+        // Static: the head's one (scale, min) for every channel (whatever
+        // QG is: the layout does not check it), not stored per row.
+        let sm = unpack2x16float(select(v_store[v_static_at(head)], k_store[k_static_at(head)], is_k));
+        for (var g = 0u; g < 32u; g++) { sms[g] = sm; }
+    } else {
+        group_scales(f32((1u << b) - 1u));
+    }
     let n_codes = (HD * b + 31u) / 32u;
     for (var i = 0u; i < n_codes; i++) {
         let word = code_word(i, b, false);
         if is_k { k_store[dst + i] = word; } else { v_store[dst + i] = word; }
     }
+    if KST == 1u { return; }
     for (var g = 0u; g < HD / QG; g++) {
         let word = pack2x16float(sms[g]);
         if is_k { k_store[dst + n_codes + g] = word; } else { v_store[dst + n_codes + g] = word; }
@@ -263,8 +272,8 @@ fn kv_flush(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         for (var i = 0u; i < (HD * b + 31u) / 32u; i++) { k_store[dst + i] = code_word(i, b, true); }
     } else {
         load_row(true, head, j);
-        store_int(true, KF, (head * p.max_ctx + j) * KW);
+        store_int(true, KF, head, (head * p.max_ctx + j) * KW);
     }
     load_row(false, head, j);
-    store_int(false, VF, (head * p.max_ctx + j) * VW);
+    store_int(false, VF, head, (head * p.max_ctx + j) * VW);
 }

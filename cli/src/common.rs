@@ -8,7 +8,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use lamina_engine::{DeviceOptions, Gpu};
-use lamina_model::checkpoint::{ActQuant, HostDType, LoadedModel};
+use lamina_model::checkpoint::{ActQuant, HostDType, KvStatic, LoadedModel};
 use lamina_model::kv_cache::{DEFAULT_BATCH, DEFAULT_RECENT, DEFAULT_SINK, KvFormat};
 use lamina_model::llama::{GpuModel, WeightMode};
 use lamina_model::loader;
@@ -106,12 +106,14 @@ pub struct ModelArgs {
     #[arg(long, default_value = "native")]
     pub weights: WeightMode,
     /// KV cache format: f16, q8, q4, q2 (keys and values alike), qjl (QJL keys, q2 values),
-    /// or k=FORMAT,v=FORMAT (keys: f16, q8, q4, q2, qjl; values: f16, q8, q4, q2).
-    #[arg(long, default_value = "f16")]
-    pub kv: KvFormat,
-    /// Quantized KV cache: the fewest recent tokens kept in f16.
-    #[arg(long, default_value_t = DEFAULT_RECENT)]
-    pub kv_recent: u32,
+    /// k=FORMAT,v=FORMAT (keys: f16, q8, q4, q2, qjl; values: f16, q8, q4, q2), or static
+    /// (the model's static per-head scales, PrefixQuant's KV4: `quantize --kv-bits`).
+    /// Default: static for a model that has such scales, else f16.
+    #[arg(long)]
+    pub kv: Option<KvFormat>,
+    /// Quantized KV cache: the fewest recent tokens kept in f16 [default: 128; static: 0].
+    #[arg(long)]
+    pub kv_recent: Option<u32>,
     /// Quantized KV cache: channels per scale group of q8/q4/q2 (divides head_dim).
     #[arg(long, default_value_t = KvFormat::F16.qgroup)]
     pub kv_group: u32,
@@ -120,9 +122,10 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value_t = KvKeys::of(&KvFormat::F16))]
     pub kv_keys: KvKeys,
     /// Quantized KV cache: the first N positions (the pivot's included) are never quantized,
-    /// like the pivot but filled by the sequence itself (attention sinks).
-    #[arg(long, default_value_t = DEFAULT_SINK)]
-    pub kv_sink: u32,
+    /// like the pivot but filled by the sequence itself (attention sinks) [default: 4;
+    /// static: 0].
+    #[arg(long)]
+    pub kv_sink: Option<u32>,
     /// QJL keys: sketch rows (bits per key), a multiple of 32; 0 = twice head_dim.
     #[arg(long, default_value_t = KvFormat::F16.qjl_m)]
     pub qjl_m: u32,
@@ -230,22 +233,44 @@ pub fn open_gpu() -> Result<Arc<Gpu>> {
     Ok(gpu)
 }
 
-/// The KV cache format the flags in `a` ask for.
-pub fn kv_format(a: &ModelArgs) -> Result<KvFormat> {
-    let mut kv = a.kv;
-    kv.recent = a.kv_recent;
+/// The KV cache format the flags in `a` ask for, for a model whose static
+/// KV scales (PrefixQuant) are `file_kv`: without `--kv`, the model's
+/// static cache when it has one, else f16.
+pub fn kv_format(a: &ModelArgs, file_kv: Option<&KvStatic>) -> Result<KvFormat> {
+    let mut kv = match (a.kv, file_kv) {
+        (Some(kv), _) => kv,
+        (None, Some(_)) => "static".parse()?,
+        (None, None) => KvFormat::F16,
+    };
+    let is_static = kv.static_scales;
+    kv.recent = a
+        .kv_recent
+        .unwrap_or(if is_static { 0 } else { DEFAULT_RECENT });
+    kv.sink = a
+        .kv_sink
+        .unwrap_or(if is_static { 0 } else { DEFAULT_SINK });
     kv.qgroup = a.kv_group;
     kv.k_channel = a.kv_keys == KvKeys::Channel;
-    kv.sink = a.kv_sink;
     kv.qjl_m = a.qjl_m;
     kv.qjl_outliers = a.qjl_outliers;
     kv.qjl_outlier_q8 = a.qjl_outlier_format == QjlOutlierFormat::Q8;
     kv.qjl_initial_layers = a.qjl_initial_layers;
-    if a.kv_exact_prompt && kv.is_f16() {
-        anyhow::bail!("--kv-exact-prompt needs a quantized cache (--kv q8, q4, q2 or qjl)");
+    if a.kv_exact_prompt && (kv.is_f16() || is_static) {
+        anyhow::bail!(
+            "--kv-exact-prompt needs a quantized cache with dynamic scales (--kv q8, q4, q2 or qjl)"
+        );
     }
     kv.exact_prompt = a.kv_exact_prompt;
     kv.batch = a.batch_size.max(1);
+    if is_static {
+        let Some(file_kv) = file_kv else {
+            anyhow::bail!(
+                "--kv static: the model has no static KV scales (make them: lamina quantize \
+                 --kv-bits 4, with --act-bits)"
+            );
+        };
+        kv = kv.with_static(file_kv)?;
+    }
     Ok(kv)
 }
 
@@ -355,7 +380,7 @@ pub fn gpu_model(a: &ModelArgs, m: &LoadedModel, min_ctx: usize) -> Result<Arc<G
     let m = changed.as_ref().unwrap_or(m);
     let gpu = open_gpu()?;
     let mode = a.weights;
-    let kv = kv_format(a)?;
+    let kv = kv_format(a, m.recipe.as_ref().and_then(|r| r.kv.as_ref()))?;
     let tokens = pivot_tokens(a, m, &kv)?;
     let pivot = if tokens.is_empty() {
         None
@@ -447,7 +472,10 @@ mod tests {
         assert_eq!(a.pivot_source, PivotSource::Full);
         assert_eq!(a.batch_size, DEFAULT_BATCH);
         // Every KV flag left alone: the model's default format, unchanged.
-        assert_eq!(kv_format(&a).expect("default KV format"), KvFormat::F16);
+        assert_eq!(
+            kv_format(&a, None).expect("default KV format"),
+            KvFormat::F16
+        );
     }
 
     #[test]
@@ -465,7 +493,7 @@ mod tests {
         ])
         .expect("valid flags")
         .model;
-        let kv = kv_format(&a).expect("valid format");
+        let kv = kv_format(&a, None).expect("valid format");
         assert_eq!(kv.name(), "k=q4,v=q2, keys per token");
         assert!(kv.qjl_outlier_q8);
         assert_eq!(kv.batch, 64);
@@ -487,7 +515,7 @@ mod tests {
             ("--pivot-source", "half", "full, model"),
             ("--qjl-outlier-format", "q4", "sketch, q8"),
             ("--weights", "q3", "native, f16, f32"),
-            ("--kv", "q3", "f16, q8, q4, q2, qjl"),
+            ("--kv", "q3", "f16, q8, q4, q2, qjl, static"),
         ] {
             let e = NoFlags::try_parse_from(["lamina", flag, bad])
                 .err()

@@ -99,7 +99,7 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         c.norm_eps,
         c.tied_embeddings
     );
-    print_kv_formats(c);
+    print_kv_formats(c, m.recipe.as_ref().and_then(|r| r.kv.as_ref()));
     if let Some(p) = &m.pivot {
         let tuned = m
             .recipe
@@ -170,12 +170,45 @@ pub fn run(a: &InspectArgs) -> Result<()> {
                 }
             }
         }
+        if let Some(kv) = &r.kv {
+            println!(
+                "KV cache: {}-bit, static per-head scales (run with --kv static, the default \
+                 for this file)",
+                kv.bits
+            );
+            for l in 0..kv.k.len() {
+                let list = |x: &[f32]| {
+                    x.iter()
+                        .map(|v| format!("{v:.3e}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                let clip = |x: &[f32]| {
+                    x.iter()
+                        .map(|v| format!("{v:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                println!(
+                    "  blk.{l:<3} K {} (clip {}); V {} (clip {})",
+                    list(&kv.k[l]),
+                    clip(&kv.k_clip[l]),
+                    list(&kv.v[l]),
+                    clip(&kv.v_clip[l])
+                );
+            }
+        }
         // As JSON, keys sorted (serde_json's map), as the file's header had it.
-        // (The activation scales are listed above.)
+        // (The activation and KV scales are listed above.)
         let mut j = serde_json::to_value(r)?;
         if let Some(a) = j.get_mut("act").and_then(|a| a.as_object_mut()) {
             a.remove("scales");
             a.remove("clip");
+        }
+        if let Some(kv) = j.get_mut("kv").and_then(|a| a.as_object_mut()) {
+            for key in ["k", "v", "k_clip", "v_clip"] {
+                kv.remove(key);
+            }
         }
         println!("recipe: {j}");
         let (bpw, bytes, params) = lamina_model::quant::pipeline::bits_per_weight(&m.weights);
@@ -254,8 +287,12 @@ fn summary(v: &GgufValue, max: usize) -> String {
 
 /// KV bytes per token of every format (all layers, keys and values, scales,
 /// norms and outlier indices included), the fixed f16 window of the
-/// quantized ones, and the longest context a budget holds.
-fn print_kv_formats(c: &lamina_model::LlamaConfig) {
+/// quantized ones, and the longest context a budget holds; with the
+/// model's static KV scales `file_kv`, its `static` cache too.
+fn print_kv_formats(
+    c: &lamina_model::LlamaConfig,
+    file_kv: Option<&lamina_model::checkpoint::KvStatic>,
+) {
     use lamina_model::kv_cache::{DEFAULT_BATCH, KvFormat};
     println!(
         "KV cache per token (defaults: {DEFAULT_BATCH}-token steps, 128 recent tokens in f16):"
@@ -280,7 +317,10 @@ fn print_kv_formats(c: &lamina_model::LlamaConfig) {
             },
         ))
     });
-    for (name, f) in formats.chain(q8_outliers) {
+    let file_static = file_kv
+        .and_then(|kv| KvFormat::static_for(kv).ok())
+        .map(|f| ("static".to_string(), f));
+    for (name, f) in formats.chain(q8_outliers).chain(file_static) {
         if f.check(c).is_err() {
             println!(
                 "  {name:<19}  (does not fit this model's head_dim {})",

@@ -99,7 +99,7 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
             let mut bargs = margs.clone();
             bargs.model = Some(p.clone());
             bargs.weights = WeightMode::F32;
-            bargs.kv = KvFormat::F16;
+            bargs.kv = Some(KvFormat::F16);
             // The same pivot tokens (kept f16 by both).
             bargs.pivot = if model.kv.pivot.is_empty() {
                 PivotMode::None

@@ -13,6 +13,7 @@ use lamina_model::lamina_file;
 use lamina_model::quant::act_scales::{self, ActScaleOptions};
 use lamina_model::quant::gptq::GptqOptions;
 use lamina_model::quant::intactkv;
+use lamina_model::quant::kv_scales::{self, KvScaleOptions};
 use lamina_model::quant::pipeline::{self, Method, QuantizeOptions};
 use lamina_model::quant::prefix::{self, PrefixMode, PrefixOptions};
 use lamina_model::rotate::{self, RotateOptions};
@@ -105,8 +106,9 @@ pub struct QuantizeArgs {
     /// With --act-bits: per-token scales computed at run time instead of static ones.
     #[arg(long, requires = "act_bits")]
     pub act_dynamic: bool,
-    /// The KV cache format the file is meant to run with: 4 or 8 bits (recorded in the
-    /// recipe; run with --kv q4 / q8).
+    /// Static KV cache: 4 or 8 bits with one symmetric scale per layer and KV head,
+    /// calibrated after the prefix (PrefixQuant's KV4); the file then runs with it
+    /// (`--kv static`) unless told otherwise.
     #[arg(long)]
     pub kv_bits: Option<u32>,
     /// Replace OUTPUT if it exists.
@@ -237,8 +239,12 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     {
         bail!("--kv-bits {b}: the KV cache stores 4 or 8 bits");
     }
-    if a.pivot_only && (a.rotate || a.prefix != PrefixMode::None || a.act_bits.is_some()) {
-        bail!("--pivot-only keeps the file's weights: drop --rotate, --prefix and --act-bits");
+    if a.pivot_only
+        && (a.rotate || a.prefix != PrefixMode::None || a.act_bits.is_some() || a.kv_bits.is_some())
+    {
+        bail!(
+            "--pivot-only keeps the file's weights: drop --rotate, --prefix, --act-bits and --kv-bits"
+        );
     }
     if a.pivot_steps == 0 && a.calibrate_pivot {
         bail!("--pivot-steps 0 tunes nothing; drop --calibrate-pivot instead");
@@ -247,7 +253,8 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     let needs_calib = a.calibrate_pivot
         || (method != Method::Rtn && !a.pivot_only)
         || a.prefix != PrefixMode::None
-        || static_act;
+        || static_act
+        || a.kv_bits.is_some();
     let calib_file = needs_calib.then(|| calib_path(a)).transpose()?;
     let calib = calib_file
         .as_ref()
@@ -430,6 +437,33 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
             Some(act)
         }
     };
+    // Static KV scales, after the activation scales (keys and values come
+    // from quantized activations) and the prefix.
+    let kv = match a.kv_bits {
+        None => None,
+        Some(bits) => {
+            let pb = common::bar(1, "KV cache scales");
+            let o = KvScaleOptions {
+                bits,
+                ..Default::default()
+            };
+            let kv = kv_scales::calibrate(
+                &q.config,
+                &q.weights,
+                act.as_ref(),
+                prefix_kv.as_ref(),
+                &windows,
+                &o,
+                |phase, i, n| {
+                    pb.set_length(n as u64);
+                    pb.set_position(i as u64);
+                    pb.set_message(format!("KV cache scales: {phase}"));
+                },
+            )?;
+            pb.finish_and_clear();
+            Some(kv)
+        }
+    };
     let secs = start.elapsed().as_secs_f64();
     let rotation = m.recipe.as_ref().and_then(|r| r.rotation.clone());
     let recipe = q.recipe.get_or_insert_with(Default::default);
@@ -437,11 +471,7 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         recipe.rotation = rotation;
         recipe.prefix = prefix;
         recipe.act = act;
-        if let Some(b) = a.kv_bits {
-            recipe
-                .extra
-                .insert("kv_bits".into(), serde_json::Value::from(b));
-        }
+        recipe.kv = kv;
     }
     // The quantization's time stays that of the weights kept.
     let rounded = Some((secs * 10.0).round() / 10.0);

@@ -282,6 +282,76 @@ fn prefixed_file() -> PathBuf {
     path
 }
 
+/// A model with PrefixQuant's static KV4 scales runs its static cache by
+/// default (every position past the prefix quantized), any other cache when
+/// asked, and lists its scales; the dynamic cache's flags that do not apply
+/// are refused.
+#[test]
+fn static_kv_cache_runs_by_default() {
+    use lamina_model::checkpoint::{HostDType, KvStatic};
+    let path = temp("static-kv.lamina.safetensors");
+    let mut m = lamina_model::synthetic::synthetic_model("tiny", HostDType::F32, 1).expect("model");
+    let (nl, nkv) = (m.config.n_layers, m.config.n_kv_heads);
+    let kv = KvStatic {
+        bits: 4,
+        k: vec![vec![0.05; nkv]; nl],
+        v: vec![vec![0.02; nkv]; nl],
+        k_clip: vec![vec![0.9; nkv]; nl],
+        v_clip: vec![vec![1.0; nkv]; nl],
+    };
+    m.recipe = Some(lamina_model::checkpoint::Recipe {
+        kv: Some(kv),
+        ..Default::default()
+    });
+    lamina_model::lamina_file::write(&path, &m).expect("write");
+    let p = path.to_str().expect("utf8");
+    for kv in [None, Some("f16"), Some("q4")] {
+        let mut args = vec!["bench", "-m", p, "-p", "8", "-n", "4", "-r", "1", "-v"];
+        if let Some(k) = kv {
+            // (The tiny model's head_dim is 16: the dynamic q4 cache's
+            // groups must divide it; the static cache has none.)
+            args.extend(["--kv", k, "--kv-group", "16"]);
+        }
+        let out = lamina(&args);
+        assert!(
+            out.status.success(),
+            "{kv:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        let want = format!("x {} =", kv.unwrap_or("q4, static scales"));
+        assert!(err.contains(&want), "{kv:?}: {err}");
+    }
+    fails_with(
+        &lamina(&[
+            "bench",
+            "-m",
+            p,
+            "-p",
+            "8",
+            "-n",
+            "4",
+            "-r",
+            "1",
+            "--kv-exact-prompt",
+        ]),
+        "--kv-exact-prompt",
+    );
+    let out = lamina(&["inspect", "-m", p]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("KV cache: 4-bit, static per-head scales"),
+        "{text}"
+    );
+    assert!(text.contains("  static "), "{text}");
+    assert!(text.contains("K 5.000e-2"), "{text}");
+}
+
 #[test]
 fn prefixquant_bad_input() {
     let f = prefixed_file();
@@ -293,11 +363,14 @@ fn prefixquant_bad_input() {
     };
     // The prefix is part of the model: a context it fills is an error.
     fails_with(&bench(&["-c", "2"]), "leaves no room");
-    // Integer activations need a model quantized with them.
+    // Integer activations and a static cache need a model quantized with them.
     fails_with(&bench(&["--act-bits", "8"]), "no activation quantization");
     fails_with(&bench(&["--act-dynamic"]), "no activation quantization");
+    fails_with(&bench(&["--kv", "static"]), "no static KV scales");
     if let Some(gguf) = fetched_model() {
         let g = gguf.to_str().expect("utf8");
+        let out = lamina(&["generate", "-m", g, "--kv", "static", "-p", "hi", "-n", "1"]);
+        fails_with(&out, "no static KV scales");
         let out = lamina(&[
             "generate",
             "-m",

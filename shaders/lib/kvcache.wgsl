@@ -2,8 +2,8 @@
 // kv_quant_attention.wgsl) share, mirroring engine/src/kv/: the format ids,
 // the layout's override constants, the cache-addressing part of both
 // parameter blocks, and window and format helpers. Each shader declares its
-// own `Params` (bound as `p`), with `max_ctx` and `cache: KvCacheParams`
-// members, which the helpers here read.
+// own `Params` (bound as `p`), with `n_kv_heads`, `max_ctx` and
+// `cache: KvCacheParams` members, which the helpers here read.
 
 // Format ids of the store (KvQuant::id in engine/src/kv/mod.rs; a contract
 // test holds them equal).
@@ -34,6 +34,7 @@ override NOUT: u32 = 4u;    // QJL outlier channels per group
 override OQ8: u32 = 0u;     // 1: QJL outlier channels as 8-bit codes, not sketched
 override KCH: u32 = 0u;     // 1: integer keys with per-channel scales over each token group
 override AW: u32 = 1u;      // aux words per token group of a KV head
+override KST: u32 = 0u;     // 1: static per-head (scale, min) words, rows of codes only
 
 // Window row of position j: pivot rows first, then the ring.
 fn win_row(j: u32) -> u32 {
@@ -49,4 +50,19 @@ fn bits_of(f: u32) -> u32 {
 // (KvLayout::aux_at).
 fn aux_at(head: u32, j: u32) -> u32 {
     return p.cache.aux_base + (head * ((p.max_ctx + 31u) / 32u) + (j - p.cache.pivot) / 32u) * AW;
+}
+
+// Tokens that enter the store together (KvLayout::granule): one with static
+// scales, else a group of 32.
+fn granule() -> u32 {
+    return select(32u, 1u, KST == 1u);
+}
+
+// Word offsets of KV head `head`'s static (scale, min) word: in k_store after
+// the aux words, in v_store after the rows (KvLayout::k_static_at, v_static_at).
+fn k_static_at(head: u32) -> u32 {
+    return p.cache.aux_base + p.n_kv_heads * ((p.max_ctx + 31u) / 32u) * AW + head;
+}
+fn v_static_at(head: u32) -> u32 {
+    return p.n_kv_heads * p.max_ctx * VW + head;
 }

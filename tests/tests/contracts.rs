@@ -268,6 +268,7 @@ fn kv_layout(k: KvQuant, qjl: QjlShape) -> KvLayout {
         k_channel: false,
         qjl,
         exact_prompt: false,
+        static_scales: false,
     }
 }
 
@@ -426,9 +427,16 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
         outliers: 4,
         outlier_q8: false,
     };
+    let static_q4 = KvLayout {
+        v: KvQuant::Q4,
+        recent: 0,
+        static_scales: true,
+        ..kv_layout(KvQuant::Q4, EMPTY_QJL)
+    };
     for layout in [
         kv_layout(KvQuant::Q8, EMPTY_QJL),
         kv_layout(KvQuant::Qjl, qjl),
+        static_q4,
     ] {
         ops.push(Box::new(kv_quant_store::KvQuantStore {
             k: 0,

@@ -3,7 +3,8 @@
 //! pivot all hold keys: q8 / q4 / q2 / f16 / QJL keys with integer values,
 //! GQA groups 1, 3, 4 and 16, head_dim 40, 64 and 128, pivots of 0-3
 //! tokens, recent windows of 0-64, and lengths from 1 token (nothing
-//! quantized) through partial groups to 5000.
+//! quantized) through partial groups to 5000; and static per-head scales
+//! (PrefixQuant's KV4), where every token enters the store on its own.
 //!
 //! Two checks per step:
 //! - the store the GPU wrote against the CPU quantizers (`kv::
@@ -20,8 +21,8 @@ use half::f16;
 use lamina_engine::Executor;
 use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::kv::{
-    self, GROUP, KvLayout, KvQuant, QjlShape, dequantize_channels, dequantize_row, f16_row,
-    round_f16, unpack_f16x2,
+    self, GROUP, KvLayout, KvQuant, QjlShape, dequantize_channels, dequantize_row,
+    dequantize_static, f16_row, quantize_static, round_f16, static_word, unpack_f16x2,
 };
 use lamina_engine::ops::kv_quant_attention::{self, KvQuantAttention};
 use lamina_engine::ops::kv_quant_store::KvQuantStore;
@@ -53,6 +54,19 @@ struct Case {
     check: Vec<usize>,
     /// Prompt steps read their own tokens in f16 (`--kv-exact-prompt`).
     exact_prompt: bool,
+    /// Static per-head scales (keys' and values' of KV head h:
+    /// [`static_scale`]).
+    static_scales: bool,
+}
+
+/// The static scale of KV head `h`: keys clip their largest channels (up to
+/// ~27 against 7 codes of 1.5), values hardly any.
+fn static_scale(is_k: bool, h: usize) -> f32 {
+    if is_k {
+        1.5 + 0.25 * h as f32
+    } else {
+        0.15 + 0.05 * h as f32
+    }
 }
 
 const NO_QJL: QjlShape = QjlShape {
@@ -89,6 +103,7 @@ fn case(k: KvQuant, v: KvQuant, heads: (usize, usize, usize), steps: &[usize]) -
         steps: steps.to_vec(),
         check: Vec::new(),
         exact_prompt: false,
+        static_scales: false,
     }
 }
 
@@ -133,6 +148,9 @@ struct Cache {
     k_store: Vec<u32>,
     v_store: Vec<u32>,
     sketch: Option<QjlSketch>,
+    /// Static scales: each KV head's (scale, min) words, keys and values.
+    k_static: Vec<u32>,
+    v_static: Vec<u32>,
 }
 
 impl Cache {
@@ -197,9 +215,17 @@ impl Cache {
         let r = self.row(store, words, kvh, j);
         let hd = self.layout.head_dim as usize;
         match f.bits() {
+            Some(b) if l.static_scales => dequantize_static(&r, b, self.static_word(is_k, kvh), hd),
             Some(b) if is_k && l.k_channel => dequantize_channels(&r, self.aux(kvh, j), b),
             Some(b) => dequantize_row(&r, b, self.layout.qgroup as usize, hd),
             None => f16_row(&r),
+        }
+    }
+    fn static_word(&self, is_k: bool, kvh: usize) -> u32 {
+        if is_k {
+            self.k_static[kvh]
+        } else {
+            self.v_static[kvh]
         }
     }
     fn in_store(&self, len: usize, j: usize) -> bool {
@@ -296,8 +322,27 @@ impl Cache {
                     }
                     let got = self.decode(is_k, kvh, j);
                     let chan = is_k && l.k_channel && f.bits().is_some();
-                    let group = self.group(rows, kvh, j);
+                    let group = if chan {
+                        self.group(rows, kvh, j)
+                    } else {
+                        Vec::new()
+                    };
                     let want = match f.bits() {
+                        Some(b) if l.static_scales => {
+                            let word = self.static_word(is_k, kvh);
+                            // The static words are the host's, written once.
+                            let at = if is_k {
+                                l.k_static_at(kvh as u32)
+                            } else {
+                                l.v_static_at(kvh as u32)
+                            };
+                            let store = if is_k { &self.k_store } else { &self.v_store };
+                            assert_eq!(
+                                store[at as usize], word,
+                                "{what}: static word of head {kvh}"
+                            );
+                            dequantize_static(&quantize_static(x, b, word), b, word, x.len())
+                        }
                         Some(b) if chan => {
                             let (codes, aux) = kv::quantize_channels(&group, b);
                             let g0 = j - (j - l.pivot as usize) % GROUP as usize;
@@ -319,6 +364,9 @@ impl Cache {
                     // The values one code step spans: over the row's channel
                     // group, or (per channel) over the token group's channel.
                     let step = |c: usize| {
+                        if l.static_scales {
+                            return unpack_f16x2(self.static_word(is_k, kvh))[0];
+                        }
                         let vals: Vec<f32> = if chan {
                             group.iter().map(|r| r[c]).collect()
                         } else {
@@ -371,6 +419,7 @@ fn run(c: &Case) {
         k_channel: c.k_channel,
         qjl: c.qjl,
         exact_prompt: c.exact_prompt,
+        static_scales: c.static_scales,
     };
     let sketch = (c.k == KvQuant::Qjl)
         .then(|| QjlSketch::new(hd, c.qjl.m as usize, c.qjl.m_out as usize, 7).expect("sketch"));
@@ -428,7 +477,26 @@ fn run(c: &Case) {
         k_store: Vec::new(),
         v_store: Vec::new(),
         sketch,
+        k_static: Vec::new(),
+        v_static: Vec::new(),
     };
+    if c.static_scales {
+        for (is_k, buf, words) in [
+            (true, k_store, &mut cache.k_static),
+            (false, v_store, &mut cache.v_static),
+        ] {
+            let bits = if is_k { c.k } else { c.v }.bits().expect("integer format");
+            *words = (0..nkv)
+                .map(|h| static_word(static_scale(is_k, h), bits))
+                .collect();
+            let at = if is_k {
+                layout.k_static_at(0)
+            } else {
+                layout.v_static_at(0)
+            };
+            ex.write(buf, 4 * u64::from(at), &u32_bytes(words));
+        }
+    }
     // Pivot rows go straight into the window, as the model uploads them.
     let slots = (layout.pivot + layout.ring) as usize;
     for (win, rows, seed) in [(k_win, &mut cache.k, 1u64), (v_win, &mut cache.v, 2)] {
@@ -522,6 +590,33 @@ fn integer_formats_match_reference() {
     run(&Case {
         pivot: 3,
         ..case(F16, Q4, (32, 2, 64), &[70, 1, 1, 50, 1])
+    });
+}
+
+#[test]
+fn static_scales_match_reference() {
+    use KvQuant::*;
+    // Every position past the pivot quantized as it is written (no recent
+    // window): prompt steps of awkward lengths, decode steps, GQA 3.
+    run(&Case {
+        static_scales: true,
+        recent: 0,
+        ..case(Q4, Q4, (9, 3, 64), &[7, 1, 1, 40, 1, 100, 1])
+    });
+    // 8 bits, head_dim 40, no pivot, a recent window of 5 tokens.
+    run(&Case {
+        static_scales: true,
+        recent: 5,
+        pivot: 0,
+        max_rows: 64,
+        ..case(Q8, Q8, (4, 4, 40), &[5, 1, 33, 1, 1, 64, 1])
+    });
+    // head_dim 128, 16 heads on one KV head, a pivot of 2.
+    run(&Case {
+        static_scales: true,
+        recent: 0,
+        pivot: 2,
+        ..case(Q4, Q4, (16, 1, 128), &[3, 1, 90, 1, 1])
     });
 }
 
@@ -666,6 +761,7 @@ fn layouts_count_every_byte() {
             outlier_q8: false,
         },
         exact_prompt: false,
+        static_scales: false,
     };
     // Keys: 4 + 2 sign words + 1 norm word; values: 4 code words + 2 scale words.
     assert_eq!((l.k_words(), l.v_words()), (7, 6));
@@ -726,4 +822,37 @@ fn layouts_count_every_byte() {
     bad = l;
     bad.ring = 100;
     assert!(bad.check("t", 512).is_err());
+    // Static scales: codes only (q4: 8 words a row), one word per KV head
+    // after each store's rows (and after the keys' aux words, none here);
+    // every token past the pivot and the recent window is stored.
+    let st = KvLayout {
+        k: KvQuant::Q4,
+        v: KvQuant::Q4,
+        static_scales: true,
+        ..l
+    };
+    st.check("t", 512).expect("static q4 layout");
+    assert_eq!((st.k_words(), st.v_words(), st.aux_words()), (8, 8, 0));
+    assert!((st.store_bytes_per_token() - 3.0 * 64.0).abs() < 1e-9);
+    assert_eq!(st.k_static_at(2), 3 * 512 * 8 + 2);
+    assert_eq!(st.v_store_bytes(), 4 * (3 * 512 * 8 + 3));
+    assert_eq!(st.k_store_bytes(), st.v_store_bytes());
+    assert_eq!((st.boundary(33), st.boundary(34)), (1, 2));
+    // ... with integer keys and values only, keys per token.
+    for bad in [
+        KvLayout {
+            k: KvQuant::Qjl,
+            ..st
+        },
+        KvLayout {
+            v: KvQuant::F16,
+            ..st
+        },
+        KvLayout {
+            k_channel: true,
+            ..st
+        },
+    ] {
+        assert!(bad.check("t", 512).is_err(), "{bad:?}");
+    }
 }

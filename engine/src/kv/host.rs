@@ -39,6 +39,41 @@ pub fn quantize_row(x: &[f32], bits: u32, qgroup: usize) -> Vec<u32> {
     codes
 }
 
+/// A KV head's static `(scale, min)` word (`static_scales` layouts): the
+/// symmetric `scale` rounded to f16, and `min = -2^(bits-1) * scale`, so a
+/// code `c` in `0..2^bits` decodes to `scale * (c - 2^(bits-1))` (signed
+/// codes -8..=7 at 4 bits). `scale` must be positive.
+pub fn static_word(scale: f32, bits: u32) -> u32 {
+    let s16 = round_f16(scale);
+    scale_word(s16, -((1u32 << (bits - 1)) as f32) * s16)
+}
+
+/// CPU reference of a row under a static word: its code words only.
+pub fn quantize_static(x: &[f32], bits: u32, word: u32) -> Vec<u32> {
+    let levels = ((1u32 << bits) - 1) as f32;
+    let [s, m] = unpack_f16x2(word);
+    let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+    let mut codes = vec![0u32; (x.len() * bits as usize).div_ceil(32)];
+    for (c, &v) in x.iter().enumerate() {
+        let q = ((v - m) * inv).round_ties_even().clamp(0.0, levels) as u32;
+        let bit = c * bits as usize;
+        codes[bit / 32] |= q << (bit % 32);
+    }
+    codes
+}
+
+/// Decodes a row of `head_dim` codes against a static word.
+pub fn dequantize_static(codes: &[u32], bits: u32, word: u32, head_dim: usize) -> Vec<f32> {
+    let mask = (1u32 << bits) - 1;
+    let [s, m] = unpack_f16x2(word);
+    (0..head_dim)
+        .map(|c| {
+            let bit = c * bits as usize;
+            m + s * ((codes[bit / 32] >> (bit % 32)) & mask) as f32
+        })
+        .collect()
+}
+
 /// CPU reference of per-channel integer keys (`k_channel`): quantizes a
 /// token group (`rows`, each `head_dim` f16-rounded values) with one
 /// `(scale, min)` per channel over the group; returns each row's code words

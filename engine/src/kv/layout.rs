@@ -32,6 +32,13 @@ pub struct KvLayout {
     /// ring, not to the store the step's flush wrote them into (QJL's code
     /// attends exactly inside the prompt). Decode steps are unchanged.
     pub exact_prompt: bool,
+    /// Static scales (PrefixQuant's KV4): integer keys and values with one
+    /// symmetric scale per KV head fixed at quantize time, held in one
+    /// `(scale, min)` word per head after each store's rows
+    /// ([`KvLayout::k_static_at`], [`KvLayout::v_static_at`]; the host
+    /// writes them once). Rows are codes only, and tokens enter the store
+    /// one at a time, not by groups of [`GROUP`].
+    pub static_scales: bool,
 }
 
 impl KvLayout {
@@ -47,7 +54,11 @@ impl KvLayout {
         match f {
             KvQuant::F16 => hd / 2,
             KvQuant::Q8 | KvQuant::Q4 | KvQuant::Q2 => {
-                let scales = if channel { 0 } else { hd / self.qgroup.max(1) };
+                let scales = if channel || self.static_scales {
+                    0
+                } else {
+                    hd / self.qgroup.max(1)
+                };
                 (hd * f.bits().unwrap_or(8)).div_ceil(32) + scales
             }
             KvQuant::Qjl => {
@@ -96,12 +107,35 @@ impl KvLayout {
             0
         }
     }
+    /// Word offset in k_store of KV head `kvh`'s static `(scale, min)`
+    /// word (after the aux words).
+    pub fn k_static_at(&self, kvh: u32) -> u32 {
+        self.aux_base() + self.n_kv_heads * self.groups() * self.aux_words() + kvh
+    }
+    /// Word offset in v_store of KV head `kvh`'s static `(scale, min)` word
+    /// (after the rows).
+    pub fn v_static_at(&self, kvh: u32) -> u32 {
+        self.n_kv_heads * self.max_ctx * self.v_words() + kvh
+    }
+    /// The static words of one store, one per KV head (0 without static scales).
+    fn static_words(&self) -> u32 {
+        if self.static_scales {
+            self.n_kv_heads
+        } else {
+            0
+        }
+    }
     pub fn k_store_bytes(&self) -> u64 {
-        let aux = self.n_kv_heads * self.groups() * self.aux_words();
-        4 * (u64::from(self.aux_base()) + u64::from(aux))
+        4 * u64::from(self.k_static_at(0) + self.static_words())
     }
     pub fn v_store_bytes(&self) -> u64 {
-        4 * u64::from(self.n_kv_heads) * u64::from(self.max_ctx) * u64::from(self.v_words())
+        4 * u64::from(self.v_static_at(0) + self.static_words())
+    }
+    /// Tokens that enter the store together: one with static scales, else
+    /// a group of [`GROUP`] (per-channel keys and QJL's outliers take their
+    /// statistics over the group).
+    pub fn granule(&self) -> u32 {
+        if self.static_scales { 1 } else { GROUP }
     }
     /// Bytes of one window buffer's rows (pivot rows + ring).
     pub fn window_bytes(&self) -> u64 {
@@ -122,7 +156,7 @@ impl KvLayout {
     /// End of the store when `len` tokens are in the cache.
     pub fn boundary(&self, len: u32) -> u32 {
         let old = len.saturating_sub(self.pivot + self.recent);
-        self.pivot + old / GROUP * GROUP
+        self.pivot + old / self.granule() * self.granule()
     }
     /// Window row of position `j`.
     pub fn window_row(&self, j: u32) -> u32 {
@@ -157,7 +191,7 @@ impl KvLayout {
             self.recent,
             Self::ring_for(self.recent, max_rows)
         );
-        if self.k.bits().is_some() || self.v.bits().is_some() {
+        if (self.k.bits().is_some() || self.v.bits().is_some()) && !self.static_scales {
             ensure_shape!(
                 self.qgroup > 0 && self.qgroup.is_multiple_of(8) && hd.is_multiple_of(self.qgroup),
                 op,
@@ -169,6 +203,12 @@ impl KvLayout {
             !self.k_channel || self.k.bits().is_some(),
             op,
             "per-channel key scales need integer keys (q8, q4 or q2)"
+        );
+        ensure_shape!(
+            !self.static_scales
+                || (self.k.bits().is_some() && self.v.bits().is_some() && !self.k_channel),
+            op,
+            "static scales need integer keys and values (q8, q4 or q2), keys per token"
         );
         if self.v == KvQuant::Qjl {
             return Err(EngineError::Shape {
@@ -249,10 +289,12 @@ pub enum KvOverride {
     KeyChannel,
     /// Aux words per token group of a KV head.
     AuxWords,
+    /// 1: static per-head scales ([`KvLayout::static_scales`]).
+    StaticScales,
 }
 
 impl KvOverride {
-    pub const ALL: [KvOverride; 12] = [
+    pub const ALL: [KvOverride; 13] = [
         KvOverride::HeadDim,
         KvOverride::KeyFormat,
         KvOverride::ValueFormat,
@@ -265,6 +307,7 @@ impl KvOverride {
         KvOverride::OutlierQ8,
         KvOverride::KeyChannel,
         KvOverride::AuxWords,
+        KvOverride::StaticScales,
     ];
 
     /// The WGSL `override` name.
@@ -282,6 +325,7 @@ impl KvOverride {
             KvOverride::OutlierQ8 => "OQ8",
             KvOverride::KeyChannel => "KCH",
             KvOverride::AuxWords => "AW",
+            KvOverride::StaticScales => "KST",
         }
     }
 
@@ -300,6 +344,7 @@ impl KvOverride {
             KvOverride::OutlierQ8 => u32::from(l.qjl.outlier_q8),
             KvOverride::KeyChannel => u32::from(l.k_channel),
             KvOverride::AuxWords => l.aux_words(),
+            KvOverride::StaticScales => u32::from(l.static_scales),
         }
     }
 }

@@ -27,7 +27,8 @@
 //! With `len` tokens in the cache the store ends at
 //! `B(len) = P + T * floor(max(0, len - P - R) / T)`: at least R recent
 //! tokens stay f16, and tokens move to the store a whole group of T at a
-//! time (QJL picks outlier channels per group). A query at position `i`
+//! time (QJL picks outlier channels per group; with static scales T is 1,
+//! [`KvLayout::granule`]). A query at position `i`
 //! sees the cache as it was right after token `i` was written, `B(i + 1)`,
 //! whether it is decoded alone or scored inside a long prompt step: that is
 //! what generation sees, so perplexity measures what a user gets.
@@ -64,6 +65,13 @@
 //!   holds one more word, the outliers' 8-bit codes (a byte each, in the
 //!   order of the aux indices), against one `(scale, min)` per outlier
 //!   channel over the group (aux words after the index word); `m_out` is 0.
+//! - Static scales (`static_scales`, PrefixQuant's KV4): integer keys and
+//!   values whose `(scale, min)` is one per KV head, fixed at quantize time
+//!   (symmetric: `min = -2^(b-1) scale`, [`static_word`]); rows are codes
+//!   only and the head's word sits after each store's rows (k: after the
+//!   aux words). Tokens enter the store one at a time (the granule is 1, not
+//!   T), so with `recent = 0` every position past the pivot is quantized
+//!   before any query reads it.
 //!
 //! Quantization reads the f16 window values, so the CPU references work on
 //! f16-rounded inputs exactly as the shaders do.
@@ -73,8 +81,9 @@
 //! k_win, v_win: [n_kv_heads, pivot + ring, head_dim] f16; k_win then holds
 //! S as f32 bits (qjl).
 //! k_store: [n_kv_heads, max_ctx, k_words] u32, then
-//! [n_kv_heads, ceil(max_ctx / T), aux_words] aux words (qjl, per-channel keys).
-//! v_store: [n_kv_heads, max_ctx, v_words] u32.
+//! [n_kv_heads, ceil(max_ctx / T), aux_words] aux words (qjl, per-channel keys),
+//! then [n_kv_heads] static words (static scales).
+//! v_store: [n_kv_heads, max_ctx, v_words] u32, then [n_kv_heads] static words.
 
 mod format;
 mod host;
@@ -83,8 +92,8 @@ mod layout;
 pub use format::{GROUP, KvQuant, MAX_OUTLIERS, QjlShape};
 
 pub use host::{
-    F16_MAX, dequantize_channels, dequantize_row, f16_row, f16_words, quantize_channels,
-    quantize_row, round_f16, unpack_f16x2,
+    F16_MAX, dequantize_channels, dequantize_row, dequantize_static, f16_row, f16_words,
+    quantize_channels, quantize_row, quantize_static, round_f16, static_word, unpack_f16x2,
 };
 pub use layout::{KvCacheParams, KvLayout, KvOverride};
 

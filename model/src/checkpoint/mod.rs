@@ -9,7 +9,8 @@
 //! - [`tensor`]: host tensors and the weight-format names ([`HostDType`]);
 //! - [`ggml`]: llama.cpp's type table and block formats decoded on the CPU;
 //!   [`encode`], the encoders (their inverse);
-//! - [`recipe`]: how a quantized file was made, typed;
+//! - [`recipe`]: how a quantized file was made, typed; [`act`] and
+//!   [`kv_static`], its activation and static KV-cache quantization;
 //! - [`config`]: the hyperparameters.
 //!
 //! Loaders (`loader` for GGUF and dispatch, `hf`, `lamina_file`,
@@ -19,12 +20,14 @@ pub mod act;
 pub mod config;
 pub mod encode;
 pub mod ggml;
+pub mod kv_static;
 pub mod layer;
 pub mod recipe;
 pub mod tensor;
 
 pub use act::{ActQuant, ActSite};
 pub use config::{LlamaConfig, OnlineHadamard, RopeStyle};
+pub use kv_static::KvStatic;
 pub use layer::{LayerTensor, LayerWeights, LlamaWeights, ModelTensor, Role};
 pub use recipe::{PivotCalibration, PrefixRecord, Recipe, RotationRecord};
 pub use tensor::{Bytes, HostDType, HostTensor, MixedTensor};

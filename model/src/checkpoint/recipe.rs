@@ -76,6 +76,9 @@ pub struct Recipe {
     /// Quantized activations (`--act-bits`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub act: Option<super::ActQuant>,
+    /// Static KV-cache scales (`--kv-bits`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv: Option<super::KvStatic>,
     /// Keys this version does not know, kept as they were.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,

@@ -8,7 +8,8 @@
 //! - **quantized** (`q8`, `q4`, `q2` for either side, `qjl` for keys): an f16
 //!   window of the recent tokens and a quantized store, ops
 //!   `kv_quant_store` and `kv_quant_attention`; `lamina_engine::kv`
-//!   documents segments, formats and layouts.
+//!   documents segments, formats and layouts. `static` is that cache with
+//!   a model's static per-head scales (PrefixQuant's KV4, [`KvStatic`]).
 //!
 //! Either way the cache may begin with a **pivot** segment (IntactKV /
 //! PrefixQuant): the KV of a few fixed tokens, computed once by the
@@ -23,7 +24,7 @@ use lamina_engine::kv::{KvLayout, KvQuant, QjlShape};
 use lamina_engine::{DType, Gpu, Tensor};
 
 use self::qjl::QjlSketch;
-use crate::checkpoint::Pivot;
+use crate::checkpoint::{KvStatic, Pivot};
 use crate::{LlamaConfig, ModelError, Result};
 
 /// Most tokens one prompt step processes by default (llama.cpp's `-b`):
@@ -70,6 +71,9 @@ pub struct KvFormat {
     /// Most tokens one step writes (the session's batch): a quantized
     /// cache's f16 window ring is sized for steps of this many tokens.
     pub batch: u32,
+    /// Integer keys and values with the model's static per-head scales
+    /// (`--kv static`; [`KvFormat::with_static`] sets the width).
+    pub static_scales: bool,
 }
 
 impl Default for KvFormat {
@@ -93,7 +97,42 @@ impl KvFormat {
         qjl_initial_layers: 0,
         exact_prompt: false,
         batch: DEFAULT_BATCH,
+        static_scales: false,
     };
+
+    /// The cache a model with static KV scales `kv` runs by default:
+    /// keys and values at its width, every position past the pivot
+    /// quantized (no recent window, no sinks: the prefix is the sink).
+    pub fn static_for(kv: &KvStatic) -> Result<KvFormat> {
+        KvFormat {
+            recent: 0,
+            sink: 0,
+            ..KvFormat::F16
+        }
+        .with_static(kv)
+    }
+
+    /// This format with `kv`'s static scales: keys and values at its width,
+    /// keys per token; recent window and sinks as they are.
+    pub fn with_static(self, kv: &KvStatic) -> Result<KvFormat> {
+        let q = match kv.bits {
+            8 => KvQuant::Q8,
+            4 => KvQuant::Q4,
+            b => {
+                return Err(ModelError::Invalid(format!(
+                    "static KV scales for {b} bits (4 or 8)"
+                )));
+            }
+        };
+        Ok(KvFormat {
+            k: q,
+            v: q,
+            k_channel: false,
+            exact_prompt: false,
+            static_scales: true,
+            ..self
+        })
+    }
 
     /// Whether the plain f16 layout serves it.
     pub fn is_f16(&self) -> bool {
@@ -113,6 +152,9 @@ impl KvFormat {
         }
         if self.k == KvQuant::Qjl && self.qjl_outlier_q8 && self.qjl_outliers > 0 {
             name.push_str(", q8 outliers");
+        }
+        if self.static_scales {
+            name = format!("{}, static scales", self.k.name());
         }
         if self.exact_prompt && !self.is_f16() {
             name.push_str(", exact prompt");
@@ -183,6 +225,7 @@ impl KvFormat {
             k_channel: self.k_channel && self.k.bits().is_some(),
             qjl: self.qjl_shape(cfg.head_dim, layer),
             exact_prompt: self.exact_prompt && !self.is_f16(),
+            static_scales: self.static_scales,
         }
     }
 
@@ -215,7 +258,7 @@ fn quant(s: &str) -> Result<KvQuant> {
         .find(|q| q.name() == s)
         .ok_or_else(|| {
             ModelError::Input(format!(
-                "unknown KV cache format `{s}` (available: f16, q8, q4, q2, qjl)"
+                "unknown KV cache format `{s}` (available: f16, q8, q4, q2, qjl, static)"
             ))
         })
 }
@@ -223,9 +266,17 @@ fn quant(s: &str) -> Result<KvQuant> {
 impl std::str::FromStr for KvFormat {
     type Err = ModelError;
     /// `f16`, `q8`, `q4`, `q2` (keys and values alike), `qjl` (QJL keys with
-    /// q2 values), or `k=FORMAT,v=FORMAT`.
+    /// q2 values), `k=FORMAT,v=FORMAT`, or `static` (the model's static
+    /// scales; q4 here until [`KvFormat::with_static`] gives the width).
     fn from_str(s: &str) -> Result<Self> {
         let mut f = KvFormat::F16;
+        if s == "static" {
+            f.k = KvQuant::Q4;
+            f.v = KvQuant::Q4;
+            f.k_channel = false;
+            f.static_scales = true;
+            return Ok(f);
+        }
         if s.contains('=') {
             let (mut k, mut v) = (None, None);
             for part in s.split(',') {
@@ -315,15 +366,37 @@ fn tensor(gpu: &Gpu, name: String, bytes: u64, dtype: DType, shape: Vec<usize>) 
 
 impl KvCache {
     /// Allocates a cache of `max_ctx` positions (the pivot's included) and
-    /// uploads the pivot's KV.
+    /// uploads the pivot's KV and, for a `static_scales` format, the scales
+    /// `kv_static` (which must then be given, at the format's width).
     pub fn new(
         gpu: &Arc<Gpu>,
         cfg: &LlamaConfig,
         max_ctx: usize,
         format: KvFormat,
         pivot: Option<&Pivot>,
+        kv_static: Option<&KvStatic>,
     ) -> Result<Self> {
         format.check(cfg)?;
+        let kv_static = if format.static_scales {
+            let kv = kv_static.ok_or_else(|| {
+                ModelError::Input(
+                    "--kv static: the model has no static KV scales (make them: lamina \
+                     quantize --kv-bits 4)"
+                        .into(),
+                )
+            })?;
+            kv.check(cfg)?;
+            if format.k.bits() != Some(kv.bits) || format.v != format.k {
+                return Err(ModelError::Input(format!(
+                    "KV cache format {}: the model's static scales are for {} bits",
+                    format.name(),
+                    kv.bits
+                )));
+            }
+            Some(kv)
+        } else {
+            None
+        };
         let p = pivot.map_or(0, Pivot::len);
         if let Some(pv) = pivot {
             pv.check(cfg)?;
@@ -417,6 +490,19 @@ impl KvCache {
                         DType::U32,
                         vec![vb as usize / 4],
                     )?;
+                    if let Some(kv) = kv_static {
+                        let (kw, vw) = kv.words(l);
+                        gpu.queue.write_buffer(
+                            &k_store.buffer,
+                            4 * u64::from(lay.k_static_at(0)),
+                            bytemuck::cast_slice(&kw),
+                        );
+                        gpu.queue.write_buffer(
+                            &v_store.buffer,
+                            4 * u64::from(lay.v_static_at(0)),
+                            bytemuck::cast_slice(&vw),
+                        );
+                    }
                     layers.push(LayerCache::Quant {
                         k_win,
                         v_win,

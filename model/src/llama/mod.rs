@@ -272,7 +272,8 @@ impl GpuModel {
             None => None,
         };
         progress(total - 1, total);
-        let kv = KvCache::new(&gpu, &cfg, max_ctx, kv_format, pivot)?;
+        let kv_static = m.recipe.as_ref().and_then(|r| r.kv.as_ref());
+        let kv = KvCache::new(&gpu, &cfg, max_ctx, kv_format, pivot, kv_static)?;
         progress(total, total);
         Ok(GpuModel {
             gpu,

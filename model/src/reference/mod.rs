@@ -29,7 +29,9 @@ use std::thread;
 
 use lamina_engine::ops::hadamard;
 
-use crate::checkpoint::{ActQuant, ActSite, HostTensor, LayerWeights, LlamaConfig, LlamaWeights};
+use crate::checkpoint::{
+    ActQuant, ActSite, HostTensor, KvStatic, LayerWeights, LlamaConfig, LlamaWeights,
+};
 use crate::{ModelError, Result};
 
 /// Tokens processed together; `RunState` holds activations for this many.
@@ -120,6 +122,9 @@ pub struct Reference {
     /// Keys and values rounded to f16 as they enter the cache, as the GPU's
     /// f16 cache stores them.
     f16_cache: bool,
+    /// Static KV-cache quantization simulated as keys and values enter the
+    /// cache (after the f16 rounding the GPU's window does first).
+    kv_static: Option<KvStatic>,
 }
 
 impl Reference {
@@ -173,6 +178,7 @@ impl Reference {
             len: 0,
             act: None,
             f16_cache: false,
+            kv_static: None,
         })
     }
 
@@ -296,6 +302,17 @@ impl Reference {
     /// needs the GPU's cache precision to compare exactly.
     pub fn set_f16_cache(&mut self, on: bool) {
         self.f16_cache = on;
+    }
+
+    /// Simulates `kv`'s static KV-cache quantization of every position run
+    /// from now on (`None`: none). Positions [`Reference::load_prefix`]
+    /// puts in stay as they are, as the GPU's pivot rows do.
+    pub fn set_kv_static(&mut self, kv: Option<KvStatic>) -> Result<()> {
+        if let Some(k) = &kv {
+            k.check(&self.cfg)?;
+        }
+        self.kv_static = kv;
+        Ok(())
     }
 
     /// Puts `pivot`'s K and V at positions `0..pivot.len()` of every layer's
@@ -426,7 +443,7 @@ impl Reference {
         );
         let (eps, threads, max_ctx) = (cfg.norm_eps, self.threads, self.max_ctx);
         let (hd, had) = (cfg.head_dim, cfg.hadamard);
-        let (act, f16_cache) = (self.act.as_ref(), self.f16_cache);
+        let (act, f16_cache, kv_static) = (self.act.as_ref(), self.f16_cache, &self.kv_static);
         let s = &mut self.state;
         let x = &mut s.x[..n * dim]; // [n, dim]
         let xb = &mut s.xb[..n * dim]; // [n, dim]
@@ -487,6 +504,9 @@ impl Reference {
             if f16_cache {
                 round_f16(k_new);
                 round_f16(v_new);
+            }
+            if let Some(kv) = kv_static {
+                kv.fake_quant(k_new, v_new, l, hd);
             }
             attention(
                 att,

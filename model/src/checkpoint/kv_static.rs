@@ -1,0 +1,111 @@
+//! Static KV-cache scales (PrefixQuant's KV4 and KV8): one symmetric scale
+//! per layer, side (K, V) and KV head, fixed at quantize time
+//! (`crate::quant::kv_scales` finds them with the prefix in the cache), so
+//! no token pays for scale words and none waits for a group to fill.
+//! `lamina quantize --kv-bits` stores them in the recipe; the GPU cache runs
+//! them as a `static_scales` layout (`lamina_engine::kv`) and the CPU
+//! reference simulates them exactly ([`KvStatic::fake_quant`]).
+//!
+//! A KV head's values `x` (f16-rounded first, as the cache's window stores
+//! them) become `s * (c - 2^(b-1))` with `c = clamp(round((x - m) / s), 0,
+//! 2^b - 1)`, `m = -2^(b-1) s`, and `s` rounded to f16
+//! (`lamina_engine::kv::static_word`).
+
+use lamina_engine::kv::{dequantize_static, quantize_static, round_f16, static_word};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::LlamaConfig;
+use crate::{ModelError, Result};
+
+/// The KV widths a static cache takes.
+pub const KV_BITS: [u32; 2] = [4, 8];
+
+/// A model's static KV quantization (stored in its recipe).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KvStatic {
+    /// 4 or 8.
+    pub bits: u32,
+    /// Per layer, one scale per KV head: keys (RoPE'd, after the online
+    /// Hadamard when the model has one) and values.
+    pub k: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+    /// The clipping factors chosen (scale / calibration max), same shape.
+    pub k_clip: Vec<Vec<f32>>,
+    pub v_clip: Vec<Vec<f32>>,
+}
+
+impl KvStatic {
+    /// Checks the width and one positive scale per KV head of every layer
+    /// that stays positive in f16.
+    pub fn check(&self, c: &LlamaConfig) -> Result<()> {
+        if !KV_BITS.contains(&self.bits) {
+            return Err(ModelError::Input(format!(
+                "KV cache bits {} not supported (4 or 8)",
+                self.bits
+            )));
+        }
+        for (side, scales) in [("key", &self.k), ("value", &self.v)] {
+            if scales.len() != c.n_layers || scales.iter().any(|s| s.len() != c.n_kv_heads) {
+                return Err(ModelError::Invalid(format!(
+                    "static {side} scales are not one per KV head ({}) of each of {} layers",
+                    c.n_kv_heads, c.n_layers
+                )));
+            }
+            if let Some((l, s)) = scales
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.iter().any(|v| !(round_f16(*v) > 0.0 && v.is_finite())))
+            {
+                return Err(ModelError::Invalid(format!(
+                    "layer {l}: static {side} scales {s:?} are not all positive in f16"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Layer `l`'s `(scale, min)` words, one per KV head, keys then values:
+    /// what the GPU cache's stores hold after their rows.
+    pub fn words(&self, l: usize) -> (Vec<u32>, Vec<u32>) {
+        let w = |s: &[f32]| s.iter().map(|&s| static_word(s, self.bits)).collect();
+        (w(&self.k[l]), w(&self.v[l]))
+    }
+
+    /// Rounds K and V rows (`[n, n_kv_heads * head_dim]`) of layer `l` to
+    /// f16 and quantizes them in place exactly as the GPU cache stores them.
+    pub fn fake_quant(&self, k: &mut [f32], v: &mut [f32], l: usize, head_dim: usize) {
+        let (kw, vw) = self.words(l);
+        for (x, words) in [(k, &kw), (v, &vw)] {
+            for (row, &word) in x.chunks_exact_mut(head_dim).zip(words.iter().cycle()) {
+                for e in row.iter_mut() {
+                    *e = round_f16(*e);
+                }
+                let codes = quantize_static(row, self.bits, word);
+                row.copy_from_slice(&dequantize_static(&codes, self.bits, word, head_dim));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 4-bit codes are the signed range -8..=7 times the f16 scale, rounded
+    /// to the nearest even on ties, and clamped.
+    #[test]
+    fn codes_are_symmetric_and_clamped() {
+        let kv = KvStatic {
+            bits: 4,
+            k: vec![vec![0.5]],
+            v: vec![vec![0.25]],
+            ..Default::default()
+        };
+        let mut k = vec![0.26, -0.74, 10.0, -10.0, 0.25, 0.75, 3.4, -3.9];
+        let mut v = vec![0.1; 8];
+        kv.fake_quant(&mut k, &mut v, 0, 8);
+        assert_eq!(k, vec![0.5, -0.5, 3.5, -4.0, 0.0, 1.0, 3.5, -4.0]);
+        assert_eq!(v, vec![0.0; 8]);
+    }
+}

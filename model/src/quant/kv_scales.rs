@@ -1,0 +1,307 @@
+//! Static KV-cache scales (PrefixQuant's KV4): one symmetric scale per
+//! layer, side and KV head ([`KvStatic`]), fixed at quantize time and found
+//! on calibration text with the prefix in the cache.
+//!
+//! The windows run through the CPU reference of the quantized model (its
+//! activation quantization simulated, keys and values rounded to f16 as the
+//! GPU's window holds them) after the prefix's KV, which stays out of the
+//! statistics and is never quantized. Per KV head, the scale is
+//! `alpha * max|x| / qmax` (`qmax = 2^(b-1) - 1`) with `alpha` searched on a
+//! coarse grid (1.0 down to 0.30 in steps of 0.05), then a fine one (0.01
+//! around the best), minimising:
+//! - keys: the squared error of the attention probabilities
+//!   `softmax(q Kᵀ / sqrt(d))` of every `query_every`-th query of each
+//!   window, over all the keys it sees (the prefix's unquantized), for
+//!   every query head of the KV head's group; the keys carry the online
+//!   Hadamard when the model has one, which spreads their outlier channels;
+//! - values: the squared error of the values themselves.
+
+use crate::checkpoint::act::qmax;
+use crate::checkpoint::{ActQuant, KvStatic, LlamaConfig, LlamaWeights, Pivot};
+use crate::reference::{Reference, dot};
+use crate::{ModelError, Result};
+use lamina_engine::kv::{dequantize_static, quantize_static, static_word};
+
+#[derive(Debug, Clone)]
+pub struct KvScaleOptions {
+    /// 4 or 8.
+    pub bits: u32,
+    /// Keep every this-many-th query for the keys' search.
+    pub query_every: usize,
+    /// Most calibration windows read (the first ones given).
+    pub windows: usize,
+}
+
+impl Default for KvScaleOptions {
+    fn default() -> Self {
+        KvScaleOptions {
+            bits: 4,
+            query_every: 8,
+            windows: 4,
+        }
+    }
+}
+
+/// One layer's calibration data, per window.
+struct LayerData {
+    /// Keys and values of the prefix then the window, `[len, kv_dim]`.
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    /// The sampled queries `[n, q_dim]` and their positions.
+    q: Vec<Vec<f32>>,
+    q_pos: Vec<Vec<usize>>,
+}
+
+/// Head `h` of `rows` (`[n, kv_dim]`) quantized at `scale` and decoded,
+/// `[n, hd]`.
+fn quantized_head(
+    rows: &[f32],
+    kvd: usize,
+    hd: usize,
+    h: usize,
+    scale: f32,
+    bits: u32,
+) -> Vec<f32> {
+    let word = static_word(scale, bits);
+    rows.chunks_exact(kvd)
+        .flat_map(|r| {
+            let x = &r[h * hd..(h + 1) * hd];
+            dequantize_static(&quantize_static(x, bits, word), bits, word, hd)
+        })
+        .collect()
+}
+
+/// `rows`' head `h`, `[n, hd]`.
+fn head_rows(rows: &[f32], kvd: usize, hd: usize, h: usize) -> Vec<f32> {
+    rows.chunks_exact(kvd)
+        .flat_map(|r| r[h * hd..(h + 1) * hd].iter().copied())
+        .collect()
+}
+
+/// Softmax of `q . keys / sqrt(hd)` over the first `n` keys (`[n, hd]`).
+fn probs(q: &[f32], keys: &[f32], n: usize, hd: usize, out: &mut Vec<f32>) {
+    let scale = 1.0 / (hd as f32).sqrt();
+    out.clear();
+    out.extend(keys[..n * hd].chunks_exact(hd).map(|k| dot(q, k) * scale));
+    let m = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for s in out.iter_mut() {
+        *s = (*s - m).exp();
+        sum += f64::from(*s);
+    }
+    let inv = (1.0 / sum) as f32;
+    for s in out.iter_mut() {
+        *s *= inv;
+    }
+}
+
+/// The clipping factor minimising `err` (coarse, then fine).
+fn search(err: impl Fn(f32) -> f64) -> f32 {
+    let best_of = |grid: Vec<f32>| {
+        grid.into_iter()
+            .map(|a| (a, err(a)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(1.0, |(a, _)| a)
+    };
+    let coarse = best_of((0..15).map(|i| 1.0 - 0.05 * i as f32).collect());
+    let fine = (-4..=4)
+        .map(|i| coarse + 0.01 * i as f32)
+        .filter(|a| *a > 0.0 && *a <= 1.0)
+        .collect();
+    best_of(fine)
+}
+
+/// Largest |x| of head `h` over `rows` from row `from` on.
+fn head_max(rows: &[f32], kvd: usize, hd: usize, h: usize, from: usize) -> f32 {
+    rows.chunks_exact(kvd)
+        .skip(from)
+        .flat_map(|r| r[h * hd..(h + 1) * hd].iter())
+        .fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+/// Key and value (scale, clip) of KV head `h` of one layer.
+fn head_scales(
+    d: &LayerData,
+    cfg: &LlamaConfig,
+    h: usize,
+    p: usize,
+    bits: u32,
+) -> ((f32, f32), (f32, f32)) {
+    let (hd, kvd) = (cfg.head_dim, cfg.kv_dim());
+    let group = cfg.n_heads / cfg.n_kv_heads;
+    let qm = qmax(bits);
+    let kmax =
+        d.k.iter()
+            .map(|k| head_max(k, kvd, hd, h, p))
+            .fold(0.0, f32::max);
+    let vmax =
+        d.v.iter()
+            .map(|v| head_max(v, kvd, hd, h, p))
+            .fold(0.0, f32::max);
+    // Exact probabilities, once.
+    let exact_keys: Vec<Vec<f32>> = d.k.iter().map(|k| head_rows(k, kvd, hd, h)).collect();
+    let mut exact: Vec<Vec<f32>> = Vec::new();
+    let mut buf = Vec::new();
+    for (w, keys) in exact_keys.iter().enumerate() {
+        for (qi, &pos) in d.q_pos[w].iter().enumerate() {
+            for g in 0..group {
+                let q = &d.q[w][(qi * cfg.n_heads + h * group + g) * hd..][..hd];
+                probs(q, keys, pos + 1, hd, &mut buf);
+                exact.push(buf.clone());
+            }
+        }
+    }
+    let key_err = |alpha: f32| -> f64 {
+        let scale = alpha * kmax / qm;
+        let mut e = 0.0f64;
+        let mut i = 0;
+        let mut buf = Vec::new();
+        for (w, keys) in exact_keys.iter().enumerate() {
+            // The prefix's keys stay exact.
+            let mut kq = keys[..p * hd].to_vec();
+            kq.extend(quantized_head(&d.k[w][p * kvd..], kvd, hd, h, scale, bits));
+            for (qi, &pos) in d.q_pos[w].iter().enumerate() {
+                for g in 0..group {
+                    let q = &d.q[w][(qi * cfg.n_heads + h * group + g) * hd..][..hd];
+                    probs(q, &kq, pos + 1, hd, &mut buf);
+                    e += buf
+                        .iter()
+                        .zip(&exact[i])
+                        .map(|(a, b)| f64::from(a - b).powi(2))
+                        .sum::<f64>();
+                    i += 1;
+                }
+            }
+        }
+        e
+    };
+    let value_err = |alpha: f32| -> f64 {
+        let scale = alpha * vmax / qm;
+        d.v.iter()
+            .map(|v| {
+                let x = head_rows(&v[p * kvd..], kvd, hd, h);
+                let y = quantized_head(&v[p * kvd..], kvd, hd, h, scale, bits);
+                x.iter()
+                    .zip(&y)
+                    .map(|(a, b)| f64::from(a - b).powi(2))
+                    .sum::<f64>()
+            })
+            .sum()
+    };
+    let or_one = |m: f32, a: f32| if m > 0.0 { a * m / qm } else { 1.0 };
+    let ka = if kmax > 0.0 { search(key_err) } else { 1.0 };
+    let va = if vmax > 0.0 { search(value_err) } else { 1.0 };
+    ((or_one(kmax, ka), ka), (or_one(vmax, va), va))
+}
+
+/// Calibrates static KV scales of the model `(cfg, w)` (its quantized
+/// weights, and `act`'s activation quantization when it has one) on
+/// `windows`, each run after `prefix`'s KV.
+pub fn calibrate(
+    cfg: &LlamaConfig,
+    w: &LlamaWeights,
+    act: Option<&ActQuant>,
+    prefix: Option<&Pivot>,
+    windows: &[Vec<u32>],
+    o: &KvScaleOptions,
+    mut progress: impl FnMut(&str, usize, usize),
+) -> Result<KvStatic> {
+    if !crate::checkpoint::kv_static::KV_BITS.contains(&o.bits) {
+        return Err(ModelError::Input(format!(
+            "KV cache bits {} not supported (4 or 8)",
+            o.bits
+        )));
+    }
+    let windows = &windows[..windows.len().min(o.windows.max(1))];
+    let seq = windows.iter().map(Vec::len).max().unwrap_or(0);
+    if seq == 0 {
+        return Err(ModelError::Input(
+            "static KV scales need calibration windows".into(),
+        ));
+    }
+    let p = prefix.map_or(0, Pivot::len);
+    let (nl, kvd, qd) = (cfg.n_layers, cfg.kv_dim(), cfg.q_dim());
+    let mut r = Reference::new(cfg, w, p + seq)?;
+    r.set_act_quant(act.cloned())?;
+    r.set_f16_cache(true);
+    let every = o.query_every.max(1);
+    let mut data: Vec<LayerData> = (0..nl)
+        .map(|_| LayerData {
+            k: Vec::new(),
+            v: Vec::new(),
+            q: Vec::new(),
+            q_pos: Vec::new(),
+        })
+        .collect();
+    for (i, win) in windows.iter().enumerate() {
+        progress("keys and values", i, windows.len());
+        r.reset();
+        if let Some(pv) = prefix {
+            r.load_prefix(pv)?;
+        }
+        let h = r.forward_attention(win, p)?;
+        let n = p + win.len();
+        for (l, d) in data.iter_mut().enumerate() {
+            let (k, v) = r.layer_kv(l);
+            d.k.push(k[..n * kvd].to_vec());
+            d.v.push(v[..n * kvd].to_vec());
+            let picks: Vec<usize> = (0..win.len()).step_by(every).collect();
+            d.q.push(
+                picks
+                    .iter()
+                    .flat_map(|&t| h.q[l][t * qd..(t + 1) * qd].iter().copied())
+                    .collect(),
+            );
+            d.q_pos.push(picks.iter().map(|t| p + t).collect());
+        }
+    }
+    let mut kv = KvStatic {
+        bits: o.bits,
+        ..Default::default()
+    };
+    for (l, d) in data.iter().enumerate() {
+        progress("clipping", l, nl);
+        // Heads are independent: one thread each.
+        let found: Vec<_> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..cfg.n_kv_heads)
+                .map(|h| sc.spawn(move || head_scales(d, cfg, h, p, o.bits)))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        kv.k.push(found.iter().map(|f| f.0.0).collect());
+        kv.k_clip.push(found.iter().map(|f| f.0.1).collect());
+        kv.v.push(found.iter().map(|f| f.1.0).collect());
+        kv.v_clip.push(found.iter().map(|f| f.1.1).collect());
+    }
+    progress("clipping", nl, nl);
+    kv.check(cfg)?;
+    Ok(kv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The coarse-then-fine search lands within the fine step of a
+    /// V-shaped error's minimum, never worse than no clipping.
+    #[test]
+    fn the_search_never_does_worse_than_no_clipping() {
+        let e = |a: f32| f64::from((a - 0.63).abs()) + 0.1;
+        let a = search(e);
+        assert!((a - 0.63).abs() < 0.011, "alpha {a}");
+        assert!(e(a) <= e(1.0));
+    }
+
+    #[test]
+    fn probabilities_sum_to_one_and_follow_the_scores() {
+        let keys = [1.0, 0.0, 0.0, 1.0, -1.0, 0.0];
+        let mut out = Vec::new();
+        probs(&[2.0, 0.0], &keys, 3, 2, &mut out);
+        assert!((out.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(out[0] > out[1] && out[1] > out[2], "{out:?}");
+        probs(&[2.0, 0.0], &keys, 1, 2, &mut out);
+        assert_eq!(out, vec![1.0]);
+    }
+}
