@@ -116,6 +116,22 @@ pub struct QuantizeArgs {
     pub force: bool,
 }
 
+/// Runs `work` with a progress bar named `what`, to which `work`'s
+/// `(phase, done, total)` reports go.
+fn with_phase_bar<T>(
+    what: &str,
+    work: impl FnOnce(&mut dyn FnMut(&str, usize, usize)) -> lamina_model::Result<T>,
+) -> Result<T> {
+    let pb = common::bar(1, what);
+    let out = work(&mut |phase, i, n| {
+        pb.set_length(n as u64);
+        pb.set_position(i as u64);
+        pb.set_message(format!("{what}: {phase}"));
+    })?;
+    pb.finish_and_clear();
+    Ok(out)
+}
+
 /// The formats `--embed` offers.
 const EMBED_FORMATS: [HostDType; 4] = [
     HostDType::Q8_0,
@@ -412,58 +428,48 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         bail!("the model's tokenizer has no BOS token, so there is no pivot to calibrate");
     }
     // Static activation scales, calibrated after the prefix.
-    let act = match a.act_bits {
-        None => None,
-        Some(bits) => {
-            let pb = common::bar(1, "activation scales");
+    let act = a
+        .act_bits
+        .map(|bits| {
             let o = ActScaleOptions {
                 bits,
                 dynamic: a.act_dynamic,
                 ..Default::default()
             };
-            let act = act_scales::calibrate(
-                &q.config,
-                &q.weights,
-                prefix_kv.as_ref(),
-                &windows,
-                &o,
-                |phase, i, n| {
-                    pb.set_length(n as u64);
-                    pb.set_position(i as u64);
-                    pb.set_message(format!("activation scales: {phase}"));
-                },
-            )?;
-            pb.finish_and_clear();
-            Some(act)
-        }
-    };
+            with_phase_bar("activation scales", |progress| {
+                act_scales::calibrate(
+                    &q.config,
+                    &q.weights,
+                    prefix_kv.as_ref(),
+                    &windows,
+                    &o,
+                    progress,
+                )
+            })
+        })
+        .transpose()?;
     // Static KV scales, after the activation scales (keys and values come
     // from quantized activations) and the prefix.
-    let kv = match a.kv_bits {
-        None => None,
-        Some(bits) => {
-            let pb = common::bar(1, "KV cache scales");
+    let kv = a
+        .kv_bits
+        .map(|bits| {
             let o = KvScaleOptions {
                 bits,
                 ..Default::default()
             };
-            let kv = kv_scales::calibrate(
-                &q.config,
-                &q.weights,
-                act.as_ref(),
-                prefix_kv.as_ref(),
-                &windows,
-                &o,
-                |phase, i, n| {
-                    pb.set_length(n as u64);
-                    pb.set_position(i as u64);
-                    pb.set_message(format!("KV cache scales: {phase}"));
-                },
-            )?;
-            pb.finish_and_clear();
-            Some(kv)
-        }
-    };
+            with_phase_bar("KV cache scales", |progress| {
+                kv_scales::calibrate(
+                    &q.config,
+                    &q.weights,
+                    act.as_ref(),
+                    prefix_kv.as_ref(),
+                    &windows,
+                    &o,
+                    progress,
+                )
+            })
+        })
+        .transpose()?;
     let secs = start.elapsed().as_secs_f64();
     let rotation = m.recipe.as_ref().and_then(|r| r.rotation.clone());
     let recipe = q.recipe.get_or_insert_with(Default::default);

@@ -76,16 +76,23 @@ fn output_error(x: &[f32], w: &[f32], width: usize, s: f32, qm: f32) -> f64 {
     total
 }
 
-/// The clipping factor minimising [`output_error`] (coarse, then fine).
+/// The clipping factor minimising [`output_error`].
 fn search_clip(x: &[f32], w: &[f32], width: usize, max: f32, qm: f32) -> f32 {
-    let err = |a: f32| output_error(x, w, width, a * max / qm, qm);
+    search_alpha(0.20, |a| output_error(x, w, width, a * max / qm, qm))
+}
+
+/// The clipping factor `alpha` in `(0, 1]` minimising `err`: a coarse grid
+/// from 1.0 down to `lowest` in steps of 0.05, then 0.01 steps around the
+/// best (PrefixQuant's grid search; the KV scales' too).
+pub(crate) fn search_alpha(lowest: f32, err: impl Fn(f32) -> f64) -> f32 {
     let best_of = |grid: Vec<f32>| {
         grid.into_iter()
             .map(|a| (a, err(a)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .map_or(1.0, |(a, _)| a)
     };
-    let coarse = best_of((0..17).map(|i| 1.0 - 0.05 * i as f32).collect());
+    let steps = ((1.0 - lowest) / 0.05).round() as usize;
+    let coarse = best_of((0..=steps).map(|i| 1.0 - 0.05 * i as f32).collect());
     let fine = (-4..=4)
         .map(|i| coarse + 0.01 * i as f32)
         .filter(|a| *a > 0.0 && *a <= 1.0)

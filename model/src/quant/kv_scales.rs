@@ -18,6 +18,7 @@
 
 use crate::checkpoint::act::qmax;
 use crate::checkpoint::{ActQuant, KvStatic, LlamaConfig, LlamaWeights, Pivot};
+use crate::quant::act_scales::search_alpha;
 use crate::reference::{Reference, dot};
 use crate::{ModelError, Result};
 use lamina_engine::kv::{dequantize_static, quantize_static, static_word};
@@ -95,20 +96,12 @@ fn probs(q: &[f32], keys: &[f32], n: usize, hd: usize, out: &mut Vec<f32>) {
     }
 }
 
+/// Lowest clipping factor of the coarse grid.
+const LOWEST_CLIP: f32 = 0.30;
+
 /// The clipping factor minimising `err` (coarse, then fine).
 fn search(err: impl Fn(f32) -> f64) -> f32 {
-    let best_of = |grid: Vec<f32>| {
-        grid.into_iter()
-            .map(|a| (a, err(a)))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map_or(1.0, |(a, _)| a)
-    };
-    let coarse = best_of((0..15).map(|i| 1.0 - 0.05 * i as f32).collect());
-    let fine = (-4..=4)
-        .map(|i| coarse + 0.01 * i as f32)
-        .filter(|a| *a > 0.0 && *a <= 1.0)
-        .collect();
-    best_of(fine)
+    search_alpha(LOWEST_CLIP, err)
 }
 
 /// Largest |x| of head `h` over `rows` from row `from` on.
