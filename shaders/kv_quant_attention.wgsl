@@ -109,7 +109,7 @@ fn key8(seg: u32, kvh: u32, j: u32, w: u32) -> D8 {
         if KCH == 1u {
             sw = 0x3c00u;   // per channel: the codes themselves (scale 1, min 0), see dim_scores
         } else if KST == 1u {
-            // Static: the signed codes c - 2^(b-1) (scale 1), see dim_scores.
+            // Static per head: the signed codes c - 2^(b-1) (scale 1), see dim_scores.
             sw = pack2x16float(vec2(1.0, -f32(1u << (bits_of(KF) - 1u))));
         } else {
             sw = k_store[base + scale_at(KF, w)];
@@ -159,7 +159,8 @@ fn add_rows(s: Scores, b: vec4<f32>) -> Scores {
 
 // Scores of a block of keys decoded dim by dim. Per-channel integer keys
 // (store, KCH): q . (min + scale * code) = (q * scale) . code + q . min,
-// with the group's scales folded into q once per block. Static keys (KST):
+// with the group's scales folded into q once per block (static: the head's
+// fixed per-channel ones). Static keys with one scale per head (KST alone):
 // their min is -2^(b-1) scale exactly, so q . key = (q * scale) . (code -
 // 2^(b-1)), the head's scale folded into q and no bias (signed codes keep
 // the sums small, where code and min terms would cancel).
@@ -174,11 +175,11 @@ fn dim_scores(seg: u32, kvh: u32, qrow: vec4<u32>, j0: u32, last: u32) -> Scores
         if chan {
             var sa: vec4<f32>;
             var sb: vec4<f32>;
-            if KST == 1u {
+            if KST == 1u && KCH == 0u {
                 sa = vec4(unpack2x16float(k_store[k_static_at(kvh)]).x);
                 sb = sa;
             } else {
-                let a = aux_at(kvh, j0) + 8u * w;
+                let a = select(aux_at(kvh, j0), k_static_at(kvh), KST == 1u) + 8u * w;
                 let c0 = unpack2x16float(k_store[a]);
                 let c1 = unpack2x16float(k_store[a + 1u]);
                 let c2 = unpack2x16float(k_store[a + 2u]);

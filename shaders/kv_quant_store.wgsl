@@ -260,12 +260,17 @@ fn kv_flush(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if KF == KV_QJL {
         store_qjl(head, j);
     } else if KCH == 1u {
-        // Integer keys per channel: codes only, the group's scales in aux.
+        // Integer keys per channel: codes only, the group's scales in aux
+        // (static: the head's fixed ones).
         let g0 = group_start(j);
         let b = bits_of(KF);
-        channel_scales(head, g0, b);
-        if j == g0 {
-            for (var c = 0u; c < HD; c++) { k_store[aux_at(head, j) + c] = pack2x16float(csm[c]); }
+        if KST == 1u {
+            for (var c = 0u; c < HD; c++) { csm[c] = unpack2x16float(k_store[k_static_at(head) + c]); }
+        } else {
+            channel_scales(head, g0, b);
+            if j == g0 {
+                for (var c = 0u; c < HD; c++) { k_store[aux_at(head, j) + c] = pack2x16float(csm[c]); }
+            }
         }
         load_row(true, head, j);
         let dst = (head * p.max_ctx + j) * KW;

@@ -172,12 +172,29 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         }
         if let Some(kv) = &r.kv {
             println!(
-                "KV cache: {}-bit, static per-head scales (run with --kv static, the default \
+                "KV cache: {}-bit, static per-head scales{} (run with --kv static, the default \
                  for this file)",
-                kv.bits
+                kv.bits,
+                if kv.k_channel {
+                    ", keys per channel"
+                } else {
+                    ""
+                }
             );
             for l in 0..kv.k.len() {
                 let list = |x: &[f32]| {
+                    if x.len() > c.n_kv_heads {
+                        // Per channel: each head's range of scales.
+                        return x
+                            .chunks(c.head_dim)
+                            .map(|h| {
+                                let lo = h.iter().copied().fold(f32::INFINITY, f32::min);
+                                let hi = h.iter().copied().fold(0.0f32, f32::max);
+                                format!("{lo:.2e}..{hi:.2e}")
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" ");
+                    }
                     x.iter()
                         .map(|v| format!("{v:.3e}"))
                         .collect::<Vec<_>>()
@@ -206,7 +223,7 @@ pub fn run(a: &InspectArgs) -> Result<()> {
             a.remove("clip");
         }
         if let Some(kv) = j.get_mut("kv").and_then(|a| a.as_object_mut()) {
-            for key in ["k", "v", "k_clip", "v_clip"] {
+            for key in ["k", "v", "k_min", "k_clip", "v_clip"] {
                 kv.remove(key);
             }
         }

@@ -111,6 +111,10 @@ pub struct QuantizeArgs {
     /// (`--kv static`) unless told otherwise.
     #[arg(long)]
     pub kv_bits: Option<u32>,
+    /// With --kv-bits: the keys' static scales, one symmetric scale per KV head (as
+    /// PrefixQuant does) or one (scale, min) per channel of each head.
+    #[arg(long, value_enum, default_value_t = StaticKeys::Head, requires = "kv_bits")]
+    pub kv_keys: StaticKeys,
     /// Replace OUTPUT if it exists.
     #[arg(long)]
     pub force: bool,
@@ -130,6 +134,13 @@ fn with_phase_bar<T>(
     })?;
     pb.finish_and_clear();
     Ok(out)
+}
+
+/// `--kv-keys`: how static keys are scaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StaticKeys {
+    Head,
+    Channel,
 }
 
 /// The formats `--embed` offers.
@@ -455,6 +466,7 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         .map(|bits| {
             let o = KvScaleOptions {
                 bits,
+                k_channel: a.kv_keys == StaticKeys::Channel,
                 ..Default::default()
             };
             with_phase_bar("KV cache scales", |progress| {

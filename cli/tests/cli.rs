@@ -294,7 +294,9 @@ fn static_kv_cache_runs_by_default() {
     let (nl, nkv) = (m.config.n_layers, m.config.n_kv_heads);
     let kv = KvStatic {
         bits: 4,
+        k_channel: false,
         k: vec![vec![0.05; nkv]; nl],
+        k_min: Vec::new(),
         v: vec![vec![0.02; nkv]; nl],
         k_clip: vec![vec![0.9; nkv]; nl],
         v_clip: vec![vec![1.0; nkv]; nl],
@@ -394,6 +396,10 @@ fn prefixquant_bad_input() {
     fails_with(
         &lamina(&["quantize", "--kv-bits", "5", "-o", o]),
         "--kv-bits 5",
+    );
+    fails_with(
+        &lamina(&["quantize", "--kv-keys", "channel", "-o", o]),
+        "--kv-bits",
     );
     fails_with(
         &lamina(&["quantize", "--prefix", "lots", "-o", o]),

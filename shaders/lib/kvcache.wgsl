@@ -34,7 +34,7 @@ override NOUT: u32 = 4u;    // QJL outlier channels per group
 override OQ8: u32 = 0u;     // 1: QJL outlier channels as 8-bit codes, not sketched
 override KCH: u32 = 0u;     // 1: integer keys with per-channel scales over each token group
 override AW: u32 = 1u;      // aux words per token group of a KV head
-override KST: u32 = 0u;     // 1: static per-head (scale, min) words, rows of codes only
+override KST: u32 = 0u;     // 1: static (scale, min) words (keys per channel with KCH), rows of codes only
 
 // Window row of position j: pivot rows first, then the ring.
 fn win_row(j: u32) -> u32 {
@@ -58,10 +58,11 @@ fn granule() -> u32 {
     return select(32u, 1u, KST == 1u);
 }
 
-// Word offsets of KV head `head`'s static (scale, min) word: in k_store after
-// the aux words, in v_store after the rows (KvLayout::k_static_at, v_static_at).
+// Word offsets of KV head `head`'s (first) static (scale, min) word: in
+// k_store after the aux words (one per channel with KCH), in v_store after
+// the rows (KvLayout::k_static_at, v_static_at).
 fn k_static_at(head: u32) -> u32 {
-    return p.cache.aux_base + p.n_kv_heads * ((p.max_ctx + 31u) / 32u) * AW + head;
+    return p.cache.aux_base + p.n_kv_heads * ((p.max_ctx + 31u) / 32u) * AW + head * select(1u, HD, KCH == 1u);
 }
 fn v_static_at(head: u32) -> u32 {
     return p.n_kv_heads * p.max_ctx * VW + head;

@@ -3,8 +3,9 @@
 //! pivot all hold keys: q8 / q4 / q2 / f16 / QJL keys with integer values,
 //! GQA groups 1, 3, 4 and 16, head_dim 40, 64 and 128, pivots of 0-3
 //! tokens, recent windows of 0-64, and lengths from 1 token (nothing
-//! quantized) through partial groups to 5000; and static per-head scales
-//! (PrefixQuant's KV4), where every token enters the store on its own.
+//! quantized) through partial groups to 5000; and static scales
+//! (PrefixQuant's KV4: per head, or per channel for keys), where every
+//! token enters the store on its own.
 //!
 //! Two checks per step:
 //! - the store the GPU wrote against the CPU quantizers (`kv::
@@ -21,7 +22,7 @@ use half::f16;
 use lamina_engine::Executor;
 use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::kv::{
-    self, GROUP, KvLayout, KvQuant, QjlShape, dequantize_channels, dequantize_row,
+    self, GROUP, KvLayout, KvQuant, QjlShape, affine_word, dequantize_channels, dequantize_row,
     dequantize_static, f16_row, quantize_static, round_f16, static_word, unpack_f16x2,
 };
 use lamina_engine::ops::kv_quant_attention::{self, KvQuantAttention};
@@ -59,14 +60,25 @@ struct Case {
     static_scales: bool,
 }
 
-/// The static scale of KV head `h`: keys clip their largest channels (up to
-/// ~27 against 7 codes of 1.5), values hardly any.
-fn static_scale(is_k: bool, h: usize) -> f32 {
-    if is_k {
+/// The static words of KV head `h`: per head, keys clip their largest
+/// channels (up to ~27 against 7 codes of 1.5), values hardly any; keys per
+/// channel (`channel`) get ranges of 15 steps of 0.2-0.5 from -1..-2,
+/// which clip the large channels too.
+fn static_words(is_k: bool, h: usize, bits: u32, channel: bool, hd: usize) -> Vec<u32> {
+    if is_k && channel {
+        return (0..hd)
+            .map(|c| {
+                let s = 0.2 + 0.05 * (c % 7) as f32 + 0.02 * h as f32;
+                affine_word(s, -1.0 - 0.5 * (c % 3) as f32)
+            })
+            .collect();
+    }
+    let s = if is_k {
         1.5 + 0.25 * h as f32
     } else {
         0.15 + 0.05 * h as f32
-    }
+    };
+    vec![static_word(s, bits)]
 }
 
 const NO_QJL: QjlShape = QjlShape {
@@ -215,18 +227,22 @@ impl Cache {
         let r = self.row(store, words, kvh, j);
         let hd = self.layout.head_dim as usize;
         match f.bits() {
-            Some(b) if l.static_scales => dequantize_static(&r, b, self.static_word(is_k, kvh), hd),
+            Some(b) if l.static_scales => {
+                dequantize_static(&r, b, self.static_words(is_k, kvh), hd)
+            }
             Some(b) if is_k && l.k_channel => dequantize_channels(&r, self.aux(kvh, j), b),
             Some(b) => dequantize_row(&r, b, self.layout.qgroup as usize, hd),
             None => f16_row(&r),
         }
     }
-    fn static_word(&self, is_k: bool, kvh: usize) -> u32 {
-        if is_k {
-            self.k_static[kvh]
+    /// KV head `kvh`'s static words: one, or (keys per channel) one per channel.
+    fn static_words(&self, is_k: bool, kvh: usize) -> &[u32] {
+        let (words, per) = if is_k {
+            (&self.k_static, self.layout.k_static_words() as usize)
         } else {
-            self.v_static[kvh]
-        }
+            (&self.v_static, 1)
+        };
+        &words[kvh * per..(kvh + 1) * per]
     }
     fn in_store(&self, len: usize, j: usize) -> bool {
         j >= self.layout.pivot as usize && j < self.layout.boundary(len as u32) as usize
@@ -321,7 +337,7 @@ impl Cache {
                         continue;
                     }
                     let got = self.decode(is_k, kvh, j);
-                    let chan = is_k && l.k_channel && f.bits().is_some();
+                    let chan = is_k && l.k_channel && f.bits().is_some() && !l.static_scales;
                     let group = if chan {
                         self.group(rows, kvh, j)
                     } else {
@@ -329,19 +345,20 @@ impl Cache {
                     };
                     let want = match f.bits() {
                         Some(b) if l.static_scales => {
-                            let word = self.static_word(is_k, kvh);
+                            let words = self.static_words(is_k, kvh);
                             // The static words are the host's, written once.
                             let at = if is_k {
                                 l.k_static_at(kvh as u32)
                             } else {
                                 l.v_static_at(kvh as u32)
-                            };
+                            } as usize;
                             let store = if is_k { &self.k_store } else { &self.v_store };
                             assert_eq!(
-                                store[at as usize], word,
-                                "{what}: static word of head {kvh}"
+                                &store[at..at + words.len()],
+                                words,
+                                "{what}: static words of head {kvh}"
                             );
-                            dequantize_static(&quantize_static(x, b, word), b, word, x.len())
+                            dequantize_static(&quantize_static(x, b, words), b, words, x.len())
                         }
                         Some(b) if chan => {
                             let (codes, aux) = kv::quantize_channels(&group, b);
@@ -365,7 +382,8 @@ impl Cache {
                     // group, or (per channel) over the token group's channel.
                     let step = |c: usize| {
                         if l.static_scales {
-                            return unpack_f16x2(self.static_word(is_k, kvh))[0];
+                            let w = self.static_words(is_k, kvh);
+                            return unpack_f16x2(w[c % w.len()])[0];
                         }
                         let vals: Vec<f32> = if chan {
                             group.iter().map(|r| r[c]).collect()
@@ -487,7 +505,7 @@ fn run(c: &Case) {
         ] {
             let bits = if is_k { c.k } else { c.v }.bits().expect("integer format");
             *words = (0..nkv)
-                .map(|h| static_word(static_scale(is_k, h), bits))
+                .flat_map(|h| static_words(is_k, h, bits, c.k_channel, hd))
                 .collect();
             let at = if is_k {
                 layout.k_static_at(0)
@@ -617,6 +635,21 @@ fn static_scales_match_reference() {
         recent: 0,
         pivot: 2,
         ..case(Q4, Q4, (16, 1, 128), &[3, 1, 90, 1, 1])
+    });
+    // Keys per channel: q4 keys with 8-bit values, and 2-bit keys at head_dim 40.
+    run(&Case {
+        static_scales: true,
+        k_channel: true,
+        recent: 0,
+        ..case(Q4, Q8, (9, 3, 64), &[7, 1, 1, 40, 1, 100, 1])
+    });
+    run(&Case {
+        static_scales: true,
+        k_channel: true,
+        recent: 3,
+        pivot: 0,
+        max_rows: 64,
+        ..case(Q2, Q4, (4, 2, 40), &[5, 1, 33, 1, 1, 64, 1])
     });
 }
 
@@ -838,7 +871,16 @@ fn layouts_count_every_byte() {
     assert_eq!(st.v_store_bytes(), 4 * (3 * 512 * 8 + 3));
     assert_eq!(st.k_store_bytes(), st.v_store_bytes());
     assert_eq!((st.boundary(33), st.boundary(34)), (1, 2));
-    // ... with integer keys and values only, keys per token.
+    // Keys per channel: 64 words per head after the (absent) aux words.
+    let stc = KvLayout {
+        k_channel: true,
+        ..st
+    };
+    stc.check("t", 512).expect("static per-channel keys");
+    assert_eq!((stc.k_words(), stc.aux_words()), (8, 0));
+    assert_eq!(stc.k_static_at(2), 3 * 512 * 8 + 2 * 64);
+    assert_eq!(stc.k_store_bytes(), 4 * (3 * 512 * 8 + 3 * 64));
+    // ... with integer keys and values only.
     for bad in [
         KvLayout {
             k: KvQuant::Qjl,
@@ -846,10 +888,6 @@ fn layouts_count_every_byte() {
         },
         KvLayout {
             v: KvQuant::F16,
-            ..st
-        },
-        KvLayout {
-            k_channel: true,
             ..st
         },
     ] {

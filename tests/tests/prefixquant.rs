@@ -266,19 +266,27 @@ fn integer_activations_match_the_reference() {
 /// bit-identical keys and values, so they agree within float noise, while
 /// the cache's quantization moves the logits far more; rotated (online
 /// Hadamard on Q and K), only the sizes of the error are compared, as for
-/// the activations above. 8-bit caches cost less than 4-bit ones.
+/// the activations above. 8-bit caches cost less than 4-bit ones. Keys
+/// with per-channel scales take the same path.
 #[test]
 fn static_kv_cache_matches_the_reference() {
     use lamina_model::quant::kv_scales::{KvScaleOptions, calibrate};
     let toks: Vec<u32> = (0..23).map(|i| (i * 41 + 7) % 300).collect();
     let mut costs = Vec::new();
-    for (rotated, kv_bits) in [(false, 4), (false, 8), (true, 4)] {
+    for (rotated, kv_bits, k_channel) in [
+        (false, 4, false),
+        (false, 8, false),
+        (false, 4, true),
+        (true, 4, false),
+        (true, 4, true),
+    ] {
         let mut q = quantized(rotated, 8, false);
         let pv = q.pivot.clone().unwrap();
         let act = q.recipe.as_ref().unwrap().act.clone().unwrap();
         let o = KvScaleOptions {
             bits: kv_bits,
             query_every: 2,
+            k_channel,
             ..Default::default()
         };
         let kv = calibrate(
@@ -314,7 +322,7 @@ fn static_kv_cache_matches_the_reference() {
         r.load_prefix(&pv).unwrap();
         let want = r.forward(&toks, pv.len()).unwrap();
         let (d, cost) = (rel_diff(&want, &got), rel_diff(&f16_cache, &want));
-        let what = format!("rotated {rotated} KV{kv_bits}");
+        let what = format!("rotated {rotated} KV{kv_bits} keys per channel {k_channel}");
         eprintln!("{what}: GPU vs reference {d:.2e}; the cache's cost {cost:.2e}");
         assert!(cost > 1e-4, "{what}: the static cache changed nothing");
         if rotated {

@@ -48,13 +48,20 @@ pub fn static_word(scale: f32, bits: u32) -> u32 {
     scale_word(s16, -((1u32 << (bits - 1)) as f32) * s16)
 }
 
-/// CPU reference of a row under a static word: its code words only.
-pub fn quantize_static(x: &[f32], bits: u32, word: u32) -> Vec<u32> {
+/// A static per-channel key word (`static_scales` with `k_channel`):
+/// `pack2x16float(scale, min)` of both rounded to f16.
+pub fn affine_word(scale: f32, min: f32) -> u32 {
+    scale_word(round_f16(scale), round_f16(min))
+}
+
+/// CPU reference of a row under static words: its code words only.
+/// `words` holds the head's one word, or one per channel.
+pub fn quantize_static(x: &[f32], bits: u32, words: &[u32]) -> Vec<u32> {
     let levels = ((1u32 << bits) - 1) as f32;
-    let [s, m] = unpack_f16x2(word);
-    let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
     let mut codes = vec![0u32; (x.len() * bits as usize).div_ceil(32)];
     for (c, &v) in x.iter().enumerate() {
+        let [s, m] = unpack_f16x2(words[c % words.len()]);
+        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
         let q = ((v - m) * inv).round_ties_even().clamp(0.0, levels) as u32;
         let bit = c * bits as usize;
         codes[bit / 32] |= q << (bit % 32);
@@ -62,12 +69,13 @@ pub fn quantize_static(x: &[f32], bits: u32, word: u32) -> Vec<u32> {
     codes
 }
 
-/// Decodes a row of `head_dim` codes against a static word.
-pub fn dequantize_static(codes: &[u32], bits: u32, word: u32, head_dim: usize) -> Vec<f32> {
+/// Decodes a row of `head_dim` codes against static words (one, or one
+/// per channel).
+pub fn dequantize_static(codes: &[u32], bits: u32, words: &[u32], head_dim: usize) -> Vec<f32> {
     let mask = (1u32 << bits) - 1;
-    let [s, m] = unpack_f16x2(word);
     (0..head_dim)
         .map(|c| {
+            let [s, m] = unpack_f16x2(words[c % words.len()]);
             let bit = c * bits as usize;
             m + s * ((codes[bit / 32] >> (bit % 32)) & mask) as f32
         })

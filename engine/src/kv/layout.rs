@@ -32,12 +32,12 @@ pub struct KvLayout {
     /// ring, not to the store the step's flush wrote them into (QJL's code
     /// attends exactly inside the prompt). Decode steps are unchanged.
     pub exact_prompt: bool,
-    /// Static scales (PrefixQuant's KV4): integer keys and values with one
-    /// symmetric scale per KV head fixed at quantize time, held in one
-    /// `(scale, min)` word per head after each store's rows
+    /// Static scales (PrefixQuant's KV4): integer keys and values with
+    /// `(scale, min)` words fixed at quantize time after each store's rows
     /// ([`KvLayout::k_static_at`], [`KvLayout::v_static_at`]; the host
-    /// writes them once). Rows are codes only, and tokens enter the store
-    /// one at a time, not by groups of [`GROUP`].
+    /// writes them once): one per KV head, or for keys with `k_channel` one
+    /// per channel of each head. Rows are codes only, and tokens enter the
+    /// store one at a time, not by groups of [`GROUP`].
     pub static_scales: bool,
 }
 
@@ -83,7 +83,9 @@ impl KvLayout {
         match self.k {
             KvQuant::Qjl if self.qjl.outlier_q8 => 1 + self.qjl.outliers,
             KvQuant::Qjl => 1,
-            KvQuant::Q8 | KvQuant::Q4 | KvQuant::Q2 if self.k_channel => self.head_dim,
+            KvQuant::Q8 | KvQuant::Q4 | KvQuant::Q2 if self.k_channel && !self.static_scales => {
+                self.head_dim
+            }
             _ => 0,
         }
     }
@@ -107,29 +109,36 @@ impl KvLayout {
             0
         }
     }
-    /// Word offset in k_store of KV head `kvh`'s static `(scale, min)`
-    /// word (after the aux words).
+    /// Static `(scale, min)` words of one KV head's keys: one, or one per
+    /// channel (`k_channel`).
+    pub fn k_static_words(&self) -> u32 {
+        if self.k_channel { self.head_dim } else { 1 }
+    }
+    /// Word offset in k_store of KV head `kvh`'s first static `(scale,
+    /// min)` word (after the aux words).
     pub fn k_static_at(&self, kvh: u32) -> u32 {
-        self.aux_base() + self.n_kv_heads * self.groups() * self.aux_words() + kvh
+        self.aux_base()
+            + self.n_kv_heads * self.groups() * self.aux_words()
+            + kvh * self.k_static_words()
     }
     /// Word offset in v_store of KV head `kvh`'s static `(scale, min)` word
     /// (after the rows).
     pub fn v_static_at(&self, kvh: u32) -> u32 {
         self.n_kv_heads * self.max_ctx * self.v_words() + kvh
     }
-    /// The static words of one store, one per KV head (0 without static scales).
-    fn static_words(&self) -> u32 {
+    /// The static words of all KV heads of one store (0 without static scales).
+    fn static_words(&self, per_head: u32) -> u32 {
         if self.static_scales {
-            self.n_kv_heads
+            self.n_kv_heads * per_head
         } else {
             0
         }
     }
     pub fn k_store_bytes(&self) -> u64 {
-        4 * u64::from(self.k_static_at(0) + self.static_words())
+        4 * u64::from(self.k_static_at(0) + self.static_words(self.k_static_words()))
     }
     pub fn v_store_bytes(&self) -> u64 {
-        4 * u64::from(self.v_static_at(0) + self.static_words())
+        4 * u64::from(self.v_static_at(0) + self.static_words(1))
     }
     /// Tokens that enter the store together: one with static scales, else
     /// a group of [`GROUP`] (per-channel keys and QJL's outliers take their
@@ -205,10 +214,9 @@ impl KvLayout {
             "per-channel key scales need integer keys (q8, q4 or q2)"
         );
         ensure_shape!(
-            !self.static_scales
-                || (self.k.bits().is_some() && self.v.bits().is_some() && !self.k_channel),
+            !self.static_scales || (self.k.bits().is_some() && self.v.bits().is_some()),
             op,
-            "static scales need integer keys and values (q8, q4 or q2), keys per token"
+            "static scales need integer keys and values (q8, q4 or q2)"
         );
         if self.v == KvQuant::Qjl {
             return Err(EngineError::Shape {
@@ -289,7 +297,7 @@ pub enum KvOverride {
     KeyChannel,
     /// Aux words per token group of a KV head.
     AuxWords,
-    /// 1: static per-head scales ([`KvLayout::static_scales`]).
+    /// 1: static scales ([`KvLayout::static_scales`]).
     StaticScales,
 }
 

@@ -67,9 +67,10 @@
 //!   channel over the group (aux words after the index word); `m_out` is 0.
 //! - Static scales (`static_scales`, PrefixQuant's KV4): integer keys and
 //!   values whose `(scale, min)` is one per KV head, fixed at quantize time
-//!   (symmetric: `min = -2^(b-1) scale`, [`static_word`]); rows are codes
-//!   only and the head's word sits after each store's rows (k: after the
-//!   aux words). Tokens enter the store one at a time (the granule is 1, not
+//!   (symmetric: `min = -2^(b-1) scale`, [`static_word`]), or for keys
+//!   with `k_channel` one per channel of each head (asymmetric,
+//!   [`affine_word`]); rows are codes only and the head's words sit after
+//!   each store's rows (k: after the aux words, of which it has none). Tokens enter the store one at a time (the granule is 1, not
 //!   T), so with `recent = 0` every position past the pivot is quantized
 //!   before any query reads it.
 //!
@@ -92,8 +93,9 @@ mod layout;
 pub use format::{GROUP, KvQuant, MAX_OUTLIERS, QjlShape};
 
 pub use host::{
-    F16_MAX, dequantize_channels, dequantize_row, dequantize_static, f16_row, f16_words,
-    quantize_channels, quantize_row, quantize_static, round_f16, static_word, unpack_f16x2,
+    F16_MAX, affine_word, dequantize_channels, dequantize_row, dequantize_static, f16_row,
+    f16_words, quantize_channels, quantize_row, quantize_static, round_f16, static_word,
+    unpack_f16x2,
 };
 pub use layout::{KvCacheParams, KvLayout, KvOverride};
 

@@ -1,5 +1,6 @@
 //! Static KV-cache scales (PrefixQuant's KV4 and KV8): one symmetric scale
-//! per layer, side (K, V) and KV head, fixed at quantize time
+//! per layer, side (K, V) and KV head, or for keys one `(scale, min)` per
+//! channel of each head (`k_channel`), fixed at quantize time
 //! (`crate::quant::kv_scales` finds them with the prefix in the cache), so
 //! no token pays for scale words and none waits for a group to fill.
 //! `lamina quantize --kv-bits` stores them in the recipe; the GPU cache runs
@@ -9,9 +10,10 @@
 //! A KV head's values `x` (f16-rounded first, as the cache's window stores
 //! them) become `s * (c - 2^(b-1))` with `c = clamp(round((x - m) / s), 0,
 //! 2^b - 1)`, `m = -2^(b-1) s`, and `s` rounded to f16
-//! (`lamina_engine::kv::static_word`).
+//! (`lamina_engine::kv::static_word`); per-channel keys use their own
+//! `(s, m)` per channel, both rounded to f16 (`affine_word`).
 
-use lamina_engine::kv::{dequantize_static, quantize_static, round_f16, static_word};
+use lamina_engine::kv::{affine_word, dequantize_static, quantize_static, round_f16, static_word};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::LlamaConfig;
@@ -26,11 +28,17 @@ pub const KV_BITS: [u32; 2] = [4, 8];
 pub struct KvStatic {
     /// 4 or 8.
     pub bits: u32,
-    /// Per layer, one scale per KV head: keys (RoPE'd, after the online
-    /// Hadamard when the model has one) and values.
+    /// Keys with one `(scale, min)` per channel of each head instead of
+    /// one symmetric scale per head.
+    pub k_channel: bool,
+    /// Per layer, one scale per KV head (`[n_kv_heads]`), or with
+    /// `k_channel` per channel (`[n_kv_heads * head_dim]`): keys (RoPE'd,
+    /// after the online Hadamard when the model has one) and values.
     pub k: Vec<Vec<f32>>,
     pub v: Vec<Vec<f32>>,
-    /// The clipping factors chosen (scale / calibration max), same shape.
+    /// With `k_channel`: each channel's minimum, shaped as `k`.
+    pub k_min: Vec<Vec<f32>>,
+    /// The clipping factors chosen (scale / calibration max), one per KV head.
     pub k_clip: Vec<Vec<f32>>,
     pub v_clip: Vec<Vec<f32>>,
 }
@@ -45,10 +53,12 @@ impl KvStatic {
                 self.bits
             )));
         }
-        for (side, scales) in [("key", &self.k), ("value", &self.v)] {
-            if scales.len() != c.n_layers || scales.iter().any(|s| s.len() != c.n_kv_heads) {
+        let per_head = if self.k_channel { c.head_dim } else { 1 };
+        let k_min: &[Vec<f32>] = if self.k_channel { &self.k_min } else { &[] };
+        for (side, scales, n) in [("key", &self.k, per_head), ("value", &self.v, 1)] {
+            if scales.len() != c.n_layers || scales.iter().any(|s| s.len() != c.n_kv_heads * n) {
                 return Err(ModelError::Invalid(format!(
-                    "static {side} scales are not one per KV head ({}) of each of {} layers",
+                    "static {side} scales are not {n} per KV head ({}) of each of {} layers",
                     c.n_kv_heads, c.n_layers
                 )));
             }
@@ -62,27 +72,51 @@ impl KvStatic {
                 )));
             }
         }
+        if self.k_channel
+            && (k_min.len() != c.n_layers
+                || k_min.iter().zip(&self.k).any(|(m, s)| m.len() != s.len())
+                || k_min.iter().flatten().any(|m| !m.is_finite()))
+        {
+            return Err(ModelError::Invalid(
+                "static per-channel key minima do not match their scales".into(),
+            ));
+        }
         Ok(())
     }
 
-    /// Layer `l`'s `(scale, min)` words, one per KV head, keys then values:
-    /// what the GPU cache's stores hold after their rows.
+    /// Layer `l`'s `(scale, min)` words, keys then values, one per KV head
+    /// (keys per channel: one per channel of each head): what the GPU
+    /// cache's stores hold after their rows.
     pub fn words(&self, l: usize) -> (Vec<u32>, Vec<u32>) {
-        let w = |s: &[f32]| s.iter().map(|&s| static_word(s, self.bits)).collect();
-        (w(&self.k[l]), w(&self.v[l]))
+        let sym = |s: &[f32]| s.iter().map(|&s| static_word(s, self.bits)).collect();
+        let k = if self.k_channel {
+            self.k[l]
+                .iter()
+                .zip(&self.k_min[l])
+                .map(|(&s, &m)| affine_word(s, m))
+                .collect()
+        } else {
+            sym(&self.k[l])
+        };
+        (k, sym(&self.v[l]))
     }
 
     /// Rounds K and V rows (`[n, n_kv_heads * head_dim]`) of layer `l` to
     /// f16 and quantizes them in place exactly as the GPU cache stores them.
     pub fn fake_quant(&self, k: &mut [f32], v: &mut [f32], l: usize, head_dim: usize) {
         let (kw, vw) = self.words(l);
-        for (x, words) in [(k, &kw), (v, &vw)] {
-            for (row, &word) in x.chunks_exact_mut(head_dim).zip(words.iter().cycle()) {
+        let k_per_head = if self.k_channel { head_dim } else { 1 };
+        for (x, words, per_head) in [(k, &kw, k_per_head), (v, &vw, 1)] {
+            // Each row's head: its one word, or one per channel.
+            for (row, hw) in x
+                .chunks_exact_mut(head_dim)
+                .zip(words.chunks(per_head).cycle())
+            {
                 for e in row.iter_mut() {
                     *e = round_f16(*e);
                 }
-                let codes = quantize_static(row, self.bits, word);
-                row.copy_from_slice(&dequantize_static(&codes, self.bits, word, head_dim));
+                let codes = quantize_static(row, self.bits, hw);
+                row.copy_from_slice(&dequantize_static(&codes, self.bits, hw, head_dim));
             }
         }
     }
@@ -107,5 +141,22 @@ mod tests {
         kv.fake_quant(&mut k, &mut v, 0, 8);
         assert_eq!(k, vec![0.5, -0.5, 3.5, -4.0, 0.0, 1.0, 3.5, -4.0]);
         assert_eq!(v, vec![0.0; 8]);
+    }
+
+    /// Per-channel keys quantize each channel against its own (scale, min).
+    #[test]
+    fn keys_per_channel_use_their_own_range() {
+        let kv = KvStatic {
+            bits: 2,
+            k_channel: true,
+            k: vec![vec![1.0, 0.5]],
+            k_min: vec![vec![-1.0, 10.0]],
+            v: vec![vec![1.0]],
+            ..Default::default()
+        };
+        let (mut k, mut v) = (vec![0.4, 10.6], vec![0.0, 7.0]);
+        kv.fake_quant(&mut k, &mut v, 0, 2);
+        assert_eq!(k, vec![0.0, 10.5]);
+        assert_eq!(v, vec![0.0, 1.0]);
     }
 }

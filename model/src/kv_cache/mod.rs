@@ -113,7 +113,8 @@ impl KvFormat {
     }
 
     /// This format with `kv`'s static scales: keys and values at its width,
-    /// keys per token; recent window and sinks as they are.
+    /// keys per head or per channel as `kv` has them; recent window and
+    /// sinks as they are.
     pub fn with_static(self, kv: &KvStatic) -> Result<KvFormat> {
         let q = match kv.bits {
             8 => KvQuant::Q8,
@@ -127,7 +128,7 @@ impl KvFormat {
         Ok(KvFormat {
             k: q,
             v: q,
-            k_channel: false,
+            k_channel: kv.k_channel,
             exact_prompt: false,
             static_scales: true,
             ..self
@@ -154,7 +155,12 @@ impl KvFormat {
             name.push_str(", q8 outliers");
         }
         if self.static_scales {
-            name = format!("{}, static scales", self.k.name());
+            let keys = if self.k_channel {
+                ", keys per channel"
+            } else {
+                ""
+            };
+            name = format!("{}, static scales{keys}", self.k.name());
         }
         if self.exact_prompt && !self.is_f16() {
             name.push_str(", exact prompt");

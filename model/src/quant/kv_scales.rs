@@ -1,12 +1,16 @@
 //! Static KV-cache scales (PrefixQuant's KV4): one symmetric scale per
-//! layer, side and KV head ([`KvStatic`]), fixed at quantize time and found
-//! on calibration text with the prefix in the cache.
+//! layer, side and KV head ([`KvStatic`]), or for keys one `(scale, min)`
+//! per channel of each head ([`KvScaleOptions::k_channel`]), fixed at
+//! quantize time and found on calibration text with the prefix in the
+//! cache.
 //!
 //! The windows run through the CPU reference of the quantized model (its
 //! activation quantization simulated, keys and values rounded to f16 as the
 //! GPU's window holds them) after the prefix's KV, which stays out of the
 //! statistics and is never quantized. Per KV head, the scale is
-//! `alpha * max|x| / qmax` (`qmax = 2^(b-1) - 1`) with `alpha` searched on a
+//! `alpha * max|x| / qmax` (`qmax = 2^(b-1) - 1`; per-channel keys: each
+//! channel's calibration range shrunk by `alpha` about its middle, split
+//! into `2^b - 1` steps) with `alpha` searched on a
 //! coarse grid (1.0 down to 0.30 in steps of 0.05), then a fine one (0.01
 //! around the best), minimising:
 //! - keys: the squared error of the attention probabilities
@@ -21,7 +25,7 @@ use crate::checkpoint::{ActQuant, KvStatic, LlamaConfig, LlamaWeights, Pivot};
 use crate::quant::act_scales::search_alpha;
 use crate::reference::{Reference, dot};
 use crate::{ModelError, Result};
-use lamina_engine::kv::{dequantize_static, quantize_static, static_word};
+use lamina_engine::kv::{affine_word, dequantize_static, quantize_static, static_word};
 
 #[derive(Debug, Clone)]
 pub struct KvScaleOptions {
@@ -31,6 +35,9 @@ pub struct KvScaleOptions {
     pub query_every: usize,
     /// Most calibration windows read (the first ones given).
     pub windows: usize,
+    /// Keys with one `(scale, min)` per channel of each head instead of one
+    /// symmetric scale per head.
+    pub k_channel: bool,
 }
 
 impl Default for KvScaleOptions {
@@ -39,6 +46,7 @@ impl Default for KvScaleOptions {
             bits: 4,
             query_every: 8,
             windows: 4,
+            k_channel: false,
         }
     }
 }
@@ -53,21 +61,20 @@ struct LayerData {
     q_pos: Vec<Vec<usize>>,
 }
 
-/// Head `h` of `rows` (`[n, kv_dim]`) quantized at `scale` and decoded,
-/// `[n, hd]`.
+/// Head `h` of `rows` (`[n, kv_dim]`) quantized against `words` (the
+/// head's one word, or one per channel) and decoded, `[n, hd]`.
 fn quantized_head(
     rows: &[f32],
     kvd: usize,
     hd: usize,
     h: usize,
-    scale: f32,
+    words: &[u32],
     bits: u32,
 ) -> Vec<f32> {
-    let word = static_word(scale, bits);
     rows.chunks_exact(kvd)
         .flat_map(|r| {
             let x = &r[h * hd..(h + 1) * hd];
-            dequantize_static(&quantize_static(x, bits, word), bits, word, hd)
+            dequantize_static(&quantize_static(x, bits, words), bits, words, hd)
         })
         .collect()
 }
@@ -112,21 +119,76 @@ fn head_max(rows: &[f32], kvd: usize, hd: usize, h: usize, from: usize) -> f32 {
         .fold(0.0f32, |m, v| m.max(v.abs()))
 }
 
-/// Key and value (scale, clip) of KV head `h` of one layer.
+/// Each channel's (min, max) of head `h` over `rows` from row `from` on.
+fn channel_ranges(
+    rows: &[Vec<f32>],
+    kvd: usize,
+    hd: usize,
+    h: usize,
+    from: usize,
+) -> Vec<(f32, f32)> {
+    let mut r = vec![(f32::INFINITY, f32::NEG_INFINITY); hd];
+    for x in rows {
+        for row in x.chunks_exact(kvd).skip(from) {
+            for (c, v) in row[h * hd..(h + 1) * hd].iter().enumerate() {
+                r[c] = (r[c].0.min(*v), r[c].1.max(*v));
+            }
+        }
+    }
+    r
+}
+
+/// Per-channel keys at clipping `alpha`: each channel's range shrunk about
+/// its middle, as (scale, min) pairs.
+fn channel_scales(ranges: &[(f32, f32)], alpha: f32, bits: u32) -> Vec<(f32, f32)> {
+    let levels = ((1u32 << bits) - 1) as f32;
+    ranges
+        .iter()
+        .map(|&(lo, hi)| {
+            let (mid, half) = ((hi + lo) / 2.0, alpha * (hi - lo).max(1e-6) / 2.0);
+            (2.0 * half / levels, mid - half)
+        })
+        .collect()
+}
+
+/// What [`head_scales`] found for one KV head: keys' scales (one, or one
+/// per channel) and minima (per channel only), the value's scale, and both
+/// clipping factors.
+struct HeadScales {
+    k: Vec<f32>,
+    k_min: Vec<f32>,
+    k_clip: f32,
+    v: f32,
+    v_clip: f32,
+}
+
+/// Key and value scales of KV head `h` of one layer.
 fn head_scales(
     d: &LayerData,
     cfg: &LlamaConfig,
     h: usize,
     p: usize,
     bits: u32,
-) -> ((f32, f32), (f32, f32)) {
+    k_channel: bool,
+) -> HeadScales {
     let (hd, kvd) = (cfg.head_dim, cfg.kv_dim());
     let group = cfg.n_heads / cfg.n_kv_heads;
     let qm = qmax(bits);
-    let kmax =
-        d.k.iter()
-            .map(|k| head_max(k, kvd, hd, h, p))
-            .fold(0.0, f32::max);
+    let ranges = channel_ranges(&d.k, kvd, hd, h, p);
+    // The keys' words at clipping alpha.
+    let key_words = |alpha: f32| -> Vec<u32> {
+        if k_channel {
+            channel_scales(&ranges, alpha, bits)
+                .into_iter()
+                .map(|(s, m)| affine_word(s, m))
+                .collect()
+        } else {
+            let kmax = ranges
+                .iter()
+                .fold(0.0f32, |m, r| m.max(r.0.abs()).max(r.1.abs()));
+            vec![static_word(alpha * kmax.max(1e-6) / qm, bits)]
+        }
+    };
     let vmax =
         d.v.iter()
             .map(|v| head_max(v, kvd, hd, h, p))
@@ -145,14 +207,14 @@ fn head_scales(
         }
     }
     let key_err = |alpha: f32| -> f64 {
-        let scale = alpha * kmax / qm;
+        let words = key_words(alpha);
         let mut e = 0.0f64;
         let mut i = 0;
         let mut buf = Vec::new();
         for (w, keys) in exact_keys.iter().enumerate() {
             // The prefix's keys stay exact.
             let mut kq = keys[..p * hd].to_vec();
-            kq.extend(quantized_head(&d.k[w][p * kvd..], kvd, hd, h, scale, bits));
+            kq.extend(quantized_head(&d.k[w][p * kvd..], kvd, hd, h, &words, bits));
             for (qi, &pos) in d.q_pos[w].iter().enumerate() {
                 for g in 0..group {
                     let q = &d.q[w][(qi * cfg.n_heads + h * group + g) * hd..][..hd];
@@ -169,11 +231,11 @@ fn head_scales(
         e
     };
     let value_err = |alpha: f32| -> f64 {
-        let scale = alpha * vmax / qm;
+        let words = [static_word(alpha * vmax / qm, bits)];
         d.v.iter()
             .map(|v| {
                 let x = head_rows(&v[p * kvd..], kvd, hd, h);
-                let y = quantized_head(&v[p * kvd..], kvd, hd, h, scale, bits);
+                let y = quantized_head(&v[p * kvd..], kvd, hd, h, &words, bits);
                 x.iter()
                     .zip(&y)
                     .map(|(a, b)| f64::from(a - b).powi(2))
@@ -181,10 +243,23 @@ fn head_scales(
             })
             .sum()
     };
-    let or_one = |m: f32, a: f32| if m > 0.0 { a * m / qm } else { 1.0 };
-    let ka = if kmax > 0.0 { search(key_err) } else { 1.0 };
+    let ka = search(key_err);
     let va = if vmax > 0.0 { search(value_err) } else { 1.0 };
-    ((or_one(kmax, ka), ka), (or_one(vmax, va), va))
+    let (k, k_min) = if k_channel {
+        channel_scales(&ranges, ka, bits).into_iter().unzip()
+    } else {
+        let kmax = ranges
+            .iter()
+            .fold(0.0f32, |m, r| m.max(r.0.abs()).max(r.1.abs()));
+        (vec![ka * kmax.max(1e-6) / qm], Vec::new())
+    };
+    HeadScales {
+        k,
+        k_min,
+        k_clip: ka,
+        v: if vmax > 0.0 { va * vmax / qm } else { 1.0 },
+        v_clip: va,
+    }
 }
 
 /// Calibrates static KV scales of the model `(cfg, w)` (its quantized
@@ -250,6 +325,7 @@ pub fn calibrate(
     }
     let mut kv = KvStatic {
         bits: o.bits,
+        k_channel: o.k_channel,
         ..Default::default()
     };
     for (l, d) in data.iter().enumerate() {
@@ -257,16 +333,21 @@ pub fn calibrate(
         // Heads are independent: one thread each.
         let found: Vec<_> = std::thread::scope(|sc| {
             let hs: Vec<_> = (0..cfg.n_kv_heads)
-                .map(|h| sc.spawn(move || head_scales(d, cfg, h, p, o.bits)))
+                .map(|h| sc.spawn(move || head_scales(d, cfg, h, p, o.bits, o.k_channel)))
                 .collect();
             hs.into_iter()
                 .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
                 .collect()
         });
-        kv.k.push(found.iter().map(|f| f.0.0).collect());
-        kv.k_clip.push(found.iter().map(|f| f.0.1).collect());
-        kv.v.push(found.iter().map(|f| f.1.0).collect());
-        kv.v_clip.push(found.iter().map(|f| f.1.1).collect());
+        let found: Vec<HeadScales> = found;
+        kv.k.push(found.iter().flat_map(|f| f.k.iter().copied()).collect());
+        if o.k_channel {
+            kv.k_min
+                .push(found.iter().flat_map(|f| f.k_min.iter().copied()).collect());
+        }
+        kv.k_clip.push(found.iter().map(|f| f.k_clip).collect());
+        kv.v.push(found.iter().map(|f| f.v).collect());
+        kv.v_clip.push(found.iter().map(|f| f.v_clip).collect());
     }
     progress("clipping", nl, nl);
     kv.check(cfg)?;
