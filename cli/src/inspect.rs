@@ -172,13 +172,13 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         }
         if let Some(kv) = &r.kv {
             println!(
-                "KV cache: {}-bit, static per-head scales{} (run with --kv static, the default \
-                 for this file)",
+                "KV cache: {}-bit, static {} scales (run with --kv static, the default for \
+                 this file)",
                 kv.bits,
                 if kv.k_channel {
-                    ", keys per channel"
+                    "per-channel key and per-head value"
                 } else {
-                    ""
+                    "per-head"
                 }
             );
             for l in 0..kv.k.len() {
