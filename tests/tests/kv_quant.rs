@@ -22,8 +22,8 @@ use half::f16;
 use lamina_engine::Executor;
 use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::kv::{
-    self, GROUP, KvLayout, KvQuant, QjlShape, affine_word, dequantize_channels, dequantize_row,
-    dequantize_static, f16_row, quantize_static, round_f16, static_word, unpack_f16x2,
+    self, GROUP, KvLayout, KvQuant, QjlShape, affine_word, decode_row, dequantize_channels,
+    dequantize_row, encode_row, f16_row, round_f16, static_word, unpack_f16x2,
 };
 use lamina_engine::ops::kv_quant_attention::{self, KvQuantAttention};
 use lamina_engine::ops::kv_quant_store::KvQuantStore;
@@ -227,9 +227,7 @@ impl Cache {
         let r = self.row(store, words, kvh, j);
         let hd = self.layout.head_dim as usize;
         match f.bits() {
-            Some(b) if l.static_scales => {
-                dequantize_static(&r, b, self.static_words(is_k, kvh), hd)
-            }
+            Some(b) if l.static_scales => decode_row(&r, b, self.static_words(is_k, kvh), hd),
             Some(b) if is_k && l.k_channel => dequantize_channels(&r, self.aux(kvh, j), b),
             Some(b) => dequantize_row(&r, b, self.layout.qgroup as usize, hd),
             None => f16_row(&r),
@@ -358,7 +356,7 @@ impl Cache {
                                 words,
                                 "{what}: static words of head {kvh}"
                             );
-                            dequantize_static(&quantize_static(x, b, words), b, words, x.len())
+                            decode_row(&encode_row(x, b, words), b, words, x.len())
                         }
                         Some(b) if chan => {
                             let (codes, aux) = kv::quantize_channels(&group, b);

@@ -17,24 +17,17 @@ pub fn round_f16(x: f32) -> f32 {
 /// f16-rounded) to `bits` with groups of `qgroup` channels; returns the
 /// row's words (codes, then scale words).
 pub fn quantize_row(x: &[f32], bits: u32, qgroup: usize) -> Vec<u32> {
-    let hd = x.len();
     let levels = ((1u32 << bits) - 1) as f32;
-    let mut codes = vec![0u32; (hd * bits as usize).div_ceil(32)];
-    let mut scales = Vec::with_capacity(hd / qgroup);
-    for (gi, g) in x.chunks(qgroup).enumerate() {
-        let mn = g.iter().copied().fold(f32::INFINITY, f32::min);
-        let mx = g.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let s16 = round_f16((mx - mn) / levels);
-        let m16 = round_f16(mn);
-        scales.push(scale_word(s16, m16));
-        let inv = if s16 > 0.0 { 1.0 / s16 } else { 0.0 };
-        for (i, &v) in g.iter().enumerate() {
-            let c = gi * qgroup + i;
-            let q = ((v - m16) * inv).round_ties_even().clamp(0.0, levels) as u32;
-            let bit = c * bits as usize;
-            codes[bit / 32] |= q << (bit % 32);
-        }
-    }
+    let scales: Vec<u32> = x
+        .chunks(qgroup)
+        .map(|g| {
+            let mn = g.iter().copied().fold(f32::INFINITY, f32::min);
+            let mx = g.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            scale_word(round_f16((mx - mn) / levels), round_f16(mn))
+        })
+        .collect();
+    let per_channel: Vec<u32> = (0..x.len()).map(|c| scales[c / qgroup]).collect();
+    let mut codes = encode_row(x, bits, &per_channel);
     codes.extend(scales);
     codes
 }
@@ -54,9 +47,11 @@ pub fn affine_word(scale: f32, min: f32) -> u32 {
     scale_word(round_f16(scale), round_f16(min))
 }
 
-/// CPU reference of a row under static words: its code words only.
-/// `words` holds the head's one word, or one per channel.
-pub fn quantize_static(x: &[f32], bits: u32, words: &[u32]) -> Vec<u32> {
+/// The code words of row `x` against `(scale, min)` words: one for every
+/// channel, or one per channel: `c = clamp(round((x - min) / scale), 0,
+/// 2^bits - 1)`, by the reciprocal as the shaders compute it. Every integer
+/// format's CPU quantizer ends here (a static cache's rows directly).
+pub fn encode_row(x: &[f32], bits: u32, words: &[u32]) -> Vec<u32> {
     let levels = ((1u32 << bits) - 1) as f32;
     let mut codes = vec![0u32; (x.len() * bits as usize).div_ceil(32)];
     for (c, &v) in x.iter().enumerate() {
@@ -69,9 +64,9 @@ pub fn quantize_static(x: &[f32], bits: u32, words: &[u32]) -> Vec<u32> {
     codes
 }
 
-/// Decodes a row of `head_dim` codes against static words (one, or one
-/// per channel).
-pub fn dequantize_static(codes: &[u32], bits: u32, words: &[u32], head_dim: usize) -> Vec<f32> {
+/// Decodes a row of `head_dim` codes against `(scale, min)` words (one, or
+/// one per channel): `min + scale * c`, the inverse of [`encode_row`].
+pub fn decode_row(codes: &[u32], bits: u32, words: &[u32], head_dim: usize) -> Vec<f32> {
     let mask = (1u32 << bits) - 1;
     (0..head_dim)
         .map(|c| {
@@ -89,43 +84,20 @@ pub fn dequantize_static(codes: &[u32], bits: u32, words: &[u32], head_dim: usiz
 pub fn quantize_channels(rows: &[Vec<f32>], bits: u32) -> (Vec<Vec<u32>>, Vec<u32>) {
     let hd = rows.first().map_or(0, Vec::len);
     let levels = ((1u32 << bits) - 1) as f32;
-    let mut aux = Vec::with_capacity(hd);
-    let mut sm = Vec::with_capacity(hd);
-    for c in 0..hd {
-        let mn = rows.iter().map(|r| r[c]).fold(f32::INFINITY, f32::min);
-        let mx = rows.iter().map(|r| r[c]).fold(f32::NEG_INFINITY, f32::max);
-        let (s16, m16) = (round_f16((mx - mn) / levels), round_f16(mn));
-        aux.push(scale_word(s16, m16));
-        sm.push((s16, m16));
-    }
-    let codes = rows
-        .iter()
-        .map(|r| {
-            let mut w = vec![0u32; (hd * bits as usize).div_ceil(32)];
-            for (c, (&v, &(s, m))) in r.iter().zip(&sm).enumerate() {
-                let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-                let q = ((v - m) * inv).round_ties_even().clamp(0.0, levels) as u32;
-                let bit = c * bits as usize;
-                w[bit / 32] |= q << (bit % 32);
-            }
-            w
+    let aux: Vec<u32> = (0..hd)
+        .map(|c| {
+            let mn = rows.iter().map(|r| r[c]).fold(f32::INFINITY, f32::min);
+            let mx = rows.iter().map(|r| r[c]).fold(f32::NEG_INFINITY, f32::max);
+            scale_word(round_f16((mx - mn) / levels), round_f16(mn))
         })
         .collect();
+    let codes = rows.iter().map(|r| encode_row(r, bits, &aux)).collect();
     (codes, aux)
 }
 
 /// Decodes a per-channel integer key row against its group's aux words.
 pub fn dequantize_channels(codes: &[u32], aux: &[u32], bits: u32) -> Vec<f32> {
-    let mask = (1u32 << bits) - 1;
-    aux.iter()
-        .enumerate()
-        .map(|(c, &sw)| {
-            let bit = c * bits as usize;
-            let q = (codes[bit / 32] >> (bit % 32)) & mask;
-            let [s, m] = unpack_f16x2(sw);
-            m + s * q as f32
-        })
-        .collect()
+    decode_row(codes, bits, aux, aux.len())
 }
 
 /// `pack2x16float(scale, min)` of f16-exact values.
@@ -145,15 +117,10 @@ pub fn unpack_f16x2(w: u32) -> [f32; 2] {
 /// Decodes an integer row of `head_dim` values.
 pub fn dequantize_row(words: &[u32], bits: u32, qgroup: usize, head_dim: usize) -> Vec<f32> {
     let code_words = (head_dim * bits as usize).div_ceil(32);
-    let mask = (1u32 << bits) - 1;
-    (0..head_dim)
-        .map(|c| {
-            let bit = c * bits as usize;
-            let q = (words[bit / 32] >> (bit % 32)) & mask;
-            let [s, m] = unpack_f16x2(words[code_words + c / qgroup]);
-            m + s * q as f32
-        })
-        .collect()
+    let per_channel: Vec<u32> = (0..head_dim)
+        .map(|c| words[code_words + c / qgroup])
+        .collect();
+    decode_row(&words[..code_words], bits, &per_channel, head_dim)
 }
 
 /// Decodes an f16 row.

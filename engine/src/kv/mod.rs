@@ -93,9 +93,8 @@ mod layout;
 pub use format::{GROUP, KvQuant, MAX_OUTLIERS, QjlShape};
 
 pub use host::{
-    F16_MAX, affine_word, dequantize_channels, dequantize_row, dequantize_static, f16_row,
-    f16_words, quantize_channels, quantize_row, quantize_static, round_f16, static_word,
-    unpack_f16x2,
+    F16_MAX, affine_word, decode_row, dequantize_channels, dequantize_row, encode_row, f16_row,
+    f16_words, quantize_channels, quantize_row, round_f16, static_word, unpack_f16x2,
 };
 pub use layout::{KvCacheParams, KvLayout, KvOverride};
 

@@ -13,7 +13,7 @@
 //! (`lamina_engine::kv::static_word`); per-channel keys use their own
 //! `(s, m)` per channel, both rounded to f16 (`affine_word`).
 
-use lamina_engine::kv::{affine_word, dequantize_static, quantize_static, round_f16, static_word};
+use lamina_engine::kv::{affine_word, decode_row, encode_row, round_f16, static_word};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::LlamaConfig;
@@ -115,8 +115,8 @@ impl KvStatic {
                 for e in row.iter_mut() {
                     *e = round_f16(*e);
                 }
-                let codes = quantize_static(row, self.bits, hw);
-                row.copy_from_slice(&dequantize_static(&codes, self.bits, hw, head_dim));
+                let codes = encode_row(row, self.bits, hw);
+                row.copy_from_slice(&decode_row(&codes, self.bits, hw, head_dim));
             }
         }
     }

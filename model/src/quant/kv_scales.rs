@@ -25,7 +25,7 @@ use crate::checkpoint::{ActQuant, KvStatic, LlamaConfig, LlamaWeights, Pivot};
 use crate::quant::act_scales::search_alpha;
 use crate::reference::{Reference, dot};
 use crate::{ModelError, Result};
-use lamina_engine::kv::{affine_word, dequantize_static, quantize_static, static_word};
+use lamina_engine::kv::{affine_word, decode_row, encode_row, static_word};
 
 #[derive(Debug, Clone)]
 pub struct KvScaleOptions {
@@ -74,7 +74,7 @@ fn quantized_head(
     rows.chunks_exact(kvd)
         .flat_map(|r| {
             let x = &r[h * hd..(h + 1) * hd];
-            dequantize_static(&quantize_static(x, bits, words), bits, words, hd)
+            decode_row(&encode_row(x, bits, words), bits, words, hd)
         })
         .collect()
 }
@@ -103,21 +103,8 @@ fn probs(q: &[f32], keys: &[f32], n: usize, hd: usize, out: &mut Vec<f32>) {
     }
 }
 
-/// Lowest clipping factor of the coarse grid.
+/// Lowest clipping factor of the coarse grid ([`search_alpha`]).
 const LOWEST_CLIP: f32 = 0.30;
-
-/// The clipping factor minimising `err` (coarse, then fine).
-fn search(err: impl Fn(f32) -> f64) -> f32 {
-    search_alpha(LOWEST_CLIP, err)
-}
-
-/// Largest |x| of head `h` over `rows` from row `from` on.
-fn head_max(rows: &[f32], kvd: usize, hd: usize, h: usize, from: usize) -> f32 {
-    rows.chunks_exact(kvd)
-        .skip(from)
-        .flat_map(|r| r[h * hd..(h + 1) * hd].iter())
-        .fold(0.0f32, |m, v| m.max(v.abs()))
-}
 
 /// Each channel's (min, max) of head `h` over `rows` from row `from` on.
 fn channel_ranges(
@@ -136,6 +123,13 @@ fn channel_ranges(
         }
     }
     r
+}
+
+/// Largest |x| over channel ranges.
+fn abs_max(ranges: &[(f32, f32)]) -> f32 {
+    ranges
+        .iter()
+        .fold(0.0f32, |m, r| m.max(r.0.abs()).max(r.1.abs()))
 }
 
 /// Per-channel keys at clipping `alpha`: each channel's range shrunk about
@@ -175,6 +169,7 @@ fn head_scales(
     let group = cfg.n_heads / cfg.n_kv_heads;
     let qm = qmax(bits);
     let ranges = channel_ranges(&d.k, kvd, hd, h, p);
+    let kmax = abs_max(&ranges).max(1e-6);
     // The keys' words at clipping alpha.
     let key_words = |alpha: f32| -> Vec<u32> {
         if k_channel {
@@ -183,16 +178,15 @@ fn head_scales(
                 .map(|(s, m)| affine_word(s, m))
                 .collect()
         } else {
-            let kmax = ranges
-                .iter()
-                .fold(0.0f32, |m, r| m.max(r.0.abs()).max(r.1.abs()));
-            vec![static_word(alpha * kmax.max(1e-6) / qm, bits)]
+            vec![static_word(alpha * kmax / qm, bits)]
         }
     };
-    let vmax =
+    let vmax = abs_max(&channel_ranges(&d.v, kvd, hd, h, p));
+    // The window's exact values, once.
+    let exact_values: Vec<Vec<f32>> =
         d.v.iter()
-            .map(|v| head_max(v, kvd, hd, h, p))
-            .fold(0.0, f32::max);
+            .map(|v| head_rows(&v[p * kvd..], kvd, hd, h))
+            .collect();
     // Exact probabilities, once.
     let exact_keys: Vec<Vec<f32>> = d.k.iter().map(|k| head_rows(k, kvd, hd, h)).collect();
     let mut exact: Vec<Vec<f32>> = Vec::new();
@@ -233,8 +227,8 @@ fn head_scales(
     let value_err = |alpha: f32| -> f64 {
         let words = [static_word(alpha * vmax / qm, bits)];
         d.v.iter()
-            .map(|v| {
-                let x = head_rows(&v[p * kvd..], kvd, hd, h);
+            .zip(&exact_values)
+            .map(|(v, x)| {
                 let y = quantized_head(&v[p * kvd..], kvd, hd, h, &words, bits);
                 x.iter()
                     .zip(&y)
@@ -243,15 +237,16 @@ fn head_scales(
             })
             .sum()
     };
-    let ka = search(key_err);
-    let va = if vmax > 0.0 { search(value_err) } else { 1.0 };
+    let ka = search_alpha(LOWEST_CLIP, key_err);
+    let va = if vmax > 0.0 {
+        search_alpha(LOWEST_CLIP, value_err)
+    } else {
+        1.0
+    };
     let (k, k_min) = if k_channel {
         channel_scales(&ranges, ka, bits).into_iter().unzip()
     } else {
-        let kmax = ranges
-            .iter()
-            .fold(0.0f32, |m, r| m.max(r.0.abs()).max(r.1.abs()));
-        (vec![ka * kmax.max(1e-6) / qm], Vec::new())
+        (vec![ka * kmax / qm], Vec::new())
     };
     HeadScales {
         k,
@@ -363,7 +358,7 @@ mod tests {
     #[test]
     fn the_search_never_does_worse_than_no_clipping() {
         let e = |a: f32| f64::from((a - 0.63).abs()) + 0.1;
-        let a = search(e);
+        let a = search_alpha(LOWEST_CLIP, e);
         assert!((a - 0.63).abs() < 0.011, "alpha {a}");
         assert!(e(a) <= e(1.0));
     }
