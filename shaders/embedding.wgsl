@@ -22,8 +22,21 @@ struct Params {
 @group(0) @binding(2) var<storage, read> table: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-// 0 f32, 1 f16, 2 q4_0, 3 q4_1, 4 q8_0 (engine/src/ops/embedding.rs, format_code).
+// 0 f32, 1 f16, 2 q4_0, 3 q4_1, 4 q8_0, then lib/kblock.wgsl's ids
+// (engine/src/ops/embedding.rs, format_code).
 override FORMAT: u32 = 0u;
+
+// The plane reads lib/kblock.wgsl asks for.
+fn kb_vec4(i: u32) -> vec4<u32> {
+    let w = p.codes + 4u * i;
+    return vec4<u32>(table[w], table[w + 1u], table[w + 2u], table[w + 3u]);
+}
+fn kb_scale_word(i: u32) -> u32 {
+    return table[p.scales + i];
+}
+fn kb_min_word(i: u32) -> u32 {
+    return table[p.mins + i];
+}
 
 const WG: u32 = 256u;
 
@@ -51,6 +64,25 @@ fn embedding(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     if r >= p.rows { return; }
     let row = p.codes + r * p.row_words;
     let groups = p.dim / 32u;
+    if is_kq(FORMAT) {
+        // One 32-element block per invocation and iteration.
+        for (var k = lid; k < groups; k += WG) {
+            let blk = r * groups + k;
+            let w = kq_load(blk, FORMAT);
+            let s = kq_scales(blk, FORMAT);
+            for (var kq = 0u; kq < 8u; kq++) {
+                let h = kq >= 4u;
+                let v = kq_values4(kq_codes4(w[0], w[1], kq, FORMAT), FORMAT);
+                let o = base + 32u * k + 4u * kq;
+                let y = v * select(s.x, s.z, h) + select(s.y, s.w, h);
+                out[o] = y.x;
+                out[o + 1u] = y.y;
+                out[o + 2u] = y.z;
+                out[o + 3u] = y.w;
+            }
+        }
+        return;
+    }
     for (var w = lid; w < p.row_words; w += WG) {
         let word = table[row + w];
         switch FORMAT {

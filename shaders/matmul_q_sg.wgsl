@@ -1,5 +1,5 @@
 // matmul_q_sg.wgsl: out[t, r] = sum_c x[t, c] * W[r, c] with W in Q4_0 / Q4_1 /
-// Q8_0 planes (or F16 / F32 with cols % 32 == 0, read in the same 32-column
+// Q8_0 planes, the types of lib/kblock.wgsl (or F16 / F32 with cols % 32 == 0, read in the same 32-column
 // blocks), sharing x loads through subgroup broadcasts. Uses
 // lib/qblock.wgsl, lib/qmatmul.wgsl (the kernels; see there),
 // lib/tiles.wgsl and lib/xload_sg.wgsl.
@@ -72,4 +72,130 @@ fn matmul_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
                @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
                @builtin(subgroup_size) sgs: u32) {
     matmul(wid.x + wid.y * nwg.x, lid, lane, sgs, F32);
+}
+
+@compute @workgroup_size(WG)
+fn matvec_q5_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matvec(wid.x + wid.y * nwg.x, lid, lane, sgs, Q5_0);
+}
+
+@compute @workgroup_size(WG)
+fn matvec_q5_1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matvec(wid.x + wid.y * nwg.x, lid, lane, sgs, Q5_1);
+}
+
+@compute @workgroup_size(WG)
+fn matvec_iq4_nl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matvec(wid.x + wid.y * nwg.x, lid, lane, sgs, IQ4_NL);
+}
+
+@compute @workgroup_size(WG)
+fn matvec_q2_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matvec(wid.x + wid.y * nwg.x, lid, lane, sgs, Q2_K);
+}
+
+@compute @workgroup_size(WG)
+fn matvec_q3_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matvec(wid.x + wid.y * nwg.x, lid, lane, sgs, Q3_K);
+}
+
+@compute @workgroup_size(WG)
+fn matvec_q4_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matvec(wid.x + wid.y * nwg.x, lid, lane, sgs, Q4_K);
+}
+
+@compute @workgroup_size(WG)
+fn matvec_q5_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matvec(wid.x + wid.y * nwg.x, lid, lane, sgs, Q5_K);
+}
+
+@compute @workgroup_size(WG)
+fn matvec_q6_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matvec(wid.x + wid.y * nwg.x, lid, lane, sgs, Q6_K);
+}
+
+@compute @workgroup_size(WG)
+fn matvec_iq4_xs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matvec(wid.x + wid.y * nwg.x, lid, lane, sgs, IQ4_XS);
+}
+
+@compute @workgroup_size(WG)
+fn matmul_q5_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matmul(wid.x + wid.y * nwg.x, lid, lane, sgs, Q5_0);
+}
+
+@compute @workgroup_size(WG)
+fn matmul_q5_1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matmul(wid.x + wid.y * nwg.x, lid, lane, sgs, Q5_1);
+}
+
+@compute @workgroup_size(WG)
+fn matmul_iq4_nl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matmul(wid.x + wid.y * nwg.x, lid, lane, sgs, IQ4_NL);
+}
+
+@compute @workgroup_size(WG)
+fn matmul_q2_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matmul(wid.x + wid.y * nwg.x, lid, lane, sgs, Q2_K);
+}
+
+@compute @workgroup_size(WG)
+fn matmul_q3_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matmul(wid.x + wid.y * nwg.x, lid, lane, sgs, Q3_K);
+}
+
+@compute @workgroup_size(WG)
+fn matmul_q4_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matmul(wid.x + wid.y * nwg.x, lid, lane, sgs, Q4_K);
+}
+
+@compute @workgroup_size(WG)
+fn matmul_q5_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matmul(wid.x + wid.y * nwg.x, lid, lane, sgs, Q5_K);
+}
+
+@compute @workgroup_size(WG)
+fn matmul_q6_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matmul(wid.x + wid.y * nwg.x, lid, lane, sgs, Q6_K);
+}
+
+@compute @workgroup_size(WG)
+fn matmul_iq4_xs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matmul(wid.x + wid.y * nwg.x, lid, lane, sgs, IQ4_XS);
 }

@@ -17,17 +17,21 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
+// The `_scaled` entry points only: each pair's frequency divisor.
+@group(0) @binding(2) var<storage, read> factors: array<f32>;
 
 const WG: u32 = 64u;
 // The largest head_dim of rope_hadamard (rope::HADAMARD_MAX_DIM).
 const HD_MAX: u32 = 256u;
 
 var<workgroup> head: array<f32, HD_MAX>;
+// rope_hadamard: each pair's frequency divisor (1 when unscaled).
+var<workgroup> divs: array<f32, HD_MAX / 2>;
 
-// (sin, cos) of token t's angle for pair j.
-fn angle_sincos(t: u32, j: u32) -> vec2<f32> {
+// (sin, cos) of token t's angle for pair j, its frequency divided by `div`.
+fn angle_sincos(t: u32, j: u32, div: f32) -> vec2<f32> {
     // freq = theta^(-2j/d); the exponent's quotient is rounded as the host's is.
-    let freq = exp2_accurate(-(f32(2u * j) / f32(p.head_dim)) * p.log2_theta);
+    let freq = exp2_accurate(-(f32(2u * j) / f32(p.head_dim)) * p.log2_theta) / div;
     // The angle as the CPU reference rounds it: one f32 product.
     return sincos(f32(p.pos + t) * freq);
 }
@@ -43,12 +47,25 @@ fn pair(j: u32) -> vec2<u32> {
 @compute @workgroup_size(WG)
 fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let half = p.head_dim / 2u;
     let idx = (wid.x + wid.y * nwg.x) * WG + lid;
-    if idx >= p.n_tokens * half { return; }
+    if idx >= p.n_tokens * (p.head_dim / 2u) { return; }
+    rope_pair(idx, 1.0);
+}
+
+@compute @workgroup_size(WG)
+fn rope_scaled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let idx = (wid.x + wid.y * nwg.x) * WG + lid;
+    if idx >= p.n_tokens * (p.head_dim / 2u) { return; }
+    rope_pair(idx, factors[idx % (p.head_dim / 2u)]);
+}
+
+// Pair idx % (head_dim / 2) of token idx / (head_dim / 2), in every head.
+fn rope_pair(idx: u32, div: f32) {
+    let half = p.head_dim / 2u;
     let t = idx / half;
     let j = idx % half;
-    let sc = angle_sincos(t, j);
+    let sc = angle_sincos(t, j, div);
     let ab = pair(j);
     for (var h = 0u; h < p.n_heads; h++) {
         let base = (t * p.n_heads + h) * p.head_dim;
@@ -62,13 +79,33 @@ fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 @compute @workgroup_size(WG)
 fn rope_hadamard(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let id = wid.x + wid.y * nwg.x;
+    for (var j = lid; j < p.head_dim / 2u; j += WG) {
+        divs[j] = 1.0;
+    }
+    rope_hadamard_head(wid.x + wid.y * nwg.x, lid);
+}
+
+@compute @workgroup_size(WG)
+fn rope_hadamard_scaled(@builtin(workgroup_id) wid: vec3<u32>,
+                        @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    for (var j = lid; j < p.head_dim / 2u; j += WG) {
+        divs[j] = factors[j];
+    }
+    rope_hadamard_head(wid.x + wid.y * nwg.x, lid);
+}
+
+// Head id % n_heads of token id / n_heads (divs filled by the entry point;
+// the early return is uniform across the workgroup, so the barriers below
+// stay in uniform control flow).
+fn rope_hadamard_head(id: u32, lid: u32) {
+    workgroupBarrier();
     if id >= p.n_tokens * p.n_heads { return; }
     let t = id / p.n_heads;
     let base = id * p.head_dim;
     let half = p.head_dim / 2u;
     for (var j = lid; j < half; j += WG) {
-        let sc = angle_sincos(t, j);
+        let sc = angle_sincos(t, j, divs[j]);
         let ab = pair(j);
         let x0 = x[base + ab.x];
         let x1 = x[base + ab.y];

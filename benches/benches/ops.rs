@@ -13,7 +13,7 @@ use lamina_benches::{gpu, time_steps};
 use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::ops::matmul::MatMul;
 use lamina_engine::weight::{
-    GpuWeight, HostData, HostWeight, MixedData, MixedLayout, Planes, ggml_row_bytes,
+    self, GpuWeight, HostData, HostWeight, MixedData, MixedLayout, Planes, ggml_row_bytes,
 };
 use lamina_engine::{Executor, Gpu, WeightFormat};
 use rand::{Rng, SeedableRng};
@@ -43,6 +43,17 @@ fn random_ggml(format: WeightFormat, rows: u32, cols: u32, seed: u64) -> Vec<u8>
         }
         // Built by random_mixed.
         WeightFormat::Mixed => return Vec::new(),
+        f => {
+            let per = weight::col_multiple(f);
+            let block = ggml_row_bytes(f, per);
+            for b in bytes.chunks_exact_mut(block) {
+                for &at in weight::kquant::f16_offsets(f) {
+                    b[at] = 0;
+                    b[at + 1] = 0x20;
+                }
+            }
+            return bytes;
+        }
     };
     for b in bytes.chunks_exact_mut(block) {
         for h in 0..halves {

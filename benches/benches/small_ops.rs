@@ -117,6 +117,7 @@ fn small_ops(c: &mut Criterion) {
                 theta: 100_000.0,
                 style: rope::RopeStyle::Interleaved,
                 max_rows: t,
+                freq_factors: None,
             };
             g.push(format!("rope{l}"), Op::Rope(op)).expect("graph");
         }

@@ -11,6 +11,9 @@ pub mod lib {
     pub const REDUCE: &str = include_str!("../../shaders/lib/reduce.wgsl");
     /// Matmul parameter block, bindings and block-format decoding.
     pub const QBLOCK: &str = include_str!("../../shaders/lib/qblock.wgsl");
+    /// Decoding of Q5_0 / Q5_1 / IQ4_NL and the super-block types (used by QBLOCK
+    /// and the embedding; the includer provides the plane reads).
+    pub const KBLOCK: &str = include_str!("../../shaders/lib/kblock.wgsl");
     /// sincos with Cody-Waite range reduction (accurate for large angles) and a ~1 ulp exp2, for RoPE.
     pub const TRIG: &str = include_str!("../../shaders/lib/trig.wgsl");
     /// The block-format matmul kernels (needs QBLOCK, TILES and XLOAD or XLOAD_SG).

@@ -29,6 +29,8 @@ impl DType {
 /// A weight matrix's storage format on the GPU. Quantized formats are
 /// repacked at load into aligned planes grouped along the input dimension
 /// (see `ops::matmul`), never dequantized on the host.
+// Variants carry ggml's type names (Q4_K, IQ4_XS), as users read them.
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WeightFormat {
     F32,
@@ -39,6 +41,21 @@ pub enum WeightFormat {
     Q4_1,
     /// 8-bit signed codes, one f16 scale per 32 inputs (GGUF Q8_0).
     Q8_0,
+    /// 5-bit codes, one f16 scale per 32 inputs, zero point 16 (GGUF Q5_0).
+    Q5_0,
+    /// 5-bit codes, f16 scale and min per 32 inputs (GGUF Q5_1).
+    Q5_1,
+    /// 4-bit indexes into ggml's non-linear table, f16 scale per 32 (GGUF IQ4_NL).
+    IQ4_NL,
+    /// The K-quants (GGUF Q2_K .. Q6_K) and IQ4_XS: 256-input super-blocks
+    /// with f16 super-scales and small integer scales per sub-block, kept as
+    /// the file packs them (see `weight/kquant.rs`).
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    IQ4_XS,
     /// Mixed-precision groups (SliM-LLM): a bit width from 1 to 8 per column
     /// group, shared by all rows, f16 scale and min per (row, group). The
     /// widths live in a [`MixedLayout`](crate::weight::MixedLayout).
@@ -46,6 +63,25 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
+    /// Every format.
+    pub const ALL: [WeightFormat; 15] = [
+        WeightFormat::F32,
+        WeightFormat::F16,
+        WeightFormat::Q4_0,
+        WeightFormat::Q4_1,
+        WeightFormat::Q8_0,
+        WeightFormat::Q5_0,
+        WeightFormat::Q5_1,
+        WeightFormat::IQ4_NL,
+        WeightFormat::Q2_K,
+        WeightFormat::Q3_K,
+        WeightFormat::Q4_K,
+        WeightFormat::Q5_K,
+        WeightFormat::Q6_K,
+        WeightFormat::IQ4_XS,
+        WeightFormat::Mixed,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             WeightFormat::F32 => "f32",
@@ -53,6 +89,15 @@ impl WeightFormat {
             WeightFormat::Q4_0 => "q4_0",
             WeightFormat::Q4_1 => "q4_1",
             WeightFormat::Q8_0 => "q8_0",
+            WeightFormat::Q5_0 => "q5_0",
+            WeightFormat::Q5_1 => "q5_1",
+            WeightFormat::IQ4_NL => "iq4_nl",
+            WeightFormat::Q2_K => "q2_k",
+            WeightFormat::Q3_K => "q3_k",
+            WeightFormat::Q4_K => "q4_k",
+            WeightFormat::Q5_K => "q5_k",
+            WeightFormat::Q6_K => "q6_k",
+            WeightFormat::IQ4_XS => "iq4_xs",
             WeightFormat::Mixed => "mixed",
         }
     }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::checkpoint::config::llama3_rope_factors;
 use crate::checkpoint::{
     Bytes, HostDType, HostTensor, LlamaWeights, LoadedModel, ModelTensor, TokenizerSpec,
 };
@@ -114,14 +115,14 @@ pub fn config_from_hf(j: &Value, path: &Path) -> Result<LlamaConfig> {
     } else {
         &j["rope_scaling"]
     };
-    match rope["rope_type"]
+    let rope_type = rope["rope_type"]
         .as_str()
         .or(rope["type"].as_str())
-        .unwrap_or("default")
-    {
-        "default" => {}
-        "llama3" => log::warn!("ignoring llama3 RoPE scaling (long-context frequency adjustment)"),
-        other => return Err(ModelError::Unsupported(format!("RoPE scaling `{other}`"))),
+        .unwrap_or("default");
+    if !matches!(rope_type, "default" | "llama3") {
+        return Err(ModelError::Unsupported(format!(
+            "RoPE scaling `{rope_type}`"
+        )));
     }
     let dim = need("hidden_size")?;
     let n_heads = need("num_attention_heads")?;
@@ -136,6 +137,25 @@ pub fn config_from_hf(j: &Value, path: &Path) -> Result<LlamaConfig> {
         &j["rope_theta"]
     };
     let max_seq_len = usize_of("max_position_embeddings")?.unwrap_or(2048);
+    let head_dim = usize_of("head_dim")?.unwrap_or(dim / n_heads);
+    let rope_theta = f32_of(theta, "rope_theta", 10000.0)?;
+    let rope_factors = if rope_type == "llama3" {
+        let num = |k: &str| {
+            rope[k]
+                .as_f64()
+                .ok_or_else(|| bad(format!("rope_scaling of type llama3 needs a number `{k}`")))
+        };
+        llama3_rope_factors(
+            head_dim,
+            rope_theta,
+            num("factor")?,
+            num("low_freq_factor")?,
+            num("high_freq_factor")?,
+            num("original_max_position_embeddings")?,
+        )
+    } else {
+        Vec::new()
+    };
     if let Some(w) = usize_of("sliding_window")?.filter(|&w| w < max_seq_len) {
         log::warn!(
             "sliding_window {w} is ignored: attention is full up to {max_seq_len} positions"
@@ -151,15 +171,16 @@ pub fn config_from_hf(j: &Value, path: &Path) -> Result<LlamaConfig> {
         dim,
         n_heads,
         n_kv_heads: usize_of("num_key_value_heads")?.unwrap_or(n_heads),
-        head_dim: usize_of("head_dim")?.unwrap_or(dim / n_heads),
+        head_dim,
         ffn_dim: need("intermediate_size")?,
         vocab_size: need("vocab_size")?,
         norm_eps: f32_of(&j["rms_norm_eps"], "rms_norm_eps", 1e-6)?,
-        rope_theta: f32_of(theta, "rope_theta", 10000.0)?,
+        rope_theta,
         rope_style: RopeStyle::Neox,
         max_seq_len,
         tied_embeddings: j["tie_word_embeddings"].as_bool().unwrap_or(false),
         hadamard: Default::default(),
+        rope_factors,
     };
     config.validate()?;
     Ok(config)

@@ -153,14 +153,15 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig> {
         max_seq_len: need_usize(g, "llama.context_length")?,
         tied_embeddings: g.tensor_info(ModelTensor::Output.gguf_name()).is_none(),
         hadamard: Default::default(),
+        rope_factors: rope_factors(g, head_dim)?,
     };
     config.validate()?;
     Ok(config)
 }
 
-/// Refuses RoPE scalings that change every position's angles (the config
-/// cannot express them); warns about Llama 3.1's long-wavelength
-/// `rope_freqs`, which is ignored.
+/// Refuses RoPE scalings that change every position's angles (linear, YaRN:
+/// the config cannot express them). Llama 3.x's scaling has no key: the
+/// converter stores it as the `rope_freqs` tensor ([`rope_factors`]).
 fn check_rope_scaling(g: &GgufFile) -> Result<()> {
     let kind = g.get_str("llama.rope.scaling.type")?.unwrap_or("none");
     let factor = g.get_f32("llama.rope.scaling.factor")?.unwrap_or(1.0);
@@ -169,10 +170,24 @@ fn check_rope_scaling(g: &GgufFile) -> Result<()> {
             "RoPE scaling `{kind}` (factor {factor})"
         )));
     }
-    if g.tensor_info("rope_freqs.weight").is_some() {
-        log::warn!("ignoring rope_freqs.weight (Llama 3.1 long-context RoPE scaling)");
-    }
     Ok(())
+}
+
+/// Llama 3.x's RoPE frequency divisors from `rope_freqs.weight` (one f32
+/// per pair), empty when the file has none.
+fn rope_factors(g: &GgufFile, head_dim: usize) -> Result<Vec<f32>> {
+    if g.tensor_info("rope_freqs.weight").is_none() {
+        return Ok(Vec::new());
+    }
+    let t = g.load_tensor("rope_freqs.weight")?;
+    if t.numel() != head_dim / 2 {
+        return Err(ModelError::Invalid(format!(
+            "rope_freqs.weight has {} values, head_dim {head_dim} has {} RoPE pairs",
+            t.numel(),
+            head_dim / 2
+        )));
+    }
+    t.to_f32()
 }
 
 /// Maps llama.cpp tensor names to [`LlamaWeights`], checking shapes.

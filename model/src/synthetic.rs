@@ -63,6 +63,7 @@ pub fn synthetic_config(preset: &str) -> Result<LlamaConfig> {
         max_seq_len: 4096,
         tied_embeddings: true,
         hadamard: Default::default(),
+        rope_factors: Vec::new(),
     };
     let cfg = match preset.to_ascii_lowercase().as_str() {
         "tiny" => LlamaConfig {

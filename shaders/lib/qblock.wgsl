@@ -7,8 +7,12 @@
 //   as i8), f16 scale d; w = d * q.
 // - F16: 16 words, four vec4<u32>, two halves per word; F32: 32 words, eight
 //   vec4<u32>. Only for cols % 32 == 0, so that blocks are whole vec4s.
+// - Q5_0, Q5_1, IQ4_NL, Q2_K .. Q6_K, IQ4_XS: lib/kblock.wgsl decodes them
+//   (engine/src/weight/kquant.rs); Q2_K, Q3_K and Q6_K scale each half of
+//   16 on its own (d2, m2).
 // Every format is handled as w = d * q + m (Q4_0: m = -8d, Q8_0: m = 0,
-// floats: d = 1, m = 0), so a block's dot with x is d * sum(q x) + m * sum(x).
+// floats: d = 1, m = 0; the IQ4 types' q from their table), so a block's dot
+// with x is d * sum(q x) + m * sum(x).
 // The `fmt` arguments are literals at every entry point, so the format
 // branches fold away when the pipeline is compiled (llvmpipe would otherwise
 // run both sides, masked).
@@ -48,6 +52,20 @@ struct WBlock {
     c: array<vec4<u32>, 8>,
     d: f32,
     m: f32,
+    // The second half's, where kq_halves(fmt); else equal to d, m.
+    d2: f32,
+    m2: f32,
+}
+
+// The plane reads lib/kblock.wgsl asks for.
+fn kb_vec4(i: u32) -> vec4<u32> {
+    return codes[i];
+}
+fn kb_scale_word(i: u32) -> u32 {
+    return scales[i];
+}
+fn kb_min_word(i: u32) -> u32 {
+    return mins[i];
 }
 
 // Vec4s of code words per block.
@@ -64,6 +82,12 @@ fn code_vec4s(fmt: u32) -> u32 {
 
 // The code words of block `blk` (indexes are literals after inlining).
 fn load_codes(b: ptr<function, WBlock>, blk: u32, fmt: u32) {
+    if is_kq(fmt) {
+        let w = kq_load(blk, fmt);
+        (*b).c[0] = w[0];
+        (*b).c[1] = w[1];
+        return;
+    }
     let n = code_vec4s(fmt);
     let base = blk * n;
     (*b).c[0] = codes[base];
@@ -85,6 +109,14 @@ fn load_codes(b: ptr<function, WBlock>, blk: u32, fmt: u32) {
 fn load_wblock(blk: u32, fmt: u32) -> WBlock {
     var b: WBlock;
     load_codes(&b, blk, fmt);
+    if is_kq(fmt) {
+        let s = kq_scales(blk, fmt);
+        b.d = s.x;
+        b.m = s.y;
+        b.d2 = s.z;
+        b.m2 = s.w;
+        return b;
+    }
     if is_float(fmt) {
         b.d = 1.0;
         b.m = 0.0;
@@ -97,6 +129,8 @@ fn load_wblock(blk: u32, fmt: u32) -> WBlock {
             b.m = unpack2x16float(mins[blk >> 1u])[blk & 1u];
         }
     }
+    b.d2 = b.d;
+    b.m2 = b.m;
     return b;
 }
 
@@ -112,6 +146,9 @@ fn byte4(w: u32) -> vec4<f32> {
 
 // Codes 4kq .. 4kq + 3 of a block (kq < 8, a literal at every call), as floats.
 fn codes4(b: WBlock, kq: u32, fmt: u32) -> vec4<f32> {
+    if is_kq(fmt) {
+        return kq_values4(kq_codes4(b.c[0], b.c[1], kq, fmt), fmt);
+    }
     if fmt == F32 {
         return bitcast<vec4<f32>>(b.c[kq]);
     } else if fmt == F16 {
@@ -130,6 +167,9 @@ fn codes4(b: WBlock, kq: u32, fmt: u32) -> vec4<f32> {
 fn deq4(b: WBlock, kq: u32, fmt: u32) -> vec4<f32> {
     if is_float(fmt) {
         return codes4(b, kq, fmt);
+    }
+    if kq >= 4u {
+        return codes4(b, kq, fmt) * b.d2 + b.m2;
     }
     return codes4(b, kq, fmt) * b.d + b.m;
 }

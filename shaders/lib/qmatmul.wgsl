@@ -24,8 +24,9 @@ const WG: u32 = 64u;
 // each x block serves R rows.
 override R: u32 = 4u;
 
+// The formats whose codes are plain nibbles (nib_dot's layout).
 fn is_q4(fmt: u32) -> bool {
-    return fmt == Q4_0 || fmt == Q4_1;
+    return fmt == Q4_0 || fmt == Q4_1 || fmt == Q4_K;
 }
 
 // sum(q x) over one block with x as prepared by prep_x (Q4: pre-scaled).
@@ -45,13 +46,31 @@ fn qdot(b: WBlock, xs: XBlock, fmt: u32) -> f32 {
     return (a.x + a.y) + (a.z + a.w);
 }
 
-// d * sum(q x) + m * sum(x) for block `blk` of the weight.
-fn block_dot(blk: u32, xs: XBlock, xsum: f32, fmt: u32) -> f32 {
+// sum(q x) over each half of a block (the formats with a scale per 16).
+fn qdot_halves(b: WBlock, xs: XBlock, fmt: u32) -> vec2<f32> {
+    var a = codes4(b, 0u, fmt) * xs.v[0];
+    a = fma(codes4(b, 1u, fmt), xs.v[1], a);
+    a = fma(codes4(b, 2u, fmt), xs.v[2], a);
+    a = fma(codes4(b, 3u, fmt), xs.v[3], a);
+    var h = codes4(b, 4u, fmt) * xs.v[4];
+    h = fma(codes4(b, 5u, fmt), xs.v[5], h);
+    h = fma(codes4(b, 6u, fmt), xs.v[6], h);
+    h = fma(codes4(b, 7u, fmt), xs.v[7], h);
+    return vec2<f32>((a.x + a.y) + (a.z + a.w), (h.x + h.y) + (h.z + h.w));
+}
+
+// d * sum(q x) + m * sum(x) for block `blk` of the weight (per half where
+// the format scales halves).
+fn block_dot(blk: u32, xp: XPrep, fmt: u32) -> f32 {
     let b = load_wblock(blk, fmt);
     if is_float(fmt) {
-        return qdot(b, xs, fmt);
+        return qdot(b, xp.xs, fmt);
     }
-    return fma(b.d, qdot(b, xs, fmt), b.m * xsum);
+    if kq_halves(fmt) {
+        let q = qdot_halves(b, xp.xs, fmt);
+        return fma(b.d, q.x, fma(b.d2, q.y, fma(b.m, xp.lo, b.m2 * (xp.sum - xp.lo))));
+    }
+    return fma(b.d, qdot(b, xp.xs, fmt), b.m * xp.sum);
 }
 
 // Blocks blk and blk + 1 of a quantized format (blk even, so one scale word
@@ -71,16 +90,23 @@ fn block_dot2(blk: u32, xs0: XBlock, xsum0: f32, xs1: XBlock, xsum1: f32, fmt: u
     return fma(d.x, qdot(b0, xs0, fmt), fma(d.y, qdot(b1, xs1, fmt), m.x * xsum0 + m.y * xsum1));
 }
 
-// An x block ready for qdot (Q4: pre-scaled) and its plain sum.
+// An x block ready for qdot (Q4: pre-scaled), its plain sum and (for the
+// formats that scale halves) the sum of its first half.
 struct XPrep {
     xs: XBlock,
     sum: f32,
+    lo: f32,
 }
 
 fn prep_x(b: XBlock, fmt: u32) -> XPrep {
     var r: XPrep;
     r.xs = b;
     r.sum = x_sum(b);
+    r.lo = 0.0;
+    if kq_halves(fmt) {
+        let s = (b.v[0] + b.v[1]) + (b.v[2] + b.v[3]);
+        r.lo = (s.x + s.y) + (s.z + s.w);
+    }
     if is_q4(fmt) {
         r.xs = nib_scale(b);
     }
@@ -121,13 +147,13 @@ fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
     } else {
         for (var kb = 0u; kb < nb; kb++) {
             let x0 = prep_x(x_block(xbase + kb * 8u, lane, sgs), fmt);
-            acc.x += block_dot(b0 + kb, x0.xs, x0.sum, fmt);
+            acc.x += block_dot(b0 + kb, x0, fmt);
             if R > 1u {
-                acc.y += block_dot(b1 + kb, x0.xs, x0.sum, fmt);
+                acc.y += block_dot(b1 + kb, x0, fmt);
             }
             if R > 2u {
-                acc.z += block_dot(b2 + kb, x0.xs, x0.sum, fmt);
-                acc.w += block_dot(b3 + kb, x0.xs, x0.sum, fmt);
+                acc.z += block_dot(b2 + kb, x0, fmt);
+                acc.w += block_dot(b3 + kb, x0, fmt);
             }
         }
     }

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use lamina_engine::Gpu;
+use lamina_engine::{Gpu, WeightFormat, weight};
+use rand::{Rng, SeedableRng};
 
 /// The GPU for tests (lavapipe on CI), opened once per test binary.
 pub fn gpu() -> Arc<Gpu> {
@@ -22,7 +23,6 @@ pub fn gpu() -> Arc<Gpu> {
 
 /// Seeded uniform values in [-scale, scale).
 pub fn rand_vec(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    use rand::{Rng, SeedableRng};
     let mut r = rand::rngs::StdRng::seed_from_u64(seed);
     (0..n).map(|_| r.random_range(-scale..scale)).collect()
 }
@@ -92,4 +92,41 @@ pub fn model_path() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/lamina")))?;
     let p = base.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     p.exists().then_some(p)
+}
+
+/// The range each f16 field of a `kquant` file block is drawn from (in
+/// `kquant::f16_offsets`' order), chosen so that weights stay within about
+/// +-0.1: the largest scale codes times the largest codes.
+fn kquant_scale_ranges(f: WeightFormat) -> &'static [(f32, f32)] {
+    match f {
+        WeightFormat::Q5_0 => &[(-0.006, 0.006)],
+        WeightFormat::Q5_1 => &[(0.0, 0.006), (-0.1, 0.0)],
+        WeightFormat::IQ4_NL => &[(-0.0008, 0.0008)],
+        WeightFormat::Q2_K => &[(0.0, 0.003), (0.0, 0.003)],
+        WeightFormat::Q3_K => &[(-0.0008, 0.0008)],
+        WeightFormat::Q4_K | WeightFormat::Q5_K => &[(0.0, 0.0002), (0.0, 0.0015)],
+        WeightFormat::Q6_K | WeightFormat::IQ4_XS => &[(-0.00003, 0.00003)],
+        _ => &[],
+    }
+}
+
+/// Random file blocks of a `weight::kquant` type (GGUF Q5_0 .. IQ4_XS) for a
+/// `rows x cols` weight: random bytes are valid codes and sub-block scales,
+/// so only the f16 fields are drawn, small enough that weights stay within
+/// about +-0.1.
+pub fn random_kquant(f: WeightFormat, rows: u32, cols: u32, seed: u64) -> Vec<u8> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    let per = weight::col_multiple(f);
+    let block = weight::ggml_row_bytes(f, per);
+    let mut out = Vec::with_capacity(rows as usize * weight::ggml_row_bytes(f, cols));
+    for _ in 0..rows as usize * (cols / per) as usize {
+        let mut b: Vec<u8> = (0..block).map(|_| r.random::<u8>()).collect();
+        let fields = weight::kquant::f16_offsets(f);
+        for (&at, &(lo, hi)) in fields.iter().zip(kquant_scale_ranges(f)) {
+            let v = half::f16::from_f32(r.random_range(lo..hi));
+            b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        }
+        out.extend(b);
+    }
+    out
 }

@@ -27,7 +27,7 @@ use lamina_engine::ops::{
     swiglu,
 };
 use lamina_engine::shader::{ParamsLayout, ShaderSource, lib};
-use lamina_engine::weight::{MixedLayout, Planes, Shard, WeightRef};
+use lamina_engine::weight::{self, MixedLayout, Planes, Shard, WeightRef};
 use lamina_engine::{Caps, WeightFormat};
 use naga::{AddressSpace, Expression, Literal, Module, ResourceBinding, TypeInner};
 
@@ -186,6 +186,33 @@ fn kv_format_ids_match_the_shaders() {
     }
 }
 
+/// The GGUF types of `weight::kquant` have one id in Rust (`wgsl_id`) and
+/// one const in lib/kblock.wgsl (named as the format, upper case), the same
+/// in every shader that includes it.
+#[test]
+fn kquant_format_ids_match_the_shaders() {
+    let shaders: Vec<_> = all_shaders()
+        .into_iter()
+        .filter(|s| s.libs.contains(&lib::KBLOCK))
+        .collect();
+    assert_eq!(shaders.len(), 3, "matmul_q, matmul_q_sg and embedding");
+    for s in shaders {
+        let m = parse(s);
+        for f in WeightFormat::ALL {
+            let name = f.name().to_uppercase();
+            let wgsl = m
+                .constants
+                .iter()
+                .find(|(_, c)| c.name.as_deref() == Some(name.as_str()))
+                .and_then(|(_, c)| const_u32(&m, c));
+            let rust = weight::kquant::wgsl_id(f);
+            if rust.is_some() {
+                assert_eq!(wgsl, rust, "{}: {name}", s.name);
+            }
+        }
+    }
+}
+
 /// Both attention shaders take their workgroup size and key block from the
 /// Rust constants that size their grids and decode ranges (`kv`).
 #[test]
@@ -305,6 +332,7 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             theta: 10000.0,
             style: rope::RopeStyle::Neox,
             max_rows: 8,
+            freq_factors: None,
         }),
         Box::new(hadamard::Hadamard {
             x: 0,
@@ -328,6 +356,28 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
                 theta: 10000.0,
                 style: rope::RopeStyle::Interleaved,
                 max_rows: 8,
+                freq_factors: None,
+            },
+        }),
+        // Llama 3's scaled frequencies: the `_scaled` entry points.
+        Box::new(rope::Rope {
+            x: 0,
+            n_heads: 2,
+            head_dim: 64,
+            theta: 500000.0,
+            style: rope::RopeStyle::Interleaved,
+            max_rows: 8,
+            freq_factors: Some(1),
+        }),
+        Box::new(rope::RopeHadamard {
+            rope: rope::Rope {
+                x: 0,
+                n_heads: 2,
+                head_dim: 64,
+                theta: 500000.0,
+                style: rope::RopeStyle::Interleaved,
+                max_rows: 8,
+                freq_factors: Some(1),
             },
         }),
         Box::new(gram::Gram {
@@ -378,6 +428,7 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
         (WeightFormat::F32, 100, None),
         (WeightFormat::Q4_0, 128, None),
         (WeightFormat::Mixed, 128, Some(mixed)),
+        (WeightFormat::Q6_K, 256, None),
     ] {
         ops.push(Box::new(matmul::MatMul {
             x: 1,

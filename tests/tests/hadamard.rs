@@ -144,9 +144,18 @@ fn run_rope_hadamard(
     hd: u32,
     pos: u32,
     style: RopeStyle,
+    scaled: bool,
 ) -> [Vec<f32>; 3] {
     let len = (max_rows * heads * hd) as usize;
     let x = rand_vec(len, u64::from(hd + heads + pos), 1.0);
+    // Frequency divisors from 1 up, as Llama 3's scaling has them.
+    let factors: Vec<f32> = if scaled {
+        (0..hd / 2).map(|j| 1.0 + j as f32 / 3.0).collect()
+    } else {
+        Vec::new()
+    };
+    let mut g = Graph::new();
+    let ft = scaled.then(|| g.input("factors", 2 * u64::from(hd)));
     let rope = |x| rope::Rope {
         x,
         n_heads: heads,
@@ -154,8 +163,8 @@ fn run_rope_hadamard(
         theta: 10000.0,
         style,
         max_rows,
+        freq_factors: ft,
     };
-    let mut g = Graph::new();
     let fused = g.output("fused", 4 * len as u64);
     let split = g.output("split", 4 * len as u64);
     g.push(
@@ -175,6 +184,9 @@ fn run_rope_hadamard(
     let mut ex = Executor::new(gpu(), g).unwrap();
     ex.write(fused, 0, &f32_bytes(&x));
     ex.write(split, 0, &f32_bytes(&x));
+    if let Some(t) = ft {
+        ex.write(t, 0, &f32_bytes(&factors));
+    }
     let step = Step {
         n_tokens,
         pos,
@@ -188,6 +200,7 @@ fn run_rope_hadamard(
         heads as usize,
         hd as usize,
         10000.0,
+        &factors,
         pos,
         style,
     );
@@ -211,9 +224,16 @@ fn rope_hadamard_is_rope_then_hadamard() {
         (1, 4, 32, 128, 8191),
     ];
     for (n, max_rows, heads, hd, pos) in cases {
-        for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
-            let [fused, split, want] = run_rope_hadamard(n, max_rows, heads, hd, pos, style);
-            let what = format!("rope_hadamard {n}/{max_rows} x {heads} x {hd} pos {pos} {style:?}");
+        for (style, scaled) in [
+            (RopeStyle::Interleaved, false),
+            (RopeStyle::Neox, false),
+            (RopeStyle::Interleaved, true),
+        ] {
+            let [fused, split, want] =
+                run_rope_hadamard(n, max_rows, heads, hd, pos, style, scaled);
+            let what = format!(
+                "rope_hadamard {n}/{max_rows} x {heads} x {hd} pos {pos} {style:?} scaled {scaled}"
+            );
             // Same angles, same butterflies: equal to the two ops (exactly
             // on lavapipe; a compiler may still contract differently).
             assert_close(&format!("{what} vs two ops"), &fused, &split, ATOL, RTOL);
@@ -238,6 +258,7 @@ fn rope_hadamard_rejects_other_head_dims() {
                 theta: 10000.0,
                 style: RopeStyle::Neox,
                 max_rows: 1,
+                freq_factors: None,
             },
         };
         let err = g.push("rope_hadamard", Op::RopeHadamard(op));

@@ -12,7 +12,7 @@ use lamina_engine::weight::{
     dequantize_packed, pack_f32, pack_ggml,
 };
 use lamina_engine::{EngineError, Executor, Gpu, WeightFormat};
-use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec};
+use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec, random_kquant};
 use rand::{Rng, SeedableRng};
 
 /// Error budgets (absolute, plus the same relative part) of the GPU result
@@ -26,6 +26,8 @@ const TOL_Q4_0: f32 = 3e-5;
 const TOL_Q4_1: f32 = 3e-5;
 const TOL_Q8_0: f32 = 3e-5;
 const TOL_MIXED: f32 = 3e-5;
+/// The GGUF types of `weight::kquant` (folded as a * q + m per half block).
+const TOL_KQUANT: f32 = 3e-5;
 
 fn tol(f: WeightFormat) -> f32 {
     match f {
@@ -35,17 +37,33 @@ fn tol(f: WeightFormat) -> f32 {
         WeightFormat::Q4_1 => TOL_Q4_1,
         WeightFormat::Q8_0 => TOL_Q8_0,
         WeightFormat::Mixed => TOL_MIXED,
+        _ => TOL_KQUANT,
     }
 }
 
-const ALL: [WeightFormat; 6] = [
+const ALL: [WeightFormat; 15] = [
     WeightFormat::F32,
     WeightFormat::F16,
     WeightFormat::Q4_0,
     WeightFormat::Q4_1,
     WeightFormat::Q8_0,
     WeightFormat::Mixed,
+    WeightFormat::Q5_0,
+    WeightFormat::Q5_1,
+    WeightFormat::IQ4_NL,
+    WeightFormat::Q2_K,
+    WeightFormat::Q3_K,
+    WeightFormat::Q4_K,
+    WeightFormat::Q5_K,
+    WeightFormat::Q6_K,
+    WeightFormat::IQ4_XS,
 ];
+
+/// `cols` rounded up to what `format` accepts (256 for the super-block
+/// types), so every test's shapes apply to every format.
+fn fit(format: WeightFormat, cols: u32) -> u32 {
+    cols.next_multiple_of(weight::col_multiple(format))
+}
 
 /// A random Mixed weight: group size 32, 64 or 128, and every group's width
 /// drawn from {n - 1, n, n + 1} with n from 2..=7 by seed, as SliM-LLM
@@ -132,6 +150,7 @@ fn random_ggml(f: WeightFormat, rows: u32, cols: u32, seed: u64) -> Vec<u8> {
                 (0..qbytes).for_each(|_| out.push(r.random::<u8>()));
             }
         }
+        _ => out = random_kquant(f, rows, cols, seed),
     }
     out
 }
@@ -251,6 +270,7 @@ fn matmul_every_format_and_shape() {
         }
         for rows in [1u32, 7, 1000, 1757] {
             for &c in &cols {
+                let c = fit(format, c);
                 Case::new(format, rows, c, 77).run(&steps, 100 * fi as u64 + u64::from(rows + c));
             }
         }
@@ -262,6 +282,7 @@ fn matvec_in_decode_graph() {
     // max_rows 1: a decode graph has no tiled call at all.
     for format in ALL {
         for (rows, cols) in [(1u32, 32u32), (7, 576), (1757, 1536), (576, 64)] {
+            let cols = fit(format, cols);
             Case::new(format, rows, cols, 1).run(&[1], u64::from(rows * 3 + cols));
         }
     }
@@ -272,7 +293,7 @@ fn last_row_only_reads_the_last_token() {
     for format in ALL {
         let case = Case {
             last_row_only: true,
-            ..Case::new(format, 1000, 576, 9)
+            ..Case::new(format, 1000, fit(format, 576), 9)
         };
         case.run(&[1, 2, 9], 7);
     }
@@ -281,7 +302,7 @@ fn last_row_only_reads_the_last_token() {
 #[test]
 fn sharded_weight_matches_unsharded_reference() {
     for format in ALL {
-        let (rows, cols) = (1757u32, 576u32);
+        let (rows, cols) = (1757u32, fit(format, 576));
         // The layout Case::run draws for seed 11.
         let mixed = RandomMixed::new(rows, cols, 11);
         let l = (format == WeightFormat::Mixed).then_some(&*mixed.layout);
@@ -319,6 +340,7 @@ fn portable_kernels_without_subgroups() {
     g.caps.subgroups = false;
     for format in ALL {
         for (rows, cols) in [(7u32, 576u32), (1000, 32), (1757, 1536)] {
+            let cols = fit(format, cols);
             let case = Case {
                 gpu: Some(plain.clone()),
                 ..Case::new(format, rows, cols, 77)
@@ -328,7 +350,7 @@ fn portable_kernels_without_subgroups() {
         let case = Case {
             gpu: Some(plain.clone()),
             last_row_only: true,
-            ..Case::new(format, 300, 64, 5)
+            ..Case::new(format, 300, fit(format, 64), 5)
         };
         case.run(&[5], 9);
     }
@@ -495,6 +517,32 @@ fn pack_q8_0_block() {
     for (j, got) in v.iter().enumerate() {
         assert_eq!(*got, 0.125 * f32::from(j as i8 * 4 - 64), "element {j}");
     }
+}
+
+#[test]
+fn kquant_packing_keeps_the_file_size_and_ggml_values() {
+    use lamina_model::checkpoint::{HostDType, ggml};
+    for f in ALL.into_iter().filter(|&f| weight::kquant::is_kquant(f)) {
+        let (rows, cols) = (2u32, 512u32);
+        let bytes = random_ggml(f, rows, cols, 21);
+        let p = pack_ggml(f, rows, cols, &bytes).unwrap();
+        assert_eq!(p.planes, Planes::layout(f, rows, cols), "{}", f.name());
+        // The planes without their padding hold exactly the file's bytes.
+        let bits = weight::kquant::code_bits(f).unwrap();
+        let (sw, mw) = weight::kquant::plane_words(f, rows, cols);
+        let used = 4 * (u64::from(rows * cols / 32 * bits) + sw + mw);
+        assert_eq!(used, bytes.len() as u64, "{}", f.name());
+        let dt: HostDType = f.name().parse().unwrap();
+        let want = ggml::dequantize(dt, &bytes, (rows * cols) as usize).unwrap();
+        let got = dequantize_packed(&p);
+        let diff = got
+            .iter()
+            .zip(&want)
+            .position(|(a, b)| a.to_bits() != b.to_bits());
+        assert_eq!(diff, None, "{}: first difference at {diff:?}", f.name());
+    }
+    let e = pack_ggml(WeightFormat::Q4_K, 1, 128, &[0; 72]);
+    assert!(matches!(e, Err(EngineError::Shape { .. })), "{e:?}");
 }
 
 #[test]

@@ -6,10 +6,11 @@ use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::ops::rope::RopeStyle;
 use lamina_engine::ops::{embedding, rope, swiglu};
 use lamina_engine::weight::{
-    GpuWeight, HostData, HostWeight, Planes, dequantize_packed, ggml_row_bytes,
+    self, GpuWeight, HostData, HostWeight, Planes, dequantize_packed, ggml_row_bytes,
 };
 use lamina_engine::{Executor, WeightFormat};
-use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec, u32_bytes};
+use lamina_model::checkpoint::config::llama3_rope_factors;
+use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec, random_kquant, u32_bytes};
 use rand::{Rng, SeedableRng};
 
 /// Dequantization is exact: f16 scale times a small integer code (plus an
@@ -72,6 +73,10 @@ fn run_embedding(
         WeightFormat::F32 | WeightFormat::F16 => {
             values = rand_vec(vocab as usize * dim as usize, seed, 2.0);
             HostData::F32(&values)
+        }
+        f if weight::kquant::is_kquant(f) => {
+            bytes = random_kquant(format, vocab, dim, seed);
+            HostData::Ggml(&bytes)
         }
         _ => {
             bytes = random_ggml(format, vocab, dim, seed);
@@ -137,6 +142,15 @@ fn embedding_matches_reference_in_every_format() {
         (Q4_1, 50, 64, 1, 1),
         (Q8_0, 1000, 576, 3, 77),
         (Q8_0, 7, 64, 1, 7),
+        (Q5_0, 300, 576, 2, 7),
+        (Q5_1, 1000, 64, 3, 77),
+        (IQ4_NL, 50, 96, 1, 7),
+        (Q2_K, 1000, 256, 3, 77),
+        (Q3_K, 300, 768, 2, 7),
+        (Q4_K, 1000, 512, 3, 77),
+        (Q5_K, 50, 256, 1, 7),
+        (Q6_K, 1000, 768, 3, 77),
+        (IQ4_XS, 300, 256, 2, 7),
     ];
     for (i, &(format, vocab, dim, shards, n)) in cases.iter().enumerate() {
         let mut r = rand::rngs::StdRng::seed_from_u64(100 + i as u64);
@@ -207,12 +221,14 @@ fn run_rope(
     hd: usize,
     pos: u32,
     theta: f32,
+    factors: &[f32],
     style: RopeStyle,
     seed: u64,
 ) -> (Vec<f32>, Vec<f32>) {
     let x = rand_vec(n * heads * hd, seed, 1.0);
     let mut g = Graph::new();
     let xt = g.output("x", 4 * x.len() as u64);
+    let ft = (!factors.is_empty()).then(|| g.input("factors", 4 * factors.len() as u64));
     let op = rope::Rope {
         x: xt,
         n_heads: heads as u32,
@@ -220,14 +236,18 @@ fn run_rope(
         theta,
         style,
         max_rows: n as u32,
+        freq_factors: ft,
     };
     g.push("rope", Op::Rope(op)).unwrap();
     let mut ex = Executor::new(gpu(), g).unwrap();
     ex.write(xt, 0, &f32_bytes(&x));
+    if let Some(t) = ft {
+        ex.write(t, 0, &f32_bytes(factors));
+    }
     ex.run(&step(n, pos)).unwrap();
     let got = ex.read_f32(xt, x.len()).unwrap();
     let mut want = x;
-    rope::reference(&mut want, heads, hd, theta, pos, style);
+    rope::reference(&mut want, heads, hd, theta, factors, pos, style);
     (got, want)
 }
 
@@ -246,9 +266,17 @@ fn rope_matches_reference() {
     let mut worst = (0.0f32, String::new());
     for (i, &(n, heads, hd, pos)) in cases.iter().enumerate() {
         for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
-            for theta in [10000.0f32, 500000.0] {
-                let (got, want) = run_rope(n, heads, hd, pos, theta, style, i as u64);
-                let what = format!("rope {n}x{heads}x{hd} pos {pos} {style:?} theta {theta}");
+            for (theta, scaled) in [(10000.0f32, false), (500000.0, false), (500000.0, true)] {
+                // Llama 3.1's scaling (factor 8, low 1, high 4, 8192 positions).
+                let factors = if scaled {
+                    llama3_rope_factors(hd, theta, 8.0, 1.0, 4.0, 8192.0)
+                } else {
+                    Vec::new()
+                };
+                let (got, want) = run_rope(n, heads, hd, pos, theta, &factors, style, i as u64);
+                let what = format!(
+                    "rope {n}x{heads}x{hd} pos {pos} {style:?} theta {theta} scaled {scaled}"
+                );
                 let err = got
                     .iter()
                     .zip(&want)
@@ -285,6 +313,7 @@ fn rope_pairs_follow_the_style() {
             theta: 10000.0,
             style,
             max_rows: 1,
+            freq_factors: None,
         };
         g.push("rope", Op::Rope(op)).unwrap();
         let mut ex = Executor::new(gpu(), g).unwrap();

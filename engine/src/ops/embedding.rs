@@ -18,10 +18,11 @@ use crate::dispatch::{
 };
 use crate::pipeline::Kernel;
 use crate::tensor::WeightFormat;
-use crate::weight::{GROUP, WeightRef, code_words_per_row};
+use crate::weight::{GROUP, Planes, WeightRef, code_words_per_row, col_multiple, kquant};
 use crate::{Caps, Result, ensure_shape};
 
-crate::shader!(SHADER, "embedding", [], EmbeddingParams);
+crate::shader!(SHADER, "embedding", [KBLOCK], EmbeddingParams);
+use crate::shader::lib::KBLOCK;
 
 crate::params_struct! {
     /// Mirrors `Params` in shaders/embedding.wgsl.
@@ -66,6 +67,8 @@ fn format_code(f: WeightFormat) -> u32 {
         WeightFormat::Q8_0 => 4,
         // Rejected by `check`.
         WeightFormat::Mixed => u32::MAX,
+        // lib/kblock.wgsl's ids (5 and up).
+        f => kquant::wgsl_id(f).unwrap_or(u32::MAX),
     }
 }
 
@@ -90,13 +93,27 @@ impl OpDef for Embedding {
             "mixed-width tables are not supported for lookups (store the embedding as q8_0, q4_1, q4_0, f16 or f32)"
         );
         let quantized = !matches!(t.format, WeightFormat::F32 | WeightFormat::F16);
+        let m = col_multiple(t.format);
         ensure_shape!(
-            !quantized || t.cols.is_multiple_of(GROUP),
+            t.cols.is_multiple_of(m),
             OP,
-            "{} table needs dim to be a multiple of {GROUP}, got {}",
+            "{} table needs dim to be a multiple of {m}, got {}",
             t.format.name(),
             t.cols
         );
+        if kquant::is_kquant(t.format) {
+            for s in &t.shards {
+                let want = Planes::layout(t.format, s.rows, t.cols);
+                ensure_shape!(
+                    s.planes == want,
+                    OP,
+                    "shard at row {} has planes {:?}, the {} layout is {want:?}",
+                    s.row_start,
+                    s.planes,
+                    t.format.name()
+                );
+            }
+        }
         t.check(g, OP)?;
         // Each plane must hold what the kernel reads for the shard's rows
         // (robust buffer access would hide a bad layout as wrong values).
@@ -111,7 +128,7 @@ impl OpDef for Embedding {
                 s.row_start,
                 p.words
             );
-            if quantized {
+            if quantized && !kquant::is_kquant(t.format) {
                 let half_words = (rows * u64::from(t.cols / GROUP)).div_ceil(2);
                 let mut planes = vec![("scales", p.scales)];
                 if t.format == WeightFormat::Q4_1 {

@@ -43,21 +43,21 @@ use crate::dispatch::{
 };
 use crate::pipeline::Kernel;
 use crate::shader::ShaderSource;
-use crate::shader::lib::{MXCODES, MXMATMUL, QBLOCK, QMATMUL, TILES, XLOAD, XLOAD_SG};
+use crate::shader::lib::{KBLOCK, MXCODES, MXMATMUL, QBLOCK, QMATMUL, TILES, XLOAD, XLOAD_SG};
 use crate::tensor::WeightFormat;
-use crate::weight::{GROUP, MixedLayout, Planes, Shard, WeightRef};
+use crate::weight::{GROUP, MixedLayout, Planes, Shard, WeightRef, col_multiple};
 use crate::{Caps, Result};
 
 crate::shader!(
     SHADER_Q,
     "matmul_q",
-    [QBLOCK, QMATMUL, TILES, XLOAD],
+    [QBLOCK, KBLOCK, QMATMUL, TILES, XLOAD],
     MatMulParams
 );
 crate::shader!(
     SHADER_Q_SG,
     "matmul_q_sg",
-    [QBLOCK, QMATMUL, TILES, XLOAD_SG],
+    [QBLOCK, KBLOCK, QMATMUL, TILES, XLOAD_SG],
     MatMulParams
 );
 crate::shader!(
@@ -182,10 +182,16 @@ crate::passes! {
 }
 
 fn is_block_format(f: WeightFormat) -> bool {
+    !matches!(f, WeightFormat::F32 | WeightFormat::F16)
+}
+
+/// Whether the mat-vec may take two blocks per scale word (`PAIR`): the
+/// formats with one f16 scale per block, when a row has an even count.
+fn pairs_blocks(f: WeightFormat, nb: u32) -> bool {
     matches!(
         f,
-        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 | WeightFormat::Mixed
-    )
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0
+    ) && nb.is_multiple_of(2)
 }
 
 /// Whether a weight runs the block kernels (lib/qmatmul.wgsl): the block
@@ -203,6 +209,15 @@ fn entries(format: WeightFormat) -> (&'static str, &'static str) {
         WeightFormat::Q4_1 => ("matvec_q4_1", "matmul_q4_1"),
         WeightFormat::Q8_0 => ("matvec_q8_0", "matmul_q8_0"),
         WeightFormat::Mixed => ("matvec_mixed", "matmul_mixed"),
+        WeightFormat::Q5_0 => ("matvec_q5_0", "matmul_q5_0"),
+        WeightFormat::Q5_1 => ("matvec_q5_1", "matmul_q5_1"),
+        WeightFormat::IQ4_NL => ("matvec_iq4_nl", "matmul_iq4_nl"),
+        WeightFormat::Q2_K => ("matvec_q2_k", "matmul_q2_k"),
+        WeightFormat::Q3_K => ("matvec_q3_k", "matmul_q3_k"),
+        WeightFormat::Q4_K => ("matvec_q4_k", "matmul_q4_k"),
+        WeightFormat::Q5_K => ("matvec_q5_k", "matmul_q5_k"),
+        WeightFormat::Q6_K => ("matvec_q6_k", "matmul_q6_k"),
+        WeightFormat::IQ4_XS => ("matvec_iq4_xs", "matmul_iq4_xs"),
     }
 }
 
@@ -291,10 +306,7 @@ impl MatMul {
         match path {
             Path::MatVec => Kernel::new(shader, entry)
                 .with("R", q_matvec_rows(shard.rows))
-                .with(
-                    "PAIR",
-                    u32::from(is_block_format(self.w.format) && self.nb().is_multiple_of(2)),
-                ),
+                .with("PAIR", u32::from(pairs_blocks(self.w.format, self.nb()))),
             Path::Tiled => Kernel::new(shader, entry),
         }
     }
@@ -350,10 +362,11 @@ impl OpDef for MatMul {
         let (rows, cols, f) = (self.w.rows, self.w.cols, self.w.format);
         crate::ensure_shape!(rows > 0 && cols > 0, OP, "empty weight {rows}x{cols}");
         crate::ensure_shape!(self.max_rows > 0, OP, "max_rows is 0");
+        let m = col_multiple(f);
         crate::ensure_shape!(
-            !is_block_format(f) || cols.is_multiple_of(GROUP),
+            cols.is_multiple_of(m),
             OP,
-            "{} weight needs cols % {GROUP} == 0, got {cols}",
+            "{} weight needs cols % {m} == 0, got {cols}",
             f.name()
         );
         crate::ensure_shape!(!self.w.shards.is_empty(), OP, "weight has no shards");

@@ -132,7 +132,7 @@ fn entries(format: WeightFormat) -> Option<(&'static str, &'static str)> {
         WeightFormat::Q4_1 => Some(("matvec_q4_1", "matmul_q4_1")),
         WeightFormat::Q8_0 => Some(("matvec_q8_0", "matmul_q8_0")),
         WeightFormat::Mixed => Some(("matvec_mixed", "matmul_mixed")),
-        WeightFormat::F32 | WeightFormat::F16 => None,
+        _ => None,
     }
 }
 

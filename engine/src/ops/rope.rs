@@ -20,6 +20,13 @@
 //! `lib/trig.wgsl`, accurate for large angles where WGSL's builtins promise
 //! nothing.
 //!
+//! # Scaled frequencies
+//! With [`Rope::freq_factors`] each pair's frequency is divided by its
+//! factor before the angle is formed (Llama 3.x's `rope_scaling` of type
+//! `llama3`, which llama.cpp's converter stores as the `rope_freqs` tensor:
+//! 1 for short wavelengths, the scaling factor for long ones, smooth
+//! between). The `_scaled` entry points read the factors at binding 2.
+//!
 //! # Shapes
 //! x: [max_rows, n_heads, head_dim] f32 (read-write), head_dim even.
 //! One invocation per (token, pair j): the angle and its sin/cos are
@@ -81,6 +88,9 @@ pub struct Rope {
     pub style: RopeStyle,
     /// Tokens at the graph's largest step.
     pub max_rows: u32,
+    /// `[head_dim / 2]` f32: each pair's frequency is divided by its factor
+    /// (Llama 3's RoPE scaling, GGUF `rope_freqs`); `None`: unscaled.
+    pub freq_factors: Option<TensorId>,
 }
 
 /// Invocations per workgroup (mirrors rope.wgsl).
@@ -91,6 +101,24 @@ const WG: u32 = 64;
 pub const HADAMARD_MAX_DIM: u32 = 256;
 
 impl Rope {
+    /// The call of entry point `entry`, or of its `_scaled` twin (which
+    /// reads the factors at binding 2) when the frequencies are scaled.
+    fn call(&self, entry: &'static str) -> Call {
+        match self.freq_factors {
+            None => Call::new(Kernel::new(&SHADER, entry), vec![Binding::write(self.x)]),
+            Some(f) => {
+                let scaled = if entry == "rope" {
+                    "rope_scaled"
+                } else {
+                    "rope_hadamard_scaled"
+                };
+                Call::new(
+                    Kernel::new(&SHADER, scaled),
+                    vec![Binding::write(self.x), Binding::read(f)],
+                )
+            }
+        }
+    }
     /// The parameter block for `step` (`hadamard_scale` 1).
     fn params(&self, step: &Step) -> RopeParams {
         RopeParams {
@@ -128,13 +156,13 @@ impl OpDef for Rope {
             self.theta
         );
         let row = 4 * u64::from(self.n_heads) * u64::from(self.head_dim);
+        if let Some(f) = self.freq_factors {
+            check_bytes(g, "rope", "freq_factors", f, 2 * u64::from(self.head_dim))?;
+        }
         check_bytes(g, "rope", "x", self.x, row * u64::from(self.max_rows))
     }
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
-        vec![Call::new(
-            Kernel::new(&SHADER, "rope"),
-            vec![Binding::write(self.x)],
-        )]
+        vec![self.call("rope")]
     }
     fn step(&self, _tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         let p = self.params(step);
@@ -165,10 +193,7 @@ impl OpDef for RopeHadamard {
         self.rope.check(g)
     }
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
-        vec![Call::new(
-            Kernel::new(&SHADER, "rope_hadamard"),
-            vec![Binding::write(self.rope.x)],
-        )]
+        vec![self.rope.call("rope_hadamard")]
     }
     fn step(&self, _tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         let p = RopeParams {
@@ -180,20 +205,31 @@ impl OpDef for RopeHadamard {
     }
 }
 
-/// CPU reference, as `model/reference.rs` computes it (transformers'
-/// `inv_freq = 1 / theta^(2j/d)`, `angle = f32(pos) * inv_freq`, all f32).
+/// Each pair's inverse frequency as the CPU reference computes it
+/// (transformers' `inv_freq = 1 / theta^(2j/d)`, then divided by the pair's
+/// factor where `factors` has them), in f32.
+pub fn inv_freqs(head_dim: usize, theta: f32, factors: &[f32]) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|j| {
+            let f = 1.0 / theta.powf((2 * j) as f32 / head_dim as f32);
+            factors.get(j).map_or(f, |d| f / d)
+        })
+        .collect()
+}
+
+/// CPU reference, as `model/reference.rs` computes it (`angle = f32(pos) *
+/// inv_freq` with [`inv_freqs`], all f32); `factors` empty when unscaled.
 pub fn reference(
     x: &mut [f32],
     n_heads: usize,
     head_dim: usize,
     theta: f32,
+    factors: &[f32],
     pos: u32,
     style: RopeStyle,
 ) {
     let half = head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|j| 1.0 / theta.powf((2 * j) as f32 / head_dim as f32))
-        .collect();
+    let inv_freq = inv_freqs(head_dim, theta, factors);
     for (t, xt) in x.chunks_exact_mut(n_heads * head_dim).enumerate() {
         let p = (pos as usize + t) as f32;
         for head in xt.chunks_exact_mut(head_dim) {

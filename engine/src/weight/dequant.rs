@@ -3,6 +3,7 @@
 
 use half::f16;
 
+use super::kquant;
 use super::layout::{GROUP, MixedLayout, code_words_per_row};
 use super::pack::{PackedWeight, mixed_code};
 use crate::tensor::WeightFormat;
@@ -11,6 +12,9 @@ use crate::tensor::WeightFormat;
 pub fn dequantize_packed(p: &PackedWeight) -> Vec<f32> {
     if let Some(l) = p.mixed.as_deref() {
         return dequantize_mixed(p, l);
+    }
+    if kquant::is_kquant(p.format) {
+        return kquant::dequantize_kquant(p);
     }
     let (rows, cols) = (p.rows as usize, p.cols as usize);
     let wpr = code_words_per_row(p.format, p.cols) as usize;
@@ -41,8 +45,8 @@ pub fn dequantize_packed(p: &PackedWeight) -> Vec<f32> {
                     let q = (codes[c / 4] >> (8 * (c % 4))) as u8 as i8;
                     half(p.planes.scales, g) * f32::from(q)
                 }
-                // Handled by dequantize_mixed (a Mixed weight always has its layout).
-                WeightFormat::Mixed => f32::NAN,
+                // Handled above (a Mixed weight always has its layout).
+                _ => f32::NAN,
             };
         }
     }

@@ -3,6 +3,7 @@
 //! ([`MixedLayout`]), and the row sizes of each format (ours and llama.cpp's).
 //! The layouts themselves are described in `weight/mod.rs`.
 
+use super::kquant;
 use crate::Result;
 use crate::tensor::WeightFormat;
 
@@ -159,15 +160,20 @@ impl Planes {
     pub fn layout(format: WeightFormat, rows: u32, cols: u32) -> Planes {
         let align = |w: u64| w.next_multiple_of(u64::from(PLANE_ALIGN_WORDS));
         let code_words = u64::from(rows) * u64::from(code_words_per_row(format, cols));
-        let scale_words = if is_quantized(format) {
-            (u64::from(rows) * u64::from(cols / GROUP)).div_ceil(2)
+        let (scale_words, min_words) = if kquant::is_kquant(format) {
+            kquant::plane_words(format, rows, cols)
+        } else if is_quantized(format) {
+            let halves = (u64::from(rows) * u64::from(cols / GROUP)).div_ceil(2);
+            (
+                halves,
+                if format == WeightFormat::Q4_1 {
+                    halves
+                } else {
+                    0
+                },
+            )
         } else {
-            0
-        };
-        let min_words = if format == WeightFormat::Q4_1 {
-            scale_words
-        } else {
-            0
+            (0, 0)
         };
         let scales = align(code_words);
         let mins = scales + align(scale_words);
@@ -228,10 +234,19 @@ impl Planes {
 
 /// Whether `format` has per-group scales.
 pub fn is_quantized(format: WeightFormat) -> bool {
-    matches!(
-        format,
-        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 | WeightFormat::Mixed
-    )
+    !matches!(format, WeightFormat::F32 | WeightFormat::F16)
+}
+
+/// Columns a row of `format` must be a multiple of: 256 for the
+/// super-block formats, 32 for the other quantized ones, 1 for floats.
+pub fn col_multiple(format: WeightFormat) -> u32 {
+    if kquant::is_super(format) {
+        kquant::SUPER
+    } else if is_quantized(format) {
+        GROUP
+    } else {
+        1
+    }
 }
 
 /// Code words per row in `format` (Mixed: see [`MixedLayout::row_words`]; 0 here).
@@ -242,6 +257,7 @@ pub fn code_words_per_row(format: WeightFormat, cols: u32) -> u32 {
         WeightFormat::Q4_0 | WeightFormat::Q4_1 => cols / 8,
         WeightFormat::Q8_0 => cols / 4,
         WeightFormat::Mixed => 0,
+        f => cols / GROUP * kquant::code_bits(f).unwrap_or(0),
     }
 }
 
@@ -257,6 +273,7 @@ pub fn ggml_row_bytes(format: WeightFormat, cols: u32) -> usize {
         WeightFormat::Q8_0 => c / 32 * 34,
         // Not a llama.cpp type: packed by `pack_mixed` from its own planes.
         WeightFormat::Mixed => 0,
+        f => kquant::file_row_bytes(f, cols),
     }
 }
 
@@ -267,10 +284,11 @@ pub(super) fn check_dims(
     cols: u32,
 ) -> Result<()> {
     crate::ensure_shape!(rows > 0 && cols > 0, op, "empty weight {rows}x{cols}");
+    let m = col_multiple(format);
     crate::ensure_shape!(
-        !is_quantized(format) || cols.is_multiple_of(GROUP),
+        cols.is_multiple_of(m),
         op,
-        "{} needs cols to be a multiple of {GROUP}, got {cols}",
+        "{} needs cols to be a multiple of {m}, got {cols}",
         format.name()
     );
     Ok(())

@@ -46,13 +46,14 @@
 
 mod dequant;
 mod gpu;
+pub mod kquant;
 mod layout;
 mod pack;
 
 pub use dequant::dequantize_packed;
 pub use gpu::{GpuShard, GpuWeight, Shard, Weight, WeightRef, shard_rows, shard_rows_of};
 pub use layout::{
-    GROUP, MIXED_CLASSES, MixedLayout, PLANE_ALIGN_WORDS, Planes, code_words_per_row,
+    GROUP, MIXED_CLASSES, MixedLayout, PLANE_ALIGN_WORDS, Planes, code_words_per_row, col_multiple,
     ggml_row_bytes, is_quantized,
 };
 pub use pack::{

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use half::f16;
 
+use super::kquant;
 use super::layout::{GROUP, MixedLayout, Planes, check_dims, code_words_per_row, ggml_row_bytes};
 use crate::tensor::WeightFormat;
 use crate::{EngineError, Result};
@@ -23,7 +24,7 @@ pub struct PackedWeight {
 }
 
 impl PackedWeight {
-    fn zeroed(format: WeightFormat, rows: u32, cols: u32) -> PackedWeight {
+    pub(super) fn zeroed(format: WeightFormat, rows: u32, cols: u32) -> PackedWeight {
         let planes = Planes::layout(format, rows, cols);
         PackedWeight {
             format,
@@ -38,7 +39,7 @@ impl PackedWeight {
         4 * self.words.len() as u64
     }
     /// Stores the f16 bits of group `g` (row-major over rows x groups) in the plane at `base`.
-    fn put_half(&mut self, base: u32, g: usize, bits: u16) {
+    pub(super) fn put_half(&mut self, base: u32, g: usize, bits: u16) {
         let w = &mut self.words[base as usize + g / 2];
         let shift = 16 * (g % 2) as u32;
         *w = (*w & !(0xffff << shift)) | (u32::from(bits) << shift);
@@ -162,6 +163,7 @@ pub fn pack_ggml(format: WeightFormat, rows: u32, cols: u32, bytes: &[u8]) -> Re
                 msg: "mixed weights are not a llama.cpp type (use pack_mixed)".into(),
             });
         }
+        _ => kquant::pack_rows(&mut p, bytes)?,
     }
     Ok(p)
 }

@@ -34,6 +34,47 @@ pub struct LlamaConfig {
     /// none for a model as trained. Absent in older files.
     #[serde(default)]
     pub hadamard: OnlineHadamard,
+    /// Per RoPE pair (`head_dim / 2`), the divisor of its frequency: Llama
+    /// 3.x's `llama3` scaling (GGUF `rope_freqs.weight`, or computed from
+    /// config.json's `rope_scaling` by [`llama3_rope_factors`]). Empty when
+    /// RoPE is unscaled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rope_factors: Vec<f32>,
+}
+
+/// Llama 3.x's `llama3` RoPE scaling as frequency divisors, one per pair:
+/// pairs whose wavelength `2π / inv_freq` is shorter than
+/// `original_max / high_freq_factor` keep their frequency (divisor 1), those
+/// longer than `original_max / low_freq_factor` are divided by `factor`, and
+/// those between are interpolated (transformers'
+/// `_compute_llama3_parameters`, which llama.cpp's converter also follows).
+pub fn llama3_rope_factors(
+    head_dim: usize,
+    theta: f32,
+    factor: f64,
+    low_freq_factor: f64,
+    high_freq_factor: f64,
+    original_max: f64,
+) -> Vec<f32> {
+    let (low_wl, high_wl) = (
+        original_max / low_freq_factor,
+        original_max / high_freq_factor,
+    );
+    (0..head_dim / 2)
+        .map(|j| {
+            let inv = 1.0 / f64::from(theta).powf((2 * j) as f64 / head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / inv;
+            if wavelen < high_wl {
+                1.0
+            } else if wavelen > low_wl {
+                factor as f32
+            } else {
+                let smooth = (original_max / wavelen - low_freq_factor)
+                    / (high_freq_factor - low_freq_factor);
+                (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+            }
+        })
+        .collect()
 }
 
 /// The online Hadamard transforms of a rotated model (`crate::quant::rotate`):
@@ -84,6 +125,19 @@ impl LlamaConfig {
             return bad(format!(
                 "head_dim {} must be even and at most 256",
                 self.head_dim
+            ));
+        }
+        if !self.rope_factors.is_empty()
+            && (self.rope_factors.len() != self.head_dim / 2
+                || self
+                    .rope_factors
+                    .iter()
+                    .any(|f| !f.is_finite() || *f <= 0.0))
+        {
+            return bad(format!(
+                "RoPE frequency factors: {} values for {} pairs, each must be finite and positive",
+                self.rope_factors.len(),
+                self.head_dim / 2
             ));
         }
         for (on, n, what) in [

@@ -53,6 +53,20 @@ pub fn quantize_into(dtype: HostDType, x: &[f32], out: &mut [u8]) -> Result<()> 
                 "mixed-width weights are made by `lamina quantize`, not a block encoder".into(),
             ));
         }
+        HostDType::Q5_0
+        | HostDType::Q5_1
+        | HostDType::Q2_K
+        | HostDType::Q3_K
+        | HostDType::Q4_K
+        | HostDType::Q5_K
+        | HostDType::Q6_K
+        | HostDType::IQ4_NL
+        | HostDType::IQ4_XS => {
+            return Err(ModelError::Input(format!(
+                "Lamina reads {dtype} but does not encode it; encode as q4_0, q4_1 or q8_0, \
+                 or make the file with llama.cpp's llama-quantize"
+            )));
+        }
         HostDType::F32 => {
             for (o, v) in out.as_chunks_mut::<4>().0.iter_mut().zip(x) {
                 *o = v.to_le_bytes();
@@ -203,7 +217,17 @@ mod tests {
                 let d = amax / 127.0;
                 d / 2.0 + 127.0 * f16_err(d)
             }
-            HostDType::Mixed => f32::NAN,
+            // Not encodable (see `quantize_into`): no budget.
+            HostDType::Mixed
+            | HostDType::Q5_0
+            | HostDType::Q5_1
+            | HostDType::Q2_K
+            | HostDType::Q3_K
+            | HostDType::Q4_K
+            | HostDType::Q5_K
+            | HostDType::Q6_K
+            | HostDType::IQ4_NL
+            | HostDType::IQ4_XS => f32::NAN,
         }
     }
 
@@ -311,6 +335,30 @@ mod tests {
             assert!(y.iter().all(|v| *v == 0.0), "{dtype:?}: {y:?}");
         }
         Ok(())
+    }
+
+    #[test]
+    fn formats_read_but_not_encoded_are_named() {
+        for dtype in HostDType::ALL {
+            if matches!(
+                dtype,
+                HostDType::F32
+                    | HostDType::F16
+                    | HostDType::BF16
+                    | HostDType::Q4_0
+                    | HostDType::Q4_1
+                    | HostDType::Q8_0
+                    | HostDType::Mixed
+            ) {
+                continue;
+            }
+            let err = quantize(dtype, &[0.5; 256]).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(err, ModelError::Input(_)) && msg.contains(dtype.name()),
+                "{dtype:?}: {msg}"
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //! In the 4-bit formats byte `j` of the codes holds element `j` in its low
 //! nibble and element `j + 16` in its high nibble.
 //!
+//! The other formats Lamina reads (Q5_0, Q5_1, IQ4_NL; the k-quants Q2_K to
+//! Q6_K and IQ4_XS in 256-element super-blocks) are decoded block by block
+//! in [`super::kquant`], which tables their layouts.
+//!
 //! This is the CPU oracle and the loader's conversion path; GPU kernels read
 //! the same bytes repacked. The catalogue of ggml type ids (names, block
 //! layouts, the ones Lamina runs) is here too: the model side's one table
@@ -23,6 +27,7 @@
 use half::{bf16, f16};
 
 use super::HostDType;
+use super::kquant::{self, each_block};
 use crate::{ModelError, Result};
 
 /// Block layout of a ggml tensor type: (elements per block, bytes per block).
@@ -89,7 +94,16 @@ pub fn host_dtype(ggml_type: u32) -> Option<HostDType> {
         1 => HostDType::F16,
         2 => HostDType::Q4_0,
         3 => HostDType::Q4_1,
+        6 => HostDType::Q5_0,
+        7 => HostDType::Q5_1,
         8 => HostDType::Q8_0,
+        10 => HostDType::Q2_K,
+        11 => HostDType::Q3_K,
+        12 => HostDType::Q4_K,
+        13 => HostDType::Q5_K,
+        14 => HostDType::Q6_K,
+        20 => HostDType::IQ4_NL,
+        23 => HostDType::IQ4_XS,
         30 => HostDType::BF16,
         _ => return None,
     })
@@ -103,7 +117,16 @@ pub fn ggml_type_of(dtype: HostDType) -> Option<u32> {
         HostDType::F16 => 1,
         HostDType::Q4_0 => 2,
         HostDType::Q4_1 => 3,
+        HostDType::Q5_0 => 6,
+        HostDType::Q5_1 => 7,
         HostDType::Q8_0 => 8,
+        HostDType::Q2_K => 10,
+        HostDType::Q3_K => 11,
+        HostDType::Q4_K => 12,
+        HostDType::Q5_K => 13,
+        HostDType::Q6_K => 14,
+        HostDType::IQ4_NL => 20,
+        HostDType::IQ4_XS => 23,
         HostDType::BF16 => 30,
         HostDType::Mixed => return None,
     })
@@ -174,6 +197,15 @@ pub fn dequantize_into(dtype: HostDType, bytes: &[u8], out: &mut [f32]) -> Resul
                 }
             }
         }
+        HostDType::Q5_0 => each_block(bytes, out, kquant::q5_0),
+        HostDType::Q5_1 => each_block(bytes, out, kquant::q5_1),
+        HostDType::IQ4_NL => each_block(bytes, out, kquant::iq4_nl),
+        HostDType::Q2_K => each_block(bytes, out, kquant::q2_k),
+        HostDType::Q3_K => each_block(bytes, out, kquant::q3_k),
+        HostDType::Q4_K => each_block(bytes, out, kquant::q4_k),
+        HostDType::Q5_K => each_block(bytes, out, kquant::q5_k),
+        HostDType::Q6_K => each_block(bytes, out, kquant::q6_k),
+        HostDType::IQ4_XS => each_block(bytes, out, kquant::iq4_xs),
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ pub mod act;
 pub mod config;
 pub mod encode;
 pub mod ggml;
+pub mod kquant;
 pub mod kv_static;
 pub mod layer;
 pub mod recipe;

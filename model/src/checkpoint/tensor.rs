@@ -14,6 +14,8 @@ use crate::{ModelError, Result};
 
 /// Element encoding of a host tensor. GGUF block formats quantize along the
 /// row (the `cols` / input dimension), in blocks of 32.
+// Variants carry ggml's type names (Q4_K, IQ4_XS), as users read them.
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HostDType {
     F32,
@@ -25,6 +27,24 @@ pub enum HostDType {
     Q4_1,
     /// ggml Q8_0: per 32 values one f16 scale d, 32 signed bytes; x = d * q.
     Q8_0,
+    /// ggml Q5_0: per 32 values f16 d, 32 high bits, 16 bytes of low nibbles; x = d * (q - 16).
+    Q5_0,
+    /// ggml Q5_1: per 32 values f16 d and m, 32 high bits, 16 bytes of nibbles; x = d * q + m.
+    Q5_1,
+    /// ggml Q2_K: 256-value super-blocks, 16 sub-blocks of 16 with 4-bit scale and min.
+    Q2_K,
+    /// ggml Q3_K: 256-value super-blocks, 16 sub-blocks of 16 with 6-bit signed scales.
+    Q3_K,
+    /// ggml Q4_K: 256-value super-blocks, 8 sub-blocks of 32 with 6-bit scale and min.
+    Q4_K,
+    /// ggml Q5_K: as Q4_K with a fifth code bit.
+    Q5_K,
+    /// ggml Q6_K: 256-value super-blocks, 16 sub-blocks of 16 with i8 scales.
+    Q6_K,
+    /// ggml IQ4_NL: per 32 values f16 d and 4-bit indexes into a fixed non-linear table.
+    IQ4_NL,
+    /// ggml IQ4_XS: IQ4_NL's table in 256-value super-blocks with 6-bit sub-block scales.
+    IQ4_XS,
     /// Lamina's mixed-width groups (SliM-LLM): the tensor's
     /// [`HostTensor::mixed`] holds the layout, codes, scales and mins.
     Mixed,
@@ -32,13 +52,22 @@ pub enum HostDType {
 
 impl HostDType {
     /// Every format, in the order the names list them.
-    pub const ALL: [HostDType; 7] = [
+    pub const ALL: [HostDType; 16] = [
         HostDType::F32,
         HostDType::F16,
         HostDType::BF16,
         HostDType::Q4_0,
         HostDType::Q4_1,
         HostDType::Q8_0,
+        HostDType::Q5_0,
+        HostDType::Q5_1,
+        HostDType::Q2_K,
+        HostDType::Q3_K,
+        HostDType::Q4_K,
+        HostDType::Q5_K,
+        HostDType::Q6_K,
+        HostDType::IQ4_NL,
+        HostDType::IQ4_XS,
         HostDType::Mixed,
     ];
 
@@ -52,6 +81,15 @@ impl HostDType {
             HostDType::Q4_0 => "q4_0",
             HostDType::Q4_1 => "q4_1",
             HostDType::Q8_0 => "q8_0",
+            HostDType::Q5_0 => "q5_0",
+            HostDType::Q5_1 => "q5_1",
+            HostDType::Q2_K => "q2_k",
+            HostDType::Q3_K => "q3_k",
+            HostDType::Q4_K => "q4_k",
+            HostDType::Q5_K => "q5_k",
+            HostDType::Q6_K => "q6_k",
+            HostDType::IQ4_NL => "iq4_nl",
+            HostDType::IQ4_XS => "iq4_xs",
             HostDType::Mixed => "mixed",
         }
     }

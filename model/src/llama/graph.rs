@@ -119,6 +119,10 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
         down,
         att_scratch,
         xq,
+        rope_factors: m
+            .rope_factors
+            .as_ref()
+            .map(|t| external(&mut g, "rope_factors", t)),
     };
     for (l, lw) in m.layers.iter().enumerate() {
         let kv = match &m.kv.layers[l] {
@@ -230,6 +234,9 @@ pub struct LayerIo {
     /// Integer activations: packed int8 codes `[n, widest / 4]` u32 and
     /// per-token scales `[n]` f32 (needed when a layer has `act`).
     pub xq: Option<(TensorId, TensorId)>,
+    /// RoPE's frequency divisors `[head_dim / 2]` f32, where the config
+    /// scales them (`LlamaConfig::rope_factors`).
+    pub rope_factors: Option<TensorId>,
 }
 
 /// One layer's KV cache tensors in a graph.
@@ -459,6 +466,7 @@ pub fn push_layer(
             theta: c.rope_theta,
             style,
             max_rows: n,
+            freq_factors: io.rope_factors,
         };
         if c.hadamard.qk && fused {
             g.push(p(name), Op::RopeHadamard(rope::RopeHadamard { rope: r }))?;

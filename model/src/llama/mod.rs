@@ -151,6 +151,8 @@ pub struct GpuModel {
     pub output_norm: Tensor,
     /// `None` when tied to the embedding.
     pub output: Option<GpuWeight>,
+    /// RoPE's frequency divisors (`LlamaConfig::rope_factors`), if scaled.
+    pub rope_factors: Option<Tensor>,
     pub kv: KvCache,
     pub weight_mode: WeightMode,
 }
@@ -165,6 +167,15 @@ fn engine_format(dt: HostDType, mode: WeightMode) -> WeightFormat {
         (WeightMode::Native, HostDType::Q4_1) => WeightFormat::Q4_1,
         (WeightMode::Native, HostDType::Q8_0) => WeightFormat::Q8_0,
         (WeightMode::Native, HostDType::Mixed) => WeightFormat::Mixed,
+        (WeightMode::Native, HostDType::Q5_0) => WeightFormat::Q5_0,
+        (WeightMode::Native, HostDType::Q5_1) => WeightFormat::Q5_1,
+        (WeightMode::Native, HostDType::IQ4_NL) => WeightFormat::IQ4_NL,
+        (WeightMode::Native, HostDType::Q2_K) => WeightFormat::Q2_K,
+        (WeightMode::Native, HostDType::Q3_K) => WeightFormat::Q3_K,
+        (WeightMode::Native, HostDType::Q4_K) => WeightFormat::Q4_K,
+        (WeightMode::Native, HostDType::Q5_K) => WeightFormat::Q5_K,
+        (WeightMode::Native, HostDType::Q6_K) => WeightFormat::Q6_K,
+        (WeightMode::Native, HostDType::IQ4_XS) => WeightFormat::IQ4_XS,
     }
 }
 
@@ -190,13 +201,12 @@ fn upload_matrix(gpu: &Gpu, t: &HostTensor, mode: WeightMode) -> Result<GpuWeigh
             };
             HostData::Mixed(m.data())
         }
-        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 => {
-            HostData::Ggml(t.data.as_slice())
-        }
         WeightFormat::F32 | WeightFormat::F16 => {
             values = t.to_f32()?;
             HostData::F32(&values)
         }
+        // Every GGUF block format is repacked from the file's bytes.
+        _ => HostData::Ggml(t.data.as_slice()),
     };
     let host = HostWeight {
         format,
@@ -271,6 +281,16 @@ impl GpuModel {
             Some(o) => Some(upload_matrix(&gpu, o, mode)?),
             None => None,
         };
+        let rope_factors = if cfg.rope_factors.is_empty() {
+            None
+        } else {
+            let host = HostTensor::from_f32(
+                "rope_factors",
+                vec![cfg.rope_factors.len()],
+                &cfg.rope_factors,
+            );
+            Some(upload_vector(&gpu, &host)?)
+        };
         progress(total - 1, total);
         let kv_static = m.recipe.as_ref().and_then(|r| r.kv.as_ref());
         let kv = KvCache::new(&gpu, &cfg, max_ctx, kv_format, pivot, kv_static)?;
@@ -282,6 +302,7 @@ impl GpuModel {
             layers,
             output_norm,
             output,
+            rope_factors,
             kv,
             weight_mode: mode,
         })

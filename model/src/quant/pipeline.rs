@@ -216,6 +216,8 @@ fn block(
             (b > 0).then(|| g.intermediate("att_scratch", b))
         },
         xq: None,
+        rope_factors: (!c.rope_factors.is_empty())
+            .then(|| g.output("rope_factors", 2 * c.head_dim as u64)),
     };
     let cache = kv::cache_bytes(c.n_kv_heads as u32, c.head_dim as u32, ctx);
     // Outputs: the host writes the prefix's KV into them.
@@ -234,6 +236,9 @@ fn block(
     };
     push_layer(&mut g, c, l, lw, &io, &kv, ctx, seq, taps.as_ref())?;
     let ex = Executor::new(gpu.clone(), g)?;
+    if let Some(t) = io.rope_factors {
+        ex.write(t, 0, bytemuck::cast_slice(&c.rope_factors));
+    }
     if let Some(t) = &taps {
         for (id, d) in [
             (t.attn_in, c.dim),

@@ -205,13 +205,13 @@ pub(super) fn softmax(x: &mut [f32]) {
 }
 
 impl RopeTable {
-    pub(super) fn new(head_dim: usize, theta: f32, max_ctx: usize) -> Self {
+    /// `factors`: each pair's frequency divisor (Llama 3.x), empty if unscaled.
+    pub(super) fn new(head_dim: usize, theta: f32, factors: &[f32], max_ctx: usize) -> Self {
         let half = head_dim / 2;
         // transformers: inv_freq = 1.0 / (base ** (arange(0, dim, 2).float() / dim)),
-        // freqs = position.float() * inv_freq, then cos/sin, all in f32.
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
-            .collect();
+        // (llama3: divided by the pair's factor), freqs = position.float() *
+        // inv_freq, then cos/sin, all in f32.
+        let inv_freq = lamina_engine::ops::rope::inv_freqs(head_dim, theta, factors);
         let mut cos = Vec::with_capacity(max_ctx * half);
         let mut sin = Vec::with_capacity(max_ctx * half);
         for p in 0..max_ctx {

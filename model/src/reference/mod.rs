@@ -170,7 +170,7 @@ impl Reference {
                 .as_ref()
                 .map(|t| matrix(t, cfg.vocab_size, dim))
                 .transpose()?,
-            rope: RopeTable::new(cfg.head_dim, cfg.rope_theta, max_ctx),
+            rope: RopeTable::new(cfg.head_dim, cfg.rope_theta, &cfg.rope_factors, max_ctx),
             state: RunState::new(cfg, MAX_BATCH.min(max_ctx), max_ctx, threads),
             cfg: cfg.clone(),
             max_ctx,

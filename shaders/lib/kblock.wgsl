@@ -1,0 +1,192 @@
+// lib/kblock.wgsl: decoding the GGUF types of engine/src/weight/kquant.rs
+// (Q5_0, Q5_1, IQ4_NL and the super-block types Q2_K .. Q6_K, IQ4_XS) one
+// 32-element block at a time; see that file for the planes. A block's value
+// is w = a * t(q) + m per half of 16 elements, t(q) = q (the offset folded
+// into m) or, for the IQ4 types, IQ4_VALUES[q].
+//
+// The including shader provides the plane reads:
+//   kb_vec4(i): code words 4i .. 4i + 3 of the codes plane;
+//   kb_scale_word(i), kb_min_word(i): word i of the scales / mins plane.
+// `fmt` is a literal at every entry point, so the format branches fold away.
+
+// Format ids: engine/src/weight/kquant.rs (wgsl_id) mirrors them, checked by
+// tests/tests/contracts.rs. They sit above every other format id of the
+// matmul and embedding shaders (0..4), so both can use them as they are.
+const Q5_0: u32 = 5u;
+const Q5_1: u32 = 6u;
+const IQ4_NL: u32 = 7u;
+const Q2_K: u32 = 8u;
+const Q3_K: u32 = 9u;
+const Q4_K: u32 = 10u;
+const Q5_K: u32 = 11u;
+const Q6_K: u32 = 12u;
+const IQ4_XS: u32 = 13u;
+
+const IQ4_VALUES = array<f32, 16>(-127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0,
+                                  1.0, 13.0, 25.0, 38.0, 53.0, 69.0, 89.0, 113.0);
+
+fn is_kq(fmt: u32) -> bool {
+    return fmt >= Q5_0 && fmt <= IQ4_XS;
+}
+
+// Code bits (= code words per block).
+fn kq_bits(fmt: u32) -> u32 {
+    switch fmt {
+        case Q2_K: { return 2u; }
+        case Q3_K: { return 3u; }
+        case Q5_0, Q5_1, Q5_K: { return 5u; }
+        case Q6_K: { return 6u; }
+        default: { return 4u; }
+    }
+}
+
+// Whether the two halves of a block have their own scales.
+fn kq_halves(fmt: u32) -> bool {
+    return fmt == Q2_K || fmt == Q3_K || fmt == Q6_K;
+}
+
+fn kq_table(fmt: u32) -> bool {
+    return fmt == IQ4_NL || fmt == IQ4_XS;
+}
+
+// The code words of block `blk` as (words 0..3, words 4..7); words past the
+// block's `bits` are other blocks' (never used).
+fn kq_load(blk: u32, fmt: u32) -> array<vec4<u32>, 2> {
+    let bits = kq_bits(fmt);
+    var r: array<vec4<u32>, 2>;
+    if bits == 4u {
+        r[0] = kb_vec4(blk);
+        return r;
+    }
+    let w0 = blk * bits;
+    let a = kb_vec4(w0 >> 2u);
+    if bits == 2u {
+        // Two words at an even offset: the vec4's first or second pair.
+        r[0] = select(a, a.zwxy, (w0 & 2u) != 0u);
+        return r;
+    }
+    let b = kb_vec4((w0 >> 2u) + 1u);
+    switch w0 & 3u {
+        case 0u: { r[0] = a; r[1] = b; }
+        case 1u: { r[0] = vec4<u32>(a.yzw, b.x); r[1] = vec4<u32>(b.yzw, 0u); }
+        case 2u: { r[0] = vec4<u32>(a.zw, b.xy); r[1] = vec4<u32>(b.zw, 0u, 0u); }
+        default: { r[0] = vec4<u32>(a.w, b.xyz); r[1] = vec4<u32>(b.w, 0u, 0u, 0u); }
+    }
+    return r;
+}
+
+// Codes 4kq .. 4kq + 3 (kq < 8) of a block's words (the Mixed chunk layout:
+// a 4-bit or 2-bit segment first, then the higher bits).
+fn kq_codes4(lo: vec4<u32>, hi: vec4<u32>, kq: u32, fmt: u32) -> vec4<u32> {
+    let bits = kq_bits(fmt);
+    let sh4 = vec4<u32>(0u, 4u, 8u, 12u) + (kq & 1u) * 16u;
+    let sh2 = vec4<u32>(0u, 2u, 4u, 6u) + (kq & 3u) * 8u;
+    let sh1 = vec4<u32>(0u, 1u, 2u, 3u) + kq * 4u;
+    if bits == 2u || bits == 3u {
+        let two = (vec4<u32>(lo[kq >> 2u]) >> sh2) & vec4<u32>(3u);
+        if bits == 2u {
+            return two;
+        }
+        return two | (((vec4<u32>(lo.z) >> sh1) & vec4<u32>(1u)) << vec4<u32>(2u));
+    }
+    let nib = (vec4<u32>(lo[kq >> 1u]) >> sh4) & vec4<u32>(15u);
+    if bits == 5u {
+        return nib | (((vec4<u32>(hi.x) >> sh1) & vec4<u32>(1u)) << vec4<u32>(4u));
+    }
+    if bits == 6u {
+        return nib | (((vec4<u32>(hi[kq >> 2u]) >> sh2) & vec4<u32>(3u)) << vec4<u32>(4u));
+    }
+    return nib;
+}
+
+// t(q) of four codes as floats.
+fn kq_values4(q: vec4<u32>, fmt: u32) -> vec4<f32> {
+    if kq_table(fmt) {
+        return vec4<f32>(IQ4_VALUES[q.x], IQ4_VALUES[q.y], IQ4_VALUES[q.z], IQ4_VALUES[q.w]);
+    }
+    return vec4<f32>(q);
+}
+
+fn kb_half(word: u32, i: u32) -> f32 {
+    return unpack2x16float(word)[i & 1u];
+}
+
+// Byte i of the scale bytes starting at scales-plane word `base`.
+fn kb_byte(base: u32, i: u32) -> u32 {
+    return (kb_scale_word(base + (i >> 2u)) >> (8u * (i & 3u))) & 255u;
+}
+
+// Block `blk`'s (a0, m0, a1, m1): w = a * t(q) + m, half 0 then half 1
+// (blk = row * cols / 32 + k; super-block blk / 8, sub-block blk % 8).
+fn kq_scales(blk: u32, fmt: u32) -> vec4<f32> {
+    let sb = blk >> 3u;
+    let j = blk & 7u;
+    switch fmt {
+        case Q5_0, IQ4_NL: {
+            let d = kb_half(kb_scale_word(blk >> 1u), blk);
+            let m = select(0.0, -16.0 * d, fmt == Q5_0);
+            return vec4<f32>(d, m, d, m);
+        }
+        case Q5_1: {
+            let d = kb_half(kb_scale_word(blk >> 1u), blk);
+            let m = kb_half(kb_min_word(blk >> 1u), blk);
+            return vec4<f32>(d, m, d, m);
+        }
+        case Q2_K: {
+            let dd = unpack2x16float(kb_min_word(sb));
+            let s0 = kb_byte(sb * 4u, 2u * j);
+            let s1 = kb_byte(sb * 4u, 2u * j + 1u);
+            return vec4<f32>(dd.x * f32(s0 & 15u), -(dd.y * f32(s0 >> 4u)),
+                             dd.x * f32(s1 & 15u), -(dd.y * f32(s1 >> 4u)));
+        }
+        case Q3_K: {
+            // 6-bit scale i: low 4 bits from byte i (i < 8) or byte i - 8's
+            // high nibble, high 2 bits from byte 8 + i % 4 at bit 2 (i / 4).
+            let d = kb_half(kb_min_word(sb >> 1u), sb);
+            let i0 = 2u * j;
+            let i1 = i0 + 1u;
+            let b0 = sb * 3u;
+            let lo0 = select(kb_byte(b0, i0 - 8u) >> 4u, kb_byte(b0, i0) & 15u, i0 < 8u);
+            let lo1 = select(kb_byte(b0, i1 - 8u) >> 4u, kb_byte(b0, i1) & 15u, i1 < 8u);
+            let hi0 = (kb_byte(b0, 8u + (i0 & 3u)) >> (2u * (i0 >> 2u))) & 3u;
+            let hi1 = (kb_byte(b0, 8u + (i1 & 3u)) >> (2u * (i1 >> 2u))) & 3u;
+            let a0 = d * f32(i32(lo0 | (hi0 << 4u)) - 32);
+            let a1 = d * f32(i32(lo1 | (hi1 << 4u)) - 32);
+            return vec4<f32>(a0, -4.0 * a0, a1, -4.0 * a1);
+        }
+        case Q4_K, Q5_K: {
+            // ggml's get_scale_min_k4 over the 12 bytes.
+            let dd = unpack2x16float(kb_min_word(sb));
+            let b0 = sb * 3u;
+            var s: u32;
+            var m: u32;
+            if j < 4u {
+                s = kb_byte(b0, j) & 63u;
+                m = kb_byte(b0, j + 4u) & 63u;
+            } else {
+                s = (kb_byte(b0, j + 4u) & 15u) | ((kb_byte(b0, j - 4u) >> 6u) << 4u);
+                m = (kb_byte(b0, j + 4u) >> 4u) | ((kb_byte(b0, j) >> 6u) << 4u);
+            }
+            let a = dd.x * f32(s);
+            let mm = -(dd.y * f32(m));
+            return vec4<f32>(a, mm, a, mm);
+        }
+        case Q6_K: {
+            let d = kb_half(kb_min_word(sb >> 1u), sb);
+            let w = kb_scale_word(sb * 4u + (j >> 1u)) >> (16u * (j & 1u));
+            // Signed bytes 0 and 1 of w (shifts, not extractBits: portable to MSL 1.x).
+            let a0 = d * f32(bitcast<i32>(w << 24u) >> 24u);
+            let a1 = d * f32(bitcast<i32>(w << 16u) >> 24u);
+            return vec4<f32>(a0, -32.0 * a0, a1, -32.0 * a1);
+        }
+        default: {
+            // IQ4_XS: 4 low bits from the scales word, 2 high from scales_h.
+            let v = kb_min_word(sb);
+            let d = unpack2x16float(v).x;
+            let lo = (kb_scale_word(sb) >> (4u * j)) & 15u;
+            let hi = (v >> (16u + 2u * j)) & 3u;
+            let a = d * f32(i32(lo | (hi << 4u)) - 32);
+            return vec4<f32>(a, 0.0, a, 0.0);
+        }
+    }
+}
