@@ -1,12 +1,15 @@
-// add.wgsl: residual add in place, x += y. Each invocation handles 4
-// elements spaced a workgroup apart, so loads stay coalesced.
+// add.wgsl: residual add in place, x += y; with BIAS, y is one row of
+// `dim` added to every row. Each invocation handles 4 elements spaced a
+// workgroup apart, so loads stay coalesced.
 
 struct Params {
     n: u32,
+    dim: u32,
     _p0: u32,
     _p1: u32,
-    _p2: u32,
 }
+
+override BIAS: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
@@ -22,7 +25,7 @@ fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     for (var k = 0u; k < PER_THREAD; k++) {
         let i = base + k * WG;
         if i < p.n {
-            x[i] = x[i] + y[i];
+            x[i] = x[i] + y[select(i, i % p.dim, BIAS)];
         }
     }
 }

@@ -156,6 +156,7 @@ fn small_ops(c: &mut Criterion) {
                 y,
                 dim: DIM,
                 max_rows: t,
+                bias: false,
             };
             g.push(format!("add{l}"), Op::Add(op)).expect("graph");
         }

@@ -70,15 +70,21 @@ pub fn config_from_hf(j: &Value, path: &Path) -> Result<LlamaConfig> {
         .as_array()
         .map_or(vec![], |a| a.iter().filter_map(Value::as_str).collect());
     let model_type = j["model_type"].as_str().unwrap_or("");
-    let llama_arch = archs
-        .iter()
-        .any(|a| matches!(*a, "LlamaForCausalLM" | "MistralForCausalLM"));
-    if !(llama_arch || (archs.is_empty() && matches!(model_type, "llama" | "mistral"))) {
+    let llama_arch = archs.iter().any(|a| {
+        matches!(
+            *a,
+            "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM"
+        )
+    });
+    let known_type = matches!(model_type, "llama" | "mistral" | "qwen2");
+    if !(llama_arch || (archs.is_empty() && known_type)) {
         let what = archs.first().copied().unwrap_or(model_type);
         return Err(ModelError::Unsupported(format!(
-            "architecture `{what}`: Lamina runs Llama-family models"
+            "architecture `{what}`: Lamina runs Llama, Mistral and Qwen2 models"
         )));
     }
+    // Qwen2 always adds biases to q, k and v (and nowhere else).
+    let qkv_bias = model_type == "qwen2" || archs.contains(&"Qwen2ForCausalLM");
     let usize_of = |key: &str| -> Result<Option<usize>> {
         match &j[key] {
             Value::Null => Ok(None),
@@ -181,6 +187,7 @@ pub fn config_from_hf(j: &Value, path: &Path) -> Result<LlamaConfig> {
         tied_embeddings: j["tie_word_embeddings"].as_bool().unwrap_or(false),
         hadamard: Default::default(),
         rope_factors,
+        qkv_bias,
     };
     config.validate()?;
     Ok(config)

@@ -3,11 +3,13 @@
 //! `.lamina.safetensors` file, `crate::lamina_file`). Each fills a
 //! [`LoadedModel`], the checkpoint in memory.
 //!
-//! GGUF keys and tensor names follow llama.cpp's `llama` architecture
-//! (`convert_hf_to_gguf.py`). llama.cpp permutes the rows of `attn_q` and
+//! GGUF keys and tensor names follow llama.cpp's `llama` and `qwen2`
+//! architectures (`convert_hf_to_gguf.py`; keys are prefixed with the
+//! architecture). For Llama, llama.cpp permutes the rows of `attn_q` and
 //! `attn_k` when converting, so that RoPE rotates interleaved pairs
-//! (2i, 2i+1); a GGUF model therefore runs with [`RopeStyle::Interleaved`]
-//! and its weights as stored.
+//! (2i, 2i+1); such a model runs with [`RopeStyle::Interleaved`] and its
+//! weights as stored. Qwen2 files keep Hugging Face's order and run
+//! [`RopeStyle::Neox`].
 
 use std::path::Path;
 
@@ -80,28 +82,36 @@ fn opt_usize(g: &GgufFile, key: &str) -> Result<Option<usize>> {
         .transpose()
 }
 
-/// Reads `llama.*` hyperparameters.
+/// The GGUF architectures Lamina runs: Llama (2, 3.x, TinyLlama, SmolLM),
+/// Mistral (llama.cpp writes it as `llama`; `mistral` is accepted too) and
+/// Qwen2 (q/k/v biases, RoPE on rotate-half pairs, not permuted).
+pub const GGUF_ARCHS: [&str; 3] = ["llama", "mistral", "qwen2"];
+
+/// Reads the `<arch>.*` hyperparameters.
 pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig> {
     let arch = need("general.architecture", g.get_str("general.architecture")?)?;
-    if arch != "llama" {
+    if !GGUF_ARCHS.contains(&arch) {
         return Err(ModelError::Unsupported(format!(
-            "architecture `{arch}`: Lamina runs Llama-family models"
+            "architecture `{arch}`: Lamina runs {}",
+            GGUF_ARCHS.join(", ")
         )));
     }
-    if opt_usize(g, "llama.expert_count")?.unwrap_or(0) > 0 {
+    // Every hyperparameter key is prefixed with the architecture's name.
+    let key = |k: &str| format!("{arch}.{k}");
+    if opt_usize(g, &key("expert_count"))?.unwrap_or(0) > 0 {
         return Err(ModelError::Unsupported(
             "mixture-of-experts Llama models (llama.expert_count > 0)".into(),
         ));
     }
-    let dim = need_usize(g, "llama.embedding_length")?;
-    let n_heads = need_usize(g, "llama.attention.head_count")?;
-    let n_kv_heads = opt_usize(g, "llama.attention.head_count_kv")?.unwrap_or(n_heads);
+    let dim = need_usize(g, &key("embedding_length"))?;
+    let n_heads = need_usize(g, &key("attention.head_count"))?;
+    let n_kv_heads = opt_usize(g, &key("attention.head_count_kv"))?.unwrap_or(n_heads);
     if n_heads == 0 {
-        return Err(ModelError::Invalid(
-            "llama.attention.head_count is 0".into(),
-        ));
+        return Err(ModelError::Invalid(format!(
+            "{arch}.attention.head_count is 0"
+        )));
     }
-    let head_dim = match opt_usize(g, "llama.attention.key_length")? {
+    let head_dim = match opt_usize(g, &key("attention.key_length"))? {
         Some(k) => k,
         None if dim.is_multiple_of(n_heads) => dim / n_heads,
         None => {
@@ -110,25 +120,26 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig> {
             )));
         }
     };
-    if let Some(v) = opt_usize(g, "llama.attention.value_length")?
+    if let Some(v) = opt_usize(g, &key("attention.value_length"))?
         && v != head_dim
     {
         return Err(ModelError::Unsupported(format!(
             "value_length {v} != key_length {head_dim}"
         )));
     }
-    if let Some(r) = opt_usize(g, "llama.rope.dimension_count")?
+    if let Some(r) = opt_usize(g, &key("rope.dimension_count"))?
         && r != head_dim
     {
         return Err(ModelError::Unsupported(format!(
             "partial RoPE (rope.dimension_count {r} < head_dim {head_dim})"
         )));
     }
-    check_rope_scaling(g)?;
+    check_rope_scaling(g, arch)?;
+    let qkv_bias = g.tensor_info(&LayerTensor::Bq.gguf_name(0)).is_some();
 
     let vocab_size = match g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
         Some(tokens) => tokens.len(),
-        None => match opt_usize(g, "llama.vocab_size")? {
+        None => match opt_usize(g, &key("vocab_size"))? {
             Some(v) => v,
             None => g
                 .tensor_info(ModelTensor::TokenEmbd.gguf_name())
@@ -137,23 +148,30 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig> {
     };
     let config = LlamaConfig {
         arch: arch.to_string(),
-        n_layers: need_usize(g, "llama.block_count")?,
+        n_layers: need_usize(g, &key("block_count"))?,
         dim,
         n_heads,
         n_kv_heads,
         head_dim,
-        ffn_dim: need_usize(g, "llama.feed_forward_length")?,
+        ffn_dim: need_usize(g, &key("feed_forward_length"))?,
         vocab_size,
         norm_eps: need(
-            "llama.attention.layer_norm_rms_epsilon",
-            g.get_f32("llama.attention.layer_norm_rms_epsilon")?,
+            &key("attention.layer_norm_rms_epsilon"),
+            g.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
         )?,
-        rope_theta: g.get_f32("llama.rope.freq_base")?.unwrap_or(10000.0),
-        rope_style: RopeStyle::Interleaved,
-        max_seq_len: need_usize(g, "llama.context_length")?,
+        rope_theta: g.get_f32(&key("rope.freq_base"))?.unwrap_or(10000.0),
+        // llama.cpp permutes Llama's q/k rows for interleaved pairs; Qwen2
+        // keeps Hugging Face's order and runs rotate-half (NeoX) RoPE.
+        rope_style: if arch == "qwen2" {
+            RopeStyle::Neox
+        } else {
+            RopeStyle::Interleaved
+        },
+        max_seq_len: need_usize(g, &key("context_length"))?,
         tied_embeddings: g.tensor_info(ModelTensor::Output.gguf_name()).is_none(),
         hadamard: Default::default(),
         rope_factors: rope_factors(g, head_dim)?,
+        qkv_bias,
     };
     config.validate()?;
     Ok(config)
@@ -162,9 +180,13 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig> {
 /// Refuses RoPE scalings that change every position's angles (linear, YaRN:
 /// the config cannot express them). Llama 3.x's scaling has no key: the
 /// converter stores it as the `rope_freqs` tensor ([`rope_factors`]).
-fn check_rope_scaling(g: &GgufFile) -> Result<()> {
-    let kind = g.get_str("llama.rope.scaling.type")?.unwrap_or("none");
-    let factor = g.get_f32("llama.rope.scaling.factor")?.unwrap_or(1.0);
+fn check_rope_scaling(g: &GgufFile, arch: &str) -> Result<()> {
+    let kind = g
+        .get_str(&format!("{arch}.rope.scaling.type"))?
+        .unwrap_or("none");
+    let factor = g
+        .get_f32(&format!("{arch}.rope.scaling.factor"))?
+        .unwrap_or(1.0);
     if kind != "none" && factor != 1.0 {
         return Err(ModelError::Unsupported(format!(
             "RoPE scaling `{kind}` (factor {factor})"
@@ -192,10 +214,16 @@ fn rope_factors(g: &GgufFile, head_dim: usize) -> Result<Vec<f32>> {
 
 /// Maps llama.cpp tensor names to [`LlamaWeights`], checking shapes.
 pub fn weights_from_gguf(g: &GgufFile, c: &LlamaConfig) -> Result<LlamaWeights> {
-    if g.tensor_info("blk.0.attn_q.bias").is_some() {
-        return Err(ModelError::Unsupported(
-            "attention biases (blk.N.attn_q.bias)".into(),
-        ));
+    for other in [
+        "blk.0.attn_output.bias",
+        "blk.0.ffn_down.bias",
+        "blk.0.ffn_up.bias",
+    ] {
+        if g.tensor_info(other).is_some() {
+            return Err(ModelError::Unsupported(format!(
+                "biases other than q/k/v ({other})"
+            )));
+        }
     }
     LlamaWeights::try_from_table(c, |role| g.load_tensor(&role.gguf_name()))
 }

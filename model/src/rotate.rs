@@ -250,15 +250,27 @@ pub fn rotate(m: &LoadedModel, o: &RotateOptions) -> Result<LoadedModel> {
                     x.rows_with(|v| hadamard::transform(v, ffn).expect("ffn_dim checked"));
                     x.columns_with(|v| rot.apply(v));
                 }
-                T::AttnNorm | T::FfnNorm => unreachable!("linears() yields matrices"),
+                T::AttnNorm | T::FfnNorm | T::Bq | T::Bk | T::Bv => {
+                    unreachable!("linears() yields matrices")
+                }
             }
             mats.push((role, x.tensor()));
         }
-        layers.push(LayerWeights::try_from_fn(|role| {
+        layers.push(LayerWeights::try_from_fn(lw.qkv_bias.is_some(), |role| {
             use crate::checkpoint::LayerTensor as T;
+            let bias = |i: usize| lw.qkv_bias.as_ref().map(|b| &b[i]).expect("has biases");
             Ok(match role {
                 T::AttnNorm => ones(&lw.attn_norm),
                 T::FfnNorm => ones(&lw.ffn_norm),
+                // R acts on q/k/v's inputs, so their biases stay; v's output
+                // side has the per-head Hadamard, and so does its bias.
+                T::Bq => bias(0).clone(),
+                T::Bk => bias(1).clone(),
+                T::Bv => {
+                    let mut b = bias(2).to_f32()?;
+                    head_h(&mut b);
+                    HostTensor::from_f32(&bias(2).name, bias(2).shape.clone(), &b)
+                }
                 _ => mats
                     .iter()
                     .find(|(r, _)| *r == role)

@@ -64,6 +64,7 @@ pub fn synthetic_config(preset: &str) -> Result<LlamaConfig> {
         tied_embeddings: true,
         hadamard: Default::default(),
         rope_factors: Vec::new(),
+        qkv_bias: false,
     };
     let cfg = match preset.to_ascii_lowercase().as_str() {
         "tiny" => LlamaConfig {
@@ -177,6 +178,10 @@ pub fn synthetic_weights(cfg: &LlamaConfig, dtype: HostDType, seed: u64) -> Resu
             Role::Model(ModelTensor::OutputNorm)
             | Role::Layer(_, LayerTensor::AttnNorm | LayerTensor::FfnNorm) => {
                 (NORM_STD, HostDType::F32, 1.0)
+            }
+            // Qwen2-style q/k/v biases: as large as the projections' outputs.
+            Role::Layer(_, LayerTensor::Bq | LayerTensor::Bk | LayerTensor::Bv) => {
+                (0.5, HostDType::F32, 0.0)
             }
             // Layers that write the residual stream are scaled down by depth.
             Role::Layer(_, t @ (LayerTensor::Wo | LayerTensor::WDown)) => {

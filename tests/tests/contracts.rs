@@ -309,6 +309,7 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             y: 1,
             dim: 64,
             max_rows: 8,
+            bias: false,
         }),
         Box::new(rmsnorm::RmsNorm {
             x: 0,

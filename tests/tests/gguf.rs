@@ -433,15 +433,14 @@ fn hf_tokenizer_spec_from_golden_files() -> Result<()> {
 fn host_and_gpu_block_sizes_agree() {
     use lamina_engine::WeightFormat;
     use lamina_model::checkpoint::HostDType;
-    let pairs = [
-        (HostDType::F32, WeightFormat::F32),
-        (HostDType::F16, WeightFormat::F16),
-        (HostDType::Q4_0, WeightFormat::Q4_0),
-        (HostDType::Q4_1, WeightFormat::Q4_1),
-        (HostDType::Q8_0, WeightFormat::Q8_0),
-    ];
-    for (h, w) in pairs {
-        for cols in [32u32, 96, 4096] {
+    // Every GPU format but Mixed has the host type of the same name.
+    for w in WeightFormat::ALL
+        .into_iter()
+        .filter(|&w| w != WeightFormat::Mixed)
+    {
+        let h: HostDType = w.name().parse().unwrap();
+        let m = lamina_engine::weight::col_multiple(w);
+        for cols in [32u32, 96, 4096].map(|c| c.next_multiple_of(m)) {
             let host = h.byte_len(cols as usize);
             let gpu = lamina_engine::weight::ggml_row_bytes(w, cols);
             assert_eq!(host, Some(gpu), "{h} / {w:?}: a row of {cols}");

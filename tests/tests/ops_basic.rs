@@ -60,6 +60,7 @@ fn add_matches_reference_and_respects_step_rows() {
                 y: yt,
                 dim: dim as u32,
                 max_rows: rows as u32,
+                bias: false,
             }),
         )
         .unwrap();

@@ -1,7 +1,9 @@
-//! Residual add, in place: `x[i] += y[i]`.
+//! Residual add, in place: `x[i] += y[i]`; or, with `bias`, one row added
+//! to every row: `x[t, i] += y[i]` (Qwen2's q/k/v biases).
 //!
 //! # Shapes
-//! x: [n_tokens, dim] f32 (read-write), y: [n_tokens, dim] f32.
+//! x: [n_tokens, dim] f32 (read-write), y: [n_tokens, dim] f32 (`[dim]`
+//! with `bias`).
 
 use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
@@ -16,7 +18,9 @@ crate::params_struct! {
     pub struct AddParams {
         /// Elements in this step.
         pub n: u32,
-        pub _pad: [u32; 3],
+        /// Elements per row (y's length with `BIAS`).
+        pub dim: u32,
+        pub _pad: [u32; 2],
     }
 }
 
@@ -27,6 +31,8 @@ pub struct Add {
     /// Elements per row.
     pub dim: u32,
     pub max_rows: u32,
+    /// y is one row, added to every row of x.
+    pub bias: bool,
 }
 
 /// Elements per invocation and workgroup size (mirrors add.wgsl).
@@ -39,24 +45,38 @@ impl OpDef for Add {
     }
     fn check(&self, g: &[TensorInfo]) -> Result<()> {
         let n = 4 * u64::from(self.dim) * u64::from(self.max_rows);
+        crate::ensure_shape!(self.dim > 0, "add", "dim is 0");
         check_bytes(g, "add", "x", self.x, n)?;
-        check_bytes(g, "add", "y", self.y, n)
+        let y = if self.bias {
+            4 * u64::from(self.dim)
+        } else {
+            n
+        };
+        check_bytes(g, "add", "y", self.y, y)
     }
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
         vec![Call::new(
-            Kernel::new(&SHADER, "add"),
+            Kernel::new(&SHADER, "add").with("BIAS", u32::from(self.bias)),
             vec![Binding::write(self.x), Binding::read(self.y)],
         )]
     }
     fn step(&self, _tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         let n = step.n_tokens.min(self.max_rows) * self.dim;
-        write_params(params, &AddParams { n, _pad: [0; 3] });
+        write_params(
+            params,
+            &AddParams {
+                n,
+                dim: self.dim,
+                _pad: [0; 2],
+            },
+        );
         grid1(n.div_ceil(WG * PER_THREAD))
     }
 }
 
+/// CPU reference; `y` shorter than `x` (a bias) repeats for every row.
 pub fn reference(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
+    for (i, a) in x.iter_mut().enumerate() {
+        *a += y[i % y.len()];
     }
 }

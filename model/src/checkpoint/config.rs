@@ -40,6 +40,9 @@ pub struct LlamaConfig {
     /// RoPE is unscaled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rope_factors: Vec<f32>,
+    /// q, k and v projections add a bias (Qwen2). Absent in older files.
+    #[serde(default)]
+    pub qkv_bias: bool,
 }
 
 /// Llama 3.x's `llama3` RoPE scaling as frequency divisors, one per pair:

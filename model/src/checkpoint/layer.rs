@@ -8,7 +8,8 @@ use super::config::LlamaConfig;
 use super::tensor::HostTensor;
 use crate::Result;
 
-/// One of the nine tensors of a transformer block.
+/// One of the tensors of a transformer block: the nine every block has,
+/// and the q/k/v biases of the models that add them (Qwen2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LayerTensor {
     AttnNorm,
@@ -20,6 +21,12 @@ pub enum LayerTensor {
     WGate,
     WUp,
     WDown,
+    /// `[n_heads * head_dim]`, added to q (only with `LlamaConfig::qkv_bias`).
+    Bq,
+    /// `[n_kv_heads * head_dim]`, added to k.
+    Bk,
+    /// `[n_kv_heads * head_dim]`, added to v.
+    Bv,
 }
 
 impl LayerTensor {
@@ -35,6 +42,9 @@ impl LayerTensor {
         LayerTensor::WUp,
         LayerTensor::WDown,
     ];
+
+    /// The q/k/v biases, after the nine in a block that has them.
+    pub const BIASES: [LayerTensor; 3] = [LayerTensor::Bq, LayerTensor::Bk, LayerTensor::Bv];
 
     /// The seven linear layers (`y = W x`), the ones quantizers quantize.
     pub const LINEAR: [LayerTensor; 7] = [
@@ -60,6 +70,18 @@ impl LayerTensor {
             LayerTensor::WGate => "ffn_gate",
             LayerTensor::WUp => "ffn_up",
             LayerTensor::WDown => "ffn_down",
+            LayerTensor::Bq => "attn_q",
+            LayerTensor::Bk => "attn_k",
+            LayerTensor::Bv => "attn_v",
+        }
+    }
+
+    /// `bias` for the biases, `weight` for the others (the last part of
+    /// both files' tensor names).
+    fn kind(self) -> &'static str {
+        match self {
+            LayerTensor::Bq | LayerTensor::Bk | LayerTensor::Bv => "bias",
+            _ => "weight",
         }
     }
 
@@ -75,17 +97,20 @@ impl LayerTensor {
             LayerTensor::WGate => "mlp.gate_proj",
             LayerTensor::WUp => "mlp.up_proj",
             LayerTensor::WDown => "mlp.down_proj",
+            LayerTensor::Bq => "self_attn.q_proj",
+            LayerTensor::Bk => "self_attn.k_proj",
+            LayerTensor::Bv => "self_attn.v_proj",
         }
     }
 
     /// The full GGUF tensor name in block `layer`.
     pub fn gguf_name(self, layer: usize) -> String {
-        format!("blk.{layer}.{}.weight", self.gguf())
+        format!("blk.{layer}.{}.{}", self.gguf(), self.kind())
     }
 
     /// The full Hugging Face tensor name in block `layer`.
     pub fn hf_name(self, layer: usize) -> String {
-        format!("model.layers.{layer}.{}.weight", self.hf())
+        format!("model.layers.{layer}.{}.{}", self.hf(), self.kind())
     }
 
     /// Row-major shape `[rows = out, cols = in]` (`[dim]` for the norms).
@@ -98,6 +123,8 @@ impl LayerTensor {
             LayerTensor::Wo => vec![dim, q],
             LayerTensor::WGate | LayerTensor::WUp => vec![ffn, dim],
             LayerTensor::WDown => vec![dim, ffn],
+            LayerTensor::Bq => vec![q],
+            LayerTensor::Bk | LayerTensor::Bv => vec![kv],
         }
     }
 }
@@ -150,11 +177,17 @@ pub struct LayerWeights {
     pub w_gate: HostTensor,    // [ffn_dim, dim]
     pub w_up: HostTensor,      // [ffn_dim, dim]
     pub w_down: HostTensor,    // [dim, ffn_dim]
+    /// q, k and v biases, in that order (Qwen2); `None` without.
+    pub qkv_bias: Option<[HostTensor; 3]>,
 }
 
 impl LayerWeights {
-    /// Builds a block from `f`, called once per tensor in [`LayerTensor::ALL`] order.
-    pub fn try_from_fn(mut f: impl FnMut(LayerTensor) -> Result<HostTensor>) -> Result<Self> {
+    /// Builds a block from `f`, called once per tensor in [`LayerTensor::ALL`]
+    /// order, then for [`LayerTensor::BIASES`] when `bias`.
+    pub fn try_from_fn(
+        bias: bool,
+        mut f: impl FnMut(LayerTensor) -> Result<HostTensor>,
+    ) -> Result<Self> {
         Ok(LayerWeights {
             attn_norm: f(LayerTensor::AttnNorm)?,
             wq: f(LayerTensor::Wq)?,
@@ -165,11 +198,21 @@ impl LayerWeights {
             w_gate: f(LayerTensor::WGate)?,
             w_up: f(LayerTensor::WUp)?,
             w_down: f(LayerTensor::WDown)?,
+            qkv_bias: match bias {
+                true => Some([
+                    f(LayerTensor::Bq)?,
+                    f(LayerTensor::Bk)?,
+                    f(LayerTensor::Bv)?,
+                ]),
+                false => None,
+            },
         })
     }
 
-    pub fn get(&self, t: LayerTensor) -> &HostTensor {
-        match t {
+    /// The tensor of role `t`; `None` for a bias the block does not have.
+    pub fn get(&self, t: LayerTensor) -> Option<&HostTensor> {
+        let bias = |i: usize| self.qkv_bias.as_ref().map(|b| &b[i]);
+        Some(match t {
             LayerTensor::AttnNorm => &self.attn_norm,
             LayerTensor::Wq => &self.wq,
             LayerTensor::Wk => &self.wk,
@@ -179,17 +222,26 @@ impl LayerWeights {
             LayerTensor::WGate => &self.w_gate,
             LayerTensor::WUp => &self.w_up,
             LayerTensor::WDown => &self.w_down,
-        }
+            LayerTensor::Bq => return bias(0),
+            LayerTensor::Bk => return bias(1),
+            LayerTensor::Bv => return bias(2),
+        })
     }
 
-    /// Every tensor with its role, in [`LayerTensor::ALL`] order.
+    /// Every tensor the block has with its role: [`LayerTensor::ALL`], then
+    /// the biases.
     pub fn tensors(&self) -> impl Iterator<Item = (LayerTensor, &HostTensor)> {
-        LayerTensor::ALL.into_iter().map(|t| (t, self.get(t)))
+        LayerTensor::ALL
+            .into_iter()
+            .chain(LayerTensor::BIASES)
+            .filter_map(|t| Some((t, self.get(t)?)))
     }
 
     /// The seven linear layers with their roles.
     pub fn linears(&self) -> impl Iterator<Item = (LayerTensor, &HostTensor)> {
-        LayerTensor::LINEAR.into_iter().map(|t| (t, self.get(t)))
+        LayerTensor::LINEAR
+            .into_iter()
+            .filter_map(|t| Some((t, self.get(t)?)))
     }
 }
 
@@ -221,7 +273,7 @@ impl LlamaWeights {
         // tensor by its place in this sequence.
         let token_embd = checked(Role::Model(ModelTensor::TokenEmbd))?;
         let layers = (0..c.n_layers)
-            .map(|i| LayerWeights::try_from_fn(|t| checked(Role::Layer(i, t))))
+            .map(|i| LayerWeights::try_from_fn(c.qkv_bias, |t| checked(Role::Layer(i, t))))
             .collect::<Result<Vec<_>>>()?;
         let output_norm = checked(Role::Model(ModelTensor::OutputNorm))?;
         let output = match c.tied_embeddings {

@@ -440,6 +440,7 @@ pub fn push_layer(
                 y,
                 dim: c.dim as u32,
                 max_rows: n,
+                bias: false,
             }),
         )?;
         Ok(())
@@ -455,6 +456,19 @@ pub fn push_layer(
         (&lw.wv, io.v, "attn_v"),
     ];
     linears(g, io.h, ActSite::QkvIn, true, &qkv)?;
+    if let Some(biases) = &lw.qkv_bias {
+        for ((b, (_, t, name)), heads) in biases.iter().zip(&qkv).zip([nh, nkv, nkv]) {
+            let y = external(g, &p(&format!("{name}_bias")), b);
+            let add = add::Add {
+                x: *t,
+                y,
+                dim: heads * hd,
+                max_rows: n,
+                bias: true,
+            };
+            g.push(p(&format!("{name}_bias")), Op::Add(add))?;
+        }
+    }
     // A rotated model's online Hadamard on each query and key head: fused
     // into RoPE where the head is a power of two, else a dispatch of its own.
     let fused = hd.is_power_of_two() && hd <= rope::HADAMARD_MAX_DIM;

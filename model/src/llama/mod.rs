@@ -108,6 +108,8 @@ pub struct GpuLayer {
     pub w_down: GpuWeight,
     /// Integer activations, when the model quantizes them.
     pub act: Option<LayerAct>,
+    /// q, k and v biases (Qwen2), each `[width]` f32.
+    pub qkv_bias: Option<[Tensor; 3]>,
 }
 
 impl GpuLayer {
@@ -124,6 +126,14 @@ impl GpuLayer {
             w_up: upload_matrix(gpu, &l.w_up, mode)?,
             w_down: upload_matrix(gpu, &l.w_down, mode)?,
             act: None,
+            qkv_bias: match &l.qkv_bias {
+                Some([q, k, v]) => Some([
+                    upload_vector(gpu, q)?,
+                    upload_vector(gpu, k)?,
+                    upload_vector(gpu, v)?,
+                ]),
+                None => None,
+            },
         })
     }
 
@@ -138,7 +148,11 @@ impl GpuLayer {
             &self.w_up,
             &self.w_down,
         ];
-        self.attn_norm.size + self.ffn_norm.size + mats.iter().map(|w| w.bytes()).sum::<u64>()
+        let biases: u64 = self.qkv_bias.iter().flatten().map(|b| b.size).sum();
+        self.attn_norm.size
+            + self.ffn_norm.size
+            + biases
+            + mats.iter().map(|w| w.bytes()).sum::<u64>()
     }
 }
 

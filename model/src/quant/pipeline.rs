@@ -295,14 +295,18 @@ fn read_hessian(ex: &Executor, id: TensorId, dim: usize, n_tokens: usize) -> Res
 /// Which of a block's four Gram taps holds a linear layer's input: the
 /// normed residual (q, k, v), the attention output (o), the normed residual
 /// after attention (gate, up), the SwiGLU activation (down). `None` for the
-/// norms, which are not quantized.
+/// norms and biases, which are not quantized.
 fn input_tap(t: LayerTensor) -> Option<usize> {
     match t {
         LayerTensor::Wq | LayerTensor::Wk | LayerTensor::Wv => Some(0),
         LayerTensor::Wo => Some(1),
         LayerTensor::WGate | LayerTensor::WUp => Some(2),
         LayerTensor::WDown => Some(3),
-        LayerTensor::AttnNorm | LayerTensor::FfnNorm => None,
+        LayerTensor::AttnNorm
+        | LayerTensor::FfnNorm
+        | LayerTensor::Bq
+        | LayerTensor::Bk
+        | LayerTensor::Bv => None,
     }
 }
 
@@ -444,8 +448,8 @@ pub fn quantize_model(
 
         // 2. Quantize the seven matrices (norms stay as they are).
         let mut done = 0;
-        let ql = LayerWeights::try_from_fn(|role| {
-            let t = lw.get(role);
+        let ql = LayerWeights::try_from_fn(lw.qkv_bias.is_some(), |role| {
+            let t = lw.get(role).expect("the block has each role it asks for");
             let Some(input) = input_tap(role) else {
                 return Ok(t.clone());
             };

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! xb  = rmsnorm(x) * attn_norm
-//! q, k, v = Wq xb, Wk xb, Wv xb;  rope(q, k)
+//! q, k, v = Wq xb, Wk xb, Wv xb (+ biases, Qwen2);  rope(q, k)
 //! x  += Wo attention(q, k_cache, v_cache)        causal, GQA
 //! xb  = rmsnorm(x) * ffn_norm
 //! x  += W_down (silu(W_gate xb) * W_up xb)       SwiGLU
@@ -53,6 +53,22 @@ struct Layer {
     w_gate: Matrix,      // [ffn_dim, dim]
     w_up: Matrix,        // [ffn_dim, dim]
     w_down: Matrix,      // [dim, ffn_dim]
+    /// q, k, v biases (Qwen2), empty without.
+    bq: Vec<f32>,
+    bk: Vec<f32>,
+    bv: Vec<f32>,
+}
+
+/// Adds `bias` to every row of `x` (nothing when the bias is empty).
+fn add_bias(x: &mut [f32], bias: &[f32]) {
+    if bias.is_empty() {
+        return;
+    }
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
 }
 
 /// Activations for up to `batch` tokens and the KV cache for `max_ctx`
@@ -495,6 +511,9 @@ impl Reference {
             matmul(q, xb, &layer.wq, threads); // [n, n_heads * head_dim]
             matmul(k_new, xb, &layer.wk, threads);
             matmul(v_new, xb, &layer.wv, threads);
+            add_bias(q, &layer.bq);
+            add_bias(k_new, &layer.bk);
+            add_bias(v_new, &layer.bv);
             self.rope.rotate(q, cfg.n_heads, pos, cfg.rope_style);
             self.rope.rotate(k_new, cfg.n_kv_heads, pos, cfg.rope_style);
             if had.qk {
@@ -560,6 +579,10 @@ impl Reference {
 impl Layer {
     fn new(l: &LayerWeights, cfg: &LlamaConfig) -> Result<Layer> {
         let (dim, qd, kvd, ffn) = (cfg.dim, cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim);
+        let bias = |i: usize, n: usize| match &l.qkv_bias {
+            Some(b) => vector(&b[i], n),
+            None => Ok(Vec::new()),
+        };
         Ok(Layer {
             attn_norm: vector(&l.attn_norm, dim)?,
             wq: matrix(&l.wq, qd, dim)?,
@@ -570,6 +593,9 @@ impl Layer {
             w_gate: matrix(&l.w_gate, ffn, dim)?,
             w_up: matrix(&l.w_up, ffn, dim)?,
             w_down: matrix(&l.w_down, dim, ffn)?,
+            bq: bias(0, qd)?,
+            bk: bias(1, kvd)?,
+            bv: bias(2, kvd)?,
         })
     }
 }
