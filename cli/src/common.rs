@@ -70,10 +70,19 @@ pub enum PivotSource {
 }
 
 /// The formats `--synthetic-format` offers.
-const SYNTHETIC_FORMATS: [HostDType; 5] = [
+const SYNTHETIC_FORMATS: [HostDType; 14] = [
     HostDType::Q4_0,
     HostDType::Q4_1,
     HostDType::Q8_0,
+    HostDType::Q5_0,
+    HostDType::Q5_1,
+    HostDType::IQ4_NL,
+    HostDType::Q2_K,
+    HostDType::Q3_K,
+    HostDType::Q4_K,
+    HostDType::Q5_K,
+    HostDType::Q6_K,
+    HostDType::IQ4_XS,
     HostDType::F16,
     HostDType::F32,
 ];

@@ -99,6 +99,17 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         c.norm_eps,
         c.tied_embeddings
     );
+    if !c.rope_factors.is_empty() {
+        let max = c.rope_factors.iter().copied().fold(1.0f32, f32::max);
+        println!(
+            "rope scaling: llama3, {} of {} pairs' frequencies divided (by up to {max})",
+            c.rope_factors.iter().filter(|&&f| f != 1.0).count(),
+            c.rope_factors.len()
+        );
+    }
+    if c.qkv_bias {
+        println!("attention: q, k and v biases");
+    }
     print_kv_formats(c, m.recipe.as_ref().and_then(|r| r.kv.as_ref()));
     if let Some(p) = &m.pivot {
         let tuned = m

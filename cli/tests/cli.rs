@@ -422,3 +422,69 @@ fn prefixquant_bad_input() {
     );
     assert!(!out.exists());
 }
+
+/// ../shared/golden/archs/spm/NAME, or None (the test skips) outside CI.
+fn spm_file(name: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/golden/archs/spm")
+        .join(name);
+    if !p.is_file() {
+        assert!(std::env::var_os("CI").is_none(), "CI needs {}", p.display());
+        return None;
+    }
+    Some(p)
+}
+
+#[test]
+fn k_quant_gguf_generates_and_inspects() {
+    let Some(p) = spm_file("spm-Q3_K_M.gguf") else {
+        return;
+    };
+    let p = p.to_str().expect("utf8");
+    let out = lamina(&["generate", "-m", p, "-p", "The", "-n", "4", "--temp", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lamina(&["inspect", "-m", p]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "bits per weight (all tensors): 4.19",
+    ] {
+        assert!(text.contains(want), "inspect should list {want}: {text}");
+    }
+}
+
+/// A tensor type Lamina cannot run names itself and the tensor.
+#[test]
+fn unsupported_tensor_type_names_itself() {
+    use lamina_model::gguf::GgufFile;
+    let Some(src) = spm_file("spm-IQ4_NL.gguf") else {
+        return;
+    };
+    let g = GgufFile::open(&src).expect("open");
+    let mut w = GgufWriter::new();
+    for (k, v) in g.metadata() {
+        w.kv(k.clone(), v.clone());
+    }
+    for t in g.tensors() {
+        let bytes = g.tensor_bytes(t).expect("bytes").to_vec();
+        if t.name == "blk.1.ffn_up.weight" {
+            // IQ2_XXS (ggml type 16): 66 bytes per 256 weights.
+            let n = t.numel() as usize / 256 * 66;
+            w.tensor(t.name.clone(), &t.shape(), 16, vec![0; n]);
+        } else {
+            w.tensor(t.name.clone(), &t.shape(), t.ggml_type, bytes);
+        }
+    }
+    let p = temp("iq2_xxs.gguf");
+    w.write(&p).expect("write");
+    let out = lamina(&["generate", "-m", p.to_str().expect("utf8"), "-p", "hi"]);
+    fails_with(&out, "IQ2_XXS");
+    fails_with(&out, "blk.1.ffn_up.weight");
+}

@@ -28,7 +28,7 @@ use crate::{ModelError, Result};
 mod value;
 pub mod writer;
 
-use crate::checkpoint::ggml::{ggml_type_layout, ggml_type_name, host_dtype};
+use crate::checkpoint::ggml::{ggml_type_layout, ggml_type_name, ggml_type_of, host_dtype};
 pub use value::{GgufArray, GgufValue, GgufValueType};
 
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
@@ -285,9 +285,14 @@ impl GgufFile {
             ModelError::Invalid(format!("{}: no tensor `{name}`", self.path.display()))
         })?;
         let dtype = info.dtype().ok_or_else(|| {
+            let runs: Vec<String> = HostDType::ALL
+                .iter()
+                .filter_map(|&d| ggml_type_of(d).map(ggml_type_name))
+                .collect();
             ModelError::Unsupported(format!(
-                "tensor `{name}` has ggml type {} (Lamina runs F32, F16, BF16, Q4_0, Q4_1, Q8_0)",
-                info.type_name()
+                "tensor `{name}` has ggml type {} (Lamina runs {})",
+                info.type_name(),
+                runs.join(", ")
             ))
         })?;
         let bad = || ModelError::Gguf {

@@ -23,7 +23,11 @@ use std::thread;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
+use lamina_engine::WeightFormat;
+use lamina_engine::weight::kquant;
+
 use crate::checkpoint::encode::quantize_into;
+use crate::checkpoint::ggml::dequantize;
 use crate::checkpoint::{
     Bytes, HostDType, HostTensor, LayerTensor, LlamaWeights, LoadedModel, ModelTensor, Role,
 };
@@ -206,6 +210,9 @@ struct TensorSpec {
 
 impl TensorSpec {
     fn generate(&self, threads: usize) -> Result<Vec<u8>> {
+        if let Some(fields) = read_only_format(self.dtype) {
+            return self.random_blocks(fields);
+        }
         let row_bytes = self.dtype.bytes_for(self.cols);
         let rows_per_chunk = (CHUNK_VALUES / self.cols).max(1);
         let mut data = vec![0u8; self.rows * row_bytes];
@@ -240,6 +247,44 @@ impl TensorSpec {
             }
             Ok::<_, ModelError>(())
         })?;
+        Ok(data)
+    }
+}
+
+/// The f16 field offsets of a GGUF type Lamina reads but does not encode
+/// (the K-quants, IQ4, Q5): `None` for the types it encodes.
+fn read_only_format(dtype: HostDType) -> Option<&'static [usize]> {
+    let f = WeightFormat::ALL
+        .into_iter()
+        .find(|f| f.name() == dtype.name())?;
+    kquant::is_kquant(f).then(|| kquant::f16_offsets(f))
+}
+
+impl TensorSpec {
+    /// A type Lamina does not encode, for speed measurements: random bytes
+    /// (every one a valid code or sub-block scale) with every f16 field set
+    /// to one value, chosen so the weights' standard deviation is about
+    /// `std` (measured on the first blocks with the fields at 1). `offset`
+    /// is not applied (these types carry only matrices).
+    fn random_blocks(&self, fields: &[usize]) -> Result<Vec<u8>> {
+        let block = self.dtype.block_size();
+        let bytes = self.dtype.block_bytes().unwrap_or(0);
+        let mut data = vec![0u8; self.rows * self.cols / block * bytes];
+        StdRng::seed_from_u64(self.stream).fill_bytes(&mut data);
+        let set = |data: &mut [u8], v: f32| {
+            let h = half::f16::from_f32(v).to_le_bytes();
+            for b in data.chunks_exact_mut(bytes) {
+                for &at in fields {
+                    b[at..at + 2].copy_from_slice(&h);
+                }
+            }
+        };
+        let sample = data.len().min(64 * bytes);
+        set(&mut data[..sample], 1.0);
+        let v = dequantize(self.dtype, &data[..sample], sample / bytes * block)?;
+        let mean = v.iter().sum::<f32>() / v.len() as f32;
+        let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / v.len() as f32;
+        set(&mut data, self.std / var.sqrt().max(f32::MIN_POSITIVE));
         Ok(data)
     }
 }
