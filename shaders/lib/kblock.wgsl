@@ -111,16 +111,111 @@ fn kb_half(word: u32, i: u32) -> f32 {
     return unpack2x16float(word)[i & 1u];
 }
 
-// Byte i of the scale bytes starting at scales-plane word `base`.
-fn kb_byte(base: u32, i: u32) -> u32 {
-    return (kb_scale_word(base + (i >> 2u)) >> (8u * (i & 3u))) & 255u;
+// The super-block types (Q2_K .. IQ4_XS).
+fn is_super(fmt: u32) -> bool {
+    return fmt >= Q2_K && fmt <= IQ4_XS;
+}
+
+// Words of sub-block scales per super-block (weight/kquant.rs, sub_scale_words).
+fn kq_scale_words(fmt: u32) -> u32 {
+    switch fmt {
+        case Q2_K, Q6_K: { return 4u; }
+        case IQ4_XS: { return 1u; }
+        default: { return 3u; }
+    }
+}
+
+// One super-block's scale data, loaded once for its 8 blocks: its
+// sub-block scale words, and its f16 word (d | dmin << 16, IQ4_XS:
+// d | scales_h << 16; Q3_K and Q6_K: d in the low half).
+struct KSuper {
+    w: vec4<u32>,
+    m: u32,
+}
+
+fn kq_super(sb: u32, fmt: u32) -> KSuper {
+    var s: KSuper;
+    let n = kq_scale_words(fmt);
+    let b = sb * n;
+    s.w = vec4<u32>(kb_scale_word(b), 0u, 0u, 0u);
+    if n > 1u {
+        s.w.y = kb_scale_word(b + 1u);
+        s.w.z = kb_scale_word(b + 2u);
+    }
+    if n > 3u {
+        s.w.w = kb_scale_word(b + 3u);
+    }
+    if fmt == Q3_K || fmt == Q6_K {
+        s.m = (kb_min_word(sb >> 1u) >> (16u * (sb & 1u))) & 0xffffu;
+    } else {
+        s.m = kb_min_word(sb);
+    }
+    return s;
+}
+
+// Byte i of a super-block's scale words.
+fn kq_byte(s: KSuper, i: u32) -> u32 {
+    return (s.w[i >> 2u] >> (8u * (i & 3u))) & 255u;
+}
+
+// Block j (0..8) of a super-block: (a0, m0, a1, m1), w = a * t(q) + m.
+fn kq_sub_scales(s: KSuper, j: u32, fmt: u32) -> vec4<f32> {
+    let dd = unpack2x16float(s.m);
+    switch fmt {
+        case Q2_K: {
+            let s0 = kq_byte(s, 2u * j);
+            let s1 = kq_byte(s, 2u * j + 1u);
+            return vec4<f32>(dd.x * f32(s0 & 15u), -(dd.y * f32(s0 >> 4u)),
+                             dd.x * f32(s1 & 15u), -(dd.y * f32(s1 >> 4u)));
+        }
+        case Q3_K: {
+            // 6-bit scale i: low 4 bits from byte i (i < 8) or byte i - 8's
+            // high nibble, high 2 bits from byte 8 + i % 4 at bit 2 (i / 4).
+            let i0 = 2u * j;
+            let i1 = i0 + 1u;
+            let lo0 = select(kq_byte(s, i0 - 8u) >> 4u, kq_byte(s, i0) & 15u, i0 < 8u);
+            let lo1 = select(kq_byte(s, i1 - 8u) >> 4u, kq_byte(s, i1) & 15u, i1 < 8u);
+            let hi0 = (kq_byte(s, 8u + (i0 & 3u)) >> (2u * (i0 >> 2u))) & 3u;
+            let hi1 = (kq_byte(s, 8u + (i1 & 3u)) >> (2u * (i1 >> 2u))) & 3u;
+            let a0 = dd.x * f32(i32(lo0 | (hi0 << 4u)) - 32);
+            let a1 = dd.x * f32(i32(lo1 | (hi1 << 4u)) - 32);
+            return vec4<f32>(a0, -4.0 * a0, a1, -4.0 * a1);
+        }
+        case Q4_K, Q5_K: {
+            // ggml's get_scale_min_k4 over the 12 bytes.
+            var sc: u32;
+            var m: u32;
+            if j < 4u {
+                sc = kq_byte(s, j) & 63u;
+                m = kq_byte(s, j + 4u) & 63u;
+            } else {
+                sc = (kq_byte(s, j + 4u) & 15u) | ((kq_byte(s, j - 4u) >> 6u) << 4u);
+                m = (kq_byte(s, j + 4u) >> 4u) | ((kq_byte(s, j) >> 6u) << 4u);
+            }
+            let a = dd.x * f32(sc);
+            let mm = -(dd.y * f32(m));
+            return vec4<f32>(a, mm, a, mm);
+        }
+        case Q6_K: {
+            // Signed bytes 2j and 2j + 1 (shifts, not extractBits: portable to MSL 1.x).
+            let w = s.w[j >> 1u] >> (16u * (j & 1u));
+            let a0 = dd.x * f32(bitcast<i32>(w << 24u) >> 24u);
+            let a1 = dd.x * f32(bitcast<i32>(w << 16u) >> 24u);
+            return vec4<f32>(a0, -32.0 * a0, a1, -32.0 * a1);
+        }
+        default: {
+            // IQ4_XS: 4 low bits from the scales word, 2 high from scales_h.
+            let lo = (s.w.x >> (4u * j)) & 15u;
+            let hi = (s.m >> (16u + 2u * j)) & 3u;
+            let a = dd.x * f32(i32(lo | (hi << 4u)) - 32);
+            return vec4<f32>(a, 0.0, a, 0.0);
+        }
+    }
 }
 
 // Block `blk`'s (a0, m0, a1, m1): w = a * t(q) + m, half 0 then half 1
 // (blk = row * cols / 32 + k; super-block blk / 8, sub-block blk % 8).
 fn kq_scales(blk: u32, fmt: u32) -> vec4<f32> {
-    let sb = blk >> 3u;
-    let j = blk & 7u;
     switch fmt {
         case Q5_0, IQ4_NL: {
             let d = kb_half(kb_scale_word(blk >> 1u), blk);
@@ -132,61 +227,8 @@ fn kq_scales(blk: u32, fmt: u32) -> vec4<f32> {
             let m = kb_half(kb_min_word(blk >> 1u), blk);
             return vec4<f32>(d, m, d, m);
         }
-        case Q2_K: {
-            let dd = unpack2x16float(kb_min_word(sb));
-            let s0 = kb_byte(sb * 4u, 2u * j);
-            let s1 = kb_byte(sb * 4u, 2u * j + 1u);
-            return vec4<f32>(dd.x * f32(s0 & 15u), -(dd.y * f32(s0 >> 4u)),
-                             dd.x * f32(s1 & 15u), -(dd.y * f32(s1 >> 4u)));
-        }
-        case Q3_K: {
-            // 6-bit scale i: low 4 bits from byte i (i < 8) or byte i - 8's
-            // high nibble, high 2 bits from byte 8 + i % 4 at bit 2 (i / 4).
-            let d = kb_half(kb_min_word(sb >> 1u), sb);
-            let i0 = 2u * j;
-            let i1 = i0 + 1u;
-            let b0 = sb * 3u;
-            let lo0 = select(kb_byte(b0, i0 - 8u) >> 4u, kb_byte(b0, i0) & 15u, i0 < 8u);
-            let lo1 = select(kb_byte(b0, i1 - 8u) >> 4u, kb_byte(b0, i1) & 15u, i1 < 8u);
-            let hi0 = (kb_byte(b0, 8u + (i0 & 3u)) >> (2u * (i0 >> 2u))) & 3u;
-            let hi1 = (kb_byte(b0, 8u + (i1 & 3u)) >> (2u * (i1 >> 2u))) & 3u;
-            let a0 = d * f32(i32(lo0 | (hi0 << 4u)) - 32);
-            let a1 = d * f32(i32(lo1 | (hi1 << 4u)) - 32);
-            return vec4<f32>(a0, -4.0 * a0, a1, -4.0 * a1);
-        }
-        case Q4_K, Q5_K: {
-            // ggml's get_scale_min_k4 over the 12 bytes.
-            let dd = unpack2x16float(kb_min_word(sb));
-            let b0 = sb * 3u;
-            var s: u32;
-            var m: u32;
-            if j < 4u {
-                s = kb_byte(b0, j) & 63u;
-                m = kb_byte(b0, j + 4u) & 63u;
-            } else {
-                s = (kb_byte(b0, j + 4u) & 15u) | ((kb_byte(b0, j - 4u) >> 6u) << 4u);
-                m = (kb_byte(b0, j + 4u) >> 4u) | ((kb_byte(b0, j) >> 6u) << 4u);
-            }
-            let a = dd.x * f32(s);
-            let mm = -(dd.y * f32(m));
-            return vec4<f32>(a, mm, a, mm);
-        }
-        case Q6_K: {
-            let d = kb_half(kb_min_word(sb >> 1u), sb);
-            let w = kb_scale_word(sb * 4u + (j >> 1u)) >> (16u * (j & 1u));
-            // Signed bytes 0 and 1 of w (shifts, not extractBits: portable to MSL 1.x).
-            let a0 = d * f32(bitcast<i32>(w << 24u) >> 24u);
-            let a1 = d * f32(bitcast<i32>(w << 16u) >> 24u);
-            return vec4<f32>(a0, -32.0 * a0, a1, -32.0 * a1);
-        }
         default: {
-            // IQ4_XS: 4 low bits from the scales word, 2 high from scales_h.
-            let v = kb_min_word(sb);
-            let d = unpack2x16float(v).x;
-            let lo = (kb_scale_word(sb) >> (4u * j)) & 15u;
-            let hi = (v >> (16u + 2u * j)) & 3u;
-            let a = d * f32(i32(lo | (hi << 4u)) - 32);
-            return vec4<f32>(a, 0.0, a, 0.0);
+            return kq_sub_scales(kq_super(blk >> 3u, fmt), blk & 7u, fmt);
         }
     }
 }

@@ -106,17 +106,24 @@ fn load_codes(b: ptr<function, WBlock>, blk: u32, fmt: u32) {
     }
 }
 
-fn load_wblock(blk: u32, fmt: u32) -> WBlock {
+// Block `blk` of a lib/kblock.wgsl type with its scales (a0, m0, a1, m1)
+// already decoded.
+fn kq_wblock(blk: u32, s: vec4<f32>, fmt: u32) -> WBlock {
     var b: WBlock;
     load_codes(&b, blk, fmt);
+    b.d = s.x;
+    b.m = s.y;
+    b.d2 = s.z;
+    b.m2 = s.w;
+    return b;
+}
+
+fn load_wblock(blk: u32, fmt: u32) -> WBlock {
     if is_kq(fmt) {
-        let s = kq_scales(blk, fmt);
-        b.d = s.x;
-        b.m = s.y;
-        b.d2 = s.z;
-        b.m2 = s.w;
-        return b;
+        return kq_wblock(blk, kq_scales(blk, fmt), fmt);
     }
+    var b: WBlock;
+    load_codes(&b, blk, fmt);
     if is_float(fmt) {
         b.d = 1.0;
         b.m = 0.0;

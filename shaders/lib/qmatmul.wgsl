@@ -62,7 +62,10 @@ fn qdot_halves(b: WBlock, xs: XBlock, fmt: u32) -> vec2<f32> {
 // d * sum(q x) + m * sum(x) for block `blk` of the weight (per half where
 // the format scales halves).
 fn block_dot(blk: u32, xp: XPrep, fmt: u32) -> f32 {
-    let b = load_wblock(blk, fmt);
+    return wblock_dot(load_wblock(blk, fmt), xp, fmt);
+}
+
+fn wblock_dot(b: WBlock, xp: XPrep, fmt: u32) -> f32 {
     if is_float(fmt) {
         return qdot(b, xp.xs, fmt);
     }
@@ -118,6 +121,10 @@ fn prep_x(b: XBlock, fmt: u32) -> XPrep {
 override PAIR: bool = false;
 
 fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
+    if is_super(fmt) {
+        matvec_super(wg, lid, lane, sgs, fmt);
+        return;
+    }
     let row0 = (wg * WG + lid) * R;
     // Invocations whose rows are all past the end skip the loop (with
     // subgroups: when the whole subgroup's are, keeping the bound uniform for
@@ -157,11 +164,57 @@ fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
             }
         }
     }
+    store_rows(row0, acc);
+}
+
+// The mat-vec's results: rows row0 .. row0 + R that exist.
+fn store_rows(row0: u32, acc: vec4<f32>) {
     for (var i = 0u; i < R; i++) {
         if row0 + i < p.rows {
             out[p.out_col + row0 + i] = acc[i];
         }
     }
+}
+
+// The super-block types' matvec (lib/kblock.wgsl): each row's scale words
+// are loaded once per super-block of 8 blocks and decoded in registers for
+// each block, instead of loaded again for every block.
+fn matvec_super(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
+    let row0 = (wg * WG + lid) * R;
+    let nb = select(0u, p.nb, any_lane(row0 < p.rows));
+    let last = p.rows - 1u;
+    let b0 = min(row0, last) * p.nb;
+    let b1 = min(row0 + 1u, last) * p.nb;
+    let b2 = min(row0 + 2u, last) * p.nb;
+    let b3 = min(row0 + 3u, last) * p.nb;
+    let xbase = p.x_row * p.nb * 8u;
+    var acc = vec4<f32>(0.0);
+    for (var kb = 0u; kb < nb; kb += 8u) {
+        let s0 = kq_super((b0 + kb) >> 3u, fmt);
+        var s1 = s0;
+        var s2 = s0;
+        var s3 = s0;
+        if R > 1u {
+            s1 = kq_super((b1 + kb) >> 3u, fmt);
+        }
+        if R > 2u {
+            s2 = kq_super((b2 + kb) >> 3u, fmt);
+            s3 = kq_super((b3 + kb) >> 3u, fmt);
+        }
+        for (var j = 0u; j < 8u; j++) {
+            let k = kb + j;
+            let x0 = prep_x(x_block(xbase + k * 8u, lane, sgs), fmt);
+            acc.x += wblock_dot(kq_wblock(b0 + k, kq_sub_scales(s0, j, fmt), fmt), x0, fmt);
+            if R > 1u {
+                acc.y += wblock_dot(kq_wblock(b1 + k, kq_sub_scales(s1, j, fmt), fmt), x0, fmt);
+            }
+            if R > 2u {
+                acc.z += wblock_dot(kq_wblock(b2 + k, kq_sub_scales(s2, j, fmt), fmt), x0, fmt);
+                acc.w += wblock_dot(kq_wblock(b3 + k, kq_sub_scales(s3, j, fmt), fmt), x0, fmt);
+            }
+        }
+    }
+    store_rows(row0, acc);
 }
 
 // ---------------------------------------------------------------------------

@@ -41,23 +41,7 @@ fn tol(f: WeightFormat) -> f32 {
     }
 }
 
-const ALL: [WeightFormat; 15] = [
-    WeightFormat::F32,
-    WeightFormat::F16,
-    WeightFormat::Q4_0,
-    WeightFormat::Q4_1,
-    WeightFormat::Q8_0,
-    WeightFormat::Mixed,
-    WeightFormat::Q5_0,
-    WeightFormat::Q5_1,
-    WeightFormat::IQ4_NL,
-    WeightFormat::Q2_K,
-    WeightFormat::Q3_K,
-    WeightFormat::Q4_K,
-    WeightFormat::Q5_K,
-    WeightFormat::Q6_K,
-    WeightFormat::IQ4_XS,
-];
+const ALL: [WeightFormat; 15] = WeightFormat::ALL;
 
 /// `cols` rounded up to what `format` accepts (256 for the super-block
 /// types), so every test's shapes apply to every format.
