@@ -68,7 +68,7 @@ fn embedding(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         // One 32-element block per invocation and iteration.
         for (var k = lid; k < groups; k += WG) {
             let blk = r * groups + k;
-            let w = kq_load(blk, FORMAT);
+            let w = kq_load(blk, p.rows * groups, FORMAT);
             let s = kq_scales(blk, FORMAT);
             for (var kq = 0u; kq < 8u; kq++) {
                 let h = kq >= 4u;

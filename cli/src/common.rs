@@ -542,6 +542,9 @@ mod tests {
         .err()
         .expect("bf16 is not offered")
         .to_string();
-        assert!(e.contains("q4_0, q4_1, q8_0, f16, f32"), "{e}");
+        assert!(
+            e.contains("q4_0, q4_1, q8_0, q5_0") && e.contains("iq4_xs, f16, f32"),
+            "{e}"
+        );
     }
 }

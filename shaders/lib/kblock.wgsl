@@ -49,28 +49,30 @@ fn kq_table(fmt: u32) -> bool {
     return fmt == IQ4_NL || fmt == IQ4_XS;
 }
 
-// The code words of block `blk` as (words 0..3, words 4..7); words past the
+// The code words of block `blk` of a codes plane of `blocks` blocks, as
+// (words 0..3, words 4..7) of its Mixed chunk: the low part (4 words, or 2
+// for the 2- and 3-bit types) from the first region, the high part
+// (bits - low words) from the second (weight/kquant.rs). Words past the
 // block's `bits` are other blocks' (never used).
-fn kq_load(blk: u32, fmt: u32) -> array<vec4<u32>, 2> {
+fn kq_load(blk: u32, blocks: u32, fmt: u32) -> array<vec4<u32>, 2> {
     let bits = kq_bits(fmt);
     var r: array<vec4<u32>, 2>;
-    if bits == 4u {
-        r[0] = kb_vec4(blk);
+    if bits == 2u || bits == 3u {
+        // Two low words per block: the vec4's first or second pair.
+        let a = kb_vec4(blk >> 1u);
+        r[0] = select(a, a.zwxy, (blk & 1u) != 0u);
+        if bits == 3u {
+            // One high word per block, after the 2 * blocks low words.
+            r[0].z = kb_vec4((2u * blocks + blk) >> 2u)[blk & 3u];
+        }
         return r;
     }
-    let w0 = blk * bits;
-    let a = kb_vec4(w0 >> 2u);
-    if bits == 2u {
-        // Two words at an even offset: the vec4's first or second pair.
-        r[0] = select(a, a.zwxy, (w0 & 2u) != 0u);
-        return r;
-    }
-    let b = kb_vec4((w0 >> 2u) + 1u);
-    switch w0 & 3u {
-        case 0u: { r[0] = a; r[1] = b; }
-        case 1u: { r[0] = vec4<u32>(a.yzw, b.x); r[1] = vec4<u32>(b.yzw, 0u); }
-        case 2u: { r[0] = vec4<u32>(a.zw, b.xy); r[1] = vec4<u32>(b.zw, 0u, 0u); }
-        default: { r[0] = vec4<u32>(a.w, b.xyz); r[1] = vec4<u32>(b.w, 0u, 0u, 0u); }
+    r[0] = kb_vec4(blk);
+    if bits == 5u {
+        r[1].x = kb_vec4((4u * blocks + blk) >> 2u)[blk & 3u];
+    } else if bits == 6u {
+        let h = kb_vec4((4u * blocks + 2u * blk) >> 2u);
+        r[1] = select(h, h.zwxy, (blk & 1u) != 0u);
     }
     return r;
 }

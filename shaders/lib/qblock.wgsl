@@ -83,7 +83,7 @@ fn code_vec4s(fmt: u32) -> u32 {
 // The code words of block `blk` (indexes are literals after inlining).
 fn load_codes(b: ptr<function, WBlock>, blk: u32, fmt: u32) {
     if is_kq(fmt) {
-        let w = kq_load(blk, fmt);
+        let w = kq_load(blk, p.rows * p.nb, fmt);
         (*b).c[0] = w[0];
         (*b).c[1] = w[1];
         return;

@@ -25,8 +25,14 @@
 //! # Planes
 //! - codes: each 32-element block as `b` words in the Mixed chunk layout
 //!   (`weight/mod.rs`: segments of 4, 2 and 1 bits, lowest bits first),
-//!   block `row * cols / 32 + k` at word `b` times that. The file's scattered
-//!   bit order (Q3_K's high-bit mask, Q6_K's quarter-interleaved nibbles)
+//!   split in two parts: the first segment's words ([`low_words`]: 4 for
+//!   the 4-bit segment, 2 for the 2-bit one) of every block, block
+//!   `blk = row * cols / 32 + k` at `low_words * blk`, then the remaining
+//!   words (`b - low_words`: Q6_K 2, Q5 1, Q3_K 1) of every block at
+//!   `low_words * blocks + (b - low_words) * blk`. So a block's low part is
+//!   one aligned vec4 (or half of one) and its high part one word or half
+//!   a vec4: two aligned loads for any width. The file's scattered bit
+//!   order (Q3_K's high-bit mask, Q6_K's quarter-interleaved nibbles)
 //!   becomes element order here.
 //! - scales: the 32-element types, one f16 `d` per block, two per word (as
 //!   Q4_0); the super-block types, the file's sub-block scale bytes verbatim,
@@ -88,6 +94,25 @@ pub fn code_bits(format: WeightFormat) -> Option<u32> {
         WeightFormat::Q6_K => 6,
         _ => return None,
     })
+}
+
+/// Words of a block's first code segment: 2 for the 2- and 3-bit types, 4
+/// for the others (module docs, codes).
+pub fn low_words(format: WeightFormat) -> u32 {
+    match code_bits(format) {
+        Some(2 | 3) => 2,
+        _ => 4,
+    }
+}
+
+/// Word offsets of block `blk`'s low and high code parts in a codes plane
+/// of `blocks` blocks.
+fn code_at(format: WeightFormat, blocks: usize, blk: usize) -> (usize, usize) {
+    let (bits, low) = (
+        code_bits(format).unwrap_or(0) as usize,
+        low_words(format) as usize,
+    );
+    (low * blk, low * blocks + (bits - low) * blk)
 }
 
 /// Whether `format` is organised in 256-element super-blocks.
@@ -298,12 +323,16 @@ pub(super) fn pack_rows(p: &mut PackedWeight, bytes: &[u8]) -> Result<()> {
     let (scales, mins) = (p.planes.scales as usize, p.planes.mins as usize);
     let sw = sub_scale_words(format) as usize;
     let pair_halves = matches!(format, WeightFormat::Q3_K | WeightFormat::Q6_K);
+    let blocks = p.rows as usize * p.cols as usize / 32;
+    let low = low_words(format) as usize;
     for (i, blk) in bytes.chunks_exact(block_bytes).enumerate() {
         let s = split_block(format, blk);
         for (k, chunk) in s.codes.chunks_exact(32).enumerate() {
             let chunk: &[u32; 32] = chunk.try_into().expect("32 codes");
-            let at = (i * block / 32 + k) * bits;
-            p.words[at..at + bits].copy_from_slice(&mixed_chunk(chunk, bits as u32));
+            let words = mixed_chunk(chunk, bits as u32);
+            let (lo, hi) = code_at(format, blocks, i * block / 32 + k);
+            p.words[lo..lo + low].copy_from_slice(&words[..low]);
+            p.words[hi..hi + bits - low].copy_from_slice(&words[low..]);
         }
         if block == 32 {
             p.put_half(p.planes.scales, i, s.halves[0]);
@@ -438,11 +467,17 @@ pub fn dequantize_kquant(p: &PackedWeight) -> Vec<f32> {
     let bits = bits as usize;
     let z = code_offset(p.format);
     let mut out = vec![0.0f32; p.rows as usize * p.cols as usize];
+    let (blocks, low) = (out.len() / 32, low_words(p.format) as usize);
     for (blk, o) in out.chunks_exact_mut(32).enumerate() {
         let s = block_scales(p, blk);
-        let words = &p.words[blk * bits..(blk + 1) * bits];
+        let (lo, hi) = code_at(p.format, blocks, blk);
+        let words: Vec<u32> = p.words[lo..lo + low]
+            .iter()
+            .chain(&p.words[hi..hi + bits - low])
+            .copied()
+            .collect();
         for (k, v) in o.iter_mut().enumerate() {
-            let q = mixed_code(words, bits as u32, k);
+            let q = mixed_code(&words, bits as u32, k);
             let h = k / 16;
             let t = match z {
                 Some(z) => (q as i32 - z) as f32,
