@@ -153,7 +153,7 @@ fn invalid_flags() {
         ),
         (
             &["bench", "--synthetic", "tiny", "--synthetic-format", "q3"],
-            "q4_0, q4_1, q8_0, f16, f32",
+            "q4_0, q4_1, q8_0, q5_0, q5_1, iq4_nl, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_xs, f16, f32",
         ),
         (&["bench", "-o", "xml"], "md, json"),
         (
