@@ -1,8 +1,9 @@
-// rope.wgsl: rotary position embedding in place. One invocation per
-// (token, pair j): the angle's sin/cos are computed once and applied to
-// pair j of every head. rope_hadamard: RoPE, then the Walsh-Hadamard
-// transform of each head scaled by 1/sqrt(head_dim), one workgroup per
-// (token, head). Uses lib/trig.wgsl (sincos).
+// rope.wgsl: rotary position embedding in place, on the queries and the
+// keys in one dispatch. One invocation per (token, pair j): the angle's
+// sin/cos are computed once and applied to pair j of every query and key
+// head. rope_hadamard: RoPE, then the Walsh-Hadamard transform of each head
+// scaled by 1/sqrt(head_dim), one workgroup per (token, head), query heads
+// first. Uses lib/trig.wgsl (sincos).
 
 struct Params {
     n_tokens: u32,
@@ -12,13 +13,15 @@ struct Params {
     style: u32,
     log2_theta: f32,
     hadamard_scale: f32,
-    _p0: u32,
+    n_kv_heads: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+// [n_tokens, n_heads, head_dim] and [n_tokens, n_kv_heads, head_dim].
+@group(0) @binding(1) var<storage, read_write> q: array<f32>;
+@group(0) @binding(2) var<storage, read_write> k: array<f32>;
 // The `_scaled` entry points only: each pair's frequency divisor.
-@group(0) @binding(2) var<storage, read> factors: array<f32>;
+@group(0) @binding(3) var<storage, read> factors: array<f32>;
 
 const WG: u32 = 64u;
 // The largest head_dim of rope_hadamard (rope::HADAMARD_MAX_DIM).
@@ -60,7 +63,8 @@ fn rope_scaled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     rope_pair(idx, factors[idx % (p.head_dim / 2u)]);
 }
 
-// Pair idx % (head_dim / 2) of token idx / (head_dim / 2), in every head.
+// Pair idx % (head_dim / 2) of token idx / (head_dim / 2), in every query
+// and key head.
 fn rope_pair(idx: u32, div: f32) {
     let half = p.head_dim / 2u;
     let t = idx / half;
@@ -69,11 +73,21 @@ fn rope_pair(idx: u32, div: f32) {
     let ab = pair(j);
     for (var h = 0u; h < p.n_heads; h++) {
         let base = (t * p.n_heads + h) * p.head_dim;
-        let x0 = x[base + ab.x];
-        let x1 = x[base + ab.y];
-        x[base + ab.x] = x0 * sc.y - x1 * sc.x;
-        x[base + ab.y] = x0 * sc.x + x1 * sc.y;
+        let y = rotate(vec2<f32>(q[base + ab.x], q[base + ab.y]), sc);
+        q[base + ab.x] = y.x;
+        q[base + ab.y] = y.y;
     }
+    for (var h = 0u; h < p.n_kv_heads; h++) {
+        let base = (t * p.n_kv_heads + h) * p.head_dim;
+        let y = rotate(vec2<f32>(k[base + ab.x], k[base + ab.y]), sc);
+        k[base + ab.x] = y.x;
+        k[base + ab.y] = y.y;
+    }
+}
+
+// A pair rotated by the angle whose (sin, cos) is sc.
+fn rotate(x: vec2<f32>, sc: vec2<f32>) -> vec2<f32> {
+    return vec2<f32>(x.x * sc.y - x.y * sc.x, x.x * sc.x + x.y * sc.y);
 }
 
 @compute @workgroup_size(WG)
@@ -95,22 +109,32 @@ fn rope_hadamard_scaled(@builtin(workgroup_id) wid: vec3<u32>,
     rope_hadamard_head(wid.x + wid.y * nwg.x, lid);
 }
 
-// Head id % n_heads of token id / n_heads (divs filled by the entry point;
-// the early return is uniform across the workgroup, so the barriers below
-// stay in uniform control flow).
+// Head id % (n_heads + n_kv_heads) of token id / (n_heads + n_kv_heads):
+// a query head, then the key heads (divs filled by the entry point; the
+// early return and the q / k branches are uniform across the workgroup, so
+// the barriers below stay in uniform control flow).
 fn rope_hadamard_head(id: u32, lid: u32) {
     workgroupBarrier();
-    if id >= p.n_tokens * p.n_heads { return; }
-    let t = id / p.n_heads;
-    let base = id * p.head_dim;
+    let heads = p.n_heads + p.n_kv_heads;
+    if id >= p.n_tokens * heads { return; }
+    let t = id / heads;
+    let h = id % heads;
+    let is_q = h < p.n_heads;
+    let base = select((t * p.n_kv_heads + h - p.n_heads) * p.head_dim,
+                      (t * p.n_heads + h) * p.head_dim, is_q);
     let half = p.head_dim / 2u;
     for (var j = lid; j < half; j += WG) {
         let sc = angle_sincos(t, j, divs[j]);
         let ab = pair(j);
-        let x0 = x[base + ab.x];
-        let x1 = x[base + ab.y];
-        head[ab.x] = x0 * sc.y - x1 * sc.x;
-        head[ab.y] = x0 * sc.x + x1 * sc.y;
+        var x: vec2<f32>;
+        if is_q {
+            x = vec2<f32>(q[base + ab.x], q[base + ab.y]);
+        } else {
+            x = vec2<f32>(k[base + ab.x], k[base + ab.y]);
+        }
+        let y = rotate(x, sc);
+        head[ab.x] = y.x;
+        head[ab.y] = y.y;
     }
     workgroupBarrier();
     // Butterflies h apart, in the order of hadamard.wgsl and the CPU's.
@@ -125,6 +149,10 @@ fn rope_hadamard_head(id: u32, lid: u32) {
         workgroupBarrier();
     }
     for (var i = lid; i < p.head_dim; i += WG) {
-        x[base + i] = head[i] * p.hadamard_scale;
+        if is_q {
+            q[base + i] = head[i] * p.hadamard_scale;
+        } else {
+            k[base + i] = head[i] * p.hadamard_scale;
+        }
     }
 }

@@ -130,6 +130,7 @@ fn graph(gpu: &Arc<Gpu>, format: WeightFormat, path: Path, tokens: u32, copies: 
                 out,
                 max_rows: tokens,
                 last_row_only: false,
+                accumulate: false,
             }),
             Path::Int | Path::QuantInt => Op::MatMulInt(MatMulInt {
                 x: codes,
@@ -138,6 +139,7 @@ fn graph(gpu: &Arc<Gpu>, format: WeightFormat, path: Path, tokens: u32, copies: 
                 out,
                 max_rows: tokens,
                 last_row_only: false,
+                accumulate: false,
             }),
         };
         g.push(format!("mm{i}"), op).expect("graph");

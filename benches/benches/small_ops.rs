@@ -22,6 +22,7 @@ use rand::{Rng, SeedableRng};
 
 const DIM: u32 = 576;
 const HEADS: u32 = 9;
+const KV_HEADS: u32 = 3;
 const HEAD_DIM: u32 = 64;
 const FFN: u32 = 1536;
 const VOCAB: u32 = 49152;
@@ -104,15 +105,19 @@ fn small_ops(c: &mut Criterion) {
         (g, vec![(x, DIM * t), (w, DIM)])
     });
 
-    // RoPE on the query heads, in place.
-    bench_op(c, "rope", &gpu, 8 * u64::from(HEADS * HEAD_DIM), |t| {
+    // RoPE on the query and key heads, in place, one dispatch.
+    let heads = HEADS + KV_HEADS;
+    bench_op(c, "rope", &gpu, 8 * u64::from(heads * HEAD_DIM), |t| {
         let mut g = Graph::new();
-        let n = HEADS * HEAD_DIM * t;
-        let x = g.output("q", 4 * u64::from(n));
+        let (nq, nk) = (HEADS * HEAD_DIM * t, KV_HEADS * HEAD_DIM * t);
+        let q = g.output("q", 4 * u64::from(nq));
+        let k = g.output("k", 4 * u64::from(nk));
         for l in 0..LAYERS {
             let op = rope::Rope {
-                x,
+                q,
                 n_heads: HEADS,
+                k,
+                n_kv_heads: KV_HEADS,
                 head_dim: HEAD_DIM,
                 theta: 100_000.0,
                 style: rope::RopeStyle::Interleaved,
@@ -121,7 +126,7 @@ fn small_ops(c: &mut Criterion) {
             };
             g.push(format!("rope{l}"), Op::Rope(op)).expect("graph");
         }
-        (g, vec![(x, n)])
+        (g, vec![(q, nq), (k, nk)])
     });
 
     // SwiGLU: read gate and up, write out.

@@ -237,7 +237,10 @@ pub fn load_host_model(a: &ModelArgs) -> Result<LoadedModel> {
 }
 
 pub fn open_gpu() -> Result<Arc<Gpu>> {
-    let gpu = Gpu::with_options(&DeviceOptions::from_env()?)?;
+    let mut opts = DeviceOptions::from_env()?;
+    // Compiled pipelines kept for the next run (where the driver has a cache).
+    opts.pipeline_cache = fetch::cache_dir().ok().map(|d| d.join("pipelines"));
+    let gpu = Gpu::with_options(&opts)?;
     log::info!("GPU: {}", gpu.describe());
     Ok(gpu)
 }

@@ -46,7 +46,18 @@ enum Command {
     Devices,
 }
 
+#[allow(unsafe_code)]
 fn main() -> ExitCode {
+    // Mesa's Vulkan device-select layer connects to a Wayland or X display
+    // when the instance enumerates GPUs, to rank them, and on a headless
+    // machine prints "XDG_RUNTIME_DIR is invalid" twice. Lamina ranks the
+    // adapters itself (LAMINA_ADAPTER picks one), so the layer is off unless
+    // the user set its variable.
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        // SAFETY: the first statement of main: no other thread exists yet
+        // to read the environment concurrently.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",

@@ -3,12 +3,14 @@
 //! The best adapter wins (discrete > integrated > virtual > CPU), unless
 //! `LAMINA_BACKEND` (vulkan, metal, dx12, gl) or `LAMINA_ADAPTER` (a substring
 //! of the adapter name, case-insensitive) say otherwise. Optional features
-//! (SHADER_F16, SUBGROUP, TIMESTAMP_QUERY) are requested when present and the
-//! kernels fall back without them.
+//! (SHADER_F16, SUBGROUP, TIMESTAMP_QUERY, and PIPELINE_CACHE when
+//! [`DeviceOptions::pipeline_cache`] names a directory) are requested when
+//! present and the kernels fall back without them.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::pipeline::PipelineCache;
+use crate::pipeline::{DiskCache, PipelineCache};
 use crate::{EngineError, Result};
 
 /// How to choose the adapter. `Default` reads nothing; [`DeviceOptions::from_env`]
@@ -18,6 +20,9 @@ pub struct DeviceOptions {
     pub backend: Option<wgpu::Backends>,
     /// Case-insensitive substring of the adapter name.
     pub adapter: Option<String>,
+    /// Where to keep the driver's compiled pipelines between runs, when
+    /// the adapter has a pipeline cache (Vulkan); `None`: nowhere.
+    pub pipeline_cache: Option<PathBuf>,
 }
 
 impl DeviceOptions {
@@ -29,7 +34,11 @@ impl DeviceOptions {
         let adapter = std::env::var("LAMINA_ADAPTER")
             .ok()
             .filter(|s| !s.is_empty());
-        Ok(DeviceOptions { backend, adapter })
+        Ok(DeviceOptions {
+            backend,
+            adapter,
+            pipeline_cache: None,
+        })
     }
 }
 
@@ -161,17 +170,23 @@ impl Gpu {
             };
             return Err(EngineError::NoAdapter { detail });
         };
-        Self::open(adapter)
+        Self::open(adapter, opts.pipeline_cache.as_deref())
     }
 
-    fn open(adapter: wgpu::Adapter) -> Result<Arc<Gpu>> {
+    fn open(adapter: wgpu::Adapter, cache_dir: Option<&std::path::Path>) -> Result<Arc<Gpu>> {
         let info = adapter.get_info();
         let have = adapter.features();
-        let want = wgpu::Features::SHADER_F16
+        let mut want = wgpu::Features::SHADER_F16
             | wgpu::Features::SUBGROUP
             | wgpu::Features::TIMESTAMP_QUERY
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        if cache_dir.is_some() {
+            want |= wgpu::Features::PIPELINE_CACHE;
+        }
         let features = have & want;
+        let disk = cache_dir
+            .filter(|_| features.contains(wgpu::Features::PIPELINE_CACHE))
+            .and_then(|d| DiskCache::new(d, &info));
         let al = adapter.limits();
         // Ask for what the adapter offers on the limits that matter for big
         // tensors and wide workgroups; defaults elsewhere.
@@ -218,12 +233,15 @@ impl Gpu {
             caps.timestamps,
             caps.max_binding >> 20
         );
+        if let Some(d) = &disk {
+            log::info!("pipeline cache: {}", d.dir().display());
+        }
         Ok(Arc::new(Gpu {
             device,
             queue,
             info,
             caps,
-            pipelines: PipelineCache::default(),
+            pipelines: PipelineCache::new(disk),
         }))
     }
 

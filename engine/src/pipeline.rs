@@ -5,8 +5,18 @@
 //! 1.. are storage buffers in the order the op lists them, each read-only or
 //! read-write. A layout is therefore fully described by that access list, and
 //! kernels with the same list share one layout.
+//!
+//! Warm starts: where the adapter has a driver-level pipeline cache (wgpu's
+//! `PIPELINE_CACHE`, Vulkan) and the caller names a directory
+//! ([`DeviceOptions::pipeline_cache`](crate::DeviceOptions)), the driver's
+//! compiled pipelines are kept on disk, one file per shader module named by
+//! a hash of the module's text and the driver, so that a changed shader or
+//! driver starts a fresh file and stale ones are removed. Drivers that keep
+//! their own cache (Mesa's, including lavapipe's) gain little from it.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::shader::ShaderSource;
@@ -74,6 +84,145 @@ pub(crate) struct PipelineCache {
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
     layouts: Mutex<HashMap<Vec<Access>, Arc<wgpu::BindGroupLayout>>>,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
+    disk: Option<DiskCache>,
+}
+
+impl PipelineCache {
+    /// With `disk`, compiled pipelines are also kept in that directory.
+    pub(crate) fn new(disk: Option<DiskCache>) -> Self {
+        PipelineCache {
+            disk,
+            ..Default::default()
+        }
+    }
+}
+
+/// The driver's pipeline caches on disk: one per shader module, in
+/// `dir/<module>-<hash>.bin`, the hash over the module's text and `driver`.
+pub(crate) struct DiskCache {
+    dir: PathBuf,
+    driver: String,
+    modules: Mutex<HashMap<&'static str, Arc<ModuleCache>>>,
+}
+
+struct ModuleCache {
+    cache: wgpu::PipelineCache,
+    path: PathBuf,
+    /// Bytes of data in its file when loaded or last saved.
+    loaded: AtomicUsize,
+    /// A pipeline was created through it since then.
+    dirty: AtomicBool,
+}
+
+/// 64-bit FNV-1a: stable across builds and Rust versions, for file names
+/// and the files' checksums.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in *p {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+impl DiskCache {
+    /// A cache under `dir` for this adapter, where its backend has one
+    /// (wgpu names the adapter's key; `None` elsewhere).
+    pub(crate) fn new(dir: &Path, info: &wgpu::AdapterInfo) -> Option<Self> {
+        let key = wgpu::util::pipeline_cache_key(info)?;
+        Some(DiskCache {
+            dir: dir.join(key),
+            driver: format!("{} {} {:?}", info.driver, info.driver_info, info.backend),
+            modules: Mutex::default(),
+        })
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The cache of `shader`, loaded from its file when one with a valid
+    /// checksum exists.
+    #[allow(unsafe_code)]
+    fn module(&self, device: &wgpu::Device, shader: &'static ShaderSource) -> Arc<ModuleCache> {
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = modules.get(shader.name) {
+            return m.clone();
+        }
+        let hash = fnv1a(&[shader.compose().as_bytes(), self.driver.as_bytes()]);
+        let path = self.dir.join(format!("{}-{hash:016x}.bin", shader.name));
+        // File: the FNV-1a of the data (8 bytes, little-endian), then the data.
+        let data = std::fs::read(&path).ok().and_then(|f| {
+            let (sum, data) = f.split_at_checked(8)?;
+            (sum == fnv1a(&[data]).to_le_bytes()).then(|| data.to_vec())
+        });
+        // SAFETY: `data` is what `get_data` returned for an adapter with
+        // this key and driver (the file name hashes the driver, the
+        // checksum rules out torn or corrupted files, and wgpu checks its
+        // header against the adapter); `fallback` makes a rejected blob an
+        // empty cache.
+        let cache = unsafe {
+            device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                label: Some(shader.name),
+                data: data.as_deref(),
+                fallback: true,
+            })
+        };
+        let m = Arc::new(ModuleCache {
+            cache,
+            path,
+            loaded: AtomicUsize::new(data.map_or(0, |d| d.len())),
+            dirty: AtomicBool::new(false),
+        });
+        modules.insert(shader.name, m.clone());
+        m
+    }
+
+    /// Writes every cache that gained pipelines (a temporary file renamed
+    /// over the old one) and removes the module's stale files. Failures
+    /// only cost the next run its warm start, so they are logged, not raised.
+    fn save(&self) {
+        let modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, m) in modules.iter() {
+            if !m.dirty.swap(false, Ordering::Relaxed) {
+                continue;
+            }
+            // Pipelines the file already held leave the data as it was.
+            let loaded = m.loaded.load(Ordering::Relaxed);
+            let Some(data) = m.cache.get_data().filter(|d| d.len() != loaded) else {
+                continue;
+            };
+            match write_cache_file(&self.dir, name, &m.path, &data) {
+                Ok(()) => m.loaded.store(data.len(), Ordering::Relaxed),
+                Err(e) => log::warn!("pipeline cache {}: {e}", m.path.display()),
+            }
+        }
+    }
+}
+
+fn write_cache_file(dir: &Path, name: &str, path: &Path, data: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut bytes = fnv1a(&[data]).to_le_bytes().to_vec();
+    bytes.extend_from_slice(data);
+    std::fs::write(&tmp, &bytes)?;
+    std::fs::rename(&tmp, path)?;
+    // Files of the same module for other text or drivers are stale.
+    let prefix = format!("{name}-");
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let p = e.path();
+        let stale = p != path
+            && p.extension().is_some_and(|x| x == "bin")
+            && p.file_name()
+                .and_then(|f| f.to_str())
+                .and_then(|f| f.strip_prefix(&prefix))
+                .is_some_and(|rest| rest.len() == 20 && !rest.contains('-'));
+        if stale {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    Ok(())
 }
 
 impl Gpu {
@@ -185,6 +334,8 @@ impl Gpu {
                 immediate_size: 0,
             });
         let label = kernel.label();
+        let t0 = std::time::Instant::now();
+        let disk = (self.pipelines.disk.as_ref()).map(|d| d.module(&self.device, kernel.shader));
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipeline = self
             .device
@@ -197,8 +348,12 @@ impl Gpu {
                     constants: &kernel.constants,
                     zero_initialize_workgroup_memory: false,
                 },
-                cache: None,
+                cache: disk.as_ref().map(|m| &m.cache),
             });
+        if let Some(m) = &disk {
+            m.dirty.store(true, Ordering::Relaxed);
+        }
+        log::debug!("pipeline {label}: {:.3} s", t0.elapsed().as_secs_f64());
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(EngineError::Shader {
                 shader: kernel.shader.name,
@@ -216,5 +371,46 @@ impl Gpu {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, p.clone());
         Ok(p)
+    }
+}
+
+impl Gpu {
+    /// Creates the pipelines of `kernels` that do not exist yet, spread
+    /// over the CPU's cores: translation and the driver's compiler run in
+    /// the calling thread, so a cold start's compiles overlap. Errors as
+    /// [`Gpu::pipeline`]'s.
+    pub fn prepare_pipelines(&self, kernels: &[(Kernel, Vec<Access>)]) -> Result<()> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(kernels.len());
+        if threads <= 1 {
+            return kernels
+                .iter()
+                .try_for_each(|(k, a)| self.pipeline(k, a).map(drop));
+        }
+        let next = AtomicUsize::new(0);
+        let work = || -> Result<()> {
+            while let Some((k, a)) = kernels.get(next.fetch_add(1, Ordering::Relaxed)) {
+                self.pipeline(k, a)?;
+            }
+            Ok(())
+        };
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect::<Result<Vec<()>>>()
+                .map(drop)
+        })
+    }
+
+    /// Writes the driver's pipeline caches that gained pipelines to disk
+    /// (where the device has a disk cache; see the module docs). Called
+    /// once a graph's pipelines exist.
+    pub fn save_pipeline_cache(&self) {
+        if let Some(d) = &self.pipelines.disk {
+            d.save();
+        }
     }
 }

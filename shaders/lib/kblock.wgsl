@@ -2,7 +2,7 @@
 // (Q5_0, Q5_1, IQ4_NL and the super-block types Q2_K .. Q6_K, IQ4_XS) one
 // 32-element block at a time; see that file for the planes. A block's value
 // is w = a * t(q) + m per half of 16 elements, t(q) = q (the offset folded
-// into m) or, for the IQ4 types, IQ4_VALUES[q].
+// into m) or, for the IQ4 types, the table value of q (iq4_values4).
 //
 // The including shader provides the plane reads:
 //   kb_vec4(i): code words 4i .. 4i + 3 of the codes plane;
@@ -22,8 +22,25 @@ const Q5_K: u32 = 11u;
 const Q6_K: u32 = 12u;
 const IQ4_XS: u32 = 13u;
 
-const IQ4_VALUES = array<f32, 16>(-127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0,
-                                  1.0, 13.0, 25.0, 38.0, 53.0, 69.0, 89.0, 113.0);
+// The IQ4 types' 16 values (-127, -104, -83, -65, -49, -35, -22, -10, 1,
+// 13, 25, 38, 53, 69, 89, 113; weight::kquant's IQ4_VALUES) as signed
+// bytes, value q in byte q % 4 of word q / 4. Looked up with selects and
+// shifts: a dynamically indexed array becomes a per-invocation copy in
+// local memory on most compilers (llvmpipe's included), which costs more
+// than the decode it serves.
+const IQ4_W0: u32 = 0xbfad9881u;
+const IQ4_W1: u32 = 0xf6eaddcfu;
+const IQ4_W2: u32 = 0x26190d01u;
+const IQ4_W3: u32 = 0x71594535u;
+
+fn iq4_values4(q: vec4<u32>) -> vec4<f32> {
+    let odd = (q & vec4<u32>(4u)) != vec4<u32>(0u);
+    let w = select(select(vec4<u32>(IQ4_W0), vec4<u32>(IQ4_W1), odd),
+                   select(vec4<u32>(IQ4_W2), vec4<u32>(IQ4_W3), odd), q >= vec4<u32>(8u));
+    // Byte q % 4 to the top, then an arithmetic shift brings it back signed.
+    let top = w << ((vec4<u32>(3u) - (q & vec4<u32>(3u))) * vec4<u32>(8u));
+    return vec4<f32>(bitcast<vec4<i32>>(top) >> vec4<u32>(24u));
+}
 
 fn is_kq(fmt: u32) -> bool {
     return fmt >= Q5_0 && fmt <= IQ4_XS;
@@ -104,7 +121,7 @@ fn kq_codes4(lo: vec4<u32>, hi: vec4<u32>, kq: u32, fmt: u32) -> vec4<u32> {
 // t(q) of four codes as floats.
 fn kq_values4(q: vec4<u32>, fmt: u32) -> vec4<f32> {
     if kq_table(fmt) {
-        return vec4<f32>(IQ4_VALUES[q.x], IQ4_VALUES[q.y], IQ4_VALUES[q.z], IQ4_VALUES[q.w]);
+        return iq4_values4(q);
     }
     return vec4<f32>(q);
 }

@@ -210,6 +210,17 @@ fn kquant_format_ids_match_the_shaders() {
                 assert_eq!(wgsl, rust, "{}: {name}", s.name);
             }
         }
+        // The IQ4 table, as the signed bytes of four words.
+        for (j, vals) in weight::kquant::IQ4_VALUES.chunks(4).enumerate() {
+            let name = format!("IQ4_W{j}");
+            let wgsl = m
+                .constants
+                .iter()
+                .find(|(_, c)| c.name.as_deref() == Some(name.as_str()))
+                .and_then(|(_, c)| const_u32(&m, c));
+            let rust = u32::from_le_bytes([vals[0], vals[1], vals[2], vals[3]].map(|v| v as u8));
+            assert_eq!(wgsl, Some(rust), "{}: {name}", s.name);
+        }
     }
 }
 
@@ -327,8 +338,10 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             max_rows: 8,
         }),
         Box::new(rope::Rope {
-            x: 0,
+            q: 0,
             n_heads: 2,
+            k: 1,
+            n_kv_heads: 1,
             head_dim: 64,
             theta: 10000.0,
             style: rope::RopeStyle::Neox,
@@ -351,8 +364,10 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
         }),
         Box::new(rope::RopeHadamard {
             rope: rope::Rope {
-                x: 0,
+                q: 0,
                 n_heads: 2,
+                k: 1,
+                n_kv_heads: 1,
                 head_dim: 64,
                 theta: 10000.0,
                 style: rope::RopeStyle::Interleaved,
@@ -362,23 +377,27 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
         }),
         // Llama 3's scaled frequencies: the `_scaled` entry points.
         Box::new(rope::Rope {
-            x: 0,
+            q: 0,
             n_heads: 2,
+            k: 1,
+            n_kv_heads: 1,
             head_dim: 64,
             theta: 500000.0,
             style: rope::RopeStyle::Interleaved,
             max_rows: 8,
-            freq_factors: Some(1),
+            freq_factors: Some(2),
         }),
         Box::new(rope::RopeHadamard {
             rope: rope::Rope {
-                x: 0,
+                q: 0,
                 n_heads: 2,
+                k: 1,
+                n_kv_heads: 1,
                 head_dim: 64,
                 theta: 500000.0,
                 style: rope::RopeStyle::Interleaved,
                 max_rows: 8,
-                freq_factors: Some(1),
+                freq_factors: Some(2),
             },
         }),
         Box::new(gram::Gram {
@@ -437,6 +456,8 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             out: 2,
             max_rows: 8,
             last_row_only: false,
+            // The residual add in the epilogue: override ACC in every family.
+            accumulate: format != WeightFormat::Q4_0,
         }));
     }
     ops.push(Box::new(act_quant::ActQuant {
@@ -471,6 +492,7 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             out: 2,
             max_rows: 8,
             last_row_only: false,
+            accumulate: true,
         }));
     }
     let qjl = QjlShape {

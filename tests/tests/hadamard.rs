@@ -135,8 +135,9 @@ fn bad_shapes_are_errors() {
 const ROPE_ATOL: f32 = 2e-6;
 const ROPE_ATOL_PER_POS: f32 = 2.4e-7;
 
-/// Runs `RopeHadamard`, and `Rope` then `Hadamard` (two dispatches) on the
-/// same input; returns (fused, two ops, CPU rope::reference + transform).
+/// Runs `RopeHadamard`, and `Rope` then `Hadamard` (three dispatches) on
+/// the same queries (`heads`) and keys (`heads / 2`, at least 1); returns
+/// (fused, split ops, CPU rope::reference + transform), queries then keys.
 fn run_rope_hadamard(
     n_tokens: u32,
     max_rows: u32,
@@ -146,8 +147,10 @@ fn run_rope_hadamard(
     style: RopeStyle,
     scaled: bool,
 ) -> [Vec<f32>; 3] {
-    let len = (max_rows * heads * hd) as usize;
-    let x = rand_vec(len, u64::from(hd + heads + pos), 1.0);
+    let kv = (heads / 2).max(1);
+    let len = |h: u32| (max_rows * h * hd) as usize;
+    let q = rand_vec(len(heads), u64::from(hd + heads + pos), 1.0);
+    let k = rand_vec(len(kv), u64::from(hd + heads + pos) + 1, 1.0);
     // Frequency divisors from 1 up, as Llama 3's scaling has them.
     let factors: Vec<f32> = if scaled {
         (0..hd / 2).map(|j| 1.0 + j as f32 / 3.0).collect()
@@ -156,34 +159,44 @@ fn run_rope_hadamard(
     };
     let mut g = Graph::new();
     let ft = scaled.then(|| g.input("factors", 2 * u64::from(hd)));
-    let rope = |x| rope::Rope {
-        x,
+    let rope = |q, k| rope::Rope {
+        q,
         n_heads: heads,
+        k,
+        n_kv_heads: kv,
         head_dim: hd,
         theta: 10000.0,
         style,
         max_rows,
         freq_factors: ft,
     };
-    let fused = g.output("fused", 4 * len as u64);
-    let split = g.output("split", 4 * len as u64);
-    g.push(
-        "rope_hadamard",
-        Op::RopeHadamard(rope::RopeHadamard { rope: rope(fused) }),
-    )
-    .unwrap();
-    g.push("rope", Op::Rope(rope(split))).unwrap();
-    let had = Hadamard {
-        x: split,
-        n: hd,
-        width: heads * hd,
-        max_rows,
-        transposed: false,
+    let fused = [
+        g.output("fused_q", 4 * len(heads) as u64),
+        g.output("fused_k", 4 * len(kv) as u64),
+    ];
+    let split = [
+        g.output("split_q", 4 * len(heads) as u64),
+        g.output("split_k", 4 * len(kv) as u64),
+    ];
+    let op = rope::RopeHadamard {
+        rope: rope(fused[0], fused[1]),
     };
-    g.push("hadamard", Op::Hadamard(had)).unwrap();
+    g.push("rope_hadamard", Op::RopeHadamard(op)).unwrap();
+    g.push("rope", Op::Rope(rope(split[0], split[1]))).unwrap();
+    for (x, h) in [(split[0], heads), (split[1], kv)] {
+        let had = Hadamard {
+            x,
+            n: hd,
+            width: h * hd,
+            max_rows,
+            transposed: false,
+        };
+        g.push("hadamard", Op::Hadamard(had)).unwrap();
+    }
     let mut ex = Executor::new(gpu(), g).unwrap();
-    ex.write(fused, 0, &f32_bytes(&x));
-    ex.write(split, 0, &f32_bytes(&x));
+    for (t, x) in fused.iter().chain(&split).zip([&q, &k, &q, &k]) {
+        ex.write(*t, 0, &f32_bytes(x));
+    }
     if let Some(t) = ft {
         ex.write(t, 0, &f32_bytes(&factors));
     }
@@ -193,23 +206,28 @@ fn run_rope_hadamard(
         ..Default::default()
     };
     ex.run(&step).unwrap();
-    let done = (n_tokens * heads * hd) as usize;
-    let mut want = x.clone();
-    rope::reference(
-        &mut want[..done],
-        heads as usize,
-        hd as usize,
-        10000.0,
-        &factors,
-        pos,
-        style,
-    );
-    hadamard::transform(&mut want[..done], hd as usize).unwrap();
-    [
-        ex.read_f32(fused, len).unwrap(),
-        ex.read_f32(split, len).unwrap(),
-        want,
-    ]
+    let mut want = Vec::new();
+    for (x, h) in [(&q, heads), (&k, kv)] {
+        let done = (n_tokens * h * hd) as usize;
+        let mut w = x.clone();
+        rope::reference(
+            &mut w[..done],
+            h as usize,
+            hd as usize,
+            10000.0,
+            &factors,
+            pos,
+            style,
+        );
+        hadamard::transform(&mut w[..done], hd as usize).unwrap();
+        want.extend(w);
+    }
+    let read = |[q, k]: [usize; 2]| {
+        let mut v = ex.read_f32(q, len(heads)).unwrap();
+        v.extend(ex.read_f32(k, len(kv)).unwrap());
+        v
+    };
+    [read(fused), read(split), want]
 }
 
 #[test]
@@ -249,11 +267,14 @@ fn rope_hadamard_is_rope_then_hadamard() {
 fn rope_hadamard_rejects_other_head_dims() {
     let mut g = Graph::new();
     let xt = g.output("x", 4 * 4 * 512);
+    let kt = g.output("k", 4 * 2 * 512);
     for hd in [0u32, 1, 96, 512] {
         let op = rope::RopeHadamard {
             rope: rope::Rope {
-                x: xt,
+                q: xt,
                 n_heads: 4,
+                k: kt,
+                n_kv_heads: 2,
                 head_dim: hd,
                 theta: 10000.0,
                 style: RopeStyle::Neox,

@@ -214,10 +214,12 @@ fn embedding_step_with_fewer_tokens_leaves_the_rest() {
     assert_close("embedding 3 of 7 tokens", &got, &want, 0.0, 0.0);
 }
 
-/// Runs RoPE in place; returns (got, want).
+/// Runs RoPE in place on `heads` query and `kv_heads` key heads; returns
+/// (got, want), the queries then the keys.
+#[allow(clippy::too_many_arguments)]
 fn run_rope(
     n: usize,
-    heads: usize,
+    (heads, kv_heads): (usize, usize),
     hd: usize,
     pos: u32,
     theta: f32,
@@ -225,13 +227,17 @@ fn run_rope(
     style: RopeStyle,
     seed: u64,
 ) -> (Vec<f32>, Vec<f32>) {
-    let x = rand_vec(n * heads * hd, seed, 1.0);
+    let q = rand_vec(n * heads * hd, seed, 1.0);
+    let k = rand_vec(n * kv_heads * hd, seed + 1, 1.0);
     let mut g = Graph::new();
-    let xt = g.output("x", 4 * x.len() as u64);
+    let qt = g.output("q", 4 * q.len() as u64);
+    let kt = g.output("k", 4 * k.len() as u64);
     let ft = (!factors.is_empty()).then(|| g.input("factors", 4 * factors.len() as u64));
     let op = rope::Rope {
-        x: xt,
+        q: qt,
         n_heads: heads as u32,
+        k: kt,
+        n_kv_heads: kv_heads as u32,
         head_dim: hd as u32,
         theta,
         style,
@@ -240,28 +246,32 @@ fn run_rope(
     };
     g.push("rope", Op::Rope(op)).unwrap();
     let mut ex = Executor::new(gpu(), g).unwrap();
-    ex.write(xt, 0, &f32_bytes(&x));
+    ex.write(qt, 0, &f32_bytes(&q));
+    ex.write(kt, 0, &f32_bytes(&k));
     if let Some(t) = ft {
         ex.write(t, 0, &f32_bytes(factors));
     }
     ex.run(&step(n, pos)).unwrap();
-    let got = ex.read_f32(xt, x.len()).unwrap();
-    let mut want = x;
+    let mut got = ex.read_f32(qt, q.len()).unwrap();
+    got.extend(ex.read_f32(kt, k.len()).unwrap());
+    let (mut want, mut want_k) = (q, k);
     rope::reference(&mut want, heads, hd, theta, factors, pos, style);
+    rope::reference(&mut want_k, kv_heads, hd, theta, factors, pos, style);
+    want.extend(want_k);
     (got, want)
 }
 
 #[test]
 fn rope_matches_reference() {
     let cases = [
-        // (tokens, heads, head_dim, pos)
-        (1usize, 1usize, 64usize, 0u32),
-        (7, 3, 64, 5),
-        (77, 2, 128, 0),
-        (77, 1, 40, 1000),
-        (7, 4, 128, 8185),
-        (1, 9, 64, 8191),
-        (77, 1, 40, 8114),
+        // (tokens, (query heads, key heads), head_dim, pos)
+        (1usize, (1usize, 1usize), 64usize, 0u32),
+        (7, (3, 1), 64, 5),
+        (77, (2, 2), 128, 0),
+        (77, (1, 3), 40, 1000),
+        (7, (4, 2), 128, 8185),
+        (1, (9, 3), 64, 8191),
+        (77, (1, 1), 40, 8114),
     ];
     let mut worst = (0.0f32, String::new());
     for (i, &(n, heads, hd, pos)) in cases.iter().enumerate() {
@@ -275,7 +285,7 @@ fn rope_matches_reference() {
                 };
                 let (got, want) = run_rope(n, heads, hd, pos, theta, &factors, style, i as u64);
                 let what = format!(
-                    "rope {n}x{heads}x{hd} pos {pos} {style:?} theta {theta} scaled {scaled}"
+                    "rope {n}x{heads:?}x{hd} pos {pos} {style:?} theta {theta} scaled {scaled}"
                 );
                 let err = got
                     .iter()
@@ -306,9 +316,12 @@ fn rope_pairs_follow_the_style() {
     for (style, other) in [(RopeStyle::Interleaved, 1usize), (RopeStyle::Neox, 32)] {
         let mut g = Graph::new();
         let xt = g.output("x", 4 * 64);
+        let kt = g.output("k", 4 * 64);
         let op = rope::Rope {
-            x: xt,
+            q: xt,
             n_heads: 1,
+            k: kt,
+            n_kv_heads: 1,
             head_dim: 64,
             theta: 10000.0,
             style,

@@ -82,6 +82,25 @@ impl Executor {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        // Every distinct pipeline first, compiled in parallel.
+        let mut seen = std::collections::HashSet::new();
+        let kernels: Vec<_> = graph
+            .nodes
+            .iter()
+            .flat_map(|n| n.op.def().calls(&caps))
+            .map(|c| {
+                let access: Vec<_> = c.bindings.iter().map(|b| b.access).collect();
+                (c.kernel, access)
+            })
+            .filter(|(k, a)| seen.insert((k.label(), a.clone())))
+            .collect();
+        let t0 = std::time::Instant::now();
+        gpu.prepare_pipelines(&kernels)?;
+        log::debug!(
+            "graph: {} pipelines ready in {:.3} s",
+            kernels.len(),
+            t0.elapsed().as_secs_f64()
+        );
         let mut calls = Vec::with_capacity(n_calls);
         for (ni, node) in graph.nodes.iter().enumerate() {
             for call in node.op.def().calls(&caps) {
@@ -138,6 +157,7 @@ impl Executor {
                 });
             }
         }
+        gpu.save_pipeline_cache();
         log::debug!(
             "graph: {} nodes, {} dispatches, intermediates {:.1} MiB in {} buffers ({:.1} MiB unshared)",
             graph.nodes.len(),

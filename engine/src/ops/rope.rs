@@ -25,19 +25,22 @@
 //! factor before the angle is formed (Llama 3.x's `rope_scaling` of type
 //! `llama3`, which llama.cpp's converter stores as the `rope_freqs` tensor:
 //! 1 for short wavelengths, the scaling factor for long ones, smooth
-//! between). The `_scaled` entry points read the factors at binding 2.
+//! between). The `_scaled` entry points read the factors at binding 3.
 //!
 //! # Shapes
-//! x: [max_rows, n_heads, head_dim] f32 (read-write), head_dim even.
-//! One invocation per (token, pair j): the angle and its sin/cos are
-//! computed once and applied to that pair in every head.
+//! q: [max_rows, n_heads, head_dim] and k: [max_rows, n_kv_heads, head_dim]
+//! f32 (read-write), head_dim even: the queries and the keys of a step in
+//! one dispatch. One invocation per (token, pair j): the angle and its
+//! sin/cos are computed once and applied to that pair in every head of
+//! both.
 //!
 //! # Fused with the Hadamard transform
 //! [`RopeHadamard`] is RoPE followed by `y = H_d x / sqrt(d)` on each head
 //! (`d = head_dim`, a power of two up to [`HADAMARD_MAX_DIM`], Sylvester's
 //! `H_d`, the matrix `ops::hadamard` uses for n = d): QuaRot's online
 //! rotation of Q and K (arXiv 2404.00456), one dispatch instead
-//! of two. One workgroup per (token, head): the rotated head goes to
+//! of two. One workgroup per (token, head), the query heads first, then
+//! the key heads: the rotated head goes to
 //! workgroup memory, the butterflies run there, the scaled result goes back.
 //! The angles are those of [`Rope`], so the result equals the two ops run
 //! one after the other.
@@ -73,15 +76,18 @@ crate::params_struct! {
         pub log2_theta: f32,
         /// 1/sqrt(head_dim), for [`RopeHadamard`] (1 for plain RoPE).
         pub hadamard_scale: f32,
-        pub _pad: u32,
+        pub n_kv_heads: u32,
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Rope {
-    /// [max_rows, n_heads, head_dim] f32, rotated in place.
-    pub x: TensorId,
+    /// Queries, [max_rows, n_heads, head_dim] f32, rotated in place.
+    pub q: TensorId,
     pub n_heads: u32,
+    /// Keys, [max_rows, n_kv_heads, head_dim] f32, rotated in place.
+    pub k: TensorId,
+    pub n_kv_heads: u32,
     pub head_dim: u32,
     /// Base of the frequencies (10000 for Llama 2, 500000 for Llama 3).
     pub theta: f32,
@@ -102,20 +108,18 @@ pub const HADAMARD_MAX_DIM: u32 = 256;
 
 impl Rope {
     /// The call of entry point `entry`, or of its `_scaled` twin (which
-    /// reads the factors at binding 2) when the frequencies are scaled.
+    /// reads the factors at binding 3) when the frequencies are scaled.
     fn call(&self, entry: &'static str) -> Call {
+        let (q, k) = (Binding::write(self.q), Binding::write(self.k));
         match self.freq_factors {
-            None => Call::new(Kernel::new(&SHADER, entry), vec![Binding::write(self.x)]),
+            None => Call::new(Kernel::new(&SHADER, entry), vec![q, k]),
             Some(f) => {
                 let scaled = if entry == "rope" {
                     "rope_scaled"
                 } else {
                     "rope_hadamard_scaled"
                 };
-                Call::new(
-                    Kernel::new(&SHADER, scaled),
-                    vec![Binding::write(self.x), Binding::read(f)],
-                )
+                Call::new(Kernel::new(&SHADER, scaled), vec![q, k, Binding::read(f)])
             }
         }
     }
@@ -132,7 +136,7 @@ impl Rope {
             },
             log2_theta: f64::from(self.theta).log2() as f32,
             hadamard_scale: 1.0,
-            _pad: 0,
+            n_kv_heads: self.n_kv_heads,
         }
     }
 }
@@ -148,18 +152,30 @@ impl OpDef for Rope {
             "head_dim {} must be even and nonzero",
             self.head_dim
         );
-        ensure_shape!(self.n_heads > 0, "rope", "n_heads must be nonzero");
+        ensure_shape!(
+            self.n_heads > 0 && self.n_kv_heads > 0,
+            "rope",
+            "n_heads {} and n_kv_heads {} must be nonzero",
+            self.n_heads,
+            self.n_kv_heads
+        );
+        ensure_shape!(
+            self.q != self.k,
+            "rope",
+            "q and k must be different tensors"
+        );
         ensure_shape!(
             self.theta.is_finite() && self.theta > 0.0,
             "rope",
             "theta {} must be finite and positive",
             self.theta
         );
-        let row = 4 * u64::from(self.n_heads) * u64::from(self.head_dim);
+        let rows = |heads: u32| 4 * u64::from(heads * self.head_dim) * u64::from(self.max_rows);
         if let Some(f) = self.freq_factors {
             check_bytes(g, "rope", "freq_factors", f, 2 * u64::from(self.head_dim))?;
         }
-        check_bytes(g, "rope", "x", self.x, row * u64::from(self.max_rows))
+        check_bytes(g, "rope", "q", self.q, rows(self.n_heads))?;
+        check_bytes(g, "rope", "k", self.k, rows(self.n_kv_heads))
     }
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
         vec![self.call("rope")]
@@ -201,7 +217,7 @@ impl OpDef for RopeHadamard {
             ..self.rope.params(step)
         };
         write_params(params, &p);
-        grid1(p.n_tokens * self.rope.n_heads)
+        grid1(p.n_tokens * (self.rope.n_heads + self.rope.n_kv_heads))
     }
 }
 

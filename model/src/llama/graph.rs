@@ -67,11 +67,9 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
     let k = g.intermediate("k", f32s(kv_dim)); // [n_tokens, n_kv_heads, head_dim]
     let v = g.intermediate("v", f32s(kv_dim)); // [n_tokens, n_kv_heads, head_dim]
     let att = g.intermediate("att", f32s(q_dim)); // [n_tokens, n_heads * head_dim]
-    let o = g.intermediate("o", f32s(dim)); // [n_tokens, dim]
     let gate = g.intermediate("gate", f32s(ffn)); // [n_tokens, ffn]
     let up = g.intermediate("up", f32s(ffn)); // [n_tokens, ffn]
     let act = g.intermediate("act", f32s(ffn)); // [n_tokens, ffn]
-    let down = g.intermediate("down", f32s(dim)); // [n_tokens, dim]
     let scratch_bytes = m
         .kv
         .layers
@@ -112,11 +110,9 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
         k,
         v,
         att,
-        o,
         gate,
         up,
         act,
-        down,
         att_scratch,
         xq,
         rope_factors: m
@@ -162,6 +158,7 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
                     out: logits,
                     max_rows: n,
                     last_row_only: false,
+                    accumulate: false,
                 }),
             )?;
             GraphIo {
@@ -182,6 +179,7 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
                     out: logits,
                     max_rows: n,
                     last_row_only: true,
+                    accumulate: false,
                 }),
             )?;
             let history = g.input("history", sample::history_bytes(REPEAT_LAST_N));
@@ -213,7 +211,8 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
 /// The activations one layer reads and writes (`[n, width]` f32 each).
 #[derive(Debug, Clone, Copy)]
 pub struct LayerIo {
-    /// The residual stream, updated in place.
+    /// The residual stream, updated in place (o_proj and down_proj add
+    /// their products to it in their epilogue).
     pub x: TensorId,
     /// Attention-norm output (input of q/k/v).
     pub h: TensorId,
@@ -224,12 +223,10 @@ pub struct LayerIo {
     pub v: TensorId,
     /// Attention output (input of the output projection).
     pub att: TensorId,
-    pub o: TensorId,
     pub gate: TensorId,
     pub up: TensorId,
     /// SwiGLU output (input of the down projection).
     pub act: TensorId,
-    pub down: TensorId,
     pub att_scratch: Option<TensorId>,
     /// Integer activations: packed int8 codes `[n, widest / 4]` u32 and
     /// per-token scales `[n]` f32 (needed when a layer has `act`).
@@ -331,8 +328,8 @@ fn push_gram(
 }
 
 /// Pushes layer `l`: rmsnorm → q/k/v → RoPE → cache write → causal GQA
-/// attention → output projection → residual → rmsnorm → SwiGLU FFN →
-/// residual, over the KV cache `(k_cache, v_cache)` of `max_ctx` positions,
+/// attention → output projection added to the residual → rmsnorm → SwiGLU
+/// FFN, its down projection added to the residual, over the KV cache `(k_cache, v_cache)` of `max_ctx` positions,
 /// for steps of up to `n` tokens; with `taps`, also the Gram accumulations of
 /// the linear layers' inputs.
 #[allow(clippy::too_many_arguments)]
@@ -390,11 +387,13 @@ pub fn push_layer(
         Ok(())
     };
     // The linear layers reading one input: float matmuls, or integer ones
-    // over its codes (quantized here unless `coded`, by the norm).
+    // over its codes (quantized here unless `coded`, by the norm). Each
+    // writes its `out`, or with `residual` adds to it (out is then io.x).
     let linears = |g: &mut Graph,
                    x: TensorId,
                    site: ActSite,
                    coded: bool,
+                   residual: bool,
                    ws: &[(&GpuWeight, TensorId, &str)]|
      -> Result<()> {
         if let Some((a, (codes, scales))) = quant.filter(|_| !coded) {
@@ -419,6 +418,7 @@ pub fn push_layer(
                     out,
                     max_rows: n,
                     last_row_only: false,
+                    accumulate: residual,
                 }),
                 None => Op::MatMul(matmul::MatMul {
                     x,
@@ -426,23 +426,11 @@ pub fn push_layer(
                     out,
                     max_rows: n,
                     last_row_only: false,
+                    accumulate: residual,
                 }),
             };
             g.push(p(name), op)?;
         }
-        Ok(())
-    };
-    let residual = |g: &mut Graph, y: TensorId, label: String| -> Result<()> {
-        g.push(
-            label,
-            Op::Add(add::Add {
-                x: io.x,
-                y,
-                dim: c.dim as u32,
-                max_rows: n,
-                bias: false,
-            }),
-        )?;
         Ok(())
     };
     let w = external(g, &p("attn_norm"), &lw.attn_norm);
@@ -455,7 +443,7 @@ pub fn push_layer(
         (&lw.wk, io.k, "attn_k"),
         (&lw.wv, io.v, "attn_v"),
     ];
-    linears(g, io.h, ActSite::QkvIn, true, &qkv)?;
+    linears(g, io.h, ActSite::QkvIn, true, false, &qkv)?;
     if let Some(biases) = &lw.qkv_bias {
         for ((b, (_, t, name)), heads) in biases.iter().zip(&qkv).zip([nh, nkv, nkv]) {
             let y = external(g, &p(&format!("{name}_bias")), b);
@@ -471,24 +459,27 @@ pub fn push_layer(
     }
     // A rotated model's online Hadamard on each query and key head: fused
     // into RoPE where the head is a power of two, else a dispatch of its own.
+    // RoPE on the queries and the keys in one dispatch.
     let fused = hd.is_power_of_two() && hd <= rope::HADAMARD_MAX_DIM;
-    for (t, heads, name) in [(io.q, nh, "rope_q"), (io.k, nkv, "rope_k")] {
-        let r = rope::Rope {
-            x: t,
-            n_heads: heads,
-            head_dim: hd,
-            theta: c.rope_theta,
-            style,
-            max_rows: n,
-            freq_factors: io.rope_factors,
-        };
-        if c.hadamard.qk && fused {
-            g.push(p(name), Op::RopeHadamard(rope::RopeHadamard { rope: r }))?;
-            continue;
-        }
-        g.push(p(name), Op::Rope(r))?;
+    let r = rope::Rope {
+        q: io.q,
+        n_heads: nh,
+        k: io.k,
+        n_kv_heads: nkv,
+        head_dim: hd,
+        theta: c.rope_theta,
+        style,
+        max_rows: n,
+        freq_factors: io.rope_factors,
+    };
+    if c.hadamard.qk && fused {
+        g.push(p("rope"), Op::RopeHadamard(rope::RopeHadamard { rope: r }))?;
+    } else {
+        g.push(p("rope"), Op::Rope(r))?;
         if c.hadamard.qk {
-            push_hadamard(g, t, hd, heads * hd, n, p(&format!("{name}_hadamard")))?;
+            for (t, heads, name) in [(io.q, nh, "q"), (io.k, nkv, "k")] {
+                push_hadamard(g, t, hd, heads * hd, n, p(&format!("rope_{name}_hadamard")))?;
+            }
         }
     }
     let scale = 1.0 / (hd as f32).sqrt();
@@ -575,9 +566,9 @@ pub fn push_layer(
         io.att,
         ActSite::OIn,
         false,
-        &[(&lw.wo, io.o, "attn_output")],
+        true,
+        &[(&lw.wo, io.x, "attn_output")],
     )?;
-    residual(g, io.o, p("attn_residual"))?;
 
     let w = external(g, &p("ffn_norm"), &lw.ffn_norm);
     norm(g, w, io.h_ffn, ActSite::FfnIn, p("ffn_norm"))?;
@@ -588,7 +579,7 @@ pub fn push_layer(
         (&lw.w_gate, io.gate, "ffn_gate"),
         (&lw.w_up, io.up, "ffn_up"),
     ];
-    linears(g, io.h_ffn, ActSite::FfnIn, true, &gate_up)?;
+    linears(g, io.h_ffn, ActSite::FfnIn, true, false, &gate_up)?;
     g.push(
         p("swiglu"),
         Op::SwiGlu(swiglu::SwiGlu {
@@ -630,8 +621,8 @@ pub fn push_layer(
         io.act,
         ActSite::DownIn,
         down_coded,
-        &[(&lw.w_down, io.down, "ffn_down")],
+        true,
+        &[(&lw.w_down, io.x, "ffn_down")],
     )?;
-    residual(g, io.down, p("ffn_residual"))?;
     Ok(())
 }
