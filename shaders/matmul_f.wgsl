@@ -3,7 +3,7 @@
 // unpack2x16float so SHADER_F16 is not needed). Rows are `cols` (F32) or
 // ceil(cols / 2) (F16) words long and `cols` may be any count, so loads are
 // scalar and the last 32-column block is masked; the loop structure matches
-// matmul_q.wgsl (see there). Uses lib/epilogue.wgsl.
+// matmul_q.wgsl (see there).
 
 struct Params {
     rows: u32,
@@ -87,7 +87,7 @@ fn matvec(wg: u32, lid: u32, fmt: u32) {
         }
         let row = wg * rows_per_wg + o;
         if row < p.rows {
-            put(p.out_col + row, s);
+            out[p.out_col + row] = s;
         }
     }
 }
@@ -155,7 +155,7 @@ fn matmul(wg: u32, lid: u32, fmt: u32) {
         let t = t0 + ty * 4u + a;
         for (var r = 0u; r < 8u; r++) {
             if t < p.n_tokens && r0 + r < p.rows {
-                put(t * p.out_stride + p.out_col + r0 + r, acc[r][a]);
+                out[t * p.out_stride + p.out_col + r0 + r] = acc[r][a];
             }
         }
     }

@@ -2,7 +2,7 @@
 // with int8 activation codes (act_quant) against Q8_0 / Q4_0 / Q4_1 weight
 // planes: per 32-column block an exact i32 dot (dot4I8Packed), then an f32
 // epilogue with the block's scale and min (lib/imatmul.wgsl has the math).
-// Uses lib/f16.wgsl, lib/imatmul.wgsl and lib/epilogue.wgsl.
+// Uses lib/f16.wgsl and lib/imatmul.wgsl.
 //
 // Shapes as the float kernels (lib/qmatmul.wgsl, see there for why): an
 // invocation owns whole weight rows; the mat-vec keeps R rows, the tiled
@@ -92,7 +92,7 @@ fn matvec(wg: u32, lid: u32, fmt: u32) {
     let s = xscale[p.x_row];
     for (var i = 0u; i < R; i++) {
         if row0 + i < p.rows {
-            put(p.out_col + row0 + i, s * acc[i]);
+            out[p.out_col + row0 + i] = s * acc[i];
         }
     }
 }
@@ -162,7 +162,7 @@ fn matmul(wg: u32, lid: u32, fmt: u32) {
             let s = xscale[t];
             for (var r = 0u; r < TB; r++) {
                 if r0 + r < p.rows {
-                    put(t * p.out_stride + p.out_col + r0 + r, s * acc[2u * r + a / 4u][a % 4u]);
+                    out[t * p.out_stride + p.out_col + r0 + r] = s * acc[2u * r + a / 4u][a % 4u];
                 }
             }
         }

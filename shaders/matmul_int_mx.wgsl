@@ -4,7 +4,7 @@
 // group an exact i32 dot over all its chunks (dot4I8Packed) and the lane
 // sum of x, then one f32 epilogue with the group's scale and centred min
 // (lib/imatmul.wgsl has the math). Uses lib/mxcodes.wgsl (chunks, scales,
-// the class table), lib/imatmul.wgsl and lib/epilogue.wgsl.
+// the class table) and lib/imatmul.wgsl.
 //
 // Same walk as the float kernels (lib/mxmatmul.wgsl): groups by class
 // (width, and vector or scalar loads), each class's code specialised for
@@ -183,7 +183,7 @@ fn matvec(wg: u32, lid: u32) {
     let s = xscale[p.x_row];
     for (var i = 0u; i < R; i++) {
         if row0 + i < p.rows {
-            put(p.out_col + row0 + i, s * acc[i]);
+            out[p.out_col + row0 + i] = s * acc[i];
         }
     }
 }
@@ -361,7 +361,7 @@ fn matmul(wg: u32, lid: u32) {
             let s = xscale[t];
             for (var r = 0u; r < TB; r++) {
                 if r0 + r < p.rows {
-                    put(t * p.out_stride + p.out_col + r0 + r, s * acc[2u * r + a / 4u][a % 4u]);
+                    out[t * p.out_stride + p.out_col + r0 + r] = s * acc[2u * r + a / 4u][a % 4u];
                 }
             }
         }

@@ -1,7 +1,7 @@
 // matmul_mx_sg.wgsl: out[t, r] = sum_c x[t, c] * W[r, c] with W in Mixed
 // planes (a bit width per column group), sharing x loads through subgroup
 // broadcasts. Uses lib/mxmatmul.wgsl (the kernels; see there),
-// lib/tiles.wgsl, lib/xload_sg.wgsl and lib/epilogue.wgsl.
+// lib/tiles.wgsl and lib/xload_sg.wgsl.
 
 @compute @workgroup_size(WG)
 fn matvec_mixed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -2,7 +2,7 @@
 // Q8_0 planes, the types of lib/kblock.wgsl (or F16 / F32 with cols % 32 == 0, read in the same 32-column
 // blocks), for devices without subgroup operations: every invocation
 // loads the x blocks itself. Uses lib/qblock.wgsl, lib/qmatmul.wgsl (the
-// kernels; see there), lib/tiles.wgsl, lib/xload.wgsl and lib/epilogue.wgsl. Where subgroups
+// kernels; see there), lib/tiles.wgsl and lib/xload.wgsl. Where subgroups
 // exist, matmul_q_sg.wgsl runs instead.
 
 @compute @workgroup_size(WG)

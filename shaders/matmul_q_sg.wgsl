@@ -2,7 +2,7 @@
 // Q8_0 planes, the types of lib/kblock.wgsl (or F16 / F32 with cols % 32 == 0, read in the same 32-column
 // blocks), sharing x loads through subgroup broadcasts. Uses
 // lib/qblock.wgsl, lib/qmatmul.wgsl (the kernels; see there),
-// lib/tiles.wgsl, lib/xload_sg.wgsl and lib/epilogue.wgsl.
+// lib/tiles.wgsl and lib/xload_sg.wgsl.
 
 @compute @workgroup_size(WG)
 fn matvec_q4_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -130,7 +130,6 @@ fn graph(gpu: &Arc<Gpu>, format: WeightFormat, path: Path, tokens: u32, copies: 
                 out,
                 max_rows: tokens,
                 last_row_only: false,
-                accumulate: false,
             }),
             Path::Int | Path::QuantInt => Op::MatMulInt(MatMulInt {
                 x: codes,
@@ -139,7 +138,6 @@ fn graph(gpu: &Arc<Gpu>, format: WeightFormat, path: Path, tokens: u32, copies: 
                 out,
                 max_rows: tokens,
                 last_row_only: false,
-                accumulate: false,
             }),
         };
         g.push(format!("mm{i}"), op).expect("graph");

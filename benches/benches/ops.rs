@@ -184,7 +184,6 @@ fn matmul_graph(gpu: &Arc<Gpu>, s: &MatMulShape, tokens: u32, copies: u32) -> (E
             out,
             max_rows: tokens,
             last_row_only: false,
-            accumulate: false,
         };
         g.push(format!("mm{i}"), Op::MatMul(op)).expect("graph");
     }

@@ -16,12 +16,11 @@ pub mod lib {
     pub const KBLOCK: &str = include_str!("../../shaders/lib/kblock.wgsl");
     /// sincos with Cody-Waite range reduction (accurate for large angles) and a ~1 ulp exp2, for RoPE.
     pub const TRIG: &str = include_str!("../../shaders/lib/trig.wgsl");
-    /// The block-format matmul kernels (needs QBLOCK, TILES, EPILOGUE and XLOAD or XLOAD_SG).
+    /// The block-format matmul kernels (needs QBLOCK, TILES and XLOAD or XLOAD_SG).
     pub const QMATMUL: &str = include_str!("../../shaders/lib/qmatmul.wgsl");
     /// Mixed weight planes: chunks of codes, scales, mins, the class table.
     pub const MXCODES: &str = include_str!("../../shaders/lib/mxcodes.wgsl");
-    /// The Mixed (per-group bit width) matmul kernels (needs MXCODES, TILES, EPILOGUE and XLOAD or
-    /// XLOAD_SG).
+    /// The Mixed (per-group bit width) matmul kernels (needs MXCODES, TILES and XLOAD or XLOAD_SG).
     pub const MXMATMUL: &str = include_str!("../../shaders/lib/mxmatmul.wgsl");
     /// Int8 activation codes: the quantizer and its parameter block.
     pub const ACTQ: &str = include_str!("../../shaders/lib/actq.wgsl");
@@ -38,9 +37,6 @@ pub mod lib {
     pub const XLOAD: &str = include_str!("../../shaders/lib/xload.wgsl");
     /// x blocks for the matmul kernels, shared through subgroup broadcasts.
     pub const XLOAD_SG: &str = include_str!("../../shaders/lib/xload_sg.wgsl");
-    /// Where every matmul kernel puts a result: written, or added to `out`
-    /// (override `ACC`: a residual add fused into the epilogue).
-    pub const EPILOGUE: &str = include_str!("../../shaders/lib/epilogue.wgsl");
 }
 
 /// A Rust struct that mirrors a WGSL struct byte for byte: a call's

@@ -171,7 +171,7 @@ fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
 fn store_rows(row0: u32, acc: vec4<f32>) {
     for (var i = 0u; i < R; i++) {
         if row0 + i < p.rows {
-            put(p.out_col + row0 + i, acc[i]);
+            out[p.out_col + row0 + i] = acc[i];
         }
     }
 }
@@ -309,7 +309,7 @@ fn matmul(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
         for (var a = 0u; a < TA; a++) {
             let t = t0 + a;
             if t < p.n_tokens && r0 + r < p.rows {
-                put(t * p.out_stride + p.out_col + r0 + r, acc[2u * r + a / 4u][a % 4u]);
+                out[t * p.out_stride + p.out_col + r0 + r] = acc[2u * r + a / 4u][a % 4u];
             }
         }
     }

@@ -144,6 +144,14 @@ fn const_u32(m: &Module, c: &naga::Constant) -> Option<u32> {
     }
 }
 
+/// The `u32` value of the module-scope `const` called `name`.
+fn named_u32(m: &Module, name: &str) -> Option<u32> {
+    m.constants
+        .iter()
+        .find(|(_, c)| c.name.as_deref() == Some(name))
+        .and_then(|(_, c)| const_u32(m, c))
+}
+
 #[test]
 fn kv_format_ids_match_the_shaders() {
     let kv_shaders: Vec<_> = all_shaders()
@@ -200,11 +208,7 @@ fn kquant_format_ids_match_the_shaders() {
         let m = parse(s);
         for f in WeightFormat::ALL {
             let name = f.name().to_uppercase();
-            let wgsl = m
-                .constants
-                .iter()
-                .find(|(_, c)| c.name.as_deref() == Some(name.as_str()))
-                .and_then(|(_, c)| const_u32(&m, c));
+            let wgsl = named_u32(&m, &name);
             let rust = weight::kquant::wgsl_id(f);
             if rust.is_some() {
                 assert_eq!(wgsl, rust, "{}: {name}", s.name);
@@ -213,11 +217,7 @@ fn kquant_format_ids_match_the_shaders() {
         // The IQ4 table, as the signed bytes of four words.
         for (j, vals) in weight::kquant::IQ4_VALUES.chunks(4).enumerate() {
             let name = format!("IQ4_W{j}");
-            let wgsl = m
-                .constants
-                .iter()
-                .find(|(_, c)| c.name.as_deref() == Some(name.as_str()))
-                .and_then(|(_, c)| const_u32(&m, c));
+            let wgsl = named_u32(&m, &name);
             let rust = u32::from_le_bytes([vals[0], vals[1], vals[2], vals[3]].map(|v| v as u8));
             assert_eq!(wgsl, Some(rust), "{}: {name}", s.name);
         }
@@ -235,14 +235,8 @@ fn attention_constants_match_the_shaders() {
     assert_eq!(attn.len(), 2, "the two attention shaders");
     for s in attn {
         let m = parse(s);
-        let value = |name: &str| {
-            m.constants
-                .iter()
-                .find(|(_, c)| c.name.as_deref() == Some(name))
-                .and_then(|(_, c)| const_u32(&m, c))
-        };
-        assert_eq!(value("WG"), Some(ATTENTION_WG), "{}: WG", s.name);
-        assert_eq!(value("KB"), Some(BLOCK), "{}: KB", s.name);
+        assert_eq!(named_u32(&m, "WG"), Some(ATTENTION_WG), "{}: WG", s.name);
+        assert_eq!(named_u32(&m, "KB"), Some(BLOCK), "{}: KB", s.name);
     }
 }
 
@@ -252,20 +246,10 @@ fn attention_constants_match_the_shaders() {
 #[test]
 fn hadamard_constants_match_the_shader() {
     let m = parse(&hadamard::SHADER);
-    let value = |name: &str| {
-        m.constants
-            .iter()
-            .find(|(_, c)| c.name.as_deref() == Some(name))
-            .and_then(|(_, c)| const_u32(&m, c))
-    };
-    assert_eq!(value("TILE"), Some(hadamard::TILE), "TILE");
-    assert_eq!(value("WG"), Some(hadamard::WG), "WG");
+    assert_eq!(named_u32(&m, "TILE"), Some(hadamard::TILE), "TILE");
+    assert_eq!(named_u32(&m, "WG"), Some(hadamard::WG), "WG");
     let m = parse(&rope::SHADER);
-    let hd_max = m
-        .constants
-        .iter()
-        .find(|(_, c)| c.name.as_deref() == Some("HD_MAX"))
-        .and_then(|(_, c)| const_u32(&m, c));
+    let hd_max = named_u32(&m, "HD_MAX");
     assert_eq!(hd_max, Some(rope::HADAMARD_MAX_DIM), "rope.wgsl HD_MAX");
 }
 
@@ -456,8 +440,6 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             out: 2,
             max_rows: 8,
             last_row_only: false,
-            // The residual add in the epilogue: override ACC in every family.
-            accumulate: format != WeightFormat::Q4_0,
         }));
     }
     ops.push(Box::new(act_quant::ActQuant {
@@ -492,7 +474,6 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             out: 2,
             max_rows: 8,
             last_row_only: false,
-            accumulate: true,
         }));
     }
     let qjl = QjlShape {

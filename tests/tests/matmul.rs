@@ -146,9 +146,6 @@ struct Case {
     cols: u32,
     max_rows: u32,
     last_row_only: bool,
-    /// Adds into `out` (the fused residual add): out starts as a known
-    /// base, which the product must be added to.
-    accumulate: bool,
     /// Forces shards no larger than this (bytes).
     max_binding: Option<u64>,
     /// Device to run on (the shared test GPU when `None`).
@@ -163,7 +160,6 @@ impl Case {
             cols,
             max_rows,
             last_row_only: false,
-            accumulate: false,
             max_binding: None,
             gpu: None,
         }
@@ -204,27 +200,15 @@ impl Case {
             out,
             max_rows: self.max_rows,
             last_row_only: self.last_row_only,
-            accumulate: self.accumulate,
         };
         g.push("mm", Op::MatMul(op)).unwrap();
         let mut ex = Executor::new(gpu, g).unwrap();
         ex.write(xt, 0, &f32_bytes(&x));
         let want_all = matmul::reference(&x, &w_ref, rows as usize, cols as usize);
         let t = tol(self.format);
-        // What out holds before each step: NaN (nothing may read it), or
-        // with `accumulate` the residual the product is added to.
-        let base = if self.accumulate {
-            rand_vec(out_rows * rows as usize, seed + 2, 1.0)
-        } else {
-            vec![f32::NAN; out_rows * rows as usize]
-        };
-        let plus_base = |want: &[f32]| -> Vec<f32> {
-            let b = &base[..want.len()];
-            let add = |(w, b): (&f32, &f32)| if self.accumulate { w + b } else { *w };
-            want.iter().zip(b).map(add).collect()
-        };
         for &n in steps {
-            ex.write(out, 0, &f32_bytes(&base));
+            let sentinel = vec![f32::NAN; out_rows * rows as usize];
+            ex.write(out, 0, &f32_bytes(&sentinel));
             ex.run(&Step {
                 n_tokens: n,
                 ..Default::default()
@@ -234,29 +218,24 @@ impl Case {
                 "{} {rows}x{cols} max_rows {} n_tokens {n}{}",
                 self.format.name(),
                 self.max_rows,
-                match (self.last_row_only, self.accumulate) {
-                    (true, true) => " last_row_only accumulate",
-                    (true, false) => " last_row_only",
-                    (false, true) => " accumulate",
-                    (false, false) => "",
+                if self.last_row_only {
+                    " last_row_only"
+                } else {
+                    ""
                 }
             );
             let r = rows as usize;
             if self.last_row_only {
                 let got = ex.read_f32(out, r).unwrap();
                 let last = n as usize - 1;
-                let want = plus_base(&want_all[last * r..(last + 1) * r]);
-                assert_close(&what, &got, &want, t, t);
+                assert_close(&what, &got, &want_all[last * r..(last + 1) * r], t, t);
             } else {
                 let got = ex.read_f32(out, out_rows * r).unwrap();
                 let n = n as usize;
-                assert_close(&what, &got[..n * r], &plus_base(&want_all[..n * r]), t, t);
+                assert_close(&what, &got[..n * r], &want_all[..n * r], t, t);
                 // Rows beyond the step are not written.
                 assert!(
-                    got[n * r..]
-                        .iter()
-                        .zip(&base[n * r..])
-                        .all(|(g, b)| g.to_bits() == b.to_bits()),
+                    got[n * r..].iter().all(|v| v.is_nan()),
                     "{what}: wrote past the step's rows"
                 );
             }
@@ -311,30 +290,6 @@ fn last_row_only_reads_the_last_token() {
             ..Case::new(format, 1000, fit(format, 576), 9)
         };
         case.run(&[1, 2, 9], 7);
-    }
-}
-
-#[test]
-fn accumulate_adds_the_product_to_out() {
-    // The residual add fused into o_proj / down_proj: mat-vec and tiled
-    // kernels, and a last-row-only mat-vec, of each kernel family (every
-    // format's results go through the family's one `put`): matmul_f (F32 of
-    // 45 columns), the block kernels, the super-block mat-vec, Mixed.
-    let cases = [
-        (WeightFormat::F32, 45),
-        (WeightFormat::Q4_1, 576),
-        (WeightFormat::Q6_K, 512),
-        (WeightFormat::Mixed, 576),
-    ];
-    for (i, (format, cols)) in cases.into_iter().enumerate() {
-        for last_row_only in [false, true] {
-            let case = Case {
-                last_row_only,
-                accumulate: true,
-                ..Case::new(format, 300, fit(format, cols), 9)
-            };
-            case.run(&[1, 9, 4], 40 + i as u64);
-        }
     }
 }
 
@@ -660,7 +615,6 @@ fn bad_shapes_are_errors() {
         out,
         max_rows: 2,
         last_row_only: false,
-        accumulate: false,
     };
     let e = g.push("mm", Op::MatMul(op));
     assert!(
@@ -673,7 +627,6 @@ fn bad_shapes_are_errors() {
         out,
         max_rows: 1,
         last_row_only: false,
-        accumulate: false,
     };
     g.push("mm", Op::MatMul(op)).unwrap();
 }

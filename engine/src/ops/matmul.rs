@@ -26,9 +26,7 @@
 //! `matmul_f.wgsl`: split-K mat-vec and shared-x tiles.
 //!
 //! `last_row_only` computes only the step's last token (t = n_tokens - 1)
-//! into out row 0: the lm_head while generating. `accumulate` adds the
-//! product to `out` (`out[t, r] += ...`): the residual add of o_proj and
-//! down_proj, fused into their epilogue (lib/epilogue.wgsl).
+//! into out row 0: the lm_head while generating.
 //!
 //! # Shapes
 //! x: `[max_rows, cols]` f32, out: `[max_rows, rows]` f32 (`[1, rows]` with
@@ -45,9 +43,7 @@ use crate::dispatch::{
 };
 use crate::pipeline::Kernel;
 use crate::shader::ShaderSource;
-use crate::shader::lib::{
-    EPILOGUE, KBLOCK, MXCODES, MXMATMUL, QBLOCK, QMATMUL, TILES, XLOAD, XLOAD_SG,
-};
+use crate::shader::lib::{KBLOCK, MXCODES, MXMATMUL, QBLOCK, QMATMUL, TILES, XLOAD, XLOAD_SG};
 use crate::tensor::WeightFormat;
 use crate::weight::{GROUP, MixedLayout, Planes, Shard, WeightRef, col_multiple};
 use crate::{Caps, Result};
@@ -55,28 +51,28 @@ use crate::{Caps, Result};
 crate::shader!(
     SHADER_Q,
     "matmul_q",
-    [QBLOCK, KBLOCK, QMATMUL, TILES, XLOAD, EPILOGUE],
+    [QBLOCK, KBLOCK, QMATMUL, TILES, XLOAD],
     MatMulParams
 );
 crate::shader!(
     SHADER_Q_SG,
     "matmul_q_sg",
-    [QBLOCK, KBLOCK, QMATMUL, TILES, XLOAD_SG, EPILOGUE],
+    [QBLOCK, KBLOCK, QMATMUL, TILES, XLOAD_SG],
     MatMulParams
 );
 crate::shader!(
     SHADER_MX,
     "matmul_mx",
-    [MXCODES, MXMATMUL, TILES, XLOAD, EPILOGUE],
+    [MXCODES, MXMATMUL, TILES, XLOAD],
     MixedMatMulParams
 );
 crate::shader!(
     SHADER_MX_SG,
     "matmul_mx_sg",
-    [MXCODES, MXMATMUL, TILES, XLOAD_SG, EPILOGUE],
+    [MXCODES, MXMATMUL, TILES, XLOAD_SG],
     MixedMatMulParams
 );
-crate::shader!(SHADER_F, "matmul_f", [EPILOGUE], MatMulParams);
+crate::shader!(SHADER_F, "matmul_f", [], MatMulParams);
 
 /// Every matmul shader, for the naga translation tests.
 pub fn shaders() -> Vec<&'static ShaderSource> {
@@ -173,10 +169,6 @@ pub struct MatMul {
     pub max_rows: u32,
     /// Compute only the step's last token, into out row 0.
     pub last_row_only: bool,
-    /// Add the product to what `out` holds instead of overwriting it: the
-    /// residual add `x += W h` fused into the epilogue (override `ACC` of
-    /// lib/epilogue.wgsl).
-    pub accumulate: bool,
 }
 
 crate::passes! {
@@ -285,10 +277,6 @@ impl MatMul {
         }
     }
     fn kernel(&self, path: Path, shard: &Shard<TensorId>, caps: &Caps) -> Kernel {
-        let k = self.kernel_of(path, shard, caps);
-        if self.accumulate { k.with("ACC", 1) } else { k }
-    }
-    fn kernel_of(&self, path: Path, shard: &Shard<TensorId>, caps: &Caps) -> Kernel {
         let (mv, mm) = entries(self.w.format);
         let entry = if path == Path::MatVec { mv } else { mm };
         if !block_kernels(self.w.format, self.w.cols) {

@@ -48,21 +48,16 @@ use crate::dispatch::{
 };
 use crate::pipeline::Kernel;
 use crate::shader::ShaderSource;
-use crate::shader::lib::{EPILOGUE, F16, IMATMUL, MXCODES};
+use crate::shader::lib::{F16, IMATMUL, MXCODES};
 use crate::tensor::WeightFormat;
 use crate::weight::{GROUP, Planes, Shard, WeightRef};
 use crate::{Caps, Result};
 
-crate::shader!(
-    SHADER,
-    "matmul_int",
-    [F16, IMATMUL, EPILOGUE],
-    MatMulIntParams
-);
+crate::shader!(SHADER, "matmul_int", [F16, IMATMUL], MatMulIntParams);
 crate::shader!(
     SHADER_MX,
     "matmul_int_mx",
-    [MXCODES, IMATMUL, EPILOGUE],
+    [MXCODES, IMATMUL],
     MatMulIntParams
 );
 
@@ -119,9 +114,6 @@ pub struct MatMulInt {
     pub max_rows: u32,
     /// Compute only the step's last token, into out row 0.
     pub last_row_only: bool,
-    /// Add the product to what `out` holds (the residual add fused into
-    /// the epilogue; lib/epilogue.wgsl), as [`MatMul`](super::matmul::MatMul).
-    pub accumulate: bool,
 }
 
 crate::passes! {
@@ -192,9 +184,6 @@ impl MatMulInt {
                 .map(|g| 1u32 << l.group_class(shard.rows, g))
                 .fold(0, |a, b| a | b);
             k = k.with("CLASSES", classes);
-        }
-        if self.accumulate {
-            k = k.with("ACC", 1);
         }
         k
     }

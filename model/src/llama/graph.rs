@@ -67,9 +67,11 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
     let k = g.intermediate("k", f32s(kv_dim)); // [n_tokens, n_kv_heads, head_dim]
     let v = g.intermediate("v", f32s(kv_dim)); // [n_tokens, n_kv_heads, head_dim]
     let att = g.intermediate("att", f32s(q_dim)); // [n_tokens, n_heads * head_dim]
+    let o = g.intermediate("o", f32s(dim)); // [n_tokens, dim]
     let gate = g.intermediate("gate", f32s(ffn)); // [n_tokens, ffn]
     let up = g.intermediate("up", f32s(ffn)); // [n_tokens, ffn]
     let act = g.intermediate("act", f32s(ffn)); // [n_tokens, ffn]
+    let down = g.intermediate("down", f32s(dim)); // [n_tokens, dim]
     let scratch_bytes = m
         .kv
         .layers
@@ -110,9 +112,11 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
         k,
         v,
         att,
+        o,
         gate,
         up,
         act,
+        down,
         att_scratch,
         xq,
         rope_factors: m
@@ -158,7 +162,6 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
                     out: logits,
                     max_rows: n,
                     last_row_only: false,
-                    accumulate: false,
                 }),
             )?;
             GraphIo {
@@ -179,7 +182,6 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
                     out: logits,
                     max_rows: n,
                     last_row_only: true,
-                    accumulate: false,
                 }),
             )?;
             let history = g.input("history", sample::history_bytes(REPEAT_LAST_N));
@@ -211,8 +213,7 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
 /// The activations one layer reads and writes (`[n, width]` f32 each).
 #[derive(Debug, Clone, Copy)]
 pub struct LayerIo {
-    /// The residual stream, updated in place (o_proj and down_proj add
-    /// their products to it in their epilogue).
+    /// The residual stream, updated in place.
     pub x: TensorId,
     /// Attention-norm output (input of q/k/v).
     pub h: TensorId,
@@ -223,10 +224,12 @@ pub struct LayerIo {
     pub v: TensorId,
     /// Attention output (input of the output projection).
     pub att: TensorId,
+    pub o: TensorId,
     pub gate: TensorId,
     pub up: TensorId,
     /// SwiGLU output (input of the down projection).
     pub act: TensorId,
+    pub down: TensorId,
     pub att_scratch: Option<TensorId>,
     /// Integer activations: packed int8 codes `[n, widest / 4]` u32 and
     /// per-token scales `[n]` f32 (needed when a layer has `act`).
@@ -328,8 +331,8 @@ fn push_gram(
 }
 
 /// Pushes layer `l`: rmsnorm → q/k/v → RoPE → cache write → causal GQA
-/// attention → output projection added to the residual → rmsnorm → SwiGLU
-/// FFN, its down projection added to the residual, over the KV cache `(k_cache, v_cache)` of `max_ctx` positions,
+/// attention → output projection → residual → rmsnorm → SwiGLU FFN →
+/// residual, over the KV cache `(k_cache, v_cache)` of `max_ctx` positions,
 /// for steps of up to `n` tokens; with `taps`, also the Gram accumulations of
 /// the linear layers' inputs.
 #[allow(clippy::too_many_arguments)]
@@ -387,13 +390,11 @@ pub fn push_layer(
         Ok(())
     };
     // The linear layers reading one input: float matmuls, or integer ones
-    // over its codes (quantized here unless `coded`, by the norm). Each
-    // writes its `out`, or with `residual` adds to it (out is then io.x).
+    // over its codes (quantized here unless `coded`, by the norm).
     let linears = |g: &mut Graph,
                    x: TensorId,
                    site: ActSite,
                    coded: bool,
-                   residual: bool,
                    ws: &[(&GpuWeight, TensorId, &str)]|
      -> Result<()> {
         if let Some((a, (codes, scales))) = quant.filter(|_| !coded) {
@@ -418,7 +419,6 @@ pub fn push_layer(
                     out,
                     max_rows: n,
                     last_row_only: false,
-                    accumulate: residual,
                 }),
                 None => Op::MatMul(matmul::MatMul {
                     x,
@@ -426,11 +426,23 @@ pub fn push_layer(
                     out,
                     max_rows: n,
                     last_row_only: false,
-                    accumulate: residual,
                 }),
             };
             g.push(p(name), op)?;
         }
+        Ok(())
+    };
+    let residual = |g: &mut Graph, y: TensorId, label: String| -> Result<()> {
+        g.push(
+            label,
+            Op::Add(add::Add {
+                x: io.x,
+                y,
+                dim: c.dim as u32,
+                max_rows: n,
+                bias: false,
+            }),
+        )?;
         Ok(())
     };
     let w = external(g, &p("attn_norm"), &lw.attn_norm);
@@ -443,7 +455,7 @@ pub fn push_layer(
         (&lw.wk, io.k, "attn_k"),
         (&lw.wv, io.v, "attn_v"),
     ];
-    linears(g, io.h, ActSite::QkvIn, true, false, &qkv)?;
+    linears(g, io.h, ActSite::QkvIn, true, &qkv)?;
     if let Some(biases) = &lw.qkv_bias {
         for ((b, (_, t, name)), heads) in biases.iter().zip(&qkv).zip([nh, nkv, nkv]) {
             let y = external(g, &p(&format!("{name}_bias")), b);
@@ -566,9 +578,9 @@ pub fn push_layer(
         io.att,
         ActSite::OIn,
         false,
-        true,
-        &[(&lw.wo, io.x, "attn_output")],
+        &[(&lw.wo, io.o, "attn_output")],
     )?;
+    residual(g, io.o, p("attn_residual"))?;
 
     let w = external(g, &p("ffn_norm"), &lw.ffn_norm);
     norm(g, w, io.h_ffn, ActSite::FfnIn, p("ffn_norm"))?;
@@ -579,7 +591,7 @@ pub fn push_layer(
         (&lw.w_gate, io.gate, "ffn_gate"),
         (&lw.w_up, io.up, "ffn_up"),
     ];
-    linears(g, io.h_ffn, ActSite::FfnIn, true, false, &gate_up)?;
+    linears(g, io.h_ffn, ActSite::FfnIn, true, &gate_up)?;
     g.push(
         p("swiglu"),
         Op::SwiGlu(swiglu::SwiGlu {
@@ -621,8 +633,8 @@ pub fn push_layer(
         io.act,
         ActSite::DownIn,
         down_coded,
-        true,
-        &[(&lw.w_down, io.x, "ffn_down")],
+        &[(&lw.w_down, io.down, "ffn_down")],
     )?;
+    residual(g, io.down, p("ffn_residual"))?;
     Ok(())
 }

@@ -206,9 +206,11 @@ fn block(
         k: g.intermediate("k", f32s(c.kv_dim())),
         v: g.intermediate("v", f32s(c.kv_dim())),
         att,
+        o: g.intermediate("o", f32s(c.dim)),
         gate: g.intermediate("gate", f32s(c.ffn_dim)),
         up: g.intermediate("up", f32s(c.ffn_dim)),
         act,
+        down: g.intermediate("down", f32s(c.dim)),
         att_scratch: {
             let b = kv_f16_attention::scratch_bytes(c.n_heads as u32, c.head_dim as u32, ctx, seq);
             (b > 0).then(|| g.intermediate("att_scratch", b))
