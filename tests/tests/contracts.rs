@@ -152,12 +152,17 @@ fn named_u32(m: &Module, name: &str) -> Option<u32> {
         .and_then(|(_, c)| const_u32(m, c))
 }
 
+/// Every shader that includes `lib`.
+fn including(lib: &str) -> Vec<&'static ShaderSource> {
+    all_shaders()
+        .into_iter()
+        .filter(|s| s.libs.contains(&lib))
+        .collect()
+}
+
 #[test]
 fn kv_format_ids_match_the_shaders() {
-    let kv_shaders: Vec<_> = all_shaders()
-        .into_iter()
-        .filter(|s| s.libs.contains(&lib::KVCACHE))
-        .collect();
+    let kv_shaders = including(lib::KVCACHE);
     assert_eq!(kv_shaders.len(), 2, "the quantized cache's two shaders");
     for s in kv_shaders {
         let m = parse(s);
@@ -199,10 +204,7 @@ fn kv_format_ids_match_the_shaders() {
 /// in every shader that includes it.
 #[test]
 fn kquant_format_ids_match_the_shaders() {
-    let shaders: Vec<_> = all_shaders()
-        .into_iter()
-        .filter(|s| s.libs.contains(&lib::KBLOCK))
-        .collect();
+    let shaders = including(lib::KBLOCK);
     assert_eq!(shaders.len(), 3, "matmul_q, matmul_q_sg and embedding");
     for s in shaders {
         let m = parse(s);
@@ -228,10 +230,7 @@ fn kquant_format_ids_match_the_shaders() {
 /// Rust constants that size their grids and decode ranges (`kv`).
 #[test]
 fn attention_constants_match_the_shaders() {
-    let attn: Vec<_> = all_shaders()
-        .into_iter()
-        .filter(|s| s.libs.contains(&lib::SOFTMAX4))
-        .collect();
+    let attn = including(lib::SOFTMAX4);
     assert_eq!(attn.len(), 2, "the two attention shaders");
     for s in attn {
         let m = parse(s);
