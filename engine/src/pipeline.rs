@@ -73,6 +73,21 @@ struct PipelineKey {
     access: Vec<Access>,
 }
 
+impl PipelineKey {
+    fn of(kernel: &Kernel, access: &[Access]) -> Self {
+        PipelineKey {
+            shader: kernel.shader.name,
+            entry: kernel.entry,
+            constants: kernel
+                .constants
+                .iter()
+                .map(|(k, v)| (*k, v.to_bits()))
+                .collect(),
+            access: access.to_vec(),
+        }
+    }
+}
+
 pub struct Pipeline {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: Arc<wgpu::BindGroupLayout>,
@@ -305,16 +320,7 @@ impl Gpu {
 
     /// The compute pipeline for `kernel` with storage bindings `access`, created once.
     pub fn pipeline(&self, kernel: &Kernel, access: &[Access]) -> Result<Arc<Pipeline>> {
-        let key = PipelineKey {
-            shader: kernel.shader.name,
-            entry: kernel.entry,
-            constants: kernel
-                .constants
-                .iter()
-                .map(|(k, v)| (*k, v.to_bits()))
-                .collect(),
-            access: access.to_vec(),
-        };
+        let key = PipelineKey::of(kernel, access);
         if let Some(p) = self
             .pipelines
             .pipelines
@@ -375,11 +381,17 @@ impl Gpu {
 }
 
 impl Gpu {
-    /// Creates the pipelines of `kernels` that do not exist yet, spread
-    /// over the CPU's cores: translation and the driver's compiler run in
-    /// the calling thread, so a cold start's compiles overlap. Errors as
-    /// [`Gpu::pipeline`]'s.
+    /// Creates the pipelines of `kernels` that do not exist yet, each once
+    /// however often it is listed, spread over the CPU's cores: translation
+    /// and the driver's compiler run in the calling thread, so a cold
+    /// start's compiles overlap. Errors as [`Gpu::pipeline`]'s.
     pub fn prepare_pipelines(&self, kernels: &[(Kernel, Vec<Access>)]) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        let kernels: Vec<_> = kernels
+            .iter()
+            .filter(|(k, a)| seen.insert(PipelineKey::of(k, a)))
+            .collect();
+        log::debug!("{} distinct pipelines", kernels.len());
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(kernels.len());

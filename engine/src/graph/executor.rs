@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::plan::{Plan, plan};
-use super::{CallTag, Graph, PARAMS_BYTES, Step, TensorId, TensorKind};
+use super::{Call, CallTag, Graph, PARAMS_BYTES, Step, TensorId, TensorKind};
 use crate::pipeline::Pipeline;
 use crate::profile::Profiler;
 use crate::tensor::map_read;
@@ -70,11 +70,13 @@ impl Executor {
             };
             tensors.push(r);
         }
-        let n_calls: usize = graph
+        // Each node's calls, asked for once.
+        let node_calls: Vec<Vec<Call>> = graph
             .nodes
             .iter()
-            .map(|n| n.op.def().calls(&caps).len())
-            .sum();
+            .map(|n| n.op.def().calls(&caps))
+            .collect();
+        let n_calls: usize = node_calls.iter().map(Vec::len).sum();
         let stride = PARAMS_BYTES as u64;
         let params = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
@@ -82,28 +84,26 @@ impl Executor {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        // Every distinct pipeline first, compiled in parallel.
-        let mut seen = std::collections::HashSet::new();
-        let kernels: Vec<_> = graph
-            .nodes
+        // Every pipeline first, compiled in parallel.
+        let kernels: Vec<_> = node_calls
             .iter()
-            .flat_map(|n| n.op.def().calls(&caps))
+            .flatten()
             .map(|c| {
-                let access: Vec<_> = c.bindings.iter().map(|b| b.access).collect();
-                (c.kernel, access)
+                (
+                    c.kernel.clone(),
+                    c.bindings.iter().map(|b| b.access).collect(),
+                )
             })
-            .filter(|(k, a)| seen.insert((k.label(), a.clone())))
             .collect();
         let t0 = std::time::Instant::now();
         gpu.prepare_pipelines(&kernels)?;
         log::debug!(
-            "graph: {} pipelines ready in {:.3} s",
-            kernels.len(),
+            "graph: pipelines ready in {:.3} s",
             t0.elapsed().as_secs_f64()
         );
         let mut calls = Vec::with_capacity(n_calls);
-        for (ni, node) in graph.nodes.iter().enumerate() {
-            for call in node.op.def().calls(&caps) {
+        for (ni, (node, node_calls)) in graph.nodes.iter().zip(node_calls).enumerate() {
+            for call in node_calls {
                 let access: Vec<_> = call.bindings.iter().map(|b| b.access).collect();
                 let pipeline = gpu.pipeline(&call.kernel, &access)?;
                 let idx = calls.len() as u64;
