@@ -14,6 +14,8 @@ struct Params {
     out_stride: u32,
     out_col: u32,
     row_tiles: u32,
+    // Where the results go (lib/mmout.wgsl).
+    o: MmOut,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -85,10 +87,7 @@ fn matvec(wg: u32, lid: u32, fmt: u32) {
         for (var j = 0u; j < L; j++) {
             s += part[first + j][o % R];
         }
-        let row = wg * rows_per_wg + o;
-        if row < p.rows {
-            out[p.out_col + row] = s;
-        }
+        store_out(0u, wg * rows_per_wg + o, s);
     }
 }
 
@@ -151,14 +150,16 @@ fn matmul(wg: u32, lid: u32, fmt: u32) {
         }
         workgroupBarrier();
     }
-    for (var a = 0u; a < 4u; a++) {
-        let t = t0 + ty * 4u + a;
-        for (var r = 0u; r < 8u; r++) {
-            if t < p.n_tokens && r0 + r < p.rows {
-                out[t * p.out_stride + p.out_col + r0 + r] = acc[r][a];
-            }
-        }
-    }
+    // acc[r]: row r0 + r's tokens t0 + 4 ty .. + 4 (lib/mmout.wgsl).
+    let t = t0 + ty * 4u;
+    store_tok4(t, r0, acc[0]);
+    store_tok4(t, r0 + 1u, acc[1]);
+    store_tok4(t, r0 + 2u, acc[2]);
+    store_tok4(t, r0 + 3u, acc[3]);
+    store_tok4(t, r0 + 4u, acc[4]);
+    store_tok4(t, r0 + 5u, acc[5]);
+    store_tok4(t, r0 + 6u, acc[6]);
+    store_tok4(t, r0 + 7u, acc[7]);
 }
 
 @compute @workgroup_size(WG)

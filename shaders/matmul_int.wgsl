@@ -89,12 +89,7 @@ fn matvec(wg: u32, lid: u32, fmt: u32) {
             acc.w += block_out(load_wblock(b3 + kb, fmt), x, xs, fmt);
         }
     }
-    let s = xscale[p.x_row];
-    for (var i = 0u; i < R; i++) {
-        if row0 + i < p.rows {
-            out[p.out_col + row0 + i] = s * acc[i];
-        }
-    }
+    store_rows(row0, xscale[p.x_row] * acc);
 }
 
 // ---------------------------------------------------------------------------
@@ -156,17 +151,7 @@ fn matmul(wg: u32, lid: u32, fmt: u32) {
         acc[6] += tok4(w, &xt, xs0, 0u, fmt);
         acc[7] += tok4(w, &xt, xs1, 4u, fmt);
     }
-    for (var a = 0u; a < TA; a++) {
-        let t = t0 + a;
-        if t < p.n_tokens {
-            let s = xscale[t];
-            for (var r = 0u; r < TB; r++) {
-                if r0 + r < p.rows {
-                    out[t * p.out_stride + p.out_col + r0 + r] = s * acc[2u * r + a / 4u][a % 4u];
-                }
-            }
-        }
-    }
+    store_tile(t0, r0, scale_tile(acc, t0));
 }
 
 // ---------------------------------------------------------------------------

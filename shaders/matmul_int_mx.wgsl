@@ -180,12 +180,7 @@ fn matvec(wg: u32, lid: u32) {
     if has_class(8u, false) {
         mv_class(&acc, st, 8u, false);
     }
-    let s = xscale[p.x_row];
-    for (var i = 0u; i < R; i++) {
-        if row0 + i < p.rows {
-            out[p.out_col + row0 + i] = s * acc[i];
-        }
-    }
+    store_rows(row0, xscale[p.x_row] * acc);
 }
 
 // ---------------------------------------------------------------------------
@@ -355,17 +350,7 @@ fn matmul(wg: u32, lid: u32) {
     if has_class(8u, false) {
         mm_class(&acc, &st, 8u, false);
     }
-    for (var a = 0u; a < TA; a++) {
-        let t = t0 + a;
-        if t < p.n_tokens {
-            let s = xscale[t];
-            for (var r = 0u; r < TB; r++) {
-                if r0 + r < p.rows {
-                    out[t * p.out_stride + p.out_col + r0 + r] = s * acc[2u * r + a / 4u][a % 4u];
-                }
-            }
-        }
-    }
+    store_tile(t0, r0, scale_tile(acc, t0));
 }
 
 // ---------------------------------------------------------------------------

@@ -9,8 +9,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-// read_write only so that out may alias gate (see swiglu.rs).
-@group(0) @binding(1) var<storage, read_write> gate: array<f32>;
+@group(0) @binding(1) var<storage, read> gate: array<f32>;
 @group(0) @binding(2) var<storage, read> up: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 

@@ -182,6 +182,7 @@ fn matmul_graph(gpu: &Arc<Gpu>, s: &MatMulShape, tokens: u32, copies: u32) -> (E
             x,
             w: wr,
             out,
+            out_layout: Default::default(),
             max_rows: tokens,
             last_row_only: false,
         };

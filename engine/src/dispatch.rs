@@ -23,6 +23,10 @@ pub enum TensorKind {
     Intermediate,
     /// State that outlives a step (KV cache) or a weight: a buffer owned elsewhere.
     External(Tensor),
+    /// Bytes `offset ..` of another tensor (`Graph::view`), e.g. one part of
+    /// a matmul that writes several linear layers' outputs at once; it lives
+    /// as long as that tensor does.
+    View { of: TensorId, offset: u64 },
 }
 
 /// One entry of a graph's tensor table (indexed by [`TensorId`]).

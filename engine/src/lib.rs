@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod error;
 pub mod graph;
 pub mod kv;
+pub mod mmout;
 pub mod ops;
 pub mod pipeline;
 pub mod profile;

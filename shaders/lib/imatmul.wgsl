@@ -32,6 +32,8 @@ struct Params {
     group: u32,
     _pad0: u32,
     _pad1: u32,
+    // Where the results go (lib/mmout.wgsl).
+    o: MmOut,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -117,3 +119,23 @@ fn group_out4(dq: vec4<i32>, xs: vec4<i32>, z: i32, d: f32, mc: f32) -> vec4<f32
     return fma(vec4<f32>(d), vec4<f32>(dq - z * xs), mc * vec4<f32>(xs));
 }
 
+
+// A tile of 8 tokens x 4 rows (acc[2r]: tokens t0 .. t0 + 3 of row r,
+// acc[2r + 1]: t0 + 4 .. t0 + 7) times each token's scale.
+fn scale_tile(acc: array<vec4<f32>, 8>, t0: u32) -> array<vec4<f32>, 8> {
+    let last = p.n_tokens - 1u;
+    let s0 = vec4<f32>(xscale[min(t0, last)], xscale[min(t0 + 1u, last)],
+                       xscale[min(t0 + 2u, last)], xscale[min(t0 + 3u, last)]);
+    let s1 = vec4<f32>(xscale[min(t0 + 4u, last)], xscale[min(t0 + 5u, last)],
+                       xscale[min(t0 + 6u, last)], xscale[min(t0 + 7u, last)]);
+    var r = acc;
+    r[0] *= s0;
+    r[1] *= s1;
+    r[2] *= s0;
+    r[3] *= s1;
+    r[4] *= s0;
+    r[5] *= s1;
+    r[6] *= s0;
+    r[7] *= s1;
+    return r;
+}

@@ -35,6 +35,8 @@ struct Params {
     row_words: u32,
     group: u32,
     _pad: u32,
+    // Where the results go (lib/mmout.wgsl).
+    o: MmOut,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -241,11 +243,7 @@ fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32) {
     if has_class(8u, false) {
         mv_class(&acc, st, 8u, false);
     }
-    for (var i = 0u; i < R; i++) {
-        if row0 + i < p.rows {
-            out[p.out_col + row0 + i] = acc[i];
-        }
-    }
+    store_rows(row0, acc);
 }
 
 // ---------------------------------------------------------------------------
@@ -441,12 +439,5 @@ fn matmul(wg: u32, lid: u32, lane: u32, sgs: u32) {
     if has_class(8u, false) {
         mm_class(&acc, &st, 8u, false);
     }
-    for (var r = 0u; r < TB; r++) {
-        for (var a = 0u; a < TA; a++) {
-            let tt = t0 + a;
-            if tt < p.n_tokens && r0 + r < p.rows {
-                out[tt * p.out_stride + p.out_col + r0 + r] = acc[2u * r + a / 4u][a % 4u];
-            }
-        }
-    }
+    store_tile(t0, r0, acc);
 }

@@ -27,6 +27,8 @@ struct Params {
     out_stride: u32,
     out_col: u32,
     row_tiles: u32,
+    // Where the results go (lib/mmout.wgsl).
+    o: MmOut,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

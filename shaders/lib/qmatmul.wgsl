@@ -167,15 +167,6 @@ fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
     store_rows(row0, acc);
 }
 
-// The mat-vec's results: rows row0 .. row0 + R that exist.
-fn store_rows(row0: u32, acc: vec4<f32>) {
-    for (var i = 0u; i < R; i++) {
-        if row0 + i < p.rows {
-            out[p.out_col + row0 + i] = acc[i];
-        }
-    }
-}
-
 // The super-block types' matvec (lib/kblock.wgsl): each row's scale words
 // are loaded once per super-block of 8 blocks and decoded in registers for
 // each block, instead of loaded again for every block.
@@ -305,12 +296,5 @@ fn matmul(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
         mm_step(&acc, &w, &xt, 6u, fmt);
         mm_step(&acc, &w, &xt, 7u, fmt);
     }
-    for (var r = 0u; r < TB; r++) {
-        for (var a = 0u; a < TA; a++) {
-            let t = t0 + a;
-            if t < p.n_tokens && r0 + r < p.rows {
-                out[t * p.out_stride + p.out_col + r0 + r] = acc[2u * r + a / 4u][a % 4u];
-            }
-        }
-    }
+    store_tile(t0, r0, acc);
 }

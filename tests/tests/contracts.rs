@@ -437,6 +437,7 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             x: 1,
             w: weight(format, 64, cols, mixed),
             out: 2,
+            out_layout: Default::default(),
             max_rows: 8,
             last_row_only: false,
         }));
@@ -471,6 +472,7 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             x_scales: 1,
             w: weight(format, 64, 128, mixed),
             out: 2,
+            out_layout: Default::default(),
             max_rows: 8,
             last_row_only: false,
         }));

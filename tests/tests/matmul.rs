@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use half::f16;
 use lamina_engine::graph::{Graph, Op, Step};
+use lamina_engine::mmout::{self, MmOut};
 use lamina_engine::ops::matmul::{self, MatMul};
 use lamina_engine::weight::{
     self, GpuWeight, HostData, HostWeight, MixedData, MixedLayout, PackedWeight, Planes,
@@ -150,6 +151,8 @@ struct Case {
     max_binding: Option<u64>,
     /// Device to run on (the shared test GPU when `None`).
     gpu: Option<Arc<Gpu>>,
+    /// Parts of a concatenated weight, the residual add (crate::mmout).
+    out_layout: MmOut,
 }
 
 impl Case {
@@ -162,6 +165,7 @@ impl Case {
             last_row_only: false,
             max_binding: None,
             gpu: None,
+            out_layout: MmOut::plain(),
         }
     }
 
@@ -192,12 +196,14 @@ impl Case {
         let out_rows = if self.last_row_only { 1 } else { max_rows };
         let mut g = Graph::new();
         let xt = g.input("x", 4 * (max_rows * cols as usize) as u64);
-        let out = g.output("out", 4 * (out_rows * rows as usize) as u64);
+        let out_len = (self.out_layout.bytes(rows, out_rows as u32) / 4) as usize;
+        let out = g.output("out", 4 * out_len as u64);
         let wr = w.add_to_graph(&mut g, "w");
         let op = MatMul {
             x: xt,
             w: wr,
             out,
+            out_layout: self.out_layout.clone(),
             max_rows: self.max_rows,
             last_row_only: self.last_row_only,
         };
@@ -207,8 +213,13 @@ impl Case {
         let want_all = matmul::reference(&x, &w_ref, rows as usize, cols as usize);
         let t = tol(self.format);
         for &n in steps {
-            let sentinel = vec![f32::NAN; out_rows * rows as usize];
-            ex.write(out, 0, &f32_bytes(&sentinel));
+            // NaN where nothing may be written; with the residual add, values to add to.
+            let before = if self.out_layout.accumulate {
+                rand_vec(out_len, seed + 2 + u64::from(n), 1.0)
+            } else {
+                vec![f32::NAN; out_len]
+            };
+            ex.write(out, 0, &f32_bytes(&before));
             ex.run(&Step {
                 n_tokens: n,
                 ..Default::default()
@@ -225,20 +236,28 @@ impl Case {
                 }
             );
             let r = rows as usize;
-            if self.last_row_only {
-                let got = ex.read_f32(out, r).unwrap();
+            let y = if self.last_row_only {
                 let last = n as usize - 1;
-                assert_close(&what, &got, &want_all[last * r..(last + 1) * r], t, t);
+                &want_all[last * r..(last + 1) * r]
             } else {
-                let got = ex.read_f32(out, out_rows * r).unwrap();
-                let n = n as usize;
-                assert_close(&what, &got[..n * r], &want_all[..n * r], t, t);
-                // Rows beyond the step are not written.
-                assert!(
-                    got[n * r..].iter().all(|v| v.is_nan()),
-                    "{what}: wrote past the step's rows"
-                );
+                &want_all[..n as usize * r]
+            };
+            let mut want = before.clone();
+            mmout::reference_store(&self.out_layout, y, rows, out_rows as u32, &mut want);
+            let got = ex.read_f32(out, out_len).unwrap();
+            // Nothing beyond the step's tokens (or between parts) is written.
+            let untouched = want.iter().zip(&got).filter(|(w, _)| w.is_nan());
+            assert!(
+                untouched.clone().all(|(_, g)| g.is_nan()),
+                "{what}: wrote outside the step's rows"
+            );
+            let (want, got): (Vec<f32>, Vec<f32>) =
+                want.iter().zip(&got).filter(|(w, _)| !w.is_nan()).unzip();
+            // Every output was written (with the residual add, every element is compared).
+            if !self.out_layout.accumulate {
+                assert_eq!(want.len(), y.len(), "{what}");
             }
+            assert_close(&what, &got, &want, t, t);
         }
         w.shards.len()
     }
@@ -268,6 +287,76 @@ fn matmul_every_format_and_shape() {
                 Case::new(format, rows, c, 77).run(steps, 100 * fi as u64 + u64::from(rows + c));
             }
         }
+    }
+}
+
+#[test]
+fn fused_parts_and_residual_add() {
+    // A weight of three linear layers' rows (q, k, v at the default model's
+    // ratio, uneven) written as three matrices, and one part added to what
+    // out holds (o_proj, down_proj): decode (max_rows 1), prefill, the
+    // lm_head's last row, and shards that straddle the parts.
+    for (fi, format) in ALL.into_iter().enumerate() {
+        let cols = fit(format, 576);
+        let seed = 300 + fi as u64;
+        let parts = MmOut::parts(&[576, 192, 193]);
+        for max_rows in [1u32, 19] {
+            let case = Case {
+                out_layout: parts.clone(),
+                ..Case::new(format, 961, cols, max_rows)
+            };
+            case.run(&[1, max_rows], seed);
+            let case = Case {
+                out_layout: MmOut::accumulate(),
+                ..Case::new(format, 577, cols, max_rows)
+            };
+            case.run(&[1, max_rows], seed + 50);
+        }
+        let case = Case {
+            out_layout: MmOut::parts(&[100, 200]),
+            last_row_only: true,
+            ..Case::new(format, 300, cols, 5)
+        };
+        case.run(&[5], seed + 100);
+        let total = {
+            let mixed = RandomMixed::new(961, cols, seed + 150);
+            let l = (format == WeightFormat::Mixed).then_some(&*mixed.layout);
+            4 * u64::from(Planes::of(format, l, 961, cols).words)
+        };
+        let case = Case {
+            out_layout: parts.clone(),
+            max_binding: Some((total / 3 + 4096).next_multiple_of(256)),
+            ..Case::new(format, 961, cols, 19)
+        };
+        assert_eq!(case.run(&[1, 19], seed + 150), 3, "{}", format.name());
+    }
+}
+
+#[test]
+fn out_parts_are_checked() {
+    let gpu = gpu();
+    let host_bytes = random_ggml(WeightFormat::Q8_0, 10, 64, 1);
+    let host = HostWeight {
+        format: WeightFormat::Q8_0,
+        rows: 10,
+        cols: 64,
+        data: HostData::Ggml(&host_bytes),
+    };
+    let w = GpuWeight::upload(&gpu, "w", &host).unwrap();
+    for parts in [vec![3u32, 3], vec![0, 10], vec![1, 2, 3, 4]] {
+        let mut g = Graph::new();
+        let x = g.input("x", 4 * 64);
+        let out = g.output("out", 1 << 16);
+        let op = MatMul {
+            x,
+            w: w.add_to_graph(&mut g, "w"),
+            out,
+            out_layout: MmOut::parts(&parts),
+            max_rows: 1,
+            last_row_only: false,
+        };
+        let e = g.push("mm", Op::MatMul(op)).unwrap_err();
+        assert!(e.to_string().contains("out parts"), "{parts:?}: {e}");
     }
 }
 
@@ -613,6 +702,7 @@ fn bad_shapes_are_errors() {
         x,
         w: wr.clone(),
         out,
+        out_layout: Default::default(),
         max_rows: 2,
         last_row_only: false,
     };
@@ -625,6 +715,7 @@ fn bad_shapes_are_errors() {
         x,
         w: wr,
         out,
+        out_layout: Default::default(),
         max_rows: 1,
         last_row_only: false,
     };

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use half::f16;
 use lamina_engine::act::{self, ActBits, ActScale};
 use lamina_engine::graph::{Graph, Op, Step};
+use lamina_engine::mmout::{self, MmOut};
 use lamina_engine::ops::act_quant::{self, ActQuant};
 use lamina_engine::ops::matmul_int::{self, MatMulInt};
 use lamina_engine::ops::rmsnorm::RmsNorm;
@@ -122,6 +123,8 @@ struct Case {
     mixed: (u32, &'static [u8]),
     /// Forces shards no larger than this (bytes).
     max_binding: Option<u64>,
+    /// Parts of a concatenated weight, the residual add (crate::mmout).
+    out_layout: MmOut,
 }
 
 impl Case {
@@ -136,6 +139,7 @@ impl Case {
             scale: ActScale::Dynamic,
             mixed: (64, &[2, 3, 4]),
             max_binding: None,
+            out_layout: MmOut::plain(),
         }
     }
 
@@ -167,7 +171,8 @@ impl Case {
         let xt = g.input("x", 4 * (m * c) as u64);
         let codes = g.output("codes", (m * c) as u64);
         let scales = g.output("scales", 4 * m as u64);
-        let out = g.output("out", 4 * (out_rows * r) as u64);
+        let out_len = (self.out_layout.bytes(rows, out_rows as u32) / 4) as usize;
+        let out = g.output("out", 4 * out_len as u64);
         let wr = w.add_to_graph(&mut g, "w");
         let quant = ActQuant {
             x: xt,
@@ -184,6 +189,7 @@ impl Case {
             x_scales: scales,
             w: wr,
             out,
+            out_layout: self.out_layout.clone(),
             max_rows: self.max_rows,
             last_row_only: self.last_row_only,
         };
@@ -202,7 +208,13 @@ impl Case {
                     ""
                 }
             );
-            ex.write(out, 0, &f32_bytes(&vec![f32::NAN; out_rows * r]));
+            // NaN where nothing may be written; with the residual add, values to add to.
+            let before = if self.out_layout.accumulate {
+                rand_vec(out_len, seed + 2 + u64::from(n), 1.0)
+            } else {
+                vec![f32::NAN; out_len]
+            };
+            ex.write(out, 0, &f32_bytes(&before));
             ex.run(&Step {
                 n_tokens: n,
                 ..Default::default()
@@ -211,18 +223,28 @@ impl Case {
             let n = n as usize;
             let (q_ref, s_ref) = act_quant::reference(&x[..n * c], c, self.bits, self.scale);
             check_codes(&what, &ex, codes, scales, &q_ref, &s_ref);
-            let want = matmul_int::reference(&q_ref, &s_ref, &w_ref, r, c);
-            if self.last_row_only {
-                let got = ex.read_f32(out, r).unwrap();
-                assert_close(&what, &got, &want[(n - 1) * r..], TOL, TOL);
+            let y = matmul_int::reference(&q_ref, &s_ref, &w_ref, r, c);
+            let y = if self.last_row_only {
+                &y[(n - 1) * r..]
             } else {
-                let got = ex.read_f32(out, out_rows * r).unwrap();
-                assert_close(&what, &got[..n * r], &want, TOL, TOL);
-                assert!(
-                    got[n * r..].iter().all(|v| v.is_nan()),
-                    "{what}: wrote past the step's rows"
-                );
+                &y[..]
+            };
+            let mut want = before.clone();
+            mmout::reference_store(&self.out_layout, y, rows, out_rows as u32, &mut want);
+            let got = ex.read_f32(out, out_len).unwrap();
+            // Nothing beyond the step's tokens (or between parts) is written.
+            let mut untouched = want.iter().zip(&got).filter(|(w, _)| w.is_nan());
+            assert!(
+                untouched.all(|(_, g)| g.is_nan()),
+                "{what}: wrote outside the step's rows"
+            );
+            let (want, got): (Vec<f32>, Vec<f32>) =
+                want.iter().zip(&got).filter(|(w, _)| !w.is_nan()).unzip();
+            // Every output was written (with the residual add, every element is compared).
+            if !self.out_layout.accumulate {
+                assert_eq!(want.len(), y.len(), "{what}");
             }
+            assert_close(&what, &got, &want, TOL, TOL);
         }
         w.shards.len()
     }
@@ -318,6 +340,36 @@ fn mixed_every_width_in_one_matrix() {
             ..Case::new(WeightFormat::Mixed, 7, cols, 3)
         };
         case.run(&[3], 2);
+    }
+}
+
+#[test]
+fn fused_parts_and_residual_add() {
+    // Three linear layers' rows in one weight, written as three matrices
+    // (decode, prefill, across shards), and the residual add.
+    for format in FORMATS {
+        let parts = MmOut::parts(&[64, 32, 33]);
+        for max_rows in [1u32, 17] {
+            let case = Case {
+                out_layout: parts.clone(),
+                ..Case::new(format, 129, 576, max_rows)
+            };
+            case.run(&[1, max_rows], 21);
+            let case = Case {
+                out_layout: MmOut::accumulate(),
+                ..Case::new(format, 65, 576, max_rows)
+            };
+            case.run(&[1, max_rows], 22);
+        }
+        let m = RandomMixed::new(129, 576, 64, &[2, 3, 4], 23);
+        let l = (format == WeightFormat::Mixed).then_some(&*m.layout);
+        let total = 4 * u64::from(Planes::of(format, l, 129, 576).words);
+        let case = Case {
+            out_layout: parts.clone(),
+            max_binding: Some((total / 3 + 4096).next_multiple_of(256)),
+            ..Case::new(format, 129, 576, 17)
+        };
+        assert_eq!(case.run(&[1, 17], 23), 3, "{}", format.name());
     }
 }
 
@@ -445,6 +497,7 @@ fn bad_shapes_and_formats_are_errors() {
         x_scales: xs,
         w,
         out,
+        out_layout: Default::default(),
         max_rows: x_bytes_rows,
         last_row_only: false,
     };

@@ -49,9 +49,15 @@ impl Executor {
         for (i, &b) in plan.slot_bytes.iter().enumerate() {
             slots.push(gpu.storage_buffer(&format!("slot{i}"), b)?);
         }
-        let mut tensors = Vec::with_capacity(graph.tensors.len());
+        let mut tensors: Vec<Resolved> = Vec::with_capacity(graph.tensors.len());
         for (t, info) in graph.tensors.iter().enumerate() {
             let r = match (&info.kind, plan.slot[t]) {
+                // Views come after the tensor they view, already resolved.
+                (TensorKind::View { of, offset }, _) => Resolved {
+                    buffer: tensors[*of].buffer.clone(),
+                    offset: tensors[*of].offset + offset,
+                    size: info.bytes.max(4),
+                },
                 (TensorKind::External(x), _) => Resolved {
                     buffer: x.buffer.clone(),
                     offset: x.offset,
@@ -104,6 +110,7 @@ impl Executor {
         let mut calls = Vec::with_capacity(n_calls);
         for (ni, (node, node_calls)) in graph.nodes.iter().zip(node_calls).enumerate() {
             for call in node_calls {
+                check_usage(&graph, &tensors, node, &call)?;
                 let access: Vec<_> = call.bindings.iter().map(|b| b.access).collect();
                 let pipeline = gpu.pipeline(&call.kernel, &access)?;
                 let idx = calls.len() as u64;
@@ -322,4 +329,26 @@ fn dispatch(pass: &mut wgpu::ComputePass<'_>, c: &CompiledCall, g: [u32; 3]) {
     pass.set_pipeline(&c.pipeline.pipeline);
     pass.set_bind_group(0, &c.bind_group, &[]);
     pass.dispatch_workgroups(g[0], g[1], g[2]);
+}
+
+/// A dispatch may bind one buffer several times only if no binding writes
+/// it, or all do (wgpu's usage rule): views of one tensor, or tensors
+/// sharing a planned buffer, must not be read by one binding and written
+/// by another of the same call.
+fn check_usage(graph: &Graph, tensors: &[Resolved], node: &super::Node, call: &Call) -> Result<()> {
+    for (i, a) in call.bindings.iter().enumerate() {
+        for b in &call.bindings[i + 1..] {
+            let same = Arc::ptr_eq(&tensors[a.tensor].buffer, &tensors[b.tensor].buffer);
+            if same && a.access != b.access {
+                return Err(EngineError::Shape {
+                    op: node.op.def().name(),
+                    msg: format!(
+                        "{}: {} and {} share a buffer, one read and one written",
+                        node.label, graph.tensors[a.tensor].name, graph.tensors[b.tensor].name
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }

@@ -107,6 +107,48 @@ impl Graph {
         let bytes = t.size;
         self.add(name, bytes, TensorKind::External(t))
     }
+    /// `bytes` bytes of `of` from byte `offset` on, as a tensor of its own:
+    /// ops bind it like any other, the memory is `of`'s (views of views
+    /// resolve to the first tensor's). `offset` must meet the device's
+    /// storage alignment when an op binds the view (the executor checks).
+    pub fn view(
+        &mut self,
+        name: impl Into<String>,
+        of: TensorId,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<TensorId> {
+        let name = name.into();
+        let Some(parent) = self.tensors.get(of) else {
+            return Err(crate::EngineError::Shape {
+                op: "view",
+                msg: format!("{name}: no tensor {of}"),
+            });
+        };
+        crate::ensure_shape!(
+            offset.checked_add(bytes).is_some_and(|e| e <= parent.bytes),
+            "view",
+            "{name}: bytes {offset}..{} outside {} ({} bytes)",
+            offset.saturating_add(bytes),
+            parent.name,
+            parent.bytes
+        );
+        let (of, offset) = match parent.kind {
+            TensorKind::View {
+                of: root,
+                offset: o,
+            } => (root, o + offset),
+            _ => (of, offset),
+        };
+        Ok(self.add(name, bytes, TensorKind::View { of, offset }))
+    }
+    /// The tensor whose memory `t` is (itself unless `t` is a view).
+    pub fn root(&self, t: TensorId) -> TensorId {
+        match self.tensors[t].kind {
+            TensorKind::View { of, .. } => of,
+            _ => t,
+        }
+    }
     /// Appends an op after checking its shapes.
     pub fn push(&mut self, label: impl Into<String>, op: Op) -> Result<()> {
         op.def().check(&self.tensors)?;

@@ -24,13 +24,14 @@ impl Plan {
     }
 }
 
-/// First and last node index touching each tensor.
+/// First and last node index touching each tensor (a view's use counts
+/// for the tensor it views).
 pub fn lifetimes(g: &Graph, caps: &Caps) -> Vec<Option<(usize, usize)>> {
     let mut life: Vec<Option<(usize, usize)>> = vec![None; g.tensors.len()];
     for (i, node) in g.nodes.iter().enumerate() {
         for call in node.op.def().calls(caps) {
             for b in &call.bindings {
-                let l = &mut life[b.tensor];
+                let l = &mut life[g.root(b.tensor)];
                 *l = Some(match *l {
                     None => (i, i),
                     Some((a, _)) => (a, i),

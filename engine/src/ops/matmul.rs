@@ -41,9 +41,12 @@ use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
     write_params,
 };
+use crate::mmout::{MmOut, MmOutParams};
 use crate::pipeline::Kernel;
 use crate::shader::ShaderSource;
-use crate::shader::lib::{KBLOCK, MXCODES, MXMATMUL, QBLOCK, QMATMUL, TILES, XLOAD, XLOAD_SG};
+use crate::shader::lib::{
+    KBLOCK, MMOUT, MXCODES, MXMATMUL, QBLOCK, QMATMUL, TILES, XLOAD, XLOAD_SG,
+};
 use crate::tensor::WeightFormat;
 use crate::weight::{GROUP, MixedLayout, Planes, Shard, WeightRef, col_multiple};
 use crate::{Caps, Result};
@@ -51,28 +54,32 @@ use crate::{Caps, Result};
 crate::shader!(
     SHADER_Q,
     "matmul_q",
-    [QBLOCK, KBLOCK, QMATMUL, TILES, XLOAD],
-    MatMulParams
+    [QBLOCK, KBLOCK, QMATMUL, TILES, XLOAD, MMOUT],
+    MatMulParams,
+    [MmOutParams]
 );
 crate::shader!(
     SHADER_Q_SG,
     "matmul_q_sg",
-    [QBLOCK, KBLOCK, QMATMUL, TILES, XLOAD_SG],
-    MatMulParams
+    [QBLOCK, KBLOCK, QMATMUL, TILES, XLOAD_SG, MMOUT],
+    MatMulParams,
+    [MmOutParams]
 );
 crate::shader!(
     SHADER_MX,
     "matmul_mx",
-    [MXCODES, MXMATMUL, TILES, XLOAD],
-    MixedMatMulParams
+    [MXCODES, MXMATMUL, TILES, XLOAD, MMOUT],
+    MixedMatMulParams,
+    [MmOutParams]
 );
 crate::shader!(
     SHADER_MX_SG,
     "matmul_mx_sg",
-    [MXCODES, MXMATMUL, TILES, XLOAD_SG],
-    MixedMatMulParams
+    [MXCODES, MXMATMUL, TILES, XLOAD_SG, MMOUT],
+    MixedMatMulParams,
+    [MmOutParams]
 );
-crate::shader!(SHADER_F, "matmul_f", [], MatMulParams);
+crate::shader!(SHADER_F, "matmul_f", [MMOUT], MatMulParams, [MmOutParams]);
 
 /// Every matmul shader, for the naga translation tests.
 pub fn shaders() -> Vec<&'static ShaderSource> {
@@ -118,6 +125,8 @@ crate::params_struct! {
         pub out_col: u32,
         /// Workgroups along rows (the tiled grid folds (token, row) tiles into one id).
         pub row_tiles: u32,
+        /// Where the results go (crate::mmout).
+        pub o: MmOutParams,
     }
 }
 
@@ -138,6 +147,7 @@ crate::params_struct! {
         pub row_words: u32,
         pub group: u32,
         pub _pad: u32,
+        pub o: MmOutParams,
     }
 }
 
@@ -156,6 +166,7 @@ impl MixedMatMulParams {
             row_words: l.row_words(),
             group: l.group,
             _pad: 0,
+            o: p.o,
         }
     }
 }
@@ -165,6 +176,9 @@ pub struct MatMul {
     pub x: TensorId,
     pub w: WeightRef,
     pub out: TensorId,
+    /// How `out` is laid out (parts of a concatenated weight) and whether
+    /// the result is added to it.
+    pub out_layout: MmOut,
     /// Tokens at the graph's largest step.
     pub max_rows: u32,
     /// Compute only the step's last token, into out row 0.
@@ -324,7 +338,7 @@ impl MatMul {
             scales.clone()
         };
         let x_bytes = 4 * u64::from(self.w.cols) * u64::from(self.max_rows);
-        let out_bytes = 4 * u64::from(self.w.rows) * u64::from(self.out_rows());
+        let out_bytes = self.out_layout.bytes(self.w.rows, self.out_rows());
         let mut b = vec![
             Binding::read_range(self.x, 0, x_bytes),
             codes,
@@ -390,9 +404,10 @@ impl OpDef for MatMul {
                 s.rows
             );
         }
+        self.out_layout.check(rows, OP)?;
         // Kernels index x and out in u32 elements.
         let x_bytes = 4 * u64::from(cols) * u64::from(self.max_rows);
-        let out_bytes = 4 * u64::from(rows) * u64::from(self.out_rows());
+        let out_bytes = self.out_layout.bytes(rows, self.out_rows());
         crate::ensure_shape!(
             x_bytes < (1 << 34) && out_bytes < (1 << 34),
             OP,
@@ -440,6 +455,7 @@ impl OpDef for MatMul {
             out_stride: self.w.rows,
             out_col: shard.row_start,
             row_tiles: row_groups,
+            o: self.out_layout.params(self.w.rows, self.out_rows()),
         };
         if path == Path::Tiled {
             p.n_tokens = n;

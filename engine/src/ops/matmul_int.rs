@@ -46,19 +46,27 @@ use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
     write_params,
 };
+use crate::mmout::{MmOut, MmOutParams};
 use crate::pipeline::Kernel;
 use crate::shader::ShaderSource;
-use crate::shader::lib::{F16, IMATMUL, MXCODES};
+use crate::shader::lib::{F16, IMATMUL, MMOUT, MXCODES};
 use crate::tensor::WeightFormat;
 use crate::weight::{GROUP, Planes, Shard, WeightRef};
 use crate::{Caps, Result};
 
-crate::shader!(SHADER, "matmul_int", [F16, IMATMUL], MatMulIntParams);
+crate::shader!(
+    SHADER,
+    "matmul_int",
+    [F16, IMATMUL, MMOUT],
+    MatMulIntParams,
+    [MmOutParams]
+);
 crate::shader!(
     SHADER_MX,
     "matmul_int_mx",
-    [MXCODES, IMATMUL],
-    MatMulIntParams
+    [MXCODES, IMATMUL, MMOUT],
+    MatMulIntParams,
+    [MmOutParams]
 );
 
 /// Both integer matmul shaders, for the naga translation tests.
@@ -99,6 +107,8 @@ crate::params_struct! {
         pub group: u32,
         pub _pad0: u32,
         pub _pad1: u32,
+        /// Where the results go (crate::mmout).
+        pub o: MmOutParams,
     }
 }
 
@@ -110,6 +120,9 @@ pub struct MatMulInt {
     pub x_scales: TensorId,
     pub w: WeightRef,
     pub out: TensorId,
+    /// How `out` is laid out (parts of a concatenated weight) and whether
+    /// the result is added to it.
+    pub out_layout: MmOut,
     /// Tokens at the graph's largest step.
     pub max_rows: u32,
     /// Compute only the step's last token, into out row 0.
@@ -197,7 +210,7 @@ impl MatMulInt {
             scales.clone()
         };
         let x_bytes = u64::from(self.w.cols) * u64::from(self.max_rows);
-        let out_bytes = 4 * u64::from(self.w.rows) * u64::from(self.out_rows());
+        let out_bytes = self.out_layout.bytes(self.w.rows, self.out_rows());
         let mut b = vec![
             Binding::read_range(self.x, 0, x_bytes),
             Binding::read_range(self.x_scales, 0, 4 * u64::from(self.max_rows)),
@@ -272,9 +285,10 @@ impl OpDef for MatMulInt {
                 s.rows
             );
         }
+        self.out_layout.check(rows, OP)?;
         // Kernels index x (as vec4s) and out in u32 elements.
         let x_bytes = u64::from(cols) * u64::from(self.max_rows);
-        let out_bytes = 4 * u64::from(rows) * u64::from(self.out_rows());
+        let out_bytes = self.out_layout.bytes(rows, self.out_rows());
         crate::ensure_shape!(
             x_bytes < (1 << 34) && out_bytes < (1 << 34),
             OP,
@@ -337,6 +351,7 @@ impl OpDef for MatMulInt {
                 group: mixed.map_or(0, |l| l.group),
                 _pad0: 0,
                 _pad1: 0,
+                o: self.out_layout.params(self.w.rows, self.out_rows()),
             },
         );
         if n == 0 || path != want {

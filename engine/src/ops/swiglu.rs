@@ -8,7 +8,8 @@
 //! output, `silu(x) -> 0` for large negative x and `-> x` for large positive.
 //!
 //! # Shapes
-//! gate, up, out: [max_rows, dim] f32. `out` may alias `gate` (elementwise).
+//! gate, up, out: [max_rows, dim] f32; gate and up may be views of one
+//! tensor (the parts of a fused gate/up matmul), `out` is another.
 
 use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
@@ -56,12 +57,10 @@ impl OpDef for SwiGlu {
         check_bytes(g, "swiglu", "out", self.out, n)
     }
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
-        // gate is bound read-write although only read: `out` may alias it,
-        // and one dispatch must not bind a buffer both read-only and writable.
         vec![Call::new(
             Kernel::new(&SHADER, "swiglu"),
             vec![
-                Binding::write(self.gate),
+                Binding::read(self.gate),
                 Binding::read(self.up),
                 Binding::write(self.out),
             ],

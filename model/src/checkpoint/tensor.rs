@@ -257,6 +257,60 @@ impl HostTensor {
         }
         Ok(())
     }
+    /// The matrices' rows one after another, as one matrix `name` in their
+    /// encoding: `None` unless all are matrices of the same width and type
+    /// (Mixed: the same group widths). Every encoding here stores rows
+    /// whole and in order, so this is their bytes (codes, scales, mins)
+    /// appended.
+    pub fn concat_rows(name: &str, parts: &[&HostTensor]) -> Option<HostTensor> {
+        let first = parts.first()?;
+        let same = parts.iter().all(|t| {
+            t.shape.len() == 2
+                && t.cols() == first.cols()
+                && t.dtype == first.dtype
+                && match (&t.mixed, &first.mixed) {
+                    (Some(a), Some(b)) => a.layout == b.layout,
+                    (None, None) => true,
+                    _ => false,
+                }
+        });
+        if !same {
+            return None;
+        }
+        let rows = parts.iter().map(|t| t.rows()).sum();
+        let mixed = match &first.mixed {
+            Some(m) => {
+                let cat = |f: &dyn Fn(&MixedTensor) -> &[u16]| -> Vec<u16> {
+                    parts
+                        .iter()
+                        .flat_map(|t| t.mixed.as_deref().map_or(&[][..], f).iter().copied())
+                        .collect()
+                };
+                Some(Arc::new(MixedTensor {
+                    layout: m.layout.clone(),
+                    codes: parts
+                        .iter()
+                        .flat_map(|t| t.mixed.as_deref().map_or(&[][..], |m| &m.codes[..]))
+                        .copied()
+                        .collect(),
+                    scales: cat(&|m| &m.scales[..]),
+                    mins: cat(&|m| &m.mins[..]),
+                }))
+            }
+            None => None,
+        };
+        let data: Vec<u8> = parts
+            .iter()
+            .flat_map(|t| t.data.as_slice().iter().copied())
+            .collect();
+        Some(HostTensor {
+            name: name.to_string(),
+            shape: vec![rows, first.cols()],
+            dtype: first.dtype,
+            data: Bytes::Owned(Arc::new(data)),
+            mixed,
+        })
+    }
     /// Encoded size in bytes.
     pub fn byte_size(&self) -> usize {
         match &self.mixed {

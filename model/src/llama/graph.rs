@@ -4,6 +4,7 @@
 
 use lamina_engine::graph::{Graph, Op, TensorId};
 use lamina_engine::kv::KvLayout;
+use lamina_engine::mmout::{MmOut, part_offsets};
 use lamina_engine::ops::{
     act_quant, add, embedding, gram, hadamard, kv_f16_attention, kv_f16_write, kv_quant_attention,
     kv_quant_store, matmul, matmul_int, rmsnorm, rmsnorm_quant, rope, sample, swiglu,
@@ -11,7 +12,7 @@ use lamina_engine::ops::{
 use lamina_engine::weight::GpuWeight;
 use lamina_engine::{Tensor, WeightRef};
 
-use super::{GpuLayer, GpuModel};
+use super::{GpuLayer, GpuModel, Linears};
 use crate::checkpoint::ActSite;
 use crate::kv_cache::LayerCache;
 use crate::{LlamaConfig, ModelError, Result, RopeStyle};
@@ -63,15 +64,17 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
     let ids = g.input("ids", 4 * u64::from(n)); // [n_tokens] u32
     let x = g.intermediate("x", f32s(dim)); // [n_tokens, dim] residual stream
     let h = g.intermediate("h", f32s(dim)); // [n_tokens, dim] normed
-    let q = g.intermediate("q", f32s(q_dim)); // [n_tokens, n_heads, head_dim]
-    let k = g.intermediate("k", f32s(kv_dim)); // [n_tokens, n_kv_heads, head_dim]
-    let v = g.intermediate("v", f32s(kv_dim)); // [n_tokens, n_kv_heads, head_dim]
+    // q [n_tokens, n_heads, head_dim], k and v [n_tokens, n_kv_heads, head_dim]
+    let (qkv, [q, k, v]) = parts_tensor(
+        &mut g,
+        "qkv",
+        [("q", q_dim), ("k", kv_dim), ("v", kv_dim)],
+        n,
+    )?;
     let att = g.intermediate("att", f32s(q_dim)); // [n_tokens, n_heads * head_dim]
-    let o = g.intermediate("o", f32s(dim)); // [n_tokens, dim]
-    let gate = g.intermediate("gate", f32s(ffn)); // [n_tokens, ffn]
-    let up = g.intermediate("up", f32s(ffn)); // [n_tokens, ffn]
+    // [n_tokens, ffn] each
+    let (gate_up, [gate, up]) = parts_tensor(&mut g, "gate_up", [("gate", ffn), ("up", ffn)], n)?;
     let act = g.intermediate("act", f32s(ffn)); // [n_tokens, ffn]
-    let down = g.intermediate("down", f32s(dim)); // [n_tokens, dim]
     let scratch_bytes = m
         .kv
         .layers
@@ -108,15 +111,15 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
         x,
         h,
         h_ffn: h,
+        qkv,
         q,
         k,
         v,
         att,
-        o,
+        gate_up,
         gate,
         up,
         act,
-        down,
         att_scratch,
         xq,
         rope_factors: m
@@ -160,6 +163,7 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
                     x: h,
                     w: lm,
                     out: logits,
+                    out_layout: Default::default(),
                     max_rows: n,
                     last_row_only: false,
                 }),
@@ -180,6 +184,7 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
                     x: h,
                     w: lm,
                     out: logits,
+                    out_layout: Default::default(),
                     max_rows: n,
                     last_row_only: true,
                 }),
@@ -219,17 +224,20 @@ pub struct LayerIo {
     pub h: TensorId,
     /// FFN-norm output (input of gate/up); may be `h`.
     pub h_ffn: TensorId,
+    /// q, k and v: views of `qkv`, laid out by [`parts_tensor`] so that one
+    /// matmul over the concatenated weights writes all three.
+    pub qkv: TensorId,
     pub q: TensorId,
     pub k: TensorId,
     pub v: TensorId,
     /// Attention output (input of the output projection).
     pub att: TensorId,
-    pub o: TensorId,
+    /// gate and up: views of `gate_up`, as q, k and v are of `qkv`.
+    pub gate_up: TensorId,
     pub gate: TensorId,
     pub up: TensorId,
     /// SwiGLU output (input of the down projection).
     pub act: TensorId,
-    pub down: TensorId,
     pub att_scratch: Option<TensorId>,
     /// Integer activations: packed int8 codes `[n, widest / 4]` u32 and
     /// per-token scales `[n]` f32 (needed when a layer has `act`).
@@ -266,6 +274,26 @@ pub struct GramTaps {
     pub attn_out: TensorId,
     pub ffn_in: TensorId,
     pub ffn_act: TensorId,
+}
+
+/// An intermediate that one matmul over concatenated weights writes in
+/// parts (`lamina_engine::mmout`), and a view of each part: `[n, width]` f32
+/// each, named as given.
+pub fn parts_tensor<const P: usize>(
+    g: &mut Graph,
+    name: &str,
+    parts: [(&str, usize); P],
+    n: u32,
+) -> Result<(TensorId, [TensorId; P])> {
+    let rows: Vec<u32> = parts.iter().map(|&(_, w)| w as u32).collect();
+    let bytes = MmOut::parts(&rows).bytes(rows.iter().sum(), n);
+    let all = g.intermediate(name, bytes);
+    let offsets = part_offsets(&rows, n);
+    let mut views = [all; P];
+    for (i, (&(part, w), off)) in parts.iter().zip(offsets).enumerate() {
+        views[i] = g.view(part, all, off, 4 * w as u64 * u64::from(n))?;
+    }
+    Ok((all, views))
 }
 
 /// `out = RMSNorm(x) * w`.
@@ -390,12 +418,13 @@ pub fn push_layer(
         Ok(())
     };
     // The linear layers reading one input: float matmuls, or integer ones
-    // over its codes (quantized here unless `coded`, by the norm).
+    // over its codes (quantized here unless `coded`, by the norm). Each job
+    // is a weight, where and how it writes, and its label.
     let linears = |g: &mut Graph,
                    x: TensorId,
                    site: ActSite,
                    coded: bool,
-                   ws: &[(&GpuWeight, TensorId, &str)]|
+                   ws: &[(GpuWeight, TensorId, MmOut, String)]|
      -> Result<()> {
         if let Some((a, (codes, scales))) = quant.filter(|_| !coded) {
             let op = act_quant::ActQuant {
@@ -409,14 +438,16 @@ pub fn push_layer(
             };
             g.push(p(&format!("{}_quant", site.name())), Op::ActQuant(op))?;
         }
-        for &(w, out, name) in ws {
-            let w = weight(g, w, &p(name));
+        for (w, out, out_layout, label) in ws {
+            let w = weight(g, w, label);
+            let (out, out_layout) = (*out, out_layout.clone());
             let op = match quant {
                 Some((_, (codes, scales))) => Op::MatMulInt(matmul_int::MatMulInt {
                     x: codes,
                     x_scales: scales,
                     w,
                     out,
+                    out_layout,
                     max_rows: n,
                     last_row_only: false,
                 }),
@@ -424,43 +455,41 @@ pub fn push_layer(
                     x,
                     w,
                     out,
+                    out_layout,
                     max_rows: n,
                     last_row_only: false,
                 }),
             };
-            g.push(p(name), op)?;
+            g.push(label.clone(), op)?;
         }
         Ok(())
     };
-    let residual = |g: &mut Graph, y: TensorId, label: String| -> Result<()> {
-        g.push(
-            label,
-            Op::Add(add::Add {
-                x: io.x,
-                y,
-                dim: c.dim as u32,
-                max_rows: n,
-                bias: false,
-            }),
-        )?;
-        Ok(())
-    };
+    // Jobs for `linears`: one matmul writing all parts of `all`, or one per
+    // part; `names` label the parts, `fused` the one matmul.
+    let jobs =
+        |l: &'_ Linears, all: TensorId, parts: &[TensorId], names: &[&str], fused: &str| match l {
+            Linears::Fused { w, rows } => vec![(w.clone(), all, MmOut::parts(rows), p(fused))],
+            Linears::Split(ws) => ws
+                .iter()
+                .zip(parts)
+                .zip(names)
+                .map(|((w, &t), name)| (w.clone(), t, MmOut::plain(), p(name)))
+                .collect(),
+        };
     let w = external(g, &p("attn_norm"), &lw.attn_norm);
     norm(g, w, io.h, ActSite::QkvIn, p("attn_norm"))?;
     if let Some(t) = taps {
         push_gram(g, io.h, t.attn_in, c.dim, n, p("gram_attn_in"))?;
     }
-    let qkv = [
-        (&lw.wq, io.q, "attn_q"),
-        (&lw.wk, io.k, "attn_k"),
-        (&lw.wv, io.v, "attn_v"),
-    ];
-    linears(g, io.h, ActSite::QkvIn, true, &qkv)?;
+    let qkv_names = ["attn_q", "attn_k", "attn_v"];
+    let qkv = [io.q, io.k, io.v];
+    let qkv_jobs = jobs(&lw.attn_in, io.qkv, &qkv, &qkv_names, "attn_qkv");
+    linears(g, io.h, ActSite::QkvIn, true, &qkv_jobs)?;
     if let Some(biases) = &lw.qkv_bias {
-        for ((b, (_, t, name)), heads) in biases.iter().zip(&qkv).zip([nh, nkv, nkv]) {
+        for (((b, t), name), heads) in biases.iter().zip(qkv).zip(qkv_names).zip([nh, nkv, nkv]) {
             let y = external(g, &p(&format!("{name}_bias")), b);
             let add = add::Add {
-                x: *t,
+                x: t,
                 y,
                 dim: heads * hd,
                 max_rows: n,
@@ -573,25 +602,24 @@ pub fn push_layer(
     if let Some(t) = taps {
         push_gram(g, io.att, t.attn_out, c.q_dim(), n, p("gram_attn_out"))?;
     }
-    linears(
-        g,
-        io.att,
-        ActSite::OIn,
-        false,
-        &[(&lw.wo, io.o, "attn_output")],
-    )?;
-    residual(g, io.o, p("attn_residual"))?;
+    // The residual add in the output projection's epilogue.
+    let o_job = (lw.wo.clone(), io.x, MmOut::accumulate(), p("attn_output"));
+    linears(g, io.att, ActSite::OIn, false, &[o_job])?;
 
     let w = external(g, &p("ffn_norm"), &lw.ffn_norm);
     norm(g, w, io.h_ffn, ActSite::FfnIn, p("ffn_norm"))?;
     if let Some(t) = taps {
         push_gram(g, io.h_ffn, t.ffn_in, c.dim, n, p("gram_ffn_in"))?;
     }
-    let gate_up = [
-        (&lw.w_gate, io.gate, "ffn_gate"),
-        (&lw.w_up, io.up, "ffn_up"),
-    ];
-    linears(g, io.h_ffn, ActSite::FfnIn, true, &gate_up)?;
+    let gate_up = [io.gate, io.up];
+    let gate_up_jobs = jobs(
+        &lw.ffn_in,
+        io.gate_up,
+        &gate_up,
+        &["ffn_gate", "ffn_up"],
+        "ffn_gate_up",
+    );
+    linears(g, io.h_ffn, ActSite::FfnIn, true, &gate_up_jobs)?;
     g.push(
         p("swiglu"),
         Op::SwiGlu(swiglu::SwiGlu {
@@ -628,13 +656,8 @@ pub fn push_layer(
     if let Some(t) = taps {
         push_gram(g, io.act, t.ffn_act, c.ffn_dim, n, p("gram_ffn_act"))?;
     }
-    linears(
-        g,
-        io.act,
-        ActSite::DownIn,
-        down_coded,
-        &[(&lw.w_down, io.down, "ffn_down")],
-    )?;
-    residual(g, io.down, p("ffn_residual"))?;
+    // The residual add in the down projection's epilogue.
+    let down_job = (lw.w_down.clone(), io.x, MmOut::accumulate(), p("ffn_down"));
+    linears(g, io.act, ActSite::DownIn, down_coded, &[down_job])?;
     Ok(())
 }

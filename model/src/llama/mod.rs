@@ -20,7 +20,7 @@ use crate::kv_cache::{KvCache, KvFormat};
 mod graph;
 use crate::{LlamaConfig, ModelError, Result};
 pub use graph::{
-    GramTaps, GraphIo, Head, LayerIo, LayerKv, REPEAT_LAST_N, build_graph, push_layer,
+    GramTaps, GraphIo, Head, LayerIo, LayerKv, REPEAT_LAST_N, build_graph, parts_tensor, push_layer,
 };
 
 /// How the checkpoint's weights are stored on the GPU.
@@ -95,16 +95,67 @@ impl LayerAct {
     }
 }
 
+/// Linear layers that read the same input (q, k, v; gate, up): one weight
+/// of their rows concatenated where they share a format (one dispatch
+/// computes them all, reading the input once; `lamina_engine::mmout` lays
+/// out the parts), else a weight each.
+pub enum Linears {
+    Fused { w: GpuWeight, rows: Vec<u32> },
+    Split(Vec<GpuWeight>),
+}
+
+impl Linears {
+    /// Uploads `ts` in the format `mode` asks for, concatenated when they can be.
+    fn upload(gpu: &Gpu, ts: &[&HostTensor], mode: WeightMode) -> Result<Linears> {
+        let name = ts
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join("+");
+        let fused = match mode {
+            WeightMode::Native => HostTensor::concat_rows(&name, ts),
+            // Converted at load: any types concatenate once they are f32.
+            WeightMode::F16 | WeightMode::F32 => {
+                let mut values = Vec::new();
+                for t in ts {
+                    values.extend(t.to_f32()?);
+                }
+                let rows = ts.iter().map(|t| t.rows()).sum();
+                (ts.iter()
+                    .all(|t| t.shape.len() == 2 && t.cols() == ts[0].cols()))
+                .then(|| HostTensor::from_f32(&name, vec![rows, ts[0].cols()], &values))
+            }
+        };
+        match fused {
+            Some(t) => Ok(Linears::Fused {
+                w: upload_matrix(gpu, &t, mode)?,
+                rows: ts.iter().map(|t| t.rows() as u32).collect(),
+            }),
+            None => Ok(Linears::Split(
+                ts.iter()
+                    .map(|t| upload_matrix(gpu, t, mode))
+                    .collect::<Result<_>>()?,
+            )),
+        }
+    }
+    /// The weights, one or one per layer.
+    pub fn weights(&self) -> Vec<&GpuWeight> {
+        match self {
+            Linears::Fused { w, .. } => vec![w],
+            Linears::Split(ws) => ws.iter().collect(),
+        }
+    }
+}
+
 /// One layer's weights on the GPU.
 pub struct GpuLayer {
     pub attn_norm: Tensor,
-    pub wq: GpuWeight,
-    pub wk: GpuWeight,
-    pub wv: GpuWeight,
+    /// q, k and v.
+    pub attn_in: Linears,
     pub wo: GpuWeight,
     pub ffn_norm: Tensor,
-    pub w_gate: GpuWeight,
-    pub w_up: GpuWeight,
+    /// gate and up.
+    pub ffn_in: Linears,
     pub w_down: GpuWeight,
     /// Integer activations, when the model quantizes them.
     pub act: Option<LayerAct>,
@@ -117,13 +168,10 @@ impl GpuLayer {
     pub fn upload(gpu: &Gpu, l: &LayerWeights, mode: WeightMode) -> Result<GpuLayer> {
         Ok(GpuLayer {
             attn_norm: upload_vector(gpu, &l.attn_norm)?,
-            wq: upload_matrix(gpu, &l.wq, mode)?,
-            wk: upload_matrix(gpu, &l.wk, mode)?,
-            wv: upload_matrix(gpu, &l.wv, mode)?,
+            attn_in: Linears::upload(gpu, &[&l.wq, &l.wk, &l.wv], mode)?,
             wo: upload_matrix(gpu, &l.wo, mode)?,
             ffn_norm: upload_vector(gpu, &l.ffn_norm)?,
-            w_gate: upload_matrix(gpu, &l.w_gate, mode)?,
-            w_up: upload_matrix(gpu, &l.w_up, mode)?,
+            ffn_in: Linears::upload(gpu, &[&l.w_gate, &l.w_up], mode)?,
             w_down: upload_matrix(gpu, &l.w_down, mode)?,
             act: None,
             qkv_bias: match &l.qkv_bias {
@@ -139,15 +187,9 @@ impl GpuLayer {
 
     /// Bytes of the layer's weights on the GPU (norms included).
     pub fn bytes(&self) -> u64 {
-        let mats = [
-            &self.wq,
-            &self.wk,
-            &self.wv,
-            &self.wo,
-            &self.w_gate,
-            &self.w_up,
-            &self.w_down,
-        ];
+        let mut mats = self.attn_in.weights();
+        mats.extend(self.ffn_in.weights());
+        mats.extend([&self.wo, &self.w_down]);
         let biases: u64 = self.qkv_bias.iter().flatten().map(|b| b.size).sum();
         self.attn_norm.size
             + self.ffn_norm.size

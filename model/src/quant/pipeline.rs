@@ -36,7 +36,7 @@ use crate::checkpoint::{
     MixedTensor, Pivot, Recipe,
 };
 use crate::kv_cache::pivot_rows;
-use crate::llama::{GpuLayer, GramTaps, LayerIo, LayerKv, WeightMode, push_layer};
+use crate::llama::{GpuLayer, GramTaps, LayerIo, LayerKv, WeightMode, parts_tensor, push_layer};
 use crate::quant::gptq::{GptqOptions, ParamChoice, quantize_gptq};
 use crate::quant::rtn::quantize_rtn;
 use crate::quant::slim::{SlimOptions, base_allocation, quantize_slim};
@@ -198,19 +198,23 @@ fn block(
     let h_ffn = g.output("h_ffn", f32s(c.dim));
     let att = g.output("att", f32s(c.q_dim()));
     let act = g.output("act", f32s(c.ffn_dim));
+    let qkv = [("q", c.q_dim()), ("k", c.kv_dim()), ("v", c.kv_dim())];
+    let (qkv, [q, k, v]) = parts_tensor(&mut g, "qkv", qkv, seq)?;
+    let gate_up = [("gate", c.ffn_dim), ("up", c.ffn_dim)];
+    let (gate_up, [gate, up]) = parts_tensor(&mut g, "gate_up", gate_up, seq)?;
     let io = LayerIo {
         x,
         h,
         h_ffn,
-        q: g.intermediate("q", f32s(c.q_dim())),
-        k: g.intermediate("k", f32s(c.kv_dim())),
-        v: g.intermediate("v", f32s(c.kv_dim())),
+        qkv,
+        q,
+        k,
+        v,
         att,
-        o: g.intermediate("o", f32s(c.dim)),
-        gate: g.intermediate("gate", f32s(c.ffn_dim)),
-        up: g.intermediate("up", f32s(c.ffn_dim)),
+        gate_up,
+        gate,
+        up,
         act,
-        down: g.intermediate("down", f32s(c.dim)),
         att_scratch: {
             let b = kv_f16_attention::scratch_bytes(c.n_heads as u32, c.head_dim as u32, ctx, seq);
             (b > 0).then(|| g.intermediate("att_scratch", b))
