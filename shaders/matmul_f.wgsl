@@ -14,6 +14,11 @@ struct Params {
     out_stride: u32,
     out_col: u32,
     row_tiles: u32,
+    // GLU: the element where up starts in x (lib/xload.wgsl).
+    x_up: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
     // Where the results go (lib/mmout.wgsl).
     o: MmOut,
 }
@@ -29,12 +34,23 @@ const WG: u32 = 64u;
 const F32: u32 = 0u;
 const F16: u32 = 1u;
 
+// With GLU, x holds SwiGLU's gate and up (up from element p.x_up on) and
+// the input is silu(gate) * up (lib/glu.wgsl, as lib/xload.wgsl does).
+override GLU: bool = false;
+
+fn x_at(i: u32) -> f32 {
+    if GLU {
+        return silu(x[i]) * x[i + p.x_up];
+    }
+    return x[i];
+}
+
 // x[t, c .. c + 4], zero past the row's end.
 fn x4(t: u32, c: u32) -> vec4<f32> {
     let i = t * p.cols + c;
     let n = p.cols;
-    return vec4<f32>(select(0.0, x[i], c < n), select(0.0, x[i + 1u], c + 1u < n),
-                     select(0.0, x[i + 2u], c + 2u < n), select(0.0, x[i + 3u], c + 3u < n));
+    return vec4<f32>(select(0.0, x_at(i), c < n), select(0.0, x_at(i + 1u), c + 1u < n),
+                     select(0.0, x_at(i + 2u), c + 2u < n), select(0.0, x_at(i + 3u), c + 3u < n));
 }
 
 // W[row, c .. c + 4] (c a multiple of 4), zero past the row's end.

@@ -1,4 +1,4 @@
-// swiglu.wgsl: out = silu(gate) * up. Each invocation handles 4 elements
+// swiglu.wgsl: out = silu(gate) * up (silu: lib/glu.wgsl). Each invocation handles 4 elements
 // spaced a workgroup apart, so loads stay coalesced.
 
 struct Params {
@@ -15,13 +15,6 @@ struct Params {
 
 const WG: u32 = 256u;
 const PER_THREAD: u32 = 4u;
-
-// x * sigmoid(x) with e = exp(-|x|) in (0, 1]: no overflow, no x / inf.
-fn silu(x: f32) -> f32 {
-    let e = exp(-abs(x));
-    let s = select(e, 1.0, x >= 0.0) / (1.0 + e);
-    return x * s;
-}
 
 @compute @workgroup_size(WG)
 fn swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

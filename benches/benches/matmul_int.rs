@@ -129,6 +129,7 @@ fn graph(gpu: &Arc<Gpu>, format: WeightFormat, path: Path, tokens: u32, copies: 
                 w,
                 out,
                 out_layout: Default::default(),
+                glu: false,
                 max_rows: tokens,
                 last_row_only: false,
             }),

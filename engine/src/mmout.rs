@@ -20,7 +20,7 @@ pub const PART_ALIGN: u64 = 256;
 
 /// How a matmul lays out its result (see the module docs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MmOut {
+pub struct OutLayout {
     /// Weight rows of each part, in order, summing to the weight's rows;
     /// empty for one part.
     pub parts: Vec<u32>,
@@ -30,7 +30,7 @@ pub struct MmOut {
 
 crate::params_struct! {
     /// Mirrors `MmOut` in lib/mmout.wgsl, nested in each matmul's parameter block.
-    pub struct MmOutParams {
+    pub struct MmOut {
         /// First weight row of part 1 and of part 2 (the weight's rows where
         /// there is no such part).
         pub part1: u32,
@@ -59,21 +59,21 @@ pub fn part_offsets(rows: &[u32], out_rows: u32) -> Vec<u64> {
         .collect()
 }
 
-impl MmOut {
+impl OutLayout {
     /// One part, overwritten.
-    pub fn plain() -> MmOut {
-        MmOut::default()
+    pub fn plain() -> OutLayout {
+        OutLayout::default()
     }
     /// One part, added to.
-    pub fn accumulate() -> MmOut {
-        MmOut {
+    pub fn accumulate() -> OutLayout {
+        OutLayout {
             parts: Vec::new(),
             accumulate: true,
         }
     }
     /// Parts of these row counts, overwritten.
-    pub fn parts(rows: &[u32]) -> MmOut {
-        MmOut {
+    pub fn parts(rows: &[u32]) -> OutLayout {
+        OutLayout {
             parts: rows.to_vec(),
             accumulate: false,
         }
@@ -110,7 +110,7 @@ impl MmOut {
         Ok(())
     }
     /// The kernels' fields for `out_rows` token rows.
-    pub fn params(&self, rows: u32, out_rows: u32) -> MmOutParams {
+    pub fn params(&self, rows: u32, out_rows: u32) -> MmOut {
         let parts = self.part_rows(rows);
         let offs = part_offsets(&parts, out_rows);
         let start = |i: usize| -> u32 {
@@ -121,7 +121,7 @@ impl MmOut {
             }
         };
         let base = |i: usize| offs.get(i).map_or(0, |&o| (o / 4) as u32);
-        MmOutParams {
+        MmOut {
             part1: start(1),
             part2: start(2),
             base1: base(1),
@@ -135,7 +135,7 @@ impl MmOut {
 /// CPU reference of the layout: `y` (`[tokens, rows]` row-major, all parts
 /// side by side) written into an `out` laid out as `m` says, added to it
 /// with `accumulate`.
-pub fn reference_store(m: &MmOut, y: &[f32], rows: u32, out_rows: u32, out: &mut [f32]) {
+pub fn reference_store(m: &OutLayout, y: &[f32], rows: u32, out_rows: u32, out: &mut [f32]) {
     let parts = m.part_rows(rows);
     let offs = part_offsets(&parts, out_rows);
     let tokens = y.len() / rows.max(1) as usize;

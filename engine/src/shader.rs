@@ -31,6 +31,8 @@ pub mod lib {
     pub const KVCACHE: &str = include_str!("../../shaders/lib/kvcache.wgsl");
     /// Online-softmax blocks, accumulators and the split-KV combine of both attention shaders.
     pub const SOFTMAX4: &str = include_str!("../../shaders/lib/softmax4.wgsl");
+    /// SwiGLU's silu (swiglu, and the matmul kernels' GLU input).
+    pub const GLU: &str = include_str!("../../shaders/lib/glu.wgsl");
     /// Where the matmul kernels write: parts of concatenated weights, the residual add.
     pub const MMOUT: &str = include_str!("../../shaders/lib/mmout.wgsl");
     /// A helper of the tiled matmul kernels.

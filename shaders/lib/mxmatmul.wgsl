@@ -35,6 +35,11 @@ struct Params {
     row_words: u32,
     group: u32,
     _pad: u32,
+    // GLU: the element where up starts in x (lib/xload.wgsl).
+    x_up: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
     // Where the results go (lib/mmout.wgsl).
     o: MmOut,
 }

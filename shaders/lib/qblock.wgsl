@@ -27,6 +27,11 @@ struct Params {
     out_stride: u32,
     out_col: u32,
     row_tiles: u32,
+    // GLU: the element where up starts in x (lib/xload.wgsl).
+    x_up: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
     // Where the results go (lib/mmout.wgsl).
     o: MmOut,
 }

@@ -6,6 +6,19 @@
 //     of one token); every invocation of a workgroup asks for the same blocks;
 //   any_lane(v): whether v holds in any invocation that must run the same
 //     loops as this one.
+// With the GLU override, x holds SwiGLU's gate and up (the two parts of a
+// fused gate/up matmul's output, up from vec4 p.x_up / 4 on) and the
+// kernel's input is silu(gate) * up (lib/glu.wgsl), made as it is loaded.
+
+override GLU: bool = false;
+
+// The input's vec4 i.
+fn x_load(i: u32) -> vec4<f32> {
+    if GLU {
+        return silu4(x[i]) * x[i + p.x_up / 4u];
+    }
+    return x[i];
+}
 
 struct XBlock {
     v: array<vec4<f32>, 8>,
@@ -13,14 +26,14 @@ struct XBlock {
 
 fn x_block(base: u32, lane: u32, sgs: u32) -> XBlock {
     var b: XBlock;
-    b.v[0] = x[base];
-    b.v[1] = x[base + 1u];
-    b.v[2] = x[base + 2u];
-    b.v[3] = x[base + 3u];
-    b.v[4] = x[base + 4u];
-    b.v[5] = x[base + 5u];
-    b.v[6] = x[base + 6u];
-    b.v[7] = x[base + 7u];
+    b.v[0] = x_load(base);
+    b.v[1] = x_load(base + 1u);
+    b.v[2] = x_load(base + 2u);
+    b.v[3] = x_load(base + 3u);
+    b.v[4] = x_load(base + 4u);
+    b.v[5] = x_load(base + 5u);
+    b.v[6] = x_load(base + 6u);
+    b.v[7] = x_load(base + 7u);
     return b;
 }
 

@@ -1,5 +1,15 @@
 // lib/xload_sg.wgsl: x blocks for the matmul kernels through subgroup
-// broadcasts (see lib/xload.wgsl for the contract; same functions).
+// broadcasts (see lib/xload.wgsl for the contract, GLU included; same
+// functions).
+
+override GLU: bool = false;
+
+fn x_load(i: u32) -> vec4<f32> {
+    if GLU {
+        return silu4(x[i]) * x[i + p.x_up / 4u];
+    }
+    return x[i];
+}
 
 struct XBlock {
     v: array<vec4<f32>, 8>,
@@ -13,7 +23,7 @@ struct XBlock {
 // All lanes of the subgroup must pass the same `base`.
 fn x_block(base: u32, lane: u32, sgs: u32) -> XBlock {
     var b: XBlock;
-    let v0 = x[base + (lane & 7u)];
+    let v0 = x_load(base + (lane & 7u));
     b.v[0] = subgroupBroadcast(v0, 0u);
     b.v[1] = subgroupBroadcast(v0, 1u);
     b.v[2] = subgroupBroadcast(v0, 2u);
@@ -24,7 +34,7 @@ fn x_block(base: u32, lane: u32, sgs: u32) -> XBlock {
         b.v[6] = subgroupBroadcast(v0, 6u);
         b.v[7] = subgroupBroadcast(v0, 7u);
     } else {
-        let v1 = x[base + 4u + (lane & 3u)];
+        let v1 = x_load(base + 4u + (lane & 3u));
         b.v[4] = subgroupBroadcast(v1, 0u);
         b.v[5] = subgroupBroadcast(v1, 1u);
         b.v[6] = subgroupBroadcast(v1, 2u);

@@ -435,9 +435,20 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
     ] {
         ops.push(Box::new(matmul::MatMul {
             x: 1,
+            w: weight(format, 64, cols, mixed.clone()),
+            out: 2,
+            out_layout: Default::default(),
+            glu: false,
+            max_rows: 8,
+            last_row_only: false,
+        }));
+        // The down projection's SwiGLU on load (the GLU override).
+        ops.push(Box::new(matmul::MatMul {
+            x: 1,
             w: weight(format, 64, cols, mixed),
             out: 2,
             out_layout: Default::default(),
+            glu: true,
             max_rows: 8,
             last_row_only: false,
         }));

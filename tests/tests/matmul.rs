@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use half::f16;
 use lamina_engine::graph::{Graph, Op, Step};
-use lamina_engine::mmout::{self, MmOut};
+use lamina_engine::mmout::{self, OutLayout};
 use lamina_engine::ops::matmul::{self, MatMul};
+use lamina_engine::ops::swiglu;
 use lamina_engine::weight::{
     self, GpuWeight, HostData, HostWeight, MixedData, MixedLayout, PackedWeight, Planes,
     dequantize_packed, pack_f32, pack_ggml,
@@ -152,7 +153,9 @@ struct Case {
     /// Device to run on (the shared test GPU when `None`).
     gpu: Option<Arc<Gpu>>,
     /// Parts of a concatenated weight, the residual add (crate::mmout).
-    out_layout: MmOut,
+    out_layout: OutLayout,
+    /// SwiGLU on load: x holds gate and up, the input is silu(gate) * up.
+    glu: bool,
 }
 
 impl Case {
@@ -165,7 +168,8 @@ impl Case {
             last_row_only: false,
             max_binding: None,
             gpu: None,
-            out_layout: MmOut::plain(),
+            out_layout: OutLayout::plain(),
+            glu: false,
         }
     }
 
@@ -192,10 +196,22 @@ impl Case {
             None => GpuWeight::upload(&gpu, "w", &host).unwrap(),
         };
         let max_rows = self.max_rows as usize;
-        let x = rand_vec(max_rows * cols as usize, seed + 1, 1.0);
+        let x_len = max_rows * cols as usize;
+        let (x, input) = if self.glu {
+            // gate and up where a fused gate/up matmul puts them, the
+            // kernel's input silu(gate) * up.
+            let (bytes, up) = matmul::glu_x(cols, self.max_rows);
+            let x = rand_vec(bytes as usize / 4, seed + 1, 3.0);
+            let up = up as usize / 4;
+            let act = swiglu::reference(&x[..x_len], &x[up..up + x_len]);
+            (x, act)
+        } else {
+            let x = rand_vec(x_len, seed + 1, 1.0);
+            (x.clone(), x)
+        };
         let out_rows = if self.last_row_only { 1 } else { max_rows };
         let mut g = Graph::new();
-        let xt = g.input("x", 4 * (max_rows * cols as usize) as u64);
+        let xt = g.input("x", 4 * x.len() as u64);
         let out_len = (self.out_layout.bytes(rows, out_rows as u32) / 4) as usize;
         let out = g.output("out", 4 * out_len as u64);
         let wr = w.add_to_graph(&mut g, "w");
@@ -204,13 +220,14 @@ impl Case {
             w: wr,
             out,
             out_layout: self.out_layout.clone(),
+            glu: self.glu,
             max_rows: self.max_rows,
             last_row_only: self.last_row_only,
         };
         g.push("mm", Op::MatMul(op)).unwrap();
         let mut ex = Executor::new(gpu, g).unwrap();
         ex.write(xt, 0, &f32_bytes(&x));
-        let want_all = matmul::reference(&x, &w_ref, rows as usize, cols as usize);
+        let want_all = matmul::reference(&input, &w_ref, rows as usize, cols as usize);
         let t = tol(self.format);
         for &n in steps {
             // NaN where nothing may be written; with the residual add, values to add to.
@@ -299,7 +316,7 @@ fn fused_parts_and_residual_add() {
     for (fi, format) in ALL.into_iter().enumerate() {
         let cols = fit(format, 576);
         let seed = 300 + fi as u64;
-        let parts = MmOut::parts(&[576, 192, 193]);
+        let parts = OutLayout::parts(&[576, 192, 193]);
         for max_rows in [1u32, 19] {
             let case = Case {
                 out_layout: parts.clone(),
@@ -307,13 +324,13 @@ fn fused_parts_and_residual_add() {
             };
             case.run(&[1, max_rows], seed);
             let case = Case {
-                out_layout: MmOut::accumulate(),
+                out_layout: OutLayout::accumulate(),
                 ..Case::new(format, 577, cols, max_rows)
             };
             case.run(&[1, max_rows], seed + 50);
         }
         let case = Case {
-            out_layout: MmOut::parts(&[100, 200]),
+            out_layout: OutLayout::parts(&[100, 200]),
             last_row_only: true,
             ..Case::new(format, 300, cols, 5)
         };
@@ -329,6 +346,31 @@ fn fused_parts_and_residual_add() {
             ..Case::new(format, 961, cols, 19)
         };
         assert_eq!(case.run(&[1, 19], seed + 150), 3, "{}", format.name());
+    }
+}
+
+#[test]
+fn swiglu_on_load() {
+    // The down projection reading gate and up and adding to the residual,
+    // as the graph runs it: every format, decode and prefill, both x loads.
+    for (fi, format) in ALL.into_iter().enumerate() {
+        let cols = fit(format, 1536);
+        for max_rows in [1u32, 19] {
+            let case = Case {
+                glu: true,
+                out_layout: OutLayout::accumulate(),
+                ..Case::new(format, 577, cols, max_rows)
+            };
+            case.run(&[1, max_rows], 400 + fi as u64);
+        }
+    }
+    // Columns that are not whole blocks: F32 / F16 through matmul_f.
+    for format in [WeightFormat::F32, WeightFormat::F16] {
+        let case = Case {
+            glu: true,
+            ..Case::new(format, 70, 45, 9)
+        };
+        case.run(&[1, 9], 450);
     }
 }
 
@@ -351,7 +393,8 @@ fn out_parts_are_checked() {
             x,
             w: w.add_to_graph(&mut g, "w"),
             out,
-            out_layout: MmOut::parts(&parts),
+            out_layout: OutLayout::parts(&parts),
+            glu: false,
             max_rows: 1,
             last_row_only: false,
         };
@@ -445,6 +488,19 @@ fn portable_kernels_without_subgroups() {
             ..Case::new(format, 300, fit(format, 64), 5)
         };
         case.run(&[5], 9);
+        // lib/xload.wgsl's SwiGLU on load, parts and the residual add.
+        for (glu, out_layout) in [
+            (true, OutLayout::accumulate()),
+            (false, OutLayout::parts(&[100, 60, 140])),
+        ] {
+            let case = Case {
+                gpu: Some(plain.clone()),
+                glu,
+                out_layout,
+                ..Case::new(format, 300, fit(format, 576), 19)
+            };
+            case.run(&[1, 19], 10);
+        }
     }
 }
 
@@ -703,6 +759,7 @@ fn bad_shapes_are_errors() {
         w: wr.clone(),
         out,
         out_layout: Default::default(),
+        glu: false,
         max_rows: 2,
         last_row_only: false,
     };
@@ -716,6 +773,7 @@ fn bad_shapes_are_errors() {
         w: wr,
         out,
         out_layout: Default::default(),
+        glu: false,
         max_rows: 1,
         last_row_only: false,
     };

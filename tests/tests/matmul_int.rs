@@ -9,7 +9,7 @@ use std::sync::Arc;
 use half::f16;
 use lamina_engine::act::{self, ActBits, ActScale};
 use lamina_engine::graph::{Graph, Op, Step};
-use lamina_engine::mmout::{self, MmOut};
+use lamina_engine::mmout::{self, OutLayout};
 use lamina_engine::ops::act_quant::{self, ActQuant};
 use lamina_engine::ops::matmul_int::{self, MatMulInt};
 use lamina_engine::ops::rmsnorm::RmsNorm;
@@ -124,7 +124,7 @@ struct Case {
     /// Forces shards no larger than this (bytes).
     max_binding: Option<u64>,
     /// Parts of a concatenated weight, the residual add (crate::mmout).
-    out_layout: MmOut,
+    out_layout: OutLayout,
 }
 
 impl Case {
@@ -139,7 +139,7 @@ impl Case {
             scale: ActScale::Dynamic,
             mixed: (64, &[2, 3, 4]),
             max_binding: None,
-            out_layout: MmOut::plain(),
+            out_layout: OutLayout::plain(),
         }
     }
 
@@ -348,7 +348,7 @@ fn fused_parts_and_residual_add() {
     // Three linear layers' rows in one weight, written as three matrices
     // (decode, prefill, across shards), and the residual add.
     for format in FORMATS {
-        let parts = MmOut::parts(&[64, 32, 33]);
+        let parts = OutLayout::parts(&[64, 32, 33]);
         for max_rows in [1u32, 17] {
             let case = Case {
                 out_layout: parts.clone(),
@@ -356,7 +356,7 @@ fn fused_parts_and_residual_add() {
             };
             case.run(&[1, max_rows], 21);
             let case = Case {
-                out_layout: MmOut::accumulate(),
+                out_layout: OutLayout::accumulate(),
                 ..Case::new(format, 65, 576, max_rows)
             };
             case.run(&[1, max_rows], 22);

@@ -41,11 +41,11 @@ use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
     write_params,
 };
-use crate::mmout::{MmOut, MmOutParams};
+use crate::mmout::{MmOut, OutLayout, part_offsets};
 use crate::pipeline::Kernel;
 use crate::shader::ShaderSource;
 use crate::shader::lib::{
-    KBLOCK, MMOUT, MXCODES, MXMATMUL, QBLOCK, QMATMUL, TILES, XLOAD, XLOAD_SG,
+    GLU, KBLOCK, MMOUT, MXCODES, MXMATMUL, QBLOCK, QMATMUL, TILES, XLOAD, XLOAD_SG,
 };
 use crate::tensor::WeightFormat;
 use crate::weight::{GROUP, MixedLayout, Planes, Shard, WeightRef, col_multiple};
@@ -54,32 +54,32 @@ use crate::{Caps, Result};
 crate::shader!(
     SHADER_Q,
     "matmul_q",
-    [QBLOCK, KBLOCK, QMATMUL, TILES, XLOAD, MMOUT],
+    [QBLOCK, KBLOCK, QMATMUL, TILES, GLU, XLOAD, MMOUT],
     MatMulParams,
-    [MmOutParams]
+    [MmOut]
 );
 crate::shader!(
     SHADER_Q_SG,
     "matmul_q_sg",
-    [QBLOCK, KBLOCK, QMATMUL, TILES, XLOAD_SG, MMOUT],
+    [QBLOCK, KBLOCK, QMATMUL, TILES, GLU, XLOAD_SG, MMOUT],
     MatMulParams,
-    [MmOutParams]
+    [MmOut]
 );
 crate::shader!(
     SHADER_MX,
     "matmul_mx",
-    [MXCODES, MXMATMUL, TILES, XLOAD, MMOUT],
+    [MXCODES, MXMATMUL, TILES, GLU, XLOAD, MMOUT],
     MixedMatMulParams,
-    [MmOutParams]
+    [MmOut]
 );
 crate::shader!(
     SHADER_MX_SG,
     "matmul_mx_sg",
-    [MXCODES, MXMATMUL, TILES, XLOAD_SG, MMOUT],
+    [MXCODES, MXMATMUL, TILES, GLU, XLOAD_SG, MMOUT],
     MixedMatMulParams,
-    [MmOutParams]
+    [MmOut]
 );
-crate::shader!(SHADER_F, "matmul_f", [MMOUT], MatMulParams, [MmOutParams]);
+crate::shader!(SHADER_F, "matmul_f", [GLU, MMOUT], MatMulParams, [MmOut]);
 
 /// Every matmul shader, for the naga translation tests.
 pub fn shaders() -> Vec<&'static ShaderSource> {
@@ -125,8 +125,13 @@ crate::params_struct! {
         pub out_col: u32,
         /// Workgroups along rows (the tiled grid folds (token, row) tiles into one id).
         pub row_tiles: u32,
+        /// With `glu`: the element of x where up starts.
+        pub x_up: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
         /// Where the results go (crate::mmout).
-        pub o: MmOutParams,
+        pub o: MmOut,
     }
 }
 
@@ -147,7 +152,11 @@ crate::params_struct! {
         pub row_words: u32,
         pub group: u32,
         pub _pad: u32,
-        pub o: MmOutParams,
+        pub x_up: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+        pub o: MmOut,
     }
 }
 
@@ -166,6 +175,10 @@ impl MixedMatMulParams {
             row_words: l.row_words(),
             group: l.group,
             _pad: 0,
+            x_up: p.x_up,
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
             o: p.o,
         }
     }
@@ -178,7 +191,11 @@ pub struct MatMul {
     pub out: TensorId,
     /// How `out` is laid out (parts of a concatenated weight) and whether
     /// the result is added to it.
-    pub out_layout: MmOut,
+    pub out_layout: OutLayout,
+    /// SwiGLU on load: `x` is a fused gate/up matmul's output, gate and up
+    /// `[max_rows, cols]` each at [`glu_x`]'s offsets, and the input is
+    /// `silu(gate) * up` (the down projection without a swiglu dispatch).
+    pub glu: bool,
     /// Tokens at the graph's largest step.
     pub max_rows: u32,
     /// Compute only the step's last token, into out row 0.
@@ -259,7 +276,23 @@ pub fn f_matvec_lanes(nb: u32) -> u32 {
     l
 }
 
+/// A SwiGLU input of `cols` columns for `max_rows` tokens (`MatMul::glu`):
+/// the bytes of the gate/up tensor and the byte offset of up in it, as a
+/// fused gate/up matmul writes them (`crate::mmout`, two parts).
+pub fn glu_x(cols: u32, max_rows: u32) -> (u64, u64) {
+    let parts = OutLayout::parts(&[cols, cols]);
+    let up = part_offsets(&parts.parts, max_rows)[1];
+    (parts.bytes(2 * cols, max_rows), up)
+}
+
 impl MatMul {
+    fn x_bytes(&self) -> u64 {
+        if self.glu {
+            glu_x(self.w.cols, self.max_rows).0
+        } else {
+            4 * u64::from(self.w.cols) * u64::from(self.max_rows)
+        }
+    }
     fn nb(&self) -> u32 {
         self.w.cols.div_ceil(GROUP)
     }
@@ -291,6 +324,11 @@ impl MatMul {
         }
     }
     fn kernel(&self, path: Path, shard: &Shard<TensorId>, caps: &Caps) -> Kernel {
+        let k = self.base_kernel(path, shard, caps);
+        // Only the down projection's kernels get the override (others keep their keys).
+        if self.glu { k.with("GLU", 1) } else { k }
+    }
+    fn base_kernel(&self, path: Path, shard: &Shard<TensorId>, caps: &Caps) -> Kernel {
         let (mv, mm) = entries(self.w.format);
         let entry = if path == Path::MatVec { mv } else { mm };
         if !block_kernels(self.w.format, self.w.cols) {
@@ -337,7 +375,7 @@ impl MatMul {
         } else {
             scales.clone()
         };
-        let x_bytes = 4 * u64::from(self.w.cols) * u64::from(self.max_rows);
+        let x_bytes = self.x_bytes();
         let out_bytes = self.out_layout.bytes(self.w.rows, self.out_rows());
         let mut b = vec![
             Binding::read_range(self.x, 0, x_bytes),
@@ -406,7 +444,7 @@ impl OpDef for MatMul {
         }
         self.out_layout.check(rows, OP)?;
         // Kernels index x and out in u32 elements.
-        let x_bytes = 4 * u64::from(cols) * u64::from(self.max_rows);
+        let x_bytes = self.x_bytes();
         let out_bytes = self.out_layout.bytes(rows, self.out_rows());
         crate::ensure_shape!(
             x_bytes < (1 << 34) && out_bytes < (1 << 34),
@@ -455,6 +493,14 @@ impl OpDef for MatMul {
             out_stride: self.w.rows,
             out_col: shard.row_start,
             row_tiles: row_groups,
+            x_up: if self.glu {
+                (glu_x(self.w.cols, self.max_rows).1 / 4) as u32
+            } else {
+                0
+            },
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
             o: self.out_layout.params(self.w.rows, self.out_rows()),
         };
         if path == Path::Tiled {

@@ -46,7 +46,7 @@ use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
     write_params,
 };
-use crate::mmout::{MmOut, MmOutParams};
+use crate::mmout::{MmOut, OutLayout};
 use crate::pipeline::Kernel;
 use crate::shader::ShaderSource;
 use crate::shader::lib::{F16, IMATMUL, MMOUT, MXCODES};
@@ -59,14 +59,14 @@ crate::shader!(
     "matmul_int",
     [F16, IMATMUL, MMOUT],
     MatMulIntParams,
-    [MmOutParams]
+    [MmOut]
 );
 crate::shader!(
     SHADER_MX,
     "matmul_int_mx",
     [MXCODES, IMATMUL, MMOUT],
     MatMulIntParams,
-    [MmOutParams]
+    [MmOut]
 );
 
 /// Both integer matmul shaders, for the naga translation tests.
@@ -108,7 +108,7 @@ crate::params_struct! {
         pub _pad0: u32,
         pub _pad1: u32,
         /// Where the results go (crate::mmout).
-        pub o: MmOutParams,
+        pub o: MmOut,
     }
 }
 
@@ -122,7 +122,7 @@ pub struct MatMulInt {
     pub out: TensorId,
     /// How `out` is laid out (parts of a concatenated weight) and whether
     /// the result is added to it.
-    pub out_layout: MmOut,
+    pub out_layout: OutLayout,
     /// Tokens at the graph's largest step.
     pub max_rows: u32,
     /// Compute only the step's last token, into out row 0.

@@ -16,9 +16,10 @@ use crate::dispatch::{
     write_params,
 };
 use crate::pipeline::Kernel;
+use crate::shader::lib::GLU;
 use crate::{Caps, Result};
 
-crate::shader!(SHADER, "swiglu", [], SwiGluParams);
+crate::shader!(SHADER, "swiglu", [GLU], SwiGluParams);
 
 crate::params_struct! {
     /// Mirrors `Params` in shaders/swiglu.wgsl.

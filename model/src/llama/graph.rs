@@ -4,7 +4,7 @@
 
 use lamina_engine::graph::{Graph, Op, TensorId};
 use lamina_engine::kv::KvLayout;
-use lamina_engine::mmout::{MmOut, part_offsets};
+use lamina_engine::mmout::{OutLayout, part_offsets};
 use lamina_engine::ops::{
     act_quant, add, embedding, gram, hadamard, kv_f16_attention, kv_f16_write, kv_quant_attention,
     kv_quant_store, matmul, matmul_int, rmsnorm, rmsnorm_quant, rope, sample, swiglu,
@@ -164,6 +164,7 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
                     w: lm,
                     out: logits,
                     out_layout: Default::default(),
+                    glu: false,
                     max_rows: n,
                     last_row_only: false,
                 }),
@@ -185,6 +186,7 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
                     w: lm,
                     out: logits,
                     out_layout: Default::default(),
+                    glu: false,
                     max_rows: n,
                     last_row_only: true,
                 }),
@@ -286,7 +288,7 @@ pub fn parts_tensor<const P: usize>(
     n: u32,
 ) -> Result<(TensorId, [TensorId; P])> {
     let rows: Vec<u32> = parts.iter().map(|&(_, w)| w as u32).collect();
-    let bytes = MmOut::parts(&rows).bytes(rows.iter().sum(), n);
+    let bytes = OutLayout::parts(&rows).bytes(rows.iter().sum(), n);
     let all = g.intermediate(name, bytes);
     let offsets = part_offsets(&rows, n);
     let mut views = [all; P];
@@ -424,7 +426,7 @@ pub fn push_layer(
                    x: TensorId,
                    site: ActSite,
                    coded: bool,
-                   ws: &[(GpuWeight, TensorId, MmOut, String)]|
+                   ws: &[(GpuWeight, TensorId, OutLayout, String)]|
      -> Result<()> {
         if let Some((a, (codes, scales))) = quant.filter(|_| !coded) {
             let op = act_quant::ActQuant {
@@ -456,6 +458,7 @@ pub fn push_layer(
                     w,
                     out,
                     out_layout,
+                    glu: false,
                     max_rows: n,
                     last_row_only: false,
                 }),
@@ -468,12 +471,12 @@ pub fn push_layer(
     // part; `names` label the parts, `fused` the one matmul.
     let jobs =
         |l: &'_ Linears, all: TensorId, parts: &[TensorId], names: &[&str], fused: &str| match l {
-            Linears::Fused { w, rows } => vec![(w.clone(), all, MmOut::parts(rows), p(fused))],
+            Linears::Fused { w, rows } => vec![(w.clone(), all, OutLayout::parts(rows), p(fused))],
             Linears::Split(ws) => ws
                 .iter()
                 .zip(parts)
                 .zip(names)
-                .map(|((w, &t), name)| (w.clone(), t, MmOut::plain(), p(name)))
+                .map(|((w, &t), name)| (w.clone(), t, OutLayout::plain(), p(name)))
                 .collect(),
         };
     let w = external(g, &p("attn_norm"), &lw.attn_norm);
@@ -603,7 +606,12 @@ pub fn push_layer(
         push_gram(g, io.att, t.attn_out, c.q_dim(), n, p("gram_attn_out"))?;
     }
     // The residual add in the output projection's epilogue.
-    let o_job = (lw.wo.clone(), io.x, MmOut::accumulate(), p("attn_output"));
+    let o_job = (
+        lw.wo.clone(),
+        io.x,
+        OutLayout::accumulate(),
+        p("attn_output"),
+    );
     linears(g, io.att, ActSite::OIn, false, &[o_job])?;
 
     let w = external(g, &p("ffn_norm"), &lw.ffn_norm);
@@ -620,6 +628,22 @@ pub fn push_layer(
         "ffn_gate_up",
     );
     linears(g, io.h_ffn, ActSite::FfnIn, true, &gate_up_jobs)?;
+    // SwiGLU applied as the down projection loads its input, where nothing
+    // else reads the product: float activations, no Hadamard between, no
+    // Gram tap. The residual add is in its epilogue.
+    if quant.is_none() && !c.hadamard.down && taps.is_none() {
+        let op = matmul::MatMul {
+            x: io.gate_up,
+            w: weight(g, &lw.w_down, &p("ffn_down")),
+            out: io.x,
+            out_layout: OutLayout::accumulate(),
+            glu: true,
+            max_rows: n,
+            last_row_only: false,
+        };
+        g.push(p("ffn_down"), Op::MatMul(op))?;
+        return Ok(());
+    }
     g.push(
         p("swiglu"),
         Op::SwiGlu(swiglu::SwiGlu {
@@ -657,7 +681,12 @@ pub fn push_layer(
         push_gram(g, io.act, t.ffn_act, c.ffn_dim, n, p("gram_ffn_act"))?;
     }
     // The residual add in the down projection's epilogue.
-    let down_job = (lw.w_down.clone(), io.x, MmOut::accumulate(), p("ffn_down"));
+    let down_job = (
+        lw.w_down.clone(),
+        io.x,
+        OutLayout::accumulate(),
+        p("ffn_down"),
+    );
     linears(g, io.act, ActSite::DownIn, down_coded, &[down_job])?;
     Ok(())
 }
