@@ -16,7 +16,8 @@ struct Params {
     row_tiles: u32,
     // GLU: the element where up starts in x (lib/xload.wgsl).
     x_up: u32,
-    _pad0: u32,
+    // The block kernels' RMSNorm epsilon (lib/xnorm.wgsl); unused here.
+    eps: f32,
     _pad1: u32,
     _pad2: u32,
     // Where the results go (lib/mmout.wgsl).

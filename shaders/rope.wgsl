@@ -3,7 +3,7 @@
 // sin/cos are computed once and applied to pair j of every query and key
 // head. rope_hadamard: RoPE, then the Walsh-Hadamard transform of each head
 // scaled by 1/sqrt(head_dim), one workgroup per (token, head), query heads
-// first. Uses lib/trig.wgsl (sincos).
+// first. Uses lib/rope.wgsl (angles, pairs) and lib/trig.wgsl (sincos).
 
 struct Params {
     n_tokens: u32,
@@ -30,22 +30,6 @@ const HD_MAX: u32 = 256u;
 var<workgroup> head: array<f32, HD_MAX>;
 // rope_hadamard: each pair's frequency divisor (1 when unscaled).
 var<workgroup> divs: array<f32, HD_MAX / 2>;
-
-// (sin, cos) of token t's angle for pair j, its frequency divided by `div`.
-fn angle_sincos(t: u32, j: u32, div: f32) -> vec2<f32> {
-    // freq = theta^(-2j/d); the exponent's quotient is rounded as the host's is.
-    let freq = exp2_accurate(-(f32(2u * j) / f32(p.head_dim)) * p.log2_theta) / div;
-    // The angle as the CPU reference rounds it: one f32 product.
-    return sincos(f32(p.pos + t) * freq);
-}
-
-// The elements of pair j within a head.
-fn pair(j: u32) -> vec2<u32> {
-    if p.style == 1u {
-        return vec2<u32>(j, j + p.head_dim / 2u);
-    }
-    return vec2<u32>(2u * j, 2u * j + 1u);
-}
 
 @compute @workgroup_size(WG)
 fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -83,11 +67,6 @@ fn rope_pair(idx: u32, div: f32) {
         k[base + ab.x] = y.x;
         k[base + ab.y] = y.y;
     }
-}
-
-// A pair rotated by the angle whose (sin, cos) is sc.
-fn rotate(x: vec2<f32>, sc: vec2<f32>) -> vec2<f32> {
-    return vec2<f32>(x.x * sc.y - x.y * sc.x, x.x * sc.x + x.y * sc.y);
 }
 
 @compute @workgroup_size(WG)

@@ -129,7 +129,7 @@ fn graph(gpu: &Arc<Gpu>, format: WeightFormat, path: Path, tokens: u32, copies: 
                 w,
                 out,
                 out_layout: Default::default(),
-                glu: false,
+                matvec_in: Default::default(),
                 max_rows: tokens,
                 last_row_only: false,
             }),

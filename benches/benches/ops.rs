@@ -183,7 +183,7 @@ fn matmul_graph(gpu: &Arc<Gpu>, s: &MatMulShape, tokens: u32, copies: u32) -> (E
             w: wr,
             out,
             out_layout: Default::default(),
-            glu: false,
+            matvec_in: Default::default(),
             max_rows: tokens,
             last_row_only: false,
         };

@@ -209,6 +209,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let Some(p) = ex.profile() else { continue };
             let rows = p.rows();
             let total: f64 = rows.iter().map(|r| r.total_ms).sum();
+            let dispatches: u64 = rows.iter().map(|r| r.dispatches).sum();
             eprintln!("\nper-op GPU time, {name} graph ({} steps):", p.steps);
             eprintln!("| op | kernel | dispatches | ms | share |");
             eprintln!("| --- | --- | ---: | ---: | ---: |");
@@ -220,6 +221,15 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     r.dispatches,
                     r.total_ms,
                     100.0 * r.total_ms / total.max(1e-12)
+                );
+            }
+            if p.steps > 0 {
+                let per_step = dispatches as f64 / p.steps as f64;
+                let layers = model.config.n_layers.max(1);
+                eprintln!(
+                    "dispatches per step: {per_step:.1}, {:.2} per layer ({layers} layers; \
+                     the embedding, final norm, lm_head and sampling counted in)",
+                    per_step / layers as f64
                 );
             }
         }

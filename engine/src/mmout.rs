@@ -8,9 +8,12 @@
 //! aligned so each part can be bound as a graph view); with one part, `out`
 //! is plainly `[out_rows, rows]`. With `accumulate` the result is added to
 //! what `out` holds: the residual add in the output projection's and the
-//! down projection's epilogue.
+//! down projection's epilogue (the kernels' `ACC` override, [`ACC`]).
 
 use crate::Result;
+
+/// The override constant that turns `accumulate` on in every matmul kernel.
+pub const ACC: &str = "ACC";
 
 /// Most parts one weight may have (mirrors the three in lib/mmout.wgsl).
 pub const MAX_PARTS: usize = 3;
@@ -38,9 +41,8 @@ crate::params_struct! {
         /// Element offsets of parts 1 and 2 in `out`.
         pub base1: u32,
         pub base2: u32,
-        /// 1: add to `out`.
-        pub acc: u32,
         pub _pad0: u32,
+        pub _pad3: u32,
         pub _pad1: u32,
         pub _pad2: u32,
     }
@@ -126,7 +128,6 @@ impl OutLayout {
             part2: start(2),
             base1: base(1),
             base2: base(2),
-            acc: u32::from(self.accumulate),
             ..Default::default()
         }
     }

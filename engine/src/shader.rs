@@ -14,6 +14,8 @@ pub mod lib {
     /// Decoding of Q5_0 / Q5_1 / IQ4_NL and the super-block types (used by QBLOCK
     /// and the embedding; the includer provides the plane reads).
     pub const KBLOCK: &str = include_str!("../../shaders/lib/kblock.wgsl");
+    /// RoPE's angles and pairs (rope, rope_kv_f16; needs TRIG).
+    pub const ROPE: &str = include_str!("../../shaders/lib/rope.wgsl");
     /// sincos with Cody-Waite range reduction (accurate for large angles) and a ~1 ulp exp2, for RoPE.
     pub const TRIG: &str = include_str!("../../shaders/lib/trig.wgsl");
     /// The block-format matmul kernels (needs QBLOCK, TILES and XLOAD or XLOAD_SG).
@@ -33,6 +35,8 @@ pub mod lib {
     pub const SOFTMAX4: &str = include_str!("../../shaders/lib/softmax4.wgsl");
     /// SwiGLU's silu (swiglu, and the matmul kernels' GLU input).
     pub const GLU: &str = include_str!("../../shaders/lib/glu.wgsl");
+    /// RMSNorm folded into the block matmul kernels (the NORM override).
+    pub const XNORM: &str = include_str!("../../shaders/lib/xnorm.wgsl");
     /// Where the matmul kernels write: parts of concatenated weights, the residual add.
     pub const MMOUT: &str = include_str!("../../shaders/lib/mmout.wgsl");
     /// A helper of the tiled matmul kernels.

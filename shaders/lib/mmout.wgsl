@@ -3,18 +3,21 @@
 // up); each part's result is a matrix of its own in `out`: rows below
 // p.o.part1 at element 0 ([tokens, part1]), rows part1 .. part2 at
 // p.o.base1, the rest at p.o.base2 (one part: part1 = part2 = the weight's
-// rows). With p.o.acc the result is added to what `out` holds (the
-// residual stream). The including kernel declares `p` (with `o: MmOut`,
+// rows). With the ACC override the result is added to what `out` holds
+// (the residual stream): an override, not a parameter, since llvmpipe would
+// run a parameter's load of `out` masked at every store. The including kernel declares `p` (with `o: MmOut`,
 // `rows`, `n_tokens`, `out_stride` = the weight's rows, `out_col` = the
 // shard's first row) and `out: array<f32>`.
+
+override ACC: bool = false;
 
 struct MmOut {
     part1: u32,
     part2: u32,
     base1: u32,
     base2: u32,
-    acc: u32,
     _pad0: u32,
+    _pad3: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -34,7 +37,7 @@ fn out_index(t: u32, r: u32) -> u32 {
 fn store_out(t: u32, r: u32, v: f32) {
     if t < p.n_tokens && r < p.rows {
         let i = out_index(t, p.out_col + r);
-        if p.o.acc != 0u {
+        if ACC {
             out[i] = out[i] + v;
         } else {
             out[i] = v;

@@ -37,7 +37,8 @@ struct Params {
     _pad: u32,
     // GLU: the element where up starts in x (lib/xload.wgsl).
     x_up: u32,
-    _pad0: u32,
+    // NORM: RMSNorm's epsilon (lib/xnorm.wgsl).
+    eps: f32,
     _pad1: u32,
     _pad2: u32,
     // Where the results go (lib/mmout.wgsl).
@@ -52,6 +53,8 @@ struct Params {
 @group(0) @binding(4) var<storage, read> mins: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read> table: array<u32>;
+// NORM: RMSNorm's weight (lib/xnorm.wgsl); another read binding otherwise.
+@group(0) @binding(8) var<storage, read> norm_w: array<vec4<f32>>;
 
 const WG: u32 = 64u;
 
@@ -136,7 +139,7 @@ fn mv_class(acc: ptr<function, vec4<f32>>, st: MvRows, bits: u32, vec: bool) {
         let g = e & 0xfffffu;
         let nch = e >> 20u;
         let gw = bits * nch;
-        let xg = st.xbase + g * (p.group / 4u);
+        let xc = g * (p.group / 4u);
         var dq = vec4<f32>(0.0);
         var xs = 0.0;
         for (var s = 0u; s < nch; s += 4u) {
@@ -144,7 +147,7 @@ fn mv_class(acc: ptr<function, vec4<f32>>, st: MvRows, bits: u32, vec: bool) {
             if vec {
                 // A chunk per iteration, as in mm_class.
                 for (var c = 0u; c < 4u; c++) {
-                    let xr = x_block(xg + (s + c) * 8u, st.lane, st.sgs);
+                    let xr = x_block_normed(st.xbase, xc + (s + c) * 8u, st.lane, st.sgs);
                     xs += x_sum(xr);
                     let xb = prescale4(xr, bits);
                     dq.x += chunk_dot(vload_chunk((base + st.r.x * gw + off) / 4u, c, bits), bits, xb);
@@ -159,7 +162,7 @@ fn mv_class(acc: ptr<function, vec4<f32>>, st: MvRows, bits: u32, vec: bool) {
             } else {
                 let k = min(4u, nch - s);
                 for (var c = 0u; c < k; c++) {
-                    let xr = x_block(xg + (s + c) * 8u, st.lane, st.sgs);
+                    let xr = x_block_normed(st.xbase, xc + (s + c) * 8u, st.lane, st.sgs);
                     xs += x_sum(xr);
                     let xb = prescale4(xr, bits);
                     dq.x += chunk_dot(load_chunk(base + st.r.x * gw + off, k, c, bits), bits, xb);
@@ -189,6 +192,7 @@ fn mv_class(acc: ptr<function, vec4<f32>>, st: MvRows, bits: u32, vec: bool) {
 }
 
 fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32) {
+    norm_prologue(p.x_row, lid);
     let row0 = (wg * WG + lid) * R;
     // As in lib/qmatmul.wgsl: rows past the end clamp to the last row (loads
     // stay in bounds, nothing is written); whole subgroups past it skip.
@@ -248,7 +252,7 @@ fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32) {
     if has_class(8u, false) {
         mv_class(&acc, st, 8u, false);
     }
-    store_rows(row0, acc);
+    store_rows(row0, norm_vec(acc));
 }
 
 // ---------------------------------------------------------------------------

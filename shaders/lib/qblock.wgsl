@@ -29,7 +29,8 @@ struct Params {
     row_tiles: u32,
     // GLU: the element where up starts in x (lib/xload.wgsl).
     x_up: u32,
-    _pad0: u32,
+    // NORM: RMSNorm's epsilon (lib/xnorm.wgsl).
+    eps: f32,
     _pad1: u32,
     _pad2: u32,
     // Where the results go (lib/mmout.wgsl).
@@ -42,6 +43,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read> scales: array<u32>;
 @group(0) @binding(4) var<storage, read> mins: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
+// NORM: RMSNorm's weight (lib/xnorm.wgsl); another read binding otherwise.
+@group(0) @binding(6) var<storage, read> norm_w: array<vec4<f32>>;
 
 const Q4_0: u32 = 0u;
 const Q4_1: u32 = 1u;

@@ -121,6 +121,7 @@ fn prep_x(b: XBlock, fmt: u32) -> XPrep {
 override PAIR: bool = false;
 
 fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
+    norm_prologue(p.x_row, lid);
     if is_super(fmt) {
         matvec_super(wg, lid, lane, sgs, fmt);
         return;
@@ -140,8 +141,8 @@ fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
     var acc = vec4<f32>(0.0);
     if PAIR {
         for (var kb = 0u; kb < nb; kb += 2u) {
-            let x0 = prep_x(x_block(xbase + kb * 8u, lane, sgs), fmt);
-            let x1 = prep_x(x_block(xbase + kb * 8u + 8u, lane, sgs), fmt);
+            let x0 = prep_x(x_block_normed(xbase, kb * 8u, lane, sgs), fmt);
+            let x1 = prep_x(x_block_normed(xbase, kb * 8u + 8u, lane, sgs), fmt);
             acc.x += block_dot2(b0 + kb, x0.xs, x0.sum, x1.xs, x1.sum, fmt);
             if R > 1u {
                 acc.y += block_dot2(b1 + kb, x0.xs, x0.sum, x1.xs, x1.sum, fmt);
@@ -153,7 +154,7 @@ fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
         }
     } else {
         for (var kb = 0u; kb < nb; kb++) {
-            let x0 = prep_x(x_block(xbase + kb * 8u, lane, sgs), fmt);
+            let x0 = prep_x(x_block_normed(xbase, kb * 8u, lane, sgs), fmt);
             acc.x += block_dot(b0 + kb, x0, fmt);
             if R > 1u {
                 acc.y += block_dot(b1 + kb, x0, fmt);
@@ -164,7 +165,7 @@ fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
             }
         }
     }
-    store_rows(row0, acc);
+    store_rows(row0, norm_vec(acc));
 }
 
 // The super-block types' matvec (lib/kblock.wgsl): each row's scale words
@@ -194,7 +195,7 @@ fn matvec_super(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
         }
         for (var j = 0u; j < 8u; j++) {
             let k = kb + j;
-            let x0 = prep_x(x_block(xbase + k * 8u, lane, sgs), fmt);
+            let x0 = prep_x(x_block_normed(xbase, k * 8u, lane, sgs), fmt);
             acc.x += wblock_dot(kq_wblock(b0 + k, kq_sub_scales(s0, j, fmt), fmt), x0, fmt);
             if R > 1u {
                 acc.y += wblock_dot(kq_wblock(b1 + k, kq_sub_scales(s1, j, fmt), fmt), x0, fmt);
@@ -205,7 +206,7 @@ fn matvec_super(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
             }
         }
     }
-    store_rows(row0, acc);
+    store_rows(row0, norm_vec(acc));
 }
 
 // ---------------------------------------------------------------------------

@@ -9,6 +9,8 @@
 // With the GLU override, x holds SwiGLU's gate and up (the two parts of a
 // fused gate/up matmul's output, up from vec4 p.x_up / 4 on) and the
 // kernel's input is silu(gate) * up (lib/glu.wgsl), made as it is loaded.
+//   norm_block(c4, lane, sgs): with NORM (lib/xnorm.wgsl), RMSNorm's weight
+//     for the block at x vec4 c4 of a row.
 
 override GLU: bool = false;
 
@@ -34,6 +36,21 @@ fn x_block(base: u32, lane: u32, sgs: u32) -> XBlock {
     b.v[5] = x_load(base + 5u);
     b.v[6] = x_load(base + 6u);
     b.v[7] = x_load(base + 7u);
+    return b;
+}
+
+// NORM (lib/xnorm.wgsl): RMSNorm's weight for the block at x vec4 c4 of a
+// row, loaded as x_block loads x.
+fn norm_block(c4: u32, lane: u32, sgs: u32) -> XBlock {
+    var b: XBlock;
+    b.v[0] = norm_w[c4];
+    b.v[1] = norm_w[c4 + 1u];
+    b.v[2] = norm_w[c4 + 2u];
+    b.v[3] = norm_w[c4 + 3u];
+    b.v[4] = norm_w[c4 + 4u];
+    b.v[5] = norm_w[c4 + 5u];
+    b.v[6] = norm_w[c4 + 6u];
+    b.v[7] = norm_w[c4 + 7u];
     return b;
 }
 

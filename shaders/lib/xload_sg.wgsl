@@ -43,6 +43,30 @@ fn x_block(base: u32, lane: u32, sgs: u32) -> XBlock {
     return b;
 }
 
+// NORM: RMSNorm's weight for the block at x vec4 c4 of a row, broadcast
+// as x is.
+fn norm_block(c4: u32, lane: u32, sgs: u32) -> XBlock {
+    var b: XBlock;
+    let v0 = norm_w[c4 + (lane & 7u)];
+    b.v[0] = subgroupBroadcast(v0, 0u);
+    b.v[1] = subgroupBroadcast(v0, 1u);
+    b.v[2] = subgroupBroadcast(v0, 2u);
+    b.v[3] = subgroupBroadcast(v0, 3u);
+    if sgs >= 8u {
+        b.v[4] = subgroupBroadcast(v0, 4u);
+        b.v[5] = subgroupBroadcast(v0, 5u);
+        b.v[6] = subgroupBroadcast(v0, 6u);
+        b.v[7] = subgroupBroadcast(v0, 7u);
+    } else {
+        let v1 = norm_w[c4 + 4u + (lane & 3u)];
+        b.v[4] = subgroupBroadcast(v1, 0u);
+        b.v[5] = subgroupBroadcast(v1, 1u);
+        b.v[6] = subgroupBroadcast(v1, 2u);
+        b.v[7] = subgroupBroadcast(v1, 3u);
+    }
+    return b;
+}
+
 fn any_lane(v: bool) -> bool {
     return subgroupAny(v);
 }

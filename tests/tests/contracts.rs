@@ -21,6 +21,7 @@ use std::sync::Arc;
 use lamina_engine::act::{ActBits, ActScale};
 use lamina_engine::dispatch::{Call, OpDef};
 use lamina_engine::kv::{ATTENTION_WG, BLOCK, KvLayout, KvOverride, KvQuant, QjlShape};
+use lamina_engine::mmout::OutLayout;
 use lamina_engine::ops::{
     act_quant, add, all_shaders, embedding, gram, hadamard, kv_f16_attention, kv_f16_write,
     kv_quant_attention, kv_quant_store, matmul, matmul_int, rmsnorm, rmsnorm_quant, rope, sample,
@@ -358,6 +359,41 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
                 freq_factors: None,
             },
         }),
+        // RoPE and the f16 cache write in one dispatch, plain and scaled.
+        Box::new(rope::RopeKvF16 {
+            rope: rope::Rope {
+                q: 0,
+                n_heads: 2,
+                k: 1,
+                n_kv_heads: 1,
+                head_dim: 64,
+                theta: 10000.0,
+                style: rope::RopeStyle::Neox,
+                max_rows: 8,
+                freq_factors: None,
+            },
+            v: 2,
+            k_cache: 3,
+            v_cache: 4,
+            max_ctx: 256,
+        }),
+        Box::new(rope::RopeKvF16 {
+            rope: rope::Rope {
+                q: 0,
+                n_heads: 2,
+                k: 1,
+                n_kv_heads: 1,
+                head_dim: 64,
+                theta: 10000.0,
+                style: rope::RopeStyle::Interleaved,
+                max_rows: 8,
+                freq_factors: Some(5),
+            },
+            v: 2,
+            k_cache: 3,
+            v_cache: 4,
+            max_ctx: 256,
+        }),
         // Llama 3's scaled frequencies: the `_scaled` entry points.
         Box::new(rope::Rope {
             q: 0,
@@ -438,20 +474,35 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             w: weight(format, 64, cols, mixed.clone()),
             out: 2,
             out_layout: Default::default(),
-            glu: false,
+            matvec_in: Default::default(),
             max_rows: 8,
             last_row_only: false,
         }));
-        // The down projection's SwiGLU on load (the GLU override).
-        ops.push(Box::new(matmul::MatMul {
-            x: 1,
-            w: weight(format, 64, cols, mixed),
-            out: 2,
-            out_layout: Default::default(),
-            glu: true,
-            max_rows: 8,
-            last_row_only: false,
-        }));
+        // The down projection's SwiGLU on load (the GLU override) with the
+        // residual add (ACC), and RMSNorm folded in (NORM) where the kernels
+        // can.
+        let mut fused = vec![matmul::MatVecIn::Glu { gate_up: 3 }];
+        if matmul::folds_norm(format, cols) {
+            fused.push(matmul::MatVecIn::Norm {
+                x: 3,
+                weight: 4,
+                eps: 1e-5,
+            });
+        }
+        for matvec_in in fused {
+            ops.push(Box::new(matmul::MatMul {
+                x: 1,
+                w: weight(format, 64, cols, mixed.clone()),
+                out: 2,
+                out_layout: match matvec_in {
+                    matmul::MatVecIn::Glu { .. } => OutLayout::accumulate(),
+                    _ => OutLayout::plain(),
+                },
+                matvec_in,
+                max_rows: 8,
+                last_row_only: false,
+            }));
+        }
     }
     ops.push(Box::new(act_quant::ActQuant {
         x: 0,
@@ -478,15 +529,18 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
         (WeightFormat::Q4_1, None),
         (WeightFormat::Mixed, Some(mixed)),
     ] {
-        ops.push(Box::new(matmul_int::MatMulInt {
-            x: 0,
-            x_scales: 1,
-            w: weight(format, 64, 128, mixed),
-            out: 2,
-            out_layout: Default::default(),
-            max_rows: 8,
-            last_row_only: false,
-        }));
+        // Plain, and the residual add (the ACC override).
+        for out_layout in [OutLayout::plain(), OutLayout::accumulate()] {
+            ops.push(Box::new(matmul_int::MatMulInt {
+                x: 0,
+                x_scales: 1,
+                w: weight(format, 64, 128, mixed.clone()),
+                out: 2,
+                out_layout,
+                max_rows: 8,
+                last_row_only: false,
+            }));
+        }
     }
     let qjl = QjlShape {
         m: 128,

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use half::f16;
 use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::mmout::{self, OutLayout};
-use lamina_engine::ops::matmul::{self, MatMul};
+use lamina_engine::ops::matmul::{self, MatMul, MatVecIn};
+use lamina_engine::ops::rmsnorm;
 use lamina_engine::ops::swiglu;
 use lamina_engine::weight::{
     self, GpuWeight, HostData, HostWeight, MixedData, MixedLayout, PackedWeight, Planes,
@@ -156,6 +157,8 @@ struct Case {
     out_layout: OutLayout,
     /// SwiGLU on load: x holds gate and up, the input is silu(gate) * up.
     glu: bool,
+    /// RMSNorm folded in (a random weight): the input is RMSNorm(x) * w.
+    norm: bool,
 }
 
 impl Case {
@@ -170,6 +173,7 @@ impl Case {
             gpu: None,
             out_layout: OutLayout::plain(),
             glu: false,
+            norm: false,
         }
     }
 
@@ -209,24 +213,54 @@ impl Case {
             let x = rand_vec(x_len, seed + 1, 1.0);
             (x.clone(), x)
         };
+        // RMSNorm's weight around 1, an epsilon large enough to matter.
+        let norm_w = rand_vec(cols as usize, seed + 3, 0.5)
+            .into_iter()
+            .map(|v| 1.0 + v)
+            .collect::<Vec<_>>();
+        let eps = 1e-2;
+        let input = if self.norm {
+            input
+                .chunks(cols as usize)
+                .flat_map(|row| rmsnorm::reference(row, &norm_w, eps))
+                .collect()
+        } else {
+            input
+        };
         let out_rows = if self.last_row_only { 1 } else { max_rows };
         let mut g = Graph::new();
-        let xt = g.input("x", 4 * x.len() as u64);
+        // With a fused layer the mat-vec reads `raw` (gate/up, or x before
+        // the norm) and the tiled kernel the layer's output, here made on
+        // the host as the layer's own pass makes it in a model.
+        let raw = g.input("raw", 4 * x.len() as u64);
+        let xt = g.input("x", 4 * input.len() as u64);
+        let wt = g.input("norm_w", 4 * u64::from(cols));
         let out_len = (self.out_layout.bytes(rows, out_rows as u32) / 4) as usize;
         let out = g.output("out", 4 * out_len as u64);
         let wr = w.add_to_graph(&mut g, "w");
+        let matvec_in = match (self.glu, self.norm) {
+            (true, _) => MatVecIn::Glu { gate_up: raw },
+            (false, true) => MatVecIn::Norm {
+                x: raw,
+                weight: wt,
+                eps,
+            },
+            (false, false) => MatVecIn::X,
+        };
         let op = MatMul {
-            x: xt,
+            x: if self.glu || self.norm { xt } else { raw },
             w: wr,
             out,
             out_layout: self.out_layout.clone(),
-            glu: self.glu,
+            matvec_in,
             max_rows: self.max_rows,
             last_row_only: self.last_row_only,
         };
         g.push("mm", Op::MatMul(op)).unwrap();
         let mut ex = Executor::new(gpu, g).unwrap();
-        ex.write(xt, 0, &f32_bytes(&x));
+        ex.write(raw, 0, &f32_bytes(&x));
+        ex.write(xt, 0, &f32_bytes(&input));
+        ex.write(wt, 0, &f32_bytes(&norm_w));
         let want_all = matmul::reference(&input, &w_ref, rows as usize, cols as usize);
         let t = tol(self.format);
         for &n in steps {
@@ -375,6 +409,60 @@ fn swiglu_on_load() {
 }
 
 #[test]
+fn rmsnorm_folded_in() {
+    // q/k/v as the graph runs them: RMSNorm folded into a weight of three
+    // parts; gate/up; the lm_head's last row. Every format with block
+    // kernels, decode and prefill (8-token tiles with a short last one).
+    for (fi, format) in ALL.into_iter().enumerate() {
+        let cols = fit(format, 576);
+        let seed = 500 + fi as u64;
+        for max_rows in [1u32, 19] {
+            let case = Case {
+                norm: true,
+                out_layout: OutLayout::parts(&[576, 192, 193]),
+                ..Case::new(format, 961, cols, max_rows)
+            };
+            case.run(&[1, max_rows], seed);
+        }
+        let case = Case {
+            norm: true,
+            last_row_only: true,
+            ..Case::new(format, 300, cols, 5)
+        };
+        case.run(&[1, 5], seed + 50);
+    }
+    // Rows that are not whole blocks (matmul_f) cannot fold it: an error.
+    let gpu = gpu();
+    let host = HostWeight {
+        format: WeightFormat::F32,
+        rows: 4,
+        cols: 45,
+        data: HostData::F32(&[0.5; 180]),
+    };
+    assert!(!matmul::folds_norm(WeightFormat::F32, 45));
+    let w = GpuWeight::upload(&gpu, "w", &host).unwrap();
+    let mut g = Graph::new();
+    let x = g.input("x", 4 * 45);
+    let wt = g.input("norm_w", 4 * 45);
+    let out = g.output("out", 16);
+    let op = MatMul {
+        x,
+        w: w.add_to_graph(&mut g, "w"),
+        out,
+        out_layout: OutLayout::plain(),
+        matvec_in: MatVecIn::Norm {
+            x,
+            weight: wt,
+            eps: 1e-5,
+        },
+        max_rows: 1,
+        last_row_only: false,
+    };
+    let e = g.push("mm", Op::MatMul(op)).unwrap_err();
+    assert!(e.to_string().contains("RMSNorm"), "{e}");
+}
+
+#[test]
 fn out_parts_are_checked() {
     let gpu = gpu();
     let host_bytes = random_ggml(WeightFormat::Q8_0, 10, 64, 1);
@@ -394,7 +482,7 @@ fn out_parts_are_checked() {
             w: w.add_to_graph(&mut g, "w"),
             out,
             out_layout: OutLayout::parts(&parts),
-            glu: false,
+            matvec_in: Default::default(),
             max_rows: 1,
             last_row_only: false,
         };
@@ -488,14 +576,16 @@ fn portable_kernels_without_subgroups() {
             ..Case::new(format, 300, fit(format, 64), 5)
         };
         case.run(&[5], 9);
-        // lib/xload.wgsl's SwiGLU on load, parts and the residual add.
-        for (glu, out_layout) in [
-            (true, OutLayout::accumulate()),
-            (false, OutLayout::parts(&[100, 60, 140])),
+        // lib/xload.wgsl's SwiGLU on load and RMSNorm weight, parts and
+        // the residual add.
+        for (glu, norm, out_layout) in [
+            (true, false, OutLayout::accumulate()),
+            (false, true, OutLayout::parts(&[100, 60, 140])),
         ] {
             let case = Case {
                 gpu: Some(plain.clone()),
                 glu,
+                norm,
                 out_layout,
                 ..Case::new(format, 300, fit(format, 576), 19)
             };
@@ -759,7 +849,7 @@ fn bad_shapes_are_errors() {
         w: wr.clone(),
         out,
         out_layout: Default::default(),
-        glu: false,
+        matvec_in: Default::default(),
         max_rows: 2,
         last_row_only: false,
     };
@@ -773,7 +863,7 @@ fn bad_shapes_are_errors() {
         w: wr,
         out,
         out_layout: Default::default(),
-        glu: false,
+        matvec_in: Default::default(),
         max_rows: 1,
         last_row_only: false,
     };

@@ -342,12 +342,163 @@ fn rope_pairs_follow_the_style() {
     }
 }
 
-fn run_swiglu(n: usize, dim: usize, gate: &[f32], up: &[f32], alias: bool) -> Vec<f32> {
+/// RoPE with the f16 cache write in one dispatch (`RopeKvF16`) against
+/// RoPE then `kv_f16_write` on the GPU: the same queries and the same cache
+/// words, bit for bit (one rotation, one rounding), with q, k and v views of
+/// one tensor as the model lays them out; rows past the cache are dropped.
+#[test]
+fn rope_and_cache_write_in_one_dispatch() {
+    let cases = [
+        // (tokens, (query heads, key heads), head_dim, pos, max_ctx)
+        (1usize, (9usize, 3usize), 64usize, 0u32, 16u32),
+        (7, (3, 1), 64, 5, 64),
+        (5, (2, 2), 128, 30, 32),
+        (3, (1, 3), 40, 100, 200),
+    ];
+    for (i, &(n, (heads, kv_heads), hd, pos, max_ctx)) in cases.iter().enumerate() {
+        for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
+            for scaled in [false, true] {
+                let factors = if scaled {
+                    llama3_rope_factors(hd, 500000.0, 8.0, 1.0, 4.0, 8192.0)
+                } else {
+                    Vec::new()
+                };
+                let what = format!(
+                    "rope_kv {n}x({heads},{kv_heads})x{hd} pos {pos} ctx {max_ctx} {style:?} scaled {scaled}"
+                );
+                let [fused, split] = [true, false].map(|fused| {
+                    run_rope_kv(
+                        fused,
+                        n,
+                        (heads, kv_heads),
+                        hd,
+                        pos,
+                        max_ctx,
+                        &factors,
+                        style,
+                        i as u64,
+                    )
+                });
+                assert_eq!(fused.0, split.0, "{what}: queries");
+                assert_eq!(fused.1, split.1, "{what}: key cache");
+                assert_eq!(fused.2, split.2, "{what}: value cache");
+            }
+        }
+    }
+}
+
+/// Queries after RoPE, then the two caches' words, after one step of
+/// `RopeKvF16` (`fused`) or of `Rope` and `KvF16Write`.
+#[allow(clippy::too_many_arguments)]
+fn run_rope_kv(
+    fused: bool,
+    n: usize,
+    (heads, kv_heads): (usize, usize),
+    hd: usize,
+    pos: u32,
+    max_ctx: u32,
+    factors: &[f32],
+    style: RopeStyle,
+    seed: u64,
+) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    use lamina_engine::mmout::part_offsets;
+    use lamina_engine::ops::kv_f16_write;
+    let (qw, kw) = ((heads * hd) as u32, (kv_heads * hd) as u32);
+    let offs = part_offsets(&[qw, kw, kw], n as u32);
+    let total = offs[2] + 4 * u64::from(kw) * n as u64;
+    let mut g = Graph::new();
+    let qkv = g.output("qkv", total);
+    let q = g
+        .view("q", qkv, offs[0], 4 * u64::from(qw) * n as u64)
+        .unwrap();
+    let k = g
+        .view("k", qkv, offs[1], 4 * u64::from(kw) * n as u64)
+        .unwrap();
+    let v = g
+        .view("v", qkv, offs[2], 4 * u64::from(kw) * n as u64)
+        .unwrap();
+    let cache = lamina_engine::kv::cache_bytes(kv_heads as u32, hd as u32, max_ctx);
+    let (kc, vc) = (g.output("k_cache", cache), g.output("v_cache", cache));
+    let ft = (!factors.is_empty()).then(|| g.input("factors", 4 * factors.len() as u64));
+    let r = rope::Rope {
+        q,
+        n_heads: heads as u32,
+        k,
+        n_kv_heads: kv_heads as u32,
+        head_dim: hd as u32,
+        theta: 500000.0,
+        style,
+        max_rows: n as u32,
+        freq_factors: ft,
+    };
+    if fused {
+        let op = rope::RopeKvF16 {
+            rope: r,
+            v,
+            k_cache: kc,
+            v_cache: vc,
+            max_ctx,
+        };
+        g.push("rope_kv", Op::RopeKvF16(op)).unwrap();
+    } else {
+        g.push("rope", Op::Rope(r)).unwrap();
+        let op = kv_f16_write::KvF16Write {
+            k,
+            v,
+            k_cache: kc,
+            v_cache: vc,
+            n_kv_heads: kv_heads as u32,
+            head_dim: hd as u32,
+            max_ctx,
+            max_rows: n as u32,
+        };
+        g.push("kv_write", Op::KvF16Write(op)).unwrap();
+    }
+    let mut ex = Executor::new(gpu(), g).unwrap();
+    ex.write(qkv, 0, &f32_bytes(&rand_vec(total as usize / 4, seed, 2.0)));
+    // A marker in every cache word, so untouched rows show.
+    let marker = vec![0x7c01_7c01u32; cache as usize / 4];
+    ex.write(kc, 0, &u32_bytes(&marker));
+    ex.write(vc, 0, &u32_bytes(&marker));
+    if let Some(t) = ft {
+        ex.write(t, 0, &f32_bytes(factors));
+    }
+    ex.run(&step(n, pos)).unwrap();
+    let words = |t, len: u64| -> Vec<u32> {
+        ex.read(t, len)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let kcw = words(kc, cache);
+    // Rows at or past max_ctx are never written: the marker stays in
+    // every row the step does not reach.
+    let row = hd / 2;
+    for h in 0..kv_heads {
+        for p in 0..max_ctx as usize {
+            let written = p >= pos as usize && p < pos as usize + n;
+            let w = &kcw[(h * max_ctx as usize + p) * row..][..row];
+            assert_eq!(
+                w.iter().all(|&x| x == 0x7c01_7c01),
+                !written,
+                "row {p} of head {h} (fused {fused})"
+            );
+        }
+    }
+    (
+        words(q, 4 * u64::from(qw) * n as u64),
+        kcw,
+        words(vc, cache),
+    )
+}
+
+fn run_swiglu(n: usize, dim: usize, gate: &[f32], up: &[f32]) -> Vec<f32> {
     let bytes = 4 * (n * dim) as u64;
     let mut g = Graph::new();
     let gt = g.output("gate", bytes);
     let ut = g.input("up", bytes);
-    let out = if alias { gt } else { g.output("out", bytes) };
+    let out = g.output("out", bytes);
     let op = swiglu::SwiGlu {
         gate: gt,
         up: ut,
@@ -371,7 +522,7 @@ fn swiglu_matches_reference() {
     {
         let gate = rand_vec(n * dim, 10 + i as u64, 12.0);
         let up = rand_vec(n * dim, 20 + i as u64, 2.0);
-        let got = run_swiglu(n, dim, &gate, &up, i % 2 == 1);
+        let got = run_swiglu(n, dim, &gate, &up);
         let want = swiglu::reference(&gate, &up);
         assert_close(
             &format!("swiglu {n}x{dim}"),
@@ -406,7 +557,7 @@ fn swiglu_is_finite_for_large_inputs() {
         f32::MAX,
     ];
     let up = vec![0.5f32; gate.len()];
-    let got = run_swiglu(1, gate.len(), &gate, &up, false);
+    let got = run_swiglu(1, gate.len(), &gate, &up);
     for (i, (&g, &y)) in gate.iter().zip(&got).enumerate() {
         assert!(y.is_finite(), "swiglu({g}) = {y} at index {i}");
     }

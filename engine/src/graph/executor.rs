@@ -305,6 +305,10 @@ impl Executor {
         let times = p.read(&self.gpu)?;
         let n = step.n_tokens;
         for (i, c) in self.calls.iter().enumerate() {
+            // Calls with nothing to do this step are not dispatched.
+            if self.grids[i].contains(&0) {
+                continue;
+            }
             let node = &self.graph.nodes[c.node];
             p.add(node.op.def().name(), &c.pipeline.label, n, times[i]);
         }

@@ -41,11 +41,11 @@ use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
     write_params,
 };
-use crate::mmout::{MmOut, OutLayout, part_offsets};
+use crate::mmout::{self, MmOut, OutLayout, part_offsets};
 use crate::pipeline::Kernel;
 use crate::shader::ShaderSource;
 use crate::shader::lib::{
-    GLU, KBLOCK, MMOUT, MXCODES, MXMATMUL, QBLOCK, QMATMUL, TILES, XLOAD, XLOAD_SG,
+    GLU, KBLOCK, MMOUT, MXCODES, MXMATMUL, QBLOCK, QMATMUL, TILES, XLOAD, XLOAD_SG, XNORM,
 };
 use crate::tensor::WeightFormat;
 use crate::weight::{GROUP, MixedLayout, Planes, Shard, WeightRef, col_multiple};
@@ -54,28 +54,28 @@ use crate::{Caps, Result};
 crate::shader!(
     SHADER_Q,
     "matmul_q",
-    [QBLOCK, KBLOCK, QMATMUL, TILES, GLU, XLOAD, MMOUT],
+    [QBLOCK, KBLOCK, QMATMUL, TILES, GLU, XLOAD, XNORM, MMOUT],
     MatMulParams,
     [MmOut]
 );
 crate::shader!(
     SHADER_Q_SG,
     "matmul_q_sg",
-    [QBLOCK, KBLOCK, QMATMUL, TILES, GLU, XLOAD_SG, MMOUT],
+    [QBLOCK, KBLOCK, QMATMUL, TILES, GLU, XLOAD_SG, XNORM, MMOUT],
     MatMulParams,
     [MmOut]
 );
 crate::shader!(
     SHADER_MX,
     "matmul_mx",
-    [MXCODES, MXMATMUL, TILES, GLU, XLOAD, MMOUT],
+    [MXCODES, MXMATMUL, TILES, GLU, XLOAD, XNORM, MMOUT],
     MixedMatMulParams,
     [MmOut]
 );
 crate::shader!(
     SHADER_MX_SG,
     "matmul_mx_sg",
-    [MXCODES, MXMATMUL, TILES, GLU, XLOAD_SG, MMOUT],
+    [MXCODES, MXMATMUL, TILES, GLU, XLOAD_SG, XNORM, MMOUT],
     MixedMatMulParams,
     [MmOut]
 );
@@ -127,7 +127,8 @@ crate::params_struct! {
         pub row_tiles: u32,
         /// With `glu`: the element of x where up starts.
         pub x_up: u32,
-        pub _pad0: u32,
+        /// With `norm`: RMSNorm's epsilon.
+        pub eps: f32,
         pub _pad1: u32,
         pub _pad2: u32,
         /// Where the results go (crate::mmout).
@@ -153,7 +154,7 @@ crate::params_struct! {
         pub group: u32,
         pub _pad: u32,
         pub x_up: u32,
-        pub _pad0: u32,
+        pub eps: f32,
         pub _pad1: u32,
         pub _pad2: u32,
         pub o: MmOut,
@@ -176,7 +177,7 @@ impl MixedMatMulParams {
             group: l.group,
             _pad: 0,
             x_up: p.x_up,
-            _pad0: 0,
+            eps: p.eps,
             _pad1: 0,
             _pad2: 0,
             o: p.o,
@@ -192,10 +193,8 @@ pub struct MatMul {
     /// How `out` is laid out (parts of a concatenated weight) and whether
     /// the result is added to it.
     pub out_layout: OutLayout,
-    /// SwiGLU on load: `x` is a fused gate/up matmul's output, gate and up
-    /// `[max_rows, cols]` each at [`glu_x`]'s offsets, and the input is
-    /// `silu(gate) * up` (the down projection without a swiglu dispatch).
-    pub glu: bool,
+    /// What the mat-vec reads in place of `x` (decode's fused layers).
+    pub matvec_in: MatVecIn,
     /// Tokens at the graph's largest step.
     pub max_rows: u32,
     /// Compute only the step's last token, into out row 0.
@@ -276,7 +275,38 @@ pub fn f_matvec_lanes(nb: u32) -> u32 {
     l
 }
 
-/// A SwiGLU input of `cols` columns for `max_rows` tokens (`MatMul::glu`):
+/// What the mat-vec (one token: decode, `last_row_only`) reads in place of
+/// `x`, doing the layer before it itself so that layer takes no dispatch of
+/// its own. The tiled kernel (several tokens) always reads `x`: at prefill
+/// that layer runs as its own pass, which does each token once, where
+/// folded into the matmul every tile of rows would redo it (and on
+/// llvmpipe each extra load of x costs a per-lane gather).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum MatVecIn {
+    /// `x` itself.
+    #[default]
+    X,
+    /// `RMSNorm(x) * weight` of `x`'s rows (`[max_rows, cols]` f32, weight
+    /// `[cols]` f32): the NORM override, shaders/lib/xnorm.wgsl. Block
+    /// kernels only ([`folds_norm`]).
+    Norm {
+        x: TensorId,
+        weight: TensorId,
+        eps: f32,
+    },
+    /// `silu(gate) * up` of a fused gate/up matmul's output (gate and up
+    /// `[max_rows, cols]` each at [`glu_x`]'s offsets): the GLU override,
+    /// shaders/lib/glu.wgsl.
+    Glu { gate_up: TensorId },
+}
+
+/// Whether a weight's kernels can fold RMSNorm in: the block kernels (every
+/// format but F32 / F16 rows that are not whole 32-column blocks).
+pub fn folds_norm(format: WeightFormat, cols: u32) -> bool {
+    block_kernels(format, cols)
+}
+
+/// A SwiGLU input of `cols` columns for `max_rows` tokens (`MatVecIn::Glu`):
 /// the bytes of the gate/up tensor and the byte offset of up in it, as a
 /// fused gate/up matmul writes them (`crate::mmout`, two parts).
 pub fn glu_x(cols: u32, max_rows: u32) -> (u64, u64) {
@@ -286,11 +316,15 @@ pub fn glu_x(cols: u32, max_rows: u32) -> (u64, u64) {
 }
 
 impl MatMul {
-    fn x_bytes(&self) -> u64 {
-        if self.glu {
-            glu_x(self.w.cols, self.max_rows).0
-        } else {
-            4 * u64::from(self.w.cols) * u64::from(self.max_rows)
+    /// The tensor the kernel of `path` reads as x, and its bytes.
+    fn x_of(&self, path: Path) -> (TensorId, u64) {
+        let plain = 4 * u64::from(self.w.cols) * u64::from(self.max_rows);
+        match (path, self.matvec_in) {
+            (Path::MatVec, MatVecIn::Norm { x, .. }) => (x, plain),
+            (Path::MatVec, MatVecIn::Glu { gate_up }) => {
+                (gate_up, glu_x(self.w.cols, self.max_rows).0)
+            }
+            _ => (self.x, plain),
         }
     }
     fn nb(&self) -> u32 {
@@ -324,9 +358,16 @@ impl MatMul {
         }
     }
     fn kernel(&self, path: Path, shard: &Shard<TensorId>, caps: &Caps) -> Kernel {
-        let k = self.base_kernel(path, shard, caps);
-        // Only the down projection's kernels get the override (others keep their keys).
-        if self.glu { k.with("GLU", 1) } else { k }
+        let mut k = self.base_kernel(path, shard, caps);
+        // Overrides only where set, so other kernels keep their keys.
+        if self.out_layout.accumulate {
+            k = k.with(mmout::ACC, 1);
+        }
+        match (path, self.matvec_in) {
+            (Path::MatVec, MatVecIn::Norm { .. }) => k.with("NORM", 1),
+            (Path::MatVec, MatVecIn::Glu { .. }) => k.with("GLU", 1),
+            _ => k,
+        }
     }
     fn base_kernel(&self, path: Path, shard: &Shard<TensorId>, caps: &Caps) -> Kernel {
         let (mv, mm) = entries(self.w.format);
@@ -362,7 +403,7 @@ impl MatMul {
             Path::Tiled => Kernel::new(shader, entry),
         }
     }
-    fn bindings(&self, s: &Shard<TensorId>) -> Vec<Binding> {
+    fn bindings(&self, path: Path, s: &Shard<TensorId>) -> Vec<Binding> {
         let p = s.planes;
         let codes = Binding::read_range(s.tensor, 4 * u64::from(p.codes), p.code_bytes());
         let scales = if p.scale_bytes() > 0 {
@@ -375,10 +416,10 @@ impl MatMul {
         } else {
             scales.clone()
         };
-        let x_bytes = self.x_bytes();
+        let (x, x_bytes) = self.x_of(path);
         let out_bytes = self.out_layout.bytes(self.w.rows, self.out_rows());
         let mut b = vec![
-            Binding::read_range(self.x, 0, x_bytes),
+            Binding::read_range(x, 0, x_bytes),
             codes,
             scales,
             mins,
@@ -399,6 +440,15 @@ impl MatMul {
                 4 * u64::from(p.codes),
                 p.code_bytes(),
             ));
+        }
+        if block_kernels(self.w.format, self.w.cols) {
+            // RMSNorm's weight (NORM), or x again, never read.
+            b.push(match (path, self.matvec_in) {
+                (Path::MatVec, MatVecIn::Norm { weight, .. }) => {
+                    Binding::read_range(weight, 0, 4 * u64::from(self.w.cols))
+                }
+                _ => b[0].clone(),
+            });
         }
         b
     }
@@ -444,7 +494,7 @@ impl OpDef for MatMul {
         }
         self.out_layout.check(rows, OP)?;
         // Kernels index x and out in u32 elements.
-        let x_bytes = self.x_bytes();
+        let x_bytes = 4 * u64::from(cols) * u64::from(self.max_rows);
         let out_bytes = self.out_layout.bytes(rows, self.out_rows());
         crate::ensure_shape!(
             x_bytes < (1 << 34) && out_bytes < (1 << 34),
@@ -452,6 +502,23 @@ impl OpDef for MatMul {
             "x ({x_bytes} bytes) or out ({out_bytes} bytes) too large for u32 indexing"
         );
         check_bytes(g, OP, "x", self.x, x_bytes)?;
+        match self.matvec_in {
+            MatVecIn::X => {}
+            MatVecIn::Norm { x, weight, .. } => {
+                crate::ensure_shape!(
+                    folds_norm(f, cols),
+                    OP,
+                    "RMSNorm can be folded into block kernels only ({} weight of {cols} columns)",
+                    f.name()
+                );
+                check_bytes(g, OP, "unnormed x", x, x_bytes)?;
+                check_bytes(g, OP, "norm weight", weight, 4 * u64::from(cols))?;
+            }
+            MatVecIn::Glu { gate_up } => {
+                let bytes = glu_x(cols, self.max_rows).0;
+                check_bytes(g, OP, "gate/up", gate_up, bytes)?;
+            }
+        }
         check_bytes(g, OP, "out", self.out, out_bytes)
     }
 
@@ -460,7 +527,7 @@ impl OpDef for MatMul {
         for (i, s) in self.w.shards.iter().enumerate() {
             for &path in self.paths() {
                 calls.push(
-                    Call::new(self.kernel(path, s, caps), self.bindings(s))
+                    Call::new(self.kernel(path, s, caps), self.bindings(path, s))
                         .pass(path)
                         .shard(i),
                 );
@@ -493,12 +560,16 @@ impl OpDef for MatMul {
             out_stride: self.w.rows,
             out_col: shard.row_start,
             row_tiles: row_groups,
-            x_up: if self.glu {
-                (glu_x(self.w.cols, self.max_rows).1 / 4) as u32
-            } else {
-                0
+            x_up: match (path, self.matvec_in) {
+                (Path::MatVec, MatVecIn::Glu { .. }) => {
+                    (glu_x(self.w.cols, self.max_rows).1 / 4) as u32
+                }
+                _ => 0,
             },
-            _pad0: 0,
+            eps: match self.matvec_in {
+                MatVecIn::Norm { eps, .. } => eps,
+                _ => 0.0,
+            },
             _pad1: 0,
             _pad2: 0,
             o: self.out_layout.params(self.w.rows, self.out_rows()),

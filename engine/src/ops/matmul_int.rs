@@ -46,7 +46,7 @@ use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
     write_params,
 };
-use crate::mmout::{MmOut, OutLayout};
+use crate::mmout::{self, MmOut, OutLayout};
 use crate::pipeline::Kernel;
 use crate::shader::ShaderSource;
 use crate::shader::lib::{F16, IMATMUL, MMOUT, MXCODES};
@@ -197,6 +197,9 @@ impl MatMulInt {
                 .map(|g| 1u32 << l.group_class(shard.rows, g))
                 .fold(0, |a, b| a | b);
             k = k.with("CLASSES", classes);
+        }
+        if self.out_layout.accumulate {
+            k = k.with(mmout::ACC, 1);
         }
         k
     }

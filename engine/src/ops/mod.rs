@@ -40,11 +40,11 @@ pub fn all_shaders() -> Vec<&'static ShaderSource> {
         &kv_quant_store::SHADER,
         &rmsnorm::SHADER,
         &rmsnorm_quant::SHADER,
-        &rope::SHADER,
         &sample::SHADER,
         &swiglu::SHADER,
     ];
     v.extend(matmul::shaders());
     v.extend(matmul_int::shaders());
+    v.extend(rope::shaders());
     v
 }

@@ -49,10 +49,18 @@ use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
     write_params,
 };
+use crate::kv::cache_bytes;
 use crate::pipeline::Kernel;
+use crate::shader::lib::{F16, ROPE, TRIG};
 use crate::{Caps, Result, ensure_shape};
 
-crate::shader!(SHADER, "rope", [crate::shader::lib::TRIG], RopeParams);
+crate::shader!(SHADER, "rope", [TRIG, ROPE], RopeParams);
+crate::shader!(SHADER_KV, "rope_kv_f16", [TRIG, ROPE, F16], RopeKvParams);
+
+/// Both shaders, for the naga translation tests.
+pub fn shaders() -> Vec<&'static crate::shader::ShaderSource> {
+    vec![&SHADER, &SHADER_KV]
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RopeStyle {
@@ -218,6 +226,95 @@ impl OpDef for RopeHadamard {
         };
         write_params(params, &p);
         grid1(p.n_tokens * (self.rope.n_heads + self.rope.n_kv_heads))
+    }
+}
+
+crate::params_struct! {
+    /// Mirrors `Params` in shaders/rope_kv_f16.wgsl.
+    pub struct RopeKvParams {
+        pub n_tokens: u32,
+        pub n_heads: u32,
+        pub head_dim: u32,
+        pub pos: u32,
+        pub style: u32,
+        pub log2_theta: f32,
+        pub n_kv_heads: u32,
+        pub max_ctx: u32,
+    }
+}
+
+/// [`Rope`] with the rotated keys and the values stored straight into the
+/// f16 KV cache, as `kv_f16_write` stores them after it (same layout, same
+/// rounding), in one dispatch: the decode step's RoPE and cache write.
+/// `rope.k` is read, not written back. head_dim: a multiple of 4 (an
+/// invocation takes two pairs, two whole f16 words of each cache row).
+#[derive(Debug, Clone)]
+pub struct RopeKvF16 {
+    pub rope: Rope,
+    /// Values, [max_rows, n_kv_heads, head_dim] f32.
+    pub v: TensorId,
+    /// [n_kv_heads, max_ctx, head_dim] f16 packed, each.
+    pub k_cache: TensorId,
+    pub v_cache: TensorId,
+    pub max_ctx: u32,
+}
+
+impl OpDef for RopeKvF16 {
+    fn name(&self) -> &'static str {
+        "rope_kv_f16"
+    }
+    fn check(&self, g: &[TensorInfo]) -> Result<()> {
+        let r = &self.rope;
+        ensure_shape!(
+            r.head_dim.is_multiple_of(4) && self.max_ctx > 0,
+            "rope_kv_f16",
+            "head_dim {} must be a multiple of 4 and max_ctx {} nonzero",
+            r.head_dim,
+            self.max_ctx
+        );
+        r.check(g)?;
+        let rows = 4 * u64::from(r.n_kv_heads * r.head_dim) * u64::from(r.max_rows);
+        check_bytes(g, "rope_kv_f16", "v", self.v, rows)?;
+        let cache = cache_bytes(r.n_kv_heads, r.head_dim, self.max_ctx);
+        check_bytes(g, "rope_kv_f16", "k_cache", self.k_cache, cache)?;
+        check_bytes(g, "rope_kv_f16", "v_cache", self.v_cache, cache)
+    }
+    fn calls(&self, _caps: &Caps) -> Vec<Call> {
+        let r = &self.rope;
+        let mut b = vec![
+            Binding::write(r.q),
+            Binding::write(r.k),
+            Binding::write(self.v),
+            Binding::write(self.k_cache),
+            Binding::write(self.v_cache),
+        ];
+        let entry = match r.freq_factors {
+            None => "rope_kv",
+            Some(f) => {
+                b.push(Binding::read(f));
+                "rope_kv_scaled"
+            }
+        };
+        vec![Call::new(Kernel::new(&SHADER_KV, entry), b)]
+    }
+    fn step(&self, _tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+        let r = self.rope.params(step);
+        // Rows past the cache's end: queries still rotate, the shader drops
+        // the keys and values (as kv_f16_write does).
+        write_params(
+            params,
+            &RopeKvParams {
+                n_tokens: r.n_tokens,
+                n_heads: r.n_heads,
+                head_dim: r.head_dim,
+                pos: r.pos,
+                style: r.style,
+                log2_theta: r.log2_theta,
+                n_kv_heads: r.n_kv_heads,
+                max_ctx: self.max_ctx,
+            },
+        );
+        grid1((r.n_tokens * (r.head_dim / 4)).div_ceil(WG))
     }
 }
 

@@ -5,6 +5,7 @@
 use lamina_engine::graph::{Graph, Op, TensorId};
 use lamina_engine::kv::KvLayout;
 use lamina_engine::mmout::{OutLayout, part_offsets};
+use lamina_engine::ops::matmul::MatVecIn;
 use lamina_engine::ops::{
     act_quant, add, embedding, gram, hadamard, kv_f16_attention, kv_f16_write, kv_quant_attention,
     kv_quant_store, matmul, matmul_int, rmsnorm, rmsnorm_quant, rope, sample, swiglu,
@@ -151,9 +152,26 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
     }
 
     let w = external(&mut g, "output_norm", &m.output_norm);
-    push_norm(&mut g, c, x, w, h, n, "output_norm".to_string())?;
+    let lm_w = m.lm_head();
+    // The final norm folded into the lm_head's mat-vec where its kernels
+    // can; a pass of its own where the tiled kernel reads it (all logits of
+    // a several-token step).
+    let last_only = head == Head::Sample;
+    let fold = matmul::folds_norm(lm_w.format, lm_w.cols);
+    if !fold || (n > 1 && !last_only) {
+        push_norm(&mut g, c, x, w, h, n, "output_norm".to_string())?;
+    }
+    let matvec_in = if fold {
+        MatVecIn::Norm {
+            x,
+            weight: w,
+            eps: c.norm_eps,
+        }
+    } else {
+        MatVecIn::X
+    };
     let vocab = c.vocab_size as u64;
-    let lm = weight(&mut g, m.lm_head(), "output");
+    let lm = weight(&mut g, lm_w, "output");
     let io = match head {
         Head::AllLogits => {
             let logits = g.output("logits", 4 * vocab * u64::from(n));
@@ -164,7 +182,7 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
                     w: lm,
                     out: logits,
                     out_layout: Default::default(),
-                    glu: false,
+                    matvec_in,
                     max_rows: n,
                     last_row_only: false,
                 }),
@@ -186,7 +204,7 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
                     w: lm,
                     out: logits,
                     out_layout: Default::default(),
-                    glu: false,
+                    matvec_in,
                     max_rows: n,
                     last_row_only: true,
                 }),
@@ -424,6 +442,7 @@ pub fn push_layer(
     // is a weight, where and how it writes, and its label.
     let linears = |g: &mut Graph,
                    x: TensorId,
+                   matvec_in: MatVecIn,
                    site: ActSite,
                    coded: bool,
                    ws: &[(GpuWeight, TensorId, OutLayout, String)]|
@@ -458,7 +477,7 @@ pub fn push_layer(
                     w,
                     out,
                     out_layout,
-                    glu: false,
+                    matvec_in,
                     max_rows: n,
                     last_row_only: false,
                 }),
@@ -479,15 +498,49 @@ pub fn push_layer(
                 .map(|((w, &t), name)| (w.clone(), t, OutLayout::plain(), p(name)))
                 .collect(),
         };
-    let w = external(g, &p("attn_norm"), &lw.attn_norm);
-    norm(g, w, io.h, ActSite::QkvIn, p("attn_norm"))?;
+    // RMSNorm folded into the mat-vecs that read its output, where their
+    // kernels can: float activations, and no Gram tap (it reads the
+    // output). The norm's own pass stays where a tiled kernel reads it (a
+    // graph of several-token steps; see matmul::MatVecIn).
+    let fold = |l: &Linears| {
+        quant.is_none()
+            && taps.is_none()
+            && l.weights()
+                .iter()
+                .all(|w| matmul::folds_norm(w.format, w.cols))
+    };
+    let norm_in =
+        |g: &mut Graph, t: &Tensor, out: TensorId, site: ActSite, name: &str, l: &Linears| {
+            let w = external(g, &p(name), t);
+            let folds = fold(l);
+            if !folds || n > 1 {
+                norm(g, w, out, site, p(name))?;
+            }
+            Ok::<_, ModelError>(if folds {
+                MatVecIn::Norm {
+                    x: io.x,
+                    weight: w,
+                    eps: c.norm_eps,
+                }
+            } else {
+                MatVecIn::X
+            })
+        };
+    let attn_norm = norm_in(
+        g,
+        &lw.attn_norm,
+        io.h,
+        ActSite::QkvIn,
+        "attn_norm",
+        &lw.attn_in,
+    )?;
     if let Some(t) = taps {
         push_gram(g, io.h, t.attn_in, c.dim, n, p("gram_attn_in"))?;
     }
     let qkv_names = ["attn_q", "attn_k", "attn_v"];
     let qkv = [io.q, io.k, io.v];
     let qkv_jobs = jobs(&lw.attn_in, io.qkv, &qkv, &qkv_names, "attn_qkv");
-    linears(g, io.h, ActSite::QkvIn, true, &qkv_jobs)?;
+    linears(g, io.h, attn_norm, ActSite::QkvIn, true, &qkv_jobs)?;
     if let Some(biases) = &lw.qkv_bias {
         for (((b, t), name), heads) in biases.iter().zip(qkv).zip(qkv_names).zip([nh, nkv, nkv]) {
             let y = external(g, &p(&format!("{name}_bias")), b);
@@ -516,7 +569,24 @@ pub fn push_layer(
         max_rows: n,
         freq_factors: io.rope_factors,
     };
-    if c.hadamard.qk && fused {
+    // With the f16 cache (and no Hadamard), RoPE and the cache write are one
+    // dispatch (rope::RopeKvF16).
+    let rope_kv = match *kv {
+        LayerKv::F16 { k_cache, v_cache } if !c.hadamard.qk && hd.is_multiple_of(4) => {
+            Some((k_cache, v_cache))
+        }
+        _ => None,
+    };
+    if let Some((k_cache, v_cache)) = rope_kv {
+        let op = rope::RopeKvF16 {
+            rope: r,
+            v: io.v,
+            k_cache,
+            v_cache,
+            max_ctx,
+        };
+        g.push(p("rope_kv"), Op::RopeKvF16(op))?;
+    } else if c.hadamard.qk && fused {
         g.push(p("rope"), Op::RopeHadamard(rope::RopeHadamard { rope: r }))?;
     } else {
         g.push(p("rope"), Op::Rope(r))?;
@@ -529,19 +599,21 @@ pub fn push_layer(
     let scale = 1.0 / (hd as f32).sqrt();
     match *kv {
         LayerKv::F16 { k_cache, v_cache } => {
-            g.push(
-                p("kv_f16_write"),
-                Op::KvF16Write(kv_f16_write::KvF16Write {
-                    k: io.k,
-                    v: io.v,
-                    k_cache,
-                    v_cache,
-                    n_kv_heads: nkv,
-                    head_dim: hd,
-                    max_ctx,
-                    max_rows: n,
-                }),
-            )?;
+            if rope_kv.is_none() {
+                g.push(
+                    p("kv_f16_write"),
+                    Op::KvF16Write(kv_f16_write::KvF16Write {
+                        k: io.k,
+                        v: io.v,
+                        k_cache,
+                        v_cache,
+                        n_kv_heads: nkv,
+                        head_dim: hd,
+                        max_ctx,
+                        max_rows: n,
+                    }),
+                )?;
+            }
             g.push(
                 p("attn"),
                 Op::KvF16Attention(kv_f16_attention::KvF16Attention {
@@ -612,10 +684,16 @@ pub fn push_layer(
         OutLayout::accumulate(),
         p("attn_output"),
     );
-    linears(g, io.att, ActSite::OIn, false, &[o_job])?;
+    linears(g, io.att, MatVecIn::X, ActSite::OIn, false, &[o_job])?;
 
-    let w = external(g, &p("ffn_norm"), &lw.ffn_norm);
-    norm(g, w, io.h_ffn, ActSite::FfnIn, p("ffn_norm"))?;
+    let ffn_norm = norm_in(
+        g,
+        &lw.ffn_norm,
+        io.h_ffn,
+        ActSite::FfnIn,
+        "ffn_norm",
+        &lw.ffn_in,
+    )?;
     if let Some(t) = taps {
         push_gram(g, io.h_ffn, t.ffn_in, c.dim, n, p("gram_ffn_in"))?;
     }
@@ -627,33 +705,30 @@ pub fn push_layer(
         &["ffn_gate", "ffn_up"],
         "ffn_gate_up",
     );
-    linears(g, io.h_ffn, ActSite::FfnIn, true, &gate_up_jobs)?;
-    // SwiGLU applied as the down projection loads its input, where nothing
-    // else reads the product: float activations, no Hadamard between, no
-    // Gram tap. The residual add is in its epilogue.
-    if quant.is_none() && !c.hadamard.down && taps.is_none() {
-        let op = matmul::MatMul {
-            x: io.gate_up,
-            w: weight(g, &lw.w_down, &p("ffn_down")),
-            out: io.x,
-            out_layout: OutLayout::accumulate(),
-            glu: true,
-            max_rows: n,
-            last_row_only: false,
-        };
-        g.push(p("ffn_down"), Op::MatMul(op))?;
-        return Ok(());
+    linears(g, io.h_ffn, ffn_norm, ActSite::FfnIn, true, &gate_up_jobs)?;
+    // SwiGLU applied as the down projection's mat-vec loads its input, where
+    // nothing else reads the product: float activations, no Hadamard
+    // between, no Gram tap. Its own pass stays where a tiled kernel reads it.
+    let glu = quant.is_none() && !c.hadamard.down && taps.is_none();
+    if !glu || n > 1 {
+        g.push(
+            p("swiglu"),
+            Op::SwiGlu(swiglu::SwiGlu {
+                gate: io.gate,
+                up: io.up,
+                out: io.act,
+                dim: c.ffn_dim as u32,
+                max_rows: n,
+            }),
+        )?;
     }
-    g.push(
-        p("swiglu"),
-        Op::SwiGlu(swiglu::SwiGlu {
-            gate: io.gate,
-            up: io.up,
-            out: io.act,
-            dim: c.ffn_dim as u32,
-            max_rows: n,
-        }),
-    )?;
+    let down_in = if glu {
+        MatVecIn::Glu {
+            gate_up: io.gate_up,
+        }
+    } else {
+        MatVecIn::X
+    };
     // A rotated model's online Hadamard at the down input; with integer
     // activations it writes the codes itself where the row fits one tile.
     let f = c.ffn_dim as u32;
@@ -687,6 +762,6 @@ pub fn push_layer(
         OutLayout::accumulate(),
         p("ffn_down"),
     );
-    linears(g, io.act, ActSite::DownIn, down_coded, &[down_job])?;
+    linears(g, io.act, down_in, ActSite::DownIn, down_coded, &[down_job])?;
     Ok(())
 }
