@@ -16,6 +16,10 @@ pub mod lib {
     pub const KBLOCK: &str = include_str!("../../shaders/lib/kblock.wgsl");
     /// RoPE's angles and pairs (rope, rope_kv_f16; needs TRIG).
     pub const ROPE: &str = include_str!("../../shaders/lib/rope.wgsl");
+    /// The GGUF types' format ids (before KBLOCK or KBLOCK_NONE).
+    pub const KFORMAT: &str = include_str!("../../shaders/lib/kformat.wgsl");
+    /// Stand-ins for KBLOCK's decoders in the modules of the other block formats.
+    pub const KBLOCK_NONE: &str = include_str!("../../shaders/lib/kblock_none.wgsl");
     /// sincos with Cody-Waite range reduction (accurate for large angles) and a ~1 ulp exp2, for RoPE.
     pub const TRIG: &str = include_str!("../../shaders/lib/trig.wgsl");
     /// The block-format matmul kernels (needs QBLOCK, TILES and XLOAD or XLOAD_SG).

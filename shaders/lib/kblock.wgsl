@@ -9,18 +9,7 @@
 //   kb_scale_word(i), kb_min_word(i): word i of the scales / mins plane.
 // `fmt` is a literal at every entry point, so the format branches fold away.
 
-// Format ids: engine/src/weight/kquant.rs (wgsl_id) mirrors them, checked by
-// tests/tests/contracts.rs. They sit above every other format id of the
-// matmul and embedding shaders (0..4), so both can use them as they are.
-const Q5_0: u32 = 5u;
-const Q5_1: u32 = 6u;
-const IQ4_NL: u32 = 7u;
-const Q2_K: u32 = 8u;
-const Q3_K: u32 = 9u;
-const Q4_K: u32 = 10u;
-const Q5_K: u32 = 11u;
-const Q6_K: u32 = 12u;
-const IQ4_XS: u32 = 13u;
+// The format ids (Q5_0 .. IQ4_XS) are lib/kformat.wgsl's.
 
 // The IQ4 types' 16 values (-127, -104, -83, -65, -49, -35, -22, -10, 1,
 // 13, 25, 38, 53, 69, 89, 113; weight::kquant's IQ4_VALUES) as signed

@@ -200,13 +200,33 @@ fn kv_format_ids_match_the_shaders() {
     }
 }
 
+/// The RoPE every example op rotates with: 2 query heads, 1 key head of 64.
+fn example_rope(style: rope::RopeStyle, freq_factors: Option<usize>) -> rope::Rope {
+    rope::Rope {
+        q: 0,
+        n_heads: 2,
+        k: 1,
+        n_kv_heads: 1,
+        head_dim: 64,
+        theta: 10000.0,
+        style,
+        max_rows: 8,
+        freq_factors,
+    }
+}
+
 /// The GGUF types of `weight::kquant` have one id in Rust (`wgsl_id`) and
-/// one const in lib/kblock.wgsl (named as the format, upper case), the same
-/// in every shader that includes it.
+/// one const in lib/kformat.wgsl (named as the format, upper case), the
+/// same in every shader that includes it; lib/kblock.wgsl's IQ4 table
+/// matches Rust's.
 #[test]
 fn kquant_format_ids_match_the_shaders() {
-    let shaders = including(lib::KBLOCK);
-    assert_eq!(shaders.len(), 3, "matmul_q, matmul_q_sg and embedding");
+    let shaders = including(lib::KFORMAT);
+    assert_eq!(
+        shaders.len(),
+        5,
+        "matmul_q, matmul_q_sg, matmul_k, matmul_k_sg and embedding"
+    );
     for s in shaders {
         let m = parse(s);
         for f in WeightFormat::ALL {
@@ -217,6 +237,11 @@ fn kquant_format_ids_match_the_shaders() {
                 assert_eq!(wgsl, rust, "{}: {name}", s.name);
             }
         }
+    }
+    let shaders = including(lib::KBLOCK);
+    assert_eq!(shaders.len(), 3, "matmul_k, matmul_k_sg and embedding");
+    for s in shaders {
+        let m = parse(s);
         // The IQ4 table, as the signed bytes of four words.
         for (j, vals) in weight::kquant::IQ4_VALUES.chunks(4).enumerate() {
             let name = format!("IQ4_W{j}");
@@ -321,17 +346,7 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             dim: 64,
             max_rows: 8,
         }),
-        Box::new(rope::Rope {
-            q: 0,
-            n_heads: 2,
-            k: 1,
-            n_kv_heads: 1,
-            head_dim: 64,
-            theta: 10000.0,
-            style: rope::RopeStyle::Neox,
-            max_rows: 8,
-            freq_factors: None,
-        }),
+        Box::new(example_rope(rope::RopeStyle::Neox, None)),
         Box::new(hadamard::Hadamard {
             x: 0,
             n: 64,
@@ -347,48 +362,18 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             transposed: true,
         }),
         Box::new(rope::RopeHadamard {
-            rope: rope::Rope {
-                q: 0,
-                n_heads: 2,
-                k: 1,
-                n_kv_heads: 1,
-                head_dim: 64,
-                theta: 10000.0,
-                style: rope::RopeStyle::Interleaved,
-                max_rows: 8,
-                freq_factors: None,
-            },
+            rope: example_rope(rope::RopeStyle::Interleaved, None),
         }),
         // RoPE and the f16 cache write in one dispatch, plain and scaled.
         Box::new(rope::RopeKvF16 {
-            rope: rope::Rope {
-                q: 0,
-                n_heads: 2,
-                k: 1,
-                n_kv_heads: 1,
-                head_dim: 64,
-                theta: 10000.0,
-                style: rope::RopeStyle::Neox,
-                max_rows: 8,
-                freq_factors: None,
-            },
+            rope: example_rope(rope::RopeStyle::Neox, None),
             v: 2,
             k_cache: 3,
             v_cache: 4,
             max_ctx: 256,
         }),
         Box::new(rope::RopeKvF16 {
-            rope: rope::Rope {
-                q: 0,
-                n_heads: 2,
-                k: 1,
-                n_kv_heads: 1,
-                head_dim: 64,
-                theta: 10000.0,
-                style: rope::RopeStyle::Interleaved,
-                max_rows: 8,
-                freq_factors: Some(5),
-            },
+            rope: example_rope(rope::RopeStyle::Interleaved, Some(5)),
             v: 2,
             k_cache: 3,
             v_cache: 4,

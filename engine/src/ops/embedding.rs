@@ -21,8 +21,8 @@ use crate::tensor::WeightFormat;
 use crate::weight::{GROUP, Planes, WeightRef, code_words_per_row, col_multiple, kquant};
 use crate::{Caps, Result, ensure_shape};
 
-crate::shader!(SHADER, "embedding", [KBLOCK], EmbeddingParams);
-use crate::shader::lib::KBLOCK;
+crate::shader!(SHADER, "embedding", [KFORMAT, KBLOCK], EmbeddingParams);
+use crate::shader::lib::{KBLOCK, KFORMAT};
 
 crate::params_struct! {
     /// Mirrors `Params` in shaders/embedding.wgsl.

@@ -13,13 +13,17 @@
 //!   that each decoded weight serves several tokens and each x block several
 //!   rows.
 //!
-//! The block formats (Q4_0, Q4_1, Q8_0), and F32 / F16 when `cols % 32 == 0`,
-//! run the kernels of `shaders/lib/qmatmul.wgsl`, reading 32-column blocks
-//! as vec4s of code words: an invocation owns whole rows (no reduction)
-//! and the workgroup shares its tokens' x blocks, through subgroup broadcasts
-//! (`matmul_q_sg.wgsl`, when the device has subgroups) or by loading them in
-//! every invocation (`matmul_q.wgsl`). Both have the same grids, so `step()`
-//! needs no device knowledge. Measured on lavapipe, where this shape halves
+//! The block formats (Q4_0, Q4_1, Q8_0, the GGUF types of
+//! `weight::kquant`), and F32 / F16 when `cols % 32 == 0`, run the kernels
+//! of `shaders/lib/qmatmul.wgsl`, reading 32-column blocks as vec4s of code
+//! words: an invocation owns whole rows (no reduction) and the workgroup
+//! shares its tokens' x blocks, through subgroup broadcasts
+//! (`matmul_q_sg.wgsl` / `matmul_k_sg.wgsl`, when the device has subgroups)
+//! or by loading them in every invocation (`matmul_q.wgsl` /
+//! `matmul_k.wgsl`; `_k` holds the GGUF types, whose decoders the `_q`
+//! modules leave out: on lavapipe every pipeline's build time grows with the
+//! code in its module, 1.4 s against 0.3 s for a Q4_1 mat-vec). All have
+//! the same grids, so `step()` needs no device knowledge. Measured on lavapipe, where this shape halves
 //! the instructions of a split-K mat-vec with a workgroup reduction and cuts
 //! those of a shared-memory tiled matmul by 3x: see the shader's comments.
 //! Other F32 / F16 weights (any column count, scalar loads) run
@@ -28,14 +32,22 @@
 //! `last_row_only` computes only the step's last token (t = n_tokens - 1)
 //! into out row 0: the lm_head while generating.
 //!
+//! Fused layers (decode's seven dispatches a layer): `out_layout`
+//! (`crate::mmout`) writes a weight of several linear layers' rows as one
+//! matrix per part, or adds to `out` (the residual add); `matvec_in` lets
+//! the mat-vec apply RMSNorm or SwiGLU to its input itself ([`MatVecIn`]).
+//!
 //! # Shapes
 //! x: `[max_rows, cols]` f32, out: `[max_rows, rows]` f32 (`[1, rows]` with
-//! `last_row_only`). Block formats need `cols % 32 == 0`. Shard `i` writes
-//! out columns `row_start .. row_start + rows`.
+//! `last_row_only`; in parts as `out_layout` says). Block formats need
+//! `cols % 32 == 0`. Shard `i` writes out columns `row_start .. row_start +
+//! rows` of the whole weight.
 //!
 //! # Bindings (every kernel)
-//! 1 x, 2 codes plane, 3 scales plane, 4 mins plane, 5 out. Formats without a
-//! plane bind another in its place (never read), so all kernels share one layout.
+//! 1 x, 2 codes plane, 3 scales plane, 4 mins plane, 5 out; Mixed: 6 group
+//! table, 7 codes as vec4s; block kernels then RMSNorm's weight (6, Mixed 8).
+//! A binding a kernel does not read gets another in its place (never read),
+//! so all kernels of a module share one layout.
 
 use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
@@ -45,23 +57,62 @@ use crate::mmout::{self, MmOut, OutLayout, part_offsets};
 use crate::pipeline::Kernel;
 use crate::shader::ShaderSource;
 use crate::shader::lib::{
-    GLU, KBLOCK, MMOUT, MXCODES, MXMATMUL, QBLOCK, QMATMUL, TILES, XLOAD, XLOAD_SG, XNORM,
+    GLU, KBLOCK, KBLOCK_NONE, KFORMAT, MMOUT, MXCODES, MXMATMUL, QBLOCK, QMATMUL, TILES, XLOAD,
+    XLOAD_SG, XNORM,
 };
 use crate::tensor::WeightFormat;
-use crate::weight::{GROUP, MixedLayout, Planes, Shard, WeightRef, col_multiple};
+use crate::weight::{GROUP, MixedLayout, Planes, Shard, WeightRef, col_multiple, kquant};
 use crate::{Caps, Result};
 
 crate::shader!(
     SHADER_Q,
     "matmul_q",
-    [QBLOCK, KBLOCK, QMATMUL, TILES, GLU, XLOAD, XNORM, MMOUT],
+    [
+        QBLOCK,
+        KFORMAT,
+        KBLOCK_NONE,
+        QMATMUL,
+        TILES,
+        GLU,
+        XLOAD,
+        XNORM,
+        MMOUT
+    ],
     MatMulParams,
     [MmOut]
 );
 crate::shader!(
     SHADER_Q_SG,
     "matmul_q_sg",
-    [QBLOCK, KBLOCK, QMATMUL, TILES, GLU, XLOAD_SG, XNORM, MMOUT],
+    [
+        QBLOCK,
+        KFORMAT,
+        KBLOCK_NONE,
+        QMATMUL,
+        TILES,
+        GLU,
+        XLOAD_SG,
+        XNORM,
+        MMOUT
+    ],
+    MatMulParams,
+    [MmOut]
+);
+crate::shader!(
+    SHADER_K,
+    "matmul_k",
+    [
+        QBLOCK, KFORMAT, KBLOCK, QMATMUL, TILES, GLU, XLOAD, XNORM, MMOUT
+    ],
+    MatMulParams,
+    [MmOut]
+);
+crate::shader!(
+    SHADER_K_SG,
+    "matmul_k_sg",
+    [
+        QBLOCK, KFORMAT, KBLOCK, QMATMUL, TILES, GLU, XLOAD_SG, XNORM, MMOUT
+    ],
     MatMulParams,
     [MmOut]
 );
@@ -86,6 +137,8 @@ pub fn shaders() -> Vec<&'static ShaderSource> {
     vec![
         &SHADER_Q,
         &SHADER_Q_SG,
+        &SHADER_K,
+        &SHADER_K_SG,
         &SHADER_MX,
         &SHADER_MX_SG,
         &SHADER_F,
@@ -378,11 +431,14 @@ impl MatMul {
                 Path::Tiled => Kernel::new(&SHADER_F, entry),
             };
         }
-        let shader = match (self.w.format == WeightFormat::Mixed, caps.subgroups) {
-            (true, true) => &SHADER_MX_SG,
-            (true, false) => &SHADER_MX,
-            (false, true) => &SHADER_Q_SG,
-            (false, false) => &SHADER_Q,
+        let kq = kquant::is_kquant(self.w.format);
+        let shader = match (self.w.format == WeightFormat::Mixed, kq, caps.subgroups) {
+            (true, _, true) => &SHADER_MX_SG,
+            (true, _, false) => &SHADER_MX,
+            (false, true, true) => &SHADER_K_SG,
+            (false, true, false) => &SHADER_K,
+            (false, false, true) => &SHADER_Q_SG,
+            (false, false, false) => &SHADER_Q,
         };
         if let Some(l) = self.w.mixed.as_deref() {
             // Only the group classes this shard has get code (see lib/mxmatmul.wgsl).
