@@ -26,37 +26,37 @@ fn matvec_iq4_nl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 @compute @workgroup_size(WG)
 fn matvec_q2_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    matvec(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q2_K);
+    matvec_super(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q2_K);
 }
 
 @compute @workgroup_size(WG)
 fn matvec_q3_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    matvec(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q3_K);
+    matvec_super(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q3_K);
 }
 
 @compute @workgroup_size(WG)
 fn matvec_q4_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    matvec(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q4_K);
+    matvec_super(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q4_K);
 }
 
 @compute @workgroup_size(WG)
 fn matvec_q5_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    matvec(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q5_K);
+    matvec_super(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q5_K);
 }
 
 @compute @workgroup_size(WG)
 fn matvec_q6_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    matvec(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q6_K);
+    matvec_super(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q6_K);
 }
 
 @compute @workgroup_size(WG)
 fn matvec_iq4_xs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    matvec(wid.x + wid.y * nwg.x, lid, 0u, 0u, IQ4_XS);
+    matvec_super(wid.x + wid.y * nwg.x, lid, 0u, 0u, IQ4_XS);
 }
 
 @compute @workgroup_size(WG)

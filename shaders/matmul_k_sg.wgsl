@@ -27,42 +27,42 @@ fn matvec_iq4_nl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 fn matvec_q2_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
                @builtin(subgroup_size) sgs: u32) {
-    matvec(wid.x + wid.y * nwg.x, lid, lane, sgs, Q2_K);
+    matvec_super(wid.x + wid.y * nwg.x, lid, lane, sgs, Q2_K);
 }
 
 @compute @workgroup_size(WG)
 fn matvec_q3_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
                @builtin(subgroup_size) sgs: u32) {
-    matvec(wid.x + wid.y * nwg.x, lid, lane, sgs, Q3_K);
+    matvec_super(wid.x + wid.y * nwg.x, lid, lane, sgs, Q3_K);
 }
 
 @compute @workgroup_size(WG)
 fn matvec_q4_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
                @builtin(subgroup_size) sgs: u32) {
-    matvec(wid.x + wid.y * nwg.x, lid, lane, sgs, Q4_K);
+    matvec_super(wid.x + wid.y * nwg.x, lid, lane, sgs, Q4_K);
 }
 
 @compute @workgroup_size(WG)
 fn matvec_q5_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
                @builtin(subgroup_size) sgs: u32) {
-    matvec(wid.x + wid.y * nwg.x, lid, lane, sgs, Q5_K);
+    matvec_super(wid.x + wid.y * nwg.x, lid, lane, sgs, Q5_K);
 }
 
 @compute @workgroup_size(WG)
 fn matvec_q6_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
                @builtin(subgroup_size) sgs: u32) {
-    matvec(wid.x + wid.y * nwg.x, lid, lane, sgs, Q6_K);
+    matvec_super(wid.x + wid.y * nwg.x, lid, lane, sgs, Q6_K);
 }
 
 @compute @workgroup_size(WG)
 fn matvec_iq4_xs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
                @builtin(subgroup_size) sgs: u32) {
-    matvec(wid.x + wid.y * nwg.x, lid, lane, sgs, IQ4_XS);
+    matvec_super(wid.x + wid.y * nwg.x, lid, lane, sgs, IQ4_XS);
 }
 
 @compute @workgroup_size(WG)

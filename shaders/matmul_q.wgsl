@@ -14,15 +14,33 @@ fn matvec_q4_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 }
 
 @compute @workgroup_size(WG)
+fn matvec2_q4_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    matvec2(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q4_0);
+}
+
+@compute @workgroup_size(WG)
 fn matvec_q4_1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     matvec(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q4_1);
 }
 
 @compute @workgroup_size(WG)
+fn matvec2_q4_1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    matvec2(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q4_1);
+}
+
+@compute @workgroup_size(WG)
 fn matvec_q8_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     matvec(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q8_0);
+}
+
+@compute @workgroup_size(WG)
+fn matvec2_q8_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    matvec2(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q8_0);
 }
 
 @compute @workgroup_size(WG)

@@ -11,6 +11,13 @@ fn matvec_q4_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 }
 
 @compute @workgroup_size(WG)
+fn matvec2_q4_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matvec2(wid.x + wid.y * nwg.x, lid, lane, sgs, Q4_0);
+}
+
+@compute @workgroup_size(WG)
 fn matvec_q4_1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
                @builtin(subgroup_size) sgs: u32) {
@@ -18,10 +25,24 @@ fn matvec_q4_1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 }
 
 @compute @workgroup_size(WG)
+fn matvec2_q4_1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matvec2(wid.x + wid.y * nwg.x, lid, lane, sgs, Q4_1);
+}
+
+@compute @workgroup_size(WG)
 fn matvec_q8_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
                @builtin(subgroup_size) sgs: u32) {
     matvec(wid.x + wid.y * nwg.x, lid, lane, sgs, Q8_0);
+}
+
+@compute @workgroup_size(WG)
+fn matvec2_q8_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) sgs: u32) {
+    matvec2(wid.x + wid.y * nwg.x, lid, lane, sgs, Q8_0);
 }
 
 @compute @workgroup_size(WG)

@@ -119,11 +119,6 @@ fn kb_half(word: u32, i: u32) -> f32 {
     return unpack2x16float(word)[i & 1u];
 }
 
-// The super-block types (Q2_K .. IQ4_XS).
-fn is_super(fmt: u32) -> bool {
-    return fmt >= Q2_K && fmt <= IQ4_XS;
-}
-
 // Words of sub-block scales per super-block (weight/kquant.rs, sub_scale_words).
 fn kq_scale_words(fmt: u32) -> u32 {
     switch fmt {

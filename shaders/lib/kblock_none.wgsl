@@ -36,10 +36,6 @@ fn kq_values4(q: vec4<u32>, fmt: u32) -> vec4<f32> {
     return vec4<f32>(0.0);
 }
 
-fn is_super(fmt: u32) -> bool {
-    return false;
-}
-
 struct KSuper {
     w: vec4<u32>,
     m: u32,

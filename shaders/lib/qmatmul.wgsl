@@ -116,97 +116,106 @@ fn prep_x(b: XBlock, fmt: u32) -> XPrep {
     return r;
 }
 
-// Whether the format has scales and nb is even, so every row's blocks pair
-// up in scale words and matvec can take two blocks per step (set by matmul.rs).
-override PAIR: bool = false;
-
-fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
-    norm_prologue(p.x_row, lid);
-    if is_super(fmt) {
-        matvec_super(wg, lid, lane, sgs, fmt);
-        return;
-    }
-    let row0 = (wg * WG + lid) * R;
-    // Invocations whose rows are all past the end skip the loop (with
-    // subgroups: when the whole subgroup's are, keeping the bound uniform for
-    // the broadcasts); the others clamp extra rows to the last one (loads stay
-    // in bounds, results are not written).
-    let nb = select(0u, p.nb, any_lane(row0 < p.rows));
-    let last = p.rows - 1u;
-    let b0 = min(row0, last) * p.nb;
-    let b1 = min(row0 + 1u, last) * p.nb;
-    let b2 = min(row0 + 2u, last) * p.nb;
-    let b3 = min(row0 + 3u, last) * p.nb;
-    let xbase = p.x_row * p.nb * 8u;
-    var acc = vec4<f32>(0.0);
-    if PAIR {
-        for (var kb = 0u; kb < nb; kb += 2u) {
-            let x0 = prep_x(x_block_normed(xbase, kb * 8u, lane, sgs), fmt);
-            let x1 = prep_x(x_block_normed(xbase, kb * 8u + 8u, lane, sgs), fmt);
-            acc.x += block_dot2(b0 + kb, x0.xs, x0.sum, x1.xs, x1.sum, fmt);
-            if R > 1u {
-                acc.y += block_dot2(b1 + kb, x0.xs, x0.sum, x1.xs, x1.sum, fmt);
-            }
-            if R > 2u {
-                acc.z += block_dot2(b2 + kb, x0.xs, x0.sum, x1.xs, x1.sum, fmt);
-                acc.w += block_dot2(b3 + kb, x0.xs, x0.sum, x1.xs, x1.sum, fmt);
-            }
-        }
-    } else {
-        for (var kb = 0u; kb < nb; kb++) {
-            let x0 = prep_x(x_block_normed(xbase, kb * 8u, lane, sgs), fmt);
-            acc.x += block_dot(b0 + kb, x0, fmt);
-            if R > 1u {
-                acc.y += block_dot(b1 + kb, x0, fmt);
-            }
-            if R > 2u {
-                acc.z += block_dot(b2 + kb, x0, fmt);
-                acc.w += block_dot(b3 + kb, x0, fmt);
-            }
-        }
-    }
-    store_rows(row0, norm_vec(acc));
+// What one mat-vec invocation works on: its first row (rows row0 .. row0 +
+// R), the first block of each of its R rows (rows past the end clamped to
+// the last one: loads stay in bounds, results are not written), the blocks
+// it loops over (0 where the whole subgroup's rows are past the end, which
+// keeps the bound uniform for the broadcasts) and its token's x.
+struct MvRows {
+    row0: u32,
+    b: vec4<u32>,
+    nb: u32,
+    xbase: u32,
 }
 
-// The super-block types' matvec (lib/kblock.wgsl): each row's scale words
-// are loaded once per super-block of 8 blocks and decoded in registers for
-// each block, instead of loaded again for every block.
-fn matvec_super(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
-    let row0 = (wg * WG + lid) * R;
-    let nb = select(0u, p.nb, any_lane(row0 < p.rows));
+fn mv_rows(wg: u32, lid: u32) -> MvRows {
+    var s: MvRows;
+    s.row0 = (wg * WG + lid) * R;
+    s.nb = select(0u, p.nb, any_lane(s.row0 < p.rows));
     let last = p.rows - 1u;
-    let b0 = min(row0, last) * p.nb;
-    let b1 = min(row0 + 1u, last) * p.nb;
-    let b2 = min(row0 + 2u, last) * p.nb;
-    let b3 = min(row0 + 3u, last) * p.nb;
-    let xbase = p.x_row * p.nb * 8u;
+    s.b = min(vec4<u32>(s.row0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last)) * p.nb;
+    s.xbase = p.x_row * p.nb * 8u;
+    return s;
+}
+
+// One block a step. Each kind of mat-vec is a function of its own, called
+// by its own entry points (not a branch on an override): lavapipe turns
+// all the code an entry point reaches into NIR before it folds constants,
+// and a dead second loop tripled a pipeline's build time.
+fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
+    norm_prologue(p.x_row, lid);
+    let s = mv_rows(wg, lid);
     var acc = vec4<f32>(0.0);
-    for (var kb = 0u; kb < nb; kb += 8u) {
-        let s0 = kq_super((b0 + kb) >> 3u, fmt);
+    for (var kb = 0u; kb < s.nb; kb++) {
+        let x0 = prep_x(x_block_normed(s.xbase, kb * 8u, lane, sgs), fmt);
+        acc.x += block_dot(s.b.x + kb, x0, fmt);
+        if R > 1u {
+            acc.y += block_dot(s.b.y + kb, x0, fmt);
+        }
+        if R > 2u {
+            acc.z += block_dot(s.b.z + kb, x0, fmt);
+            acc.w += block_dot(s.b.w + kb, x0, fmt);
+        }
+    }
+    store_rows(s.row0, norm_vec(acc));
+}
+
+// Two blocks a step, for the formats with one scale (and min) per block
+// when a row has an even count, so a row's blocks pair up in scale words
+// (the `matvec2_` entry points, picked by matmul.rs).
+fn matvec2(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
+    norm_prologue(p.x_row, lid);
+    let s = mv_rows(wg, lid);
+    var acc = vec4<f32>(0.0);
+    for (var kb = 0u; kb < s.nb; kb += 2u) {
+        let x0 = prep_x(x_block_normed(s.xbase, kb * 8u, lane, sgs), fmt);
+        let x1 = prep_x(x_block_normed(s.xbase, kb * 8u + 8u, lane, sgs), fmt);
+        acc.x += block_dot2(s.b.x + kb, x0.xs, x0.sum, x1.xs, x1.sum, fmt);
+        if R > 1u {
+            acc.y += block_dot2(s.b.y + kb, x0.xs, x0.sum, x1.xs, x1.sum, fmt);
+        }
+        if R > 2u {
+            acc.z += block_dot2(s.b.z + kb, x0.xs, x0.sum, x1.xs, x1.sum, fmt);
+            acc.w += block_dot2(s.b.w + kb, x0.xs, x0.sum, x1.xs, x1.sum, fmt);
+        }
+    }
+    store_rows(s.row0, norm_vec(acc));
+}
+
+// The super-block types' mat-vec (lib/kblock.wgsl; their `matvec_` entry
+// points): each row's scale words are loaded once per super-block of 8
+// blocks and decoded in registers for each block, instead of loaded again
+// for every block.
+fn matvec_super(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
+    norm_prologue(p.x_row, lid);
+    let s = mv_rows(wg, lid);
+    var acc = vec4<f32>(0.0);
+    for (var kb = 0u; kb < s.nb; kb += 8u) {
+        let s0 = kq_super((s.b.x + kb) >> 3u, fmt);
         var s1 = s0;
         var s2 = s0;
         var s3 = s0;
         if R > 1u {
-            s1 = kq_super((b1 + kb) >> 3u, fmt);
+            s1 = kq_super((s.b.y + kb) >> 3u, fmt);
         }
         if R > 2u {
-            s2 = kq_super((b2 + kb) >> 3u, fmt);
-            s3 = kq_super((b3 + kb) >> 3u, fmt);
+            s2 = kq_super((s.b.z + kb) >> 3u, fmt);
+            s3 = kq_super((s.b.w + kb) >> 3u, fmt);
         }
         for (var j = 0u; j < 8u; j++) {
             let k = kb + j;
-            let x0 = prep_x(x_block_normed(xbase, k * 8u, lane, sgs), fmt);
-            acc.x += wblock_dot(kq_wblock(b0 + k, kq_sub_scales(s0, j, fmt), fmt), x0, fmt);
+            let x0 = prep_x(x_block_normed(s.xbase, k * 8u, lane, sgs), fmt);
+            acc.x += wblock_dot(kq_wblock(s.b.x + k, kq_sub_scales(s0, j, fmt), fmt), x0, fmt);
             if R > 1u {
-                acc.y += wblock_dot(kq_wblock(b1 + k, kq_sub_scales(s1, j, fmt), fmt), x0, fmt);
+                acc.y += wblock_dot(kq_wblock(s.b.y + k, kq_sub_scales(s1, j, fmt), fmt), x0, fmt);
             }
             if R > 2u {
-                acc.z += wblock_dot(kq_wblock(b2 + k, kq_sub_scales(s2, j, fmt), fmt), x0, fmt);
-                acc.w += wblock_dot(kq_wblock(b3 + k, kq_sub_scales(s3, j, fmt), fmt), x0, fmt);
+                acc.z += wblock_dot(kq_wblock(s.b.z + k, kq_sub_scales(s2, j, fmt), fmt), x0, fmt);
+                acc.w += wblock_dot(kq_wblock(s.b.w + k, kq_sub_scales(s3, j, fmt), fmt), x0, fmt);
             }
         }
     }
-    store_rows(row0, norm_vec(acc));
+    store_rows(s.row0, norm_vec(acc));
 }
 
 // ---------------------------------------------------------------------------

@@ -268,13 +268,18 @@ fn is_block_format(f: WeightFormat) -> bool {
     !matches!(f, WeightFormat::F32 | WeightFormat::F16)
 }
 
-/// Whether the mat-vec may take two blocks per scale word (`PAIR`): the
-/// formats with one f16 scale per block, when a row has an even count.
-fn pairs_blocks(f: WeightFormat, nb: u32) -> bool {
-    matches!(
-        f,
-        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0
-    ) && nb.is_multiple_of(2)
+/// The mat-vec that takes two blocks per scale word (`matvec2_<fmt>`), for
+/// the formats with one f16 scale per block when a row has an even count.
+fn pair_entry(f: WeightFormat, nb: u32) -> Option<&'static str> {
+    if !nb.is_multiple_of(2) {
+        return None;
+    }
+    match f {
+        WeightFormat::Q4_0 => Some("matvec2_q4_0"),
+        WeightFormat::Q4_1 => Some("matvec2_q4_1"),
+        WeightFormat::Q8_0 => Some("matvec2_q8_0"),
+        _ => None,
+    }
 }
 
 /// Whether a weight runs the block kernels (lib/qmatmul.wgsl): the block
@@ -453,9 +458,10 @@ impl MatMul {
             };
         }
         match path {
-            Path::MatVec => Kernel::new(shader, entry)
-                .with("R", q_matvec_rows(shard.rows))
-                .with("PAIR", u32::from(pairs_blocks(self.w.format, self.nb()))),
+            Path::MatVec => {
+                let entry = pair_entry(self.w.format, self.nb()).unwrap_or(entry);
+                Kernel::new(shader, entry).with("R", q_matvec_rows(shard.rows))
+            }
             Path::Tiled => Kernel::new(shader, entry),
         }
     }
