@@ -42,9 +42,9 @@ crate::params_struct! {
         pub base1: u32,
         pub base2: u32,
         pub _pad0: u32,
-        pub _pad3: u32,
         pub _pad1: u32,
         pub _pad2: u32,
+        pub _pad3: u32,
     }
 }
 

@@ -17,9 +17,9 @@ struct MmOut {
     base1: u32,
     base2: u32,
     _pad0: u32,
-    _pad3: u32,
     _pad1: u32,
     _pad2: u32,
+    _pad3: u32,
 }
 
 // Element of `out` for token t and weight row r (the whole weight's).
