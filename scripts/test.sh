@@ -8,7 +8,9 @@
 #    (`cargo test --workspace --no-run`),
 # 3. fetches the default model into the cache with that binary (`lamina
 #    fetch`; skipped when LAMINA_SKIP_FETCH=1),
-# 4. runs `cargo test --workspace "$@"`, which reuses the build.
+# 4. makes the Python environment with the `openai` client that the server
+#    tests drive `lamina serve` with (scripts/py-openai.sh),
+# 5. runs `cargo test --workspace "$@"`, which reuses the build.
 # Works from any directory, without a terminal or standard input.
 #
 # One build serves every step: `cargo run -p lamina-cli` would resolve the
@@ -48,6 +50,10 @@ else
     target_dir="${CARGO_TARGET_DIR:-$ROOT/target}"
     "$target_dir/$profile/lamina" fetch </dev/null
 fi
+
+phase "Python openai client (scripts/py-openai.sh)"
+LAMINA_TEST_PYTHON="$(bash "$ROOT/scripts/py-openai.sh" </dev/null)"
+export LAMINA_TEST_PYTHON
 
 phase "cargo test --workspace $*"
 cargo test --workspace "$@" </dev/null

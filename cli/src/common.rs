@@ -236,6 +236,17 @@ pub fn load_host_model(a: &ModelArgs) -> Result<LoadedModel> {
     loader::load(&path).with_context(|| format!("loading model {}", path.display()))
 }
 
+/// The tokenizer `m` carries, or an error for a model without one.
+pub fn tokenizer_for(m: &LoadedModel) -> Result<Tokenizer> {
+    if m.tokenizer_spec.tokens.is_empty() && m.tokenizer_spec.hf_json.is_none() {
+        anyhow::bail!(
+            "{} has no tokenizer (synthetic models can only be benchmarked)",
+            m.source
+        );
+    }
+    Ok(Tokenizer::from_spec(&m.tokenizer_spec)?)
+}
+
 pub fn open_gpu() -> Result<Arc<Gpu>> {
     let mut opts = DeviceOptions::from_env()?;
     // Compiled pipelines kept for the next run (where the driver has a cache).

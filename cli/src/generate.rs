@@ -8,10 +8,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use lamina_engine::Sampling;
 use lamina_model::chat::{ChatMessage, ChatTemplate};
-use lamina_model::session::{SamplerConfig, Session};
+use lamina_model::session::{SamplerConfig, Session, seed_or_fresh};
 use lamina_model::tokenizer::Tokenizer;
 
-use crate::common::{ModelArgs, gpu_model, load_host_model};
+use crate::common::{ModelArgs, gpu_model, load_host_model, tokenizer_for};
 
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
@@ -45,12 +45,7 @@ impl SamplingArgs {
         if self.repeat_penalty <= 0.0 || !self.repeat_penalty.is_finite() {
             bail!("--repeat-penalty must be > 0, got {}", self.repeat_penalty);
         }
-        let seed = self.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0)
-        });
+        let seed = seed_or_fresh(self.seed);
         Ok(SamplerConfig {
             sampling: Sampling {
                 temperature: self.temp,
@@ -128,16 +123,6 @@ fn read_prompt(a: &GenerateArgs) -> Result<String> {
         }
         Some(p) => Ok(p.to_string()),
     }
-}
-
-fn tokenizer_for(m: &lamina_model::checkpoint::LoadedModel) -> Result<Tokenizer> {
-    if m.tokenizer_spec.tokens.is_empty() && m.tokenizer_spec.hf_json.is_none() {
-        bail!(
-            "{} has no tokenizer (synthetic models can only be benchmarked)",
-            m.source
-        );
-    }
-    Ok(Tokenizer::from_spec(&m.tokenizer_spec)?)
 }
 
 /// Streams tokens to `out` until `n` tokens, end of generation or a full

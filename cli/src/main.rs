@@ -7,6 +7,7 @@ mod generate;
 mod inspect;
 mod perplexity;
 mod quantize;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,8 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Download the default model (SmolLM2-135M-Instruct Q4_1) into the cache.
     Fetch(fetch::FetchArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
     /// List the GPU adapters wgpu can see, and the one Lamina would pick.
     Devices,
 }
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Fetch(a) => fetch::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Devices => common::list_devices(),
     };
     match r {

@@ -149,6 +149,26 @@ impl Gpu {
         Ok(Arc::new(b))
     }
 
+    /// A tensor of its own with `t`'s shape, type and contents (copied on
+    /// the GPU, in queue order: later work sees the copy complete).
+    pub fn duplicate(&self, label: &str, t: &Tensor) -> Result<Tensor> {
+        let buffer = self.storage_buffer(label, t.size)?;
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("duplicate"),
+            });
+        enc.copy_buffer_to_buffer(&t.buffer, t.offset, &buffer, 0, t.size.next_multiple_of(4));
+        self.queue.submit([enc.finish()]);
+        Ok(Tensor {
+            buffer,
+            offset: 0,
+            size: t.size,
+            shape: t.shape.clone(),
+            dtype: t.dtype,
+        })
+    }
+
     /// A storage buffer holding `data` (padded to whole words).
     pub fn upload(&self, label: &str, data: &[u8]) -> Result<Arc<wgpu::Buffer>> {
         if data.len() as u64 > self.caps.max_buffer {

@@ -22,6 +22,16 @@ pub struct SamplerConfig {
     pub seed: u64,
 }
 
+/// `seed`, or a fresh one (from the clock) when there is none.
+pub fn seed_or_fresh(seed: Option<u64>) -> u64 {
+    seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    })
+}
+
 impl SamplerConfig {
     /// The most likely token at every step.
     pub fn greedy() -> Self {
@@ -89,6 +99,10 @@ impl Session {
     pub fn max_ctx(&self) -> usize {
         self.model.kv.max_ctx
     }
+    /// Most tokens one prompt step processes.
+    pub fn batch(&self) -> usize {
+        self.batch as usize
+    }
     pub fn reset(&mut self) {
         self.pos = self.model.kv.pivot_len();
         self.history.clear();
@@ -117,6 +131,23 @@ impl Session {
         }
         self.pos = pos;
         self.history.clear();
+        Ok(())
+    }
+    /// Goes back to the end of `held`, the tokens the cache holds from
+    /// position 0 (the pivot's first): [`Session::truncate`] to its length,
+    /// with the repetition penalty's window refilled from its tail, as if
+    /// the session had just fed it.
+    pub fn rewind(&mut self, held: &[u32]) -> Result<()> {
+        self.truncate(held.len())?;
+        let fed = &held[self.model.kv.pivot_len().min(held.len())..];
+        let tail = fed.len().saturating_sub(REPEAT_LAST_N as usize);
+        self.history.extend(&fed[tail..]);
+        Ok(())
+    }
+    /// Compiles both graphs now rather than at the first prompt and token.
+    pub fn prepare(&mut self) -> Result<()> {
+        self.compiled(true)?;
+        self.compiled(false)?;
         Ok(())
     }
     pub fn set_sampler(&mut self, s: SamplerConfig) {
@@ -192,6 +223,13 @@ impl Session {
         } else {
             tokens
         };
+        self.extend(tokens)
+    }
+
+    /// Feeds `tokens` at the current position as they are (no pivot test:
+    /// the caller knows what the cache holds) and returns the token sampled
+    /// after the last of them.
+    pub fn extend(&mut self, tokens: &[u32]) -> Result<u32> {
         if tokens.is_empty() {
             return Err(ModelError::Input(
                 "empty prompt: nothing to feed the model after the pivot".into(),

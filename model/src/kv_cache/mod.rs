@@ -528,6 +528,48 @@ impl KvCache {
         })
     }
 
+    /// A cache of its own with this one's format and contents: the pivot's
+    /// rows, static scales and QJL sketch that [`KvCache::new`] put there,
+    /// for a second sequence beside this one's (a session never reads a
+    /// position it has not written, so what sessions wrote past the pivot
+    /// may come along unharmed).
+    pub fn duplicate(&self, gpu: &Gpu) -> Result<KvCache> {
+        let dup = |t: &Tensor, what: &str, l: usize| gpu.duplicate(&format!("blk.{l}.{what}"), t);
+        let layers = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, c)| {
+                Ok(match c {
+                    LayerCache::F16 { k, v } => LayerCache::F16 {
+                        k: dup(k, "k_cache", l)?,
+                        v: dup(v, "v_cache", l)?,
+                    },
+                    LayerCache::Quant {
+                        k_win,
+                        v_win,
+                        k_store,
+                        v_store,
+                        layout,
+                    } => LayerCache::Quant {
+                        k_win: dup(k_win, "k_win", l)?,
+                        v_win: dup(v_win, "v_win", l)?,
+                        k_store: dup(k_store, "k_store", l)?,
+                        v_store: dup(v_store, "v_store", l)?,
+                        layout: *layout,
+                    },
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache {
+            format: self.format,
+            max_ctx: self.max_ctx,
+            pivot: self.pivot.clone(),
+            layout: self.layout,
+            layers,
+        })
+    }
+
     /// Positions the pivot takes.
     pub fn pivot_len(&self) -> usize {
         self.pivot.len()

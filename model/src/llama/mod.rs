@@ -99,6 +99,7 @@ impl LayerAct {
 /// of their rows concatenated where they share a format (one dispatch
 /// computes them all, reading the input once; `lamina_engine::mmout` lays
 /// out the parts), else a weight each.
+#[derive(Clone)]
 pub enum Linears {
     Fused { w: GpuWeight, rows: Vec<u32> },
     Split(Vec<GpuWeight>),
@@ -147,7 +148,8 @@ impl Linears {
     }
 }
 
-/// One layer's weights on the GPU.
+/// One layer's weights on the GPU (a clone shares the buffers).
+#[derive(Clone)]
 pub struct GpuLayer {
     pub attn_norm: Tensor,
     /// q, k and v.
@@ -361,6 +363,23 @@ impl GpuModel {
             rope_factors,
             kv,
             weight_mode: mode,
+        })
+    }
+
+    /// The same weights (shared, not copied) with a KV cache of their own,
+    /// a [`KvCache::duplicate`] of this model's: a second sequence that runs
+    /// beside this one's, as the server's slots do.
+    pub fn fork(&self) -> Result<GpuModel> {
+        Ok(GpuModel {
+            gpu: self.gpu.clone(),
+            config: self.config.clone(),
+            token_embd: self.token_embd.clone(),
+            layers: self.layers.clone(),
+            output_norm: self.output_norm.clone(),
+            output: self.output.clone(),
+            rope_factors: self.rope_factors.clone(),
+            kv: self.kv.duplicate(&self.gpu)?,
+            weight_mode: self.weight_mode,
         })
     }
 

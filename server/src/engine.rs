@@ -1,0 +1,382 @@
+//! The engine thread: `--parallel` slots, each a [`Session`] over a KV cache
+//! of its own, fed by a bounded queue of jobs.
+//!
+//! Between rounds, waiting jobs take the free slots (continuous batching:
+//! a job joins while others are halfway through theirs). A round gives
+//! every busy slot one step: the next chunk of its prompt (at most the
+//! session's prompt batch) or one generated token, so a long prompt delays
+//! the others by one chunk at a time, not by its whole length. A slot keeps
+//! its cache after its job; a new job goes to the free slot that already
+//! holds the longest prefix of its tokens (the same system prompt and
+//! earlier turns) and feeds only the rest. A job whose client went away
+//! (its event receiver dropped) frees its slot at its next step.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use lamina_model::session::{SamplerConfig, Session};
+use lamina_model::tokenizer::{StreamDecoder, Tokenizer};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::stop::StopScan;
+
+/// One request, tokenized and checked, waiting for a slot.
+pub struct Job {
+    /// Every token of the sequence, the pivot's first (when there is one).
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate (at least 1).
+    pub max_tokens: usize,
+    pub sampler: SamplerConfig,
+    pub stop: Vec<String>,
+    /// Where the job's text goes; dropping the receiver cancels the job.
+    pub events: UnboundedSender<Event>,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens`, or the context is full.
+    Length,
+}
+
+impl Finish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+/// What a job's receiver gets: text as it is generated, then one `Done`
+/// (or one `Failed`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Text(String),
+    Done {
+        finish: Finish,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+    Failed(String),
+}
+
+/// Why a job was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitError {
+    /// Every slot is busy and the queue is full.
+    Busy,
+    /// The engine has stopped (shutting down, or it failed).
+    Stopped,
+}
+
+/// Slot and queue counts, for /health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    pub slots: usize,
+    pub busy: usize,
+    pub waiting: usize,
+}
+
+struct Shared {
+    slots: usize,
+    busy: AtomicUsize,
+    waiting: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// The handle the HTTP side holds.
+pub struct Engine {
+    queue: SyncSender<Job>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Starts the engine thread over `sessions` (one per slot) with room
+    /// for `queue` waiting jobs.
+    pub fn start(sessions: Vec<Session>, tokenizer: Arc<Tokenizer>, queue: usize) -> Engine {
+        let (tx, rx) = std::sync::mpsc::sync_channel(queue);
+        let shared = Arc::new(Shared {
+            slots: sessions.len(),
+            busy: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let slots = sessions
+            .into_iter()
+            .map(|session| Slot {
+                held: session.model.kv.pivot.clone(),
+                session,
+                job: None,
+                last_used: 0,
+            })
+            .collect();
+        let sh = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("lamina-engine".into())
+            .spawn(move || run(slots, rx, &tokenizer, &sh))
+            .expect("spawn the engine thread");
+        Engine {
+            queue: tx,
+            shared,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    /// Queues `job`, or says why not (the caller answers 503).
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        if self.shared.stop.load(Ordering::Relaxed) {
+            return Err(SubmitError::Stopped);
+        }
+        // Counted first: the engine may take the job before try_send returns.
+        self.shared.waiting.fetch_add(1, Ordering::Relaxed);
+        match self.queue.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+                Err(match e {
+                    TrySendError::Full(_) => SubmitError::Busy,
+                    TrySendError::Disconnected(_) => SubmitError::Stopped,
+                })
+            }
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            slots: self.shared.slots,
+            busy: self.shared.busy.load(Ordering::Relaxed),
+            waiting: self.shared.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Ends every job (they get `Failed`), stops the thread and waits for it.
+    pub fn shutdown(&self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread
+            && t.join().is_err()
+        {
+            log::error!("the engine thread panicked");
+        }
+    }
+}
+
+/// A job in a slot.
+struct Active {
+    job: Job,
+    /// Prompt tokens not fed yet.
+    todo: Vec<u32>,
+    /// The token sampled last, not yet sent or fed.
+    next: Option<u32>,
+    generated: usize,
+    decoder: StreamDecoder,
+    stop: StopScan,
+}
+
+struct Slot {
+    session: Session,
+    /// The tokens the cache holds, from position 0 (the pivot's first).
+    held: Vec<u32>,
+    job: Option<Active>,
+    /// When the slot last took a job (a round counter): ties go to the
+    /// least recently used slot.
+    last_used: u64,
+}
+
+const SHUTTING_DOWN: &str = "the server is shutting down";
+
+fn run(mut slots: Vec<Slot>, rx: Receiver<Job>, tok: &Tokenizer, shared: &Shared) {
+    let mut round = 0u64;
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            for s in slots.iter_mut().filter(|s| s.job.is_some()) {
+                s.fail(shared, SHUTTING_DOWN);
+            }
+            while let Ok(job) = rx.try_recv() {
+                shared.waiting.fetch_sub(1, Ordering::Relaxed);
+                let _ = job.events.send(Event::Failed(SHUTTING_DOWN.into()));
+            }
+            return;
+        }
+        // Admit waiting jobs into free slots; block (briefly, to notice a
+        // shutdown) only when nothing runs.
+        while slots.iter().any(|s| s.job.is_none()) {
+            let idle = slots.iter().all(|s| s.job.is_none());
+            let job = if idle {
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(j) => j,
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(j) => j,
+                    Err(_) => break,
+                }
+            };
+            shared.waiting.fetch_sub(1, Ordering::Relaxed);
+            if job.events.is_closed() {
+                continue;
+            }
+            let i = pick_slot(&slots, &job.prompt);
+            round += 1;
+            slots[i].start(job, tok, round, shared);
+        }
+        for s in slots.iter_mut().filter(|s| s.job.is_some()) {
+            s.step(tok, shared);
+        }
+    }
+}
+
+/// Tokens `a` and `b` share from their start.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The free slot holding the longest prefix of `prompt`, the least
+/// recently used among equals.
+fn pick_slot(slots: &[Slot], prompt: &[u32]) -> usize {
+    slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.job.is_none())
+        .max_by_key(|(_, s)| {
+            (
+                common_prefix(&s.held, prompt),
+                std::cmp::Reverse(s.last_used),
+            )
+        })
+        .map(|(i, _)| i)
+        .expect("called with a free slot")
+}
+
+impl Slot {
+    fn start(&mut self, job: Job, tok: &Tokenizer, round: u64, shared: &Shared) {
+        // Keep what the cache shares with the prompt, less at least one
+        // token: the last prompt token must be fed to sample the first.
+        let pivot = self.session.model.kv.pivot_len();
+        let keep = common_prefix(&self.held, &job.prompt).min(job.prompt.len() - 1);
+        if keep < self.held.len() {
+            let back = self.held[..keep].to_vec();
+            if keep < pivot || self.session.rewind(&back).is_err() {
+                // Past what the cache can go back to: from the pivot.
+                self.session.reset();
+                self.held.truncate(pivot);
+            } else {
+                self.held = back;
+            }
+        }
+        log::debug!(
+            "slot job: {} prompt tokens, {} in the cache already",
+            job.prompt.len(),
+            self.held.len()
+        );
+        self.session.set_sampler(job.sampler);
+        self.last_used = round;
+        shared.busy.fetch_add(1, Ordering::Relaxed);
+        self.job = Some(Active {
+            todo: job.prompt[self.held.len()..].to_vec(),
+            stop: StopScan::new(job.stop.clone()),
+            job,
+            next: None,
+            generated: 0,
+            decoder: tok.stream_decoder(),
+        });
+    }
+
+    /// Ends the job with `event` and frees the slot.
+    fn end(&mut self, shared: &Shared, event: Option<Event>) {
+        if let Some(a) = self.job.take() {
+            if let Some(e) = event {
+                let _ = a.job.events.send(e);
+            }
+            shared.busy.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn fail(&mut self, shared: &Shared, msg: &str) {
+        self.end(shared, Some(Event::Failed(msg.to_string())));
+    }
+
+    fn step(&mut self, tok: &Tokenizer, shared: &Shared) {
+        let Some(a) = self.job.as_mut() else { return };
+        if a.job.events.is_closed() {
+            log::debug!("client gone: slot freed");
+            return self.end(shared, None);
+        }
+        if !a.todo.is_empty() {
+            let n = a.todo.len().min(self.session.batch());
+            let chunk: Vec<u32> = a.todo.drain(..n).collect();
+            match self.session.extend(&chunk) {
+                Ok(t) => {
+                    self.held.extend(&chunk);
+                    if a.todo.is_empty() {
+                        a.next = Some(t);
+                    }
+                }
+                Err(e) => self.fail(shared, &e.to_string()),
+            }
+            return;
+        }
+        let Some(t) = a.next.take() else {
+            return self.fail(shared, "internal error: no token to continue from");
+        };
+        // A stop string cuts the text: nothing held back goes out after it.
+        let mut cut = false;
+        let finish = if tok.is_eog(t) {
+            Some(Finish::Stop)
+        } else {
+            let text = match a.decoder.push(t) {
+                Ok(text) => text,
+                Err(e) => return self.fail(shared, &e.to_string()),
+            };
+            a.generated += 1;
+            let (out, stopped) = a.stop.push(&text);
+            send_text(a, out);
+            cut = stopped;
+            if stopped {
+                Some(Finish::Stop)
+            } else if a.generated >= a.job.max_tokens
+                || self.session.pos() >= self.session.max_ctx()
+            {
+                Some(Finish::Length)
+            } else {
+                None
+            }
+        };
+        if let Some(finish) = finish {
+            if !cut {
+                let rest = a.decoder.flush();
+                let (mut out, _) = a.stop.push(&rest);
+                out.push_str(&a.stop.finish());
+                send_text(a, out);
+            }
+            let done = Event::Done {
+                finish,
+                prompt_tokens: a.job.prompt.len(),
+                completion_tokens: a.generated,
+            };
+            return self.end(shared, Some(done));
+        }
+        match self.session.extend(&[t]) {
+            Ok(next) => {
+                self.held.push(t);
+                a.next = Some(next);
+            }
+            Err(e) => self.fail(shared, &e.to_string()),
+        }
+    }
+}
+
+fn send_text(a: &Active, text: String) {
+    if !text.is_empty() {
+        let _ = a.job.events.send(Event::Text(text));
+    }
+}
