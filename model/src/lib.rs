@@ -9,6 +9,7 @@
 //! 4. the GPU model: [`kv_cache`] and the graph builder [`llama`];
 //! 5. what runs it: [`session`], [`eval`], the quantizers in [`quant`].
 
+pub mod batch;
 pub mod chat;
 pub mod checkpoint;
 pub mod error;

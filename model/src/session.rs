@@ -245,32 +245,50 @@ impl Session {
         Ok(next)
     }
 
-    fn run(&mut self, chunk: &[u32], prefill: bool) -> Result<u32> {
+    /// The step that feeds `chunk` next, and the sample op's history words
+    /// (`[count, ids...]`) after it: `chunk` enters the repetition
+    /// penalty's window and the step gets a fresh uniform draw. The caller
+    /// runs the step, then [`Session::advance`]s.
+    fn begin_step(&mut self, chunk: &[u32]) -> (Step, Vec<u32>) {
         for &t in chunk {
             if self.history.len() == REPEAT_LAST_N as usize {
                 self.history.pop_front();
             }
             self.history.push_back(t);
         }
-        let sampling = self.sampling();
-        let hist: Vec<u32> = self.history.iter().copied().collect();
         let step = Step {
             n_tokens: chunk.len() as u32,
             pos: self.pos as u32,
-            sampling,
+            sampling: self.sampling(),
         };
+        let mut words = Vec::with_capacity(self.history.len() + 1);
+        words.push(self.history.len() as u32);
+        words.extend(&self.history);
+        (step, words)
+    }
+
+    /// [`Session::begin_step`] for one decoded token that another graph
+    /// runs (a step of several sessions: `batch::BatchDecoder`).
+    pub(crate) fn begin_token(&mut self, token: u32) -> Result<(Step, Vec<u32>)> {
+        self.check_ids(&[token])?;
+        Ok(self.begin_step(&[token]))
+    }
+
+    /// Moves past `n` tokens that a step has fed.
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.pos += n;
+    }
+
+    fn run(&mut self, chunk: &[u32], prefill: bool) -> Result<u32> {
+        let (step, words) = self.begin_step(chunk);
         let c = self.compiled(prefill)?;
         c.exec.write(c.io.ids, 0, bytemuck::cast_slice(chunk));
         if let Some(h) = c.io.history {
-            // Layout of the sample op's history: [count, ids...].
-            let mut words = Vec::with_capacity(hist.len() + 1);
-            words.push(hist.len() as u32);
-            words.extend(&hist);
             c.exec.write(h, 0, bytemuck::cast_slice(&words));
         }
         let token = c.io.token.expect("sampling graph has a token output");
         let out = c.exec.run_read(&step, token, 4)?;
-        self.pos += chunk.len();
+        self.advance(chunk.len());
         Ok(u32::from_le_bytes([out[0], out[1], out[2], out[3]]))
     }
 }

@@ -113,6 +113,10 @@ pub struct Common {
     pub top_k: Option<i64>,
     /// Extension (llama.cpp's): penalty on the last 64 tokens (1 = off).
     pub repeat_penalty: Option<f32>,
+    /// Extension (llama.cpp's): go on past end-of-generation tokens (for
+    /// benchmarks: every request generates `max_tokens`).
+    #[serde(default)]
+    pub ignore_eos: bool,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub seed: Option<i64>,

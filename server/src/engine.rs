@@ -4,8 +4,10 @@
 //! Between rounds, waiting jobs take the free slots (continuous batching:
 //! a job joins while others are halfway through theirs). A round gives
 //! every busy slot one step: the next chunk of its prompt (at most the
-//! session's prompt batch) or one generated token, so a long prompt delays
-//! the others by one chunk at a time, not by its whole length. A slot keeps
+//! session's prompt batch), fed alone, so a long prompt delays the others
+//! by one chunk at a time; then the generated tokens of all decoding slots
+//! in one batched step (`BatchDecoder`: one matmul per weight for all of
+//! them, attention per slot over its own cache). A slot keeps
 //! its cache after its job; a new job goes to the free slot that already
 //! holds the longest prefix of its tokens (the same system prompt and
 //! earlier turns) and feeds only the rest. A job whose client went away
@@ -15,8 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use lamina_model::batch::BatchDecoder;
 use lamina_model::session::{SamplerConfig, Session};
 use lamina_model::tokenizer::{StreamDecoder, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
@@ -31,6 +34,8 @@ pub struct Job {
     pub max_tokens: usize,
     pub sampler: SamplerConfig,
     pub stop: Vec<String>,
+    /// End-of-generation tokens are text like any other.
+    pub ignore_eos: bool,
     /// Where the job's text goes; dropping the receiver cancels the job.
     pub events: UnboundedSender<Event>,
 }
@@ -114,7 +119,6 @@ impl Engine {
                 held: session.model.kv.pivot.clone(),
                 session,
                 job: None,
-                last_used: 0,
             })
             .collect();
         let sh = shared.clone();
@@ -185,15 +189,12 @@ struct Slot {
     /// The tokens the cache holds, from position 0 (the pivot's first).
     held: Vec<u32>,
     job: Option<Active>,
-    /// When the slot last took a job (a round counter): ties go to the
-    /// least recently used slot.
-    last_used: u64,
 }
 
 const SHUTTING_DOWN: &str = "the server is shutting down";
 
 fn run(mut slots: Vec<Slot>, rx: Receiver<Job>, tok: &Tokenizer, shared: &Shared) {
-    let mut round = 0u64;
+    let mut batches = Batches::new(&slots);
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             for s in slots.iter_mut().filter(|s| s.job.is_some()) {
@@ -203,6 +204,7 @@ fn run(mut slots: Vec<Slot>, rx: Receiver<Job>, tok: &Tokenizer, shared: &Shared
                 shared.waiting.fetch_sub(1, Ordering::Relaxed);
                 let _ = job.events.send(Event::Failed(SHUTTING_DOWN.into()));
             }
+            log::info!("decode steps: {}", batches.describe());
             return;
         }
         // Admit waiting jobs into free slots; block (briefly, to notice a
@@ -226,12 +228,9 @@ fn run(mut slots: Vec<Slot>, rx: Receiver<Job>, tok: &Tokenizer, shared: &Shared
                 continue;
             }
             let i = pick_slot(&slots, &job.prompt);
-            round += 1;
-            slots[i].start(job, tok, round, shared);
+            slots[i].start(job, tok, shared);
         }
-        for s in slots.iter_mut().filter(|s| s.job.is_some()) {
-            s.step(tok, shared);
-        }
+        round(&mut slots, &mut batches, tok, shared);
     }
 }
 
@@ -240,30 +239,27 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// The free slot holding the longest prefix of `prompt`, the least
-/// recently used among equals.
+/// The free slot holding the longest prefix of `prompt`, the first among
+/// equals (busy slots stay packed at the front, where the smaller batched
+/// steps reach).
 fn pick_slot(slots: &[Slot], prompt: &[u32]) -> usize {
     slots
         .iter()
         .enumerate()
         .filter(|(_, s)| s.job.is_none())
-        .max_by_key(|(_, s)| {
-            (
-                common_prefix(&s.held, prompt),
-                std::cmp::Reverse(s.last_used),
-            )
-        })
+        .max_by_key(|&(i, s)| (common_prefix(&s.held, prompt), std::cmp::Reverse(i)))
         .map(|(i, _)| i)
         .expect("called with a free slot")
 }
 
 impl Slot {
-    fn start(&mut self, job: Job, tok: &Tokenizer, round: u64, shared: &Shared) {
+    fn start(&mut self, job: Job, tok: &Tokenizer, shared: &Shared) {
         // Keep what the cache shares with the prompt, less at least one
         // token: the last prompt token must be fed to sample the first.
         let pivot = self.session.model.kv.pivot_len();
         let keep = common_prefix(&self.held, &job.prompt).min(job.prompt.len() - 1);
-        if keep < self.held.len() {
+        // (A failed step may have left the session past what `held` says.)
+        if keep < self.held.len() || self.session.pos() != self.held.len() {
             let back = self.held[..keep].to_vec();
             if keep < pivot || self.session.rewind(&back).is_err() {
                 // Past what the cache can go back to: from the pivot.
@@ -279,7 +275,6 @@ impl Slot {
             self.held.len()
         );
         self.session.set_sampler(job.sampler);
-        self.last_used = round;
         shared.busy.fetch_add(1, Ordering::Relaxed);
         self.job = Some(Active {
             todo: job.prompt[self.held.len()..].to_vec(),
@@ -305,11 +300,15 @@ impl Slot {
         self.end(shared, Some(Event::Failed(msg.to_string())));
     }
 
-    fn step(&mut self, tok: &Tokenizer, shared: &Shared) {
-        let Some(a) = self.job.as_mut() else { return };
+    /// This round's work before the decode step: the next prompt chunk
+    /// (fed here), or the last sampled token sent out and, unless that
+    /// ended the job, returned to be fed.
+    fn advance(&mut self, tok: &Tokenizer, shared: &Shared) -> Option<u32> {
+        let a = self.job.as_mut()?;
         if a.job.events.is_closed() {
             log::debug!("client gone: slot freed");
-            return self.end(shared, None);
+            self.end(shared, None);
+            return None;
         }
         if !a.todo.is_empty() {
             let n = a.todo.len().min(self.session.batch());
@@ -323,19 +322,23 @@ impl Slot {
                 }
                 Err(e) => self.fail(shared, &e.to_string()),
             }
-            return;
+            return None;
         }
         let Some(t) = a.next.take() else {
-            return self.fail(shared, "internal error: no token to continue from");
+            self.fail(shared, "internal error: no token to continue from");
+            return None;
         };
         // A stop string cuts the text: nothing held back goes out after it.
         let mut cut = false;
-        let finish = if tok.is_eog(t) {
+        let finish = if tok.is_eog(t) && !a.job.ignore_eos {
             Some(Finish::Stop)
         } else {
             let text = match a.decoder.push(t) {
                 Ok(text) => text,
-                Err(e) => return self.fail(shared, &e.to_string()),
+                Err(e) => {
+                    self.fail(shared, &e.to_string());
+                    return None;
+                }
             };
             a.generated += 1;
             let (out, stopped) = a.stop.push(&text);
@@ -351,26 +354,146 @@ impl Slot {
                 None
             }
         };
-        if let Some(finish) = finish {
-            if !cut {
-                let rest = a.decoder.flush();
-                let (mut out, _) = a.stop.push(&rest);
-                out.push_str(&a.stop.finish());
-                send_text(a, out);
-            }
-            let done = Event::Done {
-                finish,
-                prompt_tokens: a.job.prompt.len(),
-                completion_tokens: a.generated,
-            };
-            return self.end(shared, Some(done));
+        let Some(finish) = finish else {
+            return Some(t);
+        };
+        if !cut {
+            let rest = a.decoder.flush();
+            let (mut out, _) = a.stop.push(&rest);
+            out.push_str(&a.stop.finish());
+            send_text(a, out);
         }
-        match self.session.extend(&[t]) {
-            Ok(next) => {
-                self.held.push(t);
-                a.next = Some(next);
+        let done = Event::Done {
+            finish,
+            prompt_tokens: a.job.prompt.len(),
+            completion_tokens: a.generated,
+        };
+        self.end(shared, Some(done));
+        None
+    }
+
+    /// `t` is in the cache now and `next` was sampled after it.
+    fn fed(&mut self, t: u32, next: u32) {
+        self.held.push(t);
+        if let Some(a) = self.job.as_mut() {
+            a.next = Some(next);
+        }
+    }
+}
+
+/// The batched decode steps: one per size (2, 4, 8, ... and all slots),
+/// each over the first `size` slots, and what a step of each has cost, to
+/// pick per round between one batched step and a step per slot (on
+/// lavapipe a batched step of few tokens costs more than their single
+/// steps; see docs/benchmarks.md).
+struct Batches {
+    decoders: Vec<BatchDecoder>,
+    /// Seconds a step of each decoder took (a moving average).
+    cost: Vec<Option<f64>>,
+    /// Seconds a single-token step took.
+    single: Option<f64>,
+}
+
+fn average(old: Option<f64>, new: f64) -> Option<f64> {
+    Some(old.map_or(new, |o| 0.8 * o + 0.2 * new))
+}
+
+impl Batches {
+    /// Decoders for `slots`, where the model allows a batched step (else
+    /// none: `lamina_model::llama::build_batch_graph` says why).
+    fn new(slots: &[Slot]) -> Batches {
+        let n = slots.len();
+        let mut sizes: Vec<usize> = (1..).map(|e| 1 << e).take_while(|&s| s < n).collect();
+        if n > 1 {
+            sizes.push(n);
+        }
+        let mut decoders = Vec::new();
+        for size in sizes {
+            let sessions: Vec<&Session> = slots[..size].iter().map(|s| &s.session).collect();
+            match BatchDecoder::new(&sessions) {
+                Ok(d) => decoders.push(d),
+                Err(e) => {
+                    log::warn!("slots decode one at a time: {e}");
+                    decoders.clear();
+                    break;
+                }
             }
-            Err(e) => self.fail(shared, &e.to_string()),
+        }
+        Batches {
+            cost: vec![None; decoders.len()],
+            decoders,
+            single: None,
+        }
+    }
+
+    /// What the steps cost so far, for the log: "one token 41.0 ms, 4
+    /// slots 120.5 ms, ...".
+    fn describe(&self) -> String {
+        let ms = |c: Option<f64>| c.map_or("-".to_string(), |c| format!("{:.1} ms", 1e3 * c));
+        let mut parts = vec![format!("one token {}", ms(self.single))];
+        for (d, c) in self.decoders.iter().zip(&self.cost) {
+            parts.push(format!("{} slots batched {}", d.len(), ms(*c)));
+        }
+        parts.join(", ")
+    }
+
+    /// The decoder to feed `feed` with, or `None` for a step per slot: the
+    /// smallest decoder that holds every fed slot, when its step costs less
+    /// than the single steps (each way is tried once to learn its cost).
+    fn choose(&self, feed: &[Option<u32>]) -> Option<usize> {
+        let k = feed.iter().flatten().count();
+        if k < 2 {
+            return None;
+        }
+        let hi = feed.iter().rposition(Option::is_some)? + 1;
+        let d = self.decoders.iter().position(|d| d.len() >= hi)?;
+        match (self.cost[d], self.single) {
+            (None, _) => Some(d),
+            (Some(_), None) => None,
+            (Some(b), Some(s)) => (b < k as f64 * s).then_some(d),
+        }
+    }
+}
+
+/// One round: every busy slot's prompt chunk or sent token, then the
+/// tokens to feed, in one batched step or a step per slot.
+fn round(slots: &mut [Slot], batches: &mut Batches, tok: &Tokenizer, shared: &Shared) {
+    let feed: Vec<Option<u32>> = slots.iter_mut().map(|s| s.advance(tok, shared)).collect();
+    if let Some(d) = batches.choose(&feed) {
+        let t0 = Instant::now();
+        let dec = &mut batches.decoders[d];
+        let size = dec.len();
+        let mut sessions: Vec<&mut Session> =
+            slots[..size].iter_mut().map(|s| &mut s.session).collect();
+        match dec.step(&mut sessions, &feed[..size]) {
+            Ok(next) => {
+                for ((s, t), nx) in slots.iter_mut().zip(&feed).zip(next) {
+                    if let (Some(t), Some(nx)) = (t, nx) {
+                        s.fed(*t, nx);
+                    }
+                }
+                batches.cost[d] = average(batches.cost[d], t0.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                for (s, t) in slots.iter_mut().zip(&feed) {
+                    if t.is_some() {
+                        s.fail(shared, &e.to_string());
+                    }
+                }
+            }
+        }
+        return;
+    }
+    for (s, t) in slots.iter_mut().zip(&feed) {
+        if let Some(t) = *t {
+            let t0 = Instant::now();
+            match s.session.extend(&[t]) {
+                Ok(next) => {
+                    s.fed(t, next);
+                    batches.single = average(batches.single, t0.elapsed().as_secs_f64());
+                }
+                Err(e) => s.fail(shared, &e.to_string()),
+            }
         }
     }
 }

@@ -208,6 +208,7 @@ async fn answer(st: &AppState, kind: Kind, prepared: Result<Prepared, ApiError>)
         max_tokens: p.max_tokens,
         sampler: p.sampler,
         stop: p.stop,
+        ignore_eos: p.ignore_eos,
         events: tx,
     };
     if let Err(e) = st.engine.submit(job) {

@@ -39,6 +39,7 @@ pub struct Prepared {
     pub max_tokens: usize,
     pub sampler: SamplerConfig,
     pub stop: Vec<String>,
+    pub ignore_eos: bool,
     pub stream: bool,
     pub include_usage: bool,
 }
@@ -305,6 +306,7 @@ impl ServedModel {
                 seed: seed_or_fresh(c.seed.map(|s| s as u64).or(self.default_seed)),
             },
             stop,
+            ignore_eos: c.ignore_eos,
             stream: c.stream,
             include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
         })

@@ -219,13 +219,17 @@ impl Executor {
             .write_buffer(&r.buffer, r.offset + offset, data);
     }
 
-    fn encode(&mut self, step: &Step) -> wgpu::CommandEncoder {
+    /// `seqs`: the steps of the sequences that [`Graph::push_seq`] nodes
+    /// name (checked by the callers to cover them).
+    fn encode(&mut self, step: &Step, seqs: &[Step]) -> wgpu::CommandEncoder {
         for (i, c) in self.calls.iter().enumerate() {
             let block: &mut [u8; PARAMS_BYTES] = (&mut self.params_host
                 [i * PARAMS_BYTES..(i + 1) * PARAMS_BYTES])
                 .try_into()
                 .expect("params block is PARAMS_BYTES long");
-            self.grids[i] = self.graph.nodes[c.node].op.def().step(c.tag, step, block);
+            let node = &self.graph.nodes[c.node];
+            let st = node.seq.map_or(step, |s| &seqs[s]);
+            self.grids[i] = node.op.def().step(c.tag, st, block);
         }
         self.gpu
             .queue
@@ -254,15 +258,44 @@ impl Executor {
 
     /// Records and submits one step; does not wait.
     pub fn run(&mut self, step: &Step) -> Result<()> {
-        let enc = self.encode(step);
+        self.check_seqs(0)?;
+        let enc = self.encode(step, &[]);
         self.gpu.queue.submit([enc.finish()]);
         self.collect_profile(step)
     }
 
+    fn check_seqs(&self, given: usize) -> Result<()> {
+        let need = self.graph.n_seqs();
+        if given < need {
+            return Err(EngineError::Shape {
+                op: "executor",
+                msg: format!(
+                    "the graph steps {need} sequences, the run gave {given} sequence steps"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Runs one step and reads `bytes` bytes of tensor `t` back, in the same submit.
     pub fn run_read(&mut self, step: &Step, t: TensorId, bytes: u64) -> Result<Vec<u8>> {
+        self.run_read_seqs(step, &[], t, bytes)
+    }
+
+    /// [`Executor::run_read`] for a graph with per-sequence nodes
+    /// ([`Graph::push_seq`]): node `seq = s` runs with `seqs[s]`, the others
+    /// with `step`. A sequence step of no tokens skips that sequence's
+    /// dispatches.
+    pub fn run_read_seqs(
+        &mut self,
+        step: &Step,
+        seqs: &[Step],
+        t: TensorId,
+        bytes: u64,
+    ) -> Result<Vec<u8>> {
+        self.check_seqs(seqs.len())?;
         let bytes = bytes.next_multiple_of(4);
-        let mut enc = self.encode(step);
+        let mut enc = self.encode(step, seqs);
         let staging = self.staging_buffer(bytes);
         let r = &self.tensors[t];
         enc.copy_buffer_to_buffer(&r.buffer, r.offset, &staging, 0, bytes);

@@ -75,6 +75,10 @@ pub struct Node {
     pub op: Op,
     /// Human label for profiles, e.g. "blk.3.attn_q".
     pub label: String,
+    /// The sequence whose step this node runs with, in a graph that steps
+    /// several sequences at once ([`Graph::push_seq`]); `None`: the step
+    /// of the whole graph.
+    pub seq: Option<usize>,
 }
 
 /// Tensors and ops, in execution order.
@@ -153,12 +157,31 @@ impl Graph {
     }
     /// Appends an op after checking its shapes.
     pub fn push(&mut self, label: impl Into<String>, op: Op) -> Result<()> {
+        self.push_node(label, op, None)
+    }
+    /// Appends an op that runs with sequence `seq`'s step (its own position
+    /// and sampling; [`Executor::run_read_seqs`](crate::graph::Executor::run_read_seqs)):
+    /// the per-sequence part (RoPE, cache, attention, sampling) of a graph
+    /// that decodes several sequences with one matmul per weight.
+    pub fn push_seq(&mut self, seq: usize, label: impl Into<String>, op: Op) -> Result<()> {
+        self.push_node(label, op, Some(seq))
+    }
+    fn push_node(&mut self, label: impl Into<String>, op: Op, seq: Option<usize>) -> Result<()> {
         op.def().check(&self.tensors)?;
         self.nodes.push(Node {
             op,
             label: label.into(),
+            seq,
         });
         Ok(())
+    }
+    /// Sequences the nodes tagged by [`Graph::push_seq`] name (0: none).
+    pub fn n_seqs(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.seq)
+            .max()
+            .map_or(0, |s| s + 1)
     }
     pub fn bytes(&self, t: TensorId) -> u64 {
         self.tensors[t].bytes

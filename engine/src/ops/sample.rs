@@ -226,6 +226,11 @@ impl OpDef for Sample {
     }
     fn step(&self, tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
         write_params(params, &self.params(&step.sampling));
+        // A step without tokens (a sequence idle in a batched step) has
+        // nothing to sample.
+        if step.n_tokens == 0 {
+            return [0, 0, 0];
+        }
         match tag.pass() {
             Pass::Scan => grid1(scan_workgroups(self.vocab)),
             Pass::Pick => [1, 1, 1],

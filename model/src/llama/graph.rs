@@ -2,21 +2,25 @@
 //! [`push_layer`], the one place a transformer block is built (the
 //! quantizer's calibration graphs use it too).
 
+use std::sync::Arc;
+
 use lamina_engine::graph::{Graph, Op, TensorId};
-use lamina_engine::kv::KvLayout;
-use lamina_engine::mmout::{OutLayout, part_offsets};
+use lamina_engine::mmout::OutLayout;
 use lamina_engine::ops::matmul::MatVecIn;
 use lamina_engine::ops::{
-    act_quant, add, embedding, gram, hadamard, kv_f16_attention, kv_f16_write, kv_quant_attention,
-    kv_quant_store, matmul, matmul_int, rmsnorm, rmsnorm_quant, rope, sample, swiglu,
+    act_quant, add, embedding, hadamard, kv_f16_attention, kv_quant_attention, matmul, matmul_int,
+    rmsnorm_quant, sample, swiglu,
 };
 use lamina_engine::weight::GpuWeight;
 use lamina_engine::{Tensor, WeightRef};
 
+use super::attention::{AttRows, LayerKv, push_attention};
+pub use super::nodes::parts_tensor;
+use super::nodes::{push_gram, push_hadamard, push_norm};
 use super::{GpuLayer, GpuModel, Linears};
 use crate::checkpoint::ActSite;
 use crate::kv_cache::LayerCache;
-use crate::{LlamaConfig, ModelError, Result, RopeStyle};
+use crate::{LlamaConfig, ModelError, Result};
 
 /// What a graph ends with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +58,89 @@ fn external(g: &mut Graph, name: &str, t: &Tensor) -> TensorId {
 
 /// Builds the forward graph for steps of up to `max_tokens` tokens.
 pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, GraphIo)> {
+    let (g, io, _) = build(&[m], max_tokens, head)?;
+    Ok((g, io))
+}
+
+/// Tensor ids the host uses to drive a graph of several sequences
+/// ([`build_batch_graph`]).
+#[derive(Debug, Clone)]
+pub struct BatchIo {
+    /// u32 token ids, one per sequence.
+    pub ids: TensorId,
+    /// The sampled token ids: sequence `s`'s u32 at byte `s * TOKEN_STRIDE`.
+    pub tokens: TensorId,
+    /// Each sequence's recent tokens for the repetition penalty.
+    pub histories: Vec<TensorId>,
+}
+
+/// Bytes between the sequences' sampled tokens in [`BatchIo::tokens`]
+/// (each sample op writes a view, and views start at aligned offsets).
+pub const TOKEN_STRIDE: u64 = 256;
+
+/// One decode step of `models.len()` sequences at once: the models share
+/// their weights (forks of one, [`GpuModel::fork`]) and each has its own
+/// KV cache. Each weight is one matmul over all the sequences' rows; RoPE,
+/// the cache write, attention and sampling run per sequence, with that
+/// sequence's position and sampling ([`Executor::run_read_seqs`]).
+///
+/// [`Executor::run_read_seqs`]: lamina_engine::Executor::run_read_seqs
+pub fn build_batch_graph(models: &[&GpuModel]) -> Result<(Graph, BatchIo)> {
+    let Some(first) = models.first() else {
+        return Err(ModelError::Input("a batch of no sequences".into()));
+    };
+    let c = &first.config;
+    let shared = |m: &&GpuModel| {
+        Arc::ptr_eq(&m.output_norm.buffer, &first.output_norm.buffer)
+            && m.kv.max_ctx == first.kv.max_ctx
+    };
+    if !models.iter().all(shared) {
+        return Err(ModelError::Input(
+            "the sequences of a batch must share one model's weights".into(),
+        ));
+    }
+    if models.len() > 1 && c.hadamard.qk {
+        return Err(ModelError::Input(
+            "a rotated model's online Hadamard is not batched across sequences".into(),
+        ));
+    }
+    // Each sequence's rows are views, which start at aligned offsets.
+    let align = u64::from(first.gpu.caps.min_storage_align.max(4));
+    for (what, width) in [
+        ("q", c.q_dim()),
+        ("k and v", c.kv_dim()),
+        ("logits", c.vocab_size),
+    ] {
+        if !(4 * width as u64).is_multiple_of(align) {
+            return Err(ModelError::Input(format!(
+                "the {what} rows ({width} values) do not start at the device's {align}-byte \
+                 alignment, so sequences cannot share a step"
+            )));
+        }
+    }
+    let (g, io, seqs) = build(models, models.len() as u32, Head::Sample)?;
+    let ids = io.ids;
+    let (tokens, histories) = seqs.expect("several sequences with Head::Sample");
+    Ok((
+        g,
+        BatchIo {
+            ids,
+            tokens,
+            histories,
+        },
+    ))
+}
+
+/// The graph of `models`' sequences (one model: a single sequence of up to
+/// `max_tokens` tokens; several: one token each, sampled per sequence, whose
+/// `tokens` tensor and histories come back too).
+#[allow(clippy::type_complexity)]
+fn build(
+    models: &[&GpuModel],
+    max_tokens: u32,
+    head: Head,
+) -> Result<(Graph, GraphIo, Option<(TensorId, Vec<TensorId>)>)> {
+    let m = models[0];
     let c = &m.config;
     let n = max_tokens;
     let f32s = |elems: usize| 4 * elems as u64 * u64::from(n);
@@ -129,26 +216,36 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
             .map(|t| external(&mut g, "rope_factors", t)),
     };
     for (l, lw) in m.layers.iter().enumerate() {
-        let kv = match &m.kv.layers[l] {
-            LayerCache::F16 { k, v } => LayerKv::F16 {
-                k_cache: external(&mut g, &format!("blk.{l}.k_cache"), k),
-                v_cache: external(&mut g, &format!("blk.{l}.v_cache"), v),
-            },
-            LayerCache::Quant {
-                k_win,
-                v_win,
-                k_store,
-                v_store,
-                layout,
-            } => LayerKv::Quant {
-                k_win: external(&mut g, &format!("blk.{l}.k_win"), k_win),
-                v_win: external(&mut g, &format!("blk.{l}.v_win"), v_win),
-                k_store: external(&mut g, &format!("blk.{l}.k_store"), k_store),
-                v_store: external(&mut g, &format!("blk.{l}.v_store"), v_store),
-                layout: *layout,
-            },
-        };
-        push_layer(&mut g, c, l, lw, &io, &kv, max_ctx, n, None)?;
+        let kvs: Vec<LayerKv> = models
+            .iter()
+            .enumerate()
+            .map(|(s, m)| {
+                let name = |what: &str| match models.len() {
+                    1 => format!("blk.{l}.{what}"),
+                    _ => format!("blk.{l}.{what}.{s}"),
+                };
+                match &m.kv.layers[l] {
+                    LayerCache::F16 { k, v } => LayerKv::F16 {
+                        k_cache: external(&mut g, &name("k_cache"), k),
+                        v_cache: external(&mut g, &name("v_cache"), v),
+                    },
+                    LayerCache::Quant {
+                        k_win,
+                        v_win,
+                        k_store,
+                        v_store,
+                        layout,
+                    } => LayerKv::Quant {
+                        k_win: external(&mut g, &name("k_win"), k_win),
+                        v_win: external(&mut g, &name("v_win"), v_win),
+                        k_store: external(&mut g, &name("k_store"), k_store),
+                        v_store: external(&mut g, &name("v_store"), v_store),
+                        layout: *layout,
+                    },
+                }
+            })
+            .collect();
+        push_layer(&mut g, c, l, lw, &io, &kvs, max_ctx, n, None)?;
     }
 
     let w = external(&mut g, "output_norm", &m.output_norm);
@@ -156,7 +253,8 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
     // The final norm folded into the lm_head's mat-vec where its kernels
     // can; a pass of its own where the tiled kernel reads it (all logits of
     // a several-token step).
-    let last_only = head == Head::Sample;
+    let several = models.len() > 1;
+    let last_only = head == Head::Sample && !several;
     let fold = matmul::folds_norm(lm_w.format, lm_w.cols);
     if !fold || (n > 1 && !last_only) {
         push_norm(&mut g, c, x, w, h, n, "output_norm".to_string())?;
@@ -172,6 +270,55 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
     };
     let vocab = c.vocab_size as u64;
     let lm = weight(&mut g, lm_w, "output");
+    if several {
+        let logits = g.output("logits", 4 * vocab * u64::from(n));
+        g.push(
+            "output",
+            Op::MatMul(matmul::MatMul {
+                x: h,
+                w: lm,
+                out: logits,
+                out_layout: Default::default(),
+                matvec_in,
+                max_rows: n,
+                last_row_only: false,
+            }),
+        )?;
+        let scratch = g.intermediate("sample_scratch", sample::scratch_bytes(vocab as u32));
+        let tokens = g.output("tokens", TOKEN_STRIDE * models.len() as u64);
+        let mut histories = Vec::with_capacity(models.len());
+        for s in 0..models.len() {
+            let row = g.view(
+                format!("logits.{s}"),
+                logits,
+                4 * vocab * s as u64,
+                4 * vocab,
+            )?;
+            let out = g.view(format!("token.{s}"), tokens, TOKEN_STRIDE * s as u64, 4)?;
+            let history = g.input(format!("history.{s}"), sample::history_bytes(REPEAT_LAST_N));
+            histories.push(history);
+            g.push_seq(
+                s,
+                format!("sample.{s}"),
+                Op::Sample(sample::Sample {
+                    logits: row,
+                    history,
+                    scratch,
+                    out,
+                    vocab: vocab as u32,
+                    history_len: REPEAT_LAST_N,
+                }),
+            )?;
+        }
+        let io = GraphIo {
+            ids,
+            logits,
+            token: None,
+            history: None,
+            max_tokens: n,
+        };
+        return Ok((g, io, Some((tokens, histories))));
+    }
     let io = match head {
         Head::AllLogits => {
             let logits = g.output("logits", 4 * vocab * u64::from(n));
@@ -232,7 +379,7 @@ pub fn build_graph(m: &GpuModel, max_tokens: u32, head: Head) -> Result<(Graph, 
             }
         }
     };
-    Ok((g, io))
+    Ok((g, io, None))
 }
 
 /// The activations one layer reads and writes (`[n, width]` f32 each).
@@ -267,24 +414,6 @@ pub struct LayerIo {
     pub rope_factors: Option<TensorId>,
 }
 
-/// One layer's KV cache tensors in a graph.
-#[derive(Debug, Clone, Copy)]
-pub enum LayerKv {
-    /// `[n_kv_heads, max_ctx, head_dim]` f16 each (ops kv_f16_write + kv_f16_attention).
-    F16 {
-        k_cache: TensorId,
-        v_cache: TensorId,
-    },
-    /// Window and store (ops kv_quant_store + kv_quant_attention).
-    Quant {
-        k_win: TensorId,
-        v_win: TensorId,
-        k_store: TensorId,
-        v_store: TensorId,
-        layout: KvLayout,
-    },
-}
-
 /// Gram accumulators (`[width, width]` f32) of the four linear-layer
 /// inputs, for GPTQ's Hessians: q/k/v's, the output projection's,
 /// gate/up's and down's.
@@ -294,88 +423,6 @@ pub struct GramTaps {
     pub attn_out: TensorId,
     pub ffn_in: TensorId,
     pub ffn_act: TensorId,
-}
-
-/// An intermediate that one matmul over concatenated weights writes in
-/// parts (`lamina_engine::mmout`), and a view of each part: `[n, width]` f32
-/// each, named as given.
-pub fn parts_tensor<const P: usize>(
-    g: &mut Graph,
-    name: &str,
-    parts: [(&str, usize); P],
-    n: u32,
-) -> Result<(TensorId, [TensorId; P])> {
-    let rows: Vec<u32> = parts.iter().map(|&(_, w)| w as u32).collect();
-    let bytes = OutLayout::parts(&rows).bytes(rows.iter().sum(), n);
-    let all = g.intermediate(name, bytes);
-    let offsets = part_offsets(&rows, n);
-    let mut views = [all; P];
-    for (i, (&(part, w), off)) in parts.iter().zip(offsets).enumerate() {
-        views[i] = g.view(part, all, off, 4 * w as u64 * u64::from(n))?;
-    }
-    Ok((all, views))
-}
-
-/// `out = RMSNorm(x) * w`.
-fn push_norm(
-    g: &mut Graph,
-    c: &LlamaConfig,
-    x: TensorId,
-    weight: TensorId,
-    out: TensorId,
-    n: u32,
-    label: String,
-) -> Result<()> {
-    let op = rmsnorm::RmsNorm {
-        x,
-        weight,
-        out,
-        dim: c.dim as u32,
-        eps: c.norm_eps,
-        max_rows: n,
-    };
-    g.push(label, Op::RmsNorm(op))?;
-    Ok(())
-}
-
-/// `x <- H x` on each `chunk`-wide piece of x's `width`-wide rows.
-fn push_hadamard(
-    g: &mut Graph,
-    x: TensorId,
-    chunk: u32,
-    width: u32,
-    n: u32,
-    label: String,
-) -> Result<()> {
-    let op = hadamard::Hadamard {
-        x,
-        n: chunk,
-        width,
-        max_rows: n,
-        transposed: false,
-    };
-    g.push(label, Op::Hadamard(op))?;
-    Ok(())
-}
-
-fn push_gram(
-    g: &mut Graph,
-    x: TensorId,
-    out: TensorId,
-    dim: usize,
-    n: u32,
-    label: String,
-) -> Result<()> {
-    g.push(
-        label,
-        Op::Gram(gram::Gram {
-            x,
-            out,
-            dim: dim as u32,
-            max_rows: n,
-        }),
-    )?;
-    Ok(())
 }
 
 /// Pushes layer `l`: rmsnorm → q/k/v → RoPE → cache write → causal GQA
@@ -390,16 +437,13 @@ pub fn push_layer(
     l: usize,
     lw: &GpuLayer,
     io: &LayerIo,
-    kv: &LayerKv,
+    kvs: &[LayerKv],
     max_ctx: u32,
     n: u32,
     taps: Option<&GramTaps>,
 ) -> Result<()> {
-    let (hd, nh, nkv) = (c.head_dim as u32, c.n_heads as u32, c.n_kv_heads as u32);
-    let style = match c.rope_style {
-        RopeStyle::Interleaved => rope::RopeStyle::Interleaved,
-        RopeStyle::Neox => rope::RopeStyle::Neox,
-    };
+    let (nh, nkv) = (c.n_heads as u32, c.n_kv_heads as u32);
+    let hd = c.head_dim as u32;
     let p = |s: &str| format!("blk.{l}.{s}");
     // The linear layers reading one input: float matmuls, or with integer
     // activations the input quantized once, then integer matmuls.
@@ -554,124 +598,54 @@ pub fn push_layer(
             g.push(p(&format!("{name}_bias")), Op::Add(add))?;
         }
     }
-    // A rotated model's online Hadamard on each query and key head: fused
-    // into RoPE where the head is a power of two, else a dispatch of its own.
-    // RoPE on the queries and the keys in one dispatch.
-    let fused = hd.is_power_of_two() && hd <= rope::HADAMARD_MAX_DIM;
-    let r = rope::Rope {
-        q: io.q,
-        n_heads: nh,
-        k: io.k,
-        n_kv_heads: nkv,
-        head_dim: hd,
-        theta: c.rope_theta,
-        style,
-        max_rows: n,
-        freq_factors: io.rope_factors,
-    };
-    // With the f16 cache (and no Hadamard), RoPE and the cache write are one
-    // dispatch (rope::RopeKvF16).
-    let rope_kv = match *kv {
-        LayerKv::F16 { k_cache, v_cache } if !c.hadamard.qk && hd.is_multiple_of(4) => {
-            Some((k_cache, v_cache))
+    match kvs {
+        [kv] => {
+            let rows = AttRows {
+                q: io.q,
+                k: io.k,
+                v: io.v,
+                att: io.att,
+            };
+            push_attention(
+                g,
+                c,
+                l,
+                &rows,
+                io.rope_factors,
+                io.att_scratch,
+                kv,
+                max_ctx,
+                n,
+                None,
+            )?;
         }
-        _ => None,
-    };
-    if let Some((k_cache, v_cache)) = rope_kv {
-        let op = rope::RopeKvF16 {
-            rope: r,
-            v: io.v,
-            k_cache,
-            v_cache,
-            max_ctx,
-        };
-        g.push(p("rope_kv"), Op::RopeKvF16(op))?;
-    } else if c.hadamard.qk && fused {
-        g.push(p("rope"), Op::RopeHadamard(rope::RopeHadamard { rope: r }))?;
-    } else {
-        g.push(p("rope"), Op::Rope(r))?;
-        if c.hadamard.qk {
-            for (t, heads, name) in [(io.q, nh, "q"), (io.k, nkv, "k")] {
-                push_hadamard(g, t, hd, heads * hd, n, p(&format!("rope_{name}_hadamard")))?;
-            }
-        }
-    }
-    let scale = 1.0 / (hd as f32).sqrt();
-    match *kv {
-        LayerKv::F16 { k_cache, v_cache } => {
-            if rope_kv.is_none() {
-                g.push(
-                    p("kv_f16_write"),
-                    Op::KvF16Write(kv_f16_write::KvF16Write {
-                        k: io.k,
-                        v: io.v,
-                        k_cache,
-                        v_cache,
-                        n_kv_heads: nkv,
-                        head_dim: hd,
-                        max_ctx,
-                        max_rows: n,
-                    }),
+        // Several sequences, one row each: RoPE, the cache write and
+        // attention per sequence over its own cache, with its own step.
+        kvs => {
+            for (s, kv) in kvs.iter().enumerate() {
+                let mut row = |t: TensorId, width: usize, name: &str| {
+                    let bytes = 4 * width as u64;
+                    g.view(p(&format!("{name}.{s}")), t, bytes * s as u64, bytes)
+                };
+                let rows = AttRows {
+                    q: row(io.q, c.q_dim(), "q")?,
+                    k: row(io.k, c.kv_dim(), "k")?,
+                    v: row(io.v, c.kv_dim(), "v")?,
+                    att: row(io.att, c.q_dim(), "att")?,
+                };
+                push_attention(
+                    g,
+                    c,
+                    l,
+                    &rows,
+                    io.rope_factors,
+                    io.att_scratch,
+                    kv,
+                    max_ctx,
+                    1,
+                    Some(s),
                 )?;
             }
-            g.push(
-                p("attn"),
-                Op::KvF16Attention(kv_f16_attention::KvF16Attention {
-                    q: io.q,
-                    k_cache,
-                    v_cache,
-                    out: io.att,
-                    scratch: io.att_scratch,
-                    n_heads: nh,
-                    n_kv_heads: nkv,
-                    head_dim: hd,
-                    max_ctx,
-                    max_rows: n,
-                    scale,
-                }),
-            )?;
-        }
-        LayerKv::Quant {
-            k_win,
-            v_win,
-            k_store,
-            v_store,
-            layout,
-        } => {
-            let Some(scratch) = io.att_scratch else {
-                return Err(ModelError::Invalid(
-                    "attention over a quantized KV cache needs a scratch tensor".into(),
-                ));
-            };
-            g.push(
-                p("kv_quant_store"),
-                Op::KvQuantStore(kv_quant_store::KvQuantStore {
-                    k: io.k,
-                    v: io.v,
-                    k_win,
-                    v_win,
-                    k_store,
-                    v_store,
-                    layout,
-                    max_rows: n,
-                }),
-            )?;
-            g.push(
-                p("attn"),
-                Op::KvQuantAttention(kv_quant_attention::KvQuantAttention {
-                    q: io.q,
-                    k_win,
-                    v_win,
-                    k_store,
-                    v_store,
-                    out: io.att,
-                    scratch,
-                    layout,
-                    n_heads: nh,
-                    max_rows: n,
-                    scale,
-                }),
-            )?;
         }
     }
     if let Some(t) = taps {

@@ -17,10 +17,14 @@ use crate::checkpoint::{
 };
 use crate::kv_cache::{KvCache, KvFormat};
 
+mod attention;
 mod graph;
+mod nodes;
 use crate::{LlamaConfig, ModelError, Result};
+pub use attention::LayerKv;
 pub use graph::{
-    GramTaps, GraphIo, Head, LayerIo, LayerKv, REPEAT_LAST_N, build_graph, parts_tensor, push_layer,
+    BatchIo, GramTaps, GraphIo, Head, LayerIo, REPEAT_LAST_N, TOKEN_STRIDE, build_batch_graph,
+    build_graph, parts_tensor, push_layer,
 };
 
 /// How the checkpoint's weights are stored on the GPU.
