@@ -273,6 +273,16 @@ fn serve_end_to_end() {
         Some(true),
         "{body}"
     );
+    // The same prompt again: its slot holds all of it but the last token.
+    let (s, body) = post_json(&a, chat, &chat_body(r#","max_tokens":8,"temperature":0"#));
+    assert_eq!(s, 200, "{body}");
+    let w: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let prompt = w["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(
+        w["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64(),
+        Some(prompt - 1),
+        "prefix reuse: {body}"
+    );
 
     // A client that leaves mid-stream frees its slot within a step or so.
     {
@@ -399,6 +409,53 @@ fn serve_api_key_and_full_queue() {
     assert!(
         results.iter().all(|r| r.0 == 200 || r.0 == 503),
         "{results:?}"
+    );
+    srv.terminate();
+}
+
+#[test]
+fn serve_pivot_prompt_is_the_system_prompt() {
+    let Some(model) = default_model() else {
+        eprintln!("skipped: the default model is not in the cache (lamina fetch)");
+        return;
+    };
+    let system = "You are a terse assistant.";
+    let srv = Server::start(&model, &["--parallel", "2", "--pivot-prompt", system]);
+    let a = srv.addr.clone();
+    let ask = |a: &str, sys: Option<&str>| {
+        let sys = sys.map_or(String::new(), |s| {
+            format!(r#"{{"role":"system","content":"{s}"}},"#)
+        });
+        let body = format!(
+            r#"{{"model":"{MODEL}","max_tokens":4,"temperature":0,"messages":[{sys}{{"role":"user","content":"Hi"}}]}}"#
+        );
+        post_json(a, "/v1/chat/completions", &body)
+    };
+    // Without a system message the pivot's is used, its tokens in every
+    // slot's cache from the start (two requests at once: both slots).
+    let both: Vec<_> = (0..2)
+        .map(|_| {
+            let a = a.clone();
+            std::thread::spawn(move || ask(&a, None))
+        })
+        .collect();
+    for h in both {
+        let (s, body) = h.join().unwrap();
+        assert_eq!(s, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
+        assert!(
+            cached.is_some_and(|c| c >= 5),
+            "the pivot's tokens are cached: {body}"
+        );
+    }
+    let (s, body) = ask(&a, Some(system));
+    assert_eq!(s, 200, "the pivot's own system message: {body}");
+    error_is(
+        &ask(&a, Some("Be verbose.")),
+        400,
+        "system prompt is fixed",
+        None,
     );
     srv.terminate();
 }

@@ -66,6 +66,8 @@ pub enum Event {
     Done {
         finish: Finish,
         prompt_tokens: usize,
+        /// Prompt tokens the slot's cache held already (not computed again).
+        cached_tokens: usize,
         completion_tokens: usize,
     },
     Failed(String),
@@ -180,6 +182,8 @@ struct Active {
     /// The token sampled last, not yet sent or fed.
     next: Option<u32>,
     generated: usize,
+    /// Prompt tokens the cache held when the job started.
+    cached: usize,
     decoder: StreamDecoder,
     stop: StopScan,
 }
@@ -282,6 +286,7 @@ impl Slot {
             job,
             next: None,
             generated: 0,
+            cached: self.held.len(),
             decoder: tok.stream_decoder(),
         });
     }
@@ -366,6 +371,7 @@ impl Slot {
         let done = Event::Done {
             finish,
             prompt_tokens: a.job.prompt.len(),
+            cached_tokens: a.cached,
             completion_tokens: a.generated,
         };
         self.end(shared, Some(done));

@@ -246,9 +246,10 @@ async fn whole(head: Head, mut rx: UnboundedReceiver<Event>) -> Response {
             Event::Done {
                 finish,
                 prompt_tokens,
+                cached_tokens,
                 completion_tokens,
             } => {
-                let usage = Usage::new(prompt_tokens, completion_tokens);
+                let usage = Usage::new(prompt_tokens, cached_tokens, completion_tokens);
                 return Json(head.response(&text, finish.as_str(), usage)).into_response();
             }
             Event::Failed(msg) => return ApiError::server(msg).into_response(),
@@ -305,10 +306,11 @@ fn events(
                 Some(Event::Done {
                     finish,
                     prompt_tokens,
+                    cached_tokens,
                     completion_tokens,
                 }) => {
                     let next = if include_usage {
-                        Phase::Usage(Usage::new(prompt_tokens, completion_tokens))
+                        Phase::Usage(Usage::new(prompt_tokens, cached_tokens, completion_tokens))
                     } else {
                         Phase::Done
                     };
