@@ -127,26 +127,20 @@ fn batched_step_matches_each_session_alone_q8() {
 #[test]
 fn a_batch_needs_shared_weights() {
     let host = synthetic::synthetic_model(SPEC, HostDType::Q4_1, 11).unwrap();
-    let a = GpuModel::new(
-        gpu(),
-        &host,
-        WeightMode::Native,
-        64,
-        KvFormat::F16,
-        |_, _| {},
-    )
-    .unwrap();
-    let b = GpuModel::new(
-        gpu(),
-        &host,
-        WeightMode::Native,
-        64,
-        KvFormat::F16,
-        |_, _| {},
-    )
-    .unwrap();
-    let sa = Session::new(Arc::new(a), 8, SamplerConfig::greedy()).unwrap();
-    let sb = Session::new(Arc::new(b), 8, SamplerConfig::greedy()).unwrap();
+    let model = || {
+        let m = GpuModel::new(
+            gpu(),
+            &host,
+            WeightMode::Native,
+            64,
+            KvFormat::F16,
+            |_, _| {},
+        );
+        Arc::new(m.unwrap())
+    };
+    let (a, b) = (model(), model());
+    let sa = Session::new(a, 8, SamplerConfig::greedy()).unwrap();
+    let sb = Session::new(b, 8, SamplerConfig::greedy()).unwrap();
     let err = BatchDecoder::new(&[&sa, &sb])
         .err()
         .expect("two models' sessions");

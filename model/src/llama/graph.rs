@@ -270,13 +270,14 @@ fn build(
     };
     let vocab = c.vocab_size as u64;
     let lm = weight(&mut g, lm_w, "output");
-    if several {
+    // Every row's logits ([n, vocab]).
+    let all_logits = |g: &mut Graph| -> Result<TensorId> {
         let logits = g.output("logits", 4 * vocab * u64::from(n));
         g.push(
             "output",
             Op::MatMul(matmul::MatMul {
                 x: h,
-                w: lm,
+                w: lm.clone(),
                 out: logits,
                 out_layout: Default::default(),
                 matvec_in,
@@ -284,6 +285,10 @@ fn build(
                 last_row_only: false,
             }),
         )?;
+        Ok(logits)
+    };
+    if several {
+        let logits = all_logits(&mut g)?;
         let scratch = g.intermediate("sample_scratch", sample::scratch_bytes(vocab as u32));
         let tokens = g.output("tokens", TOKEN_STRIDE * models.len() as u64);
         let mut histories = Vec::with_capacity(models.len());
@@ -321,19 +326,7 @@ fn build(
     }
     let io = match head {
         Head::AllLogits => {
-            let logits = g.output("logits", 4 * vocab * u64::from(n));
-            g.push(
-                "output",
-                Op::MatMul(matmul::MatMul {
-                    x: h,
-                    w: lm,
-                    out: logits,
-                    out_layout: Default::default(),
-                    matvec_in,
-                    max_rows: n,
-                    last_row_only: false,
-                }),
-            )?;
+            let logits = all_logits(&mut g)?;
             GraphIo {
                 ids,
                 logits,
