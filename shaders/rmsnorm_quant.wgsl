@@ -1,10 +1,10 @@
 // rmsnorm_quant.wgsl: RMSNorm whose output goes straight to int8 codes, one
 // workgroup per row: v = x / sqrt(mean(x^2) + eps) * w, then the quantizer
 // of lib/actq.wgsl (static or dynamic scale), so the norm and act_quant are
-// one dispatch and v never reaches memory. The sum of squares is taken in
-// rmsnorm.wgsl's order (lane i sums columns i, i + WG, ...), so the codes
-// equal rmsnorm then act_quant bit for bit.
-// Uses lib/reduce.wgsl (wg_sum, wg_max) and lib/actq.wgsl.
+// one dispatch and v never reaches memory. The sum of squares is
+// lib/rownorm.wgsl's, as in rmsnorm.wgsl, so the codes equal rmsnorm then
+// act_quant bit for bit.
+// Uses lib/reduce.wgsl (wg_sum, wg_max), lib/rownorm.wgsl and lib/actq.wgsl.
 // Mirrors engine/src/ops/rmsnorm_quant.rs (RmsNormQuantParams).
 
 struct Params {
@@ -21,8 +21,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> codes: array<u32>;
 @group(0) @binding(4) var<storage, read_write> scales: array<f32>;
 
-const WG: u32 = 256u;
-
 // Normalized columns 4k .. 4k + 3 of the row at `base`.
 fn norm4(base: u32, k: u32, inv: f32) -> vec4<f32> {
     let c = 4u * k;
@@ -30,7 +28,7 @@ fn norm4(base: u32, k: u32, inv: f32) -> vec4<f32> {
     return xv * inv * vec4<f32>(w[c], w[c + 1u], w[c + 2u], w[c + 3u]);
 }
 
-@compute @workgroup_size(WG)
+@compute @workgroup_size(NORM_WG)
 fn rmsnorm_quant(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
     let row = wid.x + wid.y * nwg.x;
@@ -38,24 +36,18 @@ fn rmsnorm_quant(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         return;
     }
     let base = row * p.dim;
-    var ss = 0.0;
-    for (var i = lid; i < p.dim; i += WG) {
-        let v = x[base + i];
-        ss += v * v;
-    }
-    let total = wg_sum(lid, ss, WG);
-    let inv = inverseSqrt(total / f32(p.dim) + p.eps);
+    let inv = row_inv_rms(base, p.dim, p.eps, lid);
     let words = p.dim / 4u;
     var amax = 0.0;
     if p.act.dynamic != 0u {
         var m = 0.0;
-        for (var k = lid; k < words; k += WG) {
+        for (var k = lid; k < words; k += NORM_WG) {
             m = max(m, amax4(norm4(base, k, inv)));
         }
-        amax = wg_max(lid, m, WG);
+        amax = wg_max(lid, m, NORM_WG);
     }
     let s = act_scale(p.act, amax);
-    for (var k = lid; k < words; k += WG) {
+    for (var k = lid; k < words; k += NORM_WG) {
         codes[row * words + k] = act_codes4(norm4(base, k, inv), s.y, p.act.qmax);
     }
     if lid == 0u {

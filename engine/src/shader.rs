@@ -9,6 +9,8 @@ pub mod lib {
     pub const F16: &str = include_str!("../../shaders/lib/f16.wgsl");
     /// Workgroup sum / max reductions over 256 lanes.
     pub const REDUCE: &str = include_str!("../../shaders/lib/reduce.wgsl");
+    /// 1 / RMS of a row in the order rmsnorm and rmsnorm_quant share (needs REDUCE).
+    pub const ROWNORM: &str = include_str!("../../shaders/lib/rownorm.wgsl");
     /// Matmul parameter block, bindings and block-format decoding.
     pub const QBLOCK: &str = include_str!("../../shaders/lib/qblock.wgsl");
     /// Decoding of Q5_0 / Q5_1 / IQ4_NL and the super-block types (used by QBLOCK

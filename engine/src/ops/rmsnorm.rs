@@ -15,7 +15,7 @@ use crate::{Caps, Result};
 crate::shader!(
     SHADER,
     "rmsnorm",
-    [crate::shader::lib::REDUCE],
+    [crate::shader::lib::REDUCE, crate::shader::lib::ROWNORM],
     RmsNormParams
 );
 

@@ -20,13 +20,13 @@ use crate::dispatch::{
     write_params,
 };
 use crate::pipeline::Kernel;
-use crate::shader::lib::{ACTQ, REDUCE};
+use crate::shader::lib::{ACTQ, REDUCE, ROWNORM};
 use crate::{Caps, Result};
 
 crate::shader!(
     SHADER,
     "rmsnorm_quant",
-    [REDUCE, ACTQ],
+    [REDUCE, ROWNORM, ACTQ],
     RmsNormQuantParams,
     [ActParams]
 );
