@@ -115,7 +115,7 @@ impl Engine {
             waiting: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
         });
-        let slots = sessions
+        let mut slots: Vec<Slot> = sessions
             .into_iter()
             .map(|session| Slot {
                 held: session.model.kv.pivot.clone(),
@@ -123,10 +123,14 @@ impl Engine {
                 job: None,
             })
             .collect();
+        // The batched steps are compiled here, and every graph run once,
+        // before the server listens.
+        let mut batches = Batches::new(&slots);
+        warm_up(&mut slots, &mut batches);
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name("lamina-engine".into())
-            .spawn(move || run(slots, rx, &tokenizer, &sh))
+            .spawn(move || run(slots, batches, rx, &tokenizer, &sh))
             .expect("spawn the engine thread");
         Engine {
             queue: tx,
@@ -197,8 +201,13 @@ struct Slot {
 
 const SHUTTING_DOWN: &str = "the server is shutting down";
 
-fn run(mut slots: Vec<Slot>, rx: Receiver<Job>, tok: &Tokenizer, shared: &Shared) {
-    let mut batches = Batches::new(&slots);
+fn run(
+    mut slots: Vec<Slot>,
+    mut batches: Batches,
+    rx: Receiver<Job>,
+    tok: &Tokenizer,
+    shared: &Shared,
+) {
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             for s in slots.iter_mut().filter(|s| s.job.is_some()) {
@@ -236,6 +245,38 @@ fn run(mut slots: Vec<Slot>, rx: Receiver<Job>, tok: &Tokenizer, shared: &Shared
         }
         round(&mut slots, &mut batches, tok, shared);
     }
+}
+
+/// Runs each graph once (a prompt step and a token step of the first
+/// slot, a step of each batched decoder; the pipelines are shared by all
+/// slots), then resets the sessions: drivers may compile a pipeline at its
+/// first dispatch (llvmpipe does, seconds each when its cache is cold),
+/// and that belongs before the first request, not in its time to first
+/// token. A failure here only logs: the first request then says it.
+fn warm_up(slots: &mut [Slot], batches: &mut Batches) {
+    let t0 = Instant::now();
+    let room = slots.first().map_or(0, |s| s.session.max_ctx() - s.session.pos());
+    if room < 4 {
+        return;
+    }
+    let mut run = || -> lamina_model::Result<()> {
+        slots[0].session.extend(&[0, 0])?;
+        slots[0].session.extend(&[0])?;
+        for dec in &mut batches.decoders {
+            let n = dec.len();
+            let mut sessions: Vec<&mut Session> =
+                slots[..n].iter_mut().map(|s| &mut s.session).collect();
+            dec.step(&mut sessions, &vec![Some(0); n])?;
+        }
+        Ok(())
+    };
+    if let Err(e) = run() {
+        log::warn!("warming up the graphs: {e}");
+    }
+    for s in slots.iter_mut() {
+        s.session.reset();
+    }
+    log::info!("graphs warmed up in {:.2} s", t0.elapsed().as_secs_f64());
 }
 
 /// Tokens `a` and `b` share from their start.
