@@ -255,7 +255,9 @@ fn run(
 /// token. A failure here only logs: the first request then says it.
 fn warm_up(slots: &mut [Slot], batches: &mut Batches) {
     let t0 = Instant::now();
-    let room = slots.first().map_or(0, |s| s.session.max_ctx() - s.session.pos());
+    let room = slots
+        .first()
+        .map_or(0, |s| s.session.max_ctx() - s.session.pos());
     if room < 4 {
         return;
     }
