@@ -139,9 +139,7 @@ impl Session {
     /// the session had just fed it.
     pub fn rewind(&mut self, held: &[u32]) -> Result<()> {
         self.truncate(held.len())?;
-        let fed = &held[self.model.kv.pivot_len().min(held.len())..];
-        let tail = fed.len().saturating_sub(REPEAT_LAST_N as usize);
-        self.history.extend(&fed[tail..]);
+        self.remember(&held[self.model.kv.pivot_len().min(held.len())..]);
         Ok(())
     }
     /// Compiles both graphs now rather than at the first prompt and token.
@@ -250,12 +248,7 @@ impl Session {
     /// penalty's window and the step gets a fresh uniform draw. The caller
     /// runs the step, then [`Session::advance`]s.
     fn begin_step(&mut self, chunk: &[u32]) -> (Step, Vec<u32>) {
-        for &t in chunk {
-            if self.history.len() == REPEAT_LAST_N as usize {
-                self.history.pop_front();
-            }
-            self.history.push_back(t);
-        }
+        self.remember(chunk);
         let step = Step {
             n_tokens: chunk.len() as u32,
             pos: self.pos as u32,
@@ -265,6 +258,17 @@ impl Session {
         words.push(self.history.len() as u32);
         words.extend(&self.history);
         (step, words)
+    }
+
+    /// `tokens` enter the repetition penalty's window (the last
+    /// [`REPEAT_LAST_N`] fed tokens).
+    fn remember(&mut self, tokens: &[u32]) {
+        for &t in tokens {
+            if self.history.len() == REPEAT_LAST_N as usize {
+                self.history.pop_front();
+            }
+            self.history.push_back(t);
+        }
     }
 
     /// [`Session::begin_step`] for one decoded token that another graph

@@ -36,6 +36,8 @@ pub struct Executor {
     params: wgpu::Buffer,
     params_host: Vec<u8>,
     grids: Vec<[u32; 3]>,
+    /// Sequences the graph's per-sequence nodes name (`Graph::n_seqs`).
+    n_seqs: usize,
     staging: Option<(wgpu::Buffer, u64)>,
     profiler: Option<Profiler>,
 }
@@ -176,6 +178,7 @@ impl Executor {
         Ok(Executor {
             params_host: vec![0; PARAMS_BYTES * calls.len()],
             grids: vec![[0; 3]; calls.len()],
+            n_seqs: graph.n_seqs(),
             gpu,
             graph,
             plan,
@@ -265,7 +268,7 @@ impl Executor {
     }
 
     fn check_seqs(&self, given: usize) -> Result<()> {
-        let need = self.graph.n_seqs();
+        let need = self.n_seqs;
         if given < need {
             return Err(EngineError::Shape {
                 op: "executor",

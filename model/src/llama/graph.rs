@@ -591,55 +591,33 @@ pub fn push_layer(
             g.push(p(&format!("{name}_bias")), Op::Add(add))?;
         }
     }
-    match kvs {
-        [kv] => {
+    // One sequence: its n rows as they are. Several, one row each: RoPE, the
+    // cache write and attention per sequence over its own cache, with its
+    // own step.
+    for (s, kv) in kvs.iter().enumerate() {
+        let (rows, rn, seq) = if kvs.len() == 1 {
             let rows = AttRows {
                 q: io.q,
                 k: io.k,
                 v: io.v,
                 att: io.att,
             };
-            push_attention(
-                g,
-                c,
-                l,
-                &rows,
-                io.rope_factors,
-                io.att_scratch,
-                kv,
-                max_ctx,
-                n,
-                None,
-            )?;
-        }
-        // Several sequences, one row each: RoPE, the cache write and
-        // attention per sequence over its own cache, with its own step.
-        kvs => {
-            for (s, kv) in kvs.iter().enumerate() {
-                let mut row = |t: TensorId, width: usize, name: &str| {
-                    let bytes = 4 * width as u64;
-                    g.view(p(&format!("{name}.{s}")), t, bytes * s as u64, bytes)
-                };
-                let rows = AttRows {
-                    q: row(io.q, c.q_dim(), "q")?,
-                    k: row(io.k, c.kv_dim(), "k")?,
-                    v: row(io.v, c.kv_dim(), "v")?,
-                    att: row(io.att, c.q_dim(), "att")?,
-                };
-                push_attention(
-                    g,
-                    c,
-                    l,
-                    &rows,
-                    io.rope_factors,
-                    io.att_scratch,
-                    kv,
-                    max_ctx,
-                    1,
-                    Some(s),
-                )?;
-            }
-        }
+            (rows, n, None)
+        } else {
+            let mut row = |t: TensorId, width: usize, name: &str| {
+                let bytes = 4 * width as u64;
+                g.view(p(&format!("{name}.{s}")), t, bytes * s as u64, bytes)
+            };
+            let rows = AttRows {
+                q: row(io.q, c.q_dim(), "q")?,
+                k: row(io.k, c.kv_dim(), "k")?,
+                v: row(io.v, c.kv_dim(), "v")?,
+                att: row(io.att, c.q_dim(), "att")?,
+            };
+            (rows, 1, Some(s))
+        };
+        let (rope_factors, scratch) = (io.rope_factors, io.att_scratch);
+        push_attention(g, c, l, &rows, rope_factors, scratch, kv, max_ctx, rn, seq)?;
     }
     if let Some(t) = taps {
         push_gram(g, io.att, t.attn_out, c.q_dim(), n, p("gram_attn_out"))?;
