@@ -112,3 +112,57 @@ fn matmul_iq4_xs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
                @builtin(local_invocation_index) lid: u32) {
     matmul(wid.x + wid.y * nwg.x, lid, 0u, 0u, IQ4_XS);
 }
+
+@compute @workgroup_size(WG)
+fn matmul4_q5_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q5_0);
+}
+
+@compute @workgroup_size(WG)
+fn matmul4_q5_1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q5_1);
+}
+
+@compute @workgroup_size(WG)
+fn matmul4_iq4_nl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, 0u, 0u, IQ4_NL);
+}
+
+@compute @workgroup_size(WG)
+fn matmul4_q2_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q2_K);
+}
+
+@compute @workgroup_size(WG)
+fn matmul4_q3_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q3_K);
+}
+
+@compute @workgroup_size(WG)
+fn matmul4_q4_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q4_K);
+}
+
+@compute @workgroup_size(WG)
+fn matmul4_q5_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q5_K);
+}
+
+@compute @workgroup_size(WG)
+fn matmul4_q6_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q6_K);
+}
+
+@compute @workgroup_size(WG)
+fn matmul4_iq4_xs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, 0u, 0u, IQ4_XS);
+}

@@ -84,3 +84,33 @@ fn matmul_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
                @builtin(local_invocation_index) lid: u32) {
     matmul(wid.x + wid.y * nwg.x, lid, 0u, 0u, F32);
 }
+
+@compute @workgroup_size(WG)
+fn matmul4_q4_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q4_0);
+}
+
+@compute @workgroup_size(WG)
+fn matmul4_q4_1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q4_1);
+}
+
+@compute @workgroup_size(WG)
+fn matmul4_q8_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, 0u, 0u, Q8_0);
+}
+
+@compute @workgroup_size(WG)
+fn matmul4_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, 0u, 0u, F16);
+}
+
+@compute @workgroup_size(WG)
+fn matmul4_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, 0u, 0u, F32);
+}

@@ -93,3 +93,38 @@ fn matmul_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
                @builtin(subgroup_size) sgs: u32) {
     matmul(wid.x + wid.y * nwg.x, lid, lane, sgs, F32);
 }
+
+@compute @workgroup_size(WG)
+fn matmul4_q4_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+                @builtin(subgroup_size) sgs: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, lane, sgs, Q4_0);
+}
+
+@compute @workgroup_size(WG)
+fn matmul4_q4_1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+                @builtin(subgroup_size) sgs: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, lane, sgs, Q4_1);
+}
+
+@compute @workgroup_size(WG)
+fn matmul4_q8_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+                @builtin(subgroup_size) sgs: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, lane, sgs, Q8_0);
+}
+
+@compute @workgroup_size(WG)
+fn matmul4_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+                @builtin(subgroup_size) sgs: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, lane, sgs, F16);
+}
+
+@compute @workgroup_size(WG)
+fn matmul4_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+                @builtin(subgroup_size) sgs: u32) {
+    matmul4(wid.x + wid.y * nwg.x, lid, lane, sgs, F32);
+}

@@ -3,12 +3,18 @@
 //! tg N = N single-token decode steps from an empty cache; each repeated,
 //! mean ± sd of tokens/s. With `-d D` (llama-bench's depth) the cache first
 //! holds D tokens (filled once, untimed; each repetition goes back to D).
-//! Optional per-op GPU time from timestamp queries.
+//! With `--seqs S` the tg test decodes S sequences together, one batched
+//! step a token each (what `lamina serve --parallel S` does with S busy
+//! slots), and reports their summed tokens/s. Optional per-op GPU time from
+//! timestamp queries.
 
 use std::time::Instant;
 
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
+use std::sync::Arc;
+
+use lamina_model::batch::BatchDecoder;
 use lamina_model::session::{SamplerConfig, Session};
 use rand::{Rng, SeedableRng};
 
@@ -39,6 +45,10 @@ pub struct BenchArgs {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Md)]
     pub output: Output,
+    /// tg test: this many sequences decoded together, one batched step per
+    /// token of each (as `lamina serve --parallel N` does); t/s is their sum.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub seqs: u32,
     /// Also time every op on the GPU (timestamp queries) and print a table.
     #[arg(long)]
     pub profile: bool,
@@ -128,7 +138,56 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             samples,
         });
     }
-    if a.n_gen > 0 {
+    let mut batch = None;
+    if a.n_gen > 0 && a.seqs > 1 {
+        // Forks of the model: its weights, a KV cache each.
+        let mut seqs = (0..a.seqs)
+            .map(|_| {
+                Ok(Session::new(
+                    Arc::new(model.fork()?),
+                    1,
+                    SamplerConfig::greedy(),
+                )?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if a.depth > 0 {
+            let sp = crate::common::spinner(&format!(
+                "filling {} caches with {} tokens",
+                a.seqs, a.depth
+            ));
+            for s in &mut seqs {
+                s.feed(&tokens(a.depth))?;
+            }
+            sp.finish_and_clear();
+        }
+        let mut dec = BatchDecoder::new(&seqs.iter().collect::<Vec<_>>())?;
+        if a.profile {
+            dec.executor_mut().enable_profiling();
+        }
+        let mut samples = Vec::new();
+        for rep in 0..=a.repetitions {
+            for s in &mut seqs {
+                rewind(s)?;
+            }
+            let mut t: Vec<Option<u32>> = tokens(a.seqs).into_iter().map(Some).collect();
+            let t0 = Instant::now();
+            for _ in 0..a.n_gen {
+                let mut refs: Vec<&mut Session> = seqs.iter_mut().collect();
+                t = dec.step(&mut refs, &t)?;
+            }
+            let s = t0.elapsed().as_secs_f64();
+            if rep > 0 {
+                samples.push(f64::from(a.n_gen * a.seqs) / s);
+            }
+        }
+        results.push(TestResult {
+            name: format!("tg{}{at} x{}", a.n_gen, a.seqs),
+            n_prompt: 0,
+            n_gen: a.n_gen,
+            samples,
+        });
+        batch = Some(dec);
+    } else if a.n_gen > 0 {
         let mut samples = Vec::new();
         for rep in 0..=a.repetitions {
             rewind(&mut session)?;
@@ -168,10 +227,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             }
             if let Some(tg) = results.iter().find(|r| r.n_gen > 0) {
                 let (m, _) = mean_sd(&tg.samples);
+                let per = match a.seqs {
+                    1 => "token".to_string(),
+                    s => format!("step of {s} tokens"),
+                };
                 println!(
-                    "\nweights streamed per token: {:.1} MiB; effective {:.2} GB/s at tg; KV {kv_bytes:.1} bytes/token (+{:.2} MiB fixed)",
+                    "\nweights streamed per {per}: {:.1} MiB; effective {:.2} GB/s at tg; KV {kv_bytes:.1} bytes/token (+{:.2} MiB fixed)",
                     wbytes as f64 / 1048576.0,
-                    wbytes as f64 * m / 1e9,
+                    wbytes as f64 * m / f64::from(a.seqs) / 1e9,
                     model.kv.fixed_bytes() as f64 / 1048576.0
                 );
             }
@@ -198,14 +261,16 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 "weight_bytes_per_token": wbytes, "kv_bytes_per_token": kv_bytes,
                 "kv_fixed_bytes": model.kv.fixed_bytes(), "depth": a.depth,
                 "pivot": model.kv.pivot,
-                "effective_gb_s": tg.map(|t| wbytes as f64 * t / 1e9),
+                "effective_gb_s": tg.map(|t| wbytes as f64 * t / f64::from(a.seqs) / 1e9),
+                "seqs": a.seqs,
                 "tests": tests,
             });
             println!("{}", serde_json::to_string_pretty(&j)?);
         }
     }
     if a.profile {
-        for (name, ex) in session.executors() {
+        let batched = batch.as_ref().map(|d| ("batched decode", d.executor()));
+        for (name, ex) in session.executors().chain(batched) {
             let Some(p) = ex.profile() else { continue };
             let rows = p.rows();
             let total: f64 = rows.iter().map(|r| r.total_ms).sum();

@@ -110,6 +110,41 @@ fn empty_prompt() {
 }
 
 #[test]
+fn bench_batched_sequences() {
+    // The tg test with several sequences decoded in one step per token
+    // (rows of 64 k/v values, so that each sequence's rows start at
+    // lavapipe's 256-byte binding alignment).
+    let out = lamina(&[
+        "bench",
+        "--synthetic",
+        "L2-d128-h4-kv2-f256-v256",
+        "-p",
+        "0",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "--seqs",
+        "3",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(j["seqs"], 3, "{j}");
+    assert_eq!(j["tests"][0]["test"], "tg4 x3", "{j}");
+    assert!(j["tests"][0]["avg_ts"].as_f64().unwrap() > 0.0, "{j}");
+    fails_with(
+        &lamina(&["bench", "--synthetic", "tiny", "--seqs", "0"]),
+        "--seqs",
+    );
+}
+
+#[test]
 fn invalid_flags() {
     fails_with(&lamina(&["generate", "-p", "hi", "--temp", "-1"]), "--temp");
     fails_with(

@@ -40,6 +40,15 @@ impl BatchDecoder {
         self.n == 0
     }
 
+    /// The step's executor (for per-op profiles).
+    pub fn executor(&self) -> &Executor {
+        &self.exec
+    }
+
+    pub fn executor_mut(&mut self) -> &mut Executor {
+        &mut self.exec
+    }
+
     /// Feeds `tokens[i]` to `sessions[i]` where it is `Some`, in one step,
     /// and returns the token each of those sessions samples next (`None`
     /// for the others, which the step leaves alone). `sessions` are the

@@ -81,3 +81,12 @@ fn store_tile(t0: u32, r0: u32, acc: array<vec4<f32>, 8>) {
     store_tok4(t0, r0 + 3u, acc[6]);
     store_tok4(t0 + 4u, r0 + 3u, acc[7]);
 }
+
+// The 4-token x 4-row tiles (qmatmul's matmul4): acc[r] holds row r0 + r's
+// tokens t0 .. t0 + 3.
+fn store_tile4(t0: u32, r0: u32, acc: array<vec4<f32>, 4>) {
+    store_tok4(t0, r0, acc[0]);
+    store_tok4(t0, r0 + 1u, acc[1]);
+    store_tok4(t0, r0 + 2u, acc[2]);
+    store_tok4(t0, r0 + 3u, acc[3]);
+}

@@ -265,6 +265,27 @@ fn attention_constants_match_the_shaders() {
     }
 }
 
+/// The block matmul kernels' workgroup size and tiles (8 tokens x 4 rows an
+/// invocation; the small tile's 4 x 4) are the Rust constants that size
+/// their grids.
+#[test]
+fn matmul_tiles_match_the_shaders() {
+    let q = including(lib::QMATMUL);
+    assert_eq!(q.len(), 4, "matmul_q, matmul_k and their subgroup twins");
+    for s in q {
+        let m = parse(s);
+        for (name, rust) in [
+            ("WG", matmul::WG),
+            ("TA", matmul::Q_TILE_TOKENS),
+            ("TB", matmul::Q_TILE_ROWS_PER_INVOCATION),
+            ("TA4", matmul::Q_SMALL_TILE_TOKENS),
+            ("TB4", matmul::Q_SMALL_TILE_ROWS_PER_INVOCATION),
+        ] {
+            assert_eq!(named_u32(&m, name), Some(rust), "{}: {name}", s.name);
+        }
+    }
+}
+
 /// The Hadamard shader's tile and workgroup size are the Rust constants
 /// that plan its passes and grids; rope.wgsl's head array for
 /// rope_hadamard is as large as the head_dim `RopeHadamard::check` allows.

@@ -327,7 +327,8 @@ fn matmul_every_format_and_shape() {
         let (rows, steps): (&[u32], &[u32]) = if kq {
             (&[7, 1757], &[1, 3, 77])
         } else {
-            (&[1, 7, 1000, 1757], &[1, 3, 64, 77])
+            // 3 and 4 tokens: the small tile (one short, one whole).
+            (&[1, 7, 1000, 1757], &[1, 3, 4, 64, 77])
         };
         if kq {
             cols.retain(|&c| c != 576);
@@ -345,13 +346,14 @@ fn matmul_every_format_and_shape() {
 fn fused_parts_and_residual_add() {
     // A weight of three linear layers' rows (q, k, v at the default model's
     // ratio, uneven) written as three matrices, and one part added to what
-    // out holds (o_proj, down_proj): decode (max_rows 1), prefill, the
-    // lm_head's last row, and shards that straddle the parts.
+    // out holds (o_proj, down_proj): decode (max_rows 1), a batched decode
+    // step of 4 sequences (the small tile alone), prefill, the lm_head's
+    // last row, and shards that straddle the parts.
     for (fi, format) in ALL.into_iter().enumerate() {
         let cols = fit(format, 576);
         let seed = 300 + fi as u64;
         let parts = OutLayout::parts(&[576, 192, 193]);
-        for max_rows in [1u32, 19] {
+        for max_rows in [1u32, 4, 19] {
             let case = Case {
                 out_layout: parts.clone(),
                 ..Case::new(format, 961, cols, max_rows)
@@ -386,10 +388,11 @@ fn fused_parts_and_residual_add() {
 #[test]
 fn swiglu_on_load() {
     // The down projection reading gate and up and adding to the residual,
-    // as the graph runs it: every format, decode and prefill, both x loads.
+    // as the graph runs it: every format, decode, a batched decode step
+    // and prefill, both x loads.
     for (fi, format) in ALL.into_iter().enumerate() {
         let cols = fit(format, 1536);
-        for max_rows in [1u32, 19] {
+        for max_rows in [1u32, 4, 19] {
             let case = Case {
                 glu: true,
                 out_layout: OutLayout::accumulate(),
@@ -412,11 +415,13 @@ fn swiglu_on_load() {
 fn rmsnorm_folded_in() {
     // q/k/v as the graph runs them: RMSNorm folded into a weight of three
     // parts; gate/up; the lm_head's last row. Every format with block
-    // kernels, decode and prefill (8-token tiles with a short last one).
+    // kernels, decode, a batched decode step (the small tile, which reads
+    // the norm's output as the 8-token tile does) and prefill (8-token
+    // tiles with a short last one).
     for (fi, format) in ALL.into_iter().enumerate() {
         let cols = fit(format, 576);
         let seed = 500 + fi as u64;
-        for max_rows in [1u32, 19] {
+        for max_rows in [1u32, 4, 19] {
             let case = Case {
                 norm: true,
                 out_layout: OutLayout::parts(&[576, 192, 193]),
