@@ -33,12 +33,20 @@ struct Params {
     n_chunks: u32,
     chunk_len: u32,
     scale: f32,
+    // Several sequences' decode (the grid's z; ops/kv_f16_attention.rs,
+    // `Seqs`): cache rows and scratch vec4s between two sequences' (0 for
+    // one), and each one's (kv_len, n_chunks, chunk_len, 0).
+    slot_rows: u32,
+    seq_recs: u32,
     _p0: u32,
-    _p1: u32,
-    _p2: u32,
+    seqs: array<vec4<u32>, MAX_SEQS>,
 }
 
+const MAX_SEQS: u32 = 8u; // kv_f16_attention::MAX_SEQS (tests/tests/contracts.rs)
+
 @group(0) @binding(0) var<uniform> p: Params;
+// Several sequences' decode: q, out [seqs, n_heads, 2 * W8], caches and
+// scratch one slot a sequence, slot_rows cache rows / seq_recs vec4s apart.
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;             // [n_tokens, n_heads, 2 * W8]
 @group(0) @binding(2) var<storage, read> k_cache: array<vec4<u32>>;       // [n_kv_heads, max_ctx, W8], 8 f16 each
 @group(0) @binding(3) var<storage, read> v_cache: array<vec4<u32>>;       // [n_kv_heads, max_ctx, W8]
@@ -54,6 +62,13 @@ const WG: u32 = 64u;      // kv::ATTENTION_WG (tests/tests/contracts.rs)
 // ---------------------------------------------------------------------------
 // Helpers (KB, NEG, lo4/hi4, Values4, Scores, Block, softmax_block, the
 // accumulators and the combine entry) are in lib/softmax4.wgsl.
+
+// Sequence z's split and offsets (lib/softmax4.wgsl): its query row is row
+// z of q, its cache the z-th slot of the bound caches.
+fn decode_seq(z: u32) -> DecodeSeq {
+    let s = p.seqs[z];
+    return DecodeSeq(s.x, s.y, s.z, z * p.n_heads * 2u * W8, z * p.slot_rows, z * p.seq_recs);
+}
 
 fn values4(base: u32, j: u32, last: u32, w: u32) -> Values4 {
     let v0 = v_cache[(base + min(j, last)) * W8 + w];
@@ -161,10 +176,11 @@ fn kv_f16_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 @compute @workgroup_size(WG)
 fn kv_f16_attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
-    let sl = decode_slot(wid.x + wid.y * nwg.x, lid);
+    let d = decode_seq(wid.z);
+    let sl = decode_slot(wid.x + wid.y * nwg.x, lid, d);
     if !sl.valid { return; }
-    let qrow = sl.head * 2u * W8;
-    let base = sl.kvh * p.max_ctx;
+    let qrow = vec4(d.q0) + sl.head * 2u * W8;
+    let base = d.row0 + sl.kvh * p.max_ctx;
     let c0 = sl.c0;
     let c1 = sl.c1;
 

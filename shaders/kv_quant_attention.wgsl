@@ -506,6 +506,12 @@ fn kv_quant_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     }
 }
 
+// The one sequence's split (lib/softmax4.wgsl; this cache serves one
+// sequence a call).
+fn decode_seq(z: u32) -> DecodeSeq {
+    return DecodeSeq(p.kv_len, p.n_chunks, p.chunk_len, 0u, 0u, 0u);
+}
+
 // ---------------------------------------------------------------------------
 // Split-KV decode: one key range [c0, c1) and 4 query heads of a group per
 // invocation; the range meets the pivot, the store (blocks aligned to token
@@ -514,7 +520,7 @@ fn kv_quant_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
 @compute @workgroup_size(WG)
 fn kv_quant_attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
-    let sl = decode_slot(wid.x + wid.y * nwg.x, lid);
+    let sl = decode_slot(wid.x + wid.y * nwg.x, lid, decode_seq(0u));
     if !sl.valid { return; }
     let kvh = sl.kvh;
     let ok = sl.ok;

@@ -53,7 +53,7 @@ fn rope_pair(idx: u32, div: f32) {
     let half = p.head_dim / 2u;
     let t = idx / half;
     let j = idx % half;
-    let sc = angle_sincos(t, j, div);
+    let sc = angle_sincos(p.pos + t, j, div);
     let ab = pair(j);
     for (var h = 0u; h < p.n_heads; h++) {
         let base = (t * p.n_heads + h) * p.head_dim;
@@ -103,7 +103,7 @@ fn rope_hadamard_head(id: u32, lid: u32) {
                       (t * p.n_heads + h) * p.head_dim, is_q);
     let half = p.head_dim / 2u;
     for (var j = lid; j < half; j += WG) {
-        let sc = angle_sincos(t, j, divs[j]);
+        let sc = angle_sincos(p.pos + t, j, divs[j]);
         let ab = pair(j);
         var x: vec2<f32>;
         if is_q {

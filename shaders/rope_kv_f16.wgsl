@@ -16,7 +16,17 @@ struct Params {
     log2_theta: f32,
     n_kv_heads: u32,
     max_ctx: u32,
+    // Several sequences (ops/rope.rs, kv::Seqs; 0: one): row t is sequence
+    // t's token, at position seq_pos[t / 4][t % 4] (u32 max: no token this
+    // step), its rows in the cache slot_words further per sequence.
+    n_seqs: u32,
+    slot_words: u32,
+    _p0: u32,
+    _p1: u32,
+    seq_pos: array<vec4<u32>, MAX_SEQS / 4u>,
 }
+
+const MAX_SEQS: u32 = 8u; // kv::MAX_SEQS (tests/tests/contracts.rs)
 
 @group(0) @binding(0) var<uniform> p: Params;
 // [n_tokens, n_heads, head_dim] and [n_tokens, n_kv_heads, head_dim] each
@@ -50,6 +60,17 @@ fn rope_kv_scaled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     rope_quad(idx, vec2<f32>(factors[j], factors[j + 1u]));
 }
 
+// Row t's position, and its first cache word (before the head's row).
+fn row_pos(t: u32) -> u32 {
+    if p.n_seqs == 0u {
+        return p.pos + t;
+    }
+    return p.seq_pos[t / 4u][t % 4u];
+}
+fn row_slot(t: u32) -> u32 {
+    return select(0u, t * p.slot_words, p.n_seqs > 0u);
+}
+
 // Pairs 2i, 2i + 1 (i = idx % (head_dim / 4)) of token idx / (head_dim / 4)
 // in every head; `div`: their frequency divisors.
 fn rope_quad(idx: u32, div: vec2<f32>) {
@@ -57,8 +78,9 @@ fn rope_quad(idx: u32, div: vec2<f32>) {
     let t = idx / quarter;
     let i = idx % quarter;
     let j0 = 2u * i;
-    let sc0 = angle_sincos(t, j0, div.x);
-    let sc1 = angle_sincos(t, j0 + 1u, div.y);
+    let pos = row_pos(t);
+    let sc0 = angle_sincos(pos, j0, div.x);
+    let sc1 = angle_sincos(pos, j0 + 1u, div.y);
     let a0 = pair(j0);
     let a1 = pair(j0 + 1u);
     for (var h = 0u; h < p.n_heads; h++) {
@@ -70,8 +92,9 @@ fn rope_quad(idx: u32, div: vec2<f32>) {
         q[base + a1.x] = y1.x;
         q[base + a1.y] = y1.y;
     }
-    // Rows past the cache's end are dropped (as kv_f16_write does).
-    if p.pos + t >= p.max_ctx {
+    // Rows past the cache's end are dropped (as kv_f16_write does), and
+    // those of sequences without a token this step.
+    if pos >= p.max_ctx {
         return;
     }
     // The two words each row of the cache gets, and the elements in them.
@@ -88,7 +111,7 @@ fn rope_quad(idx: u32, div: vec2<f32>) {
         // second ones.
         let k0 = select(y0, vec2<f32>(y0.x, y1.x), neox);
         let k1 = select(y1, vec2<f32>(y0.y, y1.y), neox);
-        let dst = (h * p.max_ctx + p.pos + t) * row_words;
+        let dst = row_slot(t) + (h * p.max_ctx + pos) * row_words;
         k_cache[dst + w0] = to_f16x2(k0);
         k_cache[dst + w1] = to_f16x2(k1);
         v_cache[dst + w0] = to_f16x2(vec2<f32>(v[base + 2u * w0], v[base + 2u * w0 + 1u]));

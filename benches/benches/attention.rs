@@ -66,6 +66,7 @@ fn attention_executor(s: &Shape, max_ctx: u32, max_rows: u32) -> Executor {
             max_ctx,
             max_rows,
             scale: 1.0 / (hd as f32).sqrt(),
+            seqs: None,
         }),
     )
     .expect("attention graph");

@@ -140,15 +140,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     let mut batch = None;
     if a.n_gen > 0 && a.seqs > 1 {
-        // Forks of the model: its weights, a KV cache each.
-        let mut seqs = (0..a.seqs)
-            .map(|_| {
-                Ok(Session::new(
-                    Arc::new(model.fork()?),
-                    1,
-                    SamplerConfig::greedy(),
-                )?)
-            })
+        // Forks of the model: its weights, a KV cache each (the slots of
+        // one buffer per layer, as `lamina serve` makes them).
+        let mut seqs = model
+            .forks(a.seqs as usize)?
+            .into_iter()
+            .map(|m| Ok(Session::new(Arc::new(m), 1, SamplerConfig::greedy())?))
             .collect::<Result<Vec<_>>>()?;
         if a.depth > 0 {
             let sp = crate::common::spinner(&format!(

@@ -107,13 +107,19 @@ pub fn run(a: &ServeArgs) -> Result<()> {
     let model = gpu_model(&margs, &host, 1)?;
     drop(host);
     let sp = spinner(&format!("preparing {} slots", a.parallel));
+    // A fork per slot, their f16 caches side by side in one buffer per
+    // layer: a batched step attends over all slots in one dispatch.
+    let forks = match a.parallel {
+        1 => vec![model.clone()],
+        n => model
+            .forks(n)
+            .context("the slots' KV caches")?
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
+    };
     let mut sessions = Vec::with_capacity(a.parallel);
-    for i in 0..a.parallel {
-        let m = if i == 0 {
-            model.clone()
-        } else {
-            Arc::new(model.fork().context("a KV cache for another slot")?)
-        };
+    for m in forks {
         let mut s = Session::new(m, a.model.batch_size, sampler)?;
         s.prepare()?;
         sessions.push(s);

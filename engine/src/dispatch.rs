@@ -214,6 +214,20 @@ pub trait OpDef {
     /// Writes the parameter block for `step` of the call tagged `tag` and
     /// returns its grid. A zero-sized grid skips the dispatch for this step.
     fn step(&self, tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3];
+    /// How many sequences one call of this op serves, each with its own
+    /// step, where it was made to ([`crate::graph::Graph::push_seqs`]).
+    fn serves_seqs(&self) -> Option<usize> {
+        None
+    }
+    /// [`OpDef::step`] for an op that serves several sequences: `seqs[i]`
+    /// is sequence i's step (no tokens: it sits this step out). Only called
+    /// where [`OpDef::serves_seqs`] says `seqs.len()`.
+    fn step_seqs(&self, tag: CallTag, seqs: &[Step], params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+        match seqs {
+            [one] => self.step(tag, one, params),
+            _ => [0; 3],
+        }
+    }
 }
 
 /// Checks that tensor `t` holds at least `need` bytes.

@@ -169,6 +169,43 @@ impl Gpu {
         })
     }
 
+    /// `n` copies of `t` in one buffer, `stride` bytes apart (at least
+    /// `t.size`, a multiple of the storage binding alignment): views that
+    /// bind one by one, and together as one binding of all `n` (a
+    /// several-sequence op over forks' KV caches).
+    pub fn replicate(&self, label: &str, t: &Tensor, n: usize, stride: u64) -> Result<Vec<Tensor>> {
+        let align = u64::from(self.caps.min_storage_align.max(4));
+        if n == 0 || stride < t.size || !stride.is_multiple_of(align) {
+            return Err(EngineError::Shape {
+                op: "replicate",
+                msg: format!(
+                    "{label}: {n} copies of {} bytes at a stride of {stride} (alignment {align})",
+                    t.size
+                ),
+            });
+        }
+        let buffer = self.storage_buffer(label, (n as u64 - 1) * stride + t.size)?;
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("replicate"),
+            });
+        for i in 0..n as u64 {
+            let size = t.size.next_multiple_of(4);
+            enc.copy_buffer_to_buffer(&t.buffer, t.offset, &buffer, i * stride, size);
+        }
+        self.queue.submit([enc.finish()]);
+        Ok((0..n as u64)
+            .map(|i| Tensor {
+                buffer: buffer.clone(),
+                offset: i * stride,
+                size: t.size,
+                shape: t.shape.clone(),
+                dtype: t.dtype,
+            })
+            .collect())
+    }
+
     /// A storage buffer holding `data` (padded to whole words).
     pub fn upload(&self, label: &str, data: &[u8]) -> Result<Arc<wgpu::Buffer>> {
         if data.len() as u64 > self.caps.max_buffer {

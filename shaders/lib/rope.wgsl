@@ -3,12 +3,13 @@
 // has head_dim, pos, style (0 interleaved, 1 neox) and log2_theta; uses
 // lib/trig.wgsl (sincos, exp2_accurate).
 
-// (sin, cos) of token t's angle for pair j, its frequency divided by `div`.
-fn angle_sincos(t: u32, j: u32, div: f32) -> vec2<f32> {
+// (sin, cos) of position pos's angle for pair j, its frequency divided by
+// `div`.
+fn angle_sincos(pos: u32, j: u32, div: f32) -> vec2<f32> {
     // freq = theta^(-2j/d); the exponent's quotient is rounded as the host's is.
     let freq = exp2_accurate(-(f32(2u * j) / f32(p.head_dim)) * p.log2_theta) / div;
     // The angle as the CPU reference rounds it: one f32 product.
-    return sincos(f32(p.pos + t) * freq);
+    return sincos(f32(pos) * freq);
 }
 
 // The elements of pair j within a head.

@@ -137,6 +137,20 @@ fn accumulate_scratch4(at: vec4<u32>, o: Values4, alpha: vec4<f32>, fresh: bool,
 // the group (G not a multiple of 4) re-read the last head and are never
 // stored (ok false).
 
+// One sequence's split and where its rows start: its keys, ranges, keys
+// per range; its first query / output vec4, first cache row (before the KV
+// head's), first scratch vec4. The including shader defines
+// `decode_seq(z) -> DecodeSeq` for sequence z (the grid's z; a single
+// sequence's offsets are 0). n_chunks = 0: the sequence sits this step out.
+struct DecodeSeq {
+    kv_len: u32,
+    n_chunks: u32,
+    chunk_len: u32,
+    q0: u32,
+    row0: u32,
+    rec0: u32,
+}
+
 struct DecodeSlot {
     valid: bool,
     kvh: u32,
@@ -148,19 +162,21 @@ struct DecodeSlot {
     rec: vec4<u32>,
 }
 
-fn decode_slot(id: u32, lid: u32) -> DecodeSlot {
+// Workgroup `id` of sequence d's decode grid (sized for the step's most
+// ranges: workgroups past d's own find no range).
+fn decode_slot(id: u32, lid: u32, d: DecodeSeq) -> DecodeSlot {
     var s: DecodeSlot;
-    let wg_per_head = (p.n_chunks + WG - 1u) / WG;
-    let chunk = (id % wg_per_head) * WG + lid;
-    s.valid = id < wg_per_head * p.n_kv_heads * ((G + 3u) / 4u) && chunk < p.n_chunks;
-    s.kvh = (id / wg_per_head) % p.n_kv_heads;
-    let pack = id / (wg_per_head * p.n_kv_heads);
+    let wg_per_head = (d.n_chunks + WG - 1u) / WG;
+    let chunk = (id % max(wg_per_head, 1u)) * WG + lid;
+    s.valid = id < wg_per_head * p.n_kv_heads * ((G + 3u) / 4u) && chunk < d.n_chunks;
+    s.kvh = (id / max(wg_per_head, 1u)) % p.n_kv_heads;
+    let pack = id / max(wg_per_head * p.n_kv_heads, 1u);
     let h4 = vec4(pack * 4u) + vec4(0u, 1u, 2u, 3u);
     s.ok = h4 < vec4(G);
     s.head = vec4(s.kvh * G) + min(h4, vec4(G - 1u));
-    s.c0 = chunk * p.chunk_len;
-    s.c1 = min(s.c0 + p.chunk_len, p.kv_len);
-    s.rec = (s.head * p.n_chunks + vec4(chunk)) * (1u + 2u * W8);
+    s.c0 = chunk * d.chunk_len;
+    s.c1 = min(s.c0 + d.chunk_len, d.kv_len);
+    s.rec = vec4(d.rec0) + (s.head * d.n_chunks + vec4(chunk)) * (1u + 2u * W8);
     return s;
 }
 
@@ -173,8 +189,9 @@ fn store_records(s: DecodeSlot, m: vec4<f32>, l: vec4<f32>) {
 }
 
 // ---------------------------------------------------------------------------
-// Combine: one workgroup per query head merges its n_chunks decode records
-// (m, l, 0, 0, acc[head_dim]) at the start of `scratch`:
+// Combine: one workgroup per query head (and sequence, the grid's z)
+// merges its n_chunks decode records (m, l, 0, 0, acc[head_dim]) at the
+// sequence's start of `scratch`:
 // out = sum_c exp(m_c - M) acc_c / sum_c exp(m_c - M) l_c, M = max_c m_c.
 
 const COMBINE_WG: u32 = 64u;
@@ -183,23 +200,24 @@ const COMBINE_WG: u32 = 64u;
 fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
     let h = wid.x + wid.y * nwg.x;
-    if h >= p.n_heads { return; }
+    let d = decode_seq(wid.z);
+    if h >= p.n_heads || d.n_chunks == 0u { return; }
     let stride = 1u + 2u * W8;
-    let first = h * p.n_chunks * stride;
+    let first = d.rec0 + h * d.n_chunks * stride;
     // The (m, l) words are uniform loads; every invocation folds them itself.
     var mx = NEG;
-    for (var c = 0u; c < p.n_chunks; c++) { mx = max(mx, scratch[first + c * stride].x); }
+    for (var c = 0u; c < d.n_chunks; c++) { mx = max(mx, scratch[first + c * stride].x); }
     var lt = 0.0;
-    for (var c = 0u; c < p.n_chunks; c++) {
+    for (var c = 0u; c < d.n_chunks; c++) {
         let ml = scratch[first + c * stride];
         lt += ml.y * exp(ml.x - mx);
     }
     for (var i = lid; i < 2u * W8; i += COMBINE_WG) {
         var o = vec4(0.0);
-        for (var c = 0u; c < p.n_chunks; c++) {
+        for (var c = 0u; c < d.n_chunks; c++) {
             let rec = first + c * stride;
             o += exp(scratch[rec].x - mx) * scratch[rec + 1u + i];
         }
-        out[h * 2u * W8 + i] = o / lt;
+        out[d.q0 + h * 2u * W8 + i] = o / lt;
     }
 }

@@ -124,6 +124,7 @@ fn run_case(c: Case) {
             max_ctx: ctx32,
             max_rows: n32,
             scale,
+            seqs: None,
         }),
     )
     .unwrap();
@@ -278,6 +279,7 @@ fn prefill_then_decode_steps() {
             max_ctx: ctx32,
             max_rows: n_max as u32,
             scale,
+            seqs: None,
         }),
     )
     .unwrap();
@@ -334,6 +336,7 @@ fn check_rejects_bad_shapes() {
         max_ctx: 16,
         max_rows: 1,
         scale: 0.125,
+        seqs: None,
     };
     assert!(
         g.clone()
@@ -377,6 +380,88 @@ fn check_rejects_bad_shapes() {
             .push("bad", Op::KvF16Attention(a.clone()))
             .unwrap_err();
         assert!(matches!(e, EngineError::Shape { .. }), "{a:?}: {e}");
+    }
+    // Several sequences in one call (decode over cache slots): pushed with
+    // push_seqs for as many sequences as it serves; slots whole rows, at
+    // least a cache apart, within the bound tensors, with scratch.
+    let one = kv::cache_bytes(2, 64, 16);
+    let kcs = g.input("k_caches", 2 * one);
+    let vcs = g.input("v_caches", 2 * one);
+    let q2 = g.input("q2", 4 * 2 * 4 * 64);
+    let out2 = g.output("out2", 4 * 2 * 4 * 64);
+    let scratch2 = g.intermediate(
+        "scratch2",
+        2 * kv_f16_attention::scratch_bytes(4, 64, 16, 2),
+    );
+    let two = kv_f16_attention::KvF16Attention {
+        q: q2,
+        k_cache: kcs,
+        v_cache: vcs,
+        out: out2,
+        scratch: Some(scratch2),
+        max_rows: 2,
+        seqs: Some(kv_f16_attention::Seqs {
+            n: 2,
+            slot_bytes: one,
+        }),
+        ..good.clone()
+    };
+    assert!(
+        g.clone()
+            .push_seqs(2, "ok", Op::KvF16Attention(two.clone()))
+            .is_ok()
+    );
+    // Pushed as one sequence's node, or for another count: refused.
+    assert!(
+        g.clone()
+            .push("one", Op::KvF16Attention(two.clone()))
+            .is_ok()
+    );
+    assert!(
+        g.clone()
+            .push_seqs(3, "three", Op::KvF16Attention(two.clone()))
+            .is_err()
+    );
+    assert!(
+        g.clone()
+            .push_seqs(2, "plain", Op::KvF16Attention(good.clone()))
+            .is_err()
+    );
+    let seqs = |n: u32, slot_bytes: u64| Some(kv_f16_attention::Seqs { n, slot_bytes });
+    for b in [
+        kv_f16_attention::KvF16Attention {
+            seqs: seqs(2, one - 128),
+            ..two.clone()
+        },
+        kv_f16_attention::KvF16Attention {
+            seqs: seqs(2, one + 100),
+            ..two.clone()
+        },
+        kv_f16_attention::KvF16Attention {
+            seqs: seqs(2, 2 * one),
+            ..two.clone()
+        },
+        kv_f16_attention::KvF16Attention {
+            seqs: seqs(3, one),
+            max_rows: 3,
+            ..two.clone()
+        },
+        kv_f16_attention::KvF16Attention {
+            seqs: seqs(9, one),
+            max_rows: 9,
+            ..two.clone()
+        },
+        kv_f16_attention::KvF16Attention {
+            scratch: None,
+            ..two.clone()
+        },
+    ] {
+        let n = b.seqs.map_or(0, |s| s.n as usize);
+        let e = g
+            .clone()
+            .push_seqs(n, "bad", Op::KvF16Attention(b.clone()))
+            .unwrap_err();
+        assert!(matches!(e, EngineError::Shape { .. }), "{b:?}: {e}");
     }
     let kw = kv_f16_write::KvF16Write {
         k,

@@ -39,13 +39,20 @@ fn samplers() -> [SamplerConfig; 4] {
 }
 
 /// Four sessions over forks of one model, each fed its own prompt (of
-/// different lengths); returns them and the token each sampled.
-fn sessions(base: &Arc<GpuModel>) -> (Vec<Session>, Vec<u32>) {
+/// different lengths); returns them and the token each sampled. `slots`:
+/// forks whose f16 caches are slots of one buffer (`GpuModel::forks`, what
+/// the server makes: one attention node for all), else one fork at a time
+/// (attention per sequence).
+fn sessions(base: &Arc<GpuModel>, slots: bool) -> (Vec<Session>, Vec<u32>) {
     let mut r = rand::rngs::StdRng::seed_from_u64(3);
     let mut out = Vec::new();
     let mut first = Vec::new();
+    let mut forks = match slots {
+        true => base.forks(4).unwrap(),
+        false => (0..4).map(|_| base.fork().unwrap()).collect(),
+    };
     for (i, sampler) in samplers().into_iter().enumerate() {
-        let m = Arc::new(base.fork().unwrap());
+        let m = Arc::new(forks.remove(0));
         let mut s = Session::new(m, 16, sampler).unwrap();
         let prompt: Vec<u32> = (0..3 + 5 * i).map(|_| r.random_range(0..256)).collect();
         first.push(s.feed(&prompt).unwrap());
@@ -59,14 +66,14 @@ fn idle(i: usize, step: usize) -> bool {
     i == 2 && (3..6).contains(&step)
 }
 
-fn check(kv: &str) {
+fn check(kv: &str, slots: bool) {
     let host = synthetic::synthetic_model(SPEC, HostDType::Q4_1, 11).unwrap();
     let f: KvFormat = kv.parse().unwrap();
     let base =
         Arc::new(GpuModel::new(gpu(), &host, WeightMode::Native, 128, f, |_, _| {}).unwrap());
 
     // Alone: each session decodes its tokens one step at a time.
-    let (mut alone, first) = sessions(&base);
+    let (mut alone, first) = sessions(&base, false);
     let mut want = vec![Vec::new(); 4];
     for (i, s) in alone.iter_mut().enumerate() {
         let mut t = first[i];
@@ -81,11 +88,23 @@ fn check(kv: &str) {
     }
 
     // Together: one step for all, session 2 idle for three of them.
-    let (mut together, first2) = sessions(&base);
+    let (mut together, first2) = sessions(&base, slots);
     assert_eq!(first, first2, "prompt steps differ between two runs");
     let refs: Vec<&Session> = together.iter().collect();
     let mut dec = BatchDecoder::new(&refs).unwrap();
     assert_eq!(dec.len(), 4);
+    // Slots of one f16 buffer: one RoPE + cache write node and one attention
+    // node for the four sequences (one call and two: decode, combine), where
+    // each sequence alone has one and three (and prefill), so 13 calls
+    // fewer in each of the two layers than over the separate caches of
+    // `alone`.
+    let apart = BatchDecoder::new(&alone.iter().collect::<Vec<_>>()).unwrap();
+    let (calls, calls_apart) = (
+        dec.executor().dispatch_count(),
+        apart.executor().dispatch_count(),
+    );
+    let fewer = if slots && kv == "f16" { 2 * 13 } else { 0 };
+    assert_eq!(calls + fewer, calls_apart, "kv {kv}, slots {slots}: calls");
     let mut got: Vec<Vec<u32>> = vec![Vec::new(); 4];
     let mut next: Vec<u32> = first.clone();
     for step in 0..STEPS {
@@ -116,12 +135,18 @@ fn check(kv: &str) {
 
 #[test]
 fn batched_step_matches_each_session_alone_f16() {
-    check("f16");
+    check("f16", false);
+}
+
+#[test]
+fn batched_step_matches_each_session_alone_f16_slots() {
+    check("f16", true);
 }
 
 #[test]
 fn batched_step_matches_each_session_alone_q8() {
-    check("q8");
+    // (Quantized caches get buffers of their own: attention per sequence.)
+    check("q8", true);
 }
 
 #[test]

@@ -263,6 +263,9 @@ fn attention_constants_match_the_shaders() {
         assert_eq!(named_u32(&m, "WG"), Some(ATTENTION_WG), "{}: WG", s.name);
         assert_eq!(named_u32(&m, "KB"), Some(BLOCK), "{}: KB", s.name);
     }
+    let m = parse(&kv_f16_attention::SHADER);
+    let most = kv_f16_attention::MAX_SEQS as u32;
+    assert_eq!(named_u32(&m, "MAX_SEQS"), Some(most), "MAX_SEQS");
 }
 
 /// The block matmul kernels' workgroup size and tiles (8 tokens x 4 rows an
@@ -392,6 +395,7 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             k_cache: 3,
             v_cache: 4,
             max_ctx: 256,
+            seqs: None,
         }),
         Box::new(rope::RopeKvF16 {
             rope: example_rope(rope::RopeStyle::Interleaved, Some(5)),
@@ -399,6 +403,7 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             k_cache: 3,
             v_cache: 4,
             max_ctx: 256,
+            seqs: None,
         }),
         // Llama 3's scaled frequencies: the `_scaled` entry points.
         Box::new(rope::Rope {
@@ -467,6 +472,7 @@ fn example_ops() -> Vec<Box<dyn OpDef>> {
             max_ctx: 256,
             max_rows: 8,
             scale: 0.125,
+            seqs: None,
         }),
     ];
     for (format, cols, mixed) in [

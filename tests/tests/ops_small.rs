@@ -438,6 +438,7 @@ fn run_rope_kv(
             k_cache: kc,
             v_cache: vc,
             max_ctx,
+            seqs: None,
         };
         g.push("rope_kv", Op::RopeKvF16(op)).unwrap();
     } else {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::plan::{Plan, plan};
-use super::{Call, CallTag, Graph, PARAMS_BYTES, Step, TensorId, TensorKind};
+use super::{Call, CallTag, Graph, NodeSeq, PARAMS_BYTES, Step, TensorId, TensorKind};
 use crate::pipeline::Pipeline;
 use crate::profile::Profiler;
 use crate::tensor::map_read;
@@ -231,8 +231,12 @@ impl Executor {
                 .try_into()
                 .expect("params block is PARAMS_BYTES long");
             let node = &self.graph.nodes[c.node];
-            let st = node.seq.map_or(step, |s| &seqs[s]);
-            self.grids[i] = node.op.def().step(c.tag, st, block);
+            let op = node.op.def();
+            self.grids[i] = match node.seq {
+                NodeSeq::Shared => op.step(c.tag, step, block),
+                NodeSeq::One(s) => op.step(c.tag, &seqs[s], block),
+                NodeSeq::All(n) => op.step_seqs(c.tag, &seqs[..n], block),
+            };
         }
         self.gpu
             .queue

@@ -75,10 +75,20 @@ pub struct Node {
     pub op: Op,
     /// Human label for profiles, e.g. "blk.3.attn_q".
     pub label: String,
-    /// The sequence whose step this node runs with, in a graph that steps
-    /// several sequences at once ([`Graph::push_seq`]); `None`: the step
-    /// of the whole graph.
-    pub seq: Option<usize>,
+    /// Whose step this node runs with, in a graph that steps several
+    /// sequences at once.
+    pub seq: NodeSeq,
+}
+
+/// Whose step a node runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeSeq {
+    /// The step of the whole graph.
+    Shared,
+    /// One sequence's ([`Graph::push_seq`]).
+    One(usize),
+    /// Sequences `0 .. n`'s, all in one call ([`Graph::push_seqs`]).
+    All(usize),
 }
 
 /// Tensors and ops, in execution order.
@@ -157,16 +167,30 @@ impl Graph {
     }
     /// Appends an op after checking its shapes.
     pub fn push(&mut self, label: impl Into<String>, op: Op) -> Result<()> {
-        self.push_node(label, op, None)
+        self.push_node(label, op, NodeSeq::Shared)
     }
     /// Appends an op that runs with sequence `seq`'s step (its own position
     /// and sampling; [`Executor::run_read_seqs`](crate::graph::Executor::run_read_seqs)):
     /// the per-sequence part (RoPE, cache, attention, sampling) of a graph
     /// that decodes several sequences with one matmul per weight.
     pub fn push_seq(&mut self, seq: usize, label: impl Into<String>, op: Op) -> Result<()> {
-        self.push_node(label, op, Some(seq))
+        self.push_node(label, op, NodeSeq::One(seq))
     }
-    fn push_node(&mut self, label: impl Into<String>, op: Op, seq: Option<usize>) -> Result<()> {
+    /// Appends an op that serves sequences `0 .. n` in one call, each with
+    /// its own step ([`OpDef::step_seqs`]): what would otherwise be `n`
+    /// [`Graph::push_seq`] nodes, in one dispatch per pass. Only for ops
+    /// that serve several sequences ([`OpDef::serves_seqs`]).
+    pub fn push_seqs(&mut self, n: usize, label: impl Into<String>, op: Op) -> Result<()> {
+        let label = label.into();
+        if op.def().serves_seqs() != Some(n) {
+            return Err(crate::EngineError::Shape {
+                op: op.def().name(),
+                msg: format!("{label}: the op does not serve {n} sequences at once"),
+            });
+        }
+        self.push_node(label, op, NodeSeq::All(n))
+    }
+    fn push_node(&mut self, label: impl Into<String>, op: Op, seq: NodeSeq) -> Result<()> {
         op.def().check(&self.tensors)?;
         self.nodes.push(Node {
             op,
@@ -175,13 +199,18 @@ impl Graph {
         });
         Ok(())
     }
-    /// Sequences the nodes tagged by [`Graph::push_seq`] name (0: none).
+    /// Sequences the nodes of [`Graph::push_seq`] and [`Graph::push_seqs`]
+    /// name (0: none).
     pub fn n_seqs(&self) -> usize {
         self.nodes
             .iter()
-            .filter_map(|n| n.seq)
+            .map(|n| match n.seq {
+                NodeSeq::Shared => 0,
+                NodeSeq::One(s) => s + 1,
+                NodeSeq::All(n) => n,
+            })
             .max()
-            .map_or(0, |s| s + 1)
+            .unwrap_or(0)
     }
     pub fn bytes(&self, t: TensorId) -> u64 {
         self.tensors[t].bytes

@@ -112,6 +112,23 @@ pub fn step_rows(step: &Step, max_rows: u32, max_ctx: u32) -> u32 {
         .min(max_ctx.saturating_sub(step.pos))
 }
 
+/// Most sequences one call of the f16 cache's ops serves ([`Seqs`];
+/// `MAX_SEQS` in kv_f16_attention.wgsl and rope_kv_f16.wgsl).
+pub const MAX_SEQS: usize = 8;
+
+/// Several sequences' one-token decode in one call of the f16 cache's ops
+/// (`ops::kv_f16_attention`, `ops::rope::RopeKvF16`;
+/// [`crate::graph::Graph::push_seqs`]): q, k, v and the attention output
+/// hold one row per sequence; the bound caches hold `n` slots, one per
+/// sequence, each of [`cache_bytes`] at `slot_bytes` from the last (forks'
+/// caches laid out in one buffer). Sequence i writes and attends to its own
+/// slot at its own step's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seqs {
+    pub n: u32,
+    pub slot_bytes: u64,
+}
+
 /// Keys per block of both attention shaders (KB in lib/softmax4.wgsl), and
 /// the fewest keys one decode invocation takes.
 pub const BLOCK: u32 = 32;

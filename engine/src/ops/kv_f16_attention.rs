@@ -57,6 +57,7 @@ use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
     write_params,
 };
+pub use crate::kv::{MAX_SEQS, Seqs};
 use crate::kv::{
     cache_bytes, decode_grid, decode_records_bytes, decode_split, prefill_grid, step_rows,
 };
@@ -87,7 +88,14 @@ crate::params_struct! {
         /// Decode: keys per range, see [`decode_split`].
         pub chunk_len: u32,
         pub scale: f32,
-        pub _pad: [u32; 3],
+        /// Several sequences: cache rows between two slots (0 for one).
+        pub slot_rows: u32,
+        /// Several sequences: scratch vec4s between two sequences' records.
+        pub seq_recs: u32,
+        pub _p0: u32,
+        /// Each sequence's decode `(kv_len, n_chunks, chunk_len, 0)`; a
+        /// single sequence's in the first.
+        pub seqs: [[u32; 4]; MAX_SEQS],
     }
 }
 
@@ -136,6 +144,9 @@ pub struct KvF16Attention {
     pub max_rows: u32,
     /// Usually 1 / sqrt(head_dim).
     pub scale: f32,
+    /// Several sequences in one call (decode only; scratch then holds a
+    /// [`scratch_bytes`] area for each), or `None`: one.
+    pub seqs: Option<Seqs>,
 }
 
 /// Largest head_dim (the 65535-iteration budget on lavapipe, above).
@@ -153,16 +164,58 @@ impl KvF16Attention {
     fn group(&self) -> u32 {
         self.n_heads / self.n_kv_heads.max(1)
     }
+    /// Sequences per call (1 without [`Seqs`]).
+    fn n_seqs(&self) -> u32 {
+        self.seqs.map_or(1, |s| s.n)
+    }
+    /// Bytes of the bound caches: every slot.
+    fn caches_bytes(&self) -> u64 {
+        let one = cache_bytes(self.n_kv_heads, self.head_dim, self.max_ctx);
+        self.seqs
+            .map_or(one, |s| u64::from(s.n - 1) * s.slot_bytes + one)
+    }
+    /// One sequence's decode `(kv_len, n_chunks, chunk_len, 0)` at `step`
+    /// (all 0 when it has no token).
+    fn split(&self, step: &Step) -> [u32; 4] {
+        let n = step_rows(step, 1, self.max_ctx);
+        if n == 0 {
+            return [0; 4];
+        }
+        let kv_len = step.pos + n;
+        let (n_chunks, chunk_len) = decode_split(kv_len);
+        [kv_len, n_chunks, chunk_len, 0]
+    }
+    fn params(&self, step: &Step, n: u32, kv_len: u32) -> KvF16AttentionParams {
+        let scratch = decode_records_bytes(self.n_heads, self.head_dim, self.max_ctx);
+        KvF16AttentionParams {
+            n_tokens: n,
+            pos: step.pos,
+            kv_len,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            max_ctx: self.max_ctx,
+            n_chunks: 0,
+            chunk_len: 0,
+            scale: self.scale,
+            slot_rows: self.seqs.map_or(0, |s| {
+                (s.slot_bytes / (2 * u64::from(self.head_dim))) as u32
+            }),
+            seq_recs: (scratch / 16) as u32,
+            _p0: 0,
+            seqs: [[0; 4]; MAX_SEQS],
+        }
+    }
     fn kernel(&self, entry: &'static str) -> Kernel {
         Kernel::new(&SHADER, entry)
             .with("W8", self.head_dim / 8)
             .with("G", self.group())
     }
     fn bindings(&self) -> Vec<Binding> {
+        let caches = self.caches_bytes();
         let mut b = vec![
             Binding::read(self.q),
-            Binding::read(self.k_cache),
-            Binding::read(self.v_cache),
+            Binding::read_range(self.k_cache, 0, caches),
+            Binding::read_range(self.v_cache, 0, caches),
             Binding::write(self.out),
         ];
         if let Some(s) = self.scratch {
@@ -203,25 +256,36 @@ impl OpDef for KvF16Attention {
         let rows = u64::from(self.max_rows) * u64::from(nh) * u64::from(hd) * 4;
         check_bytes(g, OP, "q", self.q, rows)?;
         check_bytes(g, OP, "out", self.out, rows)?;
-        let cache = cache_bytes(nkv, hd, self.max_ctx);
-        check_bytes(g, OP, "k_cache", self.k_cache, cache)?;
-        check_bytes(g, OP, "v_cache", self.v_cache, cache)?;
-        if let Some(s) = self.scratch {
-            check_bytes(
-                g,
+        if let Some(s) = self.seqs {
+            let one = cache_bytes(nkv, hd, self.max_ctx);
+            ensure_shape!(
+                (1..=MAX_SEQS as u32).contains(&s.n)
+                    && s.n == self.max_rows
+                    && self.scratch.is_some()
+                    && s.slot_bytes >= one
+                    && s.slot_bytes.is_multiple_of(2 * u64::from(hd))
+                    && s.slot_bytes / (2 * u64::from(hd)) <= u64::from(u32::MAX),
                 OP,
-                "scratch",
-                s,
-                scratch_bytes(nh, hd, self.max_ctx, self.max_rows),
-            )?;
+                "{} sequences (1..={MAX_SEQS}, one row each, with scratch) over cache slots \
+                 {} bytes apart ({one} bytes each, whole rows)",
+                s.n,
+                s.slot_bytes
+            );
+        }
+        let caches = self.caches_bytes();
+        check_bytes(g, OP, "k_cache", self.k_cache, caches)?;
+        check_bytes(g, OP, "v_cache", self.v_cache, caches)?;
+        if let Some(s) = self.scratch {
+            let per_seq = scratch_bytes(nh, hd, self.max_ctx, self.max_rows);
+            check_bytes(g, OP, "scratch", s, u64::from(self.n_seqs()) * per_seq)?;
         }
         Ok(())
     }
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
-        let passes: &[Pass] = if self.scratch.is_some() {
-            &[Pass::Decode, Pass::Combine, Pass::Prefill]
-        } else {
-            &[Pass::Prefill]
+        let passes: &[Pass] = match (self.seqs, self.scratch) {
+            (Some(_), _) => &[Pass::Decode, Pass::Combine],
+            (None, Some(_)) => &[Pass::Decode, Pass::Combine, Pass::Prefill],
+            (None, None) => &[Pass::Prefill],
         };
         // The same bindings for all three, so they share one layout.
         passes
@@ -230,32 +294,48 @@ impl OpDef for KvF16Attention {
             .collect()
     }
     fn step(&self, tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+        if self.seqs.is_some() {
+            return self.step_seqs(tag, std::slice::from_ref(step), params);
+        }
         let n = step_rows(step, self.max_rows, self.max_ctx);
         let kv_len = step.pos + n;
         let decode = self.scratch.is_some() && n == 1;
-        let (n_chunks, chunk_len) = if decode { decode_split(kv_len) } else { (0, 0) };
-        write_params(
-            params,
-            &KvF16AttentionParams {
-                n_tokens: n,
-                pos: step.pos,
-                kv_len,
-                n_heads: self.n_heads,
-                n_kv_heads: self.n_kv_heads,
-                max_ctx: self.max_ctx,
-                n_chunks,
-                chunk_len,
-                scale: self.scale,
-                _pad: [0; 3],
-            },
-        );
+        let mut p = self.params(step, n, kv_len);
+        if decode {
+            p.seqs[0] = self.split(step);
+            (p.n_chunks, p.chunk_len) = (p.seqs[0][1], p.seqs[0][2]);
+        }
+        write_params(params, &p);
         let group = self.group();
         match tag.pass() {
-            Pass::Decode if decode => decode_grid(n_chunks, self.n_kv_heads, group),
+            Pass::Decode if decode => decode_grid(p.n_chunks, self.n_kv_heads, group),
             Pass::Combine if decode => grid1(self.n_heads),
             Pass::Prefill if !decode && n > 0 => prefill_grid(n, self.n_kv_heads, group),
             _ => [0, 0, 0],
         }
+    }
+    fn serves_seqs(&self) -> Option<usize> {
+        self.seqs.map(|s| s.n as usize)
+    }
+    /// Every sequence's split-KV decode in one dispatch per pass (the
+    /// grid's z is the sequence; the x extent the step's most ranges).
+    fn step_seqs(&self, tag: CallTag, seqs: &[Step], params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+        let mut p = self.params(&Step::default(), 0, 0);
+        for (i, st) in seqs.iter().take(MAX_SEQS).enumerate() {
+            p.seqs[i] = self.split(st);
+        }
+        write_params(params, &p);
+        let n = seqs.len().min(MAX_SEQS) as u32;
+        let most = p.seqs.iter().map(|s| s[1]).max().unwrap_or(0);
+        if most == 0 {
+            return [0; 3];
+        }
+        let [x, y, _] = match tag.pass() {
+            Pass::Decode => decode_grid(most, self.n_kv_heads, self.group()),
+            Pass::Combine => grid1(self.n_heads),
+            Pass::Prefill => [0; 3],
+        };
+        [x, y, n]
     }
 }
 

@@ -49,7 +49,7 @@ use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
     write_params,
 };
-use crate::kv::cache_bytes;
+use crate::kv::{MAX_SEQS, Seqs, cache_bytes};
 use crate::pipeline::Kernel;
 use crate::shader::lib::{F16, ROPE, TRIG};
 use crate::{Caps, Result, ensure_shape};
@@ -240,6 +240,14 @@ crate::params_struct! {
         pub log2_theta: f32,
         pub n_kv_heads: u32,
         pub max_ctx: u32,
+        /// Several sequences ([`Seqs`]): their count (0: one), the cache
+        /// words between two slots, each one's position (`u32::MAX`: no
+        /// token this step), four to a vec4.
+        pub n_seqs: u32,
+        pub slot_words: u32,
+        pub _p0: u32,
+        pub _p1: u32,
+        pub seq_pos: [[u32; 4]; MAX_SEQS / 4],
     }
 }
 
@@ -257,6 +265,37 @@ pub struct RopeKvF16 {
     pub k_cache: TensorId,
     pub v_cache: TensorId,
     pub max_ctx: u32,
+    /// Several sequences in one call, row i sequence i's token into cache
+    /// slot i (decode; [`Seqs`]), or `None`: one.
+    pub seqs: Option<Seqs>,
+}
+
+impl RopeKvF16 {
+    /// Bytes of the bound caches: every slot.
+    fn caches_bytes(&self) -> u64 {
+        let r = &self.rope;
+        let one = cache_bytes(r.n_kv_heads, r.head_dim, self.max_ctx);
+        self.seqs
+            .map_or(one, |s| u64::from(s.n - 1) * s.slot_bytes + one)
+    }
+    fn params(&self, step: &Step) -> RopeKvParams {
+        let r = self.rope.params(step);
+        RopeKvParams {
+            n_tokens: r.n_tokens,
+            n_heads: r.n_heads,
+            head_dim: r.head_dim,
+            pos: r.pos,
+            style: r.style,
+            log2_theta: r.log2_theta,
+            n_kv_heads: r.n_kv_heads,
+            max_ctx: self.max_ctx,
+            n_seqs: 0,
+            slot_words: self.seqs.map_or(0, |s| (s.slot_bytes / 4) as u32),
+            _p0: 0,
+            _p1: 0,
+            seq_pos: [[0; 4]; MAX_SEQS / 4],
+        }
+    }
 }
 
 impl OpDef for RopeKvF16 {
@@ -275,9 +314,24 @@ impl OpDef for RopeKvF16 {
         r.check(g)?;
         let rows = 4 * u64::from(r.n_kv_heads * r.head_dim) * u64::from(r.max_rows);
         check_bytes(g, "rope_kv_f16", "v", self.v, rows)?;
-        let cache = cache_bytes(r.n_kv_heads, r.head_dim, self.max_ctx);
-        check_bytes(g, "rope_kv_f16", "k_cache", self.k_cache, cache)?;
-        check_bytes(g, "rope_kv_f16", "v_cache", self.v_cache, cache)
+        if let Some(s) = self.seqs {
+            let one = cache_bytes(r.n_kv_heads, r.head_dim, self.max_ctx);
+            ensure_shape!(
+                (1..=MAX_SEQS as u32).contains(&s.n)
+                    && s.n == r.max_rows
+                    && s.slot_bytes >= one
+                    && s.slot_bytes.is_multiple_of(4)
+                    && s.slot_bytes / 4 <= u64::from(u32::MAX),
+                "rope_kv_f16",
+                "{} sequences (1..={MAX_SEQS}, one row each) over cache slots {} bytes apart \
+                 ({one} bytes each)",
+                s.n,
+                s.slot_bytes
+            );
+        }
+        let caches = self.caches_bytes();
+        check_bytes(g, "rope_kv_f16", "k_cache", self.k_cache, caches)?;
+        check_bytes(g, "rope_kv_f16", "v_cache", self.v_cache, caches)
     }
     fn calls(&self, _caps: &Caps) -> Vec<Call> {
         let r = &self.rope;
@@ -285,8 +339,14 @@ impl OpDef for RopeKvF16 {
             Binding::write(r.q),
             Binding::write(r.k),
             Binding::write(self.v),
-            Binding::write(self.k_cache),
-            Binding::write(self.v_cache),
+            Binding {
+                range: Some((0, self.caches_bytes())),
+                ..Binding::write(self.k_cache)
+            },
+            Binding {
+                range: Some((0, self.caches_bytes())),
+                ..Binding::write(self.v_cache)
+            },
         ];
         let entry = match r.freq_factors {
             None => "rope_kv",
@@ -297,24 +357,36 @@ impl OpDef for RopeKvF16 {
         };
         vec![Call::new(Kernel::new(&SHADER_KV, entry), b)]
     }
-    fn step(&self, _tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
-        let r = self.rope.params(step);
+    fn step(&self, tag: CallTag, step: &Step, params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+        if self.seqs.is_some() {
+            return self.step_seqs(tag, std::slice::from_ref(step), params);
+        }
         // Rows past the cache's end: queries still rotate, the shader drops
         // the keys and values (as kv_f16_write does).
-        write_params(
-            params,
-            &RopeKvParams {
-                n_tokens: r.n_tokens,
-                n_heads: r.n_heads,
-                head_dim: r.head_dim,
-                pos: r.pos,
-                style: r.style,
-                log2_theta: r.log2_theta,
-                n_kv_heads: r.n_kv_heads,
-                max_ctx: self.max_ctx,
-            },
-        );
-        grid1((r.n_tokens * (r.head_dim / 4)).div_ceil(WG))
+        let p = self.params(step);
+        write_params(params, &p);
+        grid1((p.n_tokens * (p.head_dim / 4)).div_ceil(WG))
+    }
+    fn serves_seqs(&self) -> Option<usize> {
+        self.seqs.map(|s| s.n as usize)
+    }
+    /// Every sequence's row in one dispatch, each at its own position into
+    /// its own slot; a sequence without a token writes nothing.
+    fn step_seqs(&self, _tag: CallTag, seqs: &[Step], params: &mut [u8; PARAMS_BYTES]) -> [u32; 3] {
+        let n = seqs.len().min(MAX_SEQS);
+        let mut p = self.params(&Step {
+            n_tokens: n as u32,
+            ..Step::default()
+        });
+        p.n_seqs = n as u32;
+        for (i, st) in seqs.iter().take(n).enumerate() {
+            p.seq_pos[i / 4][i % 4] = if st.n_tokens > 0 { st.pos } else { u32::MAX };
+        }
+        write_params(params, &p);
+        if seqs.iter().all(|st| st.n_tokens == 0) {
+            return [0; 3];
+        }
+        grid1((p.n_tokens * (p.head_dim / 4)).div_ceil(WG))
     }
 }
 

@@ -534,40 +534,70 @@ impl KvCache {
     /// position it has not written, so what sessions wrote past the pivot
     /// may come along unharmed).
     pub fn duplicate(&self, gpu: &Gpu) -> Result<KvCache> {
-        let dup = |t: &Tensor, what: &str, l: usize| gpu.duplicate(&format!("blk.{l}.{what}"), t);
-        let layers = self
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(l, c)| {
-                Ok(match c {
-                    LayerCache::F16 { k, v } => LayerCache::F16 {
-                        k: dup(k, "k_cache", l)?,
-                        v: dup(v, "v_cache", l)?,
-                    },
-                    LayerCache::Quant {
-                        k_win,
-                        v_win,
-                        k_store,
-                        v_store,
-                        layout,
-                    } => LayerCache::Quant {
-                        k_win: dup(k_win, "k_win", l)?,
-                        v_win: dup(v_win, "v_win", l)?,
-                        k_store: dup(k_store, "k_store", l)?,
-                        v_store: dup(v_store, "v_store", l)?,
-                        layout: *layout,
-                    },
-                })
+        let mut one = self.replicate(gpu, 1)?;
+        Ok(one.remove(0))
+    }
+
+    /// `n` caches like [`KvCache::duplicate`]'s, whose f16 layers lie in
+    /// one buffer per layer and tensor, `n` slots
+    /// ([`f16_slot_stride`](KvCache::f16_slot_stride) apart): a batched
+    /// decode step attends over all of them in one dispatch
+    /// (`kv_f16_attention::Seqs`). Quantized layers get buffers of their own.
+    pub fn replicate(&self, gpu: &Gpu, n: usize) -> Result<Vec<KvCache>> {
+        let mut layers: Vec<Vec<LayerCache>> = (0..n).map(|_| Vec::new()).collect();
+        for (l, c) in self.layers.iter().enumerate() {
+            match c {
+                LayerCache::F16 { k, v } => {
+                    let stride = Self::f16_slot_stride(gpu, k);
+                    let ks = gpu.replicate(&format!("blk.{l}.k_cache"), k, n, stride)?;
+                    let vs = gpu.replicate(&format!("blk.{l}.v_cache"), v, n, stride)?;
+                    for ((out, k), v) in layers.iter_mut().zip(ks).zip(vs) {
+                        out.push(LayerCache::F16 { k, v });
+                    }
+                }
+                LayerCache::Quant {
+                    k_win,
+                    v_win,
+                    k_store,
+                    v_store,
+                    layout,
+                } => {
+                    let dup = |t: &Tensor, what: &str| gpu.duplicate(&format!("blk.{l}.{what}"), t);
+                    for out in &mut layers {
+                        out.push(LayerCache::Quant {
+                            k_win: dup(k_win, "k_win")?,
+                            v_win: dup(v_win, "v_win")?,
+                            k_store: dup(k_store, "k_store")?,
+                            v_store: dup(v_store, "v_store")?,
+                            layout: *layout,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(layers
+            .into_iter()
+            .map(|layers| KvCache {
+                format: self.format,
+                max_ctx: self.max_ctx,
+                pivot: self.pivot.clone(),
+                layout: self.layout,
+                layers,
             })
-            .collect::<Result<_>>()?;
-        Ok(KvCache {
-            format: self.format,
-            max_ctx: self.max_ctx,
-            pivot: self.pivot.clone(),
-            layout: self.layout,
-            layers,
-        })
+            .collect())
+    }
+
+    /// Bytes between two slots of [`KvCache::replicate`]'s f16 buffers: the
+    /// cache rounded up to whole rows that start at the device's binding
+    /// alignment.
+    pub fn f16_slot_stride(gpu: &Gpu, k: &Tensor) -> u64 {
+        let row = 2 * k.shape.last().copied().unwrap_or(1).max(1) as u64;
+        let align = u64::from(gpu.caps.min_storage_align.max(4));
+        let (mut a, mut b) = (row, align);
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        k.size.next_multiple_of(row / a * align)
     }
 
     /// Positions the pivot takes.

@@ -1,7 +1,10 @@
 //! One sequence's attention block of a layer: RoPE, the KV cache write and
 //! causal GQA attention over that sequence's cache (the f16 cache's fused
 //! RoPE + write where it applies). A graph over several sequences pushes
-//! it once per sequence, each with its own step ([`Graph::push_seq`]).
+//! it once per sequence, each with its own step ([`Graph::push_seq`]);
+//! where their f16 caches are slots of one buffer ([`KvSlots`]) it pushes
+//! RoPE and the write per sequence and the attention once for all of them
+//! ([`push_attention_seqs`], [`Graph::push_seqs`]).
 
 use lamina_engine::graph::{Graph, Op, TensorId};
 use lamina_engine::ops::{
@@ -30,6 +33,15 @@ pub enum LayerKv {
     },
 }
 
+/// Several sequences' f16 caches of one layer, each as one tensor over all
+/// their slots (forks made by `GpuModel::forks`: `KvCache::replicate`).
+#[derive(Debug, Clone, Copy)]
+pub struct KvSlots {
+    pub k_caches: TensorId,
+    pub v_caches: TensorId,
+    pub seqs: kv_f16_attention::Seqs,
+}
+
 /// One sequence's rows of q, k, v and the attention output.
 pub struct AttRows {
     pub q: TensorId,
@@ -41,6 +53,8 @@ pub struct AttRows {
 /// RoPE, the cache write and causal GQA attention of layer `l` for `n`
 /// rows of one sequence over its cache `kv`; with `seq`, as that
 /// sequence's nodes of a several-sequence graph ([`Graph::push_seq`]).
+/// `attend` false leaves the attention out (an f16 cache whose attention
+/// [`push_attention_seqs`] pushes for all sequences).
 #[allow(clippy::too_many_arguments)]
 pub fn push_attention(
     g: &mut Graph,
@@ -53,12 +67,9 @@ pub fn push_attention(
     max_ctx: u32,
     n: u32,
     seq: Option<usize>,
+    attend: bool,
 ) -> Result<()> {
     let (hd, nh, nkv) = (c.head_dim as u32, c.n_heads as u32, c.n_kv_heads as u32);
-    let style = match c.rope_style {
-        RopeStyle::Interleaved => rope::RopeStyle::Interleaved,
-        RopeStyle::Neox => rope::RopeStyle::Neox,
-    };
     let p = |s: &str| match seq {
         Some(q) => format!("blk.{l}.{s}.{q}"),
         None => format!("blk.{l}.{s}"),
@@ -71,23 +82,9 @@ pub fn push_attention(
     // into RoPE where the head is a power of two, else a dispatch of its own.
     // RoPE on the queries and the keys in one dispatch.
     let fused = hd.is_power_of_two() && hd <= rope::HADAMARD_MAX_DIM;
-    let r = rope::Rope {
-        q: io.q,
-        n_heads: nh,
-        k: io.k,
-        n_kv_heads: nkv,
-        head_dim: hd,
-        theta: c.rope_theta,
-        style,
-        max_rows: n,
-        freq_factors: rope_factors,
-    };
-    // With the f16 cache (and no Hadamard), RoPE and the cache write are one
-    // dispatch (rope::RopeKvF16).
+    let r = rope_op(c, io, rope_factors, n);
     let rope_kv = match *kv {
-        LayerKv::F16 { k_cache, v_cache } if !c.hadamard.qk && hd.is_multiple_of(4) => {
-            Some((k_cache, v_cache))
-        }
+        LayerKv::F16 { k_cache, v_cache } if fuses_rope_kv(c) => Some((k_cache, v_cache)),
         _ => None,
     };
     if let Some((k_cache, v_cache)) = rope_kv {
@@ -97,6 +94,7 @@ pub fn push_attention(
             k_cache,
             v_cache,
             max_ctx,
+            seqs: None,
         };
         push(g, p("rope_kv"), Op::RopeKvF16(op))?;
     } else if c.hadamard.qk && fused {
@@ -139,23 +137,11 @@ pub fn push_attention(
                     }),
                 )?;
             }
-            push(
-                g,
-                p("attn"),
-                Op::KvF16Attention(kv_f16_attention::KvF16Attention {
-                    q: io.q,
-                    k_cache,
-                    v_cache,
-                    out: io.att,
-                    scratch: att_scratch,
-                    n_heads: nh,
-                    n_kv_heads: nkv,
-                    head_dim: hd,
-                    max_ctx,
-                    max_rows: n,
-                    scale,
-                }),
-            )?;
+            if attend {
+                let op = f16_attention(c, io.q, io.att, att_scratch, k_cache, v_cache, max_ctx);
+                let op = kv_f16_attention::KvF16Attention { max_rows: n, ..op };
+                push(g, p("attn"), Op::KvF16Attention(op))?;
+            }
         }
         LayerKv::Quant {
             k_win,
@@ -203,4 +189,103 @@ pub fn push_attention(
         }
     }
     Ok(())
+}
+
+/// With the f16 cache (and no Hadamard), RoPE and the cache write are one
+/// dispatch (rope::RopeKvF16).
+pub fn fuses_rope_kv(c: &LlamaConfig) -> bool {
+    !c.hadamard.qk && c.head_dim.is_multiple_of(4)
+}
+
+/// Layer `l`'s attention block for one row per sequence of a
+/// several-sequence graph whose f16 caches are `slots` (rows `io`, one per
+/// sequence), each sequence over its own slot at its own position: with
+/// `rope`, RoPE and the cache write of every row in one node (where
+/// [`fuses_rope_kv`]), then attention in one node; without, attention only,
+/// after [`push_attention`] (with `attend` false) did the rest per sequence.
+#[allow(clippy::too_many_arguments)]
+pub fn push_attention_seqs(
+    g: &mut Graph,
+    c: &LlamaConfig,
+    l: usize,
+    io: &AttRows,
+    rope_factors: Option<TensorId>,
+    att_scratch: Option<TensorId>,
+    slots: &KvSlots,
+    max_ctx: u32,
+    rope: bool,
+) -> Result<()> {
+    let n = slots.seqs.n;
+    if rope {
+        let op = rope::RopeKvF16 {
+            rope: rope_op(c, io, rope_factors, n),
+            v: io.v,
+            k_cache: slots.k_caches,
+            v_cache: slots.v_caches,
+            max_ctx,
+            seqs: Some(slots.seqs),
+        };
+        g.push_seqs(n as usize, format!("blk.{l}.rope_kv"), Op::RopeKvF16(op))?;
+    }
+    let op = f16_attention(
+        c,
+        io.q,
+        io.att,
+        att_scratch,
+        slots.k_caches,
+        slots.v_caches,
+        max_ctx,
+    );
+    let op = kv_f16_attention::KvF16Attention {
+        max_rows: n,
+        seqs: Some(slots.seqs),
+        ..op
+    };
+    g.push_seqs(n as usize, format!("blk.{l}.attn"), Op::KvF16Attention(op))?;
+    Ok(())
+}
+
+/// RoPE of `n` rows of `io`'s queries and keys.
+fn rope_op(c: &LlamaConfig, io: &AttRows, rope_factors: Option<TensorId>, n: u32) -> rope::Rope {
+    rope::Rope {
+        q: io.q,
+        n_heads: c.n_heads as u32,
+        k: io.k,
+        n_kv_heads: c.n_kv_heads as u32,
+        head_dim: c.head_dim as u32,
+        theta: c.rope_theta,
+        style: match c.rope_style {
+            RopeStyle::Interleaved => rope::RopeStyle::Interleaved,
+            RopeStyle::Neox => rope::RopeStyle::Neox,
+        },
+        max_rows: n,
+        freq_factors: rope_factors,
+    }
+}
+
+/// The f16 cache's attention op for one row (callers set rows and sequences).
+fn f16_attention(
+    c: &LlamaConfig,
+    q: TensorId,
+    out: TensorId,
+    scratch: Option<TensorId>,
+    k_cache: TensorId,
+    v_cache: TensorId,
+    max_ctx: u32,
+) -> kv_f16_attention::KvF16Attention {
+    let hd = c.head_dim as u32;
+    kv_f16_attention::KvF16Attention {
+        q,
+        k_cache,
+        v_cache,
+        out,
+        scratch,
+        n_heads: c.n_heads as u32,
+        n_kv_heads: c.n_kv_heads as u32,
+        head_dim: hd,
+        max_ctx,
+        max_rows: 1,
+        scale: 1.0 / (hd as f32).sqrt(),
+        seqs: None,
+    }
 }

@@ -14,7 +14,9 @@ use lamina_engine::ops::{
 use lamina_engine::weight::GpuWeight;
 use lamina_engine::{Tensor, WeightRef};
 
-use super::attention::{AttRows, LayerKv, push_attention};
+use super::attention::{
+    AttRows, KvSlots, LayerKv, fuses_rope_kv, push_attention, push_attention_seqs,
+};
 pub use super::nodes::parts_tensor;
 use super::nodes::{push_gram, push_hadamard, push_norm};
 use super::{GpuLayer, GpuModel, Linears};
@@ -50,6 +52,48 @@ pub const REPEAT_LAST_N: u32 = 64;
 
 fn weight(g: &mut Graph, w: &GpuWeight, name: &str) -> WeightRef {
     w.add_to_graph(g, name)
+}
+
+/// Layer `l`'s f16 caches of several models as one tensor each over all
+/// their slots, where they are slots of one buffer in order at one stride
+/// (`GpuModel::forks`), a call can serve that many sequences and a
+/// binding can hold them; else `None` (attention per sequence).
+fn kv_slots(models: &[&GpuModel], l: usize) -> Option<(Tensor, Tensor, kv_f16_attention::Seqs)> {
+    if models.len() < 2 || models.len() > kv_f16_attention::MAX_SEQS {
+        return None;
+    }
+    let caches: Vec<(&Tensor, &Tensor)> = models
+        .iter()
+        .map(|m| match m.kv.layers.get(l) {
+            Some(LayerCache::F16 { k, v }) => Some((k, v)),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let (k0, v0) = caches[0];
+    let stride = caches[1].0.offset.checked_sub(k0.offset)?;
+    let in_slots = |t0: &Tensor, t: &Tensor, s: usize| {
+        Arc::ptr_eq(&t.buffer, &t0.buffer)
+            && t.size == t0.size
+            && t.offset == t0.offset + s as u64 * stride
+    };
+    let ok = caches
+        .iter()
+        .enumerate()
+        .all(|(s, (k, v))| in_slots(k0, k, s) && in_slots(v0, v, s) && v0.offset == k0.offset);
+    let n = models.len();
+    let bytes = (n as u64 - 1) * stride + k0.size;
+    if !ok || stride < k0.size || bytes > models[0].gpu.caps.max_binding {
+        return None;
+    }
+    let all = |t: &Tensor| Tensor {
+        size: bytes,
+        ..t.clone()
+    };
+    let seqs = kv_f16_attention::Seqs {
+        n: n as u32,
+        slot_bytes: stride,
+    };
+    Some((all(k0), all(v0), seqs))
 }
 
 fn external(g: &mut Graph, name: &str, t: &Tensor) -> TensorId {
@@ -163,12 +207,21 @@ fn build(
     // [n_tokens, ffn] each
     let (gate_up, [gate, up]) = parts_tensor(&mut g, "gate_up", [("gate", ffn), ("up", ffn)], n)?;
     let act = g.intermediate("act", f32s(ffn)); // [n_tokens, ffn]
+    // Several sequences whose f16 caches are slots of one buffer: attention
+    // over all of them in one node per layer, with a scratch area each.
+    let slotted: Vec<Option<(Tensor, Tensor, kv_f16_attention::Seqs)>> = (0..m.kv.layers.len())
+        .map(|l| kv_slots(models, l))
+        .collect();
     let scratch_bytes = m
         .kv
         .layers
         .iter()
-        .map(|l| match l {
-            LayerCache::F16 { .. } => kv_f16_attention::scratch_bytes(nh, hd, max_ctx, n),
+        .zip(&slotted)
+        .map(|(l, slots)| match l {
+            LayerCache::F16 { .. } => {
+                let seqs = slots.as_ref().map_or(1, |s| u64::from(s.2.n));
+                seqs * kv_f16_attention::scratch_bytes(nh, hd, max_ctx, n)
+            }
             LayerCache::Quant { layout, .. } => kv_quant_attention::scratch_bytes(layout, nh, n),
         })
         .max()
@@ -245,7 +298,12 @@ fn build(
                 }
             })
             .collect();
-        push_layer(&mut g, c, l, lw, &io, &kvs, max_ctx, n, None)?;
+        let slots = slotted[l].as_ref().map(|(k, v, seqs)| KvSlots {
+            k_caches: external(&mut g, &format!("blk.{l}.k_caches"), k),
+            v_caches: external(&mut g, &format!("blk.{l}.v_caches"), v),
+            seqs: *seqs,
+        });
+        push_layer(&mut g, c, l, lw, &io, &kvs, slots, max_ctx, n, None)?;
     }
 
     let w = external(&mut g, "output_norm", &m.output_norm);
@@ -431,6 +489,7 @@ pub fn push_layer(
     lw: &GpuLayer,
     io: &LayerIo,
     kvs: &[LayerKv],
+    slots: Option<KvSlots>,
     max_ctx: u32,
     n: u32,
     taps: Option<&GramTaps>,
@@ -594,7 +653,9 @@ pub fn push_layer(
     // One sequence: its n rows as they are. Several, one row each: RoPE, the
     // cache write and attention per sequence over its own cache, with its
     // own step.
-    for (s, kv) in kvs.iter().enumerate() {
+    // With cache slots, RoPE and the write too in one node where they fuse.
+    let rope_all = slots.is_some() && fuses_rope_kv(c);
+    for (s, kv) in kvs.iter().enumerate().filter(|_| !rope_all) {
         let (rows, rn, seq) = if kvs.len() == 1 {
             let rows = AttRows {
                 q: io.q,
@@ -617,7 +678,30 @@ pub fn push_layer(
             (rows, 1, Some(s))
         };
         let (rope_factors, scratch) = (io.rope_factors, io.att_scratch);
-        push_attention(g, c, l, &rows, rope_factors, scratch, kv, max_ctx, rn, seq)?;
+        let attend = slots.is_none();
+        push_attention(
+            g,
+            c,
+            l,
+            &rows,
+            rope_factors,
+            scratch,
+            kv,
+            max_ctx,
+            rn,
+            seq,
+            attend,
+        )?;
+    }
+    if let Some(s) = &slots {
+        let rows = AttRows {
+            q: io.q,
+            k: io.k,
+            v: io.v,
+            att: io.att,
+        };
+        let (rope_factors, scratch) = (io.rope_factors, io.att_scratch);
+        push_attention_seqs(g, c, l, &rows, rope_factors, scratch, s, max_ctx, rope_all)?;
     }
     if let Some(t) = taps {
         push_gram(g, io.att, t.attn_out, c.q_dim(), n, p("gram_attn_out"))?;

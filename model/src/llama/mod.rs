@@ -374,17 +374,30 @@ impl GpuModel {
     /// a [`KvCache::duplicate`] of this model's: a second sequence that runs
     /// beside this one's, as the server's slots do.
     pub fn fork(&self) -> Result<GpuModel> {
-        Ok(GpuModel {
-            gpu: self.gpu.clone(),
-            config: self.config.clone(),
-            token_embd: self.token_embd.clone(),
-            layers: self.layers.clone(),
-            output_norm: self.output_norm.clone(),
-            output: self.output.clone(),
-            rope_factors: self.rope_factors.clone(),
-            kv: self.kv.duplicate(&self.gpu)?,
-            weight_mode: self.weight_mode,
-        })
+        Ok(self.forks(1)?.remove(0))
+    }
+
+    /// `n` forks whose f16 KV caches lie side by side in one buffer per
+    /// layer ([`KvCache::replicate`]), so that a batched step of their
+    /// sequences attends over all of them in one dispatch
+    /// ([`crate::batch::BatchDecoder`]).
+    pub fn forks(&self, n: usize) -> Result<Vec<GpuModel>> {
+        Ok(self
+            .kv
+            .replicate(&self.gpu, n)?
+            .into_iter()
+            .map(|kv| GpuModel {
+                gpu: self.gpu.clone(),
+                config: self.config.clone(),
+                token_embd: self.token_embd.clone(),
+                layers: self.layers.clone(),
+                output_norm: self.output_norm.clone(),
+                output: self.output.clone(),
+                rope_factors: self.rope_factors.clone(),
+                kv,
+                weight_mode: self.weight_mode,
+            })
+            .collect())
     }
 
     pub fn lm_head(&self) -> &GpuWeight {

@@ -238,7 +238,7 @@ fn block(
         k_cache: kc,
         v_cache: vc,
     };
-    push_layer(&mut g, c, l, lw, &io, &[kv], ctx, seq, taps.as_ref())?;
+    push_layer(&mut g, c, l, lw, &io, &[kv], None, ctx, seq, taps.as_ref())?;
     let ex = Executor::new(gpu.clone(), g)?;
     if let Some(t) = io.rope_factors {
         ex.write(t, 0, bytemuck::cast_slice(&c.rope_factors));
