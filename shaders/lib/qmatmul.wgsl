@@ -116,6 +116,20 @@ fn prep_x(b: XBlock, fmt: u32) -> XPrep {
     return r;
 }
 
+// The first block of weight rows r0 .. r0 + 3 (rows past the end clamped
+// to the last one: loads stay in bounds, results are not written).
+fn row_blocks4(r0: u32) -> vec4<u32> {
+    let last = p.rows - 1u;
+    return min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last)) * p.nb;
+}
+
+// The first x vec4 of tokens t0 .. t0 + 3 of a tiled step (tokens past the
+// step's end repeat the last one; never written).
+fn token_rows4(t0: u32) -> vec4<u32> {
+    let last = p.n_tokens - 1u;
+    return min(vec4<u32>(t0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last)) * (p.nb * 8u);
+}
+
 // What one mat-vec invocation works on: its first row (rows row0 .. row0 +
 // R), the first block of each of its R rows (rows past the end clamped to
 // the last one: loads stay in bounds, results are not written), the blocks
@@ -132,8 +146,7 @@ fn mv_rows(wg: u32, lid: u32) -> MvRows {
     var s: MvRows;
     s.row0 = (wg * WG + lid) * R;
     s.nb = select(0u, p.nb, any_lane(s.row0 < p.rows));
-    let last = p.rows - 1u;
-    s.b = min(vec4<u32>(s.row0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last)) * p.nb;
+    s.b = row_blocks4(s.row0);
     s.xbase = p.x_row * p.nb * 8u;
     return s;
 }
@@ -264,39 +277,26 @@ fn matmul(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
     let t0 = (wg / p.row_tiles) * TA;
     let r0 = ((wg % p.row_tiles) * WG + lid) * TB;
     let nb = select(0u, p.nb, any_lane(r0 < p.rows));
-    let last = p.rows - 1u;
-    let rb0 = min(r0, last) * p.nb;
-    let rb1 = min(r0 + 1u, last) * p.nb;
-    let rb2 = min(r0 + 2u, last) * p.nb;
-    let rb3 = min(r0 + 3u, last) * p.nb;
-    // Tokens past the step's end repeat the last one; never written.
-    let last_t = p.n_tokens - 1u;
-    let stride = p.nb * 8u;
-    let tb0 = min(t0, last_t) * stride;
-    let tb1 = min(t0 + 1u, last_t) * stride;
-    let tb2 = min(t0 + 2u, last_t) * stride;
-    let tb3 = min(t0 + 3u, last_t) * stride;
-    let tb4 = min(t0 + 4u, last_t) * stride;
-    let tb5 = min(t0 + 5u, last_t) * stride;
-    let tb6 = min(t0 + 6u, last_t) * stride;
-    let tb7 = min(t0 + 7u, last_t) * stride;
+    let rb = row_blocks4(r0);
+    let ta = token_rows4(t0);
+    let tb = token_rows4(t0 + 4u);
     var acc: Acc;
     for (var kb = 0u; kb < nb; kb++) {
         let xo = kb * 8u;
         var xt: Tokens;
-        xt[0] = x_block(tb0 + xo, lane, sgs);
-        xt[1] = x_block(tb1 + xo, lane, sgs);
-        xt[2] = x_block(tb2 + xo, lane, sgs);
-        xt[3] = x_block(tb3 + xo, lane, sgs);
-        xt[4] = x_block(tb4 + xo, lane, sgs);
-        xt[5] = x_block(tb5 + xo, lane, sgs);
-        xt[6] = x_block(tb6 + xo, lane, sgs);
-        xt[7] = x_block(tb7 + xo, lane, sgs);
+        xt[0] = x_block(ta.x + xo, lane, sgs);
+        xt[1] = x_block(ta.y + xo, lane, sgs);
+        xt[2] = x_block(ta.z + xo, lane, sgs);
+        xt[3] = x_block(ta.w + xo, lane, sgs);
+        xt[4] = x_block(tb.x + xo, lane, sgs);
+        xt[5] = x_block(tb.y + xo, lane, sgs);
+        xt[6] = x_block(tb.z + xo, lane, sgs);
+        xt[7] = x_block(tb.w + xo, lane, sgs);
         var w: Rows;
-        w[0] = load_wblock(rb0 + kb, fmt);
-        w[1] = load_wblock(rb1 + kb, fmt);
-        w[2] = load_wblock(rb2 + kb, fmt);
-        w[3] = load_wblock(rb3 + kb, fmt);
+        w[0] = load_wblock(rb.x + kb, fmt);
+        w[1] = load_wblock(rb.y + kb, fmt);
+        w[2] = load_wblock(rb.z + kb, fmt);
+        w[3] = load_wblock(rb.w + kb, fmt);
         mm_step(&acc, &w, &xt, 0u, fmt);
         mm_step(&acc, &w, &xt, 1u, fmt);
         mm_step(&acc, &w, &xt, 2u, fmt);
@@ -344,32 +344,21 @@ fn matmul4(wg: u32, lid: u32, lane: u32, sgs: u32, fmt: u32) {
     let t0 = (wg / p.row_tiles) * TA4;
     let r0 = ((wg % p.row_tiles) * WG + lid) * TB4;
     let nb = select(0u, p.nb, any_lane(r0 < p.rows));
-    let last = p.rows - 1u;
-    var rb: array<u32, TB4>;
-    rb[0] = min(r0, last) * p.nb;
-    rb[1] = min(r0 + 1u, last) * p.nb;
-    rb[2] = min(r0 + 2u, last) * p.nb;
-    rb[3] = min(r0 + 3u, last) * p.nb;
-    // Tokens past the step's end repeat the last one; never written.
-    let last_t = p.n_tokens - 1u;
-    let stride = p.nb * 8u;
-    let tb0 = min(t0, last_t) * stride;
-    let tb1 = min(t0 + 1u, last_t) * stride;
-    let tb2 = min(t0 + 2u, last_t) * stride;
-    let tb3 = min(t0 + 3u, last_t) * stride;
+    let rb = row_blocks4(r0);
+    let ta = token_rows4(t0);
     var acc: Acc4;
     for (var kb = 0u; kb < nb; kb++) {
         let xo = kb * 8u;
         var xt: Tokens4;
-        xt[0] = x_block(tb0 + xo, lane, sgs);
-        xt[1] = x_block(tb1 + xo, lane, sgs);
-        xt[2] = x_block(tb2 + xo, lane, sgs);
-        xt[3] = x_block(tb3 + xo, lane, sgs);
+        xt[0] = x_block(ta.x + xo, lane, sgs);
+        xt[1] = x_block(ta.y + xo, lane, sgs);
+        xt[2] = x_block(ta.z + xo, lane, sgs);
+        xt[3] = x_block(ta.w + xo, lane, sgs);
         var w: Rows4;
-        w[0] = load_wblock(rb[0] + kb, fmt);
-        w[1] = load_wblock(rb[1] + kb, fmt);
-        w[2] = load_wblock(rb[2] + kb, fmt);
-        w[3] = load_wblock(rb[3] + kb, fmt);
+        w[0] = load_wblock(rb.x + kb, fmt);
+        w[1] = load_wblock(rb.y + kb, fmt);
+        w[2] = load_wblock(rb.z + kb, fmt);
+        w[3] = load_wblock(rb.w + kb, fmt);
         mm4_step(&acc, &w, &xt, 0u, fmt);
         mm4_step(&acc, &w, &xt, 1u, fmt);
         mm4_step(&acc, &w, &xt, 2u, fmt);
