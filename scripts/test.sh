@@ -10,7 +10,10 @@
 #    fetch`; skipped when LAMINA_SKIP_FETCH=1),
 # 4. makes the Python environment with the `openai` client that the server
 #    tests drive `lamina serve` with (scripts/py-openai.sh),
-# 5. runs `cargo test --workspace "$@"`, which reuses the build.
+# 5. checks that the engine and model crates still compile for the browser
+#    (`cargo check --target wasm32-unknown-unknown`, the target added with
+#    rustup; skipped when LAMINA_SKIP_WASM=1),
+# 6. runs `cargo test --workspace "$@"`, which reuses the build.
 # Works from any directory, without a terminal or standard input.
 #
 # One build serves every step: `cargo run -p lamina-cli` would resolve the
@@ -54,6 +57,16 @@ fi
 phase "Python openai client (scripts/py-openai.sh)"
 LAMINA_TEST_PYTHON="$(bash "$ROOT/scripts/py-openai.sh" </dev/null)"
 export LAMINA_TEST_PYTHON
+
+if [[ "${LAMINA_SKIP_WASM:-0}" == 1 ]]; then
+    phase "wasm32 check: skipped (LAMINA_SKIP_WASM=1)"
+else
+    phase "wasm32 check: cargo check --target wasm32-unknown-unknown -p lamina-engine -p lamina-model"
+    if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+        rustup target add wasm32-unknown-unknown </dev/null
+    fi
+    cargo check --target wasm32-unknown-unknown -p lamina-engine -p lamina-model </dev/null
+fi
 
 phase "cargo test --workspace $*"
 cargo test --workspace "$@" </dev/null

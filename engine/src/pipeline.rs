@@ -392,6 +392,18 @@ impl Gpu {
             .filter(|(k, a)| seen.insert(PipelineKey::of(k, a)))
             .collect();
         log::debug!("{} distinct pipelines", kernels.len());
+        // No threads on the web (and wgpu's WebGPU handles are not Send):
+        // one after another.
+        #[cfg(target_arch = "wasm32")]
+        return kernels
+            .iter()
+            .try_for_each(|(k, a)| self.pipeline(k, a).map(drop));
+        #[cfg(not(target_arch = "wasm32"))]
+        self.prepare_threaded(&kernels)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn prepare_threaded(&self, kernels: &[&(Kernel, Vec<Access>)]) -> Result<()> {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(kernels.len());

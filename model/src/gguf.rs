@@ -74,7 +74,7 @@ impl GgufTensorInfo {
 /// An open, validated GGUF file. Tensor data stays in the memory map.
 pub struct GgufFile {
     path: PathBuf,
-    map: Arc<memmap2::Mmap>,
+    map: Arc<FileMap>,
     version: u32,
     alignment: usize,
     data_offset: usize,
@@ -95,9 +95,27 @@ impl fmt::Debug for GgufFile {
     }
 }
 
+/// A whole model file's bytes: memory-mapped natively; on wasm32, which has
+/// no memory maps, an owned copy.
+#[cfg(not(target_arch = "wasm32"))]
+pub type FileMap = memmap2::Mmap;
+/// A whole model file's bytes: memory-mapped natively; on wasm32, which has
+/// no memory maps, an owned copy.
+#[cfg(target_arch = "wasm32")]
+pub type FileMap = Box<[u8]>;
+
+/// Reads a whole file (wasm32: no memory maps; std::fs fails there anyway,
+/// so models come in through `from_bytes`).
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn map_file(path: &Path) -> Result<Arc<FileMap>> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    Ok(Arc::new(bytes.into_boxed_slice()))
+}
+
 /// Memory-maps a whole file read-only.
+#[cfg(not(target_arch = "wasm32"))]
 #[allow(unsafe_code)]
-pub(crate) fn map_file(path: &Path) -> Result<Arc<memmap2::Mmap>> {
+pub(crate) fn map_file(path: &Path) -> Result<Arc<FileMap>> {
     let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
     // SAFETY: the map is read-only and private to this process. Model files
     // are treated as immutable while open; if another process truncates or
@@ -126,14 +144,19 @@ impl GgufFile {
             path: path.clone(),
             msg,
         })?;
-        let io = |e| ModelError::io(&path, e);
-        let mut anon = memmap2::MmapMut::map_anon(bytes.len()).map_err(io)?;
-        anon.copy_from_slice(bytes);
-        let map = anon.make_read_only().map_err(io)?;
+        #[cfg(not(target_arch = "wasm32"))]
+        let map = {
+            let io = |e| ModelError::io(&path, e);
+            let mut anon = memmap2::MmapMut::map_anon(bytes.len()).map_err(io)?;
+            anon.copy_from_slice(bytes);
+            anon.make_read_only().map_err(io)?
+        };
+        #[cfg(target_arch = "wasm32")]
+        let map: FileMap = bytes.into();
         Self::from_map(path, Arc::new(map))
     }
 
-    fn from_map(path: PathBuf, map: Arc<memmap2::Mmap>) -> Result<GgufFile> {
+    fn from_map(path: PathBuf, map: Arc<FileMap>) -> Result<GgufFile> {
         let p = parse(&map).map_err(|msg| ModelError::Gguf {
             path: path.clone(),
             msg,

@@ -196,7 +196,7 @@ pub fn config_from_hf(j: &Value, path: &Path) -> Result<LlamaConfig> {
 /// One tensor's place in a mapped safetensors file.
 struct Entry {
     file: PathBuf,
-    map: Arc<memmap2::Mmap>,
+    map: Arc<crate::gguf::FileMap>,
     offset: usize,
     len: usize,
     shape: Vec<usize>,

@@ -139,6 +139,8 @@ impl LogitsWriter {
             .into_inner()
             .map_err(|e| ModelError::io(&tmp, e.into_error()))?;
         f.sync_all().map_err(|e| ModelError::io(&tmp, e))?;
+        // Closed before the rename (on wasm32 File has no Drop: nothing to close).
+        #[cfg_attr(target_arch = "wasm32", allow(clippy::drop_non_drop))]
         drop(f);
         std::fs::rename(&tmp, &self.path).map_err(|e| ModelError::io(&self.path, e))?;
         Ok(self.path.clone())

@@ -171,8 +171,9 @@ impl KvF16Attention {
     /// Bytes of the bound caches: every slot.
     fn caches_bytes(&self) -> u64 {
         let one = cache_bytes(self.n_kv_heads, self.head_dim, self.max_ctx);
-        self.seqs
-            .map_or(one, |s| u64::from(s.n.saturating_sub(1)) * s.slot_bytes + one)
+        self.seqs.map_or(one, |s| {
+            u64::from(s.n.saturating_sub(1)) * s.slot_bytes + one
+        })
     }
     /// One sequence's decode `(kv_len, n_chunks, chunk_len, 0)` at `step`
     /// (all 0 when it has no token).

@@ -275,8 +275,9 @@ impl RopeKvF16 {
     fn caches_bytes(&self) -> u64 {
         let r = &self.rope;
         let one = cache_bytes(r.n_kv_heads, r.head_dim, self.max_ctx);
-        self.seqs
-            .map_or(one, |s| u64::from(s.n.saturating_sub(1)) * s.slot_bytes + one)
+        self.seqs.map_or(one, |s| {
+            u64::from(s.n.saturating_sub(1)) * s.slot_bytes + one
+        })
     }
     fn params(&self, step: &Step) -> RopeKvParams {
         let r = self.rope.params(step);

@@ -149,11 +149,12 @@ impl std::str::FromStr for HostDType {
     }
 }
 
-/// Raw bytes of a tensor: borrowed from a memory map, or owned.
+/// Raw bytes of a tensor: borrowed from a memory map (an owned whole-file
+/// copy on wasm32), or owned.
 #[derive(Clone)]
 pub enum Bytes {
     Mapped {
-        map: Arc<memmap2::Mmap>,
+        map: Arc<crate::gguf::FileMap>,
         offset: usize,
         len: usize,
     },
