@@ -22,6 +22,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::checkpoint::filemap::{FileMap, copy_bytes, map_file};
 use crate::checkpoint::{Bytes, HostDType, HostTensor};
 use crate::{ModelError, Result};
 
@@ -95,38 +96,6 @@ impl fmt::Debug for GgufFile {
     }
 }
 
-/// A whole model file's bytes: memory-mapped natively; on wasm32, which has
-/// no memory maps, an owned copy.
-#[cfg(not(target_arch = "wasm32"))]
-pub type FileMap = memmap2::Mmap;
-/// A whole model file's bytes: memory-mapped natively; on wasm32, which has
-/// no memory maps, an owned copy.
-#[cfg(target_arch = "wasm32")]
-pub type FileMap = Box<[u8]>;
-
-/// Reads a whole file (wasm32: no memory maps; std::fs fails there anyway,
-/// so models come in through `from_bytes`).
-#[cfg(target_arch = "wasm32")]
-pub(crate) fn map_file(path: &Path) -> Result<Arc<FileMap>> {
-    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
-    Ok(Arc::new(bytes.into_boxed_slice()))
-}
-
-/// Memory-maps a whole file read-only.
-#[cfg(not(target_arch = "wasm32"))]
-#[allow(unsafe_code)]
-pub(crate) fn map_file(path: &Path) -> Result<Arc<FileMap>> {
-    let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
-    // SAFETY: the map is read-only and private to this process. Model files
-    // are treated as immutable while open; if another process truncates or
-    // rewrites the file meanwhile, reads may fault (SIGBUS) or see new bytes,
-    // which is the documented hazard of mmap that every GGUF/safetensors
-    // loader accepts. All offsets into the map are bounds-checked against its
-    // length before use.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-    Ok(Arc::new(map))
-}
-
 impl GgufFile {
     /// Opens and validates a GGUF file: header, all metadata, the tensor table
     /// and every tensor's extent within the file.
@@ -144,16 +113,8 @@ impl GgufFile {
             path: path.clone(),
             msg,
         })?;
-        #[cfg(not(target_arch = "wasm32"))]
-        let map = {
-            let io = |e| ModelError::io(&path, e);
-            let mut anon = memmap2::MmapMut::map_anon(bytes.len()).map_err(io)?;
-            anon.copy_from_slice(bytes);
-            anon.make_read_only().map_err(io)?
-        };
-        #[cfg(target_arch = "wasm32")]
-        let map: FileMap = bytes.into();
-        Self::from_map(path, Arc::new(map))
+        let map = copy_bytes(&path, bytes)?;
+        Self::from_map(path, map)
     }
 
     fn from_map(path: PathBuf, map: Arc<FileMap>) -> Result<GgufFile> {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::checkpoint::config::llama3_rope_factors;
+use crate::checkpoint::filemap::{FileMap, map_file};
 use crate::checkpoint::{
     Bytes, HostDType, HostTensor, LlamaWeights, LoadedModel, ModelTensor, TokenizerSpec,
 };
@@ -196,7 +197,7 @@ pub fn config_from_hf(j: &Value, path: &Path) -> Result<LlamaConfig> {
 /// One tensor's place in a mapped safetensors file.
 struct Entry {
     file: PathBuf,
-    map: Arc<crate::gguf::FileMap>,
+    map: Arc<FileMap>,
     offset: usize,
     len: usize,
     shape: Vec<usize>,
@@ -315,7 +316,7 @@ impl SafetensorsDir {
 
 /// Maps one safetensors file and adds its tensors to `entries`.
 fn read_safetensors(path: &Path, entries: &mut HashMap<String, Entry>) -> Result<()> {
-    let map = crate::gguf::map_file(path)?;
+    let map = map_file(path)?;
     let bad = |msg: String| ModelError::Checkpoint {
         path: path.to_path_buf(),
         msg,

@@ -19,6 +19,7 @@
 pub mod act;
 pub mod config;
 pub mod encode;
+pub mod filemap;
 pub mod ggml;
 pub mod kquant;
 pub mod kv_static;

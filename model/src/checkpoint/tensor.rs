@@ -154,7 +154,7 @@ impl std::str::FromStr for HostDType {
 #[derive(Clone)]
 pub enum Bytes {
     Mapped {
-        map: Arc<crate::gguf::FileMap>,
+        map: Arc<super::filemap::FileMap>,
         offset: usize,
         len: usize,
     },
