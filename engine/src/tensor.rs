@@ -152,21 +152,9 @@ impl Gpu {
     /// A tensor of its own with `t`'s shape, type and contents (copied on
     /// the GPU, in queue order: later work sees the copy complete).
     pub fn duplicate(&self, label: &str, t: &Tensor) -> Result<Tensor> {
-        let buffer = self.storage_buffer(label, t.size)?;
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("duplicate"),
-            });
-        enc.copy_buffer_to_buffer(&t.buffer, t.offset, &buffer, 0, t.size.next_multiple_of(4));
-        self.queue.submit([enc.finish()]);
-        Ok(Tensor {
-            buffer,
-            offset: 0,
-            size: t.size,
-            shape: t.shape.clone(),
-            dtype: t.dtype,
-        })
+        let align = u64::from(self.caps.min_storage_align.max(4));
+        let mut one = self.replicate(label, t, 1, t.size.next_multiple_of(align))?;
+        Ok(one.remove(0))
     }
 
     /// `n` copies of `t` in one buffer, `stride` bytes apart (at least

@@ -129,6 +129,14 @@ pub struct Seqs {
     pub slot_bytes: u64,
 }
 
+/// Bytes a cache binding spans: one cache of `one` bytes, or with `seqs`
+/// every slot (the last one whole).
+pub fn slots_bytes(seqs: Option<Seqs>, one: u64) -> u64 {
+    seqs.map_or(one, |s| {
+        u64::from(s.n.saturating_sub(1)) * s.slot_bytes + one
+    })
+}
+
 /// Keys per block of both attention shaders (KB in lib/softmax4.wgsl), and
 /// the fewest keys one decode invocation takes.
 pub const BLOCK: u32 = 32;

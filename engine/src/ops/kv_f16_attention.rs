@@ -59,7 +59,8 @@ use crate::dispatch::{
 };
 pub use crate::kv::{MAX_SEQS, Seqs};
 use crate::kv::{
-    cache_bytes, decode_grid, decode_records_bytes, decode_split, prefill_grid, step_rows,
+    cache_bytes, decode_grid, decode_records_bytes, decode_split, prefill_grid, slots_bytes,
+    step_rows,
 };
 use crate::pipeline::Kernel;
 use crate::{Caps, Result, ensure_shape};
@@ -170,10 +171,10 @@ impl KvF16Attention {
     }
     /// Bytes of the bound caches: every slot.
     fn caches_bytes(&self) -> u64 {
-        let one = cache_bytes(self.n_kv_heads, self.head_dim, self.max_ctx);
-        self.seqs.map_or(one, |s| {
-            u64::from(s.n.saturating_sub(1)) * s.slot_bytes + one
-        })
+        slots_bytes(
+            self.seqs,
+            cache_bytes(self.n_kv_heads, self.head_dim, self.max_ctx),
+        )
     }
     /// One sequence's decode `(kv_len, n_chunks, chunk_len, 0)` at `step`
     /// (all 0 when it has no token).

@@ -49,7 +49,7 @@ use crate::dispatch::{
     Binding, Call, CallTag, OpDef, PARAMS_BYTES, Step, TensorId, TensorInfo, check_bytes, grid1,
     write_params,
 };
-use crate::kv::{MAX_SEQS, Seqs, cache_bytes};
+use crate::kv::{MAX_SEQS, Seqs, cache_bytes, slots_bytes};
 use crate::pipeline::Kernel;
 use crate::shader::lib::{F16, ROPE, TRIG};
 use crate::{Caps, Result, ensure_shape};
@@ -274,10 +274,10 @@ impl RopeKvF16 {
     /// Bytes of the bound caches: every slot.
     fn caches_bytes(&self) -> u64 {
         let r = &self.rope;
-        let one = cache_bytes(r.n_kv_heads, r.head_dim, self.max_ctx);
-        self.seqs.map_or(one, |s| {
-            u64::from(s.n.saturating_sub(1)) * s.slot_bytes + one
-        })
+        slots_bytes(
+            self.seqs,
+            cache_bytes(r.n_kv_heads, r.head_dim, self.max_ctx),
+        )
     }
     fn params(&self, step: &Step) -> RopeKvParams {
         let r = self.rope.params(step);
