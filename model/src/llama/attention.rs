@@ -2,8 +2,8 @@
 //! causal GQA attention over that sequence's cache (the f16 cache's fused
 //! RoPE + write where it applies). A graph over several sequences pushes
 //! it once per sequence, each with its own step ([`Graph::push_seq`]);
-//! where their f16 caches are slots of one buffer ([`KvSlots`]) it pushes
-//! RoPE and the write per sequence and the attention once for all of them
+//! where their f16 caches are slots of one buffer ([`KvSlots`]), RoPE with
+//! the cache write and attention are one node each for all of them
 //! ([`push_attention_seqs`], [`Graph::push_seqs`]).
 
 use lamina_engine::graph::{Graph, Op, TensorId};
@@ -53,8 +53,6 @@ pub struct AttRows {
 /// RoPE, the cache write and causal GQA attention of layer `l` for `n`
 /// rows of one sequence over its cache `kv`; with `seq`, as that
 /// sequence's nodes of a several-sequence graph ([`Graph::push_seq`]).
-/// `attend` false leaves the attention out (an f16 cache whose attention
-/// [`push_attention_seqs`] pushes for all sequences).
 #[allow(clippy::too_many_arguments)]
 pub fn push_attention(
     g: &mut Graph,
@@ -67,7 +65,6 @@ pub fn push_attention(
     max_ctx: u32,
     n: u32,
     seq: Option<usize>,
-    attend: bool,
 ) -> Result<()> {
     let (hd, nh, nkv) = (c.head_dim as u32, c.n_heads as u32, c.n_kv_heads as u32);
     let p = |s: &str| match seq {
@@ -137,11 +134,9 @@ pub fn push_attention(
                     }),
                 )?;
             }
-            if attend {
-                let op = f16_attention(c, io.q, io.att, att_scratch, k_cache, v_cache, max_ctx);
-                let op = kv_f16_attention::KvF16Attention { max_rows: n, ..op };
-                push(g, p("attn"), Op::KvF16Attention(op))?;
-            }
+            let op = f16_attention(c, io.q, io.att, att_scratch, k_cache, v_cache, max_ctx);
+            let op = kv_f16_attention::KvF16Attention { max_rows: n, ..op };
+            push(g, p("attn"), Op::KvF16Attention(op))?;
         }
         LayerKv::Quant {
             k_win,
@@ -192,17 +187,17 @@ pub fn push_attention(
 }
 
 /// With the f16 cache (and no Hadamard), RoPE and the cache write are one
-/// dispatch (rope::RopeKvF16).
+/// dispatch (rope::RopeKvF16); several sequences' cache slots need it
+/// ([`push_attention_seqs`]).
 pub fn fuses_rope_kv(c: &LlamaConfig) -> bool {
     !c.hadamard.qk && c.head_dim.is_multiple_of(4)
 }
 
 /// Layer `l`'s attention block for one row per sequence of a
 /// several-sequence graph whose f16 caches are `slots` (rows `io`, one per
-/// sequence), each sequence over its own slot at its own position: with
-/// `rope`, RoPE and the cache write of every row in one node (where
-/// [`fuses_rope_kv`]), then attention in one node; without, attention only,
-/// after [`push_attention`] (with `attend` false) did the rest per sequence.
+/// sequence), each sequence over its own slot at its own position: RoPE
+/// and the cache write of every row in one node, then attention in one
+/// node. The model must fuse RoPE and the write ([`fuses_rope_kv`]).
 #[allow(clippy::too_many_arguments)]
 pub fn push_attention_seqs(
     g: &mut Graph,
@@ -213,20 +208,17 @@ pub fn push_attention_seqs(
     att_scratch: Option<TensorId>,
     slots: &KvSlots,
     max_ctx: u32,
-    rope: bool,
 ) -> Result<()> {
     let n = slots.seqs.n;
-    if rope {
-        let op = rope::RopeKvF16 {
-            rope: rope_op(c, io, rope_factors, n),
-            v: io.v,
-            k_cache: slots.k_caches,
-            v_cache: slots.v_caches,
-            max_ctx,
-            seqs: Some(slots.seqs),
-        };
-        g.push_seqs(n as usize, format!("blk.{l}.rope_kv"), Op::RopeKvF16(op))?;
-    }
+    let op = rope::RopeKvF16 {
+        rope: rope_op(c, io, rope_factors, n),
+        v: io.v,
+        k_cache: slots.k_caches,
+        v_cache: slots.v_caches,
+        max_ctx,
+        seqs: Some(slots.seqs),
+    };
+    g.push_seqs(n as usize, format!("blk.{l}.rope_kv"), Op::RopeKvF16(op))?;
     let op = f16_attention(
         c,
         io.q,

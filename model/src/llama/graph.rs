@@ -56,10 +56,12 @@ fn weight(g: &mut Graph, w: &GpuWeight, name: &str) -> WeightRef {
 
 /// Layer `l`'s f16 caches of several models as one tensor each over all
 /// their slots, where they are slots of one buffer in order at one stride
-/// (`GpuModel::forks`), a call can serve that many sequences and a
-/// binding can hold them; else `None` (attention per sequence).
+/// (`GpuModel::forks`), a call can serve that many sequences, a binding
+/// can hold them and the model fuses RoPE with the cache write; else
+/// `None` (attention per sequence).
 fn kv_slots(models: &[&GpuModel], l: usize) -> Option<(Tensor, Tensor, kv_f16_attention::Seqs)> {
-    if models.len() < 2 || models.len() > kv_f16_attention::MAX_SEQS {
+    let fits = (2..=kv_f16_attention::MAX_SEQS).contains(&models.len());
+    if !fits || !fuses_rope_kv(&models[0].config) {
         return None;
     }
     let caches: Vec<(&Tensor, &Tensor)> = models
@@ -651,57 +653,37 @@ pub fn push_layer(
         }
     }
     // One sequence: its n rows as they are. Several, one row each: RoPE, the
-    // cache write and attention per sequence over its own cache, with its
-    // own step.
-    // With cache slots, RoPE and the write too in one node where they fuse.
-    let rope_all = slots.is_some() && fuses_rope_kv(c);
-    for (s, kv) in kvs.iter().enumerate().filter(|_| !rope_all) {
-        let (rows, rn, seq) = if kvs.len() == 1 {
-            let rows = AttRows {
-                q: io.q,
-                k: io.k,
-                v: io.v,
-                att: io.att,
-            };
-            (rows, n, None)
-        } else {
-            let mut row = |t: TensorId, width: usize, name: &str| {
-                let bytes = 4 * width as u64;
-                g.view(p(&format!("{name}.{s}")), t, bytes * s as u64, bytes)
-            };
-            let rows = AttRows {
-                q: row(io.q, c.q_dim(), "q")?,
-                k: row(io.k, c.kv_dim(), "k")?,
-                v: row(io.v, c.kv_dim(), "v")?,
-                att: row(io.att, c.q_dim(), "att")?,
-            };
-            (rows, 1, Some(s))
-        };
-        let (rope_factors, scratch) = (io.rope_factors, io.att_scratch);
-        let attend = slots.is_none();
-        push_attention(
-            g,
-            c,
-            l,
-            &rows,
-            rope_factors,
-            scratch,
-            kv,
-            max_ctx,
-            rn,
-            seq,
-            attend,
-        )?;
-    }
-    if let Some(s) = &slots {
-        let rows = AttRows {
-            q: io.q,
-            k: io.k,
-            v: io.v,
-            att: io.att,
-        };
-        let (rope_factors, scratch) = (io.rope_factors, io.att_scratch);
-        push_attention_seqs(g, c, l, &rows, rope_factors, scratch, s, max_ctx, rope_all)?;
+    // cache write and attention in one node each for all of them where their
+    // caches are slots of one buffer, else per sequence over its own cache;
+    // each sequence with its own step.
+    let all = AttRows {
+        q: io.q,
+        k: io.k,
+        v: io.v,
+        att: io.att,
+    };
+    let (rope_factors, scratch) = (io.rope_factors, io.att_scratch);
+    match (&slots, kvs) {
+        (Some(s), _) => push_attention_seqs(g, c, l, &all, rope_factors, scratch, s, max_ctx)?,
+        (None, [kv]) => {
+            push_attention(g, c, l, &all, rope_factors, scratch, kv, max_ctx, n, None)?;
+        }
+        (None, kvs) => {
+            for (s, kv) in kvs.iter().enumerate() {
+                let mut row = |t: TensorId, width: usize, name: &str| {
+                    let bytes = 4 * width as u64;
+                    g.view(p(&format!("{name}.{s}")), t, bytes * s as u64, bytes)
+                };
+                let rows = AttRows {
+                    q: row(io.q, c.q_dim(), "q")?,
+                    k: row(io.k, c.kv_dim(), "k")?,
+                    v: row(io.v, c.kv_dim(), "v")?,
+                    att: row(io.att, c.q_dim(), "att")?,
+                };
+                let seq = Some(s);
+                push_attention(g, c, l, &rows, rope_factors, scratch, kv, max_ctx, 1, seq)?;
+            }
+        }
     }
     if let Some(t) = taps {
         push_gram(g, io.att, t.attn_out, c.q_dim(), n, p("gram_attn_out"))?;
