@@ -42,7 +42,7 @@ struct Params {
     seqs: array<vec4<u32>, MAX_SEQS>,
 }
 
-const MAX_SEQS: u32 = 8u; // kv_f16_attention::MAX_SEQS (tests/tests/contracts.rs)
+const MAX_SEQS: u32 = 8u; // kv::MAX_SEQS (tests/tests/contracts.rs)
 
 @group(0) @binding(0) var<uniform> p: Params;
 // Several sequences' decode: q, out [seqs, n_heads, 2 * W8], caches and

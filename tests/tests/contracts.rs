@@ -263,9 +263,16 @@ fn attention_constants_match_the_shaders() {
         assert_eq!(named_u32(&m, "WG"), Some(ATTENTION_WG), "{}: WG", s.name);
         assert_eq!(named_u32(&m, "KB"), Some(BLOCK), "{}: KB", s.name);
     }
-    let m = parse(&kv_f16_attention::SHADER);
-    let most = kv_f16_attention::MAX_SEQS as u32;
-    assert_eq!(named_u32(&m, "MAX_SEQS"), Some(most), "MAX_SEQS");
+    // The f16 cache's several-sequence ops: as many sequences as kv::Seqs allows.
+    for s in [&kv_f16_attention::SHADER, &rope::SHADER_KV] {
+        let most = kv_f16_attention::MAX_SEQS as u32;
+        assert_eq!(
+            named_u32(&parse(s), "MAX_SEQS"),
+            Some(most),
+            "{}: MAX_SEQS",
+            s.name
+        );
+    }
 }
 
 /// The block matmul kernels' workgroup size and tiles (8 tokens x 4 rows an
