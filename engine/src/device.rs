@@ -87,6 +87,7 @@ impl std::fmt::Debug for Gpu {
 }
 
 /// One line per adapter wgpu can see (name, backend, type, driver).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn list_adapters(opts: &DeviceOptions) -> Vec<String> {
     let backends = opts.backend.unwrap_or(wgpu::Backends::all());
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
@@ -116,11 +117,22 @@ fn type_rank(t: wgpu::DeviceType) -> u32 {
 
 impl Gpu {
     /// Opens the adapter chosen by `LAMINA_BACKEND` / `LAMINA_ADAPTER`, or the best one.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Arc<Gpu>> {
         Self::with_options(&DeviceOptions::from_env()?)
     }
 
+    /// Opens the adapter `opts` choose, or the best one (blocks until the
+    /// device exists; on the web, where nothing may block, see
+    /// [`Gpu::with_options_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_options(opts: &DeviceOptions) -> Result<Arc<Gpu>> {
+        pollster::block_on(Self::with_options_async(opts))
+    }
+
+    /// [`Gpu::with_options`] as a future: the browser's adapter and device
+    /// arrive as promises, which only its event loop settles.
+    pub async fn with_options_async(opts: &DeviceOptions) -> Result<Arc<Gpu>> {
         // Without a choice, try the primary APIs (Vulkan, Metal, DX12) first
         // and GL only when none has an adapter: probing EGL logs noise on
         // machines without a GL driver, and GL is the slowest path anyway.
@@ -133,7 +145,7 @@ impl Gpu {
             let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
             desc.backends = backends;
             let instance = wgpu::Instance::new(desc);
-            adapters = pollster::block_on(instance.enumerate_adapters(backends));
+            adapters = instance.enumerate_adapters(backends).await;
             if !adapters.is_empty() {
                 break;
             }
@@ -170,10 +182,10 @@ impl Gpu {
             };
             return Err(EngineError::NoAdapter { detail });
         };
-        Self::open(adapter, opts.pipeline_cache.as_deref())
+        Self::open(adapter, opts.pipeline_cache.as_deref()).await
     }
 
-    fn open(adapter: wgpu::Adapter, cache_dir: Option<&std::path::Path>) -> Result<Arc<Gpu>> {
+    async fn open(adapter: wgpu::Adapter, cache_dir: Option<&std::path::Path>) -> Result<Arc<Gpu>> {
         let info = adapter.get_info();
         let have = adapter.features();
         let mut want = wgpu::Features::SHADER_F16
@@ -199,18 +211,20 @@ impl Gpu {
         limits.max_compute_invocations_per_workgroup = al.max_compute_invocations_per_workgroup;
         limits.max_compute_workgroup_size_x = al.max_compute_workgroup_size_x;
         limits.max_compute_workgroups_per_dimension = al.max_compute_workgroups_per_dimension;
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("lamina"),
-            required_features: features,
-            required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| EngineError::RequestDevice {
-            adapter: info.name.clone(),
-            msg: e.to_string(),
-        })?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("lamina"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| EngineError::RequestDevice {
+                adapter: info.name.clone(),
+                msg: e.to_string(),
+            })?;
         let caps = Caps {
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
@@ -268,6 +282,30 @@ impl Gpu {
             });
         }
         Ok(())
+    }
+
+    /// Runs `f` inside an error scope of `filter` and returns what `f`
+    /// raised there. On the web no scope is pushed: popping one is a promise
+    /// that only the browser's event loop settles, so a blocking pop would
+    /// never return. There the errors reach the device's uncaptured-error
+    /// handler, or a scope the caller pops asynchronously around the whole
+    /// of its work (the page does so around loading and each step).
+    pub(crate) fn scoped<T>(
+        &self,
+        filter: wgpu::ErrorFilter,
+        f: impl FnOnce() -> T,
+    ) -> (T, Option<wgpu::Error>) {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let scope = self.device.push_error_scope(filter);
+            let out = f();
+            (out, pollster::block_on(scope.pop()))
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = filter;
+            (f(), None)
+        }
     }
 
     /// Waits for all submitted work, turning device loss into an error.

@@ -300,14 +300,14 @@ impl Gpu {
             shader: shader.name,
             msg,
         })?;
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let m = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(shader.name),
-                source: wgpu::ShaderSource::Wgsl(shader.compose().into()),
-            });
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        let (m, err) = self.scoped(wgpu::ErrorFilter::Validation, || {
+            self.device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(shader.name),
+                    source: wgpu::ShaderSource::Wgsl(shader.compose().into()),
+                })
+        });
+        if let Some(e) = err {
             return Err(EngineError::Shader {
                 shader: shader.name,
                 msg: e.to_string(),
@@ -340,27 +340,27 @@ impl Gpu {
                 immediate_size: 0,
             });
         let label = kernel.label();
-        let t0 = std::time::Instant::now();
+        let t0 = web_time::Instant::now();
         let disk = (self.pipelines.disk.as_ref()).map(|d| d.module(&self.device, kernel.shader));
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&label),
-                layout: Some(&pl),
-                module: &module,
-                entry_point: Some(kernel.entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &kernel.constants,
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: disk.as_ref().map(|m| &m.cache),
-            });
+        let (pipeline, err) = self.scoped(wgpu::ErrorFilter::Validation, || {
+            self.device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(&label),
+                    layout: Some(&pl),
+                    module: &module,
+                    entry_point: Some(kernel.entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &kernel.constants,
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: disk.as_ref().map(|m| &m.cache),
+                })
+        });
         if let Some(m) = &disk {
             m.dirty.store(true, Ordering::Relaxed);
         }
         log::debug!("pipeline {label}: {:.3} s", t0.elapsed().as_secs_f64());
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        if let Some(e) = err {
             return Err(EngineError::Shader {
                 shader: kernel.shader.name,
                 msg: format!("{label}: {e}"),

@@ -119,6 +119,21 @@ impl ShaderSource {
         s
     }
 
+    /// Whether the module's code (not its comments) uses subgroup
+    /// operations, which need a device with SUBGROUP: only kernels chosen
+    /// where `Caps::subgroups` holds do.
+    pub fn uses_subgroups(&self) -> bool {
+        self.libs
+            .iter()
+            .chain([&self.source])
+            .flat_map(|part| part.lines())
+            .any(|line| {
+                line.split("//")
+                    .next()
+                    .is_some_and(|code| code.contains("subgroup"))
+            })
+    }
+
     /// Parses and validates the module with naga.
     pub fn validate(&self) -> Result<(naga::Module, naga::valid::ModuleInfo), String> {
         let module = naga::front::wgsl::parse_str(&self.compose())

@@ -132,16 +132,17 @@ impl Gpu {
                 limit: self.caps.max_buffer,
             });
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let b = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
+        let (b, err) = self.scoped(wgpu::ErrorFilter::OutOfMemory, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            })
         });
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        if let Some(e) = err {
             return Err(EngineError::OutOfMemory(format!(
                 "{label} ({size} bytes): {e}"
             )));
@@ -203,29 +204,26 @@ impl Gpu {
                 limit: self.caps.max_buffer,
             });
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let b = if data.len().is_multiple_of(4) && !data.is_empty() {
+        let init = |contents: &[u8]| {
             self.device
                 .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some(label),
-                    contents: data,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_DST
-                        | wgpu::BufferUsages::COPY_SRC,
-                })
-        } else {
-            let mut padded = data.to_vec();
-            padded.resize(data.len().max(4).next_multiple_of(4), 0);
-            self.device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some(label),
-                    contents: &padded,
+                    contents,
                     usage: wgpu::BufferUsages::STORAGE
                         | wgpu::BufferUsages::COPY_DST
                         | wgpu::BufferUsages::COPY_SRC,
                 })
         };
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        let (b, err) = self.scoped(wgpu::ErrorFilter::OutOfMemory, || {
+            if data.len().is_multiple_of(4) && !data.is_empty() {
+                init(data)
+            } else {
+                let mut padded = data.to_vec();
+                padded.resize(data.len().max(4).next_multiple_of(4), 0);
+                init(&padded)
+            }
+        });
+        if let Some(e) = err {
             return Err(EngineError::OutOfMemory(format!(
                 "{label} ({} bytes): {e}",
                 data.len()
@@ -234,8 +232,30 @@ impl Gpu {
         Ok(Arc::new(b))
     }
 
-    /// Copies `size` bytes at `offset` of `buffer` back to the host (waits).
+    /// Copies `size` bytes at `offset` of `buffer` back to the host (waits;
+    /// on the web, see [`Gpu::read_buffer_async`]).
     pub fn read_buffer(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let (staging, size) = self.copy_to_staging(buffer, offset, size);
+        map_read(self, &staging, size)
+    }
+
+    /// [`Gpu::read_buffer`] as a future, for the web.
+    pub async fn read_buffer_async(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<u8>> {
+        let (staging, size) = self.copy_to_staging(buffer, offset, size);
+        map_read_async(self, &staging, size).await
+    }
+
+    fn copy_to_staging(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> (wgpu::Buffer, u64) {
         let size = size.next_multiple_of(4);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -246,18 +266,41 @@ impl Gpu {
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
         self.queue.submit([enc.finish()]);
-        map_read(self, &staging, size)
+        (staging, size)
     }
 }
 
-/// Maps a MAP_READ buffer after the submitted work and returns its bytes.
+/// Maps a MAP_READ buffer after the submitted work and returns its bytes
+/// (waits). Natively the map's callback runs inside [`Gpu::wait`], so the
+/// future below is ready by the time it is polled; in the browser nothing
+/// may block, and this returns an error naming the async path.
 pub(crate) fn map_read(gpu: &Gpu, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
-    let (tx, rx) = std::sync::mpsc::channel();
+    #[cfg(not(target_arch = "wasm32"))]
+    return pollster::block_on(map_read_async(gpu, staging, size));
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = (gpu, staging, size);
+        Err(EngineError::Gpu(
+            "a blocking read-back cannot run in a browser: use the async reads".into(),
+        ))
+    }
+}
+
+/// [`map_read`] as a future: resolves when the map's callback has run (in
+/// the browser, when its event loop gets to it).
+pub(crate) async fn map_read_async(
+    gpu: &Gpu,
+    staging: &wgpu::Buffer,
+    size: u64,
+) -> Result<Vec<u8>> {
+    let (tx, rx) = futures_channel::oneshot::channel();
     staging.map_async(wgpu::MapMode::Read, 0..size, move |r| {
         let _ = tx.send(r);
     });
+    // Natively the callback runs while the device is polled; the browser
+    // polls by itself (wait returns at once there).
     gpu.wait()?;
-    rx.recv()
+    rx.await
         .map_err(|e| EngineError::Gpu(format!("map callback dropped: {e}")))?
         .map_err(|e| EngineError::Gpu(format!("buffer map failed: {e}")))?;
     let out = staging

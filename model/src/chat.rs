@@ -156,8 +156,9 @@ fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
 /// `strftime_now(fmt)`: the current UTC date/time, as Llama 3.x templates use
 /// for "Today Date:". Supports the common C `strftime` fields.
 fn strftime_now(format: String) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    // web_time: std's clock panics in a browser.
+    let secs = web_time::SystemTime::now()
+        .duration_since(web_time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     format_utc(&format, secs as i64)
 }

@@ -22,7 +22,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::checkpoint::filemap::{FileMap, copy_bytes, map_file};
+use crate::checkpoint::filemap::{FileMap, copy_bytes, map_file, own_bytes};
 use crate::checkpoint::{Bytes, HostDType, HostTensor};
 use crate::{ModelError, Result};
 
@@ -114,6 +114,18 @@ impl GgufFile {
             msg,
         })?;
         let map = copy_bytes(&path, bytes)?;
+        Self::from_map(path, map)
+    }
+
+    /// [`GgufFile::from_bytes`] taking the image: in a browser it is kept
+    /// as it is, not copied.
+    pub fn from_vec(name: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<GgufFile> {
+        let path = name.into();
+        parse(&bytes).map_err(|msg| ModelError::Gguf {
+            path: path.clone(),
+            msg,
+        })?;
+        let map = own_bytes(&path, bytes)?;
         Self::from_map(path, map)
     }
 

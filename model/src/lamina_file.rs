@@ -195,15 +195,21 @@ pub fn is_lamina_file(path: &Path) -> bool {
 
 /// Loads a `.lamina.safetensors` file.
 pub fn load(path: &Path) -> Result<LoadedModel> {
+    // Read whole: every tensor is copied out (mixed codes into u32 words) anyway.
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    from_bytes(path, &bytes)
+}
+
+/// [`load`] of a file's image in memory (`path` names it in messages and
+/// becomes the model's source).
+pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<LoadedModel> {
     let bad = |msg: String| ModelError::Checkpoint {
         path: path.to_path_buf(),
         msg,
     };
-    // Read whole: every tensor is copied out (mixed codes into u32 words) anyway.
-    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+    let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
     let meta = header
         .metadata()

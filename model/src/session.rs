@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use lamina_engine::Executor;
-use lamina_engine::graph::{Sampling, Step};
+use lamina_engine::graph::{Sampling, Step, TensorId};
 use lamina_engine::kv::GROUP;
 use rand::{Rng, SeedableRng};
 
@@ -25,8 +25,9 @@ pub struct SamplerConfig {
 /// `seed`, or a fresh one (from the clock) when there is none.
 pub fn seed_or_fresh(seed: Option<u64>) -> u64 {
     seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
+        // web_time: std's clock panics in a browser.
+        web_time::SystemTime::now()
+            .duration_since(web_time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
     })
@@ -215,32 +216,84 @@ impl Session {
     /// token sampled after the last of them. A prompt that starts with the
     /// pivot's tokens, fed to a fresh session, reuses the pivot's KV.
     pub fn feed(&mut self, tokens: &[u32]) -> Result<u32> {
+        self.extend(self.after_pivot(tokens))
+    }
+
+    /// [`Session::feed`] as a future, for the web, where a step's token
+    /// comes back when the browser has mapped it (natively it is ready
+    /// when first polled).
+    pub async fn feed_async(&mut self, tokens: &[u32]) -> Result<u32> {
+        self.extend_async(self.after_pivot(tokens)).await
+    }
+
+    /// `tokens` without the pivot's when a fresh session is fed a prompt
+    /// that starts with them.
+    fn after_pivot<'a>(&self, tokens: &'a [u32]) -> &'a [u32] {
         let pivot = &self.model.kv.pivot;
-        let tokens = if self.pos == pivot.len() && !pivot.is_empty() && tokens.starts_with(pivot) {
+        if self.pos == pivot.len() && !pivot.is_empty() && tokens.starts_with(pivot) {
             &tokens[pivot.len()..]
         } else {
             tokens
-        };
-        self.extend(tokens)
+        }
     }
 
     /// Feeds `tokens` at the current position as they are (no pivot test:
     /// the caller knows what the cache holds) and returns the token sampled
     /// after the last of them.
     pub fn extend(&mut self, tokens: &[u32]) -> Result<u32> {
+        self.check_feed(tokens)?;
+        let mut next = 0;
+        for chunk in tokens.chunks(self.batch as usize) {
+            let (step, token) = self.stage(chunk)?;
+            let out = self
+                .compiled(chunk.len() > 1)?
+                .exec
+                .run_read(&step, token, 4)?;
+            next = self.advance_past(chunk, &out);
+        }
+        Ok(next)
+    }
+
+    /// [`Session::extend`] as a future (see [`Session::feed_async`]).
+    pub async fn extend_async(&mut self, tokens: &[u32]) -> Result<u32> {
+        self.check_feed(tokens)?;
+        let mut next = 0;
+        for chunk in tokens.chunks(self.batch as usize) {
+            let (step, token) = self.stage(chunk)?;
+            let exec = &mut self.compiled(chunk.len() > 1)?.exec;
+            let out = exec.run_read_async(&step, token, 4).await?;
+            next = self.advance_past(chunk, &out);
+        }
+        Ok(next)
+    }
+
+    fn check_feed(&self, tokens: &[u32]) -> Result<()> {
         if tokens.is_empty() {
             return Err(ModelError::Input(
                 "empty prompt: nothing to feed the model after the pivot".into(),
             ));
         }
-        self.check_ids(tokens)?;
-        let mut next = 0;
-        let batch = self.batch as usize;
-        for chunk in tokens.chunks(batch) {
-            let prefill = chunk.len() > 1;
-            next = self.run(chunk, prefill)?;
+        self.check_ids(tokens)
+    }
+
+    /// Readies the step that feeds `chunk` (a prompt step when it has more
+    /// than one token): its ids and the repetition window written, its
+    /// settings and the sampled token's tensor returned for the run.
+    fn stage(&mut self, chunk: &[u32]) -> Result<(Step, TensorId)> {
+        let (step, words) = self.begin_step(chunk);
+        let c = self.compiled(chunk.len() > 1)?;
+        c.exec.write(c.io.ids, 0, bytemuck::cast_slice(chunk));
+        if let Some(h) = c.io.history {
+            c.exec.write(h, 0, bytemuck::cast_slice(&words));
         }
-        Ok(next)
+        let token = c.io.token.expect("sampling graph has a token output");
+        Ok((step, token))
+    }
+
+    /// Moves past the fed `chunk`; returns the token id its step read back.
+    fn advance_past(&mut self, chunk: &[u32], out: &[u8]) -> u32 {
+        self.advance(chunk.len());
+        u32::from_le_bytes([out[0], out[1], out[2], out[3]])
     }
 
     /// The step that feeds `chunk` next, and the sample op's history words
@@ -281,18 +334,5 @@ impl Session {
     /// Moves past `n` tokens that a step has fed.
     pub(crate) fn advance(&mut self, n: usize) {
         self.pos += n;
-    }
-
-    fn run(&mut self, chunk: &[u32], prefill: bool) -> Result<u32> {
-        let (step, words) = self.begin_step(chunk);
-        let c = self.compiled(prefill)?;
-        c.exec.write(c.io.ids, 0, bytemuck::cast_slice(chunk));
-        if let Some(h) = c.io.history {
-            c.exec.write(h, 0, bytemuck::cast_slice(&words));
-        }
-        let token = c.io.token.expect("sampling graph has a token output");
-        let out = c.exec.run_read(&step, token, 4)?;
-        self.advance(chunk.len());
-        Ok(u32::from_le_bytes([out[0], out[1], out[2], out[3]]))
     }
 }

@@ -8,7 +8,7 @@ use super::plan::{Plan, plan};
 use super::{Call, CallTag, Graph, NodeSeq, PARAMS_BYTES, Step, TensorId, TensorKind};
 use crate::pipeline::Pipeline;
 use crate::profile::Profiler;
-use crate::tensor::map_read;
+use crate::tensor::{map_read, map_read_async};
 use crate::{EngineError, Gpu, Result};
 
 struct CompiledCall {
@@ -103,7 +103,7 @@ impl Executor {
                 )
             })
             .collect();
-        let t0 = std::time::Instant::now();
+        let t0 = web_time::Instant::now();
         gpu.prepare_pipelines(&kernels)?;
         log::debug!(
             "graph: pipelines ready in {:.3} s",
@@ -208,6 +208,11 @@ impl Executor {
 
     /// Turns per-dispatch GPU timing on (when the adapter has timestamp queries).
     pub fn enable_profiling(&mut self) -> bool {
+        // The timestamps come back through a blocking read, which the web
+        // has not.
+        if cfg!(target_arch = "wasm32") {
+            return false;
+        }
         if self.profiler.is_none() {
             self.profiler = Profiler::new(&self.gpu, self.calls.len());
         }
@@ -300,17 +305,54 @@ impl Executor {
         t: TensorId,
         bytes: u64,
     ) -> Result<Vec<u8>> {
+        let pending = self.submit_read(step, seqs, t, bytes)?;
+        let out = map_read(&self.gpu, &pending.staging, pending.bytes)?;
+        self.finish_read(pending, step)?;
+        Ok(out)
+    }
+
+    /// [`Executor::run_read`] as a future, for the web: the read-back
+    /// resolves when the browser has mapped it.
+    pub async fn run_read_async(
+        &mut self,
+        step: &Step,
+        t: TensorId,
+        bytes: u64,
+    ) -> Result<Vec<u8>> {
+        let pending = self.submit_read(step, &[], t, bytes)?;
+        let out = map_read_async(&self.gpu, &pending.staging, pending.bytes).await?;
+        self.finish_read(pending, step)?;
+        Ok(out)
+    }
+
+    /// Encodes and submits one step with a copy of `bytes` bytes of `t` into
+    /// the staging buffer after it; the caller maps it.
+    fn submit_read(
+        &mut self,
+        step: &Step,
+        seqs: &[Step],
+        t: TensorId,
+        bytes: u64,
+    ) -> Result<PendingRead> {
         self.check_seqs(seqs.len())?;
         let bytes = bytes.next_multiple_of(4);
         let mut enc = self.encode(step, seqs);
-        let staging = self.staging_buffer(bytes);
+        let (staging, size) = self.staging_buffer(bytes);
         let r = &self.tensors[t];
         enc.copy_buffer_to_buffer(&r.buffer, r.offset, &staging, 0, bytes);
         self.gpu.queue.submit([enc.finish()]);
-        let out = map_read(&self.gpu, &staging, bytes)?;
-        self.staging = Some((staging, bytes.max(self.staging.as_ref().map_or(0, |s| s.1))));
-        self.collect_profile(step)?;
-        Ok(out)
+        Ok(PendingRead {
+            staging,
+            size,
+            bytes,
+        })
+    }
+
+    /// Keeps the staging buffer for the next step and gathers the step's
+    /// GPU times when profiling.
+    fn finish_read(&mut self, pending: PendingRead, step: &Step) -> Result<()> {
+        self.staging = Some((pending.staging, pending.size));
+        self.collect_profile(step)
     }
 
     /// Reads `bytes` bytes of tensor `t` (waits for submitted work).
@@ -326,15 +368,19 @@ impl Executor {
             .collect())
     }
 
-    fn staging_buffer(&mut self, bytes: u64) -> wgpu::Buffer {
+    /// The kept staging buffer when it holds `bytes`, else a new one; with its size.
+    fn staging_buffer(&mut self, bytes: u64) -> (wgpu::Buffer, u64) {
         match self.staging.take() {
-            Some((b, size)) if size >= bytes => b,
-            _ => self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("step readback"),
-                size: bytes,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            }),
+            Some((b, size)) if size >= bytes => (b, size),
+            _ => (
+                self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("step readback"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }),
+                bytes,
+            ),
         }
     }
 
@@ -364,6 +410,15 @@ impl Executor {
             p.clear();
         }
     }
+}
+
+/// A step submitted with its read-back copy, not yet mapped.
+struct PendingRead {
+    staging: wgpu::Buffer,
+    /// The staging buffer's size (it is kept for later steps).
+    size: u64,
+    /// The bytes this step reads.
+    bytes: u64,
 }
 
 fn dispatch(pass: &mut wgpu::ComputePass<'_>, c: &CompiledCall, g: [u32; 3]) {

@@ -50,3 +50,16 @@ pub fn copy_bytes(path: &Path, bytes: &[u8]) -> Result<Arc<FileMap>> {
 pub fn copy_bytes(_path: &Path, bytes: &[u8]) -> Result<Arc<FileMap>> {
     Ok(Arc::new(bytes.into()))
 }
+
+/// `bytes`, owned, held as a file's are: on wasm32 the vector itself (no
+/// copy: a model picked in a browser page exists once in its memory);
+/// natively a copy into an anonymous map.
+pub fn own_bytes(path: &Path, bytes: Vec<u8>) -> Result<Arc<FileMap>> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = path;
+        Ok(Arc::new(bytes.into_boxed_slice()))
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    copy_bytes(path, &bytes)
+}
