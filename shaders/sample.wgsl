@@ -42,7 +42,9 @@ const WG: u32 = 256u;
 const PER: u32 = 16u;
 const CHUNK: u32 = 4096u; // WG * PER, mirrors sample.rs
 const CAP: u32 = 1024u;   // mirrors sample.rs
-const F32_MAX: f32 = 3.40282347e38;
+// The largest finite f32 (3.40282347e38 is just above it, which WGSL's
+// compilers in browsers reject as unrepresentable; this rounds to it).
+const F32_MAX: f32 = 3.4028234e38;
 
 // sample_pick's workgroup memory (~13.5 KiB of WebGPU's 16 KiB): reductions,
 // then the sorted candidates (keys and ids).

@@ -26,10 +26,10 @@ struct Values4 {
 // Scaled scores of keys j..j+3 where lo <= key < hi (per row), NEG elsewhere.
 fn masked4(s: mat4x4<f32>, j: u32, lo: vec4<u32>, hi: vec4<u32>, scale: f32) -> mat4x4<f32> {
     let j4 = vec4(j);
-    return mat4x4(select(vec4(NEG), s[0] * scale, j4 >= lo & j4 < hi),
-                  select(vec4(NEG), s[1] * scale, j4 + 1u >= lo & j4 + 1u < hi),
-                  select(vec4(NEG), s[2] * scale, j4 + 2u >= lo & j4 + 2u < hi),
-                  select(vec4(NEG), s[3] * scale, j4 + 3u >= lo & j4 + 3u < hi));
+    return mat4x4(select(vec4(NEG), s[0] * scale, (j4 >= lo) & (j4 < hi)),
+                  select(vec4(NEG), s[1] * scale, (j4 + 1u >= lo) & (j4 + 1u < hi)),
+                  select(vec4(NEG), s[2] * scale, (j4 + 2u >= lo) & (j4 + 2u < hi)),
+                  select(vec4(NEG), s[3] * scale, (j4 + 3u >= lo) & (j4 + 3u < hi)));
 }
 
 // Largest score per row.

@@ -119,3 +119,78 @@ fn every_shader_translates_to_spirv_msl_hlsl() {
         failures.join("\n")
     );
 }
+
+/// Every shader keeps to what WebGPU guarantees every device (the browser
+/// build's floor): no capability beyond core WGSL but subgroups (for the
+/// kernels only chosen where the device has them), at most 8 storage and
+/// 12 uniform buffers a shader, 16 KiB of workgroup memory, and workgroups
+/// of at most 256 invocations (256 x 256 x 64), with the overrides at their
+/// defaults. The page's `checkShaders` compiles the same modules in a
+/// real browser (tests/tests/browser.rs).
+#[test]
+fn every_shader_keeps_to_webgpu_guarantees() {
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+    let mut failures = Vec::new();
+    for s in all_shaders() {
+        // pack2x16float / unpack2x16float are core WGSL; naga counts them
+        // as a capability for the sake of old GLSL targets.
+        let core = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        let caps = match s.uses_subgroups() {
+            true => core | Capabilities::SUBGROUP | Capabilities::SUBGROUP_BARRIER,
+            false => core,
+        };
+        let text = s.compose();
+        let module = naga::front::wgsl::parse_str(&text).expect("parses (checked above)");
+        let info = match Validator::new(ValidationFlags::all(), caps).validate(&module) {
+            Ok(info) => info,
+            Err(e) => {
+                failures.push(format!("{}: needs more than WebGPU's core: {e:?}", s.name));
+                continue;
+            }
+        };
+        let (module, _) = naga::back::pipeline_constants::process_overrides(
+            &module,
+            &info,
+            None,
+            &naga::back::PipelineConstants::default(),
+        )
+        .expect("overrides resolve (checked above)");
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(module.to_ctx()).expect("layouts");
+        let (mut storage, mut uniform, mut workgroup_bytes) = (0, 0, 0u32);
+        for (_, g) in module.global_variables.iter() {
+            match g.space {
+                naga::AddressSpace::Storage { .. } => storage += 1,
+                naga::AddressSpace::Uniform => uniform += 1,
+                naga::AddressSpace::WorkGroup => workgroup_bytes += layouter[g.ty].size,
+                _ => {}
+            }
+        }
+        if storage > 8 || uniform > 12 {
+            failures.push(format!(
+                "{}: {storage} storage and {uniform} uniform buffers (WebGPU: 8 and 12)",
+                s.name
+            ));
+        }
+        if workgroup_bytes > 16384 {
+            failures.push(format!(
+                "{}: {workgroup_bytes} bytes of workgroup memory (WebGPU: 16384)",
+                s.name
+            ));
+        }
+        for ep in &module.entry_points {
+            let [x, y, z] = ep.workgroup_size;
+            if x > 256 || y > 256 || z > 64 || x * y * z > 256 {
+                failures.push(format!(
+                    "{} {}: workgroup {x} x {y} x {z} (WebGPU: 256 invocations)",
+                    s.name, ep.name
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "beyond WebGPU's guarantees:\n{}",
+        failures.join("\n")
+    );
+}
