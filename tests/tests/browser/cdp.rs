@@ -59,14 +59,13 @@ pub fn find_chromium() -> Result<PathBuf> {
         })
 }
 
-/// A headless Chromium with its own temporary profile; killed, and the
-/// profile removed, on drop.
+/// A headless Chromium with its own temporary profile; closed (killed if
+/// need be), and the profile removed, on drop.
 pub struct Chromium {
     child: Child,
     ws_url: String,
     stderr: Arc<Mutex<VecDeque<String>>>,
-    // Dropped after the process is killed (fields drop after `drop`).
-    _profile: tempfile::TempDir,
+    profile: PathBuf,
 }
 
 impl Chromium {
@@ -137,7 +136,8 @@ impl Chromium {
             child,
             ws_url: String::new(),
             stderr: lines,
-            _profile: profile,
+            // Removed by `drop` from here on, once the browser has ended.
+            profile: profile.keep(),
         };
         browser.ws_url = rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
             anyhow!(
@@ -163,20 +163,28 @@ impl Chromium {
 
 impl Drop for Chromium {
     /// Asks the browser to close (so that it ends its own child processes),
-    /// and kills it if it has not exited within 5 s.
+    /// kills it if it has not exited within 5 s, then removes the profile
+    /// (retried for a while: a killed browser's children may still write).
     fn drop(&mut self) {
         if let Ok(mut cdp) = Cdp::connect(&self.ws_url) {
             let _ = cdp.call(None, "Browser.close", json!({}), Duration::from_secs(5));
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        while !matches!(self.child.try_wait(), Ok(Some(_))) {
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
             }
             thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for _ in 0..20 {
+            if std::fs::remove_dir_all(&self.profile).is_ok() || !self.profile.exists() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("could not remove {}", self.profile.display());
     }
 }
 
