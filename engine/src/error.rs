@@ -1,12 +1,18 @@
 //! Engine errors: values, never panics. Device loss and out-of-memory are
 //! reported with a message the user can act on.
 
+/// What to do about a missing adapter: natively, a driver to install; in a
+/// browser, its WebGPU to turn on.
+#[cfg(not(target_arch = "wasm32"))]
+const NO_ADAPTER_HELP: &str = "Install a GPU driver, or for a software Vulkan device on Linux: \
+     `apt-get install mesa-vulkan-drivers` (lavapipe)";
+#[cfg(target_arch = "wasm32")]
+const NO_ADAPTER_HELP: &str = "This browser's WebGPU offers none: it may be turned off \
+     (Chromium on Linux: --enable-unsafe-webgpu) or blocked for this GPU";
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error(
-        "no GPU adapter found{detail}. Install a GPU driver, or for a software Vulkan \
-         device on Linux: `apt-get install mesa-vulkan-drivers` (lavapipe)"
-    )]
+    #[error("no GPU adapter found{detail}. {NO_ADAPTER_HELP}")]
     NoAdapter { detail: String },
     #[error("could not open the GPU device `{adapter}`: {msg}")]
     RequestDevice { adapter: String, msg: String },

@@ -397,7 +397,11 @@ async fn load_model(
         let g = GgufFile::from_vec(name, bytes).map_err(js_err)?;
         loader::load_gguf(&g).map_err(js_err)?
     } else if name.ends_with(".safetensors") {
-        lamina_file::from_bytes(std::path::Path::new(name), &bytes).map_err(js_err)?
+        // Its tensors come out as copies (mixed codes repacked), so the
+        // image goes at once.
+        let m = lamina_file::from_bytes(std::path::Path::new(name), &bytes).map_err(js_err)?;
+        drop(bytes);
+        m
     } else {
         return Err(JsError::new(&format!(
             "{name}: neither a GGUF file nor a .lamina.safetensors file"

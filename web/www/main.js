@@ -156,7 +156,9 @@ async function main() {
   try {
     engine = await Engine.open();
   } catch (e) {
-    fail(new Error(`WebGPU is present but gives no usable GPU adapter: ${e.message || e}`), 'no-webgpu');
+    // The engine's message names what is missing (no adapter, or a device
+    // it could not open) and what to do.
+    fail(e, 'no-webgpu');
     return;
   }
   L.adapter = await adapterName();
