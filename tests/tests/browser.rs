@@ -4,7 +4,9 @@
 //! - `greedy_tokens_match_native`: SmolLM2 loaded through the page's file
 //!   input, "The capital of France is", 16 greedy tokens, chat template off:
 //!   the page's token ids equal the native build's (computed here on the
-//!   test GPU, lavapipe on CI), and WebGPU reported no uncaptured errors.
+//!   test GPU, lavapipe on CI); then 8 with the chat template on, against
+//!   the native build's over the same template; and WebGPU reported no
+//!   uncaptured errors.
 //!   Prints the page's and the native build's t/s on lines starting
 //!   `browser-figures:`.
 //! - `shaders_compile`: `window.lamina.checkShaders()` finds no shader that
@@ -46,7 +48,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use lamina_model::checkpoint::LoadedModel;
+use lamina_model::chat::{ChatMessage, ChatTemplate};
 use lamina_model::kv_cache::KvFormat;
 use lamina_model::llama::{GpuModel, WeightMode};
 use lamina_model::session::{SamplerConfig, Session};
@@ -58,6 +60,8 @@ use serve::Server;
 
 const PROMPT: &str = "The capital of France is";
 const N_PREDICT: usize = 16;
+/// Tokens of the run with the chat template (the page applies it).
+const N_CHAT: usize = 8;
 /// Context and prompt batch of the native run.
 const CTX: usize = 512;
 
@@ -174,34 +178,49 @@ struct Native {
     tokens: Vec<u32>,
     prefill_tps: f64,
     decode_tps: f64,
-    device: String,
 }
 
-/// Greedy generation with the public model API, as the CLI does it: the
-/// prompt (tokenized with BOS if the model adds one) fed in one step, then
-/// each sampled token fed back. Graphs are compiled before the clock starts.
-fn native_greedy(m: &LoadedModel, tok: &Tokenizer) -> Result<Native> {
-    let prompt = tok.encode(PROMPT, true)?;
-    let gpu = lamina_tests::gpu();
-    let device = gpu.describe();
-    let model = GpuModel::new(gpu, m, WeightMode::default(), CTX, KvFormat::F16, |_, _| {})?;
-    let mut session = Session::new(Arc::new(model), CTX as u32, SamplerConfig::greedy())?;
-    session.prepare()?;
+/// The prompt's ids as the page makes them: the text, or with `chat` the
+/// chat template's rendering of it as the user's message, with BOS where
+/// the tokenizer adds one.
+fn prompt_ids(tok: &Tokenizer, chat: bool) -> Result<Vec<u32>> {
+    let text = match chat {
+        true => ChatTemplate::from_tokenizer(tok)?.render_for(
+            tok,
+            &[ChatMessage::user(PROMPT)],
+            true,
+        )?,
+        false => PROMPT.to_string(),
+    };
+    Ok(tok.encode(&text, true)?)
+}
+
+/// Greedy generation with the public model API, as the CLI and the page
+/// do it: the prompt fed in one step, then each sampled token fed back,
+/// up to `n` tokens or the end of generation (not counted, as the page
+/// does not show it). Graphs are compiled before the clock starts.
+fn native_greedy(session: &mut Session, tok: &Tokenizer, chat: bool, n: usize) -> Result<Native> {
+    let prompt = prompt_ids(tok, chat)?;
+    session.reset();
+    session.set_sampler(SamplerConfig::greedy());
     let t = Instant::now();
-    let mut tokens = vec![session.feed(&prompt)?];
+    let mut next = session.feed(&prompt)?;
     let prefill = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    while tokens.len() < N_PREDICT {
-        let last = tokens[tokens.len() - 1];
-        tokens.push(session.feed(&[last])?);
+    let mut tokens = Vec::new();
+    while !tok.is_eog(next) {
+        tokens.push(next);
+        if tokens.len() == n {
+            break;
+        }
+        next = session.feed(&[next])?;
     }
     let decode = t.elapsed().as_secs_f64();
     Ok(Native {
         prefill_tps: prompt.len() as f64 / prefill,
-        decode_tps: (N_PREDICT - 1) as f64 / decode,
+        decode_tps: (tokens.len().max(2) - 1) as f64 / decode,
         prompt,
         tokens,
-        device,
     })
 }
 
@@ -223,6 +242,30 @@ fn strings(v: &Value) -> Vec<String> {
         .collect()
 }
 
+impl App {
+    /// Fills the form (the prompt, greedy, `n` tokens, the chat template
+    /// on or off), clicks Generate and returns the tokens the page shows.
+    fn generate(&mut self, chat: bool, n: usize) -> Result<Vec<u32>> {
+        self.page.eval(&format!(
+            "(() => {{
+                const set = (id, v) => {{
+                    const e = document.getElementById(id);
+                    if (e.type === 'checkbox') e.checked = v; else e.value = v;
+                    e.dispatchEvent(new Event('input', {{ bubbles: true }}));
+                    e.dispatchEvent(new Event('change', {{ bubbles: true }}));
+                }};
+                set('prompt', {PROMPT:?});
+                set('n-predict', '{n}');
+                set('temperature', '0');
+                set('chat', {chat});
+                document.getElementById('generate').click();
+            }})()"
+        ))?;
+        self.expect_state("done", GENERATE_TIMEOUT)?;
+        ids(&self.lamina("tokens")?)
+    }
+}
+
 #[test]
 #[ignore = "needs chromium and the web bundle: scripts/test.sh builds both"]
 fn greedy_tokens_match_native() -> Result<()> {
@@ -230,15 +273,33 @@ fn greedy_tokens_match_native() -> Result<()> {
     let path = model_file()?;
     let m = lamina_model::loader::load(&path)?;
     let tok = Tokenizer::from_spec(&m.tokenizer_spec)?;
-    let native = native_greedy(&m, &tok)?;
+    let gpu = lamina_tests::gpu();
+    let device = gpu.describe();
+    let model = GpuModel::new(
+        gpu,
+        &m,
+        WeightMode::default(),
+        CTX,
+        KvFormat::F16,
+        |_, _| {},
+    )?;
     drop(m);
+    let mut session = Session::new(Arc::new(model), CTX as u32, SamplerConfig::greedy())?;
+    session.prepare()?;
+    let native = native_greedy(&mut session, &tok, false, N_PREDICT)?;
+    let native_chat = native_greedy(&mut session, &tok, true, N_CHAT)?;
     let text = |ids: &[u32]| tok.decode(ids).unwrap_or_else(|e| format!("(decode: {e})"));
     eprintln!(
-        "native ({}): prompt {:?} -> {:?} {:?}",
-        native.device,
+        "native ({device}): prompt {:?} -> {:?} {:?}; with the chat template -> {:?}",
         native.prompt,
         native.tokens,
-        text(&native.tokens)
+        text(&native.tokens),
+        text(&native_chat.tokens)
+    );
+    assert_eq!(
+        native.tokens.len(),
+        N_PREDICT,
+        "the raw prompt's run ends early"
     );
 
     let mut app = App::open(true)?;
@@ -246,25 +307,9 @@ fn greedy_tokens_match_native() -> Result<()> {
     eprintln!("adapter: {}", app.lamina("adapter")?);
     app.page.set_file("#model", &path)?;
     app.expect_state("ready", LOAD_TIMEOUT)?;
-    app.page.eval(&format!(
-        "(() => {{
-            const set = (id, v) => {{
-                const e = document.getElementById(id);
-                if (e.type === 'checkbox') e.checked = v; else e.value = v;
-                e.dispatchEvent(new Event('input', {{ bubbles: true }}));
-                e.dispatchEvent(new Event('change', {{ bubbles: true }}));
-            }};
-            set('prompt', {PROMPT:?});
-            set('n-predict', '{N_PREDICT}');
-            set('temperature', '0');
-            set('chat', false);
-            document.getElementById('generate').click();
-        }})()"
-    ))?;
-    app.expect_state("done", GENERATE_TIMEOUT)?;
-
-    let page_tokens = ids(&app.lamina("tokens")?)?;
+    let page_tokens = app.generate(false, N_PREDICT)?;
     let (prefill, decode) = (app.lamina("prefill_tps")?, app.lamina("decode_tps")?);
+    let page_chat = app.generate(true, N_CHAT)?;
     let gpu_errors = strings(&app.lamina("gpu_errors")?);
     let adapter = app.lamina("adapter")?;
     let tps = |v: &Value| {
@@ -279,8 +324,7 @@ fn greedy_tokens_match_native() -> Result<()> {
         tps(&decode)
     );
     println!(
-        "browser-figures: native ({}): prompt {} tokens at {:.1} t/s, decode {:.1} t/s",
-        native.device,
+        "browser-figures: native ({device}): prompt {} tokens at {:.1} t/s, decode {:.1} t/s",
         native.prompt.len(),
         native.prefill_tps,
         native.decode_tps
@@ -292,6 +336,14 @@ fn greedy_tokens_match_native() -> Result<()> {
          page:   {:?}\nnative: {:?}",
         text(&page_tokens),
         text(&native.tokens)
+    );
+    assert_eq!(
+        page_chat,
+        native_chat.tokens,
+        "greedy tokens of the chat template's prompt: the page's (left) differ from the native \
+         build's (right)\npage:   {:?}\nnative: {:?}",
+        text(&page_chat),
+        text(&native_chat.tokens)
     );
     assert!(
         gpu_errors.is_empty(),
