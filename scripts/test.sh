@@ -10,10 +10,13 @@
 #    fetch`; skipped when LAMINA_SKIP_FETCH=1),
 # 4. makes the Python environment with the `openai` client that the server
 #    tests drive `lamina serve` with (scripts/py-openai.sh),
-# 5. checks that the engine and model crates still compile for the browser
-#    (`cargo check --target wasm32-unknown-unknown`, the target added with
-#    rustup; skipped when LAMINA_SKIP_WASM=1),
-# 6. runs `cargo test --workspace "$@"`, which reuses the build.
+# 5. builds the browser bundle (scripts/web.sh --build: the engine and model
+#    crates for wasm32 with WebGPU, installing rustup's wasm32 target and
+#    wasm-bindgen-cli once) and makes sure headless Chromium is installed
+#    (scripts/ensure-chromium.sh); both skipped when LAMINA_SKIP_WASM=1,
+# 6. runs `cargo test --workspace "$@"`, which reuses the build,
+# 7. runs the headless-browser tests (tests/tests/browser.rs, ignored by a
+#    plain `cargo test`) against the bundle, unless LAMINA_SKIP_WASM=1.
 # Works from any directory, without a terminal or standard input.
 #
 # One build serves every step: `cargo run -p lamina-cli` would resolve the
@@ -58,15 +61,21 @@ phase "Python openai client (scripts/py-openai.sh)"
 LAMINA_TEST_PYTHON="$(bash "$ROOT/scripts/py-openai.sh" </dev/null)"
 export LAMINA_TEST_PYTHON
 
-if [[ "${LAMINA_SKIP_WASM:-0}" == 1 ]]; then
-    phase "wasm32 check: skipped (LAMINA_SKIP_WASM=1)"
+web=1
+[[ "${LAMINA_SKIP_WASM:-0}" == 1 ]] && web=0
+if [[ $web == 1 ]]; then
+    phase "Browser bundle (scripts/web.sh --build)"
+    bash "$ROOT/scripts/web.sh" --build </dev/null
+    phase "Headless Chromium (scripts/ensure-chromium.sh)"
+    bash "$ROOT/scripts/ensure-chromium.sh" </dev/null
 else
-    phase "wasm32 check: cargo check --target wasm32-unknown-unknown -p lamina-engine -p lamina-model"
-    if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
-        rustup target add wasm32-unknown-unknown </dev/null
-    fi
-    cargo check --target wasm32-unknown-unknown -p lamina-engine -p lamina-model </dev/null
+    phase "Browser bundle and Chromium: skipped (LAMINA_SKIP_WASM=1)"
 fi
 
 phase "cargo test --workspace $*"
 cargo test --workspace "$@" </dev/null
+
+if [[ $web == 1 ]]; then
+    phase "Browser tests: headless Chromium (cargo test -p lamina-tests --test browser -- --ignored)"
+    cargo test -p lamina-tests --test browser "$@" </dev/null -- --ignored
+fi
