@@ -77,5 +77,6 @@ cargo test --workspace "$@" </dev/null
 
 if [[ $web == 1 ]]; then
     phase "Browser tests: headless Chromium (cargo test -p lamina-tests --test browser -- --ignored)"
-    cargo test -p lamina-tests --test browser "$@" </dev/null -- --ignored
+    # bench_against_native is a benchmark (docs/benchmarks.md), run by hand.
+    cargo test -p lamina-tests --test browser "$@" </dev/null -- --ignored --skip bench_against_native
 fi

@@ -49,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use lamina_model::chat::{ChatMessage, ChatTemplate};
+use lamina_model::checkpoint::LoadedModel;
 use lamina_model::kv_cache::KvFormat;
 use lamina_model::llama::{GpuModel, WeightMode};
 use lamina_model::session::{SamplerConfig, Session};
@@ -183,24 +184,41 @@ struct Native {
 /// The prompt's ids as the page makes them: the text, or with `chat` the
 /// chat template's rendering of it as the user's message, with BOS where
 /// the tokenizer adds one.
-fn prompt_ids(tok: &Tokenizer, chat: bool) -> Result<Vec<u32>> {
+fn prompt_ids(tok: &Tokenizer, prompt: &str, chat: bool) -> Result<Vec<u32>> {
     let text = match chat {
         true => ChatTemplate::from_tokenizer(tok)?.render_for(
             tok,
-            &[ChatMessage::user(PROMPT)],
+            &[ChatMessage::user(prompt)],
             true,
         )?,
-        false => PROMPT.to_string(),
+        false => prompt.to_string(),
     };
     Ok(tok.encode(&text, true)?)
+}
+
+/// A session over `m` on the test GPU, as the page makes one (f16 KV
+/// cache, the weights as stored), its graphs compiled; and the GPU's name.
+fn native_session(m: &LoadedModel) -> Result<(Session, String)> {
+    let gpu = lamina_tests::gpu();
+    let device = gpu.describe();
+    let model = GpuModel::new(gpu, m, WeightMode::default(), CTX, KvFormat::F16, |_, _| {})?;
+    let mut session = Session::new(Arc::new(model), CTX as u32, SamplerConfig::greedy())?;
+    session.prepare()?;
+    Ok((session, device))
 }
 
 /// Greedy generation with the public model API, as the CLI and the page
 /// do it: the prompt fed in one step, then each sampled token fed back,
 /// up to `n` tokens or the end of generation (not counted, as the page
 /// does not show it). Graphs are compiled before the clock starts.
-fn native_greedy(session: &mut Session, tok: &Tokenizer, chat: bool, n: usize) -> Result<Native> {
-    let prompt = prompt_ids(tok, chat)?;
+fn native_greedy(
+    session: &mut Session,
+    tok: &Tokenizer,
+    prompt: &str,
+    chat: bool,
+    n: usize,
+) -> Result<Native> {
+    let prompt = prompt_ids(tok, prompt, chat)?;
     session.reset();
     session.set_sampler(SamplerConfig::greedy());
     let t = Instant::now();
@@ -245,7 +263,7 @@ fn strings(v: &Value) -> Vec<String> {
 impl App {
     /// Fills the form (the prompt, greedy, `n` tokens, the chat template
     /// on or off), clicks Generate and returns the tokens the page shows.
-    fn generate(&mut self, chat: bool, n: usize) -> Result<Vec<u32>> {
+    fn generate(&mut self, prompt: &str, chat: bool, n: usize) -> Result<Vec<u32>> {
         self.page.eval(&format!(
             "(() => {{
                 const set = (id, v) => {{
@@ -254,7 +272,7 @@ impl App {
                     e.dispatchEvent(new Event('input', {{ bubbles: true }}));
                     e.dispatchEvent(new Event('change', {{ bubbles: true }}));
                 }};
-                set('prompt', {PROMPT:?});
+                set('prompt', {prompt:?});
                 set('n-predict', '{n}');
                 set('temperature', '0');
                 set('chat', {chat});
@@ -286,8 +304,8 @@ fn greedy_tokens_match_native() -> Result<()> {
     drop(m);
     let mut session = Session::new(Arc::new(model), CTX as u32, SamplerConfig::greedy())?;
     session.prepare()?;
-    let native = native_greedy(&mut session, &tok, false, N_PREDICT)?;
-    let native_chat = native_greedy(&mut session, &tok, true, N_CHAT)?;
+    let native = native_greedy(&mut session, &tok, PROMPT, false, N_PREDICT)?;
+    let native_chat = native_greedy(&mut session, &tok, PROMPT, true, N_CHAT)?;
     let text = |ids: &[u32]| tok.decode(ids).unwrap_or_else(|e| format!("(decode: {e})"));
     eprintln!(
         "native ({device}): prompt {:?} -> {:?} {:?}; with the chat template -> {:?}",
@@ -307,9 +325,9 @@ fn greedy_tokens_match_native() -> Result<()> {
     eprintln!("adapter: {}", app.lamina("adapter")?);
     app.page.set_file("#model", &path)?;
     app.expect_state("ready", LOAD_TIMEOUT)?;
-    let page_tokens = app.generate(false, N_PREDICT)?;
+    let page_tokens = app.generate(PROMPT, false, N_PREDICT)?;
     let (prefill, decode) = (app.lamina("prefill_tps")?, app.lamina("decode_tps")?);
-    let page_chat = app.generate(true, N_CHAT)?;
+    let page_chat = app.generate(PROMPT, true, N_CHAT)?;
     let gpu_errors = strings(&app.lamina("gpu_errors")?);
     let adapter = app.lamina("adapter")?;
     let tps = |v: &Value| {
@@ -472,6 +490,63 @@ fn server_serves_the_bundle_only() -> Result<()> {
                 "GET {path}: {r}"
             );
         }
+    }
+    Ok(())
+}
+
+/// The text `bench_against_native` prompts with (about 100 tokens).
+const BENCH_PROMPT: &str = "The history of the city begins in the early medieval period, when a \
+    small settlement grew up around a river crossing. Over the following centuries, merchants and \
+    craftsmen arrived, a market was established, and the town received its first charter. By the \
+    fourteenth century it had become an important center of the wool trade, with a large church, \
+    several guild halls and a stone bridge that replaced the older wooden one. The population grew \
+    steadily until the plague years, when nearly a third of the inhabitants died. Recovery was \
+    slow, but by the sixteenth century";
+
+/// Not a check but the figures of docs/benchmarks.md: the page against
+/// the native build on this machine's test GPU, a 100-token prompt and 64
+/// greedy tokens, three rounds alternating (native, then the page), each
+/// printed with the ratio. Run it alone:
+/// `cargo test -p lamina-tests --test browser bench_against_native -- --ignored --nocapture`
+/// (scripts/test.sh skips it).
+#[test]
+#[ignore = "a benchmark, run by hand (see its doc)"]
+fn bench_against_native() -> Result<()> {
+    const N: usize = 64;
+    let _turn = turn();
+    let path = model_file()?;
+    let m = lamina_model::loader::load(&path)?;
+    let tok = Tokenizer::from_spec(&m.tokenizer_spec)?;
+    let (mut session, device) = native_session(&m)?;
+    drop(m);
+    let mut app = App::open(true)?;
+    app.expect_state("idle", START_TIMEOUT)?;
+    let adapter = app.lamina("adapter")?;
+    app.page.set_file("#model", &path)?;
+    app.expect_state("ready", LOAD_TIMEOUT)?;
+    // A first page run warms what the load left cold.
+    app.generate(BENCH_PROMPT, false, 4)?;
+    for round in 1..=3 {
+        let native = native_greedy(&mut session, &tok, BENCH_PROMPT, false, N)?;
+        let tokens = app.generate(BENCH_PROMPT, false, N)?;
+        let pp = app.lamina("prefill_tps")?.as_f64().unwrap_or(f64::NAN);
+        let tg = app.lamina("decode_tps")?.as_f64().unwrap_or(f64::NAN);
+        println!(
+            "browser-bench round {round}: prompt {} tokens, {} generated; native ({device}) \
+             {:.1} / {:.1} t/s; page (Chromium, WebGPU on {}) {pp:.1} / {tg:.1} t/s; \
+             page / native {:.3} / {:.3}",
+            native.prompt.len(),
+            tokens.len(),
+            native.prefill_tps,
+            native.decode_tps,
+            adapter.as_str().unwrap_or("?"),
+            pp / native.prefill_tps,
+            tg / native.decode_tps
+        );
+        assert_eq!(
+            tokens, native.tokens,
+            "round {round}: the page's tokens differ"
+        );
     }
     Ok(())
 }
