@@ -36,26 +36,24 @@ impl SamplingArgs {
     /// The settings the sample op gets at every step (the one conversion
     /// from the flags), and the seed of the session's per-step draws.
     pub fn config(&self) -> Result<SamplerConfig> {
-        if self.temp < 0.0 || !self.temp.is_finite() {
-            bail!("--temp must be a finite number >= 0, got {}", self.temp);
+        let sampling = Sampling {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repeat_penalty: self.repeat_penalty,
+            // Drawn by the session at each step.
+            uniform: 0.0,
+        };
+        if let Some((field, msg)) = sampling.invalid() {
+            let flag = match field {
+                "temperature" => "--temp".to_string(),
+                f => format!("--{}", f.replace('_', "-")),
+            };
+            bail!("{flag} {msg}");
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            bail!("--top-p must be in (0, 1], got {}", self.top_p);
-        }
-        if self.repeat_penalty <= 0.0 || !self.repeat_penalty.is_finite() {
-            bail!("--repeat-penalty must be > 0, got {}", self.repeat_penalty);
-        }
-        let seed = seed_or_fresh(self.seed);
         Ok(SamplerConfig {
-            sampling: Sampling {
-                temperature: self.temp,
-                top_k: self.top_k,
-                top_p: self.top_p,
-                repeat_penalty: self.repeat_penalty,
-                // Drawn by the session at each step.
-                uniform: 0.0,
-            },
-            seed,
+            sampling,
+            seed: seed_or_fresh(self.seed),
         })
     }
 }

@@ -151,6 +151,10 @@ fn invalid_flags() {
         &lamina(&["generate", "-p", "hi", "--top-p", "0"]),
         "--top-p",
     );
+    fails_with(
+        &lamina(&["generate", "-p", "hi", "--repeat-penalty", "0"]),
+        "--repeat-penalty",
+    );
     fails_with(&lamina(&["generate", "--no-such-flag"]), "no-such-flag");
     fails_with(
         &lamina(&["bench", "-r", "0", "--synthetic", "tiny"]),

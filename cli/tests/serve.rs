@@ -250,6 +250,13 @@ fn serve_end_to_end() {
         "parse",
         None,
     );
+    for (field, body) in [
+        ("temperature", r#","temperature":2.5"#),
+        ("top_p", r#","top_p":0"#),
+        ("repeat_penalty", r#","repeat_penalty":0"#),
+    ] {
+        error_is(&post_json(&a, chat, &chat_body(body)), 400, field, None);
+    }
     error_is(
         &post_json(&a, "/v1/completions", &format!(r#"{{"model":"{MODEL}"}}"#)),
         400,

@@ -70,6 +70,31 @@ pub struct Sampling {
     pub uniform: f32,
 }
 
+impl Sampling {
+    /// The first setting the sample op cannot take (`uniform` aside, which
+    /// the session draws): its field name and what is wrong ("must be ...,
+    /// got ..."); `None` when all are in range. Each front end (flags, API
+    /// requests, the page) names the field its own way.
+    pub fn invalid(&self) -> Option<(&'static str, String)> {
+        let t = self.temperature;
+        if !(t.is_finite() && t >= 0.0) {
+            return Some((
+                "temperature",
+                format!("must be a finite number >= 0, got {t}"),
+            ));
+        }
+        let p = self.top_p;
+        if !(p > 0.0 && p <= 1.0) {
+            return Some(("top_p", format!("must be in (0, 1], got {p}")));
+        }
+        let r = self.repeat_penalty;
+        if !(r.is_finite() && r > 0.0) {
+            return Some(("repeat_penalty", format!("must be > 0, got {r}")));
+        }
+        None
+    }
+}
+
 impl Default for Sampling {
     fn default() -> Self {
         Sampling {
@@ -282,4 +307,46 @@ pub fn grid1(n: u32) -> [u32; 3] {
     }
     let x = n.min(MAX_GRID_X);
     [x, n.div_ceil(x), 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sampling;
+
+    #[test]
+    fn sampling_names_the_setting_out_of_range() {
+        let ok = Sampling {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 1.0,
+            repeat_penalty: 1.1,
+            uniform: 0.0,
+        };
+        assert_eq!(ok.invalid(), None);
+        assert_eq!(Sampling::default().invalid(), None);
+        let field = |s: Sampling| s.invalid().map(|(f, _)| f);
+        for t in [-0.1, f32::NAN, f32::INFINITY] {
+            assert_eq!(
+                field(Sampling {
+                    temperature: t,
+                    ..ok
+                }),
+                Some("temperature")
+            );
+        }
+        for p in [0.0, 1.01, f32::NAN] {
+            assert_eq!(field(Sampling { top_p: p, ..ok }), Some("top_p"));
+        }
+        for r in [0.0, -1.0, f32::INFINITY] {
+            assert_eq!(
+                field(Sampling {
+                    repeat_penalty: r,
+                    ..ok
+                }),
+                Some("repeat_penalty")
+            );
+        }
+        let (_, msg) = Sampling { top_p: 0.0, ..ok }.invalid().unwrap();
+        assert_eq!(msg, "must be in (0, 1], got 0");
+    }
 }

@@ -262,12 +262,6 @@ impl ServedModel {
             ));
         }
         let top_p = c.top_p.unwrap_or(d.top_p);
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(ApiError::invalid(
-                Some("top_p"),
-                format!("top_p must be in (0, 1], got {top_p}"),
-            ));
-        }
         let top_k = match c.top_k {
             None => d.top_k,
             Some(k) => u32::try_from(k).map_err(|_| {
@@ -275,11 +269,15 @@ impl ServedModel {
             })?,
         };
         let repeat_penalty = c.repeat_penalty.unwrap_or(d.repeat_penalty);
-        if !(repeat_penalty.is_finite() && repeat_penalty > 0.0) {
-            return Err(ApiError::invalid(
-                Some("repeat_penalty"),
-                format!("repeat_penalty must be > 0, got {repeat_penalty}"),
-            ));
+        let sampling = Sampling {
+            temperature,
+            top_k,
+            top_p,
+            repeat_penalty,
+            uniform: 0.0,
+        };
+        if let Some((field, msg)) = sampling.invalid() {
+            return Err(ApiError::invalid(Some(field), format!("{field} {msg}")));
         }
         let stop = match &c.stop {
             None => Vec::new(),
@@ -296,13 +294,7 @@ impl ServedModel {
             prompt,
             max_tokens,
             sampler: SamplerConfig {
-                sampling: Sampling {
-                    temperature,
-                    top_k,
-                    top_p,
-                    repeat_penalty,
-                    uniform: 0.0,
-                },
+                sampling,
                 seed: seed_or_fresh(c.seed.map(|s| s as u64).or(self.default_seed)),
             },
             stop,

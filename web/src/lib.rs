@@ -229,25 +229,20 @@ impl Engine {
         repeat_penalty: f32,
         seed: f64,
     ) -> Result<(), JsError> {
-        if !(temperature >= 0.0 && temperature.is_finite()) {
-            return Err(JsError::new("the temperature must be a number >= 0"));
-        }
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(JsError::new("top-p must be in (0, 1]"));
-        }
-        if !(repeat_penalty > 0.0 && repeat_penalty.is_finite()) {
-            return Err(JsError::new("the repeat penalty must be > 0"));
+        let sampling = Sampling {
+            temperature,
+            top_k,
+            top_p,
+            repeat_penalty,
+            uniform: 0.0,
+        };
+        if let Some((field, msg)) = sampling.invalid() {
+            return Err(JsError::new(&format!("{} {msg}", field.replace('_', "-"))));
         }
         self.with_model(|m| {
             m.session.reset();
             m.session.set_sampler(SamplerConfig {
-                sampling: Sampling {
-                    temperature,
-                    top_k,
-                    top_p,
-                    repeat_penalty,
-                    uniform: 0.0,
-                },
+                sampling,
                 seed: seed_or_fresh((seed >= 0.0).then_some(seed as u64)),
             });
             m.decoder = m.tokenizer.stream_decoder();
