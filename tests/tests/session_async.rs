@@ -17,6 +17,20 @@ use lamina_tests::gpu;
 
 const SPEC: &str = "L2-d128-h4-kv2-f256-v256";
 
+/// A small random Q4_1 model with an f16 cache of `ctx` positions.
+fn model(ctx: usize) -> Arc<GpuModel> {
+    let host = synthetic::synthetic_model(SPEC, HostDType::Q4_1, 5).unwrap();
+    let m = GpuModel::new(
+        gpu(),
+        &host,
+        WeightMode::Native,
+        ctx,
+        KvFormat::F16,
+        |_, _| {},
+    );
+    Arc::new(m.unwrap())
+}
+
 /// The prompt's sampled token, then `steps` more, each fed back; `run`
 /// feeds the session (blocking or through the future).
 fn tokens(
@@ -39,18 +53,7 @@ fn tokens(
 
 #[test]
 fn async_feed_gives_the_blocking_feeds_tokens() {
-    let host = synthetic::synthetic_model(SPEC, HostDType::Q4_1, 5).unwrap();
-    let model = Arc::new(
-        GpuModel::new(
-            gpu(),
-            &host,
-            WeightMode::Native,
-            64,
-            KvFormat::F16,
-            |_, _| {},
-        )
-        .unwrap(),
-    );
+    let model = model(64);
     let sampled = SamplerConfig {
         sampling: Sampling {
             temperature: 0.9,
@@ -84,18 +87,7 @@ fn async_feed_gives_the_blocking_feeds_tokens() {
 
 #[test]
 fn async_feed_refuses_what_feed_refuses() {
-    let host = synthetic::synthetic_model(SPEC, HostDType::Q4_1, 5).unwrap();
-    let model = Arc::new(
-        GpuModel::new(
-            gpu(),
-            &host,
-            WeightMode::Native,
-            16,
-            KvFormat::F16,
-            |_, _| {},
-        )
-        .unwrap(),
-    );
+    let model = model(16);
     let mut s = Session::new(model, 8, SamplerConfig::greedy()).unwrap();
     let empty = pollster::block_on(s.feed_async(&[])).unwrap_err();
     assert!(empty.to_string().contains("empty prompt"), "{empty}");
