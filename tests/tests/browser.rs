@@ -13,6 +13,9 @@
 //!   this browser's WebGPU rejects.
 //! - `truncated_model_is_an_error`: the model's first 8 MiB end in state
 //!   "error" with a message.
+//! - `model_too_big_for_the_gpu_is_an_error`: a KV cache past the
+//!   device's largest buffer ends in state "error" saying the model does
+//!   not fit.
 //! - `no_webgpu_message`: in a browser without WebGPU the page says so.
 //!
 //! The page's side of the contract: the elements `#model` (file input,
@@ -422,6 +425,28 @@ fn truncated_model_is_an_error() -> Result<()> {
     assert!(
         shown.as_str().is_some_and(|m| !m.trim().is_empty()),
         "#message is empty after the error {message}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs chromium and the web bundle: scripts/test.sh builds both"]
+fn model_too_big_for_the_gpu_is_an_error() -> Result<()> {
+    let _turn = turn();
+    let path = model_file()?;
+    let mut app = App::open(true)?;
+    app.expect_state("idle", START_TIMEOUT)?;
+    // 4M positions: each layer's KV cache alone is far past any device's
+    // largest buffer.
+    app.page
+        .eval("document.getElementById('ctx').value = '4000000'")?;
+    app.page.set_file("#model", &path)?;
+    app.expect_state("error", LOAD_TIMEOUT)?;
+    let message = app.lamina("message")?;
+    eprintln!("too big: {message}");
+    assert!(
+        message.as_str().is_some_and(|m| m.contains("does not fit")),
+        "the message should say the model does not fit: {message}"
     );
     Ok(())
 }

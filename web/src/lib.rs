@@ -21,14 +21,14 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use lamina_engine::{DeviceOptions, Gpu, Sampling};
+use lamina_engine::{DeviceOptions, EngineError, Gpu, Sampling};
 use lamina_model::chat::{ChatMessage, ChatTemplate};
 use lamina_model::gguf::{GGUF_MAGIC, GgufFile};
 use lamina_model::kv_cache::KvFormat;
 use lamina_model::llama::{GpuModel, WeightMode};
 use lamina_model::session::{SamplerConfig, Session, seed_or_fresh};
 use lamina_model::tokenizer::{StreamDecoder, Tokenizer};
-use lamina_model::{lamina_file, loader};
+use lamina_model::{ModelError, lamina_file, loader};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
@@ -414,8 +414,18 @@ async fn load_model(
         c => c,
     };
     check_runs_here(&m)?;
-    let model = GpuModel::new(gpu, &m, WeightMode::Native, ctx, KvFormat::F16, |_, _| {})
-        .map_err(js_err)?;
+    let model =
+        GpuModel::new(gpu, &m, WeightMode::Native, ctx, KvFormat::F16, |_, _| {}).map_err(|e| {
+            match e {
+                ModelError::Engine(
+                    e @ (EngineError::TooLarge { .. } | EngineError::OutOfMemory(_)),
+                ) => JsError::new(&format!(
+                    "the model does not fit in this GPU with a {ctx}-position KV cache \
+                     (a smaller context may help): {e}"
+                )),
+                e => js_err(e),
+            }
+        })?;
     let weight_mib = model.weight_bytes() as f64 / 1048576.0;
     let (file_type, n_layers) = (m.file_type.clone(), m.config.n_layers);
     // The file's image goes now that the weights are on the GPU.
