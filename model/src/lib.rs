@@ -22,6 +22,9 @@ pub mod llama;
 pub mod loader;
 pub mod logits_file;
 pub mod pivot;
+// The quantizers calibrate on threads and with faer's solvers, neither of
+// which a browser tab has: native only (the browser runs their files).
+#[cfg(not(target_arch = "wasm32"))]
 pub mod quant;
 pub mod reference;
 pub mod rotate;

@@ -658,6 +658,8 @@ fn vector(t: &HostTensor, n: usize) -> Result<Vec<f32>> {
 }
 
 mod math;
+// For the quantizers' calibration, which the browser build leaves out.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) use math::dot;
 
 /// Rounds cache rows to f16 in place, as the GPU's f16 cache stores them.
