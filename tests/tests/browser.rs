@@ -265,8 +265,8 @@ fn strings(v: &Value) -> Vec<String> {
 
 impl App {
     /// Fills the form (the prompt, greedy, `n` tokens, the chat template
-    /// on or off), clicks Generate and returns the tokens the page shows.
-    fn generate(&mut self, prompt: &str, chat: bool, n: usize) -> Result<Vec<u32>> {
+    /// on or off) and clicks Generate.
+    fn click_generate(&mut self, prompt: &str, chat: bool, n: usize) -> Result<()> {
         self.page.eval(&format!(
             "(() => {{
                 const set = (id, v) => {{
@@ -282,6 +282,12 @@ impl App {
                 document.getElementById('generate').click();
             }})()"
         ))?;
+        Ok(())
+    }
+
+    /// [`App::click_generate`], then the tokens the page shows when done.
+    fn generate(&mut self, prompt: &str, chat: bool, n: usize) -> Result<Vec<u32>> {
+        self.click_generate(prompt, chat, n)?;
         self.expect_state("done", GENERATE_TIMEOUT)?;
         ids(&self.lamina("tokens")?)
     }
@@ -328,6 +334,14 @@ fn greedy_tokens_match_native() -> Result<()> {
     eprintln!("adapter: {}", app.lamina("adapter")?);
     app.page.set_file("#model", &path)?;
     app.expect_state("ready", LOAD_TIMEOUT)?;
+    // A prompt of no tokens is an error that leaves the model loaded.
+    app.click_generate("", false, 4)?;
+    app.expect_state("error", ERROR_TIMEOUT)?;
+    let message = app.lamina("message")?;
+    assert!(
+        message.as_str().is_some_and(|m| m.contains("no tokens")),
+        "an empty prompt's message: {message}"
+    );
     let page_tokens = app.generate(PROMPT, false, N_PREDICT)?;
     let (prefill, decode) = (app.lamina("prefill_tps")?, app.lamina("decode_tps")?);
     let page_chat = app.generate(PROMPT, true, N_CHAT)?;

@@ -26,6 +26,9 @@ const L = (window.lamina = {
 });
 
 let engine = null;
+// Whether a model is loaded (a failed generation leaves it loaded; a failed
+// load does not, as the old model goes first).
+let modelReady = false;
 let stopRequested = false;
 
 function setState(state, status) {
@@ -33,7 +36,7 @@ function setState(state, status) {
   if (status !== undefined) $('status').textContent = status;
   const busy = state === 'loading' || state === 'generating';
   $('model').disabled = !engine || busy;
-  $('generate').disabled = state !== 'ready' && state !== 'done';
+  $('generate').disabled = !modelReady || busy;
   $('stop').disabled = state !== 'generating';
 }
 
@@ -56,6 +59,7 @@ function clearMessage() {
 }
 
 async function loadFile(file) {
+  modelReady = false;
   clearMessage();
   setState('loading', `reading ${file.name}…`);
   $('model-info').textContent = '';
@@ -74,6 +78,7 @@ async function loadFile(file) {
     $('chat').disabled = !chat;
     $('chat').checked = chat;
     collectGpuErrors();
+    modelReady = true;
     setState('ready', 'ready: type a prompt');
   } catch (e) {
     fail(e);
