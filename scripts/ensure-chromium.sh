@@ -29,33 +29,13 @@ fi
 
 log "chromium is not on PATH; installing Debian's chromium package"
 
-if ! command -v apt-get >/dev/null 2>&1; then
-    log "ERROR: apt-get is not available. Install Chromium with your package manager and put"
-    log "       \`chromium\` on PATH, or set LAMINA_CHROMIUM to its binary."
-    exit 1
-fi
-
-SUDO=()
-if [[ "$(id -u)" -ne 0 ]]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        SUDO=(sudo -n)
-    else
-        log "ERROR: not root and no password-less sudo; cannot install Chromium."
-        log "       Run as root: apt-get update && apt-get install -y chromium"
-        exit 1
-    fi
-fi
-
-if "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >&2 \
-    && "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        chromium </dev/null >&2; then
+if bash "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh" ensure-chromium chromium; then
     if found; then
         log "installed Chromium: $(command -v chromium)"
         exit 0
     fi
     log "ERROR: the chromium package is installed but \`chromium\` is not on PATH"
 else
-    log "ERROR: installing the chromium package failed."
-    log "       Install it by hand: apt-get update && apt-get install -y chromium"
+    log "ERROR: Chromium could not be installed (above); the browser tests need it."
 fi
 exit 1

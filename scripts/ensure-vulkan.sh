@@ -55,33 +55,13 @@ fi
 
 log "no Vulkan driver/loader found; installing Mesa's Vulkan drivers (lavapipe)"
 
-if ! command -v apt-get >/dev/null 2>&1; then
-    log "WARNING: apt-get is not available. Install a Vulkan driver (e.g. Mesa's lavapipe) and the"
-    log "         Vulkan loader with your package manager; GPU tests will fail without an adapter."
-    exit 0
-fi
-
-SUDO=()
-if [[ "$(id -u)" -ne 0 ]]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        SUDO=(sudo -n)
-    else
-        log "WARNING: not root and no password-less sudo; cannot install the Vulkan drivers."
-        log "         Run as root: apt-get update && apt-get install -y mesa-vulkan-drivers libvulkan1"
-        exit 0
-    fi
-fi
-
-if "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >&2 \
-    && "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        mesa-vulkan-drivers libvulkan1 </dev/null >&2; then
+if bash "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh" ensure-vulkan mesa-vulkan-drivers libvulkan1; then
     if has_icd && has_loader; then
         log "installed Mesa's Vulkan drivers (lavapipe)"
     else
         log "WARNING: packages installed but no Vulkan driver/loader detected afterwards"
     fi
 else
-    log "WARNING: installing mesa-vulkan-drivers and libvulkan1 failed; GPU tests will fail without an adapter."
-    log "         Install them by hand: apt-get update && apt-get install -y mesa-vulkan-drivers libvulkan1"
+    log "WARNING: no Vulkan driver could be installed (above); GPU tests will fail without an adapter."
 fi
 exit 0
