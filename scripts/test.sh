@@ -17,6 +17,8 @@
 # 6. runs `cargo test --workspace "$@"`, which reuses the build,
 # 7. runs the headless-browser tests (tests/tests/browser.rs, ignored by a
 #    plain `cargo test`) against the bundle, unless LAMINA_SKIP_WASM=1.
+#    Both `cargo test` steps say --workspace, so the dependencies' features,
+#    and with them the build, stay those of step 2.
 # Works from any directory, without a terminal or standard input.
 #
 # One build serves every step: `cargo run -p lamina-cli` would resolve the
@@ -76,7 +78,9 @@ phase "cargo test --workspace $*"
 cargo test --workspace "$@" </dev/null
 
 if [[ $web == 1 ]]; then
-    phase "Browser tests: headless Chromium (cargo test -p lamina-tests --test browser -- --ignored)"
-    # bench_against_native is a benchmark (docs/benchmarks.md), run by hand.
-    cargo test -p lamina-tests --test browser "$@" </dev/null -- --ignored --skip bench_against_native
+    phase "Browser tests: headless Chromium (cargo test --workspace --test browser -- --ignored)"
+    # --workspace, not -p lamina-tests: the same features as the build
+    # above, so nothing is compiled again. bench_against_native is a
+    # benchmark (docs/benchmarks.md), run by hand.
+    cargo test --workspace --test browser "$@" </dev/null -- --ignored --skip bench_against_native
 fi

@@ -26,7 +26,7 @@
 //! `decode_tps`, `gpu_errors`, `adapter` and `checkShaders()`.
 //!
 //! Run: `scripts/web.sh --build`, then
-//! `cargo test -p lamina-tests --test browser -- --ignored`
+//! `cargo test --workspace --test browser -- --ignored`
 //! (scripts/test.sh does both). Needs:
 //! - the bundle: $LAMINA_WEB_DIR, else $CARGO_TARGET_DIR/web, else
 //!   `<workspace>/target/web` (index.html, main.js, pkg/);
@@ -546,7 +546,7 @@ const BENCH_PROMPT: &str = "The history of the city begins in the early medieval
 /// the native build on this machine's test GPU, a 100-token prompt and 64
 /// greedy tokens, three rounds alternating (native, then the page), each
 /// printed with the ratio. Run it alone:
-/// `cargo test -p lamina-tests --test browser bench_against_native -- --ignored --nocapture`
+/// `cargo test --workspace --test browser bench_against_native -- --ignored --nocapture`
 /// (scripts/test.sh skips it).
 #[test]
 #[ignore = "a benchmark, run by hand (see its doc)"]
