@@ -14,11 +14,9 @@
 #    crates for wasm32 with WebGPU, installing rustup's wasm32 target and
 #    wasm-bindgen-cli once) and makes sure headless Chromium is installed
 #    (scripts/ensure-chromium.sh); both skipped when LAMINA_SKIP_WASM=1,
-# 6. runs `cargo test --workspace "$@"`, which reuses the build,
-# 7. runs the headless-browser tests (tests/tests/browser.rs, ignored by a
-#    plain `cargo test`) against the bundle, unless LAMINA_SKIP_WASM=1.
-#    Both `cargo test` steps say --workspace, so the dependencies' features,
-#    and with them the build, stay those of step 2.
+# 6. runs `cargo test --workspace "$@"`, which reuses the build, with the
+#    headless-browser tests (tests/tests/browser.rs, ignored by a plain
+#    `cargo test`) included unless LAMINA_SKIP_WASM=1.
 # Works from any directory, without a terminal or standard input.
 #
 # One build serves every step: `cargo run -p lamina-cli` would resolve the
@@ -74,13 +72,15 @@ else
     phase "Browser bundle and Chromium: skipped (LAMINA_SKIP_WASM=1)"
 fi
 
-phase "cargo test --workspace $*"
-cargo test --workspace "$@" </dev/null
-
 if [[ $web == 1 ]]; then
-    phase "Browser tests: headless Chromium (cargo test --workspace --test browser -- --ignored)"
-    # --workspace, not -p lamina-tests: the same features as the build
-    # above, so nothing is compiled again. bench_against_native is a
-    # benchmark (docs/benchmarks.md), run by hand.
-    cargo test --workspace --test browser "$@" </dev/null -- --ignored --skip bench_against_native
+    # The headless-browser tests (tests/tests/browser.rs) are the only
+    # ignored tests; they run in this same invocation, so nothing is built
+    # again (another `cargo test` selecting fewer targets resolves some
+    # dependencies' features anew). bench_against_native is a benchmark
+    # (docs/benchmarks.md), run by hand.
+    phase "cargo test --workspace $* (with the headless-browser tests)"
+    cargo test --workspace "$@" </dev/null -- --include-ignored --skip bench_against_native
+else
+    phase "cargo test --workspace $*"
+    cargo test --workspace "$@" </dev/null
 fi
