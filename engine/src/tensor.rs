@@ -232,30 +232,8 @@ impl Gpu {
         Ok(Arc::new(b))
     }
 
-    /// Copies `size` bytes at `offset` of `buffer` back to the host (waits;
-    /// on the web, see [`Gpu::read_buffer_async`]).
+    /// Copies `size` bytes at `offset` of `buffer` back to the host (waits).
     pub fn read_buffer(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
-        let (staging, size) = self.copy_to_staging(buffer, offset, size);
-        map_read(self, &staging, size)
-    }
-
-    /// [`Gpu::read_buffer`] as a future, for the web.
-    pub async fn read_buffer_async(
-        &self,
-        buffer: &wgpu::Buffer,
-        offset: u64,
-        size: u64,
-    ) -> Result<Vec<u8>> {
-        let (staging, size) = self.copy_to_staging(buffer, offset, size);
-        map_read_async(self, &staging, size).await
-    }
-
-    fn copy_to_staging(
-        &self,
-        buffer: &wgpu::Buffer,
-        offset: u64,
-        size: u64,
-    ) -> (wgpu::Buffer, u64) {
         let size = size.next_multiple_of(4);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -266,7 +244,7 @@ impl Gpu {
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
         self.queue.submit([enc.finish()]);
-        (staging, size)
+        map_read(self, &staging, size)
     }
 }
 
