@@ -36,21 +36,14 @@ impl SamplingArgs {
     /// The settings the sample op gets at every step (the one conversion
     /// from the flags), and the seed of the session's per-step draws.
     pub fn config(&self) -> Result<SamplerConfig> {
-        let sampling = Sampling {
-            temperature: self.temp,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            repeat_penalty: self.repeat_penalty,
-            // Drawn by the session at each step.
-            uniform: 0.0,
-        };
-        if let Some((field, msg)) = sampling.invalid() {
-            let flag = match field {
-                "temperature" => "--temp".to_string(),
-                f => format!("--{}", f.replace('_', "-")),
-            };
-            bail!("{flag} {msg}");
-        }
+        let sampling = Sampling::checked(self.temp, self.top_k, self.top_p, self.repeat_penalty)
+            .map_err(|(field, msg)| {
+                let flag = match field {
+                    "temperature" => "--temp".to_string(),
+                    f => format!("--{}", f.replace('_', "-")),
+                };
+                anyhow::anyhow!("{flag} {msg}")
+            })?;
         Ok(SamplerConfig {
             sampling,
             seed: seed_or_fresh(self.seed),

@@ -71,11 +71,32 @@ pub struct Sampling {
 }
 
 impl Sampling {
-    /// The first setting the sample op cannot take (`uniform` aside, which
-    /// the session draws): its field name and what is wrong ("must be ...,
-    /// got ..."); `None` when all are in range. Each front end (flags, API
-    /// requests, the page) names the field its own way.
-    pub fn invalid(&self) -> Option<(&'static str, String)> {
+    /// The settings a caller chooses, checked (`uniform` 0: the session
+    /// draws it at each step). The error names the first field out of range
+    /// and what is wrong ("must be ..., got ..."); each front end (flags,
+    /// API requests, the page) reports the field in its own name.
+    pub fn checked(
+        temperature: f32,
+        top_k: u32,
+        top_p: f32,
+        repeat_penalty: f32,
+    ) -> std::result::Result<Sampling, (&'static str, String)> {
+        let s = Sampling {
+            temperature,
+            top_k,
+            top_p,
+            repeat_penalty,
+            uniform: 0.0,
+        };
+        match s.invalid() {
+            Some(bad) => Err(bad),
+            None => Ok(s),
+        }
+    }
+
+    /// The first setting the sample op cannot take (`uniform` aside), as
+    /// [`Sampling::checked`] reports it; `None` when all are in range.
+    fn invalid(&self) -> Option<(&'static str, String)> {
         let t = self.temperature;
         if !(t.is_finite() && t >= 0.0) {
             return Some((
@@ -348,5 +369,10 @@ mod tests {
         }
         let (_, msg) = Sampling { top_p: 0.0, ..ok }.invalid().unwrap();
         assert_eq!(msg, "must be in (0, 1], got 0");
+        assert_eq!(Sampling::checked(0.8, 40, 1.0, 1.1), Ok(ok));
+        assert_eq!(
+            Sampling::checked(0.8, 40, 1.0, 0.0).map_err(|(f, _)| f),
+            Err("repeat_penalty")
+        );
     }
 }

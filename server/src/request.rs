@@ -269,16 +269,8 @@ impl ServedModel {
             })?,
         };
         let repeat_penalty = c.repeat_penalty.unwrap_or(d.repeat_penalty);
-        let sampling = Sampling {
-            temperature,
-            top_k,
-            top_p,
-            repeat_penalty,
-            uniform: 0.0,
-        };
-        if let Some((field, msg)) = sampling.invalid() {
-            return Err(ApiError::invalid(Some(field), format!("{field} {msg}")));
-        }
+        let sampling = Sampling::checked(temperature, top_k, top_p, repeat_penalty)
+            .map_err(|(field, msg)| ApiError::invalid(Some(field), format!("{field} {msg}")))?;
         let stop = match &c.stop {
             None => Vec::new(),
             Some(Stop::One(s)) => vec![s.clone()],

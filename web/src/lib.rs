@@ -229,16 +229,8 @@ impl Engine {
         repeat_penalty: f32,
         seed: f64,
     ) -> Result<(), JsError> {
-        let sampling = Sampling {
-            temperature,
-            top_k,
-            top_p,
-            repeat_penalty,
-            uniform: 0.0,
-        };
-        if let Some((field, msg)) = sampling.invalid() {
-            return Err(JsError::new(&format!("{} {msg}", field.replace('_', "-"))));
-        }
+        let sampling = Sampling::checked(temperature, top_k, top_p, repeat_penalty)
+            .map_err(|(field, msg)| JsError::new(&format!("{} {msg}", field.replace('_', "-"))))?;
         self.with_model(|m| {
             m.session.reset();
             m.session.set_sampler(SamplerConfig {
