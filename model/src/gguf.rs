@@ -100,40 +100,32 @@ impl GgufFile {
     /// Opens and validates a GGUF file: header, all metadata, the tensor table
     /// and every tensor's extent within the file.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
-        let path = path.as_ref();
-        let map = map_file(path)?;
-        Self::from_map(path.to_path_buf(), map)
+        let path = path.as_ref().to_path_buf();
+        let map = map_file(&path)?;
+        let p = parse_at(&path, &map)?;
+        Ok(Self::from_parsed(path, map, p))
     }
 
     /// Parses a GGUF image held in memory (`name` is used in messages).
     pub fn from_bytes(name: impl Into<PathBuf>, bytes: &[u8]) -> Result<GgufFile> {
         let path = name.into();
-        // Validate before copying, so an empty or broken image never reaches mmap.
-        parse(bytes).map_err(|msg| ModelError::Gguf {
-            path: path.clone(),
-            msg,
-        })?;
+        // Parsed before copying, so an empty or broken image never reaches mmap.
+        let p = parse_at(&path, bytes)?;
         let map = copy_bytes(&path, bytes)?;
-        Self::from_map(path, map)
+        Ok(Self::from_parsed(path, map, p))
     }
 
     /// [`GgufFile::from_bytes`] taking the image: in a browser it is kept
     /// as it is, not copied.
     pub fn from_vec(name: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<GgufFile> {
         let path = name.into();
-        parse(&bytes).map_err(|msg| ModelError::Gguf {
-            path: path.clone(),
-            msg,
-        })?;
+        let p = parse_at(&path, &bytes)?;
         let map = own_bytes(&path, bytes)?;
-        Self::from_map(path, map)
+        Ok(Self::from_parsed(path, map, p))
     }
 
-    fn from_map(path: PathBuf, map: Arc<FileMap>) -> Result<GgufFile> {
-        let p = parse(&map).map_err(|msg| ModelError::Gguf {
-            path: path.clone(),
-            msg,
-        })?;
+    /// The file over `map`, whose bytes `p` was parsed from.
+    fn from_parsed(path: PathBuf, map: Arc<FileMap>, p: Parsed) -> GgufFile {
         let meta_index = p
             .metadata
             .iter()
@@ -146,7 +138,7 @@ impl GgufFile {
             .enumerate()
             .map(|(i, t)| (t.name.clone(), i))
             .collect();
-        Ok(GgufFile {
+        GgufFile {
             path,
             map,
             version: p.version,
@@ -156,7 +148,7 @@ impl GgufFile {
             meta_index,
             tensors: p.tensors,
             tensor_index,
-        })
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -317,6 +309,14 @@ impl GgufFile {
             },
         })
     }
+}
+
+/// [`parse`] with the file's path in its error.
+fn parse_at(path: &Path, buf: &[u8]) -> Result<Parsed> {
+    parse(buf).map_err(|msg| ModelError::Gguf {
+        path: path.to_path_buf(),
+        msg,
+    })
 }
 
 /// What [`parse`] finds.
