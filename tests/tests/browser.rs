@@ -142,6 +142,14 @@ impl App {
         })
     }
 
+    /// [`App::open`] with WebGPU, once the page is "idle" (its wasm
+    /// compiled, the GPU open).
+    fn started() -> Result<App> {
+        let mut app = App::open(true)?;
+        app.expect_state("idle", START_TIMEOUT)?;
+        Ok(app)
+    }
+
     /// Waits until `window.lamina.state` is `want`; fails at once on a
     /// state the page does not leave by itself ("error", "no-webgpu", or a
     /// success where an error is expected), with the page's message, and
@@ -329,8 +337,7 @@ fn greedy_tokens_match_native() -> Result<()> {
         "the raw prompt's run ends early"
     );
 
-    let mut app = App::open(true)?;
-    app.expect_state("idle", START_TIMEOUT)?;
+    let mut app = App::started()?;
     eprintln!("adapter: {}", app.lamina("adapter")?);
     app.page.set_file("#model", &path)?;
     app.expect_state("ready", LOAD_TIMEOUT)?;
@@ -392,8 +399,7 @@ fn greedy_tokens_match_native() -> Result<()> {
 #[ignore = "needs chromium and the web bundle: scripts/test.sh builds both"]
 fn shaders_compile() -> Result<()> {
     let _turn = turn();
-    let mut app = App::open(true)?;
-    app.expect_state("idle", START_TIMEOUT)?;
+    let mut app = App::started()?;
     let t = Instant::now();
     let errors = app
         .page
@@ -423,8 +429,7 @@ fn truncated_model_is_an_error() -> Result<()> {
         .tempfile()?;
     let file = std::fs::File::open(&path).with_context(|| format!("{}", path.display()))?;
     std::io::copy(&mut std::io::Read::take(file, 8 << 20), cut.as_file_mut())?;
-    let mut app = App::open(true)?;
-    app.expect_state("idle", START_TIMEOUT)?;
+    let mut app = App::started()?;
     app.page.set_file("#model", cut.path())?;
     app.expect_state("error", ERROR_TIMEOUT)?;
     let message = app.lamina("message")?;
@@ -448,8 +453,7 @@ fn truncated_model_is_an_error() -> Result<()> {
 fn model_too_big_for_the_gpu_is_an_error() -> Result<()> {
     let _turn = turn();
     let path = model_file()?;
-    let mut app = App::open(true)?;
-    app.expect_state("idle", START_TIMEOUT)?;
+    let mut app = App::started()?;
     // 4M positions: each layer's KV cache alone is far past any device's
     // largest buffer.
     app.page
@@ -558,8 +562,7 @@ fn bench_against_native() -> Result<()> {
     let tok = Tokenizer::from_spec(&m.tokenizer_spec)?;
     let (mut session, device) = native_session(&m)?;
     drop(m);
-    let mut app = App::open(true)?;
-    app.expect_state("idle", START_TIMEOUT)?;
+    let mut app = App::started()?;
     let adapter = app.lamina("adapter")?;
     app.page.set_file("#model", &path)?;
     app.expect_state("ready", LOAD_TIMEOUT)?;

@@ -199,7 +199,7 @@ impl Engine {
             };
             // The old model's buffers go before the new one's arrive.
             *slot = None;
-            let work = async { load_model(gpu.clone(), file.bytes, &name, ctx).await };
+            let work = async { load_model(gpu.clone(), file.bytes, &name, ctx) };
             let model = scoped(&gpu, &format!("loading {name}"), work).await?;
             let describe = model.describe.clone();
             *slot = Some(model);
@@ -372,13 +372,10 @@ fn check_runs_here(m: &lamina_model::checkpoint::LoadedModel) -> Result<(), JsEr
     )))
 }
 
-/// Parses `bytes`, uploads the weights and compiles the session's graphs.
-async fn load_model(
-    gpu: Arc<Gpu>,
-    bytes: Vec<u8>,
-    name: &str,
-    ctx: usize,
-) -> Result<Loaded, JsError> {
+/// Parses `bytes`, uploads the weights and compiles the session's graphs
+/// (all of it queued on the GPU without waiting: `Engine::load` awaits
+/// the error scopes around it).
+fn load_model(gpu: Arc<Gpu>, bytes: Vec<u8>, name: &str, ctx: usize) -> Result<Loaded, JsError> {
     let t0 = web_time::Instant::now();
     let m = if bytes.starts_with(&GGUF_MAGIC) {
         let g = GgufFile::from_vec(name, bytes).map_err(js_err)?;
@@ -394,6 +391,7 @@ async fn load_model(
             "{name}: neither a GGUF file nor a .lamina.safetensors file"
         )));
     };
+    check_runs_here(&m)?;
     let tokenizer = Tokenizer::from_spec(&m.tokenizer_spec).map_err(js_err)?;
     let template = tokenizer
         .chat_template()
@@ -405,7 +403,6 @@ async fn load_model(
         0 => m.config.max_seq_len.min(DEFAULT_CTX),
         c => c,
     };
-    check_runs_here(&m)?;
     let model =
         GpuModel::new(gpu, &m, WeightMode::Native, ctx, KvFormat::F16, |_, _| {}).map_err(|e| {
             match e {
