@@ -72,6 +72,28 @@ struct TestResult {
     samples: Vec<f64>,
 }
 
+/// Feeds each session `depth` random tokens (in prompt steps, untimed): the
+/// cache the tests start from.
+fn fill(
+    sessions: &mut [Session],
+    depth: u32,
+    tokens: &mut impl FnMut(u32) -> Vec<u32>,
+) -> Result<()> {
+    if depth == 0 {
+        return Ok(());
+    }
+    let what = match sessions.len() {
+        1 => "the cache".to_string(),
+        n => format!("{n} caches"),
+    };
+    let sp = crate::common::spinner(&format!("filling {what} with {depth} tokens"));
+    for s in sessions {
+        s.feed(&tokens(depth))?;
+    }
+    sp.finish_and_clear();
+    Ok(())
+}
+
 pub fn run(a: &BenchArgs) -> Result<()> {
     if a.n_prompt == 0 && a.n_gen == 0 {
         bail!("nothing to run: both -p and -n are 0");
@@ -104,11 +126,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         String::new()
     };
     // Fill the cache to the depth once; every repetition goes back to it.
+    // With --seqs the tg test runs on forks, so this session is filled only
+    // for the pp test.
     let start = session.pos() + a.depth as usize;
-    if a.depth > 0 {
-        let sp = crate::common::spinner(&format!("filling the cache with {} tokens", a.depth));
-        session.feed(&tokens(a.depth))?;
-        sp.finish_and_clear();
+    if a.n_prompt > 0 || a.seqs == 1 {
+        fill(std::slice::from_mut(&mut session), a.depth, &mut tokens)?;
     }
     let rewind = |s: &mut Session| -> Result<()> {
         if a.depth > 0 {
@@ -145,18 +167,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         let mut seqs = model
             .forks(a.seqs as usize)?
             .into_iter()
-            .map(|m| Ok(Session::new(Arc::new(m), 1, SamplerConfig::greedy())?))
+            .map(|m| {
+                let batch = margs.batch_size;
+                Ok(Session::new(Arc::new(m), batch, SamplerConfig::greedy())?)
+            })
             .collect::<Result<Vec<_>>>()?;
-        if a.depth > 0 {
-            let sp = crate::common::spinner(&format!(
-                "filling {} caches with {} tokens",
-                a.seqs, a.depth
-            ));
-            for s in &mut seqs {
-                s.feed(&tokens(a.depth))?;
-            }
-            sp.finish_and_clear();
-        }
+        fill(&mut seqs, a.depth, &mut tokens)?;
         let mut dec = BatchDecoder::new(&seqs.iter().collect::<Vec<_>>())?;
         if a.profile {
             dec.executor_mut().enable_profiling();

@@ -111,9 +111,10 @@ fn empty_prompt() {
 
 #[test]
 fn bench_batched_sequences() {
-    // The tg test with several sequences decoded in one step per token
-    // (rows of 64 k/v values, so that each sequence's rows start at
-    // lavapipe's 256-byte binding alignment).
+    // The tg test with several sequences decoded in one step per token,
+    // each fork's cache first filled to depth 5 in a prompt step (rows of
+    // 64 k/v values, so that each sequence's rows start at lavapipe's
+    // 256-byte binding alignment).
     let out = lamina(&[
         "bench",
         "--synthetic",
@@ -126,6 +127,8 @@ fn bench_batched_sequences() {
         "1",
         "--seqs",
         "3",
+        "-d",
+        "5",
         "-o",
         "json",
     ]);
@@ -136,7 +139,8 @@ fn bench_batched_sequences() {
     );
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(j["seqs"], 3, "{j}");
-    assert_eq!(j["tests"][0]["test"], "tg4 x3", "{j}");
+    assert_eq!(j["tests"][0]["test"], "tg4 @ d5 x3", "{j}");
+    assert_eq!(j["depth"], 5, "{j}");
     assert!(j["tests"][0]["avg_ts"].as_f64().unwrap() > 0.0, "{j}");
     fails_with(
         &lamina(&["bench", "--synthetic", "tiny", "--seqs", "0"]),
