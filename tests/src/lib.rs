@@ -130,3 +130,38 @@ pub fn random_kquant(f: WeightFormat, rows: u32, cols: u32, seed: u64) -> Vec<u8
     }
     out
 }
+
+/// Random weight in llama.cpp's encoding of `f` (raw f32 / f16 for those),
+/// with scales small enough that outputs stay near 1 (Mixed: empty, see
+/// the tests' own `RandomMixed`).
+pub fn random_ggml(f: WeightFormat, rows: u32, cols: u32, seed: u64) -> Vec<u8> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    let n = rows as usize * cols as usize;
+    let half = |r: &mut rand::rngs::StdRng, lo: f32, hi: f32| {
+        half::f16::from_f32(r.random_range(lo..hi)).to_le_bytes()
+    };
+    let mut out = Vec::with_capacity(weight::ggml_row_bytes(f, cols) * rows as usize);
+    match f {
+        WeightFormat::F32 => {
+            (0..n).for_each(|_| out.extend(r.random_range(-0.1f32..0.1).to_le_bytes()))
+        }
+        WeightFormat::F16 => (0..n).for_each(|_| out.extend(half(&mut r, -0.1, 0.1))),
+        WeightFormat::Mixed => {}
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 => {
+            for _ in 0..n / 32 {
+                match f {
+                    WeightFormat::Q4_0 => out.extend(half(&mut r, -0.02, 0.02)),
+                    WeightFormat::Q4_1 => {
+                        out.extend(half(&mut r, 0.0, 0.02));
+                        out.extend(half(&mut r, -0.15, 0.0));
+                    }
+                    _ => out.extend(half(&mut r, -0.002, 0.002)),
+                }
+                let qbytes = if f == WeightFormat::Q8_0 { 32 } else { 16 };
+                (0..qbytes).for_each(|_| out.push(r.random::<u8>()));
+            }
+        }
+        _ => out = random_kquant(f, rows, cols, seed),
+    }
+    out
+}

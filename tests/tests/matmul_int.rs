@@ -19,7 +19,7 @@ use lamina_engine::weight::{
     dequantize_packed,
 };
 use lamina_engine::{EngineError, Executor, WeightFormat};
-use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec};
+use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec, random_ggml};
 use rand::{Rng, SeedableRng};
 
 /// Error budget (absolute, and the same relative part) of the GPU result
@@ -35,29 +35,6 @@ const FORMATS: [WeightFormat; 4] = [
     WeightFormat::Q4_1,
     WeightFormat::Mixed,
 ];
-
-/// A random weight in llama.cpp's block encoding of `f` (Q8_0 / Q4_0 /
-/// Q4_1), values within about +-0.25.
-fn random_ggml(f: WeightFormat, rows: u32, cols: u32, seed: u64) -> Vec<u8> {
-    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
-    let half = |r: &mut rand::rngs::StdRng, lo: f32, hi: f32| {
-        f16::from_f32(r.random_range(lo..hi)).to_le_bytes()
-    };
-    let mut out = Vec::new();
-    for _ in 0..rows * cols / 32 {
-        match f {
-            WeightFormat::Q8_0 => out.extend(half(&mut r, -0.002, 0.002)),
-            WeightFormat::Q4_0 => out.extend(half(&mut r, -0.02, 0.02)),
-            _ => {
-                out.extend(half(&mut r, 0.0, 0.02));
-                out.extend(half(&mut r, -0.15, 0.0));
-            }
-        }
-        let n = if f == WeightFormat::Q8_0 { 32 } else { 16 };
-        (0..n).for_each(|_| out.push(r.random::<u8>()));
-    }
-    out
-}
 
 /// A random Mixed weight whose groups take the widths `bits` in turn
 /// (SliM-LLM's asymmetric groups: m ~ -d 2^(b-1), values within ~+-0.1).

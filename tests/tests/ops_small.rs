@@ -1,16 +1,13 @@
 //! Embedding, RoPE and SwiGLU against their CPU references on the test GPU,
 //! at awkward sizes.
 
-use half::f16;
 use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::ops::rope::RopeStyle;
 use lamina_engine::ops::{embedding, rope, swiglu};
-use lamina_engine::weight::{
-    self, GpuWeight, HostData, HostWeight, Planes, dequantize_packed, ggml_row_bytes,
-};
+use lamina_engine::weight::{self, GpuWeight, HostData, HostWeight, Planes, dequantize_packed};
 use lamina_engine::{Executor, WeightFormat};
 use lamina_model::checkpoint::config::llama3_rope_factors;
-use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec, random_kquant, u32_bytes};
+use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec, random_ggml, random_kquant, u32_bytes};
 use rand::{Rng, SeedableRng};
 
 /// Dequantization is exact: f16 scale times a small integer code (plus an
@@ -36,24 +33,6 @@ fn step(n_tokens: usize, pos: u32) -> Step {
         pos,
         ..Default::default()
     }
-}
-
-/// Random llama.cpp blocks of `format` for a `rows x cols` weight.
-fn random_ggml(format: WeightFormat, rows: u32, cols: u32, seed: u64) -> Vec<u8> {
-    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
-    let half =
-        |r: &mut rand::rngs::StdRng, s: f32| f16::from_f32(r.random_range(-s..s)).to_le_bytes();
-    let blocks = rows as usize * cols as usize / 32;
-    let mut out = Vec::with_capacity(rows as usize * ggml_row_bytes(format, cols));
-    for _ in 0..blocks {
-        out.extend(half(&mut r, 0.1));
-        if format == WeightFormat::Q4_1 {
-            out.extend(half(&mut r, 1.0));
-        }
-        let n = if format == WeightFormat::Q8_0 { 32 } else { 16 };
-        out.extend((0..n).map(|_| r.random::<u8>()));
-    }
-    out
 }
 
 /// Runs the embedding op for `ids` on a `vocab x dim` table in `format`,
