@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+use lamina_engine::weight::{HostData, HostWeight, MixedData, MixedLayout};
 use lamina_engine::{Gpu, WeightFormat, weight};
 use rand::{Rng, SeedableRng};
 
@@ -164,4 +165,73 @@ pub fn random_ggml(f: WeightFormat, rows: u32, cols: u32, seed: u64) -> Vec<u8> 
         _ => out = random_kquant(f, rows, cols, seed),
     }
     out
+}
+
+/// A random Mixed weight (SliM-LLM's asymmetric groups: every group's
+/// scale d and min m ~ -d 2^(b-1), values within about +-0.1).
+pub struct RandomMixed {
+    pub layout: Arc<MixedLayout>,
+    pub codes: Vec<u32>,
+    pub scales: Vec<u16>,
+    pub mins: Vec<u16>,
+}
+
+impl RandomMixed {
+    /// Groups of `group` columns whose widths are `bits` in turn.
+    pub fn new(rows: u32, cols: u32, group: u32, bits: &[u8], seed: u64) -> RandomMixed {
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        let n = cols.div_ceil(group) as usize;
+        let widths = (0..n).map(|g| bits[g % bits.len()]).collect();
+        let layout = Arc::new(MixedLayout::new(group, cols, widths).unwrap());
+        let (mut codes, mut scales, mut mins) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rows {
+            for g in 0..layout.n_groups() {
+                let b = u32::from(layout.bits[g as usize]);
+                let levels = ((1u32 << b) - 1) as f32;
+                let d = half::f16::from_f32(r.random_range(0.05f32..0.2) / levels);
+                scales.push(d.to_bits());
+                mins.push(half::f16::from_f32(r.random_range(-0.12f32..-0.02)).to_bits());
+                for _ in 0..layout.group_len(g) / 32 {
+                    let q: [u32; 32] = std::array::from_fn(|_| r.random_range(0..1u32 << b));
+                    codes.extend(weight::mixed_chunk(&q, b));
+                }
+            }
+        }
+        RandomMixed {
+            layout,
+            codes,
+            scales,
+            mins,
+        }
+    }
+
+    /// Group size 32, 64 or 128 and every group's width drawn from {n - 1,
+    /// n, n + 1}, n from 2..=7, all by `seed`, as SliM-LLM allocates (so,
+    /// over the seeds, short last groups and every width occur; few widths
+    /// per weight keep the kernels' per-class code, and the pipeline
+    /// compile, small).
+    pub fn by_seed(rows: u32, cols: u32, seed: u64) -> RandomMixed {
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
+        let group = [32u32, 64, 128][(seed % 3) as usize];
+        let mid = 2 + (seed / 3 % 6) as u8;
+        let bits: Vec<u8> = (0..cols.div_ceil(group))
+            .map(|_| r.random_range(mid - 1..=mid + 1))
+            .collect();
+        RandomMixed::new(rows, cols, group, &bits, seed)
+    }
+
+    /// The first `rows` rows as a host weight.
+    pub fn host(&self, rows: u32) -> HostWeight<'_> {
+        HostWeight {
+            format: WeightFormat::Mixed,
+            rows,
+            cols: self.layout.cols,
+            data: HostData::Mixed(MixedData {
+                layout: &self.layout,
+                codes: &self.codes,
+                scales: &self.scales,
+                mins: &self.mins,
+            }),
+        }
+    }
 }

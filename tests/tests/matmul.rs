@@ -11,12 +11,10 @@ use lamina_engine::ops::matmul::{self, MatMul, MatVecIn};
 use lamina_engine::ops::rmsnorm;
 use lamina_engine::ops::swiglu;
 use lamina_engine::weight::{
-    self, GpuWeight, HostData, HostWeight, MixedData, MixedLayout, Planes, dequantize_packed,
-    pack_f32, pack_ggml,
+    self, GpuWeight, HostData, HostWeight, Planes, dequantize_packed, pack_f32, pack_ggml,
 };
 use lamina_engine::{EngineError, Executor, Gpu, WeightFormat};
-use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec, random_ggml};
-use rand::{Rng, SeedableRng};
+use lamina_tests::{RandomMixed, assert_close, f32_bytes, gpu, rand_vec, random_ggml};
 
 /// Error budgets (absolute, plus the same relative part) of the GPU result
 /// against the f32 reference of the dequantized weight, for outputs of
@@ -50,61 +48,6 @@ const ALL: [WeightFormat; 15] = WeightFormat::ALL;
 /// types), so every test's shapes apply to every format.
 fn fit(format: WeightFormat, cols: u32) -> u32 {
     cols.next_multiple_of(weight::col_multiple(format))
-}
-
-/// A random Mixed weight: group size 32, 64 or 128, and every group's width
-/// drawn from {n - 1, n, n + 1} with n from 2..=7 by seed, as SliM-LLM
-/// allocates (so short last groups and, over the cases, every width occur;
-/// few widths per weight keep the kernels' per-class code, and the
-/// pipeline compile, small), values within about +-0.1.
-struct RandomMixed {
-    layout: Arc<MixedLayout>,
-    codes: Vec<u32>,
-    scales: Vec<u16>,
-    mins: Vec<u16>,
-}
-
-impl RandomMixed {
-    fn new(rows: u32, cols: u32, seed: u64) -> RandomMixed {
-        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
-        let group = [32u32, 64, 128][(seed % 3) as usize];
-        let n = cols.div_ceil(group);
-        let mid = 2 + (seed / 3 % 6) as u8;
-        let bits: Vec<u8> = (0..n).map(|_| r.random_range(mid - 1..=mid + 1)).collect();
-        let layout = Arc::new(MixedLayout::new(group, cols, bits).unwrap());
-        let (mut codes, mut scales, mut mins) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..rows {
-            for g in 0..n {
-                let b = u32::from(layout.bits[g as usize]);
-                let levels = ((1u32 << b) - 1) as f32;
-                scales.push(f16::from_f32(r.random_range(0.05f32..0.2) / levels).to_bits());
-                mins.push(f16::from_f32(r.random_range(-0.12f32..-0.02)).to_bits());
-                for _ in 0..layout.group_len(g) / 32 {
-                    let q: [u32; 32] = std::array::from_fn(|_| r.random_range(0..1u32 << b));
-                    codes.extend(weight::mixed_chunk(&q, b));
-                }
-            }
-        }
-        RandomMixed {
-            layout,
-            codes,
-            scales,
-            mins,
-        }
-    }
-    fn host(&self, rows: u32) -> HostWeight<'_> {
-        HostWeight {
-            format: WeightFormat::Mixed,
-            rows,
-            cols: self.layout.cols,
-            data: HostData::Mixed(MixedData {
-                layout: &self.layout,
-                codes: &self.codes,
-                scales: &self.scales,
-                mins: &self.mins,
-            }),
-        }
-    }
 }
 
 /// Runs `x @ W^T` for the steps' token counts in one graph of `max_rows`.
@@ -147,7 +90,7 @@ impl Case {
         let (rows, cols) = (self.rows, self.cols);
         let bytes = random_ggml(self.format, rows, cols, seed);
         let mixed =
-            (self.format == WeightFormat::Mixed).then(|| RandomMixed::new(rows, cols, seed));
+            (self.format == WeightFormat::Mixed).then(|| RandomMixed::by_seed(rows, cols, seed));
         let host = if let Some(m) = &mixed {
             m.host(rows)
         } else {
@@ -337,7 +280,7 @@ fn fused_parts_and_residual_add() {
         };
         case.run(&[5], seed + 100);
         let total = {
-            let mixed = RandomMixed::new(961, cols, seed + 150);
+            let mixed = RandomMixed::by_seed(961, cols, seed + 150);
             let l = (format == WeightFormat::Mixed).then_some(&*mixed.layout);
             4 * u64::from(Planes::of(format, l, 961, cols).words)
         };
@@ -488,7 +431,7 @@ fn sharded_weight_matches_unsharded_reference() {
     for format in ALL {
         let (rows, cols) = (1757u32, fit(format, 576));
         // The layout Case::run draws for seed 11.
-        let mixed = RandomMixed::new(rows, cols, 11);
+        let mixed = RandomMixed::by_seed(rows, cols, 11);
         let l = (format == WeightFormat::Mixed).then_some(&*mixed.layout);
         // A limit just above a third of the packed size gives three shards.
         let total = 4 * u64::from(Planes::of(format, l, rows, cols).words);
@@ -566,7 +509,7 @@ fn portable_kernels_without_subgroups() {
 
 #[test]
 fn mixed_dequantizes_as_d_q_plus_m() {
-    let m = RandomMixed::new(3, 576, 2);
+    let m = RandomMixed::by_seed(3, 576, 2);
     let p = m.host(3).pack_rows(1, 2).unwrap();
     let w = dequantize_packed(&p);
     let l = &m.layout;

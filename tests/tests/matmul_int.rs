@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use half::f16;
 use lamina_engine::act::{self, ActBits, ActScale};
 use lamina_engine::graph::{Graph, Op, Step};
 use lamina_engine::mmout::{self, OutLayout};
@@ -15,12 +14,10 @@ use lamina_engine::ops::matmul_int::{self, MatMulInt};
 use lamina_engine::ops::rmsnorm::RmsNorm;
 use lamina_engine::ops::rmsnorm_quant::{self, RmsNormQuant};
 use lamina_engine::weight::{
-    self, GpuWeight, HostData, HostWeight, MixedData, MixedLayout, Planes, Shard, WeightRef,
-    dequantize_packed,
+    GpuWeight, HostData, HostWeight, MixedLayout, Planes, Shard, WeightRef, dequantize_packed,
 };
 use lamina_engine::{EngineError, Executor, WeightFormat};
-use lamina_tests::{assert_close, f32_bytes, gpu, rand_vec, random_ggml};
-use rand::{Rng, SeedableRng};
+use lamina_tests::{RandomMixed, assert_close, f32_bytes, gpu, rand_vec, random_ggml};
 
 /// Error budget (absolute, and the same relative part) of the GPU result
 /// against the f64 reference, for outputs of magnitude up to ~10 over up to
@@ -35,56 +32,6 @@ const FORMATS: [WeightFormat; 4] = [
     WeightFormat::Q4_1,
     WeightFormat::Mixed,
 ];
-
-/// A random Mixed weight whose groups take the widths `bits` in turn
-/// (SliM-LLM's asymmetric groups: m ~ -d 2^(b-1), values within ~+-0.1).
-struct RandomMixed {
-    layout: Arc<MixedLayout>,
-    codes: Vec<u32>,
-    scales: Vec<u16>,
-    mins: Vec<u16>,
-}
-
-impl RandomMixed {
-    fn new(rows: u32, cols: u32, group: u32, bits: &[u8], seed: u64) -> RandomMixed {
-        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
-        let n = cols.div_ceil(group) as usize;
-        let widths = (0..n).map(|g| bits[g % bits.len()]).collect();
-        let layout = Arc::new(MixedLayout::new(group, cols, widths).unwrap());
-        let (mut codes, mut scales, mut mins) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..rows {
-            for g in 0..layout.n_groups() {
-                let b = u32::from(layout.bits[g as usize]);
-                let levels = ((1u32 << b) - 1) as f32;
-                scales.push(f16::from_f32(r.random_range(0.05f32..0.2) / levels).to_bits());
-                mins.push(f16::from_f32(r.random_range(-0.12f32..-0.02)).to_bits());
-                for _ in 0..layout.group_len(g) / 32 {
-                    let q: [u32; 32] = std::array::from_fn(|_| r.random_range(0..1u32 << b));
-                    codes.extend(weight::mixed_chunk(&q, b));
-                }
-            }
-        }
-        RandomMixed {
-            layout,
-            codes,
-            scales,
-            mins,
-        }
-    }
-    fn host(&self, rows: u32) -> HostWeight<'_> {
-        HostWeight {
-            format: WeightFormat::Mixed,
-            rows,
-            cols: self.layout.cols,
-            data: HostData::Mixed(MixedData {
-                layout: &self.layout,
-                codes: &self.codes,
-                scales: &self.scales,
-                mins: &self.mins,
-            }),
-        }
-    }
-}
 
 /// x (f32) -> act_quant -> matmul_int in one graph of `max_rows` tokens,
 /// checked at each step's token count.
