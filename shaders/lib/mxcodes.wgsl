@@ -5,7 +5,8 @@
 // (lib/mxmatmul.wgsl) and the integer ones (matmul_int_mx.wgsl). The
 // including shader declares `codes: array<u32>`, `codes4:
 // array<vec4<u32>>` (the same plane), `scales`, `mins` and `table`
-// (`array<u32>`).
+// (`array<u32>`), and the per-class steps that `mv_classes` and
+// `mm_classes` call (`mv_class`, `mm_class` and their state types).
 
 // One chunk's code words: a = the 4-bit segment (or words 0..3 of 8-bit
 // codes), b = words 4..7 of 8-bit codes, c = the 2-bit segment, d = the
@@ -89,5 +90,113 @@ override CLASSES: u32 = 0xffffu;
 
 fn has_class(bits: u32, vec: bool) -> bool {
     return (CLASSES & (1u << (2u * (bits - 1u) + select(1u, 0u, vec)))) != 0u;
+}
+
+// Every class the weight has, in the table's order, through the including
+// kernel's `mv_class` (mat-vec: state `MvRows`, 4 rows' sums) and `mm_class`
+// (tile: state `MmTile`, accumulators `Acc`). Each call has constant
+// arguments, so the checks fold with CLASSES and each kept call is built for
+// its one width (llvmpipe needs the widths constant to keep code indexes
+// static).
+fn mv_classes(acc: ptr<function, vec4<f32>>, st: MvRows) {
+    if has_class(1u, true) {
+        mv_class(acc, st, 1u, true);
+    }
+    if has_class(1u, false) {
+        mv_class(acc, st, 1u, false);
+    }
+    if has_class(2u, true) {
+        mv_class(acc, st, 2u, true);
+    }
+    if has_class(2u, false) {
+        mv_class(acc, st, 2u, false);
+    }
+    if has_class(3u, true) {
+        mv_class(acc, st, 3u, true);
+    }
+    if has_class(3u, false) {
+        mv_class(acc, st, 3u, false);
+    }
+    if has_class(4u, true) {
+        mv_class(acc, st, 4u, true);
+    }
+    if has_class(4u, false) {
+        mv_class(acc, st, 4u, false);
+    }
+    if has_class(5u, true) {
+        mv_class(acc, st, 5u, true);
+    }
+    if has_class(5u, false) {
+        mv_class(acc, st, 5u, false);
+    }
+    if has_class(6u, true) {
+        mv_class(acc, st, 6u, true);
+    }
+    if has_class(6u, false) {
+        mv_class(acc, st, 6u, false);
+    }
+    if has_class(7u, true) {
+        mv_class(acc, st, 7u, true);
+    }
+    if has_class(7u, false) {
+        mv_class(acc, st, 7u, false);
+    }
+    if has_class(8u, true) {
+        mv_class(acc, st, 8u, true);
+    }
+    if has_class(8u, false) {
+        mv_class(acc, st, 8u, false);
+    }
+}
+
+fn mm_classes(acc: ptr<function, Acc>, st: ptr<function, MmTile>) {
+    if has_class(1u, true) {
+        mm_class(acc, st, 1u, true);
+    }
+    if has_class(1u, false) {
+        mm_class(acc, st, 1u, false);
+    }
+    if has_class(2u, true) {
+        mm_class(acc, st, 2u, true);
+    }
+    if has_class(2u, false) {
+        mm_class(acc, st, 2u, false);
+    }
+    if has_class(3u, true) {
+        mm_class(acc, st, 3u, true);
+    }
+    if has_class(3u, false) {
+        mm_class(acc, st, 3u, false);
+    }
+    if has_class(4u, true) {
+        mm_class(acc, st, 4u, true);
+    }
+    if has_class(4u, false) {
+        mm_class(acc, st, 4u, false);
+    }
+    if has_class(5u, true) {
+        mm_class(acc, st, 5u, true);
+    }
+    if has_class(5u, false) {
+        mm_class(acc, st, 5u, false);
+    }
+    if has_class(6u, true) {
+        mm_class(acc, st, 6u, true);
+    }
+    if has_class(6u, false) {
+        mm_class(acc, st, 6u, false);
+    }
+    if has_class(7u, true) {
+        mm_class(acc, st, 7u, true);
+    }
+    if has_class(7u, false) {
+        mm_class(acc, st, 7u, false);
+    }
+    if has_class(8u, true) {
+        mm_class(acc, st, 8u, true);
+    }
+    if has_class(8u, false) {
+        mm_class(acc, st, 8u, false);
+    }
 }
 

@@ -204,54 +204,7 @@ fn matvec(wg: u32, lid: u32, lane: u32, sgs: u32) {
     st.sgs = sgs;
     st.live = any_lane(row0 < p.rows);
     var acc = vec4<f32>(0.0);
-    if has_class(1u, true) {
-        mv_class(&acc, st, 1u, true);
-    }
-    if has_class(1u, false) {
-        mv_class(&acc, st, 1u, false);
-    }
-    if has_class(2u, true) {
-        mv_class(&acc, st, 2u, true);
-    }
-    if has_class(2u, false) {
-        mv_class(&acc, st, 2u, false);
-    }
-    if has_class(3u, true) {
-        mv_class(&acc, st, 3u, true);
-    }
-    if has_class(3u, false) {
-        mv_class(&acc, st, 3u, false);
-    }
-    if has_class(4u, true) {
-        mv_class(&acc, st, 4u, true);
-    }
-    if has_class(4u, false) {
-        mv_class(&acc, st, 4u, false);
-    }
-    if has_class(5u, true) {
-        mv_class(&acc, st, 5u, true);
-    }
-    if has_class(5u, false) {
-        mv_class(&acc, st, 5u, false);
-    }
-    if has_class(6u, true) {
-        mv_class(&acc, st, 6u, true);
-    }
-    if has_class(6u, false) {
-        mv_class(&acc, st, 6u, false);
-    }
-    if has_class(7u, true) {
-        mv_class(&acc, st, 7u, true);
-    }
-    if has_class(7u, false) {
-        mv_class(&acc, st, 7u, false);
-    }
-    if has_class(8u, true) {
-        mv_class(&acc, st, 8u, true);
-    }
-    if has_class(8u, false) {
-        mv_class(&acc, st, 8u, false);
-    }
+    mv_classes(&acc, st);
     store_rows(row0, norm_vec(acc));
 }
 
@@ -400,53 +353,6 @@ fn matmul(wg: u32, lid: u32, lane: u32, sgs: u32) {
     st.sgs = sgs;
     st.live = any_lane(r0 < p.rows);
     var acc: Acc;
-    if has_class(1u, true) {
-        mm_class(&acc, &st, 1u, true);
-    }
-    if has_class(1u, false) {
-        mm_class(&acc, &st, 1u, false);
-    }
-    if has_class(2u, true) {
-        mm_class(&acc, &st, 2u, true);
-    }
-    if has_class(2u, false) {
-        mm_class(&acc, &st, 2u, false);
-    }
-    if has_class(3u, true) {
-        mm_class(&acc, &st, 3u, true);
-    }
-    if has_class(3u, false) {
-        mm_class(&acc, &st, 3u, false);
-    }
-    if has_class(4u, true) {
-        mm_class(&acc, &st, 4u, true);
-    }
-    if has_class(4u, false) {
-        mm_class(&acc, &st, 4u, false);
-    }
-    if has_class(5u, true) {
-        mm_class(&acc, &st, 5u, true);
-    }
-    if has_class(5u, false) {
-        mm_class(&acc, &st, 5u, false);
-    }
-    if has_class(6u, true) {
-        mm_class(&acc, &st, 6u, true);
-    }
-    if has_class(6u, false) {
-        mm_class(&acc, &st, 6u, false);
-    }
-    if has_class(7u, true) {
-        mm_class(&acc, &st, 7u, true);
-    }
-    if has_class(7u, false) {
-        mm_class(&acc, &st, 7u, false);
-    }
-    if has_class(8u, true) {
-        mm_class(&acc, &st, 8u, true);
-    }
-    if has_class(8u, false) {
-        mm_class(&acc, &st, 8u, false);
-    }
+    mm_classes(&acc, &st);
     store_tile(t0, r0, acc);
 }
