@@ -78,8 +78,14 @@ if [[ $web == 1 ]]; then
     # again (another `cargo test` selecting fewer targets resolves some
     # dependencies' features anew). bench_against_native is a benchmark
     # (docs/benchmarks.md), run by hand.
+    # Test-binary flags go after the one `--` (a second would make them
+    # name filters, matching no test).
+    sep=(--)
+    for arg in "$@"; do
+        [[ "$arg" == -- ]] && sep=()
+    done
     phase "cargo test --workspace $* (with the headless-browser tests)"
-    cargo test --workspace "$@" </dev/null -- --include-ignored --skip bench_against_native
+    cargo test --workspace "$@" "${sep[@]}" --include-ignored --skip bench_against_native </dev/null
 else
     phase "cargo test --workspace $*"
     cargo test --workspace "$@" </dev/null

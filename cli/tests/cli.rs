@@ -164,6 +164,20 @@ fn invalid_flags() {
         &lamina(&["bench", "-r", "0", "--synthetic", "tiny"]),
         "repetitions",
     );
+    // Positions past u32 (and, in a browser, caches past usize) are refused
+    // before any size product can wrap.
+    fails_with(
+        &lamina(&[
+            "bench",
+            "--synthetic",
+            "tiny",
+            "-c",
+            "5000000000",
+            "-n",
+            "0",
+        ]),
+        "too large",
+    );
     fails_with(
         &lamina(&["generate", "-p", "hi", "--weights", "f8"]),
         "weight mode",

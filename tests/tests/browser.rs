@@ -103,16 +103,21 @@ fn web_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The default model: $LAMINA_MODEL, else the cache's copy.
-fn model_file() -> Result<PathBuf> {
-    let path = lamina_tests::model_path().context(
-        "the default model is not in the cache: fetch it with `lamina fetch` \
-         (scripts/test.sh does), or set LAMINA_MODEL",
-    )?;
+/// The default model: $LAMINA_MODEL, else the cache's copy; `None` (the
+/// test skips, as the other model tests do) when it was not fetched, except
+/// in CI, where scripts/test.sh fetches it.
+fn model_file() -> Result<Option<PathBuf>> {
+    let Some(path) = lamina_tests::model_path() else {
+        if std::env::var_os("CI").is_some() {
+            bail!("CI must fetch the model first (scripts/test.sh)");
+        }
+        eprintln!("default model not fetched (run `lamina fetch`); skipping");
+        return Ok(None);
+    };
     if !path.is_file() {
         bail!("LAMINA_MODEL={} is not a file", path.display());
     }
-    Ok(path)
+    Ok(Some(path))
 }
 
 /// One browser at a time (held for a whole test).
@@ -305,7 +310,9 @@ impl App {
 #[ignore = "needs chromium and the web bundle: scripts/test.sh builds both"]
 fn greedy_tokens_match_native() -> Result<()> {
     let _turn = turn();
-    let path = model_file()?;
+    let Some(path) = model_file()? else {
+        return Ok(());
+    };
     let m = lamina_model::loader::load(&path)?;
     let tok = Tokenizer::from_spec(&m.tokenizer_spec)?;
     let gpu = lamina_tests::gpu();
@@ -422,7 +429,9 @@ fn shaders_compile() -> Result<()> {
 #[ignore = "needs chromium and the web bundle: scripts/test.sh builds both"]
 fn truncated_model_is_an_error() -> Result<()> {
     let _turn = turn();
-    let path = model_file()?;
+    let Some(path) = model_file()? else {
+        return Ok(());
+    };
     let mut cut = tempfile::Builder::new()
         .prefix("truncated-")
         .suffix(".gguf")
@@ -452,7 +461,9 @@ fn truncated_model_is_an_error() -> Result<()> {
 #[ignore = "needs chromium and the web bundle: scripts/test.sh builds both"]
 fn model_too_big_for_the_gpu_is_an_error() -> Result<()> {
     let _turn = turn();
-    let path = model_file()?;
+    let Some(path) = model_file()? else {
+        return Ok(());
+    };
     let mut app = App::started()?;
     // 4M positions: each layer's KV cache alone is far past any device's
     // largest buffer.
@@ -466,6 +477,43 @@ fn model_too_big_for_the_gpu_is_an_error() -> Result<()> {
         message.as_str().is_some_and(|m| m.contains("does not fit")),
         "the message should say the model does not fit: {message}"
     );
+    // As the message suggests: a smaller context, the same file again.
+    app.page
+        .eval("document.getElementById('ctx').value = '256'")?;
+    app.page.set_file("#model", &path)?;
+    app.expect_state("ready", LOAD_TIMEOUT)?;
+    Ok(())
+}
+
+/// A panic in the engine settles no promise; the page must not wait on it
+/// forever but say so and take no more input (a rejection nobody handles
+/// stands in for the panic here).
+#[test]
+#[ignore = "needs chromium and the web bundle: scripts/test.sh builds both"]
+fn engine_panic_stops_the_page() -> Result<()> {
+    let _turn = turn();
+    let mut app = App::started()?;
+    app.page
+        .eval("Promise.reject(new Error('RuntimeError: unreachable')); 0")?;
+    app.expect_state("error", ERROR_TIMEOUT)?;
+    let page = app.page.eval(
+        "(() => ({
+            message: document.getElementById('message').textContent,
+            model: document.getElementById('model').disabled,
+            generate: document.getElementById('generate').disabled,
+        }))()",
+    )?;
+    eprintln!("after a panic: {page}");
+    let message = page["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("reload the page") && message.contains("unreachable"),
+        "the message should name the failure and say to reload: {message:?}"
+    );
+    assert_eq!(
+        page["model"], true,
+        "the file input still takes files: {page}"
+    );
+    assert_eq!(page["generate"], true, "Generate is still enabled: {page}");
     Ok(())
 }
 
@@ -557,7 +605,9 @@ const BENCH_PROMPT: &str = "The history of the city begins in the early medieval
 fn bench_against_native() -> Result<()> {
     const N: usize = 64;
     let _turn = turn();
-    let path = model_file()?;
+    let Some(path) = model_file()? else {
+        return Ok(());
+    };
     let m = lamina_model::loader::load(&path)?;
     let tok = Tokenizer::from_spec(&m.tokenizer_spec)?;
     let (mut session, device) = native_session(&m)?;

@@ -291,9 +291,16 @@ impl Engine {
     /// browser and resolves to the messages of those it rejects (an empty
     /// array: all compile). Subgroup kernels count only where the device
     /// has subgroups (wgpu's WebGPU backend does not ask for them yet).
+    /// Busy while a load or a step runs: their error scopes must be popped
+    /// before this pushes its own.
+    #[allow(clippy::await_holding_refcell_ref)]
     pub fn check_shaders(&self) -> js_sys::Promise {
         let gpu = self.gpu.clone();
+        let loaded = self.loaded.clone();
         future_to_promise(async move {
+            let Ok(_hold) = loaded.try_borrow_mut() else {
+                return Err(busy().into());
+            };
             let failures = js_sys::Array::new();
             let shaders = lamina_engine::ops::all_shaders();
             let selectable = shaders

@@ -27,11 +27,16 @@ const L = (window.lamina = {
 
 let engine = null;
 // Whether a model is loaded (a failed generation leaves it loaded; a failed
-// load does not, as the old model goes first).
+// load does not, as the engine drops the old model first; a file that could
+// not be read leaves the old one).
 let modelReady = false;
 let stopRequested = false;
+// Set when the engine panicked: its pending promise never settles and its
+// state is unknown, so the page stops taking input until it is reloaded.
+let broken = false;
 
 function setState(state, status) {
+  if (broken) return;
   L.state = state;
   if (status !== undefined) $('status').textContent = status;
   const busy = state === 'loading' || state === 'generating';
@@ -59,7 +64,6 @@ function clearMessage() {
 }
 
 async function loadFile(file) {
-  modelReady = false;
   clearMessage();
   setState('loading', `reading ${file.name}…`);
   $('model-info').textContent = '';
@@ -71,7 +75,8 @@ async function loadFile(file) {
       $('status').textContent = `reading ${file.name}: ${Math.round((100 * end) / file.size)}%`;
     }
     $('status').textContent = 'uploading the weights and compiling the shaders…';
-    const ctx = Math.max(0, Math.floor(Number($('ctx').value) || 0));
+    const ctx = Math.max(0, Math.floor(number('ctx', 0)));
+    modelReady = false;
     const described = await engine.load(bytes, file.name, ctx);
     $('model-info').textContent = described;
     const chat = engine.has_chat_template();
@@ -82,12 +87,18 @@ async function loadFile(file) {
     setState('ready', 'ready: type a prompt');
   } catch (e) {
     fail(e);
+  } finally {
+    // Picking the same file again (say with a smaller context) fires
+    // `change` only if the input is cleared.
+    $('model').value = '';
   }
 }
 
+// A field's number, or `fallback` when it is empty or not a number.
 function number(id, fallback) {
-  const v = Number($(id).value);
-  return Number.isFinite(v) ? v : fallback;
+  const text = $(id).value.trim();
+  const v = Number(text);
+  return text !== '' && Number.isFinite(v) ? v : fallback;
 }
 
 async function generate() {
@@ -176,5 +187,22 @@ async function main() {
   $('stop').addEventListener('click', () => { stopRequested = true; });
   setState('idle', `GPU: ${L.adapter}. Choose a .gguf or .lamina.safetensors file.`);
 }
+
+// A panic in the engine (console.rs logs it) rejects nothing: the awaited
+// promise never settles. The browser reports it here instead.
+// Nothing here calls into the engine again.
+function engineStopped(err) {
+  if (broken) return;
+  broken = true;
+  const msg = `the engine stopped (${err && err.message ? err.message : err}); reload the page`;
+  L.state = 'error';
+  L.message = msg;
+  $('message').textContent = msg;
+  $('status').textContent = 'failed';
+  for (const id of ['model', 'generate', 'stop']) $(id).disabled = true;
+  console.error(err);
+}
+window.addEventListener('error', (e) => engineStopped(e.error || e.message));
+window.addEventListener('unhandledrejection', (e) => engineStopped(e.reason));
 
 main().catch((e) => fail(e));

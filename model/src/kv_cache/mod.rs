@@ -419,6 +419,16 @@ impl KvCache {
             )));
         }
         let (hd, nkv) = (cfg.head_dim, cfg.n_kv_heads);
+        // Positions travel as u32, and a layer's f16 keys as a usize count
+        // (32 bits in a browser): a context past either is refused here,
+        // before any product of it can wrap.
+        let f16_layer_bytes = 2 * nkv as u64 * max_ctx as u64 * hd as u64;
+        if u32::try_from(max_ctx).is_err() || usize::try_from(f16_layer_bytes).is_err() {
+            return Err(ModelError::Input(format!(
+                "a context of {max_ctx} positions is too large (one layer's f16 keys alone \
+                 would be {f16_layer_bytes} bytes); use a smaller context"
+            )));
+        }
         let mut layers = Vec::with_capacity(cfg.n_layers);
         let layout = (!format.is_f16()).then(|| format.layout(cfg, max_ctx, p));
         // One sketch per shape (layers share it unless --qjl-initial-layers).
