@@ -383,6 +383,9 @@ fn serve_api_key_and_full_queue() {
     let (s, body) = http(&a, "GET", "/v1/models", &auth, "");
     assert_eq!(s, 200, "{body}");
     assert!(body.contains(MODEL), "{body}");
+    // The scheme's case does not matter.
+    let lower = [("Authorization", "bearer sesame")];
+    assert_eq!(http(&a, "GET", "/v1/models", &lower, "").0, 200);
 
     // One slot, one place in the queue: of four at once, some get 503.
     let body = chat_body(r#","max_tokens":48,"temperature":0"#);
@@ -464,5 +467,80 @@ fn serve_pivot_prompt_is_the_system_prompt() {
         "system prompt is fixed",
         None,
     );
+    srv.terminate();
+}
+
+/// With `--queue 0` as many requests as slots run at once (the queue is
+/// what waits beyond them); a seed gives the same answer whether the slot
+/// held the prompt already or fed it in several chunks; bad stop strings
+/// and prompts name their own fields.
+#[test]
+fn serve_slots_without_queue_and_seeds() {
+    let Some(model) = default_model() else {
+        eprintln!("skipped: the default model is not in the cache (lamina fetch)");
+        return;
+    };
+    let srv = Server::start(&model, &["--parallel", "2", "--queue", "0", "-b", "4"]);
+    let a = srv.addr.clone();
+    let completions = "/v1/completions";
+    let body = |extra: &str| {
+        format!(
+            r#"{{"model":"{MODEL}","prompt":"The quick brown fox jumps over the lazy dog, and then"{extra}}}"#
+        )
+    };
+    let both: Vec<_> = (0..2)
+        .map(|_| {
+            let (a, b) = (a.clone(), body(r#","max_tokens":24,"temperature":0"#));
+            std::thread::spawn(move || post_json(&a, completions, &b))
+        })
+        .collect();
+    for h in both {
+        let (s, text) = h.join().unwrap();
+        assert_eq!(s, 200, "two slots, two requests at once: {text}");
+    }
+    // Fed in 4-token chunks the first time, one token the second (the
+    // slot holds the rest); the same seed must sample the same tokens.
+    let seeded = format!(
+        r#"{{"model":"{MODEL}","prompt":"Once upon a time, in a small village by the sea,","max_tokens":12,"temperature":1.0,"top_k":0,"seed":7}}"#
+    );
+    let mut texts = Vec::new();
+    for _ in 0..2 {
+        let (s, text) = post_json(&a, completions, &seeded);
+        assert_eq!(s, 200, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        texts.push(
+            v["choices"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        let cached = &v["usage"]["prompt_tokens_details"]["cached_tokens"];
+        eprintln!("seed 7: {:?} (cached tokens {cached})", texts.last());
+    }
+    assert_eq!(texts[0], texts[1], "seed 7 answered differently");
+    error_is(
+        &post_json(
+            &a,
+            completions,
+            &body(&format!(r#","stop":"{}""#, "x".repeat(2000))),
+        ),
+        400,
+        "stop string",
+        None,
+    );
+    let long = "word ".repeat(700);
+    let (s, text) = post_json(
+        &a,
+        completions,
+        &format!(r#"{{"model":"{MODEL}","prompt":"{long}"}}"#),
+    );
+    error_is(
+        &(s, text.clone()),
+        400,
+        "maximum context length",
+        Some("context_length_exceeded"),
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["param"], "prompt", "{text}");
     srv.terminate();
 }

@@ -13,6 +13,7 @@
 //! earlier turns) and feeds only the rest. A job whose client went away
 //! (its event receiver dropped) frees its slot at its next step.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -92,6 +93,8 @@ pub struct Status {
 
 struct Shared {
     slots: usize,
+    /// Jobs held at once, running and waiting: `--parallel` + `--queue`.
+    limit: usize,
     busy: AtomicUsize,
     waiting: AtomicUsize,
     stop: AtomicBool,
@@ -106,11 +109,15 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the engine thread over `sessions` (one per slot) with room
-    /// for `queue` waiting jobs.
+    /// for `queue` jobs waiting beyond them.
     pub fn start(sessions: Vec<Session>, tokenizer: Arc<Tokenizer>, queue: usize) -> Engine {
-        let (tx, rx) = std::sync::mpsc::sync_channel(queue);
+        let limit = sessions.len() + queue;
+        // As deep as the count allows: `submit` bounds what waits, not
+        // the channel (the engine empties it every round).
+        let (tx, rx) = std::sync::mpsc::sync_channel(limit);
         let shared = Arc::new(Shared {
             slots: sessions.len(),
+            limit,
             busy: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
@@ -144,8 +151,15 @@ impl Engine {
         if self.shared.stop.load(Ordering::Relaxed) {
             return Err(SubmitError::Stopped);
         }
-        // Counted first: the engine may take the job before try_send returns.
-        self.shared.waiting.fetch_add(1, Ordering::Relaxed);
+        // Counted first: the engine may take the job before try_send
+        // returns. Running and waiting jobs stay within slots + queue, so
+        // a job finds a free slot even while others wait for the engine's
+        // next round.
+        let waiting = self.shared.waiting.fetch_add(1, Ordering::Relaxed);
+        if waiting + self.shared.busy.load(Ordering::Relaxed) >= self.shared.limit {
+            self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(SubmitError::Busy);
+        }
         match self.queue.try_send(job) {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -208,40 +222,48 @@ fn run(
     tok: &Tokenizer,
     shared: &Shared,
 ) {
+    // Jobs taken off the channel, in arrival order, waiting for a slot.
+    let mut waiting: VecDeque<Job> = VecDeque::new();
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             for s in slots.iter_mut().filter(|s| s.job.is_some()) {
                 s.fail(shared, SHUTTING_DOWN);
             }
-            while let Ok(job) = rx.try_recv() {
+            waiting.extend(rx.try_iter());
+            for job in waiting.drain(..) {
                 shared.waiting.fetch_sub(1, Ordering::Relaxed);
                 let _ = job.events.send(Event::Failed(SHUTTING_DOWN.into()));
             }
             log::info!("decode steps: {}", batches.describe());
             return;
         }
-        // Admit waiting jobs into free slots; block (briefly, to notice a
-        // shutdown) only when nothing runs.
-        while slots.iter().any(|s| s.job.is_none()) {
-            let idle = slots.iter().all(|s| s.job.is_none());
-            let job = if idle {
-                match rx.recv_timeout(Duration::from_millis(100)) {
-                    Ok(j) => j,
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
-            } else {
-                match rx.try_recv() {
-                    Ok(j) => j,
-                    Err(_) => break,
-                }
-            };
-            shared.waiting.fetch_sub(1, Ordering::Relaxed);
-            if job.events.is_closed() {
-                continue;
+        // Every round takes what arrived and drops the jobs whose clients
+        // left while they waited, so those hold no place.
+        waiting.extend(rx.try_iter());
+        if waiting.is_empty() && slots.iter().all(|s| s.job.is_none()) {
+            // Nothing to do: block, briefly, to notice a shutdown.
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(j) => waiting.push_back(j),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
             }
+        }
+        waiting.retain(|j| {
+            let open = !j.events.is_closed();
+            if !open {
+                shared.waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+            open
+        });
+        // Waiting jobs take the free slots (continuous batching). A job
+        // stops counting as waiting once it counts as busy.
+        while slots.iter().any(|s| s.job.is_none()) {
+            let Some(job) = waiting.pop_front() else {
+                break;
+            };
             let i = pick_slot(&slots, &job.prompt);
             slots[i].start(job, tok, shared);
+            shared.waiting.fetch_sub(1, Ordering::Relaxed);
         }
         round(&mut slots, &mut batches, tok, shared);
     }
@@ -361,6 +383,12 @@ impl Slot {
         if !a.todo.is_empty() {
             let n = a.todo.len().min(self.session.batch());
             let chunk: Vec<u32> = a.todo.drain(..n).collect();
+            if a.todo.is_empty() {
+                // Each step draws once; seeded again here, the first token
+                // gets the seed's first draw however many chunks the
+                // cache spared (the same seed, the same answer).
+                self.session.set_sampler(a.job.sampler);
+            }
             match self.session.extend(&chunk) {
                 Ok(t) => {
                     self.held.extend(&chunk);

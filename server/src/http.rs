@@ -78,7 +78,11 @@ async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        // The scheme is case-insensitive (RFC 9110).
+        .and_then(|v| {
+            let (scheme, key) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(key)
+        });
     if given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), key.as_bytes())) {
         return next.run(req).await;
     }
@@ -168,8 +172,24 @@ async fn chat(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let prepared = parse::<ChatRequest>(&headers, body).and_then(|r| st.model.chat(&r));
+    let s = st.clone();
+    let prepared =
+        off_runtime(move || parse::<ChatRequest>(&headers, body).and_then(|r| s.model.chat(&r)))
+            .await;
     answer(&st, Kind::Chat, prepared).await
+}
+
+/// Parsing, templating and tokenizing a body (up to the body limit's
+/// megabytes) on a blocking thread, not on the runtime's few workers,
+/// where it would stall every other request and stream meanwhile.
+async fn off_runtime(
+    f: impl FnOnce() -> Result<Prepared, ApiError> + Send + 'static,
+) -> Result<Prepared, ApiError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(ApiError::server(format!(
+            "preparing the request failed: {e}"
+        )))
+    })
 }
 
 async fn completions(
@@ -177,7 +197,11 @@ async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let prepared = parse::<CompletionRequest>(&headers, body).and_then(|r| st.model.completion(&r));
+    let s = st.clone();
+    let prepared = off_runtime(move || {
+        parse::<CompletionRequest>(&headers, body).and_then(|r| s.model.completion(&r))
+    })
+    .await;
     answer(&st, Kind::Text, prepared).await
 }
 
@@ -212,18 +236,19 @@ async fn answer(st: &AppState, kind: Kind, prepared: Result<Prepared, ApiError>)
         events: tx,
     };
     if let Err(e) = st.engine.submit(job) {
-        let msg = match e {
-            SubmitError::Busy => {
-                "the server is busy: every slot and the queue are full; retry later"
-            }
-            SubmitError::Stopped => "the server is shutting down",
+        let (msg, code) = match e {
+            SubmitError::Busy => (
+                "the server is busy: every slot and the queue are full; retry later",
+                "server_busy",
+            ),
+            SubmitError::Stopped => ("the server is shutting down", "server_stopping"),
         };
         return ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: msg.into(),
             kind: "server_error",
             param: None,
-            code: Some("server_busy"),
+            code: Some(code),
         }
         .into_response();
     }

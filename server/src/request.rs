@@ -11,6 +11,8 @@ use crate::api::{ApiError, ChatRequest, Common, CompletionRequest, Content, Prom
 
 /// Most stop strings a request may give (OpenAI's limit).
 pub const MAX_STOPS: usize = 4;
+/// Longest stop string, in bytes: each is searched for at every token.
+pub const MAX_STOP_BYTES: usize = 1024;
 
 /// The served model: what requests are checked against and rendered with.
 pub struct ServedModel {
@@ -102,7 +104,7 @@ impl ServedModel {
             .render_for(&self.tokenizer, &turns, true)
             .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
         let prompt = self.tokens(&text)?;
-        self.prepare(prompt, &r.common)
+        self.prepare(prompt, "messages", &r.common)
     }
 
     pub fn completion(&self, r: &CompletionRequest) -> Result<Prepared, ApiError> {
@@ -135,7 +137,7 @@ impl ServedModel {
             Some(Prompt::TokenLists(v)) if v.len() == 1 => self.ids(v[0].clone())?,
             Some(_) => return Err(one()),
         };
-        self.prepare(prompt, &r.common)
+        self.prepare(prompt, "prompt", &r.common)
     }
 
     fn check_model(&self, c: &Common) -> Result<(), ApiError> {
@@ -185,7 +187,14 @@ impl ServedModel {
         Ok(ids)
     }
 
-    fn prepare(&self, prompt: Vec<u32>, c: &Common) -> Result<Prepared, ApiError> {
+    /// Checks the settings `c` of a request whose tokens are `prompt`
+    /// (from its field `prompt_field`, named in errors).
+    fn prepare(
+        &self,
+        prompt: Vec<u32>,
+        prompt_field: &'static str,
+        c: &Common,
+    ) -> Result<Prepared, ApiError> {
         if c.n.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid(Some("n"), "only n = 1 is supported"));
         }
@@ -221,7 +230,7 @@ impl ServedModel {
         let room = self.ctx.saturating_sub(prompt.len());
         if room == 0 {
             return Err(ApiError::invalid(
-                Some("messages"),
+                Some(prompt_field),
                 format!(
                     "this model's maximum context length is {} tokens, and the prompt takes {}",
                     self.ctx,
@@ -230,17 +239,21 @@ impl ServedModel {
             )
             .with_code("context_length_exceeded"));
         }
+        let max_field = match c.max_completion_tokens {
+            Some(_) => "max_completion_tokens",
+            None => "max_tokens",
+        };
         let max_tokens = match c.max_completion_tokens.or(c.max_tokens) {
             None => room,
             Some(n) if n < 1 => {
                 return Err(ApiError::invalid(
-                    Some("max_tokens"),
-                    format!("max_tokens must be at least 1, got {n}"),
+                    Some(max_field),
+                    format!("{max_field} must be at least 1, got {n}"),
                 ));
             }
             Some(n) if n as u64 > room as u64 => {
                 return Err(ApiError::invalid(
-                    Some("max_tokens"),
+                    Some(max_field),
                     format!(
                         "this model's maximum context length is {} tokens; you requested {} \
                          ({} in the prompt, {n} to generate)",
@@ -282,6 +295,15 @@ impl ServedModel {
                 ));
             }
         };
+        if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid(
+                Some("stop"),
+                format!(
+                    "a stop string may be at most {MAX_STOP_BYTES} bytes, got {}",
+                    long.len()
+                ),
+            ));
+        }
         Ok(Prepared {
             prompt,
             max_tokens,
