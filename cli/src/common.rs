@@ -173,11 +173,15 @@ pub struct ModelArgs {
     /// file's static ones (for comparison; the same weights).
     #[arg(long)]
     pub act_dynamic: bool,
-    /// Context size (positions in the KV cache); 0 = the model's training context.
+    /// Context size (positions in the KV cache). Unset or 0: generate
+    /// sizes it to the prompt plus -n (at least 512), bench to its test,
+    /// perplexity takes 512, serve 4096 a slot and chat the model's
+    /// training context, never past that context.
     #[arg(short = 'c', long = "ctx-size")]
     pub ctx_size: Option<usize>,
     /// Most tokens processed in one prompt step.
-    #[arg(short = 'b', long = "batch-size", default_value_t = DEFAULT_BATCH)]
+    #[arg(short = 'b', long = "batch-size", default_value_t = DEFAULT_BATCH,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
 }
 
@@ -197,6 +201,23 @@ impl ModelArgs {
             .model;
         ModelArgs { model, ..defaults }
     }
+}
+
+/// Refuses an output path whose folder does not exist, before a long run
+/// whose result it would then lose.
+pub fn check_output_folder(path: &std::path::Path) -> Result<()> {
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    if !folder.is_dir() {
+        anyhow::bail!(
+            "{}: the folder {} does not exist",
+            path.display(),
+            folder.display()
+        );
+    }
+    Ok(())
 }
 
 pub fn spinner(msg: &str) -> ProgressBar {
@@ -469,15 +490,17 @@ pub fn gpu_model(a: &ModelArgs, m: &LoadedModel, min_ctx: usize) -> Result<Arc<G
 pub fn list_devices() -> Result<()> {
     let opts = DeviceOptions::from_env()?;
     let adapters = lamina_engine::device::list_adapters(&opts);
+    let mut out = std::io::stdout().lock();
+    use std::io::Write;
     if adapters.is_empty() {
-        println!("no adapters");
+        writeln!(out, "no adapters")?;
     }
     for a in adapters {
-        println!("{a}");
+        writeln!(out, "{a}")?;
     }
     match Gpu::with_options(&opts) {
-        Ok(g) => println!("selected: {}", g.describe()),
-        Err(e) => println!("selected: none ({e})"),
+        Ok(g) => writeln!(out, "selected: {}", g.describe())?,
+        Err(e) => writeln!(out, "selected: none ({e})")?,
     }
     Ok(())
 }

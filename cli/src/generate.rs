@@ -11,7 +11,7 @@ use lamina_model::chat::{ChatMessage, ChatTemplate};
 use lamina_model::session::{SamplerConfig, Session, seed_or_fresh};
 use lamina_model::tokenizer::Tokenizer;
 
-use crate::common::{ModelArgs, gpu_model, load_host_model, tokenizer_for};
+use crate::common::{ModelArgs, gpu_model, load_host_model, spinner, tokenizer_for};
 
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
@@ -63,7 +63,8 @@ pub struct GenerateArgs {
     /// Read the prompt from a file.
     #[arg(short = 'f', long = "file", conflicts_with = "prompt")]
     pub file: Option<PathBuf>,
-    /// Tokens to generate (-1 = until end of generation or the context is full).
+    /// Tokens to generate (0 = none: only the prompt is processed; -1 =
+    /// until end of generation or the context is full).
     #[arg(
         short = 'n',
         long = "n-predict",
@@ -96,7 +97,21 @@ pub struct ChatArgs {
     pub n_predict: usize,
 }
 
+/// The prompt: -p's text as given; a file's or stdin's without one
+/// trailing newline (as llama.cpp's -f: the newline a file ends with is not
+/// part of the prompt).
 fn read_prompt(a: &GenerateArgs) -> Result<String> {
+    let mut text = read_prompt_text(a)?;
+    if a.prompt.as_deref().is_none_or(|p| p == "-") && text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
+}
+
+fn read_prompt_text(a: &GenerateArgs) -> Result<String> {
     if let Some(f) = &a.file {
         return std::fs::read_to_string(f)
             .with_context(|| format!("reading prompt file {}", f.display()));
@@ -132,6 +147,9 @@ fn stream(
     let mut dec = tok.stream_decoder();
     let mut next = first;
     let mut count = 0;
+    if n == Some(0) {
+        return Ok((0, 0.0));
+    }
     loop {
         if !ignore_eos && tok.is_eog(next) {
             break;
@@ -174,6 +192,12 @@ pub fn run_generate(a: &GenerateArgs) -> Result<()> {
     if ids.is_empty() {
         bail!("the prompt encodes to no tokens");
     }
+    if a.n_predict < -1 {
+        bail!(
+            "-n/--n-predict must be -1 (no limit), 0 or more, got {}",
+            a.n_predict
+        );
+    }
     let n_predict = usize::try_from(a.n_predict).ok();
     let need = ids.len() + n_predict.unwrap_or(0);
     let ctx = a.model.ctx_size.filter(|&c| c > 0).unwrap_or(
@@ -192,9 +216,13 @@ pub fn run_generate(a: &GenerateArgs) -> Result<()> {
     margs.ctx_size = Some(ctx);
     let model = gpu_model(&margs, &host, 1)?;
     drop(host);
+    log::info!("sampling: {:?}, seed {}", sampler.sampling, sampler.seed);
     let mut session = Session::new(model, a.model.batch_size, sampler)?;
     let t0 = Instant::now();
-    let first = session.feed(&ids)?;
+    let sp = spinner(&format!("processing the prompt ({} tokens)", ids.len()));
+    let first = session.feed(&ids);
+    sp.finish_and_clear();
+    let first = first?;
     let pp = t0.elapsed().as_secs_f64();
     let mut stdout = std::io::stdout().lock();
     let (n, tg) = stream(
@@ -207,6 +235,12 @@ pub fn run_generate(a: &GenerateArgs) -> Result<()> {
         |_| {},
     )?;
     writeln!(stdout)?;
+    if n_predict.is_none_or(|want| n < want) && session.pos() >= session.max_ctx() {
+        eprintln!(
+            "stopped: the context of {} positions is full (raise -c/--ctx-size)",
+            session.max_ctx()
+        );
+    }
     eprintln!(
         "prompt: {} tokens in {:.2} s ({:.1} t/s); generated: {} tokens in {:.2} s ({:.1} t/s)",
         ids.len(),

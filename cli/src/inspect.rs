@@ -1,6 +1,7 @@
 //! `lamina inspect`: what is in a model file.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -13,34 +14,41 @@ use crate::fetch;
 
 #[derive(Args, Debug, Clone)]
 pub struct InspectArgs {
-    /// A .gguf file or HF directory (default: the default model).
+    /// A .gguf file, a .lamina.safetensors file or an HF directory
+    /// (default: the default model).
     #[arg(short = 'm', long = "model")]
     pub model: Option<PathBuf>,
-    /// List every tensor.
+    /// List every tensor (GGUF files).
     #[arg(long)]
     pub tensors: bool,
-    /// Print every metadata key (long arrays abbreviated).
+    /// Print every metadata key, long arrays abbreviated (GGUF files).
     #[arg(long)]
     pub metadata: bool,
 }
 
 pub fn run(a: &InspectArgs) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     let path = match &a.model {
         Some(p) => p.clone(),
         None => fetch::default_model_path()?,
     };
     let lamina = lamina_model::lamina_file::is_lamina_file(&path);
-    if !lamina && (path.extension().is_some_and(|e| e == "gguf") || path.is_file()) {
+    let gguf = !lamina && (path.extension().is_some_and(|e| e == "gguf") || path.is_file());
+    if !gguf && (a.tensors || a.metadata) {
+        eprintln!("note: --tensors and --metadata list a GGUF file's; this is not one");
+    }
+    if gguf {
         let g = GgufFile::open(&path)?;
-        println!(
+        writeln!(
+            out,
             "file: {} ({} bytes, GGUF v{})",
             path.display(),
             g.file_len(),
             g.version()
-        );
+        )?;
         if a.metadata {
             for (k, v) in g.metadata() {
-                println!("  {k} = {}", summary(v, 80));
+                writeln!(out, "  {k} = {}", summary(v, 80))?;
             }
         }
         let mut by_type: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
@@ -54,35 +62,40 @@ pub fn run(a: &InspectArgs) -> Result<()> {
             total_elems += t.numel();
             total_bytes += t.n_bytes.unwrap_or(0) as u64;
             if a.tensors {
-                println!(
+                writeln!(
+                    out,
                     "  {:<28} {:<6} {:?} {} bytes",
                     t.name,
                     t.type_name(),
                     t.shape(),
                     t.n_bytes.unwrap_or(0)
-                );
+                )?;
             }
         }
-        println!(
+        writeln!(
+            out,
             "tensors: {} ({} parameters)",
             g.tensors().len(),
             total_elems
-        );
+        )?;
         for (ty, (n, elems, bytes)) in &by_type {
-            println!(
+            writeln!(
+                out,
                 "  {ty:<6} {n:>4} tensors, {elems:>11} params, {:>8.2} MiB, {:.3} bits/weight",
                 *bytes as f64 / 1048576.0,
                 8.0 * *bytes as f64 / (*elems).max(1) as f64
-            );
+            )?;
         }
-        println!(
+        writeln!(
+            out,
             "bits per weight (all tensors): {:.3}",
             8.0 * total_bytes as f64 / total_elems.max(1) as f64
-        );
+        )?;
     }
     let m = loader::load(&path).with_context(|| format!("loading {}", path.display()))?;
     let c = &m.config;
-    println!(
+    writeln!(
+        out,
         "model: {} ({}), {} layers, dim {}, {} heads / {} KV heads x {}, ffn {}, vocab {}, ctx {}, rope theta {} ({:?}), eps {}, tied embeddings: {}",
         c.arch,
         m.file_type,
@@ -98,26 +111,28 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         c.rope_style,
         c.norm_eps,
         c.tied_embeddings
-    );
+    )?;
     if !c.rope_factors.is_empty() {
         let max = c.rope_factors.iter().copied().fold(1.0f32, f32::max);
-        println!(
+        writeln!(
+            out,
             "rope scaling: llama3, {} of {} pairs' frequencies divided (by up to {max})",
             c.rope_factors.iter().filter(|&&f| f != 1.0).count(),
             c.rope_factors.len()
-        );
+        )?;
     }
     if c.qkv_bias {
-        println!("attention: q, k and v biases");
+        writeln!(out, "attention: q, k and v biases")?;
     }
-    print_kv_formats(c, m.recipe.as_ref().and_then(|r| r.kv.as_ref()));
+    print_kv_formats(c, m.recipe.as_ref().and_then(|r| r.kv.as_ref()))?;
     if let Some(p) = &m.pivot {
         let tuned = m
             .recipe
             .as_ref()
             .is_some_and(|r| r.pivot_calibration.is_some());
         let prefix = m.recipe.as_ref().is_some_and(|r| r.prefix.is_some());
-        println!(
+        writeln!(
+            out,
             "pivot KV ({}, from the full-precision source{}): tokens {:?}",
             if prefix {
                 "PrefixQuant's prefix"
@@ -130,17 +145,19 @@ pub fn run(a: &InspectArgs) -> Result<()> {
                 ""
             },
             p.tokens
-        );
+        )?;
     }
     if c.hadamard.down || c.hadamard.qk {
-        println!(
+        writeln!(
+            out,
             "rotated: online Hadamard at the down input {}, on Q/K heads {}",
             c.hadamard.down, c.hadamard.qk
-        );
+        )?;
     }
     if let Some(r) = &m.recipe {
         if let Some(rot) = &r.rotation {
-            println!(
+            writeln!(
+                out,
                 "rotation: {} residual rotation, seed {}, lm_head {}",
                 rot.residual,
                 rot.seed,
@@ -149,19 +166,20 @@ pub fn run(a: &InspectArgs) -> Result<()> {
                 } else {
                     "tied (rotated twice)"
                 }
-            );
+            )?;
         }
         if let Some(p) = &r.prefix {
-            println!(
+            writeln!(
+                out,
                 "prefix (PrefixQuant, --prefix {}): {} token(s); outlier threshold {}x the median \
                  token max, worst layer {:.2} outliers per window",
                 p.mode,
                 p.tokens.len(),
                 p.threshold,
                 p.worst_layer_mean
-            );
+            )?;
             for ((t, text), ratio) in p.tokens.iter().zip(&p.texts).zip(&p.ratios) {
-                println!("  {t:>6} {text:?}: {ratio:.0}x the median");
+                writeln!(out, "  {t:>6} {text:?}: {ratio:.0}x the median")?;
             }
         }
         if let Some(a) = &r.act {
@@ -170,19 +188,21 @@ pub fn run(a: &InspectArgs) -> Result<()> {
             } else {
                 "static per-tensor"
             };
-            println!("activations: {}-bit, {kind} scales", a.bits);
+            writeln!(out, "activations: {}-bit, {kind} scales", a.bits)?;
             if !a.dynamic {
                 for (l, (s, clip)) in a.scales.iter().zip(&a.clip).enumerate() {
-                    println!(
+                    writeln!(
+                        out,
                         "  blk.{l:<3} scales q/k/v {:.3e} o {:.3e} gate/up {:.3e} down {:.3e}; \
                          clip {:.2} {:.2} {:.2} {:.2}",
                         s[0], s[1], s[2], s[3], clip[0], clip[1], clip[2], clip[3]
-                    );
+                    )?;
                 }
             }
         }
         if let Some(kv) = &r.kv {
-            println!(
+            writeln!(
+                out,
                 "KV cache: {}-bit, static {} scales (run with --kv static, the default for \
                  this file)",
                 kv.bits,
@@ -191,7 +211,7 @@ pub fn run(a: &InspectArgs) -> Result<()> {
                 } else {
                     "per-head"
                 }
-            );
+            )?;
             for l in 0..kv.k.len() {
                 let list = |x: &[f32]| {
                     if x.len() > c.n_kv_heads {
@@ -217,13 +237,14 @@ pub fn run(a: &InspectArgs) -> Result<()> {
                         .collect::<Vec<_>>()
                         .join(" ")
                 };
-                println!(
+                writeln!(
+                    out,
                     "  blk.{l:<3} K {} (clip {}); V {} (clip {})",
                     list(&kv.k[l]),
                     clip(&kv.k_clip[l]),
                     list(&kv.v[l]),
                     clip(&kv.v_clip[l])
-                );
+                )?;
             }
         }
         // As JSON, keys sorted (serde_json's map), as the file's header had it.
@@ -238,11 +259,12 @@ pub fn run(a: &InspectArgs) -> Result<()> {
                 kv.remove(key);
             }
         }
-        println!("recipe: {j}");
+        writeln!(out, "recipe: {j}")?;
         let (bpw, bytes, params) = lamina_model::quant::pipeline::bits_per_weight(&m.weights);
-        println!(
+        writeln!(
+            out,
             "weights: {params} parameters in {bytes} bytes: {bpw:.3} bits per weight (all tensors, scales and mins included)"
-        );
+        )?;
         let mut lin_bytes = 0u64;
         let mut lin_params = 0u64;
         for (i, l) in m.weights.layers.iter().enumerate() {
@@ -269,29 +291,31 @@ pub fn run(a: &InspectArgs) -> Result<()> {
                     None => line.push_str(&format!(" {name} {:?}", t.dtype)),
                 }
             }
-            println!("{line}");
+            writeln!(out, "{line}")?;
         }
-        println!(
+        writeln!(
+            out,
             "linear layers: {:.3} bits per weight (codes, f16 scales and mins); token_embd {:?}",
             8.0 * lin_bytes as f64 / lin_params.max(1) as f64,
             m.weights.token_embd.dtype
-        );
+        )?;
     }
     let s = &m.tokenizer_spec;
-    println!(
-        "tokenizer: {} (pre {}), {} tokens, bos {:?}, eos {:?}, add_bos {}, chat template: {}",
+    writeln!(
+        out,
+        "tokenizer: {} (pre {}), {} tokens, bos {}, eos {}, add_bos {}, chat template: {}",
         s.model,
         s.pre.as_deref().unwrap_or("-"),
         s.tokens.len(),
-        s.bos_id,
-        s.eos_id,
+        s.bos_id.map_or("none".into(), |i| i.to_string()),
+        s.eos_id.map_or("none".into(), |i| i.to_string()),
         s.add_bos,
         if s.chat_template.is_some() {
             "yes"
         } else {
             "no"
         }
-    );
+    )?;
     Ok(())
 }
 
@@ -309,7 +333,17 @@ fn summary(v: &GgufValue, max: usize) -> String {
         GgufValue::String(s) => cut(s),
         GgufValue::Array(GgufArray::String(a)) if a.len() <= 4 => format!("{a:?}"),
         GgufValue::Array(a) => format!("[{:?}; {}]", a.elem_type(), a.len()),
-        other => format!("{other:?}"),
+        GgufValue::U8(x) => x.to_string(),
+        GgufValue::I8(x) => x.to_string(),
+        GgufValue::U16(x) => x.to_string(),
+        GgufValue::I16(x) => x.to_string(),
+        GgufValue::U32(x) => x.to_string(),
+        GgufValue::I32(x) => x.to_string(),
+        GgufValue::U64(x) => x.to_string(),
+        GgufValue::I64(x) => x.to_string(),
+        GgufValue::F32(x) => x.to_string(),
+        GgufValue::F64(x) => x.to_string(),
+        GgufValue::Bool(x) => x.to_string(),
     }
 }
 
@@ -320,12 +354,17 @@ fn summary(v: &GgufValue, max: usize) -> String {
 fn print_kv_formats(
     c: &lamina_model::LlamaConfig,
     file_kv: Option<&lamina_model::checkpoint::KvStatic>,
-) {
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     use lamina_model::kv_cache::{DEFAULT_BATCH, KvFormat};
-    println!(
+    writeln!(
+        out,
         "KV cache per token (defaults: {DEFAULT_BATCH}-token steps, 128 recent tokens in f16):"
-    );
-    println!("  format               bytes/token  vs f16   fixed MiB  ctx in 1 GiB  ctx in 4 GiB");
+    )?;
+    writeln!(
+        out,
+        "  format               bytes/token  vs f16   fixed MiB  ctx in 1 GiB  ctx in 4 GiB"
+    )?;
     let f16 = KvFormat::F16.bytes_per_token(c);
     let formats = ["f16", "q8", "q4", "q2", "k=q4,v=q2", "qjl", "k=qjl,v=q4"]
         .into_iter()
@@ -350,10 +389,11 @@ fn print_kv_formats(
         .map(|f| ("static".to_string(), f));
     for (name, f) in formats.chain(q8_outliers).chain(file_static) {
         if f.check(c).is_err() {
-            println!(
+            writeln!(
+                out,
                 "  {name:<19}  (does not fit this model's head_dim {})",
                 c.head_dim
-            );
+            )?;
             continue;
         }
         let per = f.bytes_per_token(c);
@@ -364,12 +404,14 @@ fn print_kv_formats(
             c.n_layers as f64 * (2.0 * l.window_bytes() as f64 + 4.0 * f64::from(l.sketch_len()))
         };
         let fits = |gib: f64| ((gib * 1073741824.0 - fixed) / per).max(0.0) as u64;
-        println!(
+        writeln!(
+            out,
             "  {name:<19}  {per:>11.1}  {:>5.2}x  {:>9.2}  {:>12}  {:>12}",
             f16 / per,
             fixed / 1048576.0,
             fits(1.0),
             fits(4.0)
-        );
+        )?;
     }
+    Ok(())
 }

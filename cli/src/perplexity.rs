@@ -45,6 +45,9 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
     {
         bail!("{} exists; remove it or choose another name", p.display());
     }
+    for p in a.save_logits.iter().chain(&a.json) {
+        crate::common::check_output_folder(p)?;
+    }
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
     // As llama.cpp's -f: one trailing newline is dropped.
@@ -181,6 +184,20 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
         secs / r.chunks as f64,
         (r.chunks * ctx) as f64 / secs
     );
+    if let Some(k) = r.kl {
+        println!(
+            "KL divergence from {}: {:.6} +/- {:.6}; same top token {:.2}%",
+            a.kl_base
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            k.mean,
+            k.err,
+            100.0 * k.top1_agree
+        );
+    }
+    println!("Final estimate: PPL = {:.4} +/- {:.5}", r.ppl, r.ppl_err);
+    // Written last: a failed write loses none of the printed results.
     if let Some(p) = &a.json {
         let j = serde_json::json!({
             "ctx": ctx, "chunks": r.chunks, "ppl": r.ppl, "ppl_err": r.ppl_err,
@@ -201,18 +218,5 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
         std::fs::write(p, serde_json::to_string_pretty(&j)?)
             .with_context(|| format!("writing {}", p.display()))?;
     }
-    if let Some(k) = r.kl {
-        println!(
-            "KL divergence from {}: {:.6} +/- {:.6}; same top token {:.2}%",
-            a.kl_base
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            k.mean,
-            k.err,
-            100.0 * k.top1_agree
-        );
-    }
-    println!("Final estimate: PPL = {:.4} +/- {:.5}", r.ppl, r.ppl_err);
     Ok(())
 }

@@ -235,6 +235,7 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     if a.output.is_dir() {
         bail!("{} is a directory", a.output.display());
     }
+    common::check_output_folder(&a.output)?;
     let mut opts = QuantizeOptions {
         method,
         bits: a.bits,

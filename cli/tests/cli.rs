@@ -51,6 +51,48 @@ fn default_model() -> Option<PathBuf> {
 fn missing_model_file() {
     let out = lamina(&["generate", "-m", "/nonexistent/model.gguf", "-p", "hi"]);
     fails_with(&out, "/nonexistent/model.gguf");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("No such file").count(),
+        1,
+        "the reason once: {err}"
+    );
+}
+
+/// A reader that goes away (`lamina inspect | head`) ends the run quietly.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    use std::process::Stdio;
+    let Some(model) = fetched_model() else {
+        return;
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(["inspect", "--tensors", "--metadata", "-m"])
+        .arg(&model)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run lamina");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+}
+
+/// `-n 0` processes the prompt and generates nothing.
+#[test]
+fn generate_zero_tokens() {
+    let Some(model) = fetched_model() else {
+        return;
+    };
+    let m = model.to_str().expect("utf8");
+    let out = lamina(&["generate", "-m", m, "-p", "Hello", "-n", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "", "{err}");
+    assert!(err.contains("generated: 0 tokens"), "{err}");
 }
 
 #[test]
@@ -164,6 +206,11 @@ fn invalid_flags() {
         &lamina(&["bench", "-r", "0", "--synthetic", "tiny"]),
         "repetitions",
     );
+    fails_with(
+        &lamina(&["bench", "-b", "0", "--synthetic", "tiny"]),
+        "batch-size",
+    );
+    fails_with(&lamina(&["generate", "-p", "hi", "-n", "-2"]), "n-predict");
     // Positions past u32 (and, in a browser, caches past usize) are refused
     // before any size product can wrap.
     fails_with(
@@ -267,6 +314,14 @@ fn perplexity_keeps_existing_saved_logits() {
         "exists",
     );
     assert_eq!(std::fs::read(&logits).expect("read"), b"keep me");
+    // A --json or --save-logits path in a missing folder: refused first,
+    // not after the whole run.
+    for flag in ["--json", "--save-logits"] {
+        fails_with(
+            &lamina(&["perplexity", "-f", t, flag, "/nonexistent/dir/x"]),
+            "does not exist",
+        );
+    }
 }
 
 #[test]
@@ -287,6 +342,17 @@ fn quantize_bad_input_keeps_existing_output() {
     fails_with(&lamina(&["quantize", "--bits", "0.5", "-o", f]), "--bits");
     fails_with(&lamina(&["quantize", "--group", "48", "-o", f]), "--group");
     fails_with(&lamina(&["quantize", "--method", "awq", "-o", f]), "awq");
+    // An output folder that does not exist is refused before any work.
+    fails_with(
+        &lamina(&[
+            "quantize",
+            "--method",
+            "rtn",
+            "-o",
+            "/nonexistent/x.lamina.safetensors",
+        ]),
+        "does not exist",
+    );
     // The test text is never calibration text.
     let test_text = temp("wiki.test.raw");
     std::fs::write(&test_text, b"some text").expect("write");

@@ -6,12 +6,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The reason is part of the message, not a source (printing the chain
+    /// would say it twice).
+    #[error("cannot read {path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     /// The file is not a well-formed GGUF (bad magic, truncated, out-of-range offsets...).
     #[error("{path}: not a valid GGUF file: {msg}")]
     Gguf { path: PathBuf, msg: String },
@@ -41,7 +39,7 @@ impl ModelError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ModelError::Io {
             path: path.into(),
-            source,
+            err: source,
         }
     }
 }
