@@ -282,21 +282,23 @@ pub fn run_chat(a: &ChatArgs) -> Result<()> {
             break;
         }
         messages.push(ChatMessage::user(line.trim()));
-        let text = tmpl.render_for(&tok, &messages, true)?;
-        let ids = tok.encode(&text, true)?;
+        let Some(ids) = fit_conversation(&tmpl, &tok, &mut messages, &session, a.n_predict)? else {
+            messages.pop();
+            eprintln!(
+                "error: this message does not fit in the context of {} tokens with room for \
+                 an answer (raise -c/--ctx-size); the conversation goes on without it",
+                session.max_ctx()
+            );
+            continue;
+        };
         let common = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count();
         if common < cached.len() {
-            // The template re-rendered earlier turns differently: start over.
+            // Earlier turns were dropped, or the template re-rendered them
+            // differently: start over.
             session.reset();
             cached.clear();
         }
         let new = &ids[cached.len()..];
-        if session.pos() + new.len() + 1 > session.max_ctx() {
-            bail!(
-                "the conversation no longer fits in the context of {} tokens (raise -c/--ctx-size)",
-                session.max_ctx()
-            );
-        }
         let first = session.feed(new)?;
         cached = ids.clone();
         let mut answer_ids = Vec::new();
@@ -326,6 +328,40 @@ pub fn run_chat(a: &ChatArgs) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The conversation's prompt tokens, leaving room for an answer of up to
+/// `n_predict` tokens (at most a quarter of the context): the oldest
+/// exchanges after the system message are dropped until it fits (said on
+/// stderr); `None` when the newest message alone does not fit.
+fn fit_conversation(
+    tmpl: &ChatTemplate,
+    tok: &Tokenizer,
+    messages: &mut Vec<ChatMessage>,
+    session: &Session,
+    n_predict: usize,
+) -> Result<Option<Vec<u32>>> {
+    let ctx = session.max_ctx();
+    let reserve = n_predict.clamp(1, (ctx / 4).max(1));
+    let keep = usize::from(messages.first().is_some_and(|m| m.role == "system"));
+    let mut dropped = 0;
+    loop {
+        let ids = tok.encode(&tmpl.render_for(tok, messages, true)?, true)?;
+        if ids.len() + reserve <= ctx {
+            if dropped > 0 {
+                eprintln!(
+                    "note: dropped the {dropped} oldest exchange(s) to fit the context of {ctx} tokens"
+                );
+            }
+            return Ok(Some(ids));
+        }
+        // [system] user assistant ... user: the oldest user and answer go.
+        if messages.len() < keep + 3 {
+            return Ok(None);
+        }
+        messages.drain(keep..keep + 2);
+        dropped += 1;
+    }
 }
 
 /// Writes to two sinks: the terminal and the transcript.

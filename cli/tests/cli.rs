@@ -81,6 +81,42 @@ fn closed_stdout_is_not_a_panic() {
     assert!(out.status.success(), "{:?}: {err}", out.status);
 }
 
+/// A chat longer than its context drops its oldest exchanges and goes on;
+/// a message that cannot fit at all is refused without ending the session.
+#[test]
+fn chat_outgrows_its_context() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let Some(model) = fetched_model() else {
+        return;
+    };
+    let long = "tell me more ".repeat(40);
+    let input = format!(
+        "Hi, I am Bob.\nWhat is the capital of France?\n{long}\nAnd of Spain?\nAnd of Italy?\n\
+         And of Germany?\nAnd of Peru?\n"
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(["chat", "-v", "-c", "96", "-n", "12", "--temp", "0", "-m"])
+        .arg(&model)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run lamina chat");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("write stdin");
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("dropped the"), "no exchange dropped: {err}");
+    assert!(err.contains("does not fit"), "the long message: {err}");
+    // Six answers (one log line each at -v): the long message got none.
+    let answers = err.lines().filter(|l| l.contains(" tokens in ")).count();
+    assert_eq!(answers, 6, "{err}");
+}
+
 /// `-n 0` processes the prompt and generates nothing.
 #[test]
 fn generate_zero_tokens() {
