@@ -168,8 +168,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             .forks(a.seqs as usize)?
             .into_iter()
             .map(|m| {
-                let batch = margs.batch_size;
-                Ok(Session::new(Arc::new(m), batch, SamplerConfig::greedy())?)
+                Ok(Session::new(
+                    Arc::new(m),
+                    margs.batch_size,
+                    SamplerConfig::greedy(),
+                )?)
             })
             .collect::<Result<Vec<_>>>()?;
         fill(&mut seqs, a.depth, &mut tokens)?;

@@ -1,5 +1,6 @@
 //! Options shared by the commands that run a model, and model loading.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -201,6 +202,15 @@ impl ModelArgs {
             .model;
         ModelArgs { model, ..defaults }
     }
+}
+
+/// A prompt or text read from a file or stdin, less one trailing newline
+/// (as llama.cpp's -f: the newline a file ends with is not part of it).
+pub fn without_final_newline(mut text: String) -> String {
+    if text.ends_with('\n') {
+        text.pop();
+    }
+    text
 }
 
 /// Refuses an output path whose folder does not exist, before a long run
@@ -491,7 +501,6 @@ pub fn list_devices() -> Result<()> {
     let opts = DeviceOptions::from_env()?;
     let adapters = lamina_engine::device::list_adapters(&opts);
     let mut out = std::io::stdout().lock();
-    use std::io::Write;
     if adapters.is_empty() {
         writeln!(out, "no adapters")?;
     }

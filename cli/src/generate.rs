@@ -11,7 +11,9 @@ use lamina_model::chat::{ChatMessage, ChatTemplate};
 use lamina_model::session::{SamplerConfig, Session, seed_or_fresh};
 use lamina_model::tokenizer::Tokenizer;
 
-use crate::common::{ModelArgs, gpu_model, load_host_model, spinner, tokenizer_for};
+use crate::common::{
+    ModelArgs, gpu_model, load_host_model, spinner, tokenizer_for, without_final_newline,
+};
 
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
@@ -97,23 +99,12 @@ pub struct ChatArgs {
     pub n_predict: usize,
 }
 
-/// The prompt: -p's text as given; a file's or stdin's without one
-/// trailing newline (as llama.cpp's -f: the newline a file ends with is not
-/// part of the prompt).
+/// The prompt: -p's text as given; a file's or stdin's less one trailing
+/// newline.
 fn read_prompt(a: &GenerateArgs) -> Result<String> {
-    let mut text = read_prompt_text(a)?;
-    if a.prompt.as_deref().is_none_or(|p| p == "-") && text.ends_with('\n') {
-        text.pop();
-        if text.ends_with('\r') {
-            text.pop();
-        }
-    }
-    Ok(text)
-}
-
-fn read_prompt_text(a: &GenerateArgs) -> Result<String> {
     if let Some(f) = &a.file {
         return std::fs::read_to_string(f)
+            .map(without_final_newline)
             .with_context(|| format!("reading prompt file {}", f.display()));
     }
     match a.prompt.as_deref() {
@@ -125,7 +116,7 @@ fn read_prompt_text(a: &GenerateArgs) -> Result<String> {
             std::io::stdin()
                 .read_to_string(&mut s)
                 .context("reading the prompt from stdin")?;
-            Ok(s)
+            Ok(without_final_newline(s))
         }
         Some(p) => Ok(p.to_string()),
     }
@@ -347,7 +338,7 @@ fn fit_conversation(
     let mut dropped = 0;
     loop {
         let ids = tok.encode(&tmpl.render_for(tok, messages, true)?, true)?;
-        if ids.len() + reserve <= ctx {
+        if session.positions_for(&ids) + reserve <= ctx {
             if dropped > 0 {
                 eprintln!(
                     "note: dropped the {dropped} oldest exchange(s) to fit the context of {ctx} tokens"

@@ -124,7 +124,7 @@ pub fn run(a: &InspectArgs) -> Result<()> {
     if c.qkv_bias {
         writeln!(out, "attention: q, k and v biases")?;
     }
-    print_kv_formats(c, m.recipe.as_ref().and_then(|r| r.kv.as_ref()))?;
+    print_kv_formats(&mut out, c, m.recipe.as_ref().and_then(|r| r.kv.as_ref()))?;
     if let Some(p) = &m.pivot {
         let tuned = m
             .recipe
@@ -352,10 +352,10 @@ fn summary(v: &GgufValue, max: usize) -> String {
 /// quantized ones, and the longest context a budget holds; with the
 /// model's static KV scales `file_kv`, its `static` cache too.
 fn print_kv_formats(
+    out: &mut impl Write,
     c: &lamina_model::LlamaConfig,
     file_kv: Option<&lamina_model::checkpoint::KvStatic>,
 ) -> Result<()> {
-    let mut out = std::io::stdout().lock();
     use lamina_model::kv_cache::{DEFAULT_BATCH, KvFormat};
     writeln!(
         out,

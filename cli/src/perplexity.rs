@@ -50,8 +50,7 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
     }
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
-    // As llama.cpp's -f: one trailing newline is dropped.
-    let text = text.strip_suffix('\n').unwrap_or(&text).to_string();
+    let text = crate::common::without_final_newline(text);
     if text.is_empty() {
         bail!("{} is empty", a.file.display());
     }

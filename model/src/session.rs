@@ -229,12 +229,26 @@ impl Session {
     /// `tokens` without the pivot's when a fresh session is fed a prompt
     /// that starts with them.
     fn after_pivot<'a>(&self, tokens: &'a [u32]) -> &'a [u32] {
-        let pivot = &self.model.kv.pivot;
-        if self.pos == pivot.len() && !pivot.is_empty() && tokens.starts_with(pivot) {
-            &tokens[pivot.len()..]
+        if self.pos == self.model.kv.pivot_len() {
+            self.past_pivot(tokens)
         } else {
             tokens
         }
+    }
+
+    /// `tokens` less the pivot's, where they start with them.
+    fn past_pivot<'a>(&self, tokens: &'a [u32]) -> &'a [u32] {
+        let pivot = &self.model.kv.pivot;
+        match tokens.strip_prefix(pivot.as_slice()) {
+            Some(rest) if !pivot.is_empty() => rest,
+            _ => tokens,
+        }
+    }
+
+    /// Positions of the cache a prompt of `tokens` fills when fed from the
+    /// start (the pivot's included, once).
+    pub fn positions_for(&self, tokens: &[u32]) -> usize {
+        self.model.kv.pivot_len() + self.past_pivot(tokens).len()
     }
 
     /// Feeds `tokens` at the current position as they are (no pivot test:

@@ -164,6 +164,28 @@ fn pivot_equals_running_its_tokens_first() {
     assert!(e.is_err());
 }
 
+/// A prompt that starts with the pivot's tokens fills their positions
+/// once (the session skips them); any other prompt comes after them.
+#[test]
+fn prompt_positions_count_the_pivot_once() {
+    use lamina_model::session::{SamplerConfig, Session};
+    let src = source();
+    let pivot_tokens = [7u32, 42];
+    let pivot = pivot::compute(&src.config, &src.weights, &pivot_tokens).unwrap();
+    let m = std::sync::Arc::new(model(&src, 64, KvFormat::F16, Some(&pivot)));
+    let mut s = Session::new(m, 8, SamplerConfig::greedy()).unwrap();
+    let toks = tokens(10, 5);
+    let whole: Vec<u32> = pivot_tokens.iter().chain(&toks).copied().collect();
+    assert_eq!(s.positions_for(&whole), whole.len());
+    assert_eq!(s.positions_for(&toks), pivot_tokens.len() + toks.len());
+    // What feeding them does.
+    s.feed(&whole).unwrap();
+    assert_eq!(s.pos(), s.positions_for(&whole));
+    s.reset();
+    s.feed(&toks).unwrap();
+    assert_eq!(s.pos(), s.positions_for(&toks));
+}
+
 #[test]
 fn lamina_file_carries_its_pivot() {
     let mut m = source();
