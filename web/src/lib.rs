@@ -17,7 +17,7 @@
 //! Build and serve: `scripts/web.sh` (the README says how).
 #![cfg(target_arch = "wasm32")]
 
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
@@ -139,15 +139,23 @@ impl Engine {
         &self,
         f: impl FnOnce(&mut Loaded) -> Result<T, JsError>,
     ) -> Result<T, JsError> {
-        let mut slot = self.loaded.try_borrow_mut().map_err(|_| busy())?;
-        f(slot
-            .as_mut()
-            .ok_or_else(|| JsError::new("no model loaded"))?)
+        let mut slot = hold(&self.loaded)?;
+        f(model(&mut slot)?)
     }
 }
 
-fn busy() -> JsError {
-    JsError::new("busy: a load or a step is running")
+/// The model's slot, held: an error while a load, a step or a shader check
+/// holds it. Held across their awaits, it is what makes other calls
+/// meanwhile answer busy.
+fn hold(loaded: &RefCell<Option<Loaded>>) -> Result<RefMut<'_, Option<Loaded>>, JsError> {
+    loaded
+        .try_borrow_mut()
+        .map_err(|_| JsError::new("busy: a load or a step is running"))
+}
+
+/// The loaded model in a held slot.
+fn model(slot: &mut Option<Loaded>) -> Result<&mut Loaded, JsError> {
+    slot.as_mut().ok_or_else(|| JsError::new("no model loaded"))
 }
 
 #[wasm_bindgen]
@@ -192,11 +200,7 @@ impl Engine {
         let gpu = self.gpu.clone();
         let loaded = self.loaded.clone();
         future_to_promise(async move {
-            // The borrow is held across the awaits on purpose: it is what
-            // makes other calls meanwhile fail as busy (`with_model`).
-            let Ok(mut slot) = loaded.try_borrow_mut() else {
-                return Err(busy().into());
-            };
+            let mut slot = hold(&loaded)?;
             // The old model's buffers go before the new one's arrive.
             *slot = None;
             let work = async { load_model(gpu.clone(), file.bytes, &name, ctx) };
@@ -249,13 +253,8 @@ impl Engine {
         let gpu = self.gpu.clone();
         let loaded = self.loaded.clone();
         future_to_promise(async move {
-            // Held across the awaits on purpose, as in `load`.
-            let Ok(mut slot) = loaded.try_borrow_mut() else {
-                return Err(busy().into());
-            };
-            let m = slot
-                .as_mut()
-                .ok_or_else(|| JsError::new("no model loaded"))?;
+            let mut slot = hold(&loaded)?;
+            let m = model(&mut slot)?;
             let work = async { m.session.feed_async(&ids).await.map_err(js_err) };
             let next = scoped(&gpu, "a step", work).await?;
             Ok(JsValue::from(next))
@@ -298,9 +297,7 @@ impl Engine {
         let gpu = self.gpu.clone();
         let loaded = self.loaded.clone();
         future_to_promise(async move {
-            let Ok(_hold) = loaded.try_borrow_mut() else {
-                return Err(busy().into());
-            };
+            let _hold = hold(&loaded)?;
             let failures = js_sys::Array::new();
             let shaders = lamina_engine::ops::all_shaders();
             let selectable = shaders
